@@ -1,0 +1,80 @@
+"""The single writer alone: µs per message of ``Sequencer.process`` + ``flush_projection``.
+
+    python benchmarks/writer_path.py [--messages N] [--feeds F] [--batch B]
+                                     [--synchronous FULL|NORMAL] [--profile]
+
+Signs ``chainmail bench`` trade traffic, checks it (outside the timing), then
+hands it to a ``Sequencer`` on fresh SQLite files in batches of ``--batch``,
+exactly as the node's writer thread does, and reports the time spent in
+``process`` (feed order, rules, log append and commit) and in
+``flush_projection`` (store projection and commit). No HTTP, no verify pool:
+this is the part that runs on one thread and bounds the node's throughput
+whatever the number of cores. ``--profile`` prints the top cProfile entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+from chainmail import ssb
+from chainmail.bench import BenchConfig, generate
+from chainmail.keys import Keypair
+from chainmail.sequencer import Accepted, Sequencer
+from chainmail.sqlite import SqliteLog, SqliteStore
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=40_000)
+    parser.add_argument("--feeds", type=int, default=1_000)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    traffic = generate(BenchConfig(messages=args.messages, feeds=args.feeds), seed=7)
+    # Concatenated streams keep every desk's order.
+    raws = [raw for stream in traffic.streams for raw in stream]
+    checked = ssb.check_batch(raws)
+    with tempfile.TemporaryDirectory(prefix="chainmail-writer-") as tmp:
+        path = Path(tmp)
+        log = SqliteLog(path / "log.sqlite", synchronous=args.synchronous)
+        store = SqliteStore(path / "store.sqlite", synchronous=args.synchronous)
+        seq = Sequencer(log, store, Keypair.generate(), clock=lambda: time.time_ns() // 1_000_000)
+        process = flush = 0.0
+        accepted = 0
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()
+        for i in range(0, len(checked), args.batch):
+            t0 = time.perf_counter()
+            results = seq.process(checked[i : i + args.batch])
+            t1 = time.perf_counter()
+            seq.flush_projection()
+            t2 = time.perf_counter()
+            process += t1 - t0
+            flush += t2 - t1
+            accepted += sum(isinstance(r, Accepted) for r in results)
+        if profiler is not None:
+            profiler.disable()
+        log.close()
+        store.close()
+    n = len(checked)
+    print(
+        f"{n} messages, {accepted} accepted, batch {args.batch}, synchronous {args.synchronous}\n"
+        f"process {process / n * 1e6:7.1f} µs/msg\n"
+        f"flush   {flush / n * 1e6:7.1f} µs/msg\n"
+        f"total   {(process + flush) / n * 1e6:7.1f} µs/msg"
+        f"  → {n / (process + flush):,.0f} msgs/s on one writer thread"
+    )
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m chainmail`` runs the command line."""
+
+from chainmail.cli import main
+
+main()

@@ -1,0 +1,783 @@
+"""The HTTP API, v1 (DESIGN §8), on FastAPI.
+
+Every error is an RFC 9457 ``application/problem+json`` document whose
+``code`` is the machine code of the chainmail error behind it. Message ids in
+paths arrive percent-encoded (``%25`` for ``%``, ``%2F`` for ``/``): routes
+take them with the ``path`` converter so an encoded ``/`` does not split them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.resources
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+
+import orjson
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chainmail import __version__, httpsig
+from chainmail.errors import (
+    Error,
+    InvalidMessage,
+    NotFound,
+    ProofError,
+    RateLimited,
+    Unauthorized,
+)
+from chainmail.ids import blob_id, is_blob_id, is_feed_id
+from chainmail.log import LogEntry
+from chainmail.node import Node
+from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, RateLimiter, TokenBucket
+from chainmail.sequencer import Accepted
+from chainmail.store import BlockRow, MessageRow
+
+__all__ = ["DEFAULT_LIMITS", "Limits", "create_app"]
+
+PROBLEM: Final = "application/problem+json"
+_DOCS_PAGE: Final = (importlib.resources.files("chainmail") / "static" / "docs.html").read_bytes()
+NDJSON: Final = "application/x-ndjson"
+_MAX_LIMIT: Final = 10_000
+
+
+class Limits:
+    """Request size limits; defaults never throttle a legitimate heavy user."""
+
+    def __init__(
+        self,
+        *,
+        message_bytes: int = 64 * 1024,
+        batch_bytes: int = 16 * 1024 * 1024,
+        blob_bytes: int = 16 * 1024 * 1024,
+        ws_frame_bytes: int = 64 * 1024,
+        ws_in_flight: int = 4096,
+        connection_rate: float = CONNECTION_RATE,
+        connection_burst: float = CONNECTION_BURST,
+    ) -> None:
+        self.message_bytes = message_bytes
+        self.batch_bytes = batch_bytes
+        self.blob_bytes = blob_bytes
+        self.ws_frame_bytes = ws_frame_bytes
+        self.ws_in_flight = ws_in_flight
+        self.connection_rate = connection_rate
+        self.connection_burst = connection_burst
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _problem(err: Error) -> Response:
+    headers = {}
+    retry = getattr(err, "retry_after", None)
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, int(retry + 0.999)))
+    return Response(
+        orjson.dumps(err.problem()), status_code=err.status, media_type=PROBLEM, headers=headers
+    )
+
+
+def _compact(body: bytes) -> bytes:
+    """A stored message (2-space JSON) as one line."""
+    return orjson.dumps(orjson.loads(body))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _int_param(
+    value: str | None, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise InvalidMessage(f"query parameter {name}: expected an integer, got {value!r}") from exc
+    if n < minimum or (maximum is not None and n > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise InvalidMessage(f"query parameter {name}: expected {bound}, got {n}")
+    return n
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InvalidMessage(
+            f"body of {declared} bytes exceeds the limit of {limit}", code="too_large"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidMessage(f"body exceeds the limit of {limit} bytes", code="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _message_json(row: MessageRow, block: int | None) -> bytes:
+    return (
+        b'{"message":'
+        + _compact(row.body)
+        + b',"pipeline":'
+        + str(row.pipeline).encode()
+        + b',"index":'
+        + str(row.index).encode()
+        + b',"received":'
+        + str(row.received).encode()
+        + b',"tx":'
+        + orjson.dumps(row.tx)
+        + b',"block":'
+        + orjson.dumps(block)
+        + b"}"
+    )
+
+
+def _firehose_line(entry: LogEntry) -> bytes:
+    return (
+        b'{"pipeline":'
+        + str(entry.pipeline).encode()
+        + b',"index":'
+        + str(entry.index).encode()
+        + b',"id":'
+        + orjson.dumps(entry.id)
+        + b',"message":'
+        + _compact(entry.body)
+        + b"}\n"
+    )
+
+
+def _block_json(block: BlockRow, *, records: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "height": block.height,
+        "id": block.id,
+        "message": orjson.loads(block.body),
+    }
+    if records:
+        out["records"] = block.records
+    return out
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.started = time.time()
+
+    def count(self, result: Accepted | Error) -> None:
+        if isinstance(result, Accepted):
+            if result.created:
+                self.accepted += 1
+            else:
+                self.duplicates += 1
+        else:
+            self.rejected[result.code] += 1
+
+
+def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool = True) -> FastAPI:
+    """The FastAPI application serving ``node``. With ``manage_node`` it starts and stops it."""
+    metrics = _Metrics()
+    nonces = httpsig.NonceCache()
+    # Per client connection (address and port), before any signature is checked,
+    # so a flood is refused for the cost of a token count.
+    connections = RateLimiter(limits.connection_rate, limits.connection_burst, label="connection")
+
+    def throttle(request: Request, n: int) -> None:
+        client = request.client
+        key = f"{client.host}:{client.port}" if client else "unknown"
+        connections.take(key, n, now=time.monotonic())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_node:
+            await node.start()
+        try:
+            yield
+        finally:
+            if manage_node:
+                await node.stop()
+
+    app = FastAPI(
+        title="chainmail node",
+        version=__version__,
+        description=(
+            "Blockchain-style messaging: submit signed SSB messages, receive deliveries, follow "
+            "the firehose, and fetch proofs that anyone can verify without trusting the node. "
+            "Errors are RFC 9457 problem documents with a machine `code`."
+        ),
+        lifespan=lifespan,
+        # FastAPI's Swagger UI loads its scripts from a CDN; this page works offline.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.node = node
+    app.state.metrics = metrics
+
+    @app.exception_handler(Error)
+    async def _on_error(_: Request, exc: Error) -> Response:
+        return _problem(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(_: Request, exc: RequestValidationError) -> Response:
+        return _problem(InvalidMessage(f"invalid request: {exc.errors()}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(_: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return _problem(NotFound(f"no such path: {exc.detail}"))
+        err = Error(str(exc.detail), code="invalid_format" if exc.status_code < 500 else "internal")
+        return Response(
+            orjson.dumps({**err.problem(), "status": exc.status_code}),
+            status_code=exc.status_code,
+            media_type=PROBLEM,
+        )
+
+    def authenticate(request: Request) -> str:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        return httpsig.verify_request(
+            request.method,
+            raw_path.decode("latin-1"),
+            request.scope.get("query_string", b"").decode("latin-1"),
+            request.headers,
+            now=int(time.time()),
+            nonces=nonces,
+        )
+
+    # --- ingest -------------------------------------------------------------------------
+
+    @app.post(
+        "/v1/messages",
+        status_code=201,
+        tags=["ingest"],
+        summary="Submit one signed message",
+        description="201 with `{id, pipeline, index}` once the message is durable in the "
+        "log; the same message again gives 200 and the same body.",
+    )
+    async def post_message(request: Request) -> Response:
+        throttle(request, 1)
+        body = await _read_body(request, limits.message_bytes)
+        result = await node.submit(body)
+        metrics.count(result)
+        if isinstance(result, Error):
+            return _problem(result)
+        return _json(result.to_json(), 201 if result.created else 200)
+
+    @app.post(
+        "/v1/messages/batch",
+        tags=["ingest"],
+        summary="Submit messages as NDJSON",
+        description="One result line per input line, in order: the success object or a "
+        "problem object (`status`, `code`, `detail`) for that line alone.",
+    )
+    async def post_batch(request: Request) -> Response:
+        body = await _read_body(request, limits.batch_bytes)
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        throttle(request, max(1, len(lines)))
+        results = await node.submit_many(lines)
+        out = bytearray()
+        for result in results:
+            metrics.count(result)
+            if isinstance(result, Error):
+                out += orjson.dumps(
+                    {"status": result.status, "code": result.code, "detail": result.detail}
+                )
+            else:
+                out += orjson.dumps({**result.to_json(), "status": 201 if result.created else 200})
+            out += b"\n"
+        return Response(bytes(out), media_type=NDJSON)
+
+    @app.websocket("/v1/ingest")
+    async def ws_ingest(ws: WebSocket) -> None:
+        await ws.accept()
+        pending: asyncio.Queue[asyncio.Future[Accepted | Error] | None] = asyncio.Queue(
+            maxsize=limits.ws_in_flight
+        )
+
+        async def reply() -> None:
+            while True:
+                fut = await pending.get()
+                if fut is None:
+                    return
+                result = await fut
+                metrics.count(result)
+                if isinstance(result, Error):
+                    await ws.send_bytes(
+                        orjson.dumps(
+                            {"status": result.status, "code": result.code, "detail": result.detail}
+                        )
+                    )
+                else:
+                    await ws.send_bytes(
+                        orjson.dumps({**result.to_json(), "status": 201 if result.created else 200})
+                    )
+
+        bucket = TokenBucket(limits.connection_rate, limits.connection_burst)
+        sender = asyncio.create_task(reply())
+        try:
+            while True:
+                frame = await ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                data = frame.get("bytes") or (frame.get("text") or "").encode("utf-8")
+                refusal: Error | None = None
+                try:
+                    bucket.take(1, now=time.monotonic())
+                except RateLimited as exc:
+                    refusal = exc
+                if refusal is None and len(data) > limits.ws_frame_bytes:
+                    refusal = InvalidMessage(
+                        f"frame of {len(data)} bytes exceeds the limit", code="too_large"
+                    )
+                if refusal is not None:
+                    done: asyncio.Future[Accepted | Error] = (
+                        asyncio.get_running_loop().create_future()
+                    )
+                    done.set_result(refusal)
+                    await pending.put(done)
+                    continue
+                await pending.put(asyncio.ensure_future(node.submit(data)))
+            await pending.put(None)
+            await sender
+        except WebSocketDisconnect:
+            pass
+        finally:
+            sender.cancel()
+
+    # --- messages and feeds -------------------------------------------------------------
+
+    def _block_of(row: MessageRow) -> int | None:
+        block = node.store.block_covering(row.pipeline, row.index)
+        return None if block is None else block.height
+
+    @app.get(
+        "/v1/messages/{msg_id:path}/proof",
+        tags=["proofs"],
+        summary="Inclusion proof of a message under the first block covering it",
+    )
+    async def get_message_proof(msg_id: str) -> Response:
+        return _json(node.message_proof(msg_id))
+
+    @app.get("/v1/messages/{msg_id:path}", tags=["messages"], summary="A message and where it is")
+    async def get_message(msg_id: str) -> Response:
+        row = node.store.message(msg_id)
+        if row is None:
+            raise NotFound(f"no message {msg_id}")
+        return Response(_message_json(row, _block_of(row)), media_type="application/json")
+
+    @app.get("/v1/feeds/{author:path}/head", tags=["feeds"], summary="The newest message of a feed")
+    async def get_head(author: str) -> Response:
+        head = node.log.head(author)
+        if head is None:
+            raise NotFound(f"no messages from {author}")
+        return _json({"sequence": head.sequence, "id": head.id})
+
+    @app.get(
+        "/v1/feeds/{author:path}",
+        tags=["feeds"],
+        summary="A feed's messages, oldest first (SSB createHistoryStream)",
+    )
+    async def get_feed(author: str, after: str | None = None, limit: str | None = None) -> Response:
+        if not is_feed_id(author):
+            raise InvalidMessage(f"not a feed id: {author!r}")
+        rows = node.store.feed(
+            author,
+            _int_param(after, "after", 0),
+            _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT),
+        )
+        return Response(
+            b'{"messages":[' + b",".join(_compact(r.body) for r in rows) + b"]}",
+            media_type="application/json",
+        )
+
+    # --- transactions -------------------------------------------------------------------
+
+    @app.get("/v1/transactions/{tx_id:path}", tags=["transactions"], summary="One transaction")
+    async def get_tx(tx_id: str) -> Response:
+        row = node.store.tx(tx_id)
+        if row is None:
+            raise NotFound(f"no transaction {tx_id}")
+        return _json(row.to_json())
+
+    @app.get("/v1/transactions", tags=["transactions"], summary="Transactions, newest first")
+    async def list_txs(
+        party: str | None = None,
+        status: str | None = None,
+        limit: str | None = None,
+        before: str | None = None,
+    ) -> Response:
+        if status is not None and status not in ("open", "finished", "timed_out"):
+            raise InvalidMessage(f"status: expected open, finished or timed_out, got {status!r}")
+        rows = node.store.list_txs(
+            party=party,
+            status=status,
+            limit=_int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT),
+            before=None if before is None else _int_param(before, "before", 0),
+        )
+        return _json({"transactions": [r.to_json() for r in rows]})
+
+    # --- blocks and the log -------------------------------------------------------------
+
+    @app.get("/v1/blocks", tags=["blocks"], summary="Blocks after a height")
+    async def list_blocks(after: str | None = None, limit: str | None = None) -> Response:
+        rows = node.store.blocks(
+            _int_param(after, "after", 0), _int_param(limit, "limit", 100, minimum=1, maximum=1000)
+        )
+        return _json({"blocks": [_block_json(b, records=False) for b in rows]})
+
+    @app.get(
+        "/v1/blocks/{height}/records/{tx_id:path}/proof",
+        tags=["proofs"],
+        summary="Inclusion proof of a transaction record in a block",
+    )
+    async def get_record_proof(height: str, tx_id: str) -> Response:
+        from chainmail import blocks as blocks_
+
+        block = node.store.block(_int_param(height, "height", 0))
+        if block is None:
+            raise NotFound(f"no block {height}")
+        for index, record in enumerate(block.records):
+            if record["tx"] == tx_id:
+                content = orjson.loads(block.body)["content"]
+                return _json(
+                    {
+                        "tx": tx_id,
+                        "record": record,
+                        "index": index,
+                        "count": len(block.records),
+                        "root": content["txs"]["root"],
+                        "proof": [_b64(p) for p in blocks_.record_proof(block.records, index)],
+                    }
+                )
+        raise NotFound(f"transaction {tx_id} is not in block {height}")
+
+    @app.get("/v1/blocks/{height}", tags=["blocks"], summary="A block with its records")
+    async def get_block(height: str) -> Response:
+        block = node.store.block(_int_param(height, "height", 0))
+        if block is None:
+            raise NotFound(f"no block {height}")
+        return _json(_block_json(block, records=True))
+
+    @app.get(
+        "/v1/log/{pipeline}/checkpoint",
+        tags=["proofs"],
+        response_class=PlainTextResponse,
+        summary="The pipeline's current signed C2SP checkpoint",
+    )
+    async def get_checkpoint(pipeline: str) -> Response:
+        text = node.checkpoint_text(_int_param(pipeline, "pipeline", 0))
+        return PlainTextResponse(text, headers={"X-Verifier-Key": node.verifier_key()})
+
+    @app.get(
+        "/v1/log/{pipeline}/consistency",
+        tags=["proofs"],
+        summary="RFC 9162 consistency proof between two sizes",
+    )
+    async def get_consistency(pipeline: str, request: Request) -> Response:
+        q = request.query_params
+        size1 = _int_param(q.get("from"), "from", 0)
+        size2 = _int_param(q.get("to"), "to", 0)
+        if size1 < 1:
+            raise ProofError("from: a consistency proof from size 0 is not defined")
+        proof = node.consistency(_int_param(pipeline, "pipeline", 0), size1, size2)
+        return _json({"from": size1, "to": size2, "proof": [_b64(p) for p in proof]})
+
+    # --- inbox --------------------------------------------------------------------------
+
+    def _entries(recipient: str, limit: int, after: int = 0) -> list[tuple[int, str, bytes]]:
+        return [(d.delivery, d.id, d.body) for d in node.store.inbox(recipient, limit, after)]
+
+    def _entry_json(delivery: int, mid: str, body: bytes) -> bytes:
+        return (
+            b'{"delivery":'
+            + str(delivery).encode()
+            + b',"id":'
+            + orjson.dumps(mid)
+            + b',"message":'
+            + _compact(body)
+            + b"}"
+        )
+
+    @app.get("/v1/inbox", tags=["inbox"], summary="Your unacknowledged deliveries (signed request)")
+    async def get_inbox(request: Request) -> Response:
+        me = authenticate(request)
+        limit = _int_param(
+            request.query_params.get("limit"), "limit", 100, minimum=1, maximum=_MAX_LIMIT
+        )
+        entries = _entries(me, limit)
+        return Response(
+            b'{"entries":[' + b",".join(_entry_json(*e) for e in entries) + b"]}",
+            media_type="application/json",
+        )
+
+    @app.post("/v1/inbox/ack", tags=["inbox"], summary="Acknowledge deliveries (signed request)")
+    async def post_ack(request: Request) -> Response:
+        me = authenticate(request)
+        body = await _read_body(request, 4 * 1024 * 1024)
+        ids = _parse_ack(body)
+        acked = await asyncio.to_thread(node.store.ack, me, ids)
+        return _json({"acked": acked})
+
+    @app.websocket("/v1/inbox/stream")
+    async def ws_inbox(ws: WebSocket) -> None:
+        raw_path = ws.scope.get("raw_path") or ws.url.path.encode()
+        try:
+            me = httpsig.verify_request(
+                "GET",
+                raw_path.decode("latin-1"),
+                ws.scope.get("query_string", b"").decode("latin-1"),
+                ws.headers,
+                now=int(time.time()),
+                nonces=nonces,
+            )
+        except Unauthorized as exc:
+            await ws.close(code=4401, reason=exc.detail[:120])
+            return
+        await ws.accept()
+        signal = node.inbox_signal(me)
+        last = 0
+
+        async def acks() -> None:
+            while True:
+                frame = await ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    return
+                data = frame.get("bytes") or (frame.get("text") or "").encode("utf-8")
+                try:
+                    ids = _parse_ack(data, key="ack")
+                except InvalidMessage as exc:
+                    await ws.send_text(orjson.dumps(exc.problem()).decode())
+                    continue
+                await asyncio.to_thread(node.store.ack, me, ids)
+
+        reader = asyncio.create_task(acks())
+        try:
+            while not reader.done():
+                entries = _entries(me, 500, last)
+                for entry in entries:
+                    await ws.send_text(_entry_json(*entry).decode("utf-8"))
+                    last = entry[0]
+                if not entries:
+                    waiter = asyncio.create_task(signal.wait(5.0))
+                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            reader.cancel()
+
+    # --- firehose -----------------------------------------------------------------------
+
+    def _firehose_params(
+        params: Mapping[str, str], *, follow_default: bool = False
+    ) -> tuple[int, int, bool]:
+        if params.get("pipeline") in (None, "") and node.log.pipelines > 1:
+            # ``from`` is an index within one pipeline: with several, say which.
+            raise InvalidMessage(
+                f"query parameter pipeline: required, the node has {node.log.pipelines} "
+                f"pipelines (0 to {node.log.pipelines - 1})"
+            )
+        pipeline = _int_param(params.get("pipeline"), "pipeline", 0)
+        start = _int_param(params.get("from"), "from", 0)
+        flag = params.get("follow")
+        follow = follow_default if not flag else flag.lower() in ("1", "true", "yes")
+        return pipeline, start, follow
+
+    async def _firehose(pipeline: int, start: int, follow: bool) -> AsyncIterator[bytes]:
+        position = start
+        while True:
+            entries = node.firehose(pipeline, position, 1000)
+            if entries:
+                yield b"".join(_firehose_line(e) for e in entries)
+                position = entries[-1].index + 1
+                continue
+            if not follow:
+                return
+            assert node.log_signal is not None
+            await node.log_signal.wait(15.0)
+
+    @app.get("/v1/firehose", tags=["firehose"], summary="Every message in log order (NDJSON)")
+    async def get_firehose(request: Request) -> Response:
+        pipeline, start, follow = _firehose_params(request.query_params)
+        node.firehose(pipeline, 0, 0)  # raises NotFound for an unknown pipeline before streaming
+        return StreamingResponse(_firehose(pipeline, start, follow), media_type=NDJSON)
+
+    @app.websocket("/v1/firehose")
+    async def ws_firehose(ws: WebSocket) -> None:
+        try:
+            # A WebSocket follows by default; follow=false closes at the end of the log.
+            pipeline, start, follow = _firehose_params(ws.query_params, follow_default=True)
+            node.firehose(pipeline, 0, 0)
+        except Error as exc:
+            await ws.close(code=4400, reason=exc.detail[:120])
+            return
+        await ws.accept()
+
+        async def pump() -> None:
+            async for chunk in _firehose(pipeline, start, follow):
+                for line in chunk.splitlines():
+                    await ws.send_text(line.decode("utf-8"))
+            await ws.close()
+
+        async def watch() -> None:
+            # Frames from a firehose client are ignored; this notices it leaving.
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass
+
+        tasks = {asyncio.create_task(pump()), asyncio.create_task(watch())}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    # --- channels ---------------------------------------------------------------------
+
+    @app.get(
+        "/v1/channels/{chan:path}/messages",
+        tags=["channels"],
+        summary="A channel's chan/open, chan/share and chan/msg messages (ciphertext)",
+        description="In log order from `after` (a count); members decrypt them locally.",
+    )
+    async def get_channel_messages(
+        chan: str, after: str | None = None, limit: str | None = None
+    ) -> Response:
+        rows = node.store.channel_messages(
+            chan,
+            _int_param(after, "after", 0),
+            _int_param(limit, "limit", 1000, minimum=1, maximum=_MAX_LIMIT),
+        )
+        if not rows and node.store.message(chan) is None:
+            raise NotFound(f"no channel {chan}")
+        return Response(
+            b'{"messages":[' + b",".join(_compact(r.body) for r in rows) + b"]}",
+            media_type="application/json",
+        )
+
+    # --- identities -------------------------------------------------------------------
+
+    @app.get(
+        "/v1/identities/{ident:path}",
+        tags=["identities"],
+        summary="An identity: self-claims, attestation, roles, owner, rotation",
+    )
+    async def get_identity(ident: str) -> Response:
+        if not is_feed_id(ident):
+            raise InvalidMessage(f"not a feed id: {ident!r}")
+        return _json(node.identity_info(ident))
+
+    @app.get(
+        "/v1/identities",
+        tags=["identities"],
+        summary="Identities whose claimed or attested name contains the text",
+    )
+    async def search_identities(name: str | None = None, limit: str | None = None) -> Response:
+        if not name:
+            raise InvalidMessage("query parameter name: expected some text")
+        found = node.search_identities(
+            name, _int_param(limit, "limit", 100, minimum=1, maximum=1000)
+        )
+        return _json({"identities": found})
+
+    # --- blobs --------------------------------------------------------------------------
+
+    @app.put("/v1/blobs", tags=["blobs"], summary="Store content-addressed bytes")
+    async def put_blob(request: Request) -> Response:
+        data = await _read_body(request, limits.blob_bytes)
+        bid = blob_id(data)
+        created = await asyncio.to_thread(node.store.put_blob, bid, data)
+        return _json({"id": bid, "size": len(data)}, 201 if created else 200)
+
+    @app.get("/v1/blobs/{bid:path}", tags=["blobs"], summary="The bytes of a blob")
+    async def get_blob(bid: str) -> Response:
+        if not is_blob_id(bid):
+            raise InvalidMessage(f"not a blob id: {bid!r}")
+        data = node.store.get_blob(bid)
+        if data is None:
+            raise NotFound(f"no blob {bid}")
+        return Response(data, media_type="application/octet-stream")
+
+    # --- operations ---------------------------------------------------------------------
+
+    @app.get("/docs", tags=["operations"], include_in_schema=False)
+    async def docs() -> Response:
+        return Response(_DOCS_PAGE, media_type="text/html; charset=utf-8")
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness and the node's identity")
+    async def healthz() -> Response:
+        return _json(
+            {
+                "status": "ok" if node.started else "starting",
+                "id": node.id,
+                "origin": node.origin,
+                "verifier_key": node.verifier_key(),
+                "version": __version__,
+                "pipelines": node.log.pipelines,
+                "sizes": [node.log.size(p) for p in range(node.log.pipelines)],
+            }
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics",
+    )
+    async def get_metrics() -> Response:
+        lines = [
+            "# HELP chainmail_messages_accepted_total Messages newly appended to the log.",
+            "# TYPE chainmail_messages_accepted_total counter",
+            f"chainmail_messages_accepted_total {metrics.accepted}",
+            "# HELP chainmail_messages_duplicate_total Messages submitted again.",
+            "# TYPE chainmail_messages_duplicate_total counter",
+            f"chainmail_messages_duplicate_total {metrics.duplicates}",
+            "# HELP chainmail_messages_rejected_total Messages refused, by code.",
+            "# TYPE chainmail_messages_rejected_total counter",
+        ]
+        lines += [
+            f'chainmail_messages_rejected_total{{code="{c}"}} {n}'
+            for c, n in sorted(metrics.rejected.items())
+        ]
+        lines += [
+            "# HELP chainmail_log_size Entries in each pipeline's log.",
+            "# TYPE chainmail_log_size gauge",
+        ]
+        lines += [
+            f'chainmail_log_size{{pipeline="{p}"}} {node.log.size(p)}'
+            for p in range(node.log.pipelines)
+        ]
+        latest = node.store.latest_block()
+        lines += [
+            "# HELP chainmail_block_height Height of the newest block.",
+            "# TYPE chainmail_block_height gauge",
+            f"chainmail_block_height {0 if latest is None else latest.height}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _parse_ack(body: bytes, key: str = "ids") -> list[str]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"ack: not JSON: {exc}") from exc
+    ids = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidMessage(f'ack: expected {{"{key}": ["%…", …]}}')
+    return ids

@@ -1,0 +1,106 @@
+"""`chainmail chan` — encrypted channels (DESIGN §3 "Channels", §9)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from chainmail.cli._app import app
+from chainmail.cli.commands import (
+    AsOpt,
+    HomeOpt,
+    JsonOpt,
+    NodeOpt,
+    _client,
+    _echo_json,
+    _out,
+    _parse_object,
+    _print_receipt,
+)
+from chainmail.client import DEFAULT_NODE
+
+chan_app = typer.Typer(
+    help="Encrypted channels: only members (and those a member shares with) can read them; "
+    "the node and the firehose see ciphertext.",
+    no_args_is_help=True,
+)
+app.add_typer(chan_app, name="chan")
+
+ChanOpt = Annotated[str, typer.Option("--chan", help="The channel id (its chan/open message).")]
+
+
+@chan_app.command("open")
+def chan_open(
+    as_: AsOpt,
+    member: Annotated[
+        list[str], typer.Option("--member", help="A member @….ed25519; repeat (you are added).")
+    ],
+    tx: Annotated[
+        str | None, typer.Option("--tx", help="Tie the channel to this transaction.")
+    ] = None,
+    label: Annotated[str | None, typer.Option("--label", help="A label, e.g. buy-side.")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Open a channel: a fresh key sealed to each member; prints the channel id."""
+    with _client(node, as_, home) as client:
+        chan = client.open_channel(member, tx=tx, label=label)
+    if as_json:
+        _echo_json({"chan": chan})
+    else:
+        typer.echo(chan)
+
+
+@chan_app.command("send")
+def chan_send(
+    as_: AsOpt,
+    chan: ChanOpt,
+    data: Annotated[str, typer.Option("--data", help="JSON object: what to say, encrypted.")],
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Encrypt a JSON object for the channel's members and post it; prints the message id."""
+    fields = _parse_object(data, "--data")
+    with _client(node, as_, home) as client:
+        _print_receipt(client.channel_send(chan, fields), as_json, "chan/msg")
+
+
+@chan_app.command("read")
+def chan_read(
+    as_: AsOpt,
+    chan: ChanOpt,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decrypt every message of the channel you can read, oldest first."""
+    with _client(node, as_, home) as client:
+        opened = client.channel_read(chan)
+    if as_json:
+        for item in opened:
+            _echo_json({"id": item.id, "author": item.author, "data": item.data})
+        return
+    table = Table("id", "author", "data", box=None)
+    for item in opened:
+        table.add_row(item.id[:16] + "…", item.author[:16] + "…", str(item.data))
+    _out().print(table)
+
+
+@chan_app.command("share")
+def chan_share(
+    as_: AsOpt,
+    chan: ChanOpt,
+    with_: Annotated[
+        list[str], typer.Option("--with", help="A reader @….ed25519 (auditor, regulator); repeat.")
+    ],
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give readers the channel's key, so they can read its whole history."""
+    with _client(node, as_, home) as client:
+        _print_receipt(client.channel_share(chan, with_), as_json, "chan/share")

@@ -1,0 +1,535 @@
+"""The commands that talk to a node (DESIGN §9): send, tx, inbox, firehose, blocks, verify.
+
+Every command takes ``--node URL`` (default ``$CHAINMAIL_NODE`` or
+``http://127.0.0.1:8700``); those that sign or read an inbox take ``--as
+NAME``, a keystore identity whose passphrase comes from
+``CHAINMAIL_PASSPHRASE`` or a prompt. Bad input and node errors are
+``chainmail.errors.Error``: ``chainmail.cli.main`` prints them as one line on
+stderr and exits 1. ``verify`` prints every check with ✓ or ✗ and exits 1 when
+one fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from chainmail.cli._app import app
+from chainmail.client import DEFAULT_NODE, NODE_ENV, Client, Receipt, Report, VerificationFailed
+from chainmail.errors import InvalidMessage
+from chainmail.keystore import HOME_ENV
+from chainmail.verify import Progress
+
+__all__ = ["parse_deadline"]
+
+#: Seconds between two polls of ``blocks --follow``.
+DEFAULT_POLL: Final = 1.0
+_UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_RE: Final = re.compile(r"(\d+)(ms|s|m|h|d)")
+_OK: Final = "✓"
+_FAIL: Final = "✗"
+
+tx_app = typer.Typer(
+    name="tx",
+    help="Transactions: open one with parties and a deadline, post notes, finish, show.",
+    no_args_is_help=True,
+)
+verify_app = typer.Typer(
+    name="verify",
+    help=(
+        "Verify what the node says without trusting it: signatures, Merkle proofs, the block "
+        "chain and signed checkpoints, recomputed here. Prints each check; exit 1 on a failure."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(tx_app, name="tx")
+app.add_typer(verify_app, name="verify")
+
+# --------------------------------------------------------------------------- options
+
+NodeOpt = Annotated[
+    str,
+    typer.Option(
+        "--node",
+        envvar=NODE_ENV,
+        help="The node's URL.",
+        show_default=True,
+    ),
+]
+AsOpt = Annotated[
+    str,
+    typer.Option(
+        "--as",
+        help="The keystore identity to act as (see `chainmail keys list`).",
+        show_default=False,
+    ),
+]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar=HOME_ENV,
+        help="chainmail home: keys and local feed copies (default: ~/.chainmail).",
+        show_default=False,
+        file_okay=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one object a line).")]
+NodeIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--node-id",
+        help="Pin the node's identity @….ed25519 instead of trusting what /healthz says.",
+        show_default=False,
+    ),
+]
+
+
+def _out() -> Console:
+    # soft_wrap: ids must come out whole, never folded at the terminal's width.
+    return Console(soft_wrap=True, highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _echo_json(value: object) -> None:
+    typer.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def _parse_object(text: str, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line; raises ``InvalidMessage``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidMessage(f"{option}: not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"{option}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_deadline(text: str, now: int) -> int:
+    """A deadline in Unix ms from ``10m``, ``90s``, ``2h``, ``1d``, ``500ms`` (from ``now``).
+
+    A bare integer is an absolute Unix time in ms; an ISO 8601 time with a
+    zone is absolute too. Raises ``InvalidMessage`` for anything else.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    match = _DURATION_RE.fullmatch(text)
+    if match:
+        return now + int(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is not None and when.tzinfo is not None:
+        return int(when.timestamp() * 1000)
+    raise InvalidMessage(
+        f"--deadline: expected a duration (10m, 90s, 2h, 1d, 500ms), Unix ms, or an ISO time "
+        f"with a zone, got {text!r}"
+    )
+
+
+def _client(
+    node: str, name: str | None = None, home: Path | None = None, node_id: str | None = None
+) -> Client:
+    if name is None:
+        return Client(node, node_id=node_id)
+    return Client.from_keystore(name, home=home, node=node, node_id=node_id)
+
+
+def _print_receipt(receipt: Receipt, as_json: bool, what: str) -> None:
+    if as_json:
+        _echo_json(
+            {
+                "id": receipt.id,
+                "pipeline": receipt.pipeline,
+                "index": receipt.index,
+                "created": receipt.created,
+            }
+        )
+        return
+    typer.echo(receipt.id)
+    _err().print(
+        Text(f"{what} logged at {receipt.pipeline}:{receipt.index}", style="dim"),
+    )
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C ends a --follow quietly (exit 130), as a shell expects."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+# --------------------------------------------------------------------------- send
+
+
+@app.command()
+def send(
+    as_: AsOpt,
+    type_: Annotated[
+        str | None,
+        typer.Option("--type", help="Content type, e.g. about, tx/note, or your own."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="JSON object: the content's fields besides type."),
+    ] = None,
+    content: Annotated[
+        str | None,
+        typer.Option("--content", help="The whole content as a JSON object (with its type)."),
+    ] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign a message into your feed and submit it; prints its id.
+
+    Example: chainmail send --as alice --type about --data '{"about": "@…", "name": "Alice"}'
+    """
+    if content is not None:
+        if type_ is not None or data is not None:
+            raise InvalidMessage("--content: give either --content or --type/--data, not both")
+        body = _parse_object(content, "--content")
+    elif type_ is not None:
+        fields = _parse_object(data, "--data") if data is not None else {}
+        if "type" in fields and fields["type"] != type_:
+            raise InvalidMessage(f"--data: its type {fields['type']!r} contradicts --type")
+        body = {"type": type_, **fields}
+    else:
+        raise InvalidMessage("send: give --type (with --data) or --content")
+    with _client(node, as_, home) as client:
+        _print_receipt(client.publish(body), as_json, "message")
+
+
+# --------------------------------------------------------------------------- tx
+
+
+@tx_app.command("open")
+def tx_open(
+    as_: AsOpt,
+    party: Annotated[
+        list[str],
+        typer.Option("--party", help="A party @….ed25519; repeat for each (you are added)."),
+    ],
+    deadline: Annotated[
+        str,
+        typer.Option(
+            "--deadline",
+            help="10m, 90s, 2h, 1d, 500ms from now; or Unix ms; or ISO time with a zone.",
+        ),
+    ] = "10m",
+    finish: Annotated[
+        str, typer.Option("--finish", help="Who must finish: all, any or opener.")
+    ] = "all",
+    subject: Annotated[str | None, typer.Option("--subject", help="A short subject.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="JSON object to attach.")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Open a transaction; prints its id (the id of the tx/open message).
+
+    Example: TX=$(chainmail tx open --as alice --party @bob… --deadline 10m --subject "trade 42")
+    """
+    extra = _parse_object(data, "--data") if data is not None else None
+    if finish not in ("all", "any", "opener"):
+        raise InvalidMessage(f"--finish: expected all, any or opener, got {finish!r}")
+    with _client(node, as_, home) as client:
+        when = parse_deadline(deadline, client.clock())
+        tx = client.open_tx(party, when, finish, subject, extra)
+    if as_json:
+        _echo_json({"tx": tx})
+    else:
+        typer.echo(tx)
+
+
+@tx_app.command("note")
+def tx_note(
+    tx: Annotated[str, typer.Argument(help="The tx id %….sha256.", show_default=False)],
+    as_: AsOpt,
+    data: Annotated[str, typer.Option("--data", help="JSON object: the note.")],
+    to: Annotated[
+        list[str] | None,
+        typer.Option("--to", help="Deliver only to this party; repeat for more."),
+    ] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Post a note to a transaction's parties (or only --to); prints the message id."""
+    fields = _parse_object(data, "--data")
+    with _client(node, as_, home) as client:
+        _print_receipt(client.note(tx, fields, to or None), as_json, "tx/note")
+
+
+@tx_app.command("finish")
+def tx_finish(
+    tx: Annotated[str, typer.Argument(help="The tx id %….sha256.", show_default=False)],
+    as_: AsOpt,
+    data: Annotated[str | None, typer.Option("--data", help="JSON object to attach.")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Declare your part of a transaction done; prints the message id."""
+    fields = _parse_object(data, "--data") if data is not None else None
+    with _client(node, as_, home) as client:
+        _print_receipt(client.finish(tx, fields), as_json, "tx/finish")
+
+
+def _ms(value: object) -> str:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "—"
+    return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+@tx_app.command("show")
+def tx_show(
+    tx: Annotated[str, typer.Argument(help="The tx id %….sha256.", show_default=False)],
+    node: NodeOpt = DEFAULT_NODE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the node's view of a transaction (unverified: see `chainmail verify tx`)."""
+    with _client(node) as client:
+        info = client.tx(tx)
+    if as_json:
+        _echo_json(info)
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    status = str(info.get("status"))
+    style = {"finished": "bold green", "timed_out": "bold red"}.get(status, "bold yellow")
+    table.add_row("tx", str(info.get("tx")))
+    table.add_row("status", Text(status, style=style))
+    table.add_row("subject", str(info.get("subject") or "—"))
+    table.add_row("finish", str(info.get("finish")))
+    table.add_row("opener", str(info.get("opener")))
+    for n, party in enumerate(info.get("parties") or []):
+        table.add_row("parties" if n == 0 else "", str(party))
+    table.add_row("opened", _ms(info.get("opened")))
+    table.add_row("deadline", _ms(info.get("deadline")))
+    table.add_row("closed", _ms(info.get("closed")))
+    table.add_row("block", str(info.get("block") if info.get("block") is not None else "—"))
+    for n, mid in enumerate(info.get("messages") or []):
+        table.add_row("messages" if n == 0 else "", str(mid))
+    _out().print(table)
+
+
+# --------------------------------------------------------------------------- inbox
+
+
+@app.command()
+def inbox(
+    as_: AsOpt,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Stay connected and print deliveries as they come.")
+    ] = False,
+    ack: Annotated[
+        bool, typer.Option("--ack", help="Acknowledge what is printed (else it comes again).")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", help="At most this many (without --follow).")
+    ] = 100,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print your deliveries, oldest first; with --ack acknowledge them."""
+    out = _out()
+
+    def show(delivery: int, mid: str, message: dict[str, Any]) -> None:
+        if as_json:
+            _echo_json({"delivery": delivery, "id": mid, "message": message})
+            return
+        content = message.get("content")
+        kind = content.get("type") if isinstance(content, dict) else "box"
+        line = Text(f"{delivery:>6} ", style="dim")
+        line.append(f"{kind:<10} ", style="bold")
+        line.append(f"{mid} from {message.get('author')}")
+        out.print(line)
+
+    with _client(node, as_, home) as client:
+        if follow:
+            with _interruptible():
+                for entry in client.inbox_iter(follow=True, ack=ack):
+                    show(entry.delivery, entry.id, entry.message)
+            return
+        entries = client.inbox(limit)
+        for entry in entries:
+            show(entry.delivery, entry.id, entry.message)
+        if ack and entries:
+            acked = client.ack([e.id for e in entries])
+            _err().print(Text(f"acknowledged {acked}", style="dim"))
+        elif not entries and not as_json:
+            _err().print(Text("inbox empty", style="dim"))
+
+
+# --------------------------------------------------------------------------- firehose and blocks
+
+
+@app.command()
+def firehose(
+    start: Annotated[int, typer.Option("--from", help="First log index to print.", min=0)] = 0,
+    pipeline: Annotated[int, typer.Option("--pipeline", help="Which log.", min=0)] = 0,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Stay connected for new messages.")
+    ] = False,
+    node: NodeOpt = DEFAULT_NODE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print every message in log order from --from on (ciphertext included)."""
+    out = _out()
+    with _client(node) as client, _interruptible():
+        for entry in client.firehose(start, pipeline=pipeline, follow=follow):
+            if as_json:
+                _echo_json(
+                    {
+                        "pipeline": entry.pipeline,
+                        "index": entry.index,
+                        "id": entry.id,
+                        "message": entry.message,
+                    }
+                )
+                continue
+            content = entry.message.get("content")
+            kind = content.get("type") if isinstance(content, dict) else "box"
+            line = Text(f"{entry.pipeline}:{entry.index:<7} ", style="dim")
+            line.append(f"{kind:<10} ", style="bold")
+            line.append(f"{entry.id} by {entry.message.get('author')}")
+            out.print(line)
+
+
+def _print_block(out: Console, block: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _echo_json(block)
+        return
+    content = block.get("message", {}).get("content", {})
+    txs = content.get("txs", {}) if isinstance(content, dict) else {}
+    logs = content.get("logs", []) if isinstance(content, dict) else []
+    sizes = " ".join(f"{entry.get('pipeline')}:{entry.get('size')}" for entry in logs)
+    line = Text(f"{block.get('height'):>6} ", style="bold")
+    line.append(f"{block.get('id')} ")
+    line.append(f"{_ms(content.get('time'))} txs {txs.get('count')} logs {sizes}", style="dim")
+    out.print(line)
+
+
+@app.command()
+def blocks(
+    after: Annotated[int, typer.Option("--after", help="Start above this height.", min=0)] = 0,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.", min=1)] = 100,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep printing new blocks.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between polls with --follow.")
+    ] = DEFAULT_POLL,
+    node: NodeOpt = DEFAULT_NODE,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the node's blocks (unverified: see `chainmail verify block`)."""
+    out = _out()
+    with _client(node) as client, _interruptible():
+        last = after
+        while True:
+            page = client.blocks(last, limit)
+            for block in page:
+                _print_block(out, block, as_json)
+                last = max(last, int(block.get("height", last)))
+            if not follow:
+                return
+            if len(page) < limit:
+                time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _print_report(report: Report, as_json: bool) -> None:
+    if as_json:
+        _echo_json(
+            {
+                "subject": report.subject,
+                "ok": report.ok,
+                "checks": [{"check": c.check, "ok": c.ok, "detail": c.detail} for c in report],
+            }
+        )
+        return
+    out = _out()
+    for check in report:
+        line = Text(
+            f"{_OK if check.ok else _FAIL} ", style="bold green" if check.ok else "bold red"
+        )
+        line.append(f"{check.check}: ", style="bold")
+        line.append(check.detail)
+        out.print(line)
+
+
+def _verify(
+    node: str,
+    node_id: str | None,
+    as_json: bool,
+    what: str,
+    run: Callable[[Client, Progress], Report],
+) -> None:
+    err = _err()
+    with _client(node, node_id=node_id) as client:
+        try:
+            with err.status(f"verifying {what}…") as status:
+                report = run(client, lambda text: status.update(f"verifying {what}: {text}"))
+        except VerificationFailed as exc:
+            _print_report(exc.report, as_json)
+            err.print(Text(f"chainmail: {exc.diagnostics()}", style="red"))
+            raise typer.Exit(1) from None
+    _print_report(report, as_json)
+
+
+@verify_app.command("message")
+def verify_message(
+    msg_id: Annotated[str, typer.Argument(metavar="ID", help="Message id %….sha256.")],
+    node: NodeOpt = DEFAULT_NODE,
+    node_id: NodeIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a message: id, signature, inclusion in a signed block, current checkpoint."""
+    _verify(node, node_id, as_json, msg_id, lambda c, p: c.verify_message(msg_id, progress=p))
+
+
+@verify_app.command("tx")
+def verify_tx(
+    tx_id: Annotated[str, typer.Argument(metavar="ID", help="Transaction id %….sha256.")],
+    node: NodeOpt = DEFAULT_NODE,
+    node_id: NodeIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a closed transaction: its block, its record, and every message in it."""
+    _verify(node, node_id, as_json, tx_id, lambda c, p: c.verify_tx(tx_id, progress=p))
+
+
+@verify_app.command("block")
+def verify_block(
+    height: Annotated[int, typer.Argument(metavar="H", help="Block height (from 1).", min=1)],
+    node: NodeOpt = DEFAULT_NODE,
+    node_id: NodeIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a block: signature, link to H-1, records, log consistency, checkpoints."""
+    _verify(
+        node, node_id, as_json, f"block {height}", lambda c, p: c.verify_block(height, progress=p)
+    )

@@ -1,0 +1,133 @@
+"""`chainmail serve` — run a node."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chainmail.cli._app import app
+from chainmail.errors import Error
+from chainmail.ids import is_feed_id
+from chainmail.node import DEFAULT_BLOCK_INTERVAL, Node, NodeConfig
+from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, IDENTITY_BURST, IDENTITY_RATE
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8700
+
+
+def _sqlite_path(url: str | None, what: str) -> None:
+    if url is None or url.startswith("sqlite:"):
+        return
+    raise Error(
+        f"--{what} {url}: only the embedded SQLite backend is available in this version",
+        code="invalid_format",
+    )
+
+
+@app.command()
+def serve(
+    data: Annotated[Path, typer.Option(help="Data directory (log, store, node key).")] = Path(
+        ".chainmail-node"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
+    store: Annotated[
+        str | None, typer.Option(help="Projection store URL (default: SQLite in --data).")
+    ] = None,
+    log: Annotated[str | None, typer.Option(help="Log URL (default: SQLite in --data).")] = None,
+    block_interval: Annotated[
+        float, typer.Option(help="Seconds between blocks (only when something happened).")
+    ] = DEFAULT_BLOCK_INTERVAL,
+    pipelines: Annotated[int, typer.Option(help="Log partitions (fixed once data exists).")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(help="Signature-verification processes (default: all cores).")
+    ] = None,
+    synchronous: Annotated[
+        str, typer.Option(help="SQLite durability: FULL (power loss) or NORMAL (process crash).")
+    ] = "FULL",
+    admission: Annotated[
+        str,
+        typer.Option(
+            help="open: anyone may post; attested: only identities attested by a "
+            "--registrar may post (anyone may post `about` to ask to join)."
+        ),
+    ] = "open",
+    registrar: Annotated[
+        list[str] | None,
+        typer.Option(help="An identity whose `attest` messages count; repeat for several."),
+    ] = None,
+    identity_rate: Annotated[
+        float, typer.Option(help="Messages per second one identity may sustain.")
+    ] = IDENTITY_RATE,
+    identity_burst: Annotated[
+        float, typer.Option(help="Messages one identity may send at once above its rate.")
+    ] = IDENTITY_BURST,
+    connection_rate: Annotated[
+        float, typer.Option(help="Messages per second one client connection may sustain.")
+    ] = CONNECTION_RATE,
+    connection_burst: Annotated[
+        float, typer.Option(help="Messages one connection may send at once above its rate.")
+    ] = CONNECTION_BURST,
+    quiet: Annotated[bool, typer.Option(help="Log warnings only.")] = False,
+) -> None:
+    """Run a node: HTTP API on HOST:PORT, data in DATA (embedded SQLite by default)."""
+    import uvicorn
+
+    from chainmail.api import Limits, create_app
+
+    _sqlite_path(store, "store")
+    _sqlite_path(log, "log")
+    if admission not in ("open", "attested"):
+        raise Error(
+            f"--admission: expected open or attested, got {admission}", code="invalid_format"
+        )
+    for ident in registrar or ():
+        if not is_feed_id(ident):
+            raise Error(f"--registrar: not a feed id: {ident}", code="invalid_format")
+    if admission == "attested" and not registrar:
+        raise Error("--admission attested needs at least one --registrar", code="invalid_format")
+    if synchronous.upper() not in ("FULL", "NORMAL"):
+        raise Error(
+            f"--synchronous: expected FULL or NORMAL, got {synchronous}", code="invalid_format"
+        )
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name, value in (
+        ("identity-rate", identity_rate),
+        ("connection-rate", connection_rate),
+        ("identity-burst", identity_burst),
+        ("connection-burst", connection_burst),
+    ):
+        if value <= 0:
+            raise Error(f"--{name}: expected a positive number, got {value}", code="invalid_format")
+    node = Node(
+        NodeConfig(
+            data_dir=data,
+            block_interval=block_interval,
+            pipelines=pipelines,
+            workers=workers,
+            synchronous=synchronous.upper(),
+            admission="attested" if admission == "attested" else "open",
+            registrars=tuple(registrar or ()),
+            identity_rate=identity_rate,
+            identity_burst=identity_burst,
+        )
+    )
+
+    typer.echo(f"chainmail node {node.id}\n  data {data.resolve()}\n  http://{host}:{port}")
+    uvicorn.run(
+        create_app(
+            node,
+            limits=Limits(connection_rate=connection_rate, connection_burst=connection_burst),
+        ),
+        host=host,
+        port=port,
+        log_level="warning" if quiet else "info",
+        ws_max_size=16 * 1024 * 1024,
+        timeout_graceful_shutdown=5,
+    )

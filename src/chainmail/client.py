@@ -1,0 +1,1720 @@
+"""The chainmail SDK: ``Client`` (sync) and ``AsyncClient`` (async) for one node.
+
+A client talks to one node over HTTP (httpx) and WebSocket (websockets) and
+may hold an identity (a ``Keypair``). With one it keeps a local copy of its
+own feed, so it can sign offline and push later::
+
+    with Client.from_keystore("alice") as alice:
+        tx = alice.open_tx(["@bob…"], timedelta(minutes=10), subject="trade 42")
+        alice.note(tx, {"px": 101})
+        alice.finish(tx)
+        report = alice.verify_tx(tx)          # raises ProofError if the node lied
+
+The local feed
+    ``sign(content)`` appends the next message of the feed locally (next
+    ``sequence``, ``previous`` = id of the head); ``sync()`` pushes every
+    message the node does not have yet, in order, in batches. The first
+    ``sync()`` (and so the first ``publish()``) asks the node for the feed's
+    head, so a feed started elsewhere (another machine, another process)
+    continues where it is. The copy is a JSON-lines file per identity under
+    ``feeds=DIR`` (``CHAINMAIL_HOME/feeds`` for ``from_keystore``), locked
+    while written, or memory. A message the node refuses for good (an unknown
+    or closed tx, a broken rule) is dropped from the local copy together with
+    every message signed after it: they chain to it and could never be
+    accepted.
+
+Errors
+    A problem document from the node becomes the ``chainmail.errors``
+    exception of its ``code``, with the node's ``detail``::
+
+        invalid_format invalid_signature too_large fork out_of_order  InvalidMessage
+        unknown_tx tx_closed not_a_party not_admitted key_rotated     Rejected
+        not_found NotFound · unauthorized Unauthorized · rate_limited RateLimited
+        invalid_proof ProofError · storage log delivery internal       OperationalError
+
+    A node that cannot be reached (refused, reset, timed out, DNS) raises
+    ``NodeUnavailable``, an ``OperationalError``.
+
+Verification
+    ``verify_message``, ``verify_tx``, ``verify_block`` and
+    ``verify_checkpoint`` recompute everything locally (``chainmail.verify``)
+    and return a ``Report`` of every check, or raise ``VerificationFailed``
+    (a ``ProofError``) carrying the report up to the failed check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import mimetypes
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Protocol, Self, TypeVar
+
+import httpx
+import orjson
+import websockets.asyncio.client
+import websockets.exceptions
+import websockets.sync.client
+
+from chainmail import channels, httpsig, ssb
+from chainmail import content as content_rules
+from chainmail.errors import (
+    DecryptionError,
+    DeliveryError,
+    Error,
+    InvalidMessage,
+    KeystoreError,
+    LogError,
+    NotFound,
+    OperationalError,
+    ProofError,
+    RateLimited,
+    Rejected,
+    StorageError,
+    Unauthorized,
+)
+from chainmail.ids import BlobId, FeedId, MsgId, blob_id, is_feed_id, is_msg_id
+from chainmail.keys import Keypair
+from chainmail.keystore import Keystore, passphrase_from_env_or_prompt
+from chainmail.verify import (
+    Check,
+    Flow,
+    Progress,
+    Report,
+    Request,
+    VerificationFailed,
+    block_flow,
+    checkpoint_flow,
+    message_flow,
+    path_id,
+    tx_flow,
+)
+
+__all__ = [
+    "BATCH_SIZE",
+    "DEFAULT_NODE",
+    "DEFAULT_TIMEOUT",
+    "FEEDS_DIR",
+    "NODE_ENV",
+    "AsyncClient",
+    "Check",
+    "Client",
+    "FileFeed",
+    "FirehoseEntry",
+    "InboxEntry",
+    "LocalFeed",
+    "MemoryFeed",
+    "NodeUnavailable",
+    "Receipt",
+    "Report",
+    "VerificationFailed",
+    "error_from_problem",
+    "feed_path",
+]
+
+T = TypeVar("T")
+
+#: Environment variable naming the node's URL.
+NODE_ENV: Final = "CHAINMAIL_NODE"
+#: The node's URL when neither the caller nor ``CHAINMAIL_NODE`` names one.
+DEFAULT_NODE: Final = "http://127.0.0.1:8700"
+#: Request timeouts: quick to fail on a dead host, patient with a busy node.
+DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
+_CHANNEL_PAGE: Final = 1000
+#: Messages per ``POST /v1/messages/batch`` when ``sync()`` pushes a backlog.
+BATCH_SIZE: Final = 1000
+#: Directory of the local feed copies under the chainmail home.
+FEEDS_DIR: Final = "feeds"
+#: Largest WebSocket frame accepted from the node (an inbox entry is one message).
+_WS_MAX_SIZE: Final = 16 * 1024 * 1024
+_NDJSON: Final = "application/x-ndjson"
+_JSON: Final = "application/json"
+_DETAIL_CHARS: Final = 200
+
+_INVALID_CODES: Final = frozenset(
+    {"invalid_format", "invalid_signature", "too_large", "fork", "out_of_order"}
+)
+_REJECTED_CODES: Final = frozenset(
+    {"unknown_tx", "tx_closed", "not_a_party", "not_admitted", "key_rotated"}
+)
+_OPERATIONAL: Final[Mapping[str, type[OperationalError]]] = {
+    "storage": StorageError,
+    "log": LogError,
+    "delivery": DeliveryError,
+}
+#: Codes that say the local feed and the node's disagree; nothing is dropped for them.
+_DIVERGED: Final = frozenset({"fork", "out_of_order"})
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Where the node logged a message; ``created`` is False when it had it already."""
+
+    id: MsgId
+    pipeline: int
+    index: int
+    created: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One delivery to you: ``delivery`` is its place in your inbox."""
+
+    delivery: int
+    id: MsgId
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FirehoseEntry:
+    """One message of the firehose, at ``(pipeline, index)`` of the log."""
+
+    pipeline: int
+    index: int
+    id: MsgId
+    message: dict[str, Any]
+
+
+class NodeUnavailable(OperationalError):
+    """The node could not be reached or hung up (refused, reset, timed out, DNS)."""
+
+    code = "unavailable"
+    title = "Node unavailable"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def error_from_problem(
+    status: int, problem: Mapping[str, Any], *, retry_after: float | None = None
+) -> Error:
+    """The ``chainmail.errors`` exception of an RFC 9457 problem document (not raised)."""
+    code = problem.get("code")
+    detail = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+    if not isinstance(code, str):
+        return OperationalError(f"HTTP {status} from the node: {detail}")
+    if code in _INVALID_CODES:
+        return InvalidMessage(detail, code=code)
+    if code in _REJECTED_CODES:
+        return Rejected(detail, code=code)
+    if code == "not_found":
+        return NotFound(detail)
+    if code == "unauthorized":
+        return Unauthorized(detail)
+    if code == "rate_limited":
+        return RateLimited(detail, retry_after=1.0 if retry_after is None else retry_after)
+    if code == "invalid_proof":
+        return ProofError(detail)
+    if code == "decryption_failed":
+        return DecryptionError(detail)
+    if code == "keystore":
+        return KeystoreError(detail)
+    if code in _OPERATIONAL:
+        return _OPERATIONAL[code](detail)
+    return OperationalError(detail, code=code)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+def _raise_for_problem(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and "code" in body:
+        raise error_from_problem(resp.status_code, body, retry_after=_retry_after(resp))
+    text = resp.text.strip().replace("\n", " ")[:_DETAIL_CHARS]
+    raise OperationalError(f"HTTP {resp.status_code} from the node: {text or resp.reason_phrase}")
+
+
+def _unreachable(node: str, exc: BaseException) -> NodeUnavailable:
+    reason = str(exc) or type(exc).__name__
+    return NodeUnavailable(f"cannot reach the node at {node}: {reason}")
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return orjson.loads(resp.content)
+    except orjson.JSONDecodeError as exc:
+        raise OperationalError(f"the node answered with invalid JSON: {exc}") from exc
+
+
+def _dict(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise OperationalError(f"{what}: expected a JSON object from the node, got {value!r}")
+    return value
+
+
+def _receipt(value: object, created: bool) -> Receipt:
+    body = _dict(value, "receipt")
+    try:
+        return Receipt(MsgId(body["id"]), int(body["pipeline"]), int(body["index"]), created)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OperationalError(f"malformed receipt from the node: {body!r}") from exc
+
+
+def _batch_result(line: bytes) -> Receipt | Error:
+    body = _dict(orjson.loads(line), "batch result")
+    status = body.get("status")
+    if isinstance(status, int) and status >= 400:
+        return error_from_problem(status, body)
+    return _receipt(body, status == 201)
+
+
+def _inbox_entry(value: object) -> InboxEntry:
+    body = _dict(value, "inbox entry")
+    try:
+        return InboxEntry(int(body["delivery"]), MsgId(body["id"]), _dict(body["message"], "id"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OperationalError(f"malformed inbox entry from the node: {body!r}") from exc
+
+
+def _firehose_entry(line: bytes) -> FirehoseEntry:
+    try:
+        body = _dict(orjson.loads(line), "firehose line")
+        return FirehoseEntry(
+            int(body["pipeline"]),
+            int(body["index"]),
+            MsgId(body["id"]),
+            _dict(body["message"], "firehose message"),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise OperationalError(f"malformed firehose line from the node: {line[:80]!r}") from exc
+
+
+# --------------------------------------------------------------------------- local feed
+
+
+class LocalFeed(Protocol):
+    """The local copy of one identity's feed."""
+
+    def head(self) -> ssb.FeedState | None:
+        """The newest message (or the head adopted from the node), None for an empty feed."""
+
+    def append_next(self, make: Callable[[ssb.FeedState | None], dict[str, Any]]) -> dict[str, Any]:
+        """Atomically: call ``make(head)`` and append the message it returns."""
+
+    def after(self, sequence: int) -> list[dict[str, Any]]:
+        """The messages with a sequence above ``sequence``, oldest first."""
+
+    def message_id(self, sequence: int) -> str | None:
+        """The id of the message at ``sequence`` if the copy still has it."""
+
+    def truncate(self, sequence: int) -> int:
+        """Drop the messages at ``sequence`` and above; returns how many."""
+
+    def rebase(self, head: ssb.FeedState) -> None:
+        """Continue from ``head``, a message signed elsewhere; older local messages go."""
+
+
+class MemoryFeed:
+    """A feed copy in memory, for one process (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._base: ssb.FeedState | None = None
+        self._messages: list[tuple[str, dict[str, Any]]] = []
+
+    def head(self) -> ssb.FeedState | None:
+        with self._lock:
+            if self._messages:
+                mid, msg = self._messages[-1]
+                return ssb.FeedState(id=mid, sequence=msg["sequence"])
+            return self._base
+
+    def append_next(self, make: Callable[[ssb.FeedState | None], dict[str, Any]]) -> dict[str, Any]:
+        """Raises what ``make`` raises; nothing is appended then."""
+        with self._lock:
+            msg = make(self.head())
+            self._store(msg)
+            self._messages.append((ssb.message_id(msg), msg))
+            return msg
+
+    def _store(self, msg: dict[str, Any]) -> None:
+        """Persist one appended message (nothing to do in memory)."""
+
+    def after(self, sequence: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return [msg for _, msg in self._messages if msg["sequence"] > sequence]
+
+    def message_id(self, sequence: int) -> str | None:
+        with self._lock:
+            for mid, msg in self._messages[::-1]:
+                if msg["sequence"] == sequence:
+                    return mid
+            if self._base is not None and self._base.sequence == sequence:
+                return self._base.id
+            return None
+
+    def truncate(self, sequence: int) -> int:
+        with self._lock:
+            keep = [(m, msg) for m, msg in self._messages if msg["sequence"] < sequence]
+            dropped = len(self._messages) - len(keep)
+            self._messages = keep
+            return dropped
+
+    def rebase(self, head: ssb.FeedState) -> None:
+        with self._lock:
+            self._base = head
+            self._messages = []
+
+
+class FileFeed(MemoryFeed):
+    """A feed copy as JSON lines: one signed message a line, or ``{"base": {id, sequence}}``.
+
+    Every change holds an exclusive ``flock`` on ``PATH.lock`` and first
+    re-reads the file if another process changed it, so two processes signing
+    as the same identity chain their messages instead of forking the feed.
+    A torn last line (a crash mid-write) is cut off. Raises ``StorageError``
+    when the file cannot be read or written, or is not a feed copy.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._depth = 0
+        with self._locked():
+            pass
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = self.path.with_name(self.path.name + ".lock").open("a")
+        except OSError as exc:
+            raise StorageError(f"local feed {self.path}: {exc}") from exc
+        with self._lock, lock:
+            # Re-entrant: append_next calls head() while holding the lock, and a
+            # second flock on a new open file would wait for ourselves forever.
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._depth = 1
+            try:
+                self._refresh()
+                yield
+            finally:
+                self._depth = 0
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size)
+
+    def _refresh(self) -> None:
+        stamp = self._current_stamp()
+        if stamp == self._stamp:
+            return
+        try:
+            data = self.path.read_bytes() if stamp is not None else b""
+        except OSError as exc:
+            raise StorageError(f"local feed {self.path}: {exc}") from exc
+        end = data.rfind(b"\n") + 1
+        if end != len(data):  # a torn last line: it was never acknowledged to anyone
+            with self.path.open("r+b") as f:
+                f.truncate(end)
+            data = data[:end]
+        base: ssb.FeedState | None = None
+        messages: list[tuple[str, dict[str, Any]]] = []
+        for number, line in enumerate(data.splitlines(), start=1):
+            try:
+                value = orjson.loads(line)
+                if "base" in value:
+                    base = ssb.FeedState(id=value["base"]["id"], sequence=value["base"]["sequence"])
+                    messages = []
+                else:
+                    messages.append((ssb.message_id(value), value))
+            except (orjson.JSONDecodeError, InvalidMessage, KeyError, TypeError) as exc:
+                raise StorageError(f"local feed {self.path} line {number}: {exc}") from exc
+        self._base, self._messages = base, messages
+        self._stamp = self._current_stamp()
+
+    def _write(self, lines: Sequence[bytes], *, replace: bool) -> None:
+        try:
+            if replace:
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                with tmp.open("wb") as f:
+                    f.write(b"".join(lines))
+                    f.flush()
+                    os.fsync(f.fileno())
+                tmp.replace(self.path)
+            else:
+                with self.path.open("ab") as f:
+                    f.write(b"".join(lines))
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise StorageError(f"local feed {self.path}: {exc}") from exc
+        self._stamp = self._current_stamp()
+
+    @staticmethod
+    def _line(msg: dict[str, Any]) -> bytes:
+        return ssb.stringify(msg, 0).encode("utf-8") + b"\n"
+
+    @staticmethod
+    def _base_line(head: ssb.FeedState) -> bytes:
+        return orjson.dumps({"base": {"id": head.id, "sequence": head.sequence}}) + b"\n"
+
+    def head(self) -> ssb.FeedState | None:
+        with self._locked():
+            return super().head()
+
+    def append_next(self, make: Callable[[ssb.FeedState | None], dict[str, Any]]) -> dict[str, Any]:
+        """Raises what ``make`` raises, and ``StorageError``; nothing is appended then."""
+        with self._locked():
+            return super().append_next(make)
+
+    def _store(self, msg: dict[str, Any]) -> None:
+        self._write([self._line(msg)], replace=False)
+
+    def after(self, sequence: int) -> list[dict[str, Any]]:
+        with self._locked():
+            return super().after(sequence)
+
+    def message_id(self, sequence: int) -> str | None:
+        with self._locked():
+            return super().message_id(sequence)
+
+    def truncate(self, sequence: int) -> int:
+        with self._locked():
+            dropped = super().truncate(sequence)
+            if dropped:
+                lines = [self._base_line(self._base)] if self._base is not None else []
+                self._write(lines + [self._line(m) for _, m in self._messages], replace=True)
+            return dropped
+
+    def rebase(self, head: ssb.FeedState) -> None:
+        with self._locked():
+            super().rebase(head)
+            self._write([self._base_line(head)], replace=False)
+
+
+def feed_path(directory: Path, fid: str) -> Path:
+    """The file of ``fid``'s feed copy in ``directory``: a file-name-safe form of the id."""
+    safe = fid.removeprefix("@").replace("/", "_").replace("+", "-")
+    return directory / f"{safe}.jsonl"
+
+
+# --------------------------------------------------------------------------- shared core
+
+
+Deadline = int | timedelta | datetime
+
+
+def _deadline_ms(deadline: Deadline, now: int) -> int:
+    if isinstance(deadline, timedelta):
+        return now + int(deadline.total_seconds() * 1000)
+    if isinstance(deadline, datetime):
+        if deadline.tzinfo is None:
+            raise InvalidMessage("deadline: a datetime needs a time zone")
+        return int(deadline.timestamp() * 1000)
+    if isinstance(deadline, int) and not isinstance(deadline, bool) and deadline >= 0:
+        return deadline
+    raise InvalidMessage(f"deadline: expected Unix ms, a timedelta or a datetime, got {deadline!r}")
+
+
+class _Core:
+    """What both clients share: configuration, the local feed, and every request as a flow."""
+
+    def __init__(
+        self,
+        node: str | None = None,
+        keys: Keypair | None = None,
+        *,
+        feeds: Path | str | None = None,
+        feed: LocalFeed | None = None,
+        node_id: str | None = None,
+        hmac_key: bytes | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        url = (node or os.environ.get(NODE_ENV) or DEFAULT_NODE).rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise Error(
+                f"node URL: expected http://… or https://…, got {url!r}", code="invalid_format"
+            )
+        if node_id is not None and not is_feed_id(node_id):
+            raise InvalidMessage(f"node id: expected @….ed25519, got {node_id!r}")
+        self.node = url
+        self.keys = keys
+        self.node_id = node_id
+        self.hmac_key = hmac_key
+        self.clock = clock
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        if feed is None and keys is not None:
+            feed = MemoryFeed() if feeds is None else FileFeed(feed_path(Path(feeds), keys.id))
+        self.feed = feed
+        # Highest sequence of our feed the node is known to have; None until asked.
+        self._sent: int | None = None
+        # Channel keys opened so far: channel id -> (key, tx of the channel).
+        self._channel_keys: dict[str, tuple[bytes, str | None]] = {}
+
+    @classmethod
+    def from_keystore(
+        cls,
+        name: str,
+        passphrase: str | None = None,
+        home: Path | str | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """A client acting as keystore identity ``name``, its feed copy under ``home/feeds``.
+
+        ``passphrase`` defaults to ``CHAINMAIL_PASSPHRASE`` or a prompt on a
+        terminal; other keyword arguments go to the constructor. Raises
+        ``KeystoreError`` for a missing key or a wrong passphrase.
+        """
+        store = Keystore(home)
+        if passphrase is None:
+            store.show(name)  # fail on a missing key before asking for a passphrase
+            passphrase = passphrase_from_env_or_prompt()
+        keys = store.load(name, passphrase)
+        kwargs.setdefault("feeds", store.home / FEEDS_DIR)
+        return cls(keys=keys, **kwargs)
+
+    @property
+    def id(self) -> FeedId:
+        """This client's feed id; raises ``KeystoreError`` without an identity."""
+        return self._keys().id
+
+    def _keys(self) -> Keypair:
+        if self.keys is None:
+            raise KeystoreError(
+                "this client has no identity: pass keys=… or use Client.from_keystore(name)"
+            )
+        return self.keys
+
+    def _feed(self) -> LocalFeed:
+        self._keys()
+        assert self.feed is not None  # set whenever keys are
+        return self.feed
+
+    def _ws_url(self, path: str) -> tuple[str, str]:
+        url = httpx.URL(self.node)
+        scheme = "wss" if url.scheme == "https" else "ws"
+        raw_path = url.raw_path.decode("ascii").split("?")[0].rstrip("/") + path
+        port = f":{url.port}" if url.port else ""
+        return f"{scheme}://{url.host}{port}{raw_path}", raw_path
+
+    def _inbox_headers(self, raw_path: str) -> dict[str, str]:
+        return httpsig.sign_request(self._keys(), "GET", raw_path, "", created=int(time.time()))
+
+    # -- signing ---------------------------------------------------------------------------
+
+    def sign(
+        self, content: Mapping[str, Any] | str, *, timestamp: int | None = None
+    ) -> dict[str, Any]:
+        """Sign ``content`` as the next message of your feed and keep it locally (no network).
+
+        Checked first against the node's content rules (DESIGN §3), so a
+        message that could never be accepted is not appended. Call ``sync()``
+        to push it. Raises ``InvalidMessage`` for content that breaks a rule,
+        ``Rejected`` (``not_admitted``) for a node-only type, ``KeystoreError``
+        without an identity, ``StorageError`` when the local copy cannot be
+        written.
+        """
+        keys = self._keys()
+        body: dict[str, Any] | str = content if isinstance(content, str) else dict(content)
+        when = self.clock() if timestamp is None else timestamp
+
+        def make(head: ssb.FeedState | None) -> dict[str, Any]:
+            msg = ssb.create(keys, body, head, when, self.hmac_key)
+            content_rules.check_policy(msg, node_id=self.node_id)
+            return msg
+
+        return self._feed().append_next(make)
+
+    def _mark_sent(self, msg: Mapping[str, Any]) -> None:
+        if self.keys is not None and msg.get("author") == self.keys.id and self._sent is not None:
+            sequence = msg.get("sequence")
+            if isinstance(sequence, int):
+                self._sent = max(self._sent, sequence)
+
+    # -- flows: feed -----------------------------------------------------------------------
+
+    def _head_flow(self, author: str) -> Flow[ssb.FeedState | None]:
+        try:
+            resp = yield Request("GET", f"/v1/feeds/{path_id(author)}/head")
+        except NotFound:
+            return None
+        body = _dict(_json(resp), "feed head")
+        try:
+            return ssb.FeedState(id=str(body["id"]), sequence=int(body["sequence"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OperationalError(f"malformed feed head from the node: {body!r}") from exc
+
+    def _reconcile_flow(self) -> Flow[None]:
+        """Learn what the node has of our feed; adopt its head if the feed went on elsewhere."""
+        feed = self._feed()
+        me = self._keys().id
+        remote = yield from self._head_flow(me)
+        local = feed.head()
+        if remote is None:
+            self._sent = 0
+            return
+        if local is None or remote.sequence > local.sequence:
+            if local is not None:
+                try:
+                    yield Request("GET", f"/v1/messages/{path_id(local.id)}")
+                except NotFound:
+                    raise InvalidMessage(
+                        f"fork: the node has {me}'s feed up to sequence {remote.sequence}, "
+                        f"and not the local copy's message {local.sequence} ({local.id}); "
+                        "the local copy signed messages another copy of this key did not see",
+                        code="fork",
+                    ) from None
+            feed.rebase(remote)
+        else:
+            mine = feed.message_id(remote.sequence)
+            if mine is not None and mine != remote.id:
+                raise InvalidMessage(
+                    f"fork: at sequence {remote.sequence} the node has {remote.id}, "
+                    f"the local copy {mine}",
+                    code="fork",
+                )
+        self._sent = remote.sequence
+
+    def _refused(self, msg: Mapping[str, Any], exc: Error) -> Error:
+        """What to raise for our message the node refused; drops it if it can never be accepted."""
+        if isinstance(exc, OperationalError | RateLimited | Unauthorized):
+            return exc
+        if exc.code in _DIVERGED:
+            self._sent = None  # ask the node again next time
+            return exc
+        dropped = self._feed().truncate(int(msg["sequence"]))
+        note = f" (dropped {dropped} unsent message(s) from the local feed copy)"
+        again = type(exc)(exc.detail + note, code=exc.code)
+        again.__cause__ = exc
+        return again
+
+    def _sync_flow(self) -> Flow[list[Receipt]]:
+        feed = self._feed()
+        if self._sent is None:
+            yield from self._reconcile_flow()
+        receipts: list[Receipt] = []
+        while True:
+            assert self._sent is not None
+            pending = feed.after(self._sent)[:BATCH_SIZE]
+            if not pending:
+                return receipts
+            results: list[Receipt | Error]
+            if len(pending) == 1:
+                try:
+                    results = [(yield from self._submit_flow(pending[0]))]
+                except Error as exc:
+                    results = [exc]
+            else:
+                results = yield from self._batch_flow(pending)
+            for msg, result in zip(pending, results, strict=True):
+                if isinstance(result, Error):
+                    raise self._refused(msg, result)
+                receipts.append(result)
+                self._sent = int(msg["sequence"])
+
+    def _publish_flow(self, content: Mapping[str, Any] | str) -> Flow[Receipt]:
+        if self._sent is None:
+            yield from self._reconcile_flow()
+        msg = self.sign(content)
+        mid = ssb.message_id(msg)
+        for receipt in (yield from self._sync_flow()):
+            if receipt.id == mid:
+                return receipt
+        raise OperationalError(f"the node did not acknowledge {mid}")
+
+    def _submit_flow(self, msg: Mapping[str, Any]) -> Flow[Receipt]:
+        body = ssb.stringify(dict(msg)).encode("utf-8")
+        resp = yield Request("POST", "/v1/messages", content=body, content_type=_JSON)
+        receipt = _receipt(_json(resp), resp.status_code == 201)
+        self._mark_sent(msg)
+        return receipt
+
+    def _batch_flow(self, msgs: Sequence[Mapping[str, Any]]) -> Flow[list[Receipt | Error]]:
+        if not msgs:
+            return []
+        body = b"".join(ssb.stringify(dict(m), 0).encode("utf-8") + b"\n" for m in msgs)
+        resp = yield Request("POST", "/v1/messages/batch", content=body, content_type=_NDJSON)
+        lines = [line for line in resp.content.split(b"\n") if line.strip()]
+        if len(lines) != len(msgs):
+            raise OperationalError(f"sent {len(msgs)} messages, the node answered {len(lines)}")
+        try:
+            results = [_batch_result(line) for line in lines]
+        except orjson.JSONDecodeError as exc:
+            raise OperationalError(f"the node's batch answer is not NDJSON: {exc}") from exc
+        for msg, result in zip(msgs, results, strict=True):
+            if isinstance(result, Receipt):
+                self._mark_sent(msg)
+        return results
+
+    # -- flows: transactions ---------------------------------------------------------------
+
+    def _open_tx_content(
+        self,
+        parties: Iterable[str],
+        deadline: Deadline,
+        finish: str,
+        subject: str | None,
+        data: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        me = self._keys().id
+        listed = list(dict.fromkeys(parties))
+        for party in listed:
+            if not is_feed_id(party):
+                raise InvalidMessage(f"party: expected @….ed25519, got {party!r}")
+        if me not in listed:
+            listed.insert(0, me)
+        if finish not in content_rules.FINISH_POLICIES:
+            raise InvalidMessage(f"finish: expected all, any or opener, got {finish!r}")
+        body: dict[str, Any] = {
+            "type": "tx/open",
+            "parties": listed,
+            "deadline": _deadline_ms(deadline, self.clock()),
+            "finish": finish,
+        }
+        if subject is not None:
+            body["subject"] = subject
+        if data is not None:
+            body["data"] = dict(data)
+        return body
+
+    @staticmethod
+    def _tx_ref(tx: str) -> str:
+        if not is_msg_id(tx):
+            raise InvalidMessage(f"tx: expected a %….sha256 message id, got {tx!r}")
+        return tx
+
+    def _note_content(
+        self, tx: str, data: Mapping[str, Any], to: Iterable[str] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "tx/note", "tx": self._tx_ref(tx), "data": dict(data)}
+        if to is not None:
+            body["to"] = list(dict.fromkeys(to))
+        return body
+
+    def _finish_content(self, tx: str, data: Mapping[str, Any] | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "tx/finish", "tx": self._tx_ref(tx)}
+        if data is not None:
+            body["data"] = dict(data)
+        return body
+
+    # -- channels (DESIGN §3 "Channels") ---------------------------------------------------
+
+    def _channel_messages_flow(self, chan: str) -> Flow[list[dict[str, Any]]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            page = yield from self._get_flow(
+                f"/v1/channels/{path_id(chan)}/messages",
+                {"after": len(out), "limit": _CHANNEL_PAGE},
+            )
+            got = _dict(page, "channel messages").get("messages")
+            if not isinstance(got, list):
+                raise ProofError("channel messages: expected a list")
+            out.extend(m for m in got if isinstance(m, dict))
+            if len(got) < _CHANNEL_PAGE:
+                return out
+
+    def _channel_key_flow(self, chan: str) -> Flow[tuple[bytes, str | None]]:
+        """The channel key sealed to us (in its chan/open or a chan/share) and its tx."""
+        keys = self._keys()
+        cached = self._channel_keys.get(chan)
+        if cached is not None:
+            return cached
+        history = yield from self._channel_messages_flow(chan)
+        tx: str | None = None
+        for msg in history:
+            content = msg.get("content")
+            if not isinstance(content, dict):
+                continue
+            if content.get("type") == "chan/open" and isinstance(content.get("tx"), str):
+                tx = content["tx"]
+            if content.get("type") in ("chan/open", "chan/share"):
+                sealed = (content.get("keys") or {}).get(keys.id)
+                if isinstance(sealed, str):
+                    try:
+                        found = (channels.open_key(sealed, keys), tx)
+                    except DecryptionError:
+                        continue
+                    self._channel_keys[chan] = found
+                    return found
+        raise DecryptionError("cannot decrypt")
+
+    def _open_channel_flow(
+        self, members: Iterable[str], tx: str | None, label: str | None
+    ) -> Flow[MsgId]:
+        content, key = channels.open_content(
+            list(members), author_keys=self._keys(), tx=tx, label=label
+        )
+        receipt = yield from self._publish_flow(content)
+        self._channel_keys[receipt.id] = (key, tx)
+        return receipt.id
+
+    def _channel_send_flow(self, chan: str, data: Mapping[str, Any]) -> Flow[Receipt]:
+        key, tx = yield from self._channel_key_flow(chan)
+        content = channels.msg_content(key, dict(data), author=self.id, channel=chan, tx=tx)
+        return (yield from self._publish_flow(content))
+
+    def _channel_share_flow(self, chan: str, readers: Iterable[str]) -> Flow[Receipt]:
+        # No ``tx``: sharing usually comes after the tx closed, and a message
+        # naming a closed tx is refused; the channel id is what is shared.
+        key, _ = yield from self._channel_key_flow(chan)
+        content = channels.share_content(key, chan, list(readers))
+        return (yield from self._publish_flow(content))
+
+    def _channel_read_flow(self, chan: str) -> Flow[list[channels.Opened]]:
+        history = yield from self._channel_messages_flow(chan)
+        return list(
+            channels.read_history(history, self._keys(), channel=chan, hmac_key=self.hmac_key)
+        )
+
+    def _get_flow(self, path: str, params: Mapping[str, str | int] | None = None) -> Flow[Any]:
+        resp = yield Request("GET", path, params)
+        return _json(resp)
+
+    def _tx_flow(self, tx_id: str) -> Flow[dict[str, Any]]:
+        body = yield from self._get_flow(f"/v1/transactions/{path_id(tx_id)}")
+        return _dict(body, "transaction")
+
+    def _transactions_flow(
+        self, party: str | None, status: str | None, limit: int
+    ) -> Flow[list[dict[str, Any]]]:
+        params: dict[str, str | int] = {"limit": limit}
+        if party is not None:
+            params["party"] = party
+        if status is not None:
+            params["status"] = status
+        body = _dict((yield from self._get_flow("/v1/transactions", params)), "transactions")
+        return list(body.get("transactions", []))
+
+    # -- flows: inbox ----------------------------------------------------------------------
+
+    def _inbox_flow(self, limit: int) -> Flow[list[InboxEntry]]:
+        self._keys()
+        resp = yield Request("GET", "/v1/inbox", {"limit": limit}, signed=True)
+        body = _dict(_json(resp), "inbox")
+        return [_inbox_entry(e) for e in body.get("entries", [])]
+
+    def _ack_flow(self, ids: Iterable[str]) -> Flow[int]:
+        self._keys()
+        body = orjson.dumps({"ids": list(ids)})
+        resp = yield Request("POST", "/v1/inbox/ack", content=body, content_type=_JSON, signed=True)
+        return int(_dict(_json(resp), "ack").get("acked", 0))
+
+    # -- flows: blobs ----------------------------------------------------------------------
+
+    def _put_blob_flow(self, data: bytes) -> Flow[BlobId]:
+        expected = blob_id(data)
+        resp = yield Request(
+            "PUT", "/v1/blobs", content=data, content_type="application/octet-stream"
+        )
+        got = _dict(_json(resp), "blob").get("id")
+        if got != expected:
+            raise ProofError(f"blob: expected the node to store {expected}, it says {got!r}")
+        return expected
+
+    def _get_blob_flow(self, bid: str) -> Flow[bytes]:
+        resp = yield Request("GET", f"/v1/blobs/{path_id(bid)}")
+        got = blob_id(resp.content)
+        if got != bid:
+            raise ProofError(
+                f"blob {bid}: the node sent {len(resp.content)} bytes hashing to {got}"
+            )
+        return resp.content
+
+    def _notarise_flow(
+        self,
+        document: Path | str | bytes,
+        name: str | None,
+        mime: str | None,
+        tx: str | None,
+    ) -> Flow[Receipt]:
+        if isinstance(document, bytes):
+            data = document
+        else:
+            path = Path(document)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise Error(f"notarise: cannot read {path}: {exc}", code="invalid_format") from exc
+            name = path.name if name is None else name
+            if mime is None:
+                mime = mimetypes.guess_type(path.name)[0]
+        bid = yield from self._put_blob_flow(data)
+        body: dict[str, Any] = {"type": "doc", "blob": bid, "size": len(data)}
+        if name is not None:
+            body["name"] = name
+        if mime is not None:
+            body["mime"] = mime
+        if tx is not None:
+            body["tx"] = self._tx_ref(tx)
+        return (yield from self._publish_flow(body))
+
+    # -- flows: reads ----------------------------------------------------------------------
+
+    def _blocks_flow(self, after: int, limit: int) -> Flow[list[dict[str, Any]]]:
+        body = _dict(
+            (yield from self._get_flow("/v1/blocks", {"after": after, "limit": limit})), "blocks"
+        )
+        return list(body.get("blocks", []))
+
+
+def _drive_sync(flow: Flow[T], send: Callable[[Request], httpx.Response]) -> T:
+    """Run a flow to its end, sending its requests with ``send``."""
+    try:
+        request = next(flow)
+        while True:
+            try:
+                response = send(request)
+            except Error as exc:
+                request = flow.throw(exc)
+            else:
+                request = flow.send(response)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- sync client
+
+
+class Client(_Core):
+    """A synchronous client of one node (httpx), optionally acting as one identity.
+
+    ``node`` defaults to ``$CHAINMAIL_NODE`` or ``http://127.0.0.1:8700``.
+    ``keys`` is the identity (see ``from_keystore``); ``feeds`` a directory
+    for the local feed copy (memory without it); ``node_id`` pins the node's
+    identity for verification; ``transport`` replaces httpx's (tests).
+    Use it as a context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        node: str | None = None,
+        keys: Keypair | None = None,
+        *,
+        feeds: Path | str | None = None,
+        feed: LocalFeed | None = None,
+        node_id: str | None = None,
+        hmac_key: bytes | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        clock: Callable[[], int] = _now_ms,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            node,
+            keys,
+            feeds=feeds,
+            feed=feed,
+            node_id=node_id,
+            hmac_key=hmac_key,
+            timeout=timeout,
+            clock=clock,
+        )
+        self._http = httpx.Client(base_url=self.node, timeout=self._timeout, transport=transport)
+        self._auth = httpsig.HttpSigAuth(keys) if keys is not None else None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+
+    def _send(self, req: Request) -> httpx.Response:
+        headers = {"content-type": req.content_type} if req.content_type else None
+        extra: dict[str, Any] = {"auth": self._auth} if req.signed else {}
+        try:
+            resp = self._http.request(
+                req.method,
+                req.path,
+                params=req.params,
+                content=req.content,
+                headers=headers,
+                **extra,
+            )
+        except httpx.TransportError as exc:
+            raise _unreachable(self.node, exc) from exc
+        _raise_for_problem(resp)
+        return resp
+
+    def _run(self, flow: Flow[T]) -> T:
+        return _drive_sync(flow, self._send)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(self, content: Mapping[str, Any] | str) -> Receipt:
+        """Sign ``content`` into your feed and push it (with any backlog before it).
+
+        Raises the node's error for the message (``Rejected``, ``InvalidMessage``…;
+        the message is then dropped from the local copy), ``NodeUnavailable``
+        (the message stays local: ``sync()`` later), and what ``sign`` raises.
+        """
+        return self._run(self._publish_flow(content))
+
+    def sync(self) -> list[Receipt]:
+        """Push every local message the node does not have, in order; their receipts.
+
+        The first call asks the node for the feed's head. Raises the node's
+        error for the first refused message (see ``publish``), ``InvalidMessage``
+        (``fork``) when the local copy and the node's feed disagree, and
+        ``NodeUnavailable``.
+        """
+        return self._run(self._sync_flow())
+
+    def submit(self, msg: Mapping[str, Any]) -> Receipt:
+        """Submit one signed message (anyone's); ``created`` is False for a duplicate.
+
+        Raises the node's error (``InvalidMessage``, ``Rejected``…) or ``NodeUnavailable``.
+        """
+        return self._run(self._submit_flow(msg))
+
+    def submit_batch(self, msgs: Sequence[Mapping[str, Any]]) -> list[Receipt | Error]:
+        """Submit signed messages in one request; a receipt or the error for each, in order.
+
+        Raises only for the request as a whole (``NodeUnavailable``, ``InvalidMessage``
+        ``too_large``…); per-message errors are returned, not raised.
+        """
+        return self._run(self._batch_flow(msgs))
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def open_tx(
+        self,
+        parties: Iterable[str],
+        deadline: Deadline,
+        finish: str = "all",
+        subject: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> MsgId:
+        """Open a transaction with ``parties`` (you are added); returns the tx id.
+
+        ``deadline`` is Unix time in ms, a ``timedelta`` from now or an aware
+        ``datetime``. Raises ``InvalidMessage`` for a bad party, deadline or
+        policy, and what ``publish`` raises.
+        """
+        body = self._open_tx_content(parties, deadline, finish, subject, data)
+        return self.publish(body).id
+
+    def note(self, tx: str, data: Mapping[str, Any], to: Iterable[str] | None = None) -> Receipt:
+        """Post a ``tx/note`` to the parties of ``tx`` (or only ``to``).
+
+        Raises ``Rejected`` (``unknown_tx``, ``tx_closed``, ``not_a_party``) and
+        what ``publish`` raises.
+        """
+        return self.publish(self._note_content(tx, data, to))
+
+    def finish(self, tx: str, data: Mapping[str, Any] | None = None) -> Receipt:
+        """Declare your part of ``tx`` done (``tx/finish``). Raises like ``note``."""
+        return self.publish(self._finish_content(tx, data))
+
+    def tx(self, tx_id: str) -> dict[str, Any]:
+        """The node's view of a transaction; raises ``NotFound``, ``NodeUnavailable``."""
+        return self._run(self._tx_flow(tx_id))
+
+    def transactions(
+        self, *, party: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Transactions, newest first, by party and status; raises ``InvalidMessage``."""
+        return self._run(self._transactions_flow(party, status, limit))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: the node's id, origin, verifier key, pipelines, log sizes."""
+        return _dict(self._run(self._get_flow("/healthz")), "healthz")
+
+    def message(self, msg_id: str) -> dict[str, Any]:
+        """``{"message", "pipeline", "index", "received", "tx", "block"}``; raises ``NotFound``."""
+        return _dict(self._run(self._get_flow(f"/v1/messages/{path_id(msg_id)}")), "message")
+
+    def head(self, author: str | None = None) -> ssb.FeedState | None:
+        """The node's head of ``author``'s feed (yours by default), None when empty."""
+        return self._run(self._head_flow(author or self.id))
+
+    def block(self, height: int) -> dict[str, Any]:
+        """Block ``height`` with its records, unverified; raises ``NotFound``."""
+        return _dict(self._run(self._get_flow(f"/v1/blocks/{height}")), "block")
+
+    def blocks(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Blocks above height ``after``, unverified."""
+        return self._run(self._blocks_flow(after, limit))
+
+    # -- inbox -----------------------------------------------------------------------------
+
+    def inbox(self, limit: int = 100) -> list[InboxEntry]:
+        """Your unacknowledged deliveries, oldest first (a signed request).
+
+        Raises ``KeystoreError`` without an identity, ``Unauthorized``, ``NodeUnavailable``.
+        """
+        return self._run(self._inbox_flow(limit))
+
+    def ack(self, ids: Iterable[str]) -> int:
+        """Acknowledge deliveries by message id; returns how many were pending."""
+        return self._run(self._ack_flow(ids))
+
+    def inbox_iter(
+        self, *, follow: bool = True, ack: bool = True, limit: int = 100
+    ) -> Generator[InboxEntry, None, None]:
+        """Your deliveries, oldest first; with ``follow`` new ones as they come (WebSocket).
+
+        With ``ack`` an entry is acknowledged when you ask for the next one,
+        so one you were handling when you stopped comes again next time
+        (at-least-once). Without ``follow`` it reads pages over HTTP until
+        none is new (without ``ack``: one page). Raises ``Unauthorized`` when
+        the node refuses the signature, ``NodeUnavailable`` when the
+        connection fails.
+        """
+        if not follow:
+            yield from self._inbox_pages(ack, limit)
+            return
+        url, raw_path = self._ws_url("/v1/inbox/stream")
+        try:
+            with websockets.sync.client.connect(
+                url,
+                additional_headers=self._inbox_headers(raw_path),
+                max_size=_WS_MAX_SIZE,
+                open_timeout=self._timeout.connect,
+            ) as ws:
+                for frame in ws:
+                    entry = _inbox_frame(frame)
+                    if entry is None:
+                        continue
+                    yield entry
+                    if ack:
+                        ws.send(orjson.dumps({"ack": [entry.id]}).decode())
+        except websockets.exceptions.InvalidStatus as exc:
+            raise _ws_refused(url, exc) from exc
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            raise _unreachable(self.node, exc) from exc
+
+    def _inbox_pages(self, ack: bool, limit: int) -> Generator[InboxEntry, None, None]:
+        seen: set[int] = set()
+        while True:
+            fresh = [e for e in self.inbox(limit) if e.delivery not in seen]
+            if not fresh:
+                return
+            for entry in fresh:
+                seen.add(entry.delivery)
+                yield entry
+                if ack:
+                    self.ack([entry.id])
+            if not ack:
+                return
+
+    # -- firehose --------------------------------------------------------------------------
+
+    def firehose(
+        self, start: int = 0, *, pipeline: int = 0, follow: bool = False
+    ) -> Generator[FirehoseEntry, None, None]:
+        """Every message of ``pipeline``'s log from index ``start`` on, in log order.
+
+        With ``follow`` the stream stays open for new messages. Raises
+        ``NotFound`` for an unknown pipeline, ``NodeUnavailable``.
+        """
+        params = {"from": start, "pipeline": pipeline, "follow": "true" if follow else "false"}
+        timeout = httpx.Timeout(None, connect=self._timeout.connect) if follow else self._timeout
+        try:
+            with self._http.stream("GET", "/v1/firehose", params=params, timeout=timeout) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for_problem(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield _firehose_entry(line.encode("utf-8"))
+        except httpx.TransportError as exc:
+            raise _unreachable(self.node, exc) from exc
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> BlobId:
+        """Store ``data``; its id ``&…sha256`` (checked against the node's answer).
+
+        Raises ``ProofError`` when the node names another id, ``InvalidMessage``
+        (``too_large``), ``NodeUnavailable``.
+        """
+        return self._run(self._put_blob_flow(data))
+
+    def get_blob(self, bid: str) -> bytes:
+        """The bytes of blob ``bid``, checked against its hash.
+
+        Raises ``ProofError`` when they do not hash to ``bid``, ``NotFound``.
+        """
+        return self._run(self._get_blob_flow(bid))
+
+    def notarise(
+        self,
+        document: Path | str | bytes,
+        name: str | None = None,
+        mime: str | None = None,
+        tx: str | None = None,
+    ) -> Receipt:
+        """Upload a document (a path, or bytes) as a blob and publish a ``doc`` message for it.
+
+        ``name`` and ``mime`` default to the file's name and guessed type.
+        Raises what ``put_blob`` and ``publish`` raise.
+        """
+        return self._run(self._notarise_flow(document, name, mime, tx))
+
+    # -- channels --------------------------------------------------------------------------
+
+    def open_channel(
+        self, members: Iterable[str], *, tx: str | None = None, label: str | None = None
+    ) -> MsgId:
+        """Open an encrypted channel with ``members`` (you are added); returns its id.
+
+        A fresh key is sealed to each member's curve25519 key. Raises
+        ``InvalidMessage`` for a bad member id, and what ``publish`` raises.
+        """
+        return self._run(self._open_channel_flow(members, tx, label))
+
+    def channel_send(self, chan: str, data: Mapping[str, Any]) -> Receipt:
+        """Encrypt ``data`` for the channel and publish it as a ``chan/msg``.
+
+        Raises ``DecryptionError`` when no key of the channel is sealed to
+        you, and what ``publish`` raises (``not_a_party`` for a non-member).
+        """
+        return self._run(self._channel_send_flow(chan, data))
+
+    def channel_read(self, chan: str) -> list[channels.Opened]:
+        """Every message of the channel you can decrypt, in log order (from the node's
+        ciphertext; signatures are checked locally). Raises ``NotFound``, ``NodeUnavailable``.
+        """
+        return self._run(self._channel_read_flow(chan))
+
+    def channel_share(self, chan: str, readers: Iterable[str]) -> Receipt:
+        """Give ``readers`` (an auditor, a regulator) the channel's key: its whole history.
+
+        Raises ``DecryptionError`` when you hold no key of the channel, and
+        what ``publish`` raises.
+        """
+        return self._run(self._channel_share_flow(chan, readers))
+
+    # -- verification ----------------------------------------------------------------------
+
+    def verify_message(
+        self, msg_id: str, *, node_id: str | None = None, progress: Progress | None = None
+    ) -> Report:
+        """Verify a message end to end without trusting the node (see ``chainmail.verify``).
+
+        Raises ``VerificationFailed`` (a ``ProofError``) with the report,
+        ``NotFound`` until a block covers the message, ``NodeUnavailable``.
+        """
+        flow = message_flow(
+            msg_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key, progress=progress
+        )
+        return self._run(flow)
+
+    def verify_tx(
+        self, tx_id: str, *, node_id: str | None = None, progress: Progress | None = None
+    ) -> Report:
+        """Verify a closed tx, its block and every message of it.
+
+        Raises ``VerificationFailed`` (a ``ProofError``) with the report (an
+        open tx fails), ``NotFound``, ``NodeUnavailable``.
+        """
+        flow = tx_flow(
+            tx_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key, progress=progress
+        )
+        return self._run(flow)
+
+    def verify_block(
+        self, height: int, *, node_id: str | None = None, progress: Progress | None = None
+    ) -> Report:
+        """Verify block ``height``: signature, chain, records, log consistency, checkpoints.
+
+        Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
+        """
+        return self._run(block_flow(height, node_id=node_id or self.node_id, progress=progress))
+
+    def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
+        """Verify ``pipeline``'s current signed checkpoint with the node's key.
+
+        Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
+        """
+        return self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
+
+
+def _inbox_frame(frame: str | bytes) -> InboxEntry | None:
+    """An entry from an inbox stream frame; None for the node's reply to a bad ack."""
+    try:
+        body = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise OperationalError(f"inbox stream: not JSON: {exc}") from exc
+    if isinstance(body, dict) and "code" in body and "delivery" not in body:
+        return None
+    return _inbox_entry(body)
+
+
+def _ws_refused(url: str, exc: websockets.exceptions.InvalidStatus) -> Error:
+    status = exc.response.status_code
+    if status in (401, 403):
+        return Unauthorized(f"{url}: the node refused the signed handshake (HTTP {status})")
+    return OperationalError(f"{url}: handshake failed with HTTP {status}")
+
+
+# --------------------------------------------------------------------------- async client
+
+
+class AsyncClient(_Core):
+    """The asynchronous twin of ``Client`` (httpx + websockets); same arguments.
+
+    Use it as an async context manager, or ``await aclose()``.
+    """
+
+    def __init__(
+        self,
+        node: str | None = None,
+        keys: Keypair | None = None,
+        *,
+        feeds: Path | str | None = None,
+        feed: LocalFeed | None = None,
+        node_id: str | None = None,
+        hmac_key: bytes | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        clock: Callable[[], int] = _now_ms,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            node,
+            keys,
+            feeds=feeds,
+            feed=feed,
+            node_id=node_id,
+            hmac_key=hmac_key,
+            timeout=timeout,
+            clock=clock,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.node, timeout=self._timeout, transport=transport
+        )
+        self._auth = httpsig.HttpSigAuth(keys) if keys is not None else None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()
+
+    async def _send(self, req: Request) -> httpx.Response:
+        headers = {"content-type": req.content_type} if req.content_type else None
+        extra: dict[str, Any] = {"auth": self._auth} if req.signed else {}
+        try:
+            resp = await self._http.request(
+                req.method,
+                req.path,
+                params=req.params,
+                content=req.content,
+                headers=headers,
+                **extra,
+            )
+        except httpx.TransportError as exc:
+            raise _unreachable(self.node, exc) from exc
+        _raise_for_problem(resp)
+        return resp
+
+    async def _run(self, flow: Flow[T]) -> T:
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    response = await self._send(request)
+                except Error as exc:
+                    request = flow.throw(exc)
+                else:
+                    request = flow.send(response)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, content: Mapping[str, Any] | str) -> Receipt:
+        """Sign and push ``content``; raises like ``Client.publish``."""
+        return await self._run(self._publish_flow(content))
+
+    async def sync(self) -> list[Receipt]:
+        """Push the local backlog; raises like ``Client.sync``."""
+        return await self._run(self._sync_flow())
+
+    async def submit(self, msg: Mapping[str, Any]) -> Receipt:
+        """Submit one signed message; raises like ``Client.submit``."""
+        return await self._run(self._submit_flow(msg))
+
+    async def submit_batch(self, msgs: Sequence[Mapping[str, Any]]) -> list[Receipt | Error]:
+        """Submit signed messages in one request; raises like ``Client.submit_batch``."""
+        return await self._run(self._batch_flow(msgs))
+
+    async def submit_stream(
+        self, msgs: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]]
+    ) -> AsyncIterator[Receipt | Error]:
+        """Stream signed messages over ``WS /v1/ingest``; a receipt or error for each, in order.
+
+        Messages go out as fast as the node takes them while results come
+        back, so many are in flight at once. Raises ``NodeUnavailable`` when
+        the connection fails, and whatever iterating ``msgs`` raises.
+        """
+        url, _ = self._ws_url("/v1/ingest")
+        in_flight: deque[Mapping[str, Any]] = deque()
+        state = {"done": False}
+        failure: list[BaseException] = []
+        progress = asyncio.Event()
+        try:
+            async with websockets.asyncio.client.connect(
+                url, max_size=_WS_MAX_SIZE, open_timeout=self._timeout.connect
+            ) as ws:
+
+                async def pump() -> None:
+                    try:
+                        async for msg in _aiter(msgs):
+                            frame = ssb.stringify(dict(msg), 0)
+                            in_flight.append(msg)
+                            await ws.send(frame)
+                            progress.set()
+                    except BaseException as exc:
+                        failure.append(exc)
+                        raise
+                    finally:
+                        state["done"] = True
+                        progress.set()
+
+                sender = asyncio.create_task(pump())
+                try:
+                    while True:
+                        if in_flight:
+                            result = _batch_result(_as_bytes(await ws.recv()))
+                            msg = in_flight.popleft()
+                            if isinstance(result, Receipt):
+                                self._mark_sent(msg)
+                            yield result
+                        elif state["done"]:
+                            break
+                        else:
+                            progress.clear()
+                            await progress.wait()
+                finally:
+                    sender.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await sender
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            raise _unreachable(self.node, exc) from exc
+        if failure and not isinstance(failure[0], asyncio.CancelledError):
+            raise failure[0]
+
+    # -- transactions ----------------------------------------------------------------------
+
+    async def open_tx(
+        self,
+        parties: Iterable[str],
+        deadline: Deadline,
+        finish: str = "all",
+        subject: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> MsgId:
+        """Open a transaction; raises like ``Client.open_tx``."""
+        body = self._open_tx_content(parties, deadline, finish, subject, data)
+        return (await self.publish(body)).id
+
+    async def note(
+        self, tx: str, data: Mapping[str, Any], to: Iterable[str] | None = None
+    ) -> Receipt:
+        """Post a ``tx/note``; raises like ``Client.note``."""
+        return await self.publish(self._note_content(tx, data, to))
+
+    async def finish(self, tx: str, data: Mapping[str, Any] | None = None) -> Receipt:
+        """Post a ``tx/finish``; raises like ``Client.finish``."""
+        return await self.publish(self._finish_content(tx, data))
+
+    async def tx(self, tx_id: str) -> dict[str, Any]:
+        """The node's view of a transaction; raises ``NotFound``, ``NodeUnavailable``."""
+        return await self._run(self._tx_flow(tx_id))
+
+    async def health(self) -> dict[str, Any]:
+        """``/healthz``; raises ``NodeUnavailable``."""
+        return _dict(await self._run(self._get_flow("/healthz")), "healthz")
+
+    async def blocks(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Blocks above height ``after``, unverified."""
+        return await self._run(self._blocks_flow(after, limit))
+
+    async def block(self, height: int) -> dict[str, Any]:
+        """Block ``height`` with its records, unverified; raises ``NotFound``."""
+        return _dict(await self._run(self._get_flow(f"/v1/blocks/{height}")), "block")
+
+    async def message(self, msg_id: str) -> dict[str, Any]:
+        """A message and where it is; raises ``NotFound``."""
+        return _dict(await self._run(self._get_flow(f"/v1/messages/{path_id(msg_id)}")), "message")
+
+    async def head(self, author: str | None = None) -> ssb.FeedState | None:
+        """The node's head of ``author``'s feed (yours by default), None when empty."""
+        return await self._run(self._head_flow(author or self.id))
+
+    async def transactions(
+        self, *, party: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Transactions, newest first; raises like ``Client.transactions``."""
+        return await self._run(self._transactions_flow(party, status, limit))
+
+    # -- inbox -----------------------------------------------------------------------------
+
+    async def inbox(self, limit: int = 100) -> list[InboxEntry]:
+        """Your unacknowledged deliveries; raises like ``Client.inbox``."""
+        return await self._run(self._inbox_flow(limit))
+
+    async def ack(self, ids: Iterable[str]) -> int:
+        """Acknowledge deliveries; raises like ``Client.inbox``."""
+        return await self._run(self._ack_flow(ids))
+
+    async def inbox_iter(self, *, ack: bool = True) -> AsyncIterator[InboxEntry]:
+        """Your deliveries as they come over the WebSocket; raises like ``Client.inbox_iter``."""
+        url, raw_path = self._ws_url("/v1/inbox/stream")
+        try:
+            async with websockets.asyncio.client.connect(
+                url,
+                additional_headers=self._inbox_headers(raw_path),
+                max_size=_WS_MAX_SIZE,
+                open_timeout=self._timeout.connect,
+            ) as ws:
+                async for frame in ws:
+                    entry = _inbox_frame(frame)
+                    if entry is None:
+                        continue
+                    yield entry
+                    if ack:
+                        await ws.send(orjson.dumps({"ack": [entry.id]}).decode())
+        except websockets.exceptions.InvalidStatus as exc:
+            raise _ws_refused(url, exc) from exc
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            raise _unreachable(self.node, exc) from exc
+
+    async def firehose(
+        self, start: int = 0, *, pipeline: int = 0, follow: bool = False
+    ) -> AsyncIterator[FirehoseEntry]:
+        """The firehose from ``start``; raises like ``Client.firehose``."""
+        params = {"from": start, "pipeline": pipeline, "follow": "true" if follow else "false"}
+        timeout = httpx.Timeout(None, connect=self._timeout.connect) if follow else self._timeout
+        try:
+            async with self._http.stream(
+                "GET", "/v1/firehose", params=params, timeout=timeout
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    _raise_for_problem(resp)
+                async for line in resp.aiter_lines():
+                    if line.strip():
+                        yield _firehose_entry(line.encode("utf-8"))
+        except httpx.TransportError as exc:
+            raise _unreachable(self.node, exc) from exc
+
+    # -- blobs and verification ------------------------------------------------------------
+
+    async def put_blob(self, data: bytes) -> BlobId:
+        """Store ``data``; raises like ``Client.put_blob``."""
+        return await self._run(self._put_blob_flow(data))
+
+    async def get_blob(self, bid: str) -> bytes:
+        """The bytes of blob ``bid``, hash-checked; raises like ``Client.get_blob``."""
+        return await self._run(self._get_blob_flow(bid))
+
+    async def notarise(
+        self,
+        document: Path | str | bytes,
+        name: str | None = None,
+        mime: str | None = None,
+        tx: str | None = None,
+    ) -> Receipt:
+        """Upload a document and publish a ``doc`` for it; raises like ``Client.notarise``."""
+        return await self._run(self._notarise_flow(document, name, mime, tx))
+
+    async def open_channel(
+        self, members: Iterable[str], *, tx: str | None = None, label: str | None = None
+    ) -> MsgId:
+        """Open an encrypted channel; raises like ``Client.open_channel``."""
+        return await self._run(self._open_channel_flow(members, tx, label))
+
+    async def channel_send(self, chan: str, data: Mapping[str, Any]) -> Receipt:
+        """Publish an encrypted ``chan/msg``; raises like ``Client.channel_send``."""
+        return await self._run(self._channel_send_flow(chan, data))
+
+    async def channel_read(self, chan: str) -> list[channels.Opened]:
+        """Decrypt the channel's history; raises like ``Client.channel_read``."""
+        return await self._run(self._channel_read_flow(chan))
+
+    async def channel_share(self, chan: str, readers: Iterable[str]) -> Receipt:
+        """Share the channel's key with readers; raises like ``Client.channel_share``."""
+        return await self._run(self._channel_share_flow(chan, readers))
+
+    async def verify_message(self, msg_id: str, *, node_id: str | None = None) -> Report:
+        """Verify a message; raises like ``Client.verify_message``."""
+        return await self._run(
+            message_flow(msg_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
+        )
+
+    async def verify_tx(self, tx_id: str, *, node_id: str | None = None) -> Report:
+        """Verify a closed tx; raises like ``Client.verify_tx``."""
+        return await self._run(
+            tx_flow(tx_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
+        )
+
+    async def verify_block(self, height: int, *, node_id: str | None = None) -> Report:
+        """Verify a block; raises like ``Client.verify_block``."""
+        return await self._run(block_flow(height, node_id=node_id or self.node_id))
+
+    async def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
+        """Verify a pipeline's current checkpoint; raises like ``Client.verify_checkpoint``."""
+        return await self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
+
+
+def _as_bytes(frame: str | bytes) -> bytes:
+    return frame.encode("utf-8") if isinstance(frame, str) else frame
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

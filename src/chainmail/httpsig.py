@@ -1,0 +1,659 @@
+"""Signed inbox requests: RFC 9421 HTTP Message Signatures, chainmail's profile (DESIGN §8).
+
+A signed request carries two headers::
+
+    Signature-Input: sig1=("@method" "@path" "@query");created=1700000000;\
+keyid="@….ed25519";alg="ed25519";nonce="…"
+    Signature: sig1=:<base64 of the 64-byte ed25519 signature>:
+
+The signature covers the signature base of RFC 9421 §2.5, for example::
+
+    "@method": GET
+    "@path": /v1/inbox
+    "@query": ?limit=10
+    "@signature-params": ("@method" "@path" "@query");created=1700000000;keyid="@…"…
+
+``keyid`` is the caller's feed id, so the key needs no lookup: the feed id *is*
+the ed25519 public key. ``created`` must lie within ``window_s`` of the node's
+clock and each ``(keyid, nonce)`` is accepted once.
+
+The Structured Field syntax of both headers (RFC 8941) is parsed in full for
+dictionaries, inner lists, items and parameters; whatever does not parse, or
+parses but falls outside the profile, is ``Unauthorized``.
+
+Everything here is pure and takes time as a parameter, except ``HttpSigAuth``,
+the httpx hook the SDK uses, which reads a clock it is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final, TypeAlias, TypeGuard
+
+import httpx
+
+from chainmail.errors import InvalidMessage, RateLimited, Unauthorized
+from chainmail.ids import FeedId, feed_public_key
+from chainmail.keys import Keypair, verify_signature
+
+__all__ = [
+    "ALGORITHM",
+    "COVERED_COMPONENTS",
+    "DEFAULT_MAX_NONCES",
+    "DEFAULT_WINDOW_S",
+    "LABEL",
+    "HttpSigAuth",
+    "NonceCache",
+    "sign_request",
+    "signature_base",
+    "verify_request",
+]
+
+#: The only algorithm of the profile (RFC 9421 §3.3.6).
+ALGORITHM: Final = "ed25519"
+#: The signature label chainmail's signers use; verifiers accept any label.
+LABEL: Final = "sig1"
+#: The covered components, in this order and with no component parameters.
+COVERED_COMPONENTS: Final[tuple[str, ...]] = ("@method", "@path", "@query")
+#: How far ``created`` may be from the node's clock, either way (DESIGN §8).
+DEFAULT_WINDOW_S: Final = 60
+#: Bound on the replay cache; beyond it new requests are refused, not old nonces forgotten.
+DEFAULT_MAX_NONCES: Final = 1_000_000
+
+_NONCE_BYTES: Final = 16
+_SIG_BYTES: Final = 64
+_SIGNATURE_INPUT: Final = "signature-input"
+_SIGNATURE: Final = "signature"
+_PROFILE_TEXT: Final = '("@method" "@path" "@query")'
+# Parameters a signer may add beyond the required ones; anything else is refused
+# so that every accepted parameter has a meaning here.
+_REQUIRED_PARAMS: Final = frozenset({"created", "keyid", "nonce"})
+_OPTIONAL_PARAMS: Final = frozenset({"alg", "expires", "tag"})
+
+
+# --- Structured Field Values (RFC 8941), the subset two headers need -------------------
+
+
+class Token(str):
+    """An sf-token (``foo``), kept apart from an sf-string (``"foo"``)."""
+
+    __slots__ = ()
+
+
+BareItem: TypeAlias = int | Decimal | str | bytes | bool
+Params: TypeAlias = dict[str, BareItem]
+
+
+@dataclass(frozen=True)
+class _Item:
+    value: BareItem
+    params: Params
+
+
+@dataclass(frozen=True)
+class _InnerList:
+    items: tuple[_Item, ...]
+    params: Params
+
+
+_Member: TypeAlias = _Item | _InnerList
+
+
+class _ParseError(Exception):
+    """Malformed Structured Field text; callers turn it into ``Unauthorized``."""
+
+
+_DIGITS: Final = frozenset("0123456789")
+_LCALPHA: Final = frozenset("abcdefghijklmnopqrstuvwxyz")
+_ALPHA: Final = _LCALPHA | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_KEY_FIRST: Final = _LCALPHA | {"*"}
+_KEY_CHARS: Final = _LCALPHA | _DIGITS | frozenset("_-.*")
+_TCHAR: Final = _ALPHA | _DIGITS | frozenset("!#$%&'*+-.^_`|~")
+_TOKEN_CHARS: Final = _TCHAR | frozenset(":/")
+_BASE64_CHARS: Final = _ALPHA | _DIGITS | frozenset("+/=")
+_MAX_INT_DIGITS: Final = 15
+
+
+class _Parser:
+    """RFC 8941 §4.2 parsing over one field value; raises ``_ParseError``."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def _fail(self, expected: str) -> _ParseError:
+        if self.pos >= len(self.text):
+            return _ParseError(f"expected {expected}, got end of input")
+        return _ParseError(f"expected {expected} at offset {self.pos}, got {self.text[self.pos]!r}")
+
+    def _peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def _skip(self, chars: str) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in chars:
+            self.pos += 1
+
+    def dictionary(self) -> dict[str, _Member]:
+        self._skip(" ")
+        members: dict[str, _Member] = {}
+        while self.pos < len(self.text):
+            key = self._key()
+            member: _Member
+            if self._peek() == "=":
+                self.pos += 1
+                member = self._item_or_inner_list()
+            else:
+                member = _Item(True, self._params())
+            members[key] = member  # RFC 8941: a repeated key overwrites
+            self._skip(" \t")
+            if self.pos >= len(self.text):
+                break
+            if self._peek() != ",":
+                raise self._fail("',' between dictionary members")
+            self.pos += 1
+            self._skip(" \t")
+            if self.pos >= len(self.text):
+                raise self._fail("a dictionary member after ','")
+        return members
+
+    def _item_or_inner_list(self) -> _Member:
+        if self._peek() == "(":
+            return self._inner_list()
+        return self._item()
+
+    def _inner_list(self) -> _InnerList:
+        self.pos += 1  # "("
+        items: list[_Item] = []
+        while self.pos < len(self.text):
+            self._skip(" ")
+            if self._peek() == ")":
+                self.pos += 1
+                return _InnerList(tuple(items), self._params())
+            items.append(self._item())
+            if self._peek() not in (" ", ")"):
+                raise self._fail("' ' or ')' in inner list")
+        raise self._fail("')' closing the inner list")
+
+    def _item(self) -> _Item:
+        value = self._bare_item()
+        return _Item(value, self._params())
+
+    def _params(self) -> Params:
+        params: Params = {}
+        while self._peek() == ";":
+            self.pos += 1
+            self._skip(" ")
+            key = self._key()
+            value: BareItem = True
+            if self._peek() == "=":
+                self.pos += 1
+                value = self._bare_item()
+            params[key] = value
+        return params
+
+    def _key(self) -> str:
+        if self._peek() not in _KEY_FIRST:
+            raise self._fail("a key (lowercase letter or '*')")
+        start = self.pos
+        while self._peek() in _KEY_CHARS:
+            self.pos += 1
+        return self.text[start : self.pos]
+
+    def _bare_item(self) -> BareItem:
+        char = self._peek()
+        if char == "-" or char in _DIGITS:
+            return self._number()
+        if char == '"':
+            return self._string()
+        if char == ":":
+            return self._byte_sequence()
+        if char == "?":
+            return self._boolean()
+        if char == "*" or char in _ALPHA:
+            return self._token()
+        raise self._fail("an item")
+
+    def _number(self) -> int | Decimal:
+        sign = 1
+        if self._peek() == "-":
+            self.pos += 1
+            sign = -1
+        if self._peek() not in _DIGITS:
+            raise self._fail("a digit")
+        start = self.pos
+        is_decimal = False
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            if char in _DIGITS:
+                self.pos += 1
+            elif char == "." and not is_decimal:
+                if self.pos - start > 12:
+                    raise _ParseError("decimal has more than 12 integer digits")
+                is_decimal = True
+                self.pos += 1
+            else:
+                break
+            if not is_decimal and self.pos - start > _MAX_INT_DIGITS:
+                raise _ParseError("integer has more than 15 digits")
+            if is_decimal and self.pos - start > 16:
+                raise _ParseError("decimal has more than 16 characters")
+        number = self.text[start : self.pos]
+        if not is_decimal:
+            return sign * int(number)
+        if number.endswith(".") or len(number.split(".")[1]) > 3:
+            raise _ParseError("decimal must have 1 to 3 fractional digits")
+        return sign * Decimal(number)
+
+    def _string(self) -> str:
+        self.pos += 1  # '"'
+        out: list[str] = []
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            self.pos += 1
+            if char == "\\":
+                if self._peek() not in ('"', "\\"):
+                    raise self._fail("'\"' or '\\' after '\\' in string")
+                out.append(self.text[self.pos])
+                self.pos += 1
+            elif char == '"':
+                return "".join(out)
+            elif not " " <= char <= "~":
+                self.pos -= 1
+                raise self._fail("a printable ASCII character in string")
+            else:
+                out.append(char)
+        raise self._fail("'\"' closing the string")
+
+    def _token(self) -> Token:
+        start = self.pos
+        self.pos += 1
+        while self._peek() in _TOKEN_CHARS:
+            self.pos += 1
+        return Token(self.text[start : self.pos])
+
+    def _byte_sequence(self) -> bytes:
+        self.pos += 1  # ":"
+        end = self.text.find(":", self.pos)
+        if end < 0:
+            raise self._fail("':' closing the byte sequence")
+        encoded = self.text[self.pos : end]
+        if not set(encoded) <= _BASE64_CHARS:
+            raise self._fail("base64 in byte sequence")
+        self.pos = end + 1
+        if "=" not in encoded:
+            # RFC 8941 §4.2.7: parsers should not insist on "=" padding.
+            encoded += "=" * (-len(encoded) % 4)
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _ParseError(f"byte sequence is not valid base64: {exc}") from exc
+
+    def _boolean(self) -> bool:
+        self.pos += 1  # "?"
+        char = self._peek()
+        if char not in ("0", "1"):
+            raise self._fail("'0' or '1' after '?'")
+        self.pos += 1
+        return char == "1"
+
+
+def _serialize_string(value: str) -> str:
+    if not all(" " <= char <= "~" for char in value):
+        raise ValueError(f"not printable ASCII, cannot be an sf-string: {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _serialize_bare(value: int | str) -> str:
+    if isinstance(value, bool):
+        raise TypeError("booleans are not signature parameters of this profile")
+    if isinstance(value, int):
+        if abs(value) >= 10**_MAX_INT_DIGITS:
+            raise ValueError(f"integer out of sf-integer range: {value}")
+        return str(value)
+    return _serialize_string(value)
+
+
+def _serialize_signature_params(
+    components: Sequence[str], params: Sequence[tuple[str, int | str]]
+) -> str:
+    inner = " ".join(_serialize_string(name) for name in components)
+    return f"({inner})" + "".join(f";{key}={_serialize_bare(value)}" for key, value in params)
+
+
+# --- Signature base (RFC 9421 §2.5) -----------------------------------------------------
+
+
+def signature_base(
+    components: Sequence[tuple[str, str]], params: Sequence[tuple[str, int | str]]
+) -> bytes:
+    """The bytes an RFC 9421 signature signs.
+
+    ``components`` are ``(component name, component value)`` pairs in covered
+    order (e.g. ``("@path", "/v1/inbox")``), ``params`` the signature
+    parameters in their serialized order. Component names are written without
+    component parameters, which is all this profile (and RFC 9421 B.2.6) needs.
+
+    Raises ``ValueError`` when a name repeats or is ``@signature-params``, or a
+    value is not printable ASCII (a newline would forge an extra line);
+    ``TypeError`` for a boolean parameter value.
+    """
+    lines: list[str] = []
+    seen: set[str] = set()
+    for name, value in components:
+        if name in seen or name == "@signature-params":
+            raise ValueError(f"component {name!r} may not be covered (repeated or reserved)")
+        seen.add(name)
+        if not all(" " <= char <= "~" for char in value):
+            raise ValueError(f"component {name!r} value is not printable ASCII: {value!r}")
+        lines.append(f"{_serialize_string(name)}: {value}")
+    signature_params = _serialize_signature_params([name for name, _ in components], params)
+    lines.append(f'"@signature-params": {signature_params}')
+    return "\n".join(lines).encode("ascii")
+
+
+def _profile_components(method: str, path: str, query: str) -> list[tuple[str, str]]:
+    # RFC 9421 §2.2.1: the method as sent, no case change; §2.2.6: an empty
+    # path is "/"; §2.2.7: the query keeps its percent-encoding and an absent
+    # query is "?" alone.
+    return [("@method", method), ("@path", path or "/"), ("@query", "?" + query)]
+
+
+# --- Signing -------------------------------------------------------------------------
+
+
+def sign_request(
+    keys: Keypair,
+    method: str,
+    path: str,
+    query: str,
+    *,
+    created: int,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The ``Signature-Input`` and ``Signature`` headers for one request.
+
+    ``path`` is the percent-encoded path as it goes on the wire, ``query`` the
+    raw query string without its leading ``?`` (``""`` when there is none),
+    ``created`` the UNIX time in whole seconds. ``nonce`` defaults to 128
+    random bits; pass one only to make a signature reproducible.
+
+    Raises ``ValueError`` when the method, path, query or nonce is not
+    printable ASCII or the nonce is empty, ``TypeError`` when ``created`` is
+    not an ``int``.
+    """
+    if isinstance(created, bool) or not isinstance(created, int):
+        raise TypeError(f"created must be an int, got {type(created).__name__}")
+    if nonce is None:
+        nonce = secrets.token_urlsafe(_NONCE_BYTES)
+    if not nonce:
+        raise ValueError("nonce must not be empty")
+    params: list[tuple[str, int | str]] = [
+        ("created", created),
+        ("keyid", keys.id),
+        ("alg", ALGORITHM),
+        ("nonce", nonce),
+    ]
+    base = signature_base(_profile_components(method, path, query), params)
+    signature = base64.b64encode(keys.sign(base)).decode("ascii")
+    return {
+        "Signature-Input": f"{LABEL}={_serialize_signature_params(COVERED_COMPONENTS, params)}",
+        "Signature": f"{LABEL}=:{signature}:",
+    }
+
+
+# --- Replay protection ---------------------------------------------------------------
+
+
+class NonceCache:
+    """The ``(keyid, nonce)`` pairs accepted recently, for replay detection.
+
+    A nonce must be remembered as long as a request carrying it could still be
+    accepted: its ``created`` may be up to ``window_s`` ahead of the clock when
+    first seen and stays acceptable until ``window_s`` after that, so entries
+    live ``2 × window_s`` seconds. Use the same ``window_s`` as
+    ``verify_request``. Memory is bounded by ``max_entries``; when full of
+    live entries the cache refuses new ones rather than forget a live nonce.
+    Not thread-safe: meant for one asyncio event loop.
+    """
+
+    def __init__(
+        self, window_s: int = DEFAULT_WINDOW_S, max_entries: int = DEFAULT_MAX_NONCES
+    ) -> None:
+        """Raises ``ValueError`` for a negative window or fewer than one entry."""
+        if window_s < 0:
+            raise ValueError(f"window_s must be >= 0, got {window_s}")
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self._ttl = 2 * window_s
+        self._max_entries = max_entries
+        # Insertion order is expiry order while the clock moves forward; if it
+        # steps back, entries merely outlive their time, never the reverse.
+        self._expiry: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _prune(self, now: int) -> None:
+        while self._expiry:
+            key, expiry = next(iter(self._expiry.items()))
+            if expiry >= now:
+                return
+            del self._expiry[key]
+
+    def seen(self, keyid: str, nonce: str, now: int) -> bool:
+        """True when ``(keyid, nonce)`` was recorded and is still live; else record it.
+
+        Raises ``RateLimited`` when the cache holds ``max_entries`` live
+        nonces and this one is new.
+        """
+        self._prune(now)
+        key = (keyid, nonce)
+        expiry = self._expiry.get(key)
+        if expiry is not None and expiry >= now:
+            return True
+        if expiry is not None:
+            del self._expiry[key]
+        if len(self._expiry) >= self._max_entries:
+            oldest = next(iter(self._expiry.values()))
+            raise RateLimited(
+                "too many signed requests in the replay window",
+                retry_after=float(max(1, oldest - now + 1)),
+            )
+        self._expiry[key] = now + self._ttl
+        return False
+
+
+# --- Verification --------------------------------------------------------------------
+
+
+def _header(headers: Mapping[str, str], name: str, display: str) -> str:
+    # RFC 9110 §5.3: repeated field lines mean their values joined by commas,
+    # which is also how RFC 8941 dictionaries spread over several lines.
+    found = [value for key, value in headers.items() if str(key).lower() == name]
+    if not found:
+        raise Unauthorized(f"missing {display} header")
+    if not all(isinstance(value, str) for value in found):
+        raise Unauthorized(f"{display} header is not text")
+    return ", ".join(found)
+
+
+def _dictionary(field: str, display: str) -> dict[str, _Member]:
+    try:
+        members = _Parser(field).dictionary()
+    except _ParseError as exc:
+        raise Unauthorized(f"malformed {display} header: {exc}") from exc
+    if not members:
+        raise Unauthorized(f"{display} header is empty")
+    return members
+
+
+def _is_sf_string(value: BareItem) -> TypeGuard[str]:
+    return isinstance(value, str) and not isinstance(value, Token)
+
+
+def _is_sf_integer(value: BareItem) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_profile(member: _Member) -> bool:
+    if not isinstance(member, _InnerList):
+        return False
+    # Component parameters (;sf, ;req, …) change what a component means, so an
+    # item carrying any does not match the profile.
+    names = tuple(
+        item.value if _is_sf_string(item.value) and not item.params else None
+        for item in member.items
+    )
+    return names == COVERED_COMPONENTS
+
+
+def _choose_label(inputs: dict[str, _Member]) -> str:
+    for label, member in inputs.items():
+        if _is_profile(member) and "keyid" in member.params:
+            return label
+    return next(iter(inputs))
+
+
+@dataclass(frozen=True)
+class _Params:
+    """The signature parameters of one accepted ``Signature-Input`` member."""
+
+    keyid: str
+    created: int
+    nonce: str
+    expires: int | None
+    ordered: tuple[tuple[str, int | str], ...]  # as received, for the signature base
+
+
+def _profile_params(params: Params) -> _Params:
+    missing = sorted(_REQUIRED_PARAMS - params.keys())
+    if missing:
+        raise Unauthorized(f"missing {missing[0]} parameter in Signature-Input")
+    ints: dict[str, int] = {}
+    strings: dict[str, str] = {}
+    ordered: list[tuple[str, int | str]] = []
+    for name, value in params.items():
+        if name not in _REQUIRED_PARAMS | _OPTIONAL_PARAMS:
+            raise Unauthorized(f"unsupported signature parameter {name!r}")
+        if name in ("created", "expires"):
+            if not _is_sf_integer(value):
+                raise Unauthorized(f"{name} must be an integer, got {value!r}")
+            ints[name] = value
+            ordered.append((name, value))
+        else:
+            if not _is_sf_string(value):
+                raise Unauthorized(f"{name} must be a string, got {value!r}")
+            strings[name] = value
+            ordered.append((name, value))
+    if not strings["nonce"]:
+        raise Unauthorized("nonce must not be empty")
+    if strings.get("alg", ALGORITHM) != ALGORITHM:
+        raise Unauthorized(f'alg must be "{ALGORITHM}", got {strings["alg"]!r}')
+    return _Params(
+        keyid=strings["keyid"],
+        created=ints["created"],
+        nonce=strings["nonce"],
+        expires=ints.get("expires"),
+        ordered=tuple(ordered),
+    )
+
+
+def verify_request(
+    method: str,
+    path: str,
+    query: str,
+    headers: Mapping[str, str],
+    *,
+    now: int,
+    nonces: NonceCache,
+    window_s: int = DEFAULT_WINDOW_S,
+) -> FeedId:
+    """The feed id that signed this request, after checking the whole profile.
+
+    ``path`` must be the path as received, still percent-encoded (ASGI
+    ``raw_path``, not the decoded ``path``), and ``query`` the raw query
+    string without ``?``. ``headers`` are looked up case-insensitively.
+    Among several signatures, the first whose covered components match the
+    profile is checked (else the first, which then fails).
+
+    Checks, in order: both headers parse (RFC 8941); the covered components
+    are exactly ``("@method" "@path" "@query")``; ``created``, ``keyid`` and
+    ``nonce`` are present and well-typed, ``alg`` (if given) is ``ed25519``
+    and no other parameter than ``expires`` or ``tag`` appears; ``keyid`` is a
+    feed id; ``created`` is at most ``window_s`` from ``now`` either way and
+    ``expires`` (if given) has not passed; the signature verifies; only then
+    is the nonce recorded, so forged requests cannot use up nonces.
+
+    Raises ``Unauthorized`` whose detail names the failed check, and
+    ``RateLimited`` when ``nonces`` is full of live entries.
+    """
+    inputs = _dictionary(_header(headers, _SIGNATURE_INPUT, "Signature-Input"), "Signature-Input")
+    signatures = _dictionary(_header(headers, _SIGNATURE, "Signature"), "Signature")
+    label = _choose_label(inputs)
+    member = inputs[label]
+    if not isinstance(member, _InnerList):
+        raise Unauthorized(f"Signature-Input member {label!r} is not an inner list")
+    if not _is_profile(member):
+        raise Unauthorized(f"covered components must be {_PROFILE_TEXT}")
+    params = _profile_params(member.params)
+    signed = signatures.get(label)
+    if signed is None:
+        raise Unauthorized(f"Signature header has no member {label!r}")
+    if not isinstance(signed, _Item) or not isinstance(signed.value, bytes):
+        raise Unauthorized(f"Signature member {label!r} is not a byte sequence")
+
+    try:
+        public = feed_public_key(params.keyid)
+    except InvalidMessage as exc:
+        raise Unauthorized(f"keyid must be a feed id (@….ed25519), got {params.keyid!r}") from exc
+    skew = abs(now - params.created)
+    if skew > window_s:
+        raise Unauthorized(f"created {skew} s from the node's clock (limit {window_s})")
+    if params.expires is not None and now > params.expires:
+        raise Unauthorized(f"signature expired {now - params.expires} s ago")
+
+    try:
+        base = signature_base(_profile_components(method, path, query), params.ordered)
+    except ValueError as exc:
+        raise Unauthorized(f"request target cannot be signed: {exc}") from exc
+    if len(signed.value) != _SIG_BYTES or not verify_signature(public, base, signed.value):
+        raise Unauthorized("signature does not verify")
+    if nonces.seen(params.keyid, params.nonce, now):
+        raise Unauthorized("nonce replayed")
+    return FeedId(params.keyid)
+
+
+# --- httpx hook ----------------------------------------------------------------------
+
+
+class HttpSigAuth(httpx.Auth):
+    """Signs every request an httpx client sends with ``keys`` (the SDK's inbox calls).
+
+    Path and query come from the URL's raw (percent-encoded) target, exactly
+    as sent. ``clock`` returns UNIX seconds; it is read once per request.
+    """
+
+    def __init__(self, keys: Keypair, clock: Callable[[], float] = time.time) -> None:
+        self._keys = keys
+        self._clock = clock
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Adds ``Signature-Input`` and ``Signature``; raises what ``sign_request`` raises."""
+        path, _, query = request.url.raw_path.partition(b"?")
+        request.headers.update(
+            sign_request(
+                self._keys,
+                request.method,
+                path.decode("ascii"),
+                query.decode("ascii"),
+                created=int(self._clock()),
+            )
+        )
+        yield request

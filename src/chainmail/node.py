@@ -1,0 +1,338 @@
+"""A chainmail node: log, store, sequencer, ingest and block builder wired together.
+
+``Node`` is what ``chainmail serve`` runs and what the API calls. All state
+changes go through the sequencer on one writer thread; reads go straight to
+the log and store on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from chainmail import checkpoint
+from chainmail.errors import Error, NotFound, ProofError
+from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest
+from chainmail.keys import Keypair
+from chainmail.log import Log, LogEntry
+from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
+from chainmail.registry import Admission, Registry
+from chainmail.sequencer import Result, Sequencer
+from chainmail.sqlite import DEFAULT_SYNCHRONOUS, SqliteLog, SqliteStore
+from chainmail.store import Projection, Store
+
+__all__ = ["DEFAULT_BLOCK_INTERVAL", "Node", "NodeConfig", "load_identity", "system_clock"]
+
+log = logging.getLogger("chainmail.node")
+
+DEFAULT_BLOCK_INTERVAL: Final = 1.0
+_TICK: Final = 0.05
+T = TypeVar("T")
+
+
+def system_clock() -> int:
+    """The node's clock: Unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How a node runs. Only ``data_dir`` is required."""
+
+    data_dir: Path
+    pipelines: int = 1
+    block_interval: float = DEFAULT_BLOCK_INTERVAL
+    origin: str | None = None
+    hmac_key: bytes | None = None
+    synchronous: str = DEFAULT_SYNCHRONOUS
+    workers: int | None = None
+    max_batch: int = DEFAULT_MAX_BATCH
+    admission: Admission = "open"
+    registrars: tuple[str, ...] = ()
+    identity_rate: float = IDENTITY_RATE
+    identity_burst: float = IDENTITY_BURST
+
+
+def load_identity(path: Path) -> Keypair:
+    """The node's key from its SSB secret file, created (mode 0600) on first use."""
+    if path.exists():
+        return Keypair.from_ssb_secret(json.loads(path.read_text()))
+    keys = Keypair.generate()
+    body = json.dumps(keys.to_ssb_secret(), indent=2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(body)
+    return keys
+
+
+class _Signal:
+    """A broadcast 'something changed' that any number of waiters can await."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+class Node:
+    """One node on the embedded (or any) ``Log`` and ``Store``."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        clock: Callable[[], int] = system_clock,
+        log_: Log | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = load_identity(config.data_dir / "node-secret.json")
+        self.id = self.identity.id
+        # The origin doubles as the checkpoint key name, which may hold neither
+        # "+" nor spaces (C2SP signed-note): use base64url letters of the id.
+        short = self.id[1:9].replace("+", "-").replace("/", "_")
+        self.origin = config.origin or f"chainmail.node/{short}"
+        self.log: Log = log_ or SqliteLog(
+            config.data_dir / "log.sqlite",
+            pipelines=config.pipelines,
+            synchronous=config.synchronous,
+        )
+        self.store: Store = store or SqliteStore(
+            config.data_dir / "store.sqlite", synchronous=config.synchronous
+        )
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sequencer")
+        self._sequencer: Sequencer | None = None
+        self._ingest: Ingest | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox_signals: dict[str, _Signal] = {}
+        self.log_signal: _Signal | None = None
+        self.block_signal: _Signal | None = None
+        self.started = False
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.log_signal = _Signal()
+        self.block_signal = _Signal()
+        self._sequencer = await self._on_writer(
+            lambda: Sequencer(
+                self.log,
+                self.store,
+                self.identity,
+                clock=self.clock,
+                hmac_key=self.config.hmac_key,
+                on_projected=self._projected,
+                registrars=self.config.registrars,
+                admission=self.config.admission,
+                identity_rate=self.config.identity_rate,
+                identity_burst=self.config.identity_burst,
+            )
+        )
+        self._ingest = Ingest(
+            self._sequence,
+            workers=self.config.workers,
+            hmac_key=self.config.hmac_key,
+            max_batch=self.config.max_batch,
+        )
+        await self._ingest.start()
+        self._tasks = [asyncio.create_task(self._ticker(), name="block-builder")]
+        self.started = True
+        log.info("node %s up: %s", self.id, self.config.data_dir)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._ingest is not None:
+            await self._ingest.stop()
+        if self._sequencer is not None:
+            with contextlib.suppress(Error):
+                await self._on_writer(self._sequencer.flush_projection)
+        self._writer.shutdown(wait=True)
+        self.log.close()
+        self.store.close()
+        self.started = False
+
+    async def _on_writer(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, fn)
+
+    @property
+    def sequencer(self) -> Sequencer:
+        if self._sequencer is None:
+            raise RuntimeError("node not started")
+        return self._sequencer
+
+    # --- ingest ---------------------------------------------------------------------------
+
+    async def _sequence(self, items: list[Any]) -> list[Result]:
+        seq = self.sequencer
+
+        def run() -> list[Result]:
+            results = seq.process(items)
+            # Replies wait for the projection too (one more commit on the same
+            # thread), so a client reads its own writes: the message, the tx
+            # status and the recipients' inboxes are there when it hears back.
+            try:
+                seq.flush_projection()
+            except Error as exc:
+                log.error("projection failed, will be replayed on restart: %s", exc)
+            return results
+
+        results = await self._on_writer(run)
+        if self.log_signal is not None:
+            self.log_signal.fire()
+        return results
+
+    async def submit(self, raw: bytes) -> Result:
+        """Check, sequence and log one raw JSON message."""
+        if self._ingest is None:
+            raise RuntimeError("node not started")
+        return await self._ingest.submit(raw)
+
+    async def submit_many(self, raws: Sequence[bytes]) -> list[Result]:
+        """Check, sequence and log raw JSON messages in order."""
+        if self._ingest is None:
+            raise RuntimeError("node not started")
+        return await self._ingest.submit_many(raws)
+
+    # --- notifications --------------------------------------------------------------------
+
+    def _projected(self, projection: Projection, deliveries: list[int]) -> None:
+        # Runs on the writer thread: hop to the loop to wake waiters.
+        recipients = {r for r, _ in projection.inbox}
+        has_blocks = bool(projection.blocks)
+        if self._loop is not None and (recipients or projection.messages):
+            self._loop.call_soon_threadsafe(
+                self._wake, recipients, has_blocks, bool(projection.messages)
+            )
+
+    def _wake(self, recipients: set[str], has_blocks: bool, logged: bool = False) -> None:
+        # Messages the ticker logs (blocks) wake firehose followers too.
+        if logged and self.log_signal is not None:
+            self.log_signal.fire()
+        for recipient in recipients:
+            signal = self._inbox_signals.get(recipient)
+            if signal is not None:
+                signal.fire()
+        if has_blocks and self.block_signal is not None:
+            self.block_signal.fire()
+
+    def inbox_signal(self, recipient: str) -> _Signal:
+        signal = self._inbox_signals.get(recipient)
+        if signal is None:
+            signal = self._inbox_signals[recipient] = _Signal()
+        return signal
+
+    async def _ticker(self) -> None:
+        seq = self.sequencer
+        interval = self.config.block_interval
+        next_block = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(_TICK)
+            try:
+                if time.monotonic() >= next_block:
+                    next_block = time.monotonic() + interval
+                    await self._on_writer(seq.build_block)
+                else:
+
+                    def expire() -> None:
+                        if seq.expire(self.clock()):
+                            seq.flush_projection()
+
+                    await self._on_writer(expire)
+            except Error as exc:
+                log.error("block builder: %s", exc.diagnostics())
+            except Exception:
+                log.exception("block builder failed")
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def checkpoint_text(self, pipeline: int) -> str:
+        """The signed C2SP checkpoint of ``pipeline`` at its current size."""
+        self._check_pipeline(pipeline)
+        size = self.log.size(pipeline)
+        cp = checkpoint.Checkpoint(
+            origin=f"{self.origin}/{pipeline}", size=size, root=self.log.root(pipeline, size)
+        )
+        return checkpoint.sign_checkpoint(cp, self.origin, self.identity)
+
+    def verifier_key(self) -> str:
+        """The C2SP verifier key string of the node's checkpoints."""
+        return checkpoint.verifier_key(self.origin, self.identity.public)
+
+    def _check_pipeline(self, pipeline: int) -> None:
+        if not 0 <= pipeline < self.log.pipelines:
+            raise NotFound(f"no pipeline {pipeline} (the node has {self.log.pipelines})")
+
+    def message_proof(self, msg_id: str) -> dict[str, Any]:
+        """Inclusion of ``msg_id`` under the first block whose checkpoint covers it."""
+        row = self.store.message(msg_id)
+        if row is None:
+            raise NotFound(f"no message {msg_id}")
+        block = self.store.block_covering(row.pipeline, row.index)
+        if block is None:
+            raise NotFound(f"message {msg_id} is not yet covered by a block")
+        cp = next(c for c in block.logs if int(c["pipeline"]) == row.pipeline)
+        size = int(cp["size"])
+        proof = self.log.inclusion_proof(row.pipeline, row.index, size)
+        return {
+            "id": msg_id,
+            "pipeline": row.pipeline,
+            "index": row.index,
+            "size": size,
+            "root": cp["root"],
+            "proof": [base64.b64encode(p).decode() for p in proof],
+            "block": {"height": block.height, "id": block.id},
+        }
+
+    def consistency(self, pipeline: int, size1: int, size2: int) -> list[bytes]:
+        self._check_pipeline(pipeline)
+        current = self.log.size(pipeline)
+        if size2 > current:
+            raise ProofError(f"to={size2} is beyond the log's size {current}")
+        return self.log.consistency_proof(pipeline, size1, size2)
+
+    def identity_info(self, ident: str) -> dict[str, Any]:
+        """An identity as DESIGN §8 shows it, at the node's clock."""
+        records = self.store.identity_records([ident])
+        registry = Registry.from_records(
+            records, self.config.registrars, self.config.admission, node_id=self.id
+        )
+        return registry.identity(ident, now=self.clock())
+
+    def search_identities(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """Identities whose claimed or attested name contains ``name``."""
+        # The store's text match is a superset (it also sees ids and keys): filter
+        # it through the registry's own rules.
+        records = self.store.search_identities(name, limit * 20)
+        registry = Registry.from_records(
+            records, self.config.registrars, self.config.admission, node_id=self.id
+        )
+        return registry.search(name, now=self.clock(), limit=limit)
+
+    def firehose(self, pipeline: int, start: int, limit: int) -> list[LogEntry]:
+        self._check_pipeline(pipeline)
+        return self.log.read(pipeline, start, limit)

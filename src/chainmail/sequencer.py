@@ -1,0 +1,577 @@
+"""The sequencer: the node's single writer (DESIGN §5).
+
+Every state change of the node runs here, one call at a time, on one thread:
+checked messages are held against the feed heads, node policy and the
+transaction rules, appended to the log in one durable batch, and projected
+into the store. Closing transactions on their deadlines and building blocks
+happen here too, so no two writers ever race over a transaction.
+
+The sequencer holds in memory what validation needs: feed heads (from the
+log), open and closed-but-not-yet-sealed transactions and channels (from the
+store). On start it replays the log from the store's cursors, so a crash
+between a log commit and its projection loses nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from chainmail import blocks, content, ssb, txs
+from chainmail.errors import Error, InvalidMessage, Rejected, StorageError
+from chainmail.ids import blob_id
+from chainmail.keys import Keypair
+from chainmail.log import Head, Log, NewEntry, pipeline_of
+from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
+from chainmail.registry import Admission, Registry
+from chainmail.store import BlockRow, MessageRow, Projection, Store, TxRow
+
+__all__ = ["Accepted", "Sequencer"]
+
+log = logging.getLogger("chainmail.sequencer")
+
+_REPLAY_BATCH: Final = 2000
+#: Closed txs' entries the deadline heap may carry before it is rebuilt.
+_DEADLINE_SLACK: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A message in the log. ``created`` is False when it was there already."""
+
+    id: str
+    pipeline: int
+    index: int
+    created: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "pipeline": self.pipeline, "index": self.index}
+
+
+Result = Accepted | Error
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What one batch has decided so far, before it is written."""
+
+    entries: list[NewEntry] = field(default_factory=list)
+    positions: list[tuple[int, int]] = field(default_factory=list)
+    heads: dict[str, Head] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+    ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    projection: Projection = field(default_factory=Projection)
+    forks: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)
+    bodies: dict[tuple[str, int], tuple[str, bytes]] = field(default_factory=dict)
+
+
+def _channel_of(msg_id: str, kind: object, body: object) -> str | None:
+    """The channel a chan/* message belongs to (a chan/open is its own channel)."""
+    if kind == "chan/open":
+        return msg_id
+    if kind in ("chan/msg", "chan/share") and isinstance(body, dict):
+        chan = body.get("chan")
+        return chan if isinstance(chan, str) else None
+    return None
+
+
+def tx_row(tx: txs.Tx, block: int | None = None) -> TxRow:
+    return TxRow(
+        id=tx.id,
+        status=tx.status,
+        parties=list(tx.parties),
+        opener=tx.opener,
+        deadline=tx.deadline,
+        finish=tx.finish,
+        subject=tx.subject,
+        opened=tx.opened,
+        closed=tx.closed,
+        finished_by=sorted(tx.finished_by),
+        messages=list(tx.messages),
+        block=block,
+    )
+
+
+def tx_from_row(row: TxRow) -> txs.Tx:
+    return txs.Tx(
+        id=row.id,
+        parties=tuple(row.parties),
+        opener=row.opener,
+        deadline=row.deadline,
+        finish=row.finish,  # type: ignore[arg-type]
+        subject=row.subject,
+        opened=row.opened,
+        status=row.status,  # type: ignore[arg-type]
+        closed=row.closed,
+        finished_by=set(row.finished_by),
+        messages=list(row.messages),
+    )
+
+
+class Sequencer:
+    """The single writer. Not thread-safe: call it from one thread."""
+
+    def __init__(
+        self,
+        log_: Log,
+        store: Store,
+        identity: Keypair,
+        *,
+        clock: Callable[[], int],
+        hmac_key: bytes | None = None,
+        on_projected: Callable[[Projection, list[int]], None] | None = None,
+        registrars: Sequence[str] = (),
+        admission: Admission = "open",
+        identity_rate: float = IDENTITY_RATE,
+        identity_burst: float = IDENTITY_BURST,
+    ) -> None:
+        self.log = log_
+        self.store = store
+        self.identity = identity
+        self.node_id = identity.id
+        self.clock = clock
+        self.hmac_key = hmac_key
+        self.on_projected = on_projected
+        self.open: dict[str, txs.Tx] = {}
+        self.unsealed: dict[str, txs.Tx] = {}
+        self.channels: dict[str, txs.Channel] = {}
+        self._deadlines: list[tuple[int, str]] = []
+        self.dirty = False
+        self._pending_records: dict[str, list[dict[str, Any]]] = {}
+        self._unprojected: list[Projection] = []
+        # Transactions whose state changed outside a message's projection (closed by
+        # the clock while checking a message): written with the next batch.
+        self._changed: dict[str, txs.Tx] = {}
+        self.registrars = tuple(registrars)
+        self.admission: Admission = admission
+        self.registry = Registry(self.registrars, admission, node_id=self.node_id)
+        self.limiter = RateLimiter(identity_rate, identity_burst, label="identity")
+        self.catch_up()
+
+    # --- start-up -------------------------------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Project log entries the store has not seen; returns how many."""
+        for row in self.store.open_txs():
+            self._track(tx_from_row(row))
+        for row in self.store.closed_unblocked_txs():
+            self.unsealed[row.id] = tx_from_row(row)
+        self.channels = {
+            cid: txs.Channel.from_dict(data) for cid, data in self.store.channels().items()
+        }
+        self.registry = Registry.from_records(
+            self.store.identity_records(), self.registrars, self.admission, node_id=self.node_id
+        )
+        cursors = self.store.cursors()
+        replayed = 0
+        for pipeline in range(self.log.pipelines):
+            start = cursors.get(pipeline, 0)
+            while start < self.log.size(pipeline):
+                entries = self.log.read(pipeline, start, _REPLAY_BATCH)
+                if not entries:
+                    break
+                projection = Projection()
+                for entry in entries:
+                    msg = orjson.loads(entry.body)
+                    self._project(
+                        projection,
+                        entry.id,
+                        msg,
+                        entry.pipeline,
+                        entry.index,
+                        entry.received,
+                        entry.body,
+                        replay=True,
+                    )
+                start = entries[-1].index + 1
+                projection.cursors[pipeline] = start
+                self._write_projection(projection)
+                replayed += len(entries)
+        if replayed:
+            log.info("projected %d log entries on start", replayed)
+        self.dirty = bool(self.unsealed) or self._unsealed_activity()
+        return replayed
+
+    def _unsealed_activity(self) -> bool:
+        latest = self.store.latest_block()
+        covered = {int(c["pipeline"]): int(c["size"]) for c in latest.logs} if latest else {}
+        for pipeline in range(self.log.pipelines):
+            for entry in self.log.read(pipeline, covered.get(pipeline, 0), 10_000):
+                if entry.author != self.node_id:
+                    return True
+        return False
+
+    def _track(self, tx: txs.Tx) -> None:
+        self.open[tx.id] = tx
+        heapq.heappush(self._deadlines, (tx.deadline, tx.id))
+
+    # --- ingest ---------------------------------------------------------------------------
+
+    def process(self, items: Sequence[ssb.Checked | Error]) -> list[Result]:
+        """Sequence a batch of checked messages; durable in the log when this returns.
+
+        The projection is written by ``flush_projection`` (the caller runs it
+        next, so replies need not wait for it). Raises ``LogError`` when the log
+        cannot be written: then nothing of the batch was accepted.
+        """
+        now = self.clock()
+        self.expire(now)
+        pending = _Pending()
+        results: list[Result] = []
+        for item in items:
+            if isinstance(item, Error):
+                results.append(item)
+                continue
+            try:
+                results.append(self._admit(item, now, pending))
+            except Error as exc:
+                results.append(exc)
+        self._commit(pending)
+        return results
+
+    def _head(self, author: str, pending: _Pending) -> Head | None:
+        head = pending.heads.get(author)
+        if head is None:
+            head = self.log.head(author)
+        return head
+
+    def _admit(self, c: ssb.Checked, now: int, pending: _Pending) -> Accepted:
+        head = self._head(c.author, pending)
+        if head is not None and c.sequence <= head.sequence:
+            return self._known(c, pending)
+        state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+        ssb.check_order(c, state)
+        msg = {
+            "author": c.author,
+            "sequence": c.sequence,
+            "timestamp": c.timestamp,
+            "content": c.content,
+        }
+        content.check_policy(msg, node_id=self.node_id)
+        self.registry.check(c.author, c.content, now=now)
+        self._check_rules(c.author, c.content, now)
+        if c.author != self.node_id:
+            # Per identity, and only for what will be logged: resubmitting or
+            # being refused costs no tokens.
+            self.limiter.take(c.author, now=now / 1000)
+
+        pipeline = pipeline_of(c.author, self.log.pipelines)
+        index = pending.sizes.get(pipeline, self.log.size(pipeline))
+        pending.sizes[pipeline] = index + 1
+        body = c.text.encode("utf-8")
+        pending.entries.append(NewEntry(c.id, c.author, c.sequence, now, body))
+        pending.positions.append((pipeline, index))
+        pending.heads[c.author] = Head(c.sequence, c.id)
+        pending.ids[c.id] = (pipeline, index)
+        pending.bodies[(c.author, c.sequence)] = (c.id, body)
+        self._project(pending.projection, c.id, msg, pipeline, index, now, body, replay=False)
+        pending.projection.cursors[pipeline] = index + 1
+        if c.author != self.node_id:
+            self.dirty = True
+        return Accepted(c.id, pipeline, index, created=True)
+
+    def _known(self, c: ssb.Checked, pending: _Pending) -> Accepted:
+        """A message at or below the feed's head: the same one again, or a fork."""
+        position = pending.ids.get(c.id) or self.log.locate(c.id)
+        if position is not None:
+            return Accepted(c.id, position[0], position[1], created=False)
+        in_batch = pending.bodies.get((c.author, c.sequence))
+        if in_batch is not None:
+            kept_id: str | None = in_batch[0]
+            kept_body = in_batch[1]
+        else:
+            kept = self.store.message_at(c.author, c.sequence)
+            kept_id = None if kept is None else kept.id
+            kept_body = b"" if kept is None else kept.body
+        pending.forks.append((c.author, c.sequence, kept_body, c.text.encode("utf-8")))
+        raise InvalidMessage(
+            f"fork: {c.author} already has a different message at sequence {c.sequence}"
+            + (f" ({kept_id})" if kept_id is not None else ""),
+            code="fork",
+        )
+
+    def _channel(self, body: dict[str, Any]) -> txs.Channel:
+        chan_id = body.get("chan")
+        channel = self.channels.get(chan_id) if isinstance(chan_id, str) else None
+        if channel is None:
+            raise Rejected(f"unknown channel {chan_id}", code="unknown_tx")
+        return channel
+
+    def _check_rules(self, author: str, body: object, now: int) -> None:
+        """The transaction and channel rules (DESIGN §3); raises ``Rejected``.
+
+        Any message naming a tx is held to the tx's rules, whatever its type,
+        and so is a ``chan/msg`` in a channel tied to a tx even without a
+        ``tx`` field: only parties post in a tx, and only while it is open.
+        """
+        if not isinstance(body, dict):
+            return  # an encrypted SSB private box: stored, never routed
+        kind = body.get("type")
+        tx_id = body.get("tx")
+        if kind == "chan/msg":
+            channel = self._channel(body)
+            if author not in channel.members:
+                raise Rejected(
+                    f"{author} is not a member of channel {body['chan']}", code="not_a_party"
+                )
+            chan_tx = channel.tx
+            if chan_tx is not None:
+                if isinstance(tx_id, str) and tx_id != chan_tx:
+                    raise InvalidMessage(f"chan/msg: tx {tx_id} is not its channel's tx {chan_tx}")
+                tx_id = chan_tx
+        elif kind == "chan/share":
+            channel = self._channel(body)
+            if author not in channel.holders:
+                raise Rejected(
+                    f"{author} holds no key of channel {body['chan']}", code="not_a_party"
+                )
+        if isinstance(tx_id, str):
+            tx = self.open.get(tx_id) or self.unsealed.get(tx_id)
+            if tx is None and self.store.tx(tx_id) is not None:
+                raise Rejected(f"transaction {tx_id} is closed", code="tx_closed")
+            if tx is not None and tx.status == "open" and txs.expire(tx, now=now):
+                self._closed(tx)
+            txs.check(tx, {"author": author, "content": body}, now=now)
+
+    # --- projection -----------------------------------------------------------------------
+
+    def _project(
+        self,
+        projection: Projection,
+        msg_id: str,
+        msg: dict[str, Any],
+        pipeline: int,
+        index: int,
+        received: int,
+        body: bytes,
+        *,
+        replay: bool,
+    ) -> None:
+        """Apply one logged message to the in-memory state and ``projection``. Idempotent."""
+        author = msg["author"]
+        body_content = msg["content"]
+        kind = body_content.get("type") if isinstance(body_content, dict) else None
+        tx_id: str | None = None
+        tx: txs.Tx | None = None
+        if kind == "tx/open":
+            tx_id = msg_id
+            if msg_id not in self.open and msg_id not in self.unsealed:
+                tx = txs.open_tx(msg_id, msg, now=received)
+                self._track(tx)
+                projection.txs[tx.id] = tx_row(tx)
+            else:
+                tx = self.open.get(msg_id) or self.unsealed.get(msg_id)
+        elif isinstance(body_content, dict):
+            named = body_content.get("tx")
+            tx_id = named if isinstance(named, str) else None
+            if tx_id is None and kind == "chan/msg":
+                posted_in = self.channels.get(body_content.get("chan", ""))
+                tx_id = None if posted_in is None else posted_in.tx
+            if tx_id is not None:
+                tx = self.open.get(tx_id) or self.unsealed.get(tx_id)
+            if tx is not None and tx.status == "open" and msg_id not in tx.messages:
+                # Never raises: a logged message must always project, or a
+                # restart could not replay the log (the rules ran before it
+                # was logged; on replay they are not re-judged).
+                try:
+                    closes = txs.apply(tx, msg_id, msg, now=received)
+                except Error as exc:
+                    log.warning("message %s not linked to tx %s: %s", msg_id, tx.id, exc)
+                    closes = False
+                if closes:
+                    self._closed(tx)
+                projection.txs[tx.id] = tx_row(tx)
+        # Applied at once, so the next message of the same batch sees it (a
+        # key/rotate followed by a post from the old key is refused).
+        for ident in self.registry.apply(msg_id, author, body_content, now=received):
+            record = self.registry.record(ident)
+            if record is not None:
+                projection.identities[ident] = record
+        projection.messages.append(
+            MessageRow(
+                msg_id,
+                pipeline,
+                index,
+                author,
+                msg["sequence"],
+                received,
+                kind if isinstance(kind, str) else None,
+                tx_id,
+                body,
+                chan=_channel_of(msg_id, kind, body_content),
+            )
+        )
+        channel = (
+            self.channels.get(body_content.get("chan", ""))
+            if kind in ("chan/msg", "chan/share")
+            else None
+        )
+        if kind == "chan/open":
+            # Built directly, not with ``txs.open_channel``: that re-checks the
+            # content policy, which ran before logging and must not run on replay.
+            opened = txs.Channel(
+                id=msg_id,
+                opener=author,
+                members=tuple(body_content["keys"]),
+                tx=body_content.get("tx"),
+            )
+            self.channels[msg_id] = opened
+            projection.channels[msg_id] = opened.to_dict()
+        elif kind == "chan/share" and channel is not None:
+            txs.share_channel(channel, msg)
+            projection.channels[channel.id] = channel.to_dict()
+        elif kind == "block" and author == self.node_id:
+            self._project_block(projection, msg_id, body_content, body)
+        # Shared readers hold the key too, so a chan/msg reaches every holder.
+        members = channel.holders if kind == "chan/msg" and channel is not None else None
+        if kind is not None:
+            for recipient in txs.recipients(author, body_content, tx, members):
+                projection.inbox.append((recipient, msg_id))
+
+    def _project_block(
+        self, projection: Projection, msg_id: str, body_content: dict[str, Any], body: bytes
+    ) -> None:
+        records_id = body_content["txs"]["records"]
+        height = int(body_content["height"])
+        records = self._pending_records.pop(records_id, None)
+        if records is None:
+            data = self.store.get_blob(records_id)
+            if data is None:
+                # Never guess: an empty list would unseal the block's txs and seal
+                # them again in the next block.
+                raise StorageError(
+                    f"block {height}: its records blob {records_id} is missing from the store"
+                )
+            records = blocks.parse_records_blob(data)
+        for record in records:
+            # Also from ``open``: timeouts are not in the log, so a store rebuilt
+            # from it knows a timed-out tx as open until its block says otherwise.
+            tx = self.unsealed.pop(record["tx"], None) or self.open.pop(record["tx"], None)
+            self._changed.pop(record["tx"], None)
+            if tx is not None:
+                tx.status = record["status"]
+                tx.closed = record["closed"]
+                projection.txs[tx.id] = tx_row(tx, block=height)
+        projection.blocks.append(
+            BlockRow(height, msg_id, body, records, list(body_content["logs"]))
+        )
+
+    def _closed(self, tx: txs.Tx) -> None:
+        self.open.pop(tx.id, None)
+        self.unsealed[tx.id] = tx
+        self._changed[tx.id] = tx
+        self.dirty = True
+        # A finished tx leaves its deadline in the heap until the deadline passes
+        # (a day, say): at 1,000 trades/s that is tens of millions of entries.
+        # ``expire`` skips entries of closed txs, so dropping them changes
+        # nothing; rebuilding once they outnumber the open txs is O(1) amortised.
+        if len(self._deadlines) > 2 * len(self.open) + _DEADLINE_SLACK:
+            self._deadlines = [(d, t) for d, t in self._deadlines if t in self.open]
+            heapq.heapify(self._deadlines)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def _commit(self, pending: _Pending) -> None:
+        for author, sequence, kept, rejected in pending.forks:
+            try:
+                self.store.record_fork(author, sequence, kept, rejected)
+            except Error as exc:  # the refusal stands; only the evidence is lost
+                log.error("fork evidence for %s at %d not kept: %s", author, sequence, exc)
+        for tx in self._changed.values():
+            pending.projection.txs.setdefault(tx.id, tx_row(tx))
+        self._changed = {}
+        if not pending.entries:
+            if pending.projection.txs:
+                self._unprojected.append(pending.projection)
+            return
+        try:
+            positions = self.log.append(pending.entries)
+        except BaseException:
+            # The batch is not in the log, but its effects are in memory: rebuild
+            # the state from the store and the log, the source of truth.
+            self._reload()
+            raise
+        if positions != pending.positions:  # pragma: no cover - a broken invariant
+            raise InvalidMessage(f"log positions {positions} differ from {pending.positions}")
+        self._unprojected.append(pending.projection)
+
+    def _reload(self) -> None:
+        """Forget the in-memory state and rebuild it from the store and the log."""
+        log.warning("rebuilding the sequencer's state from the store and the log")
+        self.open, self.unsealed, self.channels = {}, {}, {}
+        self._deadlines, self._changed, self._pending_records = [], {}, {}
+        self._unprojected = []
+        self.catch_up()
+
+    def flush_projection(self) -> None:
+        """Write the projections of batches already in the log."""
+        while self._unprojected:
+            # Dropped only once written: a failed write is retried by the next flush.
+            self._write_projection(self._unprojected[0])
+            self._unprojected.pop(0)
+
+    def _write_projection(self, projection: Projection) -> None:
+        deliveries = self.store.apply(projection)
+        if self.on_projected is not None:
+            self.on_projected(projection, deliveries)
+
+    # --- clock-driven work ----------------------------------------------------------------
+
+    def expire(self, now: int) -> int:
+        """Close every open transaction whose deadline the clock has passed."""
+        closed = 0
+        while self._deadlines and self._deadlines[0][0] < now:
+            _, tx_id = heapq.heappop(self._deadlines)
+            tx = self.open.get(tx_id)
+            if tx is not None and txs.expire(tx, now=now):
+                self._closed(tx)
+                closed += 1
+        if self._changed:
+            projection = Projection(txs={t.id: tx_row(t) for t in self._changed.values()})
+            self._changed = {}
+            self._unprojected.append(projection)
+        return closed
+
+    def build_block(self) -> Accepted | None:
+        """Append a block if anything happened since the last one; returns it."""
+        now = self.clock()
+        self.expire(now)
+        self.flush_projection()
+        if not self.dirty:
+            return None
+        closed = sorted(self.unsealed.values(), key=lambda t: (t.closed or 0, t.id))
+        records = [txs.record(t) for t in closed]
+        blob = blocks.records_blob(records)
+        records_id = blob_id(blob)
+        self.store.put_blob(records_id, blob)
+        latest = self.store.latest_block()
+        height = 1 if latest is None else latest.height + 1
+        logs = [
+            blocks.LogCheckpoint(p, self.log.size(p), self.log.root(p, self.log.size(p)))
+            for p in range(self.log.pipelines)
+        ]
+        block = blocks.block_content(
+            height=height,
+            prev=None if latest is None else latest.id,
+            time=now,
+            logs=logs,
+            records=records,
+            records_blob_id=records_id,
+        )
+        head = self.log.head(self.node_id)
+        state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+        msg = ssb.create(self.identity, block, state, now, self.hmac_key)
+        checked = ssb.check(msg, self.hmac_key)
+        self._pending_records[records_id] = records
+        self.dirty = False
+        result = self.process([checked])[0]
+        self.flush_projection()
+        if isinstance(result, Error):
+            self.dirty = True
+            raise result
+        return result

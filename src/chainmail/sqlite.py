@@ -1,0 +1,759 @@
+"""Embedded SQLite backends: ``SqliteLog`` and ``SqliteStore`` (the default).
+
+Two database files in the node's data directory, both in WAL mode:
+``log.sqlite`` (entries, feed heads, Merkle subtree hashes: everything the
+log must commit atomically) and ``store.sqlite`` (projections). Each object
+has one writer connection, used from one thread at a time, and a separate
+reader connection for the API, so readers never wait for a group commit.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from chainmail import merkle
+from chainmail.blocks import message_leaf
+from chainmail.errors import LogError, StorageError
+from chainmail.ids import blob_digest
+from chainmail.log import Head, LogEntry, NewEntry, pipeline_of
+from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
+
+__all__ = ["SqliteLog", "SqliteStore"]
+
+#: ``FULL`` survives power loss; ``NORMAL`` survives a process crash only.
+DEFAULT_SYNCHRONOUS: Final = "FULL"
+#: Checkpoint the WAL every ~40 MB (SQLite's default is 1000 pages, ~4 MB): a
+#: page that several group commits dirtied is copied into the database once,
+#: and the writer checkpoints a tenth as often. Durability is unchanged.
+_WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
+
+_LOG_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS entries (
+    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL, id TEXT NOT NULL,
+    author TEXT NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (pipeline, idx)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS entries_id ON entries (id);
+CREATE TABLE IF NOT EXISTS heads (
+    author TEXT PRIMARY KEY, sequence INTEGER NOT NULL, id TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree (
+    pipeline INTEGER NOT NULL, level INTEGER NOT NULL, idx INTEGER NOT NULL,
+    hash BLOB NOT NULL, PRIMARY KEY (pipeline, level, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+_STORE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS cursors (pipeline INTEGER PRIMARY KEY, next INTEGER NOT NULL);
+-- Rowid tables, so rows land in arrival order: a batch appends to the table's
+-- last pages, and a tx's updates (which come soon after its open) touch recent
+-- pages. Keyed by the random message or tx id, every row of a batch dirtied a
+-- page of its own, which the commit then wrote (measured: benchmarks/README.md).
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT NOT NULL, pipeline INTEGER NOT NULL, idx INTEGER NOT NULL,
+    author TEXT NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
+    type TEXT, tx TEXT, body BLOB NOT NULL, chan TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_id ON messages (id);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_feed ON messages (author, sequence);
+CREATE INDEX IF NOT EXISTS messages_chan ON messages (chan, received, pipeline, idx)
+    WHERE chan IS NOT NULL;
+CREATE TABLE IF NOT EXISTS txs (
+    id TEXT NOT NULL, status TEXT NOT NULL, opener TEXT NOT NULL,
+    deadline INTEGER NOT NULL, finish TEXT NOT NULL, subject TEXT,
+    opened INTEGER NOT NULL, closed INTEGER, block INTEGER,
+    parties TEXT NOT NULL, finished_by TEXT NOT NULL, messages TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS txs_id ON txs (id);
+CREATE INDEX IF NOT EXISTS txs_open ON txs (status, block);
+CREATE TABLE IF NOT EXISTS tx_parties (
+    party TEXT NOT NULL, opened INTEGER NOT NULL, tx TEXT NOT NULL,
+    PRIMARY KEY (party, opened, tx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox (
+    delivery INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, msg_id TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_unique ON inbox (recipient, msg_id);
+CREATE TABLE IF NOT EXISTS channels (id TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY, id TEXT NOT NULL, body BLOB NOT NULL,
+    records TEXT NOT NULL, logs TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS block_logs (
+    pipeline INTEGER NOT NULL, size INTEGER NOT NULL, height INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, height)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS block_logs_size ON block_logs (pipeline, size);
+CREATE TABLE IF NOT EXISTS identities (
+    id TEXT PRIMARY KEY, record TEXT NOT NULL, search TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forks (
+    author TEXT NOT NULL, sequence INTEGER NOT NULL, kept BLOB NOT NULL, rejected BLOB NOT NULL,
+    PRIMARY KEY (author, sequence, rejected)) WITHOUT ROWID;
+"""
+
+
+def _connect(path: Path, synchronous: str, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    else:
+        conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+    return conn
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, error: type[Exception]) -> Iterator[None]:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise error(f"cannot begin a write: {exc}") from exc
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK")
+        raise error(f"commit failed: {exc}") from exc
+
+
+class _TreeHashes:
+    """The complete-subtree hashes of one pipeline, as a ``merkle.HashStore``.
+
+    The writing tree's ``put_many`` only buffers: the log flushes ``pending``
+    inside the transaction that appends the entries the hashes cover, so the
+    tree and the entries are always committed together. Reads see committed
+    rows only, which is exactly the tree of the committed size.
+    """
+
+    def __init__(self, log: SqliteLog, pipeline: int) -> None:
+        self._log = log
+        self._pipeline = pipeline
+        self.pending: list[tuple[int, int, int, bytes]] = []
+
+    def size(self) -> int:
+        row = (
+            self._log._reader_for_thread()
+            .execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM entries WHERE pipeline=?", (self._pipeline,)
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def get_many(self, nodes: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        conn = self._log._reader_for_thread()
+        out: list[bytes | None] = []
+        for level, index in nodes:
+            row = conn.execute(
+                "SELECT hash FROM tree WHERE pipeline=? AND level=? AND idx=?",
+                (self._pipeline, level, index),
+            ).fetchone()
+            out.append(None if row is None else bytes(row[0]))
+        return out
+
+    def put_many(self, entries: Sequence[tuple[int, int, bytes]], size: int) -> None:
+        p = self._pipeline
+        self.pending.extend((p, level, index, digest) for level, index, digest in entries)
+
+
+class SqliteLog:
+    """The embedded log. ``append`` is called from one writer thread at a time."""
+
+    def __init__(
+        self, path: Path, *, pipelines: int = 1, synchronous: str = DEFAULT_SYNCHRONOUS
+    ) -> None:
+        self.path = path
+        try:
+            self._w = _connect(path, synchronous)
+            self._w.executescript(_LOG_SCHEMA)
+            row = self._w.execute("SELECT value FROM meta WHERE key='pipelines'").fetchone()
+            if row is None:
+                self._w.execute(
+                    "INSERT INTO meta (key, value) VALUES ('pipelines', ?)", (str(pipelines),)
+                )
+            elif int(row[0]) != pipelines:
+                raise LogError(
+                    f"log at {path} has {row[0]} pipelines, configured {pipelines}: "
+                    "the pipeline count cannot change once messages are logged"
+                )
+        except sqlite3.Error as exc:
+            raise LogError(f"cannot open log {path}: {exc}") from exc
+        self.pipelines = pipelines
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._sizes = [
+            int(
+                self._w.execute(
+                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM entries WHERE pipeline=?", (p,)
+                ).fetchone()[0]
+            )
+            for p in range(pipelines)
+        ]
+        self._heads = {
+            author: Head(seq, mid)
+            for author, seq, mid in self._w.execute("SELECT author, sequence, id FROM heads")
+        }
+        self._trees = [merkle.MerkleTree(_TreeHashes(self, p)) for p in range(pipelines)]
+        self._lock = threading.Lock()
+
+    def _reader_for_thread(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, self._synchronous, readonly=True)
+            self._local.conn = conn
+        return conn
+
+    def heads(self) -> dict[str, Head]:
+        return dict(self._heads)
+
+    def head(self, author: str) -> Head | None:
+        return self._heads.get(author)
+
+    def size(self, pipeline: int) -> int:
+        return self._sizes[pipeline]
+
+    def append(self, entries: Sequence[NewEntry]) -> list[tuple[int, int]]:
+        positions: list[tuple[int, int]] = []
+        rows: list[tuple[int, int, str, str, int, int, bytes]] = []
+        heads: dict[str, Head] = {}
+        leaves: dict[int, list[bytes]] = {}
+        sizes = list(self._sizes)
+        for entry in entries:
+            prior = heads.get(entry.author) or self._heads.get(entry.author)
+            expected = 1 if prior is None else prior.sequence + 1
+            if entry.sequence != expected:
+                raise LogError(
+                    f"feed order: {entry.author} expected sequence {expected}, got {entry.sequence}"
+                )
+            pipeline = pipeline_of(entry.author, self.pipelines)
+            index = sizes[pipeline]
+            sizes[pipeline] += 1
+            rows.append(
+                (
+                    pipeline,
+                    index,
+                    entry.id,
+                    entry.author,
+                    entry.sequence,
+                    entry.received,
+                    entry.body,
+                )
+            )
+            heads[entry.author] = Head(entry.sequence, entry.id)
+            leaves.setdefault(pipeline, []).append(_leaf(entry.id))
+            positions.append((pipeline, index))
+        if not rows:
+            return positions
+        with self._lock:
+            try:
+                with _transaction(self._w, LogError):
+                    self._w.executemany(
+                        "INSERT INTO entries (pipeline, idx, id, author, sequence, received, body)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    self._w.executemany(
+                        "INSERT OR REPLACE INTO heads (author, sequence, id) VALUES (?, ?, ?)",
+                        [(a, h.sequence, h.id) for a, h in heads.items()],
+                    )
+                    pending: list[tuple[int, int, int, bytes]] = []
+                    for pipeline, hashes in leaves.items():
+                        tree = self._trees[pipeline]
+                        tree.append_many(hashes)
+                        hashes_store = tree.store
+                        assert isinstance(hashes_store, _TreeHashes)
+                        pending.extend(hashes_store.pending)
+                        hashes_store.pending = []
+                    self._w.executemany(
+                        "INSERT OR REPLACE INTO tree (pipeline, level, idx, hash) VALUES (?, ?, ?, ?)",
+                        pending,
+                    )
+            except sqlite3.Error as exc:
+                self._reload_trees()
+                raise LogError(f"append failed: {exc}") from exc
+            except LogError:
+                self._reload_trees()
+                raise
+            self._sizes = sizes
+            self._heads.update(heads)
+        return positions
+
+    def _reload_trees(self) -> None:
+        self._trees = [merkle.MerkleTree(_TreeHashes(self, p)) for p in range(self.pipelines)]
+
+    def read(self, pipeline: int, start: int, limit: int) -> list[LogEntry]:
+        rows = (
+            self._reader_for_thread()
+            .execute(
+                "SELECT idx, id, author, sequence, received, body FROM entries"
+                " WHERE pipeline=? AND idx>=? ORDER BY idx LIMIT ?",
+                (pipeline, start, limit),
+            )
+            .fetchall()
+        )
+        return [LogEntry(pipeline, r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+    def locate(self, msg_id: str) -> tuple[int, int] | None:
+        row = (
+            self._reader_for_thread()
+            .execute("SELECT pipeline, idx FROM entries WHERE id=?", (msg_id,))
+            .fetchone()
+        )
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def get(self, pipeline: int, index: int) -> LogEntry | None:
+        entries = self.read(pipeline, index, 1)
+        return entries[0] if entries and entries[0].index == index else None
+
+    def _tree(self, pipeline: int) -> merkle.MerkleTree:
+        # Readers get their own view so a concurrent append cannot disturb a proof.
+        return merkle.MerkleTree(_TreeHashes(self, pipeline))
+
+    def root(self, pipeline: int, size: int) -> bytes:
+        return self._tree(pipeline).root(size)
+
+    def inclusion_proof(self, pipeline: int, index: int, size: int) -> list[bytes]:
+        return self._tree(pipeline).inclusion_proof(index, size)
+
+    def consistency_proof(self, pipeline: int, size1: int, size2: int) -> list[bytes]:
+        return self._tree(pipeline).consistency_proof(size1, size2)
+
+    def close(self) -> None:
+        self._w.close()
+
+
+def _leaf(msg_id: str) -> bytes:
+    return message_leaf(msg_id)
+
+
+def _tx_from_row(r: Sequence[Any]) -> TxRow:
+    return TxRow(
+        id=r[0],
+        status=r[1],
+        opener=r[2],
+        deadline=r[3],
+        finish=r[4],
+        subject=r[5],
+        opened=r[6],
+        closed=r[7],
+        block=r[8],
+        parties=orjson.loads(r[9]),
+        finished_by=orjson.loads(r[10]),
+        messages=orjson.loads(r[11]),
+    )
+
+
+_TX_COLUMNS: Final = (
+    "id, status, opener, deadline, finish, subject, opened, closed, block,"
+    " parties, finished_by, messages"
+)
+_TX_UPSERT: Final = ", ".join(
+    f"{c}=excluded.{c}" for c in _TX_COLUMNS.replace(" ", "").split(",") if c != "id"
+)
+_MSG_COLUMNS: Final = "id, pipeline, idx, author, sequence, received, type, tx, body, chan"
+
+
+def _msg_from_row(r: Sequence[Any]) -> MessageRow:
+    return MessageRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bytes(r[8]), r[9])
+
+
+def _block_from_row(r: Sequence[Any]) -> BlockRow:
+    return BlockRow(r[0], r[1], bytes(r[2]), orjson.loads(r[3]), orjson.loads(r[4]))
+
+
+class SqliteStore:
+    """The embedded projection store."""
+
+    def __init__(self, path: Path, *, synchronous: str = DEFAULT_SYNCHRONOUS) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        try:
+            self._w = _connect(path, synchronous)
+            self._w.executescript(_STORE_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        #: Blobs are files, apart from the projections, so the store can be
+        #: dropped and rebuilt from the log without losing them.
+        self.blobs_dir = path.parent / "blobs"
+
+    def _r(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, self._synchronous, readonly=True)
+            self._local.conn = conn
+        return conn
+
+    def cursors(self) -> dict[int, int]:
+        return {int(p): int(n) for p, n in self._r().execute("SELECT pipeline, next FROM cursors")}
+
+    def apply(self, projection: Projection) -> list[int]:
+        w = self._w
+        with self._lock:
+            try:
+                with _transaction(w, StorageError):
+                    w.executemany(
+                        f"INSERT OR IGNORE INTO messages ({_MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        [
+                            (
+                                m.id,
+                                m.pipeline,
+                                m.index,
+                                m.author,
+                                m.sequence,
+                                m.received,
+                                m.type,
+                                m.tx,
+                                m.body,
+                                m.chan,
+                            )
+                            for m in projection.messages
+                        ],
+                    )
+                    # An upsert updates the row in place; REPLACE would delete it and
+                    # append it again, moving it (and its index entries) every time.
+                    w.executemany(
+                        f"INSERT INTO txs ({_TX_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                        f" ON CONFLICT (id) DO UPDATE SET {_TX_UPSERT}",
+                        [
+                            (
+                                tx.id,
+                                tx.status,
+                                tx.opener,
+                                tx.deadline,
+                                tx.finish,
+                                tx.subject,
+                                tx.opened,
+                                tx.closed,
+                                tx.block,
+                                orjson.dumps(tx.parties),
+                                orjson.dumps(tx.finished_by),
+                                orjson.dumps(tx.messages),
+                            )
+                            for tx in projection.txs.values()
+                        ],
+                    )
+                    w.executemany(
+                        "INSERT OR IGNORE INTO tx_parties (party, opened, tx) VALUES (?,?,?)",
+                        [
+                            (p, tx.opened, tx.id)
+                            for tx in projection.txs.values()
+                            for p in tx.parties
+                        ],
+                    )
+                    # New deliveries get increasing numbers above every existing one.
+                    (top,) = w.execute("SELECT COALESCE(MAX(delivery), 0) FROM inbox").fetchone()
+                    w.executemany(
+                        "INSERT OR IGNORE INTO inbox (recipient, msg_id) VALUES (?, ?)",
+                        projection.inbox,
+                    )
+                    deliveries: list[int] = (
+                        [
+                            int(d)
+                            for (d,) in w.execute(
+                                "SELECT delivery FROM inbox WHERE delivery>? ORDER BY delivery",
+                                (top,),
+                            )
+                        ]
+                        if projection.inbox
+                        else []
+                    )
+                    w.executemany(
+                        "INSERT OR REPLACE INTO channels (id, data) VALUES (?, ?)",
+                        [(cid, orjson.dumps(data)) for cid, data in projection.channels.items()],
+                    )
+                    for block in projection.blocks:
+                        w.execute(
+                            "INSERT OR IGNORE INTO blocks (height, id, body, records, logs)"
+                            " VALUES (?,?,?,?,?)",
+                            (
+                                block.height,
+                                block.id,
+                                block.body,
+                                orjson.dumps(block.records),
+                                orjson.dumps(block.logs),
+                            ),
+                        )
+                        w.executemany(
+                            "INSERT OR IGNORE INTO block_logs (pipeline, size, height) VALUES (?,?,?)",
+                            [
+                                (int(c["pipeline"]), int(c["size"]), block.height)
+                                for c in block.logs
+                            ],
+                        )
+                        w.executemany(
+                            "UPDATE txs SET block=?, status=?, closed=? WHERE id=? AND block IS NULL",
+                            [
+                                (block.height, r["status"], r["closed"], r["tx"])
+                                for r in block.records
+                            ],
+                        )
+                    w.executemany(
+                        "INSERT OR REPLACE INTO identities (id, record, search) VALUES (?, ?, ?)",
+                        [
+                            (ident, orjson.dumps(rec), orjson.dumps(rec).decode().lower())
+                            for ident, rec in projection.identities.items()
+                        ],
+                    )
+                    w.executemany(
+                        "INSERT INTO cursors (pipeline, next) VALUES (?, ?) ON CONFLICT (pipeline)"
+                        " DO UPDATE SET next=excluded.next WHERE excluded.next > cursors.next",
+                        list(projection.cursors.items()),
+                    )
+            except sqlite3.Error as exc:
+                raise StorageError(f"projection write failed: {exc}") from exc
+        return deliveries
+
+    def message(self, msg_id: str) -> MessageRow | None:
+        r = (
+            self._r()
+            .execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE id=?", (msg_id,))
+            .fetchone()
+        )
+        return None if r is None else _msg_from_row(r)
+
+    def message_at(self, author: str, sequence: int) -> MessageRow | None:
+        r = (
+            self._r()
+            .execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE author=? AND sequence=?",
+                (author, sequence),
+            )
+            .fetchone()
+        )
+        return None if r is None else _msg_from_row(r)
+
+    def feed(self, author: str, after: int, limit: int) -> list[MessageRow]:
+        rows = (
+            self._r()
+            .execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE author=? AND sequence>?"
+                " ORDER BY sequence LIMIT ?",
+                (author, after, limit),
+            )
+            .fetchall()
+        )
+        return [_msg_from_row(r) for r in rows]
+
+    def tx(self, tx_id: str) -> TxRow | None:
+        r = self._r().execute(f"SELECT {_TX_COLUMNS} FROM txs WHERE id=?", (tx_id,)).fetchone()
+        return None if r is None else _tx_from_row(r)
+
+    def open_txs(self) -> list[TxRow]:
+        rows = (
+            self._r()
+            .execute(f"SELECT {_TX_COLUMNS} FROM txs WHERE status='open' AND block IS NULL")
+            .fetchall()
+        )
+        return [_tx_from_row(r) for r in rows]
+
+    def closed_unblocked_txs(self) -> list[TxRow]:
+        rows = (
+            self._r()
+            .execute(
+                f"SELECT {_TX_COLUMNS} FROM txs WHERE status!='open' AND block IS NULL"
+                " ORDER BY closed, id"
+            )
+            .fetchall()
+        )
+        return [_tx_from_row(r) for r in rows]
+
+    def list_txs(
+        self, *, party: str | None, status: str | None, limit: int, before: int | None
+    ) -> list[TxRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if party is not None:
+            where.append("id IN (SELECT tx FROM tx_parties WHERE party=?)")
+            args.append(party)
+        if status is not None:
+            where.append("status=?")
+            args.append(status)
+        if before is not None:
+            where.append("opened<?")
+            args.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = (
+            self._r()
+            .execute(
+                f"SELECT {_TX_COLUMNS} FROM txs {clause} ORDER BY opened DESC, id LIMIT ?",
+                (*args, limit),
+            )
+            .fetchall()
+        )
+        return [_tx_from_row(r) for r in rows]
+
+    def channels(self) -> dict[str, dict[str, Any]]:
+        return {
+            cid: orjson.loads(data)
+            for cid, data in self._r().execute("SELECT id, data FROM channels")
+        }
+
+    def channel_messages(self, chan: str, after: int, limit: int) -> list[MessageRow]:
+        rows = (
+            self._r()
+            .execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE chan=?"
+                " ORDER BY received, pipeline, idx LIMIT ? OFFSET ?",
+                (chan, limit, after),
+            )
+            .fetchall()
+        )
+        return [_msg_from_row(r) for r in rows]
+
+    def inbox(self, recipient: str, limit: int, after: int = 0) -> list[Delivery]:
+        rows = (
+            self._r()
+            .execute(
+                "SELECT i.delivery, i.msg_id, m.body FROM inbox i JOIN messages m ON m.id = i.msg_id"
+                " WHERE i.recipient=? AND i.delivery>? ORDER BY i.delivery LIMIT ?",
+                (recipient, after, limit),
+            )
+            .fetchall()
+        )
+        return [Delivery(int(d), mid, bytes(body)) for d, mid, body in rows]
+
+    def ack(self, recipient: str, ids: Sequence[str]) -> int:
+        with self._lock:
+            try:
+                with _transaction(self._w, StorageError):
+                    n = 0
+                    for mid in ids:
+                        n += self._w.execute(
+                            "DELETE FROM inbox WHERE recipient=? AND msg_id=?", (recipient, mid)
+                        ).rowcount
+            except sqlite3.Error as exc:
+                raise StorageError(f"ack failed: {exc}") from exc
+        return n
+
+    def _blob_path(self, blob_id: str) -> Path:
+        digest = blob_digest(blob_id).hex()
+        return self.blobs_dir / digest[:2] / digest
+
+    def put_blob(self, blob_id: str, data: bytes) -> bool:
+        """Store bytes under their id, durably (temp file, fsync, rename); False if present."""
+        path = self._blob_path(blob_id)
+        if path.exists():
+            return False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            # The rename is durable only once the directory is synced: a block
+            # naming this blob may be logged right after.
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StorageError(f"blob write failed: {exc}") from exc
+        return True
+
+    def get_blob(self, blob_id: str) -> bytes | None:
+        try:
+            return self._blob_path(blob_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"blob read failed: {exc}") from exc
+
+    def block(self, height: int) -> BlockRow | None:
+        r = (
+            self._r()
+            .execute("SELECT height, id, body, records, logs FROM blocks WHERE height=?", (height,))
+            .fetchone()
+        )
+        return None if r is None else _block_from_row(r)
+
+    def blocks(self, after: int, limit: int) -> list[BlockRow]:
+        rows = (
+            self._r()
+            .execute(
+                "SELECT height, id, body, records, logs FROM blocks WHERE height>? ORDER BY height LIMIT ?",
+                (after, limit),
+            )
+            .fetchall()
+        )
+        return [_block_from_row(r) for r in rows]
+
+    def latest_block(self) -> BlockRow | None:
+        r = (
+            self._r()
+            .execute(
+                "SELECT height, id, body, records, logs FROM blocks ORDER BY height DESC LIMIT 1"
+            )
+            .fetchone()
+        )
+        return None if r is None else _block_from_row(r)
+
+    def block_covering(self, pipeline: int, index: int) -> BlockRow | None:
+        r = (
+            self._r()
+            .execute(
+                "SELECT height FROM block_logs WHERE pipeline=? AND size>? ORDER BY size, height LIMIT 1",
+                (pipeline, index),
+            )
+            .fetchone()
+        )
+        return None if r is None else self.block(int(r[0]))
+
+    def identity_records(self, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        conn = self._r()
+        if ids is None:
+            rows = conn.execute("SELECT record FROM identities").fetchall()
+        else:
+            rows = [
+                r
+                for i in ids
+                if (r := conn.execute("SELECT record FROM identities WHERE id=?", (i,)).fetchone())
+            ]
+        return [orjson.loads(r[0]) for r in rows]
+
+    def search_identities(self, text: str, limit: int) -> list[dict[str, Any]]:
+        pattern = (
+            "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        )
+        rows = (
+            self._r()
+            .execute(
+                "SELECT record FROM identities WHERE search LIKE ? ESCAPE '\\' LIMIT ?",
+                (pattern, limit),
+            )
+            .fetchall()
+        )
+        return [orjson.loads(r[0]) for r in rows]
+
+    def record_fork(self, author: str, sequence: int, kept: bytes, rejected: bytes) -> None:
+        with self._lock:
+            try:
+                self._w.execute(
+                    "INSERT OR IGNORE INTO forks (author, sequence, kept, rejected) VALUES (?,?,?,?)",
+                    (author, sequence, kept, rejected),
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"fork evidence write failed: {exc}") from exc
+
+    def forks(self, author: str) -> list[tuple[int, bytes, bytes]]:
+        return [
+            (int(s), bytes(k), bytes(r))
+            for s, k, r in self._r().execute(
+                "SELECT sequence, kept, rejected FROM forks WHERE author=? ORDER BY sequence",
+                (author,),
+            )
+        ]
+
+    def close(self) -> None:
+        self._w.close()

@@ -1,0 +1,177 @@
+"""The store: projections of the log that the API reads (DESIGN §5).
+
+Every projection is derived from the log alone. The node computes a
+``Projection`` for each batch it appends and the store writes it together with
+the projection cursor in one transaction, so after a crash the store resumes
+from its cursor and replaying an entry twice changes nothing (writes are keyed
+by message id).
+
+Backends implement ``Store``: ``chainmail.sqlite.SqliteStore`` is the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "BlockRow",
+    "Delivery",
+    "MessageRow",
+    "Projection",
+    "Store",
+    "TxRow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: str
+    pipeline: int
+    index: int
+    author: str
+    sequence: int
+    received: int
+    type: str | None
+    tx: str | None
+    body: bytes
+    chan: str | None = None
+
+
+@dataclass(slots=True)
+class TxRow:
+    """A transaction as stored. ``messages`` are ids in log order, tx/open first."""
+
+    id: str
+    status: str
+    parties: list[str]
+    opener: str
+    deadline: int
+    finish: str
+    subject: str | None
+    opened: int
+    closed: int | None
+    finished_by: list[str]
+    messages: list[str]
+    block: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tx": self.id,
+            "status": self.status,
+            "parties": self.parties,
+            "opener": self.opener,
+            "opened": self.opened,
+            "deadline": self.deadline,
+            "finish": self.finish,
+            "subject": self.subject,
+            "closed": self.closed,
+            "messages": self.messages,
+            "block": self.block,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    delivery: int
+    id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRow:
+    height: int
+    id: str
+    body: bytes
+    records: list[dict[str, Any]]
+    logs: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class Projection:
+    """Everything one log batch changes in the store, plus the new cursors."""
+
+    messages: list[MessageRow] = field(default_factory=list)
+    txs: dict[str, TxRow] = field(default_factory=dict)
+    inbox: list[tuple[str, str]] = field(default_factory=list)  # (recipient, message id)
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blocks: list[BlockRow] = field(default_factory=list)
+    identities: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> registry record
+    cursors: dict[int, int] = field(default_factory=dict)  # pipeline -> next index
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.messages
+            or self.txs
+            or self.inbox
+            or self.blocks
+            or self.identities
+            or self.cursors
+        )
+
+
+class Store(Protocol):
+    """Projection storage. Every method raises ``StorageError`` when the backend fails."""
+
+    def cursors(self) -> dict[int, int]:
+        """Next log index to project, per pipeline."""
+        ...
+
+    def apply(self, projection: Projection) -> list[int]:
+        """Write a projection and its cursors atomically; returns new delivery numbers."""
+        ...
+
+    def message(self, msg_id: str) -> MessageRow | None: ...
+
+    def message_at(self, author: str, sequence: int) -> MessageRow | None: ...
+
+    def feed(self, author: str, after: int, limit: int) -> list[MessageRow]: ...
+
+    def tx(self, tx_id: str) -> TxRow | None: ...
+
+    def open_txs(self) -> list[TxRow]: ...
+
+    def closed_unblocked_txs(self) -> list[TxRow]: ...
+
+    def list_txs(
+        self, *, party: str | None, status: str | None, limit: int, before: int | None
+    ) -> list[TxRow]: ...
+
+    def channels(self) -> dict[str, dict[str, Any]]: ...
+
+    def channel_messages(self, chan: str, after: int, limit: int) -> list[MessageRow]:
+        """The channel's chan/open, chan/share and chan/msg messages in log order."""
+        ...
+
+    def inbox(self, recipient: str, limit: int, after: int = 0) -> list[Delivery]: ...
+
+    def ack(self, recipient: str, ids: Sequence[str]) -> int: ...
+
+    def put_blob(self, blob_id: str, data: bytes) -> bool: ...
+
+    def get_blob(self, blob_id: str) -> bytes | None: ...
+
+    def block(self, height: int) -> BlockRow | None: ...
+
+    def blocks(self, after: int, limit: int) -> list[BlockRow]: ...
+
+    def latest_block(self) -> BlockRow | None: ...
+
+    def block_covering(self, pipeline: int, index: int) -> BlockRow | None:
+        """The first block whose checkpoint of ``pipeline`` has size > ``index``."""
+        ...
+
+    def identity_records(self, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Registry records (all, or those of ``ids``), as ``Registry.record`` wrote them."""
+        ...
+
+    def search_identities(self, text: str, limit: int) -> list[dict[str, Any]]:
+        """Records whose stored text contains ``text`` (case-insensitive): a superset to filter."""
+        ...
+
+    def record_fork(self, author: str, sequence: int, kept: bytes, rejected: bytes) -> None: ...
+
+    def forks(self, author: str) -> list[tuple[int, bytes, bytes]]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,454 @@
+"""Transactions and channels: the rules of DESIGN §3 as a pure state machine.
+
+A transaction (tx) is rooted at a ``tx/open`` message and ends exactly once:
+``finished`` when its ``finish`` policy is met, or ``timed_out`` when the
+node's clock passes its ``deadline`` first. The tracker that owns the state
+calls, for each message that refers to a tx::
+
+    expire(tx, now=now)            # a passed deadline closes the tx first
+    check(tx, msg, now=now)        # before accepting: raises Rejected
+    ... the message goes into the log ...
+    apply(tx, msg_id, msg, now=now)  # True when this message finished the tx
+
+and ``expire`` for every open tx on each tick. ``now`` is always the node's
+clock in ms (never the message's own ``timestamp``, which its author chose).
+
+A tx's deadline is inclusive: at ``now == deadline`` the tx is still open;
+the first ``now > deadline`` closes it.
+
+A channel (``chan/open``) has *members*, the identities its ``chan/open``
+seals the key to, and *readers*, added later by ``chan/share``. Both hold
+the key and receive ``chan/msg``; only members may post (``chan/msg``,
+``chan/share``), and for a channel tied to a tx a member must also be one of
+the tx's parties.
+
+Pure: no I/O and no clock of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, get_args
+
+from chainmail.content import check_policy, tx_of
+from chainmail.errors import Error, InvalidMessage, Rejected, StorageError
+
+__all__ = [
+    "DEFAULT_FINISH",
+    "Channel",
+    "FinishPolicy",
+    "Tx",
+    "TxStatus",
+    "apply",
+    "check",
+    "check_channel_post",
+    "expire",
+    "finish_met",
+    "open_channel",
+    "open_tx",
+    "recipients",
+    "record",
+    "share_channel",
+]
+
+FinishPolicy = Literal["all", "any", "opener"]
+TxStatus = Literal["open", "finished", "timed_out"]
+
+#: ``finish`` when a ``tx/open`` leaves it out (DESIGN §3).
+DEFAULT_FINISH: Final[FinishPolicy] = "all"
+
+#: Types delivered to every other party of their tx (``tx/note`` only without ``to``).
+_TO_PARTIES: Final = frozenset({"tx/open", "tx/finish", "tx/note"})
+#: Types delivered to each identity whose sealed key they carry.
+_TO_KEY_HOLDERS: Final = frozenset({"chan/open", "chan/share"})
+
+
+@dataclass
+class Tx:
+    """The state of one transaction. Mutable: ``apply`` and ``expire`` update it.
+
+    ``opened`` and ``closed`` are node clock ms; ``messages`` are ids in log
+    order, the ``tx/open`` first.
+    """
+
+    id: str
+    parties: tuple[str, ...]
+    opener: str
+    deadline: int
+    finish: FinishPolicy = DEFAULT_FINISH
+    subject: str | None = None
+    opened: int = 0
+    status: TxStatus = "open"
+    closed: int | None = None
+    finished_by: set[str] = field(default_factory=set)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def is_open(self) -> bool:
+        """True until the tx has finished or timed out (``expire`` decides the latter)."""
+        return self.status == "open"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict for storage; ``from_dict`` reads it back. Raises nothing."""
+        return {
+            "id": self.id,
+            "parties": list(self.parties),
+            "opener": self.opener,
+            "deadline": self.deadline,
+            "finish": self.finish,
+            "subject": self.subject,
+            "opened": self.opened,
+            "status": self.status,
+            "closed": self.closed,
+            "finished_by": sorted(self.finished_by),
+            "messages": list(self.messages),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tx:
+        """The ``Tx`` that ``to_dict`` wrote; raises ``StorageError`` when ``data`` is malformed."""
+        try:
+            tx = cls(
+                id=_text(data["id"]),
+                parties=tuple(_texts(data["parties"])),
+                opener=_text(data["opener"]),
+                deadline=_integer(data["deadline"]),
+                finish=_choice(data["finish"], FinishPolicy),
+                subject=None if data["subject"] is None else _text(data["subject"]),
+                opened=_integer(data["opened"]),
+                status=_choice(data["status"], TxStatus),
+                closed=None if data["closed"] is None else _integer(data["closed"]),
+                finished_by=set(_texts(data["finished_by"])),
+                messages=list(_texts(data["messages"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StorageError(f"malformed stored tx: {exc!r}") from exc
+        if (tx.status == "open") != (tx.closed is None):
+            raise StorageError(
+                f"malformed stored tx {tx.id}: status {tx.status}, closed {tx.closed}"
+            )
+        return tx
+
+
+@dataclass
+class Channel:
+    """The state of one channel: who holds its key, and the tx it belongs to, if any."""
+
+    id: str
+    opener: str
+    members: tuple[str, ...]
+    tx: str | None = None
+    readers: tuple[str, ...] = ()
+
+    @property
+    def holders(self) -> tuple[str, ...]:
+        """Everyone who can read the channel: members, then readers. Raises nothing."""
+        return self.members + tuple(r for r in self.readers if r not in self.members)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict for storage; ``from_dict`` reads it back. Raises nothing."""
+        return {
+            "id": self.id,
+            "opener": self.opener,
+            "members": list(self.members),
+            "tx": self.tx,
+            "readers": list(self.readers),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Channel:
+        """The ``Channel`` that ``to_dict`` wrote; raises ``StorageError`` when malformed."""
+        try:
+            return cls(
+                id=_text(data["id"]),
+                opener=_text(data["opener"]),
+                members=tuple(_texts(data["members"])),
+                tx=None if data["tx"] is None else _text(data["tx"]),
+                readers=tuple(_texts(data["readers"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StorageError(f"malformed stored channel: {exc!r}") from exc
+
+
+# --- transactions ------------------------------------------------------------------
+
+
+def open_tx(msg_id: str, msg: Mapping[str, Any], now: int) -> Tx:
+    """The new ``Tx`` opened by the ``tx/open`` message ``msg`` (id ``msg_id``) at ``now``.
+
+    A deadline already in the past is allowed: the next ``expire`` closes it.
+    Raises ``InvalidMessage`` (``invalid_format``) when ``msg`` is not a valid
+    ``tx/open``.
+    """
+    content = msg.get("content")
+    if not (isinstance(content, Mapping) and content.get("type") == "tx/open"):
+        raise InvalidMessage(f"{msg_id} is not a tx/open message", code="invalid_format")
+    check_policy(msg)
+    return Tx(
+        id=msg_id,
+        parties=tuple(content["parties"]),
+        opener=msg["author"],
+        deadline=content["deadline"],
+        finish=content.get("finish", DEFAULT_FINISH),
+        subject=content.get("subject"),
+        opened=now,
+        messages=[msg_id],
+    )
+
+
+def check(tx: Tx | None, msg: Mapping[str, Any], *, now: int) -> None:
+    """Refuse a message that refers to ``tx`` if the tx rules forbid it; pure.
+
+    ``tx`` is the state the message's tx id resolved to (``None`` if none).
+    Raises ``Rejected`` with code ``unknown_tx`` for no tx (or a message naming
+    another tx), ``tx_closed`` when the tx has closed or ``now`` is past its
+    deadline (even before ``expire`` has run), and ``not_a_party`` when the
+    author is not one of its parties.
+    """
+    content = msg.get("content")
+    named = tx_of(content)
+    if tx is None:
+        raise Rejected(f"unknown tx {named or '(none named)'}", code="unknown_tx")
+    if named is not None and named != tx.id:
+        raise Rejected(f"message names tx {named}, not {tx.id}", code="unknown_tx")
+    if isinstance(content, Mapping) and content.get("type") == "tx/open":
+        raise Rejected(f"a tx/open opens a tx of its own, not {tx.id}", code="unknown_tx")
+    if tx.status != "open":
+        raise Rejected(f"tx {tx.id} is closed ({tx.status} at {tx.closed})", code="tx_closed")
+    if now > tx.deadline:
+        raise Rejected(
+            f"tx {tx.id} passed its deadline {tx.deadline} (now {now})", code="tx_closed"
+        )
+    author = msg.get("author")
+    if author not in tx.parties:
+        raise Rejected(f"{author} is not a party to tx {tx.id}", code="not_a_party")
+
+
+def apply(tx: Tx, msg_id: str, msg: Mapping[str, Any], *, now: int) -> bool:
+    """Record an accepted message in ``tx``; True when it is the one that finished the tx.
+
+    Idempotent by id: a message already recorded (the ``tx/open`` included)
+    changes nothing and returns False. A ``tx/finish`` counts its author
+    towards the finish policy: ``all`` needs every party, ``any`` one,
+    ``opener`` the opener. Raises ``Rejected`` as ``check`` does, leaving
+    ``tx`` unchanged.
+    """
+    if msg_id in tx.messages:
+        return False
+    check(tx, msg, now=now)
+    tx.messages.append(msg_id)
+    content = msg.get("content")
+    if not (isinstance(content, Mapping) and content.get("type") == "tx/finish"):
+        return False
+    tx.finished_by.add(msg["author"])
+    if not finish_met(tx.finish, tx.opener, tx.parties, tx.finished_by):
+        return False
+    tx.status = "finished"
+    tx.closed = now
+    return True
+
+
+def finish_met(
+    policy: str, opener: str, parties: Collection[str], finishers: Collection[str]
+) -> bool:
+    """True when ``finishers`` meet the ``finish`` policy (DESIGN §3). Raises nothing.
+
+    ``all``: every party finished; ``any``: someone did; ``opener``: the opener did.
+    The node and every verifier of tx records judge a finish by this one rule.
+    """
+    if policy == "any":
+        return bool(finishers)
+    if policy == "opener":
+        return opener in finishers
+    return set(parties) <= set(finishers)
+
+
+def expire(tx: Tx, *, now: int) -> bool:
+    """Close ``tx`` as ``timed_out`` if it is open and ``now`` is past its deadline.
+
+    True when this call closed it; at ``now == deadline`` the tx stays open.
+    Raises nothing.
+    """
+    if tx.status != "open" or now <= tx.deadline:
+        return False
+    tx.status = "timed_out"
+    tx.closed = now
+    return True
+
+
+def record(tx: Tx) -> dict[str, Any]:
+    """The block record of a closed tx (DESIGN §6).
+
+    Raises ``chainmail.errors.Error`` (code ``internal``) when ``tx`` is still
+    open: only closed txs go into blocks.
+    """
+    if tx.status == "open" or tx.closed is None:
+        raise Error(f"tx {tx.id} is still open; only closed txs have records")
+    return {
+        "closed": tx.closed,
+        "messages": list(tx.messages),
+        "opened": tx.opened,
+        "parties": list(tx.parties),
+        "status": tx.status,
+        "tx": tx.id,
+    }
+
+
+# --- channels ----------------------------------------------------------------------
+
+
+def open_channel(msg_id: str, msg: Mapping[str, Any]) -> Channel:
+    """The new ``Channel`` created by the ``chan/open`` message ``msg`` (id ``msg_id``).
+
+    Raises ``InvalidMessage`` (``invalid_format``) when ``msg`` is not a valid
+    ``chan/open``.
+    """
+    content = msg.get("content")
+    if not (isinstance(content, Mapping) and content.get("type") == "chan/open"):
+        raise InvalidMessage(f"{msg_id} is not a chan/open message", code="invalid_format")
+    check_policy(msg)
+    return Channel(
+        id=msg_id,
+        opener=msg["author"],
+        members=tuple(content["keys"]),
+        tx=content.get("tx"),
+    )
+
+
+def check_channel_post(
+    channel: Channel | None, msg: Mapping[str, Any], *, tx: Tx | None = None, now: int
+) -> None:
+    """Refuse a ``chan/msg`` or ``chan/share`` that the channel rules forbid; pure.
+
+    ``channel`` is the state its ``chan`` field resolved to; for a channel
+    tied to a tx, ``tx`` is that tx's state, and the post must also pass
+    ``check`` (only parties post into an open tx's channels). A post to such
+    a channel belongs to its tx: record it there with ``apply``.
+
+    Raises ``Rejected``: ``unknown_tx`` for an unknown channel (the thread it
+    refers to does not exist), or a ``tx`` field that is not the channel's;
+    ``not_a_party`` when the author is not a member (readers read, they do not
+    post); and whatever ``check`` raises for the channel's tx.
+    """
+    content = msg.get("content")
+    named = content.get("chan") if isinstance(content, Mapping) else None
+    if channel is None:
+        raise Rejected(f"unknown channel {named}", code="unknown_tx")
+    if named is not None and named != channel.id:
+        raise Rejected(f"message names channel {named}, not {channel.id}", code="unknown_tx")
+    named_tx = tx_of(content)
+    if channel.tx is not None:
+        if named_tx is not None and named_tx != channel.tx:
+            raise Rejected(
+                f"message names tx {named_tx}, but channel {channel.id} belongs to tx {channel.tx}",
+                code="unknown_tx",
+            )
+        if tx is not None and tx.id != channel.tx:
+            raise Rejected(
+                f"channel {channel.id} belongs to tx {channel.tx}, not {tx.id}", code="unknown_tx"
+            )
+        check(tx, msg, now=now)
+    author = msg.get("author")
+    if author not in channel.members:
+        raise Rejected(f"{author} is not a member of channel {channel.id}", code="not_a_party")
+
+
+def share_channel(channel: Channel, msg: Mapping[str, Any]) -> list[str]:
+    """Add the readers that an accepted ``chan/share`` grants; returns the new ones.
+
+    Members and existing readers are not added twice, so replaying a share
+    changes nothing. Raises ``InvalidMessage`` (``invalid_format``) when
+    ``msg`` is not a ``chan/share`` of this channel.
+    """
+    content = msg.get("content")
+    if not (
+        isinstance(content, Mapping)
+        and content.get("type") == "chan/share"
+        and content.get("chan") == channel.id
+        and isinstance(content.get("keys"), Mapping)
+    ):
+        raise InvalidMessage(f"not a chan/share of channel {channel.id}", code="invalid_format")
+    known = set(channel.holders)
+    added = [fid for fid in content["keys"] if fid not in known]
+    channel.readers = channel.readers + tuple(added)
+    return added
+
+
+# --- delivery ----------------------------------------------------------------------
+
+
+def recipients(
+    msg_author: str,
+    content: object,
+    tx: Tx | None,
+    channel_members: Collection[str] | None,
+) -> list[str]:
+    """The identities whose inboxes receive a message (DESIGN §3 "Delivery").
+
+    - ``tx/open``: every other party it names;
+    - ``tx/finish``, and ``tx/note`` without ``to``: every other party of ``tx``;
+    - ``tx/note`` with ``to``: those in ``to``;
+    - ``chan/msg``: every other identity in ``channel_members`` (pass
+      ``Channel.holders``: members and readers);
+    - ``chan/open``, ``chan/share``: each identity whose key it carries;
+    - anything else, ``.box`` strings included: nobody.
+
+    Never the author; sorted, without duplicates. When the state a rule needs
+    is missing (``tx`` for ``tx/finish`` and ``tx/note`` without ``to``,
+    ``channel_members`` for ``chan/msg``) there is nobody to name: the result
+    is empty. It is not an error because this runs after the message was
+    accepted, where raising would stall a projection replaying its log.
+    Raises nothing.
+    """
+    if not isinstance(content, Mapping):
+        return []
+    kind = content.get("type")
+    targets: object
+    if kind == "tx/open":
+        targets = content.get("parties")
+    elif kind == "tx/note" and "to" in content:
+        targets = content["to"]
+    elif kind in _TO_PARTIES:
+        targets = None if tx is None else tx.parties
+    elif kind == "chan/msg":
+        targets = channel_members
+    elif kind in _TO_KEY_HOLDERS:
+        targets = content.get("keys")
+    else:
+        return []
+    return sorted({fid for fid in _ids(targets) if fid != msg_author})
+
+
+def _ids(value: object) -> Iterable[str]:
+    """The strings in a collection (an object's keys); nothing from a lone string or scalar."""
+    if isinstance(value, Collection) and not isinstance(value, str | bytes):
+        return (item for item in value if isinstance(item, str))
+    return ()
+
+
+# --- parsing stored state ----------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _texts(value: object) -> list[str]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return [_text(v) for v in value]
+
+
+def _integer(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _choice(value: object, options: Any) -> Any:
+    if value not in get_args(options):
+        raise ValueError(f"expected one of {get_args(options)}, got {value!r}")
+    return value

@@ -1,0 +1,618 @@
+"""Local verification of a node's answers: trust nothing it says, recompute everything.
+
+Each check runs here, on the client, from signed data and Merkle proofs; the
+node is only a source of bytes. A verification is a *flow*: a generator that
+yields the ``Request`` it needs next and receives the ``httpx.Response``,
+so the same logic drives the sync ``Client`` and the ``AsyncClient`` (in the
+manner of ``httpx.Auth.auth_flow``). The driver throws the mapped
+``chainmail.errors`` exception into the flow when the node answers with a
+problem document.
+
+Every flow returns a ``Report``: the list of ``Check(check, ok, detail)`` it
+made, in order. On the first check that fails it raises ``VerificationFailed``
+(a ``ProofError``) whose ``report`` ends with the failed check.
+
+What is checked, and against what (DESIGN §4, §6):
+
+- node identity — ``/healthz`` names the node's feed id, its log origin and
+  its C2SP verifier key; the key must be the feed id's key. Pin the node id
+  to make this more than trust on first use.
+- message — its id recomputed from the signed message, its signature, its
+  inclusion under the checkpoint of the block that covers it, that block's
+  signature, ``prev`` link and records, and the current signed checkpoint's
+  consistency with the block's.
+- tx — the tx's block as above, the tx record's inclusion under ``txs.root``,
+  every message of the record (id, signature, inclusion in the log) and the
+  record against the messages (``blocks.verify_tx_record``).
+- block — signature, ``prev`` link to block h−1, the records blob and root,
+  the consistency of every pipeline's log between blocks h−1 and h, and the
+  current signed checkpoint's consistency with block h.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple, NoReturn, TypeVar
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from chainmail import blocks, checkpoint, merkle, ssb
+from chainmail.errors import InvalidMessage, NotFound, ProofError
+from chainmail.ids import feed_public_key
+
+__all__ = [
+    "Check",
+    "Flow",
+    "NodeInfo",
+    "Progress",
+    "Report",
+    "Request",
+    "VerificationFailed",
+    "block_flow",
+    "checkpoint_flow",
+    "message_flow",
+    "path_id",
+    "tx_flow",
+]
+
+T = TypeVar("T")
+
+#: Shown in a check's detail instead of a whole id.
+_SHORT_ID: Final = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request a flow asks its driver to send, relative to the node's URL.
+
+    ``path`` is already percent-encoded (see ``path_id``). ``signed`` asks for
+    an RFC 9421 signature by the client's identity (inbox requests).
+    """
+
+    method: str
+    path: str
+    params: Mapping[str, str | int] | None = None
+    content: bytes | None = None
+    content_type: str | None = None
+    signed: bool = False
+
+
+#: A generator that yields requests, receives their responses and returns a ``T``.
+Flow = Generator[Request, httpx.Response, T]
+#: Called with a short status text while a flow runs (for progress displays).
+Progress = Callable[[str], None]
+
+
+def path_id(value: str) -> str:
+    """An id percent-encoded for a URL path (DESIGN §8: ``%``, ``/``, ``+``, ``=``)."""
+    return quote(value, safe="@.&")
+
+
+class Check(NamedTuple):
+    """One check of a verification: its name, whether it held, and what was seen."""
+
+    check: str
+    ok: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class Report:
+    """Every check a verification made, in order; ``ok`` when all of them held."""
+
+    subject: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check held (a report that raised ends with a failed one)."""
+        return all(c.ok for c in self.checks)
+
+    def __iter__(self) -> Iterator[Check]:
+        return iter(self.checks)
+
+    def __len__(self) -> int:
+        return len(self.checks)
+
+
+class VerificationFailed(ProofError):
+    """A verification found the node's answer wrong; ``report`` holds the checks so far."""
+
+    def __init__(self, detail: str, report: Report) -> None:
+        super().__init__(detail)
+        self.report = report
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """The node's identity as verified: feed id, log origin, checkpoint key, pipelines."""
+
+    id: str
+    origin: str
+    verifier: checkpoint.Verifier
+    pipelines: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= _SHORT_ID + 8 else value[: _SHORT_ID + 1] + "…"
+
+
+def _json_of(resp: httpx.Response, what: str) -> Any:
+    try:
+        return orjson.loads(resp.content)
+    except orjson.JSONDecodeError as exc:
+        raise ProofError(f"{what}: the node's answer is not JSON: {exc}") from exc
+
+
+def _get(path: str, what: str, params: Mapping[str, str | int] | None = None) -> Flow[Any]:
+    resp = yield Request("GET", path, params)
+    return _json_of(resp, what)
+
+
+def _obj(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProofError(f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type[T], what: str) -> T:
+    value = obj.get(key)
+    # bool is an int in Python but not in JSON.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProofError(f"{what}: expected {key!r} to be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _hash(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise ProofError(f"{what}: expected base64 of a hash, got {value!r}")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProofError(f"{what}: not base64: {value!r}") from exc
+    if len(raw) != merkle.HASH_SIZE:
+        raise ProofError(f"{what}: expected {merkle.HASH_SIZE} bytes, got {len(raw)}")
+    return raw
+
+
+def _hashes(value: object, what: str) -> list[bytes]:
+    if not isinstance(value, list):
+        raise ProofError(f"{what}: expected a list of base64 hashes, got {value!r}")
+    return [_hash(item, f"{what}[{i}]") for i, item in enumerate(value)]
+
+
+class _Checks:
+    """Collects checks into a report and stops at the first that fails."""
+
+    def __init__(self, subject: str, progress: Progress | None) -> None:
+        self.report = Report(subject)
+        self._progress = progress
+
+    def status(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress(text)
+
+    def passed(self, name: str, detail: str) -> None:
+        self.report.checks.append(Check(name, True, detail))
+
+    def fail(self, name: str, detail: str) -> NoReturn:
+        self.report.checks.append(Check(name, False, detail))
+        raise VerificationFailed(f"{name}: {detail}", self.report)
+
+    def run(self, name: str, step: Callable[[], str]) -> None:
+        """Run ``step`` (which returns the detail of success) as check ``name``."""
+        try:
+            detail = step()
+        except (ProofError, InvalidMessage) as exc:
+            self.fail(name, exc.detail)
+        self.passed(name, detail)
+
+
+# --------------------------------------------------------------------------- node identity
+
+
+def _node_info_flow(checks: _Checks, node_id: str | None) -> Flow[NodeInfo]:
+    """Fetch ``/healthz`` and bind its checkpoint key to the node id (pinned or reported)."""
+    health = _obj((yield from _get("/healthz", "healthz")), "healthz")
+    info: list[NodeInfo] = []
+
+    def step() -> str:
+        reported = _field(health, "id", str, "healthz")
+        origin = _field(health, "origin", str, "healthz")
+        vkey = _field(health, "verifier_key", str, "healthz")
+        pipelines = _field(health, "pipelines", int, "healthz")
+        if node_id is not None and reported != node_id:
+            raise ProofError(f"expected node {node_id} (pinned), got {reported}")
+        try:
+            public = feed_public_key(reported)
+        except InvalidMessage as exc:
+            raise ProofError(f"node id: {exc.detail}") from exc
+        verifier = checkpoint.Verifier.parse(vkey)
+        if verifier.public != public:
+            raise ProofError(f"checkpoint key {vkey} is not the key of node {reported}")
+        if verifier.name != origin:
+            raise ProofError(f"checkpoint key name: expected origin {origin}, got {verifier.name}")
+        info.append(NodeInfo(reported, origin, verifier, pipelines))
+        how = "pinned" if node_id is not None else "as /healthz reports it: pin it to be sure"
+        return f"{reported} ({how}); checkpoint key {verifier.key_id.hex()}"
+
+    checks.run("node identity", step)
+    return info[0]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    info: blocks.BlockInfo
+    message: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def content(self) -> dict[str, Any]:
+        content: dict[str, Any] = self.message["content"]
+        return content
+
+
+def _fetch_block(height: int) -> Flow[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    what = f"block {height}"
+    body = _obj((yield from _get(f"/v1/blocks/{height}", what)), what)
+    message = _obj(body.get("message"), f"{what} message")
+    records = _field(body, "records", list, what)
+    return message, [_obj(r, f"{what} record") for r in records]
+
+
+def _block_flow(
+    checks: _Checks, node: NodeInfo, height: int, cache: dict[int, _Block]
+) -> Flow[_Block]:
+    """Block ``height`` with its signature, prev link and records checked (memoised)."""
+    if height in cache:
+        return cache[height]
+    checks.status(f"fetching block {height}")
+    message, records = yield from _fetch_block(height)
+    previous: dict[str, Any] | None = None
+    if height > blocks.FIRST_HEIGHT:
+        previous, _ = yield from _fetch_block(height - 1)
+
+    def signature() -> str:
+        checked = ssb.check(message)
+        if checked.author != node.id:
+            raise ProofError(f"expected author {node.id}, got {checked.author}")
+        return f"{_short(checked.id)} signed by the node"
+
+    checks.run(f"block {height} signature", signature)
+    verified: list[blocks.BlockInfo] = []
+
+    def link() -> str:
+        info = blocks.verify_block(message, node.id, previous=previous)
+        if info.height != height:
+            raise ProofError(f"expected height {height}, got {info.height}")
+        verified.append(info)
+        if info.prev is None:
+            return "first block (prev null)"
+        return f"prev {_short(info.prev)} is block {height - 1}"
+
+    checks.run(f"block {height} chain", link)
+
+    def records_step() -> str:
+        blocks.verify_records(message["content"], records)
+        return f"{len(records)} tx record(s) match txs.root and txs.records"
+
+    checks.run(f"block {height} records", records_step)
+    block = _Block(verified[0], message, records)
+    cache[height] = block
+    return block
+
+
+def _checkpoint_flow(
+    checks: _Checks, node: NodeInfo, pipeline: int, since: blocks.LogCheckpoint | None
+) -> Flow[checkpoint.Checkpoint]:
+    """Verify pipeline's current signed checkpoint, consistent with ``since`` when given."""
+    checks.status(f"fetching the checkpoint of pipeline {pipeline}")
+    resp = yield Request("GET", f"/v1/log/{pipeline}/checkpoint")
+    found: list[checkpoint.Checkpoint] = []
+
+    def signed() -> str:
+        cp = checkpoint.verify_checkpoint(
+            resp.content, node.verifier, origin=f"{node.origin}/{pipeline}"
+        )
+        found.append(cp)
+        return f"{cp.origin} size {cp.size}, signed by the node's checkpoint key"
+
+    checks.run(f"checkpoint {pipeline} signature", signed)
+    current = found[0]
+    if since is None:
+        return current
+    proof: list[bytes] = []
+    if 0 < since.size < current.size:
+        answer = _obj(
+            (
+                yield from _get(
+                    f"/v1/log/{pipeline}/consistency",
+                    "consistency proof",
+                    {"from": since.size, "to": current.size},
+                )
+            ),
+            "consistency proof",
+        )
+        proof = _hashes(answer.get("proof"), "consistency proof")
+
+    def consistent() -> str:
+        if current.size < since.size:
+            raise ProofError(
+                f"expected the log to have at least the block's {since.size} entries, "
+                f"got a checkpoint of size {current.size}"
+            )
+        if current.size == since.size:
+            if current.root != since.root:
+                raise ProofError(f"same size {since.size} but a different root")
+        elif since.size > 0:
+            merkle.verify_consistency(since.size, current.size, proof, since.root, current.root)
+        return f"log {pipeline} at {current.size} extends the block's log at {since.size}"
+
+    checks.run(f"checkpoint {pipeline} consistency", consistent)
+    return current
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class _Included:
+    block: _Block
+    pipeline: int
+
+
+def _inclusion_flow(
+    checks: _Checks,
+    node: NodeInfo,
+    msg_id: str,
+    name: str,
+    cache: dict[int, _Block],
+) -> Flow[_Included]:
+    """Fetch the message's proof, verify its block, then the inclusion under it."""
+    what = f"proof of {msg_id}"
+    body = _obj((yield from _get(f"/v1/messages/{path_id(msg_id)}/proof", what)), what)
+    ref = _obj(body.get("block"), f"{what} block")
+    height = _field(ref, "height", int, f"{what} block")
+    block = yield from _block_flow(checks, node, height, cache)
+    pipeline = _field(body, "pipeline", int, what)
+
+    def step() -> str:
+        if body.get("id") != msg_id:
+            raise ProofError(f"expected a proof of {msg_id}, got one of {body.get('id')!r}")
+        if ref.get("id") != block.info.id:
+            raise ProofError(
+                f"proof names block {ref.get('id')!r}, block {height} is {block.info.id}"
+            )
+        index = _field(body, "index", int, what)
+        size = _field(body, "size", int, what)
+        blocks.verify_message_proof(
+            msg_id,
+            pipeline,
+            index,
+            size,
+            _hashes(body.get("proof"), f"{what} hashes"),
+            _hash(body.get("root"), f"{what} root"),
+            block.content,
+        )
+        return f"entry {index} of log {pipeline} (size {size}) under block {height}"
+
+    checks.run(name, step)
+    return _Included(block, pipeline)
+
+
+def _signed_message_flow(
+    checks: _Checks, msg_id: str, name: str, hmac_key: bytes | None
+) -> Flow[dict[str, Any]]:
+    """Fetch a message; check its signature and that it hashes to ``msg_id``."""
+    what = f"message {msg_id}"
+    body = _obj((yield from _get(f"/v1/messages/{path_id(msg_id)}", what)), what)
+    message = _obj(body.get("message"), what)
+
+    def step() -> str:
+        checked = ssb.check(message, hmac_key)
+        if checked.id != msg_id:
+            raise ProofError(f"the signed message hashes to {checked.id}, not {msg_id}")
+        kind = checked.content.get("type") if isinstance(checked.content, dict) else "box"
+        return f"{kind} by {_short(checked.author)} seq {checked.sequence}: id and signature"
+
+    checks.run(name, step)
+    return message
+
+
+def message_flow(
+    msg_id: str,
+    *,
+    node_id: str | None = None,
+    hmac_key: bytes | None = None,
+    progress: Progress | None = None,
+) -> Flow[Report]:
+    """Verify message ``msg_id``: id, signature, inclusion, its block, the current checkpoint.
+
+    Raises ``VerificationFailed`` (a ``ProofError``) when a check fails, and
+    the node's errors as they come (``NotFound`` until a block covers the
+    message).
+    """
+    checks = _Checks(f"message {msg_id}", progress)
+    node = yield from _node_info_flow(checks, node_id)
+    yield from _signed_message_flow(checks, msg_id, "message", hmac_key)
+    included = yield from _inclusion_flow(checks, node, msg_id, "log inclusion", {})
+    since = included.block.info.log(included.pipeline)
+    yield from _checkpoint_flow(checks, node, included.pipeline, since)
+    return checks.report
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+def tx_flow(
+    tx_id: str,
+    *,
+    node_id: str | None = None,
+    hmac_key: bytes | None = None,
+    progress: Progress | None = None,
+) -> Flow[Report]:
+    """Verify a closed tx: its block, its record's inclusion, every message, the record itself.
+
+    Raises ``VerificationFailed`` (a ``ProofError``) when a check fails (an
+    open tx fails "tx sealed": there is nothing to verify yet), and the
+    node's errors as they come (``NotFound`` for an unknown tx).
+    """
+    checks = _Checks(f"tx {tx_id}", progress)
+    node = yield from _node_info_flow(checks, node_id)
+    summary = _obj((yield from _get(f"/v1/transactions/{path_id(tx_id)}", "tx")), "tx")
+    height = summary.get("block")
+    if not isinstance(height, int) or isinstance(height, bool):
+        checks.fail("tx sealed", f"tx is {summary.get('status')!r} and in no block yet")
+    checks.passed("tx sealed", f"{summary.get('status')} in block {height}, as the node says")
+    cache: dict[int, _Block] = {}
+    block = yield from _block_flow(checks, node, height, cache)
+
+    what = f"record proof of {tx_id}"
+    rp = _obj((yield from _get(f"/v1/blocks/{height}/records/{path_id(tx_id)}/proof", what)), what)
+    record = _obj(rp.get("record"), what)
+
+    def record_step() -> str:
+        if record.get("tx") != tx_id:
+            raise ProofError(f"expected the record of {tx_id}, got {record.get('tx')!r}")
+        index = _field(rp, "index", int, what)
+        count = _field(rp, "count", int, what)
+        if count != block.info.txs_count:
+            raise ProofError(f"expected {block.info.txs_count} records, got count {count}")
+        blocks.verify_record_proof(
+            record, index, count, _hashes(rp.get("proof"), f"{what} hashes"), block.info.txs_root
+        )
+        return f"record {index} of {count} under block {height}'s txs.root"
+
+    checks.run("record inclusion", record_step)
+
+    def summary_step() -> str:
+        for key in ("status", "parties", "messages", "opened", "closed"):
+            if summary.get(key) != record.get(key):
+                raise ProofError(
+                    f"the node's tx says {key} {summary.get(key)!r}, its sealed record "
+                    f"{record.get(key)!r}"
+                )
+        return f"{record['status']}, {len(record['parties'])} parties"
+
+    checks.run("tx summary", summary_step)
+
+    ids = _field(record, "messages", list, what)
+    messages: dict[str, dict[str, Any]] = {}
+    pipelines: set[int] = set()
+    for n, mid in enumerate(ids, start=1):
+        if not isinstance(mid, str):
+            checks.fail("tx record", f"message ids must be strings, got {mid!r}")
+        checks.status(f"message {n}/{len(ids)}")
+        label = f"message {n}/{len(ids)}"
+        messages[mid] = yield from _signed_message_flow(checks, mid, label, hmac_key)
+        included = yield from _inclusion_flow(checks, node, mid, f"{label} inclusion", cache)
+        pipelines.add(included.pipeline)
+
+    def tx_record_step() -> str:
+        blocks.verify_tx_record(record, messages, hmac_key=hmac_key)
+        return f"{len(messages)} signed messages meet the tx rules for {record['status']}"
+
+    checks.run("tx record", tx_record_step)
+    for pipeline in sorted(pipelines):
+        yield from _checkpoint_flow(checks, node, pipeline, block.info.log(pipeline))
+    return checks.report
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def block_flow(
+    height: int,
+    *,
+    node_id: str | None = None,
+    progress: Progress | None = None,
+) -> Flow[Report]:
+    """Verify block ``height``: signature, prev link, records blob, consistency, checkpoints.
+
+    Raises ``VerificationFailed`` (a ``ProofError``) when a check fails, and
+    the node's errors as they come (``NotFound`` for no such block).
+    """
+    checks = _Checks(f"block {height}", progress)
+    node = yield from _node_info_flow(checks, node_id)
+    cache: dict[int, _Block] = {}
+    block = yield from _block_flow(checks, node, height, cache)
+
+    checks.status(f"fetching the records blob of block {height}")
+    try:
+        resp = yield Request("GET", f"/v1/blobs/{path_id(block.info.records_blob)}")
+        blob = resp.content
+    except NotFound:
+        if block.info.txs_count:
+            raise
+        blob = b""  # nothing was stored for no records
+
+    def blob_step() -> str:
+        parsed = blocks.parse_records_blob(blob)
+        blocks.verify_records(block.content, parsed, blob)
+        if parsed != block.records:
+            raise ProofError("the node's records differ from the records blob")
+        return f"{block.info.records_blob[:_SHORT_ID]}… holds the {len(parsed)} record(s)"
+
+    checks.run(f"block {height} records blob", blob_step)
+
+    if height > blocks.FIRST_HEIGHT:
+        previous = yield from _block_flow(checks, node, height - 1, cache)
+        proofs: dict[int, Sequence[bytes]] = {}
+        for old in previous.info.logs:
+            try:
+                new = block.info.log(old.pipeline)
+            except ProofError as exc:
+                checks.fail(f"log {old.pipeline} consistency", exc.detail)
+            if 0 < old.size < new.size:
+                answer = _obj(
+                    (
+                        yield from _get(
+                            f"/v1/log/{old.pipeline}/consistency",
+                            "consistency proof",
+                            {"from": old.size, "to": new.size},
+                        )
+                    ),
+                    "consistency proof",
+                )
+                proofs[old.pipeline] = _hashes(answer.get("proof"), "consistency proof")
+
+        def consistency() -> str:
+            blocks.verify_block_consistency(previous.content, block.content, proofs)
+            sizes = ", ".join(
+                f"{o.pipeline}: {o.size}→{block.info.log(o.pipeline).size}"
+                for o in previous.info.logs
+            )
+            return f"logs extend block {height - 1}'s ({sizes})"
+
+        checks.run(f"blocks {height - 1}→{height} consistency", consistency)
+
+    for entry in block.info.logs:
+        yield from _checkpoint_flow(checks, node, entry.pipeline, entry)
+    return checks.report
+
+
+def checkpoint_flow(
+    pipeline: int = 0,
+    *,
+    node_id: str | None = None,
+    progress: Progress | None = None,
+) -> Flow[Report]:
+    """Verify the current signed checkpoint of ``pipeline`` against the node's key.
+
+    Raises ``VerificationFailed`` (a ``ProofError``) when a check fails.
+    """
+    checks = _Checks(f"checkpoint of pipeline {pipeline}", progress)
+    node = yield from _node_info_flow(checks, node_id)
+    yield from _checkpoint_flow(checks, node, pipeline, None)
+    return checks.report

@@ -1,0 +1,301 @@
+"""The HTTP API against a real node process: shapes, every bad input class, auth."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pytest
+
+from chainmail import httpsig, ssb
+from chainmail.keys import Keypair
+from support.feeds import Writer, raw, sign_unchecked
+from support.server import Server, running
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(tmp_path_factory.mktemp("node")) as server:
+        yield server
+
+
+@pytest.fixture
+def http(node: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=node.url, timeout=10) as client:
+        yield client
+
+
+def enc(ident: str) -> str:
+    return quote(ident, safe="")
+
+
+def post(http: httpx.Client, msg: dict[str, Any] | bytes) -> httpx.Response:
+    body = msg if isinstance(msg, bytes) else raw(msg)
+    return http.post("/v1/messages", content=body)
+
+
+def problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["code"] == code and body["status"] == status and body["detail"]
+    return body
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def sizes(http: httpx.Client) -> int:
+    """Log entries by anyone but the node (whose blocks arrive on their own schedule)."""
+    node_id = http.get("/healthz").json()["id"]
+    lines = http.get("/v1/firehose?from=0").content.splitlines()
+    return sum(1 for line in lines if orjson.loads(line)["message"]["author"] != node_id)
+
+
+def test_submit_then_again(http: httpx.Client) -> None:
+    w = Writer()
+    msg = w.sign({"type": "post", "text": "héllo €"})
+    first = post(http, msg)
+    assert first.status_code == 201
+    body = first.json()
+    assert set(body) == {"id", "pipeline", "index"} and body["id"] == ssb.message_id(msg)
+    again = post(http, msg)
+    assert again.status_code == 200 and again.json() == body
+    got = http.get(f"/v1/messages/{enc(body['id'])}").json()
+    assert got["message"] == msg and got["index"] == body["index"]
+    assert set(got) == {"message", "pipeline", "index", "received", "tx", "block"}
+    assert http.get(f"/v1/feeds/{enc(w.id)}/head").json() == {"sequence": 1, "id": body["id"]}
+    assert http.get(f"/v1/feeds/{enc(w.id)}").json()["messages"] == [msg]
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        (lambda w: b"garbage", 400, "invalid_format"),
+        (lambda w: b'{"previous": null, "previous": null}', 400, "invalid_format"),
+        (lambda w: b"[]", 400, "invalid_format"),
+        (
+            lambda w: {
+                **w.sign({"type": "post"}),
+                "signature": ssb.create(Keypair.generate(), {"type": "post"}, None, 1)["signature"],
+            },
+            400,
+            "invalid_signature",
+        ),
+        (lambda w: (w.sign({"type": "post"}), w.sign({"type": "post"}))[1], 409, "out_of_order"),
+        (lambda w: sign_unchecked(w.keys, {"type": "post", "pad": "x" * 9000}), 413, "too_large"),
+        (lambda w: b"x" * 70_000, 413, "too_large"),
+        (
+            lambda w: w.sign({"type": "tx/note", "tx": "%" + "A" * 43 + "=.sha256", "data": {}}),
+            422,
+            "unknown_tx",
+        ),
+        (
+            lambda w: w.sign({"type": "tx/open", "parties": [w.id], "deadline": -1}),
+            400,
+            "invalid_format",
+        ),
+    ],
+    ids=[
+        "garbage",
+        "duplicate-key",
+        "not-object",
+        "bad-signature",
+        "gap",
+        "oversize",
+        "huge-body",
+        "unknown-tx",
+        "bad-schema",
+    ],
+)
+def test_bad_input_gets_its_code_and_changes_nothing(
+    http: httpx.Client, make: Any, status: int, code: str
+) -> None:
+    w = Writer()
+    before = sizes(http)
+    problem(post(http, make(w)), status, code)
+    assert sizes(http) == before
+    assert http.get(f"/v1/feeds/{enc(w.id)}/head").status_code == 404
+
+
+def test_fork_outsider_and_closed(http: httpx.Client) -> None:
+    a, b, eve = Writer(), Writer(), Writer()
+    opened = post(
+        http,
+        a.sign(
+            {
+                "type": "tx/open",
+                "parties": [a.id, b.id],
+                "deadline": now_ms() + 60_000,
+                "finish": "any",
+            }
+        ),
+    )
+    tx = opened.json()["id"]
+    problem(post(http, eve.sign({"type": "tx/note", "tx": tx, "data": {}})), 403, "not_a_party")
+    twin = ssb.create(a.keys, {"type": "post"}, None, 5)
+    problem(post(http, twin), 409, "fork")
+    assert http.get(f"/v1/feeds/{enc(a.id)}/head").json()["id"] == tx
+    assert post(http, b.sign({"type": "tx/finish", "tx": tx})).status_code == 201
+    before = sizes(http)
+    problem(post(http, a.sign({"type": "tx/note", "tx": tx, "data": {}})), 409, "tx_closed")
+    assert sizes(http) == before
+    got = http.get(f"/v1/transactions/{enc(tx)}").json()
+    assert got["status"] == "finished" and got["parties"] == [a.id, b.id]
+
+
+def test_batch_results_line_by_line(http: httpx.Client) -> None:
+    w = Writer()
+    good1, good2 = w.sign({"type": "post"}), w.sign({"type": "post"})
+    body = b"\n".join([raw(good1), b"nonsense", raw(good2), raw(good1)]) + b"\n"
+    resp = http.post(
+        "/v1/messages/batch", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+    lines = [orjson.loads(x) for x in resp.content.splitlines()]
+    assert [x["status"] for x in lines] == [201, 400, 201, 200]
+    assert lines[1]["code"] == "invalid_format"
+    assert lines[3]["id"] == lines[0]["id"]
+
+
+def test_not_found_is_a_problem(http: httpx.Client) -> None:
+    problem(http.get(f"/v1/messages/{enc('%' + 'C' * 43 + '=.sha256')}"), 404, "not_found")
+    problem(http.get("/v1/blocks/999999"), 404, "not_found")
+    problem(http.get("/v1/nowhere"), 404, "not_found")
+    problem(http.get("/v1/log/7/checkpoint"), 404, "not_found")
+    problem(http.get("/v1/blocks?limit=abc"), 400, "invalid_format")
+    problem(http.get("/v1/log/0/consistency?from=0&to=1"), 422, "invalid_proof")
+
+
+def signed_get(
+    http: httpx.Client,
+    keys: Keypair,
+    path: str,
+    query: str = "",
+    created: int | None = None,
+    nonce: str | None = None,
+) -> httpx.Response:
+    headers = httpsig.sign_request(
+        keys, "GET", path, query, created=created or int(time.time()), nonce=nonce
+    )
+    return http.get(path + (f"?{query}" if query else ""), headers=headers)
+
+
+def test_inbox_authentication(http: httpx.Client) -> None:
+    a, b = Writer(), Writer()
+    post(http, a.sign({"type": "tx/open", "parties": [a.id, b.id], "deadline": now_ms() + 60_000}))
+    problem(http.get("/v1/inbox"), 401, "unauthorized")
+    problem(
+        http.get("/v1/inbox", headers={"Signature-Input": "junk", "Signature": "junk"}),
+        401,
+        "unauthorized",
+    )
+    problem(
+        signed_get(http, b.keys, "/v1/inbox", "limit=5", created=int(time.time()) - 300),
+        401,
+        "unauthorized",
+    )
+    deadline = time.monotonic() + 5
+    while not signed_get(http, b.keys, "/v1/inbox", "limit=5").json()["entries"]:
+        assert time.monotonic() < deadline, "delivery never arrived"
+        time.sleep(0.02)
+    ok = signed_get(http, b.keys, "/v1/inbox", "limit=5", nonce="n-1")
+    assert ok.status_code == 200, ok.text
+    (entry,) = ok.json()["entries"]
+    assert entry["message"]["author"] == a.id and entry["delivery"] > 0
+    problem(signed_get(http, b.keys, "/v1/inbox", "limit=5", nonce="n-1"), 401, "unauthorized")
+    # Signed for another query than the one sent.
+    headers = httpsig.sign_request(b.keys, "GET", "/v1/inbox", "limit=5", created=int(time.time()))
+    problem(http.get("/v1/inbox?limit=500", headers=headers), 401, "unauthorized")
+    # Ack with a signed POST, then the entry is gone; the other party's inbox is untouched.
+    path = "/v1/inbox/ack"
+    headers = httpsig.sign_request(b.keys, "POST", path, "", created=int(time.time()))
+    acked = http.post(path, content=orjson.dumps({"ids": [entry["id"]]}), headers=headers)
+    assert acked.json() == {"acked": 1}
+    assert signed_get(http, b.keys, "/v1/inbox").json()["entries"] == []
+
+
+def test_blob_round_trip(http: httpx.Client) -> None:
+    data = b"%PDF-1.7 NDA between A and B"
+    put = http.put("/v1/blobs", content=data)
+    assert put.status_code in (200, 201)
+    bid = put.json()["id"]
+    assert http.get(f"/v1/blobs/{enc(bid)}").content == data
+    problem(http.get("/v1/blobs/notablob"), 400, "invalid_format")
+
+
+def test_firehose_from_index(http: httpx.Client) -> None:
+    w = Writer()
+    ids = [post(http, w.sign({"type": "post", "n": i})).json()["id"] for i in range(3)]
+    start = http.get(f"/v1/messages/{enc(ids[0])}").json()["index"]
+    lines = [orjson.loads(x) for x in http.get(f"/v1/firehose?from={start}").content.splitlines()]
+    mine = [x for x in lines if x["message"]["author"] == w.id]
+    assert [x["id"] for x in mine] == ids  # blocks by the node may interleave
+    assert lines[0]["id"] == ids[0] and lines[0]["message"]["content"]["n"] == 0
+    assert set(lines[0]) == {"pipeline", "index", "id", "message"}
+
+
+def test_openapi_and_metrics(http: httpx.Client) -> None:
+    spec = http.get("/openapi.json").json()
+    for path in ("/v1/messages", "/v1/messages/batch", "/v1/inbox", "/v1/firehose", "/v1/blobs"):
+        assert path in spec["paths"], path
+    assert "chainmail_messages_accepted_total" in http.get("/metrics").text
+    assert http.get("/docs").status_code == 200
+
+
+def test_checkpoint_is_signed(http: httpx.Client) -> None:
+    from chainmail import checkpoint
+
+    health = http.get("/healthz").json()
+    text = http.get("/v1/log/0/checkpoint").text
+    cp = checkpoint.verify_checkpoint(text, health["verifier_key"])
+    assert cp.origin == health["origin"] + "/0" and cp.size >= 0
+
+
+def test_node_data_dir_has_key_with_safe_mode(node: Server) -> None:
+    mode = (node.data / "node-secret.json").stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_percent_encoded_ids_with_slash_and_plus(http: httpx.Client) -> None:
+    # Find a message whose id holds "/" or "+", which must be encoded in paths.
+    w = Writer()
+    for i in range(50):
+        msg = w.sign({"type": "post", "n": i})
+        body = post(http, msg).json()
+        if "/" in body["id"] or "+" in body["id"]:
+            assert http.get(f"/v1/messages/{enc(body['id'])}").status_code == 200
+            return
+    pytest.fail("no id with / or + in 50 messages")
+
+
+def _unused(_: Path) -> None:
+    return None
+
+
+def test_several_pipelines(tmp_path: Path) -> None:
+    with (
+        running(tmp_path / "p2", extra=("--pipelines", "2")) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        writers = [Writer() for _ in range(8)]
+        placed = {}
+        for w in writers:
+            body = post(http, w.sign({"type": "post"})).json()
+            placed[body["id"]] = body["pipeline"]
+        assert set(placed.values()) == {0, 1}
+        problem(http.get("/v1/firehose?from=0"), 400, "invalid_format")
+        seen = {}
+        for p in (0, 1):
+            for line in http.get(f"/v1/firehose?from=0&pipeline={p}").content.splitlines():
+                entry = orjson.loads(line)
+                seen[entry["id"]] = entry["pipeline"]
+        assert all(seen[mid] == p for mid, p in placed.items())
+        assert http.get("/v1/log/1/checkpoint").status_code == 200

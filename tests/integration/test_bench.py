@@ -1,0 +1,83 @@
+"""``chainmail bench`` end to end: it starts its own node, and every message is accepted.
+
+Correctness only: the figures depend on the machine, so nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from support.server import CHAINMAIL
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+#: DESIGN §9: the keys every ``chainmail bench --json`` report carries.
+DESIGN_KEYS = {
+    "messages",
+    "seconds",
+    "msgs_per_s",
+    "verify_ceiling_per_s",
+    "ratio",
+    "p50_ms",
+    "p99_ms",
+    "deliver_p99_ms",
+    "mode",
+}
+
+
+def _bench(*args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [CHAINMAIL, "bench", "--messages", "2000", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"expected one JSON line, got: {proc.stdout!r}"
+    report = json.loads(lines[0])
+    assert isinstance(report, dict)
+    return report
+
+
+@pytest.mark.parametrize("mode", ["http", "ws"])
+def test_bench_json_report(mode: str) -> None:
+    report = _bench("--mode", mode, "--feeds", "200", "--seed", "7")
+
+    assert report.keys() >= DESIGN_KEYS
+    assert report["mode"] == mode
+    assert report["messages"] == 2000
+    assert report["accepted"] == 2000, report["first_problem"]
+    assert report["rejected"] == 0
+    assert report["duplicates"] == 0
+    assert report["rejected_codes"] == {}
+    # Every figure is there and has the right type, whatever its value.
+    for key in ("seconds", "msgs_per_s", "verify_ceiling_per_s", "ratio", "p50_ms", "p99_ms"):
+        assert isinstance(report[key], int | float) and report[key] > 0, key
+    assert report["p50_ms"] <= report["p99_ms"]
+    assert report["ratio"] == pytest.approx(
+        report["msgs_per_s"] / report["verify_ceiling_per_s"], rel=1e-2
+    )
+    # Sampled recipients saw their deliveries on their signed inbox streams.
+    assert report["deliver_samples"] + report["deliver_samples_full_load"] > 0
+    assert report["deliver_p99_ms"] is None or report["deliver_p99_ms"] > 0
+    # The node built blocks for the closed transactions and was measured.
+    assert report["txs"] > 0
+    assert report["blocks"] >= 1
+    assert report["rss_mb"] > 0
+
+
+def test_bench_refuses_a_bad_configuration() -> None:
+    proc = subprocess.run(
+        [CHAINMAIL, "bench", "--messages", "0", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "messages" in proc.stderr

@@ -1,0 +1,132 @@
+"""Encrypted channels end to end: members read, others see ciphertext, the node learns nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from chainmail.client import Client
+from chainmail.keys import Keypair
+from chainmail.keystore import MIN, Keystore
+from support.server import CHAINMAIL, Server, running
+
+pytestmark = pytest.mark.integration
+
+MARKER = "PLAINTEXT-MARKER-7f3a9c"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(tmp_path_factory.mktemp("node")) as server:
+        yield server
+
+
+def test_two_sides_one_regulator_and_nothing_readable_at_the_node(node: Server) -> None:
+    people = {n: Keypair.generate() for n in ("buyer", "bbank", "seller", "sbank", "regulator")}
+    c = {n: Client(node.url, k) for n, k in people.items()}
+    try:
+        tx = c["buyer"].open_tx(
+            [people[n].id for n in ("seller", "bbank", "sbank")],
+            60_000 + int(time.time() * 1000),
+            subject="MEGA trade",
+        )
+        buy = c["buyer"].open_channel([people["bbank"].id], tx=tx, label="buy-side")
+        sell = c["seller"].open_channel([people["sbank"].id], tx=tx, label="sell-side")
+        c["buyer"].channel_send(buy, {"text": f"{MARKER} pay 12,500 USD from acct 991"})
+        c["bbank"].channel_send(buy, {"text": f"{MARKER} funds reserved"})
+        c["seller"].channel_send(sell, {"text": f"{MARKER} deliver 1,000 MEGA from DTC 42"})
+        c["sbank"].channel_send(sell, {"text": f"{MARKER} stock reserved"})
+
+        assert [o.data["text"] for o in c["bbank"].channel_read(buy)] == [
+            f"{MARKER} pay 12,500 USD from acct 991",
+            f"{MARKER} funds reserved",
+        ]
+        assert len(c["sbank"].channel_read(sell)) == 2
+        # Each side is blind to the other, and the regulator to both, until shared.
+        assert c["seller"].channel_read(buy) == []
+        assert c["bbank"].channel_read(sell) == []
+        assert c["regulator"].channel_read(buy) == []
+        # The bank got the buyer's message delivered to its inbox (as ciphertext).
+        inbox = c["bbank"].inbox()
+        assert any(e.message["content"].get("type") == "chan/msg" for e in inbox)
+
+        c["buyer"].channel_share(buy, [people["regulator"].id])
+        c["seller"].channel_share(sell, [people["regulator"].id])
+        seen = [o.data["text"] for ch in (buy, sell) for o in c["regulator"].channel_read(ch)]
+        assert len(seen) == 4 and all(MARKER in t for t in seen)
+        assert any(e.message["content"].get("type") == "chan/share" for e in c["regulator"].inbox())
+    finally:
+        for client in c.values():
+            client.close()
+
+    firehose = httpx.get(node.url + "/v1/firehose?from=0", timeout=30).content
+    assert b"chan/msg" in firehose  # the ciphertext is public…
+    assert MARKER.encode() not in firehose  # …the plaintext is not
+    for root, _, files in os.walk(node.data):
+        for name in files:
+            data = (Path(root) / name).read_bytes()
+            assert MARKER.encode() not in data, f"plaintext in {name}"
+
+
+def test_outsider_cannot_post_to_a_channel(node: Server) -> None:
+    a, b, eve = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    with Client(node.url, a) as alice, Client(node.url, eve) as mallory:
+        chan = alice.open_channel([b.id])
+        from chainmail import channels
+        from chainmail.errors import Rejected
+
+        forged = channels.msg_content(channels.new_key(), {"x": 1}, author=eve.id, channel=chan)
+        with pytest.raises(Rejected) as err:
+            mallory.publish(forged)
+        assert err.value.code == "not_a_party"
+
+
+def test_cli_chan_commands(node: Server, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CHAINMAIL_HOME": str(tmp_path),
+        "CHAINMAIL_PASSPHRASE": "pw pw pw",
+        "CHAINMAIL_NODE": node.url,
+    }
+    store = Keystore(tmp_path, limits=MIN)
+    ids = {n: store.new(n, "pw pw pw").id for n in ("ann", "ben", "reg")}
+
+    def cm(*args: str) -> str:
+        done = subprocess.run(
+            [CHAINMAIL, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    chan = cm("chan", "open", "--as", "ann", "--member", ids["ben"], "--label", "desk")
+    cm("chan", "send", "--as", "ann", "--chan", chan, "--data", json.dumps({"px": "12.50"}))
+    cm("chan", "send", "--as", "ben", "--chan", chan, "--data", '{"ok": true}')
+    lines = [
+        json.loads(x)
+        for x in cm("chan", "read", "--as", "ben", "--chan", chan, "--json").splitlines()
+    ]
+    assert [x["data"] for x in lines] == [{"px": "12.50"}, {"ok": True}]
+    assert set(lines[0]) == {"id", "author", "data"} and lines[0]["author"] == ids["ann"]
+    assert cm("chan", "read", "--as", "reg", "--chan", chan, "--json") == ""
+    cm("chan", "share", "--as", "ben", "--chan", chan, "--with", ids["reg"])
+    assert len(cm("chan", "read", "--as", "reg", "--chan", chan, "--json").splitlines()) == 2
+    bad = subprocess.run(
+        [CHAINMAIL, "chan", "send", "--as", "ann", "--chan", chan, "--data", "{not json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _unused() -> bytes:
+    return orjson.dumps(None)

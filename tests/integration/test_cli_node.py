@@ -1,0 +1,195 @@
+"""The ``chainmail`` commands that talk to a node, run as subprocesses against a real node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from support.server import CHAINMAIL
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+UNKNOWN_TX = "%" + "A" * 43 + "=.sha256"
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass(frozen=True)
+class Cli:
+    env: dict[str, str]
+
+    def __call__(self, *args: str, check: bool = True) -> Run:
+        proc = subprocess.run(
+            [CHAINMAIL, *args], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        run = Run(proc.returncode, proc.stdout, proc.stderr)
+        if check:
+            assert run.code == 0, f"chainmail {' '.join(args)} exited {run.code}: {run.err}"
+        return run
+
+    def key(self, name: str) -> str:
+        self("keys", "new", name)
+        return str(self("keys", "show", name, "--json").json()["id"])
+
+
+@pytest.fixture(scope="module")
+def cli(node_url: str, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    home = tmp_path_factory.mktemp("home")
+    env = {
+        **os.environ,
+        "CHAINMAIL_HOME": str(home),
+        "CHAINMAIL_PASSPHRASE": "correct horse battery staple",
+        "CHAINMAIL_NODE": node_url,
+        "COLUMNS": "200",
+    }
+    return Cli(env)
+
+
+def assert_one_line_error(run: Run, code: str) -> None:
+    assert run.code != 0
+    assert "Traceback" not in run.err
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1, run.err
+    assert lines[0].startswith(f"chainmail: {code}: "), lines[0]
+
+
+def test_tx_between_two_parties_verifies(cli: Cli) -> None:
+    alice, bob = cli.key("alice"), cli.key("bob")
+    tx = cli(
+        "tx",
+        "open",
+        "--as",
+        "alice",
+        "--party",
+        bob,
+        "--deadline",
+        "10m",
+        "--subject",
+        "trade 42",
+        "--data",
+        '{"qty": 10}',
+    ).out.strip()
+    assert tx.startswith("%") and tx.endswith(".sha256")
+
+    note = cli("tx", "note", "--as", "alice", tx, "--data", '{"px": 101}', "--json").json()
+    assert note["created"] is True
+
+    inbox = [
+        json.loads(line) for line in cli("inbox", "--as", "bob", "--json", "--ack").out.splitlines()
+    ]
+    assert [e["id"] for e in inbox] == [tx, note["id"]]
+    assert inbox[0]["message"]["author"] == alice
+    assert cli("inbox", "--as", "bob", "--json").out == ""  # acknowledged
+
+    cli("tx", "finish", "--as", "alice", tx)
+    cli("tx", "finish", "--as", "bob", tx, "--data", '{"settled": true}')
+
+    deadline = time.monotonic() + 10
+    while (shown := cli("tx", "show", tx, "--json").json())["block"] is None:
+        assert time.monotonic() < deadline, "tx never sealed"
+        time.sleep(0.1)
+    assert shown["status"] == "finished"
+    assert cli("tx", "show", tx).out.count("finished") == 1
+
+    verified = cli("verify", "tx", tx)
+    lines = verified.out.strip().splitlines()
+    assert lines and all(line.startswith("✓ ") for line in lines), verified.out
+    assert any("tx record" in line for line in lines)
+    assert "✗" not in verified.out
+
+    block = str(shown["block"])
+    assert cli("verify", "block", block).out.count("✓") >= 5
+    report = cli("verify", "message", note["id"], "--json").json()
+    assert report["ok"] is True and report["checks"][0]["check"] == "node identity"
+
+    heights = [json.loads(line)["height"] for line in cli("blocks", "--json").out.splitlines()]
+    assert int(block) in heights
+    firehose = [json.loads(line) for line in cli("firehose", "--json").out.splitlines()]
+    assert [e["index"] for e in firehose] == list(range(len(firehose)))
+    assert tx in [e["id"] for e in firehose]
+    later = cli("firehose", "--from", str(firehose[-1]["index"]), "--json").out.splitlines()
+    assert json.loads(later[0])["id"] == firehose[-1]["id"]
+
+
+def test_send_and_its_input_errors(cli: Cli) -> None:
+    cli.key("carol")
+    sent = cli("send", "--as", "carol", "--type", "post", "--data", '{"text": "hi"}', "--json")
+    assert sent.json()["created"] is True
+    cli("send", "--as", "carol", "--content", '{"type": "post", "text": "again"}')
+
+    assert_one_line_error(
+        cli("send", "--as", "carol", "--type", "post", "--data", "{bad", check=False),
+        "invalid_format",
+    )
+    assert_one_line_error(
+        cli("tx", "note", "--as", "carol", UNKNOWN_TX, "--data", "[1]", check=False),
+        "invalid_format",
+    )
+    assert_one_line_error(
+        cli("tx", "finish", "--as", "carol", UNKNOWN_TX, check=False), "unknown_tx"
+    )
+    assert_one_line_error(cli("tx", "show", UNKNOWN_TX, check=False), "not_found")
+    assert_one_line_error(
+        cli("tx", "open", "--as", "carol", "--party", "@nobody", check=False), "invalid_format"
+    )
+    assert_one_line_error(
+        cli("tx", "open", "--as", "carol", "--party", "@x", "--deadline", "soon", check=False),
+        "invalid_format",
+    )
+    assert_one_line_error(cli("send", "--as", "nobody", "--type", "post", check=False), "keystore")
+    assert_one_line_error(cli("blocks", "--node", "http://127.0.0.1:9", check=False), "unavailable")
+    # The refused messages left nothing behind: carol's next message is her third.
+    third = cli("send", "--as", "carol", "--type", "post", "--json").json()
+    shown = cli("firehose", "--json").out.splitlines()
+    message = next(json.loads(x)["message"] for x in shown if json.loads(x)["id"] == third["id"])
+    assert message["sequence"] == 3
+
+
+def test_verify_failure_exits_1(cli: Cli) -> None:
+    missing = cli("verify", "block", "999999", check=False)
+    assert_one_line_error(missing, "not_found")
+    impostor = cli.key("impostor")  # pinning the wrong node id: the first check fails
+    failed = cli("verify", "block", "1", "--node-id", impostor, check=False)
+    assert failed.code == 1
+    assert failed.out.startswith("✗ node identity: expected node " + impostor)
+    assert "✓" not in failed.out
+    assert "Traceback" not in failed.err
+    assert failed.err.strip().splitlines()[-1].startswith("chainmail: invalid_proof: node identity")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["send"],
+        ["tx"],
+        ["tx", "open"],
+        ["tx", "note"],
+        ["tx", "finish"],
+        ["tx", "show"],
+        ["inbox"],
+        ["firehose"],
+        ["blocks"],
+        ["verify"],
+        ["verify", "message"],
+        ["verify", "tx"],
+        ["verify", "block"],
+    ],
+)
+def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
+    run = cli(*command, "--help")
+    assert "Usage:" in run.out

@@ -1,0 +1,529 @@
+"""The SDK against a real node (``chainmail serve`` subprocess): no mocks.
+
+Tampering is done on real answers: an httpx transport wraps the real one and
+changes one character of a proof, record, message, block or checkpoint, to
+show that verification trusts nothing the node says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from chainmail import ssb
+from chainmail.client import AsyncClient, Client, NodeUnavailable, Receipt
+from chainmail.errors import Error, InvalidMessage, NotFound, ProofError, Rejected
+from chainmail.ids import blob_id
+from chainmail.keys import Keypair
+from chainmail.verify import VerificationFailed
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+UNKNOWN_TX = "%" + base64.b64encode(hashlib.sha256(b"no such tx").digest()).decode() + ".sha256"
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``probe`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def sealed(client: Client, tx: str) -> dict[str, Any]:
+    info: dict[str, Any] = wait_for(
+        f"tx {tx} in a block", lambda: (t := client.tx(tx))["block"] and t
+    )
+    return info
+
+
+@pytest.fixture
+def alice(node_url: str) -> Iterator[Client]:
+    with Client(node_url, Keypair.generate()) as client:
+        yield client
+
+
+@pytest.fixture
+def bob(node_url: str) -> Iterator[Client]:
+    with Client(node_url, Keypair.generate()) as client:
+        yield client
+
+
+# --------------------------------------------------------------------------- tampering
+
+
+Mutator = Callable[[bytes], bytes]
+
+
+class Tamper(httpx.BaseTransport):
+    """Forwards to the real node; rewrites the body of the first answer whose path matches."""
+
+    def __init__(self, match: Callable[[str], bool], mutate: Mutator) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._match = match
+        self._mutate = mutate
+        self.hits = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        path = request.url.raw_path.decode("ascii").split("?")[0]
+        if self.hits or not self._match(path) or response.status_code >= 400:
+            return response
+        self.hits += 1
+        body = self._mutate(response.read())
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+        return httpx.Response(response.status_code, headers=headers, content=body)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def flip_b64(text: str) -> str:
+    """Change the first base64 character: the text still decodes, to other bytes."""
+    return ("B" if text[0] == "A" else "A") + text[1:]
+
+
+def edit_json(edit: Callable[[dict[str, Any]], None]) -> Mutator:
+    def mutate(body: bytes) -> bytes:
+        value = orjson.loads(body)
+        edit(value)
+        return orjson.dumps(value)
+
+    return mutate
+
+
+def flip_checkpoint_root(body: bytes) -> bytes:
+    lines = body.decode().split("\n")
+    lines[2] = flip_b64(lines[2])
+    return "\n".join(lines).encode()
+
+
+# --------------------------------------------------------------------------- a settled trade
+
+
+@dataclass(frozen=True)
+class Settled:
+    alice: Keypair
+    bob: Keypair
+    tx: str
+    note: Receipt
+    block: int
+
+
+@pytest.fixture(scope="module")
+def settled(node_url: str) -> Settled:
+    """A tx between alice and bob: opened, noted, finished by both, sealed in a block."""
+    a, b = Keypair.generate(), Keypair.generate()
+    with Client(node_url, a) as alice, Client(node_url, b) as bob:
+        tx = alice.open_tx([b.id], timedelta(minutes=5), subject="trade 42", data={"qty": 10})
+        note = alice.note(tx, {"px": 101})
+        alice.finish(tx)
+        bob.finish(tx, {"ok": True})
+        info = sealed(alice, tx)
+        assert info["status"] == "finished"
+        # Let one more block seal the next log entries, so a block h-1 → h exists.
+        bob.publish({"type": "post", "text": "after"})
+        wait_for("a later block", lambda: alice.blocks(info["block"]))
+        return Settled(a, b, tx, note, info["block"])
+
+
+def test_tx_lifecycle_verifies(node_url: str, settled: Settled) -> None:
+    with Client(node_url) as client:
+        info = client.tx(settled.tx)
+        assert info["status"] == "finished"
+        assert info["parties"][:2] == [settled.alice.id, settled.bob.id]
+        assert len(info["messages"]) == 4
+        report = client.verify_tx(settled.tx)
+    assert report.ok
+    names = [c.check for c in report]
+    for expected in (
+        "node identity",
+        "tx sealed",
+        "record inclusion",
+        "tx record",
+        "message 4/4 inclusion",
+        "checkpoint 0 consistency",
+    ):
+        assert expected in names
+    assert all(ok for _, ok, _ in report)
+
+
+def test_verify_message_and_block(node_url: str, settled: Settled) -> None:
+    with Client(node_url) as client:
+        health = client.health()
+        report = client.verify_message(settled.note.id, node_id=health["id"])
+        assert report.ok
+        assert "pinned" in report.checks[0].detail
+        assert [c.check for c in report][-2:] == [
+            "checkpoint 0 signature",
+            "checkpoint 0 consistency",
+        ]
+        latest = client.blocks(settled.block)[-1]["height"]
+        for height in {1, settled.block, latest}:
+            block_report = client.verify_block(height)
+            assert block_report.ok
+        names = [c.check for c in client.verify_block(latest)]
+        assert f"blocks {latest - 1}→{latest} consistency" in names
+        assert client.verify_checkpoint(0).ok
+
+
+def test_verification_pins_the_node(node_url: str, settled: Settled) -> None:
+    impostor = Keypair.generate().id
+    with (
+        Client(node_url, node_id=impostor) as client,
+        pytest.raises(VerificationFailed, match="pinned") as failed,
+    ):
+        client.verify_message(settled.note.id)
+    assert failed.value.report.checks[-1] == failed.value.report.checks[0]
+    assert not failed.value.report.ok
+
+
+TAMPERING: dict[str, tuple[str, Callable[[str], bool], Mutator, str]] = {
+    "message content": (
+        "message",
+        lambda p: p.startswith("/v1/messages/") and not p.endswith("/proof"),
+        edit_json(lambda v: v["message"]["content"]["data"].update(px=102)),
+        "message",
+    ),
+    "inclusion proof": (
+        "message",
+        lambda p: p.endswith("/proof") and p.startswith("/v1/messages/"),
+        edit_json(lambda v: v["proof"].__setitem__(0, flip_b64(v["proof"][0]))),
+        "log inclusion",
+    ),
+    "proof root": (
+        "message",
+        lambda p: p.endswith("/proof") and p.startswith("/v1/messages/"),
+        edit_json(lambda v: v.update(root=flip_b64(v["root"]))),
+        "log inclusion",
+    ),
+    "block signature": (
+        "block",
+        lambda p: p.startswith("/v1/blocks/"),
+        edit_json(
+            lambda v: v["message"]["content"].update(time=v["message"]["content"]["time"] + 1)
+        ),
+        "signature",
+    ),
+    "block records": (
+        "block",
+        lambda p: p.startswith("/v1/blocks/"),
+        edit_json(lambda v: v["records"][0].update(closed=v["records"][0]["closed"] + 1)),
+        "records",
+    ),
+    "record proof": (
+        "tx",
+        lambda p: "/records/" in p,
+        edit_json(lambda v: v["record"].update(status="timed_out")),
+        "record inclusion",
+    ),
+    "tx message": (
+        "tx",
+        lambda p: p.startswith("/v1/messages/") and not p.endswith("/proof"),
+        edit_json(lambda v: v["message"].update(timestamp=v["message"]["timestamp"] + 1)),
+        "message 1/4",
+    ),
+    "checkpoint": (
+        "block",
+        lambda p: p.endswith("/checkpoint"),
+        flip_checkpoint_root,
+        "checkpoint 0 signature",
+    ),
+    "consistency proof": (
+        "block+1",
+        lambda p: p.endswith("/consistency"),
+        edit_json(lambda v: v["proof"].__setitem__(0, flip_b64(v["proof"][0]))),
+        "consistency",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_tampered_answers_fail_verification(node_url: str, settled: Settled, case: str) -> None:
+    kind, match, mutate, failing = TAMPERING[case]
+    transport = Tamper(match, mutate)
+    with Client(node_url, transport=transport) as client, pytest.raises(ProofError) as failed:
+        if kind == "message":
+            client.verify_message(settled.note.id)
+        elif kind == "tx":
+            client.verify_tx(settled.tx)
+        elif kind == "block":
+            client.verify_block(settled.block)
+        else:
+            client.verify_block(settled.block + 1)
+    assert transport.hits == 1, "the tampering never happened"
+    assert isinstance(failed.value, VerificationFailed)
+    last = failed.value.report.checks[-1]
+    assert not last.ok
+    assert failing in last.check
+    # The same verification passes untouched: only the flipped character failed it.
+    with Client(node_url) as client:
+        if kind == "message":
+            assert client.verify_message(settled.note.id).ok
+        elif kind == "tx":
+            assert client.verify_tx(settled.tx).ok
+
+
+def test_open_tx_fails_verification(alice: Client, bob: Client) -> None:
+    tx = alice.open_tx([bob.id], timedelta(minutes=5))
+    with pytest.raises(VerificationFailed, match="tx sealed"):
+        alice.verify_tx(tx)
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def test_submit_twice_is_idempotent(alice: Client) -> None:
+    msg = alice.sign({"type": "post", "text": "hello"})
+    first = alice.submit(msg)
+    again = alice.submit(msg)
+    assert first.created and not again.created
+    assert (first.id, first.pipeline, first.index) == (again.id, again.pipeline, again.index)
+    assert first.id == ssb.message_id(msg)
+    # The raw HTTP statuses behind them: 201, then 200 with the same body.
+    with httpx.Client(base_url=alice.node) as http:
+        resp = http.post("/v1/messages", content=ssb.stringify(msg))
+    assert resp.status_code == 200
+    assert resp.json() == {"id": first.id, "pipeline": first.pipeline, "index": first.index}
+
+
+def test_offline_sign_then_sync(node_url: str, dead_url: str, tmp_path: Path) -> None:
+    keys = Keypair.generate()
+    with Client(dead_url, keys, feeds=tmp_path) as client:
+        signed = [client.sign({"type": "post", "n": n}) for n in range(3)]
+        assert [m["sequence"] for m in signed] == [1, 2, 3]
+        assert signed[1]["previous"] == ssb.message_id(signed[0])
+        with pytest.raises(NodeUnavailable, match="cannot reach"):
+            client.sync()
+    # A new process, the same feed copy on disk: it pushes the backlog in order.
+    with Client(node_url, keys, feeds=tmp_path) as client:
+        receipts = client.sync()
+        assert [r.id for r in receipts] == [ssb.message_id(m) for m in signed]
+        assert client.sync() == []
+        head = client.head()
+        assert head is not None and head.sequence == 3
+    # Elsewhere (no local copy) the feed continues from the node's head.
+    with Client(node_url, keys) as elsewhere:
+        receipt = elsewhere.publish({"type": "post", "n": 3})
+        assert elsewhere.message(receipt.id)["message"]["sequence"] == 4
+    # And the first copy learns about it instead of forking the feed.
+    with Client(node_url, keys, feeds=tmp_path) as client:
+        receipt = client.publish({"type": "post", "n": 4})
+        assert client.message(receipt.id)["message"]["sequence"] == 5
+
+
+def test_two_copies_of_one_feed_file_chain_instead_of_forking(
+    node_url: str, tmp_path: Path
+) -> None:
+    keys = Keypair.generate()
+    with (
+        Client(node_url, keys, feeds=tmp_path) as one,
+        Client(node_url, keys, feeds=tmp_path) as two,
+    ):
+        signed = [one.sign({"type": "post", "n": 0}), two.sign({"type": "post", "n": 1})]
+        signed.append(one.sign({"type": "post", "n": 2}))
+        assert [m["sequence"] for m in signed] == [1, 2, 3]
+        assert signed[2]["previous"] == ssb.message_id(signed[1])
+        (path,) = tmp_path.glob("*.jsonl")
+        with path.open("ab") as f:
+            f.write(b'{"previous": "torn')  # a crash in the middle of an append
+        signed.append(two.sign({"type": "post", "n": 3}))
+        assert signed[3]["sequence"] == 4
+        assert [r.id for r in one.sync()] == [ssb.message_id(m) for m in signed]
+        assert two.sync() == []
+
+
+def test_refused_message_leaves_the_local_feed(alice: Client) -> None:
+    alice.sign({"type": "tx/note", "tx": UNKNOWN_TX, "data": {}})
+    alice.sign({"type": "post", "text": "chained to the refused one"})
+    with pytest.raises(Rejected, match="dropped 2 unsent") as refused:
+        alice.sync()
+    assert refused.value.code == "unknown_tx"
+    receipt = alice.publish({"type": "post", "text": "fine"})
+    assert alice.message(receipt.id)["message"]["sequence"] == 1
+
+
+def test_submit_batch_reports_each_line(alice: Client, bob: Client) -> None:
+    good = alice.sign({"type": "post", "n": 1})
+    gap = ssb.create(bob.keys, {"type": "post"}, ssb.FeedState("%" + "A" * 43 + "=.sha256", 5), 1)  # type: ignore[arg-type]
+    results = alice.submit_batch([good, gap, good])
+    assert isinstance(results[0], Receipt) and results[0].created
+    assert isinstance(results[1], InvalidMessage) and results[1].code == "out_of_order"
+    assert isinstance(results[2], Receipt) and not results[2].created
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_problem_documents_map_to_errors(
+    alice: Client, bob: Client, node_url: str, dead_url: str
+) -> None:
+    with pytest.raises(Rejected) as exc:
+        alice.note(UNKNOWN_TX, {"x": 1})
+    assert exc.value.code == "unknown_tx"
+    assert "unknown tx" in exc.value.detail
+
+    tx = alice.open_tx([bob.id], timedelta(minutes=5), finish="any")
+    with Client(node_url, Keypair.generate()) as eve:
+        with pytest.raises(Rejected) as exc:
+            eve.note(tx, {"x": 1})
+        assert exc.value.code == "not_a_party"
+
+    bob.finish(tx)
+    with pytest.raises(Rejected) as exc:
+        alice.note(tx, {"late": True})
+    assert exc.value.code == "tx_closed"
+
+    keys = Keypair.generate()
+    first = ssb.create(keys, {"type": "post", "v": 1}, None, 1)
+    other = ssb.create(keys, {"type": "post", "v": 2}, None, 1)
+    alice.submit(first)
+    with pytest.raises(InvalidMessage) as invalid:
+        alice.submit(other)
+    assert invalid.value.code == "fork"
+
+    later = ssb.create(keys, {"type": "post"}, ssb.FeedState(ssb.message_id(first), 2), 1)
+    with pytest.raises(InvalidMessage) as invalid:
+        alice.submit(later)
+    assert invalid.value.code == "out_of_order"
+
+    forged = ssb.create(Keypair.generate(), {"type": "post", "v": 1}, None, 1)
+    forged["content"]["v"] = 2
+    with pytest.raises(InvalidMessage) as invalid:
+        alice.submit(forged)
+    assert invalid.value.code == "invalid_signature"
+
+    with pytest.raises(NotFound):
+        alice.tx(UNKNOWN_TX)
+    with Client(dead_url) as nowhere, pytest.raises(NodeUnavailable):
+        nowhere.health()
+    assert issubclass(NodeUnavailable, Error)
+
+
+# --------------------------------------------------------------------------- inbox
+
+
+def test_inbox_over_http_with_ack_and_redelivery(alice: Client, bob: Client) -> None:
+    tx = alice.open_tx([bob.id], timedelta(minutes=5))
+    note = alice.note(tx, {"px": 1})
+    entries = wait_for("two deliveries", lambda: len(e := bob.inbox()) == 2 and e)
+    assert [e.id for e in entries] == [tx, note.id]
+    assert entries[0].message["content"]["type"] == "tx/open"
+    assert [e.id for e in bob.inbox()] == [tx, note.id]  # not acked: delivered again
+    assert bob.ack([tx]) == 1
+    assert [e.id for e in bob.inbox()] == [note.id]
+    assert [e.id for e in bob.inbox_iter(follow=False)] == [note.id]
+    assert bob.inbox() == []
+    assert alice.inbox() == []  # an author never receives its own message
+
+
+def test_inbox_stream_acks_and_redelivers_on_reconnect(alice: Client, bob: Client) -> None:
+    tx = alice.open_tx([bob.id], timedelta(minutes=5))
+    wait_for("the delivery", bob.inbox)
+
+    stream = bob.inbox_iter(follow=True, ack=False)
+    assert next(stream).id == tx
+    stream.close()
+    # Not acknowledged: a new connection gets it again.
+    stream = bob.inbox_iter(follow=True, ack=True)
+    assert next(stream).id == tx
+    live = alice.note(tx, {"live": True})  # arrives on the open connection
+    assert next(stream).id == live.id  # asking for it acked the first
+    stream.close()
+    wait_for("the ack", lambda: [e.id for e in bob.inbox()] == [live.id])
+
+
+def test_async_client_streams_submissions_and_inbox(node_url: str) -> None:
+    async def scenario() -> None:
+        async with (
+            AsyncClient(node_url, Keypair.generate()) as a,
+            AsyncClient(node_url, Keypair.generate()) as b,
+        ):
+            tx = await a.open_tx([b.id], timedelta(minutes=5))
+            msgs = [a.sign({"type": "tx/note", "tx": tx, "data": {"n": n}}) for n in range(20)]
+            results = [r async for r in a.submit_stream(msgs)]
+            assert all(isinstance(r, Receipt) and r.created for r in results)
+            assert [r.id for r in results if isinstance(r, Receipt)] == [
+                ssb.message_id(m) for m in msgs
+            ]
+            assert await a.sync() == []  # the stream's messages count as sent
+            seen = []
+            async for entry in b.inbox_iter():
+                seen.append(entry.id)
+                if len(seen) == 21:
+                    break
+            assert seen[0] == tx
+            assert (await a.verify_checkpoint()).ok
+            blob = await a.put_blob(b"async bytes")
+            assert await b.get_blob(blob) == b"async bytes"
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- firehose
+
+
+def test_firehose_resumes_from_an_index(alice: Client) -> None:
+    receipts = [alice.publish({"type": "post", "n": n}) for n in range(3)]
+    start = receipts[1].index
+    entries = list(alice.firehose(start))
+    assert entries[0].index == start
+    assert [e.index for e in entries] == list(range(start, start + len(entries)))
+    ours = [e.id for e in entries if e.message["author"] == alice.id]
+    assert ours == [r.id for r in receipts[1:]]
+
+    follow = alice.firehose(receipts[-1].index + 1, follow=True)
+    later: list[Receipt] = []
+    publisher = threading.Timer(0.3, lambda: later.append(alice.publish({"type": "post"})))
+    publisher.start()
+    try:
+        for entry in follow:
+            if entry.message["author"] == alice.id:
+                break
+    finally:
+        follow.close()
+        publisher.join()
+    assert entry.id == later[0].id
+
+
+# --------------------------------------------------------------------------- blobs
+
+
+def test_blobs_are_hash_checked(alice: Client, node_url: str, tmp_path: Path) -> None:
+    data = b"settlement instructions v1"
+    bid = alice.put_blob(data)
+    assert bid == blob_id(data)
+    assert alice.get_blob(bid) == data
+
+    swap = Tamper(lambda p: p.startswith("/v1/blobs/"), lambda body: body.replace(b"v1", b"v2"))
+    with Client(node_url, transport=swap) as client, pytest.raises(ProofError, match=bid):
+        client.get_blob(bid)
+
+    doc = tmp_path / "terms.txt"
+    doc.write_bytes(b"terms and conditions")
+    receipt = alice.notarise(doc)
+    content = alice.message(receipt.id)["message"]["content"]
+    assert content == {
+        "type": "doc",
+        "blob": blob_id(doc.read_bytes()),
+        "size": 20,
+        "name": "terms.txt",
+        "mime": "text/plain",
+    }
+    assert alice.get_blob(content["blob"]) == b"terms and conditions"

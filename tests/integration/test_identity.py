@@ -1,0 +1,226 @@
+"""The identity registry and admission over HTTP (DESIGN §3, §8)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+import pytest
+
+from chainmail.keys import Keypair, sign_proof
+from support.feeds import Writer
+from support.server import Server, running
+
+pytestmark = pytest.mark.integration
+
+LEI = "5493001KJTIIGC8Y1R12"
+REGISTRAR = Writer()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(tmp_path_factory.mktemp("node"), extra=("--registrar", REGISTRAR.id)) as server:
+        yield server
+
+
+@pytest.fixture
+def http(node: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=node.url, timeout=10) as client:
+        yield client
+
+
+def post(http: httpx.Client, msg: dict[str, Any]) -> httpx.Response:
+    return http.post("/v1/messages", content=orjson.dumps(msg))
+
+
+def ident(http: httpx.Client, fid: str) -> dict[str, Any]:
+    resp = http.get(f"/v1/identities/{quote(fid, safe='')}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def test_self_claim_and_search(http: httpx.Client) -> None:
+    bank = Writer()
+    r = post(
+        http,
+        bank.sign(
+            {
+                "type": "about",
+                "about": bank.id,
+                "name": "Zephyr Clearing AG",
+                "lei": LEI,
+                "routes": ["https://zephyr.example/chainmail"],
+            }
+        ),
+    )
+    assert r.status_code == 201, r.text
+    got = ident(http, bank.id)
+    assert set(got) == {"id", "claims", "attested", "roles", "owner", "rotated_to"}
+    (claim,) = got["claims"]
+    assert claim["name"] == "Zephyr Clearing AG" and claim["lei"] == LEI
+    assert claim["message"] == r.json()["id"] and got["attested"] is None
+    found = http.get("/v1/identities", params={"name": "zephyr clear"}).json()["identities"]
+    assert [i["id"] for i in found] == [bank.id]
+    assert http.get("/v1/identities", params={"name": "nobody-has-this"}).json() == {
+        "identities": []
+    }
+
+
+def test_attestation_counts_only_from_registrars_and_until_expiry(http: httpx.Client) -> None:
+    bank, impostor = Writer(), Writer()
+    post(http, bank.sign({"type": "about", "about": bank.id, "name": "Harbor Bank"}))
+    r = post(http, impostor.sign({"type": "attest", "subject": bank.id, "name": "Harbor Bank"}))
+    assert r.status_code == 201  # accepted into the impostor's feed, but it does not count
+    assert ident(http, bank.id)["attested"] is None
+    expires = now_ms() + 1500
+    att = post(
+        http,
+        REGISTRAR.sign(
+            {
+                "type": "attest",
+                "subject": bank.id,
+                "name": "Harbor Bank N.A.",
+                "lei": LEI,
+                "expires": expires,
+            }
+        ),
+    )
+    assert att.status_code == 201, att.text
+    attested = ident(http, bank.id)["attested"]
+    assert attested == {
+        "name": "Harbor Bank N.A.",
+        "lei": LEI,
+        "by": REGISTRAR.id,
+        "expires": expires,
+        "message": att.json()["id"],
+    }
+    found = http.get("/v1/identities", params={"name": "Bank N.A."}).json()["identities"]
+    assert [i["id"] for i in found] == [bank.id]
+    time.sleep(max(0.0, (expires - now_ms()) / 1000) + 0.1)
+    assert ident(http, bank.id)["attested"] is None
+
+
+def test_role_binding_and_forged_proof(http: httpx.Client) -> None:
+    owner = Writer()
+    role = Keypair.generate()
+    good = post(
+        http,
+        owner.sign(
+            {
+                "type": "role",
+                "role": "precommitter",
+                "id": role.id,
+                "proof": sign_proof(role, owner.id),
+            }
+        ),
+    )
+    assert good.status_code == 201, good.text
+    assert ident(http, owner.id)["roles"] == [{"role": "precommitter", "id": role.id}]
+    assert ident(http, role.id)["owner"] == owner.id
+    other = Keypair.generate()
+    forged = post(
+        http,
+        owner.sign(
+            {
+                "type": "role",
+                "role": "validator",
+                "id": other.id,
+                "proof": sign_proof(Keypair.generate(), owner.id),
+            }
+        ),
+    )
+    assert forged.status_code == 400 and forged.json()["code"] == "invalid_signature"
+    assert ident(http, other.id)["owner"] is None
+
+
+def test_rotation_freezes_old_key_and_carries_attestation(http: httpx.Client) -> None:
+    old = Writer()
+    post(http, old.sign({"type": "about", "about": old.id, "name": "Old Key Capital"}))
+    post(http, REGISTRAR.sign({"type": "attest", "subject": old.id, "name": "Old Key Capital"}))
+    new = Keypair.generate()
+    r = post(http, old.sign({"type": "key/rotate", "to": new.id, "proof": sign_proof(new, old.id)}))
+    assert r.status_code == 201, r.text
+    refused = post(http, old.sign({"type": "post", "text": "still me"}))
+    assert refused.status_code == 403 and refused.json()["code"] == "key_rotated"
+    assert new.id in refused.json()["detail"]
+    assert ident(http, old.id)["rotated_to"] == new.id
+    carried = ident(http, new.id)["attested"]
+    assert carried is not None and carried["name"] == "Old Key Capital"
+    successor = Writer(new)
+    assert post(http, successor.sign({"type": "post", "text": "new key"})).status_code == 201
+
+
+def test_forged_rotation_is_refused(http: httpx.Client) -> None:
+    w = Writer()
+    bad = post(
+        http,
+        w.sign(
+            {
+                "type": "key/rotate",
+                "to": Keypair.generate().id,
+                "proof": sign_proof(Keypair.generate(), w.id),
+            }
+        ),
+    )
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_signature"
+
+
+def test_attested_admission(tmp_path: Path) -> None:
+    registrar = Writer()
+    with (
+        running(
+            tmp_path / "node", extra=("--admission", "attested", "--registrar", registrar.id)
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        newcomer = Writer()
+        refused = post(http, newcomer.sign({"type": "post", "text": "hello"}))
+        assert refused.status_code == 403 and refused.json()["code"] == "not_admitted"
+        newcomer.state = None
+        asked = post(http, newcomer.sign({"type": "about", "about": newcomer.id, "name": "Newco"}))
+        assert asked.status_code == 201, asked.text  # asking to join is always allowed
+        assert (
+            post(
+                http,
+                registrar.sign({"type": "attest", "subject": newcomer.id, "name": "Newco Ltd"}),
+            ).status_code
+            == 201
+        )
+        assert post(http, newcomer.sign({"type": "post", "text": "hello"})).status_code == 201
+        lapsed = Writer()
+        post(
+            http,
+            registrar.sign(
+                {"type": "attest", "subject": lapsed.id, "name": "Lapsed", "expires": now_ms() - 1}
+            ),
+        )
+        late = post(http, lapsed.sign({"type": "post"}))
+        assert late.status_code == 403 and late.json()["code"] == "not_admitted"
+
+
+def test_attested_mode_needs_a_registrar(tmp_path: Path) -> None:
+    import subprocess
+
+    from support.server import CHAINMAIL
+
+    done = subprocess.run(
+        [CHAINMAIL, "serve", "--data", str(tmp_path), "--admission", "attested"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "registrar" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _unused(_: Server) -> None:
+    return None

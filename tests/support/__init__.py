@@ -1,0 +1,1 @@
+"""Shared helpers for chainmail's tests (importable as ``support``)."""

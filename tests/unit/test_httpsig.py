@@ -1,0 +1,470 @@
+"""chainmail.httpsig: the RFC 9421 vector, the inbox profile, every refusal, httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chainmail.errors import RateLimited, Unauthorized
+from chainmail.httpsig import (
+    HttpSigAuth,
+    NonceCache,
+    _Parser,
+    _serialize_signature_params,
+    sign_request,
+    signature_base,
+    verify_request,
+)
+from chainmail.keys import Keypair, verify_signature
+
+VECTOR = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "rfc9421_ed25519.json").read_text()
+)
+
+KEYS = Keypair.from_seed(bytes(range(32)))
+OTHER = Keypair.from_seed(bytes(range(1, 33)))
+NOW = 1_700_000_000
+NONCE = "n0nce-0123456789"
+
+
+def _pem_body(pem: str) -> bytes:
+    lines = [line for line in pem.strip().splitlines() if not line.startswith("-----")]
+    return base64.b64decode("".join(lines))
+
+
+def _verify(
+    headers: Mapping[str, str],
+    *,
+    method: str = "GET",
+    path: str = "/v1/inbox",
+    query: str = "limit=10",
+    now: int = NOW,
+    nonces: NonceCache | None = None,
+) -> str:
+    if nonces is None:
+        nonces = NonceCache()
+    return verify_request(method, path, query, headers, now=now, nonces=nonces)
+
+
+def _signed(
+    *,
+    method: str = "GET",
+    path: str = "/v1/inbox",
+    query: str = "limit=10",
+    created: int = NOW,
+    nonce: str = NONCE,
+    keys: Keypair = KEYS,
+) -> dict[str, str]:
+    return sign_request(keys, method, path, query, created=created, nonce=nonce)
+
+
+# --- RFC 9421 Appendix B.2.6 ----------------------------------------------------------
+
+
+def test_rfc9421_key_is_the_b14_test_key() -> None:
+    pkcs8 = _pem_body(VECTOR["key"]["private_key_pkcs8_pem"])
+    spki = _pem_body(VECTOR["key"]["public_key_spki_pem"])
+    # The fixed DER prefixes of an Ed25519 PKCS#8 private key and SPKI public key (RFC 8410).
+    assert pkcs8[:16] == bytes.fromhex("302e020100300506032b657004220420")
+    assert spki[:12] == bytes.fromhex("302a300506032b6570032100")
+    assert Keypair.from_seed(pkcs8[16:]).public == spki[12:]
+
+
+def test_rfc9421_b26_signature_base_is_rebuilt_byte_for_byte() -> None:
+    components = [(name, value) for name, value in VECTOR["covered_components"]]
+    params = [(name, value) for name, value in VECTOR["signature_params"]]
+    assert signature_base(components, params) == VECTOR["signature_base"].encode("ascii")
+
+
+def test_rfc9421_b26_signature_verifies_and_is_reproduced() -> None:
+    base = VECTOR["signature_base"].encode("ascii")
+    signature = base64.b64decode(VECTOR["signature"].split("=", 1)[1].strip(":"))
+    public = _pem_body(VECTOR["key"]["public_key_spki_pem"])[12:]
+    assert verify_signature(public, base, signature)
+    assert not verify_signature(public, base + b" ", signature)
+    # ed25519 is deterministic: the RFC's private key gives the RFC's bytes.
+    keys = Keypair.from_seed(_pem_body(VECTOR["key"]["private_key_pkcs8_pem"])[16:])
+    assert keys.sign(base) == signature
+
+
+def test_rfc9421_b26_headers_parse_and_reserialize_to_the_signature_params_line() -> None:
+    inputs = _Parser(VECTOR["signature_input"]).dictionary()
+    member = inputs["sig-b26"]
+    names = [item.value for item in member.items]  # type: ignore[union-attr]
+    params = list(member.params.items())
+    line = VECTOR["signature_base"].splitlines()[-1]
+    assert line == '"@signature-params": ' + _serialize_signature_params(names, params)  # type: ignore[arg-type]
+    signatures = _Parser(VECTOR["signature"]).dictionary()
+    assert len(signatures["sig-b26"].value) == 64  # type: ignore[union-attr, arg-type]
+
+
+def test_rfc9421_b26_headers_are_parsed_but_are_not_chainmails_profile() -> None:
+    headers = {"Signature-Input": VECTOR["signature_input"], "Signature": VECTOR["signature"]}
+    with pytest.raises(Unauthorized, match=r'covered components must be \("@method" "@path"'):
+        _verify(headers, method="POST", path="/foo", query="param=Value&Pet=dog")
+
+
+# --- The profile ----------------------------------------------------------------------
+
+
+def test_signed_headers_and_signature_base_are_exactly_the_profile() -> None:
+    headers = _signed()
+    assert headers["Signature-Input"] == (
+        f'sig1=("@method" "@path" "@query");created={NOW};keyid="{KEYS.id}"'
+        f';alg="ed25519";nonce="{NONCE}"'
+    )
+    base = (
+        '"@method": GET\n'
+        '"@path": /v1/inbox\n'
+        '"@query": ?limit=10\n'
+        f'"@signature-params": ("@method" "@path" "@query");created={NOW};keyid="{KEYS.id}"'
+        f';alg="ed25519";nonce="{NONCE}"'
+    ).encode("ascii")
+    assert headers["Signature"].startswith("sig1=:") and headers["Signature"].endswith(":")
+    signature = base64.b64decode(headers["Signature"][len("sig1=:") : -1])
+    assert verify_signature(KEYS.id, base, signature)
+
+
+def test_absent_query_is_a_lone_question_mark_and_empty_path_is_slash() -> None:
+    base = signature_base([("@path", "/"), ("@query", "?")], [("created", 1)])
+    assert base == b'"@path": /\n"@query": ?\n"@signature-params": ("@path" "@query");created=1'
+    headers = _signed(path="", query="")
+    assert _verify(headers, path="/", query="") == KEYS.id
+
+
+def test_round_trip_returns_the_signer() -> None:
+    assert _verify(_signed()) == KEYS.id
+
+
+def test_round_trip_with_default_random_nonce() -> None:
+    nonces = NonceCache()
+    first = sign_request(KEYS, "GET", "/v1/inbox", "", created=NOW)
+    second = sign_request(KEYS, "GET", "/v1/inbox", "", created=NOW)
+    assert first["Signature-Input"] != second["Signature-Input"]
+    assert _verify(first, query="", nonces=nonces) == KEYS.id
+    assert _verify(second, query="", nonces=nonces) == KEYS.id
+
+
+def test_path_is_signed_percent_encoded_as_sent() -> None:
+    path = "/v1/messages/%25abc%2Bdef%3D.sha256"
+    headers = _signed(method="POST", path=path, query="")
+    assert _verify(headers, method="POST", path=path, query="") == KEYS.id
+    with pytest.raises(Unauthorized, match="signature does not verify"):
+        _verify(headers, method="POST", path="/v1/messages/%abc+def=.sha256", query="")
+
+
+def test_header_names_are_case_insensitive() -> None:
+    headers = {name.upper(): value for name, value in _signed().items()}
+    assert _verify(headers) == KEYS.id
+    headers = {name.lower(): value for name, value in _signed().items()}
+    assert _verify(headers) == KEYS.id
+
+
+def test_the_profile_member_is_chosen_among_several() -> None:
+    headers = _signed()
+    headers["Signature-Input"] = (
+        'proxy=("@authority");created=1;keyid="x", ' + headers["Signature-Input"]
+    )
+    headers["Signature"] = "proxy=:AAAA:, " + headers["Signature"]
+    assert _verify(headers) == KEYS.id
+
+
+def test_created_at_the_edge_of_the_window_is_accepted() -> None:
+    nonces = NonceCache()
+    assert _verify(_signed(created=NOW - 60, nonce="a"), nonces=nonces) == KEYS.id
+    assert _verify(_signed(created=NOW + 60, nonce="b"), nonces=nonces) == KEYS.id
+
+
+def test_sign_request_refuses_what_cannot_be_signed() -> None:
+    with pytest.raises(ValueError, match="not printable ASCII"):
+        sign_request(KEYS, "GET", "/v1/inbox/é", "", created=NOW)
+    with pytest.raises(ValueError, match="not printable ASCII"):
+        sign_request(KEYS, "GET\n", "/v1/inbox", "", created=NOW)
+    with pytest.raises(ValueError, match="nonce must not be empty"):
+        sign_request(KEYS, "GET", "/v1/inbox", "", created=NOW, nonce="")
+    with pytest.raises(TypeError, match="created must be an int"):
+        sign_request(KEYS, "GET", "/v1/inbox", "", created=float(NOW))  # type: ignore[arg-type]
+
+
+# --- Refusals ------------------------------------------------------------------------
+
+VALID = _signed()
+PROFILE = '("@method" "@path" "@query")'
+
+
+def _input(params: str, covered: str = PROFILE, label: str = "sig1") -> dict[str, str]:
+    return {"Signature-Input": f"{label}={covered}{params}", "Signature": VALID["Signature"]}
+
+
+KEYID = f'keyid="{KEYS.id}"'
+
+
+@pytest.mark.parametrize(
+    ("headers", "match"),
+    [
+        ({"Signature": VALID["Signature"]}, "missing Signature-Input header"),
+        ({"Signature-Input": VALID["Signature-Input"]}, "missing Signature header"),
+        ({**VALID, "Signature-Input": ""}, "Signature-Input header is empty"),
+        ({**VALID, "Signature-Input": "sig1=("}, "malformed Signature-Input header"),
+        (
+            {**VALID, "Signature-Input": "Sig1=()"},
+            "malformed Signature-Input header: expected a key",
+        ),
+        ({**VALID, "Signature-Input": 'sig1=("@method" "@path"'}, "malformed Signature-Input"),
+        ({**VALID, "Signature-Input": 'sig1=("é")'}, "malformed Signature-Input header"),
+        ({**VALID, "Signature-Input": "sig1=(),"}, "malformed Signature-Input header"),
+        ({**VALID, "Signature-Input": "sig1=();created=1.2.3"}, "malformed Signature-Input"),
+        ({**VALID, "Signature-Input": "sig1=:AAAA:"}, "member 'sig1' is not an inner list"),
+        ({**VALID, "Signature": "sig1=:!!:"}, "malformed Signature header"),
+        ({**VALID, "Signature": "sig1=:A:"}, "malformed Signature header: byte sequence"),
+        ({**VALID, "Signature": 'sig1="abc"'}, "Signature member 'sig1' is not a byte sequence"),
+        ({**VALID, "Signature": "other=:AAAA:"}, "Signature header has no member 'sig1'"),
+        ({**VALID, "Signature": "sig1=:AAAA:"}, "signature does not verify"),
+        (_input(f";created={NOW};{KEYID}", '("@method" "@path")'), "covered components must"),
+        (_input(f";created={NOW};{KEYID}", '("@method" "@query" "@path")'), "covered comp"),
+        (_input(f";created={NOW};{KEYID}", '("@method" "@path" "@query" "date")'), "covered"),
+        (_input(f";created={NOW};{KEYID}", '("@method";req "@path" "@query")'), "covered"),
+        (_input(f";created={NOW};{KEYID}", "()"), "covered components must"),
+        (_input(f";created={NOW};{KEYID}"), "missing nonce parameter"),
+        (_input(f';{KEYID};nonce="x"'), "missing created parameter"),
+        (_input(f';created={NOW};nonce="x"'), "missing keyid parameter"),
+        (_input(f';created="{NOW}";{KEYID};nonce="x"'), "created must be an integer"),
+        (_input(f';created=?1;{KEYID};nonce="x"'), "created must be an integer"),
+        (_input(f';created={NOW}.5;{KEYID};nonce="x"'), "created must be an integer"),
+        (_input(f';created={NOW};keyid=alice;nonce="x"'), "keyid must be a string"),
+        (_input(f';created={NOW};{KEYID};nonce=""'), "nonce must not be empty"),
+        (_input(f";created={NOW};{KEYID};nonce=x"), "nonce must be a string"),
+        (_input(f';created={NOW};{KEYID};nonce="x";alg="rsa-pss-sha512"'), "alg must be"),
+        (_input(f';created={NOW};{KEYID};nonce="x";foo=1'), "unsupported signature param"),
+        (_input(f';created={NOW};keyid="alice";nonce="x"'), r"keyid must be a feed id"),
+        (_input(f';created={NOW};keyid="@abc.ed25519";nonce="x"'), "keyid must be a feed id"),
+        (_input(f';created={NOW - 95};{KEYID};nonce="x"'), r"created 95 s from the node's"),
+        (_input(f';created={NOW};{KEYID};nonce="x";expires={NOW - 1}'), "signature expired"),
+    ],
+)
+def test_malformed_or_off_profile_requests_are_unauthorized(
+    headers: dict[str, str], match: str
+) -> None:
+    with pytest.raises(Unauthorized, match=match) as info:
+        _verify(headers)
+    assert info.value.code == "unauthorized"
+    assert info.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("created", "skew"),
+    [(NOW - 95, 95), (NOW - 61, 61), (NOW + 61, 61), (NOW + 3600, 3600)],
+)
+def test_created_too_old_or_too_new(created: int, skew: int) -> None:
+    with pytest.raises(Unauthorized, match=rf"created {skew} s from the node's clock \(limit 60\)"):
+        _verify(_signed(created=created))
+
+
+def test_window_is_configurable() -> None:
+    headers = _signed(created=NOW - 95)
+    assert (
+        verify_request(
+            "GET", "/v1/inbox", "limit=10", headers, now=NOW, nonces=NonceCache(120), window_s=120
+        )
+        == KEYS.id
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query"),
+    [
+        ("POST", "/v1/inbox", "limit=10"),
+        ("get", "/v1/inbox", "limit=10"),
+        ("GET", "/v1/inbox/ack", "limit=10"),
+        ("GET", "/v1/Inbox", "limit=10"),
+        ("GET", "/v1/inbox", "limit=11"),
+        ("GET", "/v1/inbox", ""),
+        ("GET", "/v1/inbox", "limit=10&x=1"),
+    ],
+)
+def test_tampered_method_path_or_query_does_not_verify(method: str, path: str, query: str) -> None:
+    with pytest.raises(Unauthorized, match="signature does not verify"):
+        _verify(_signed(), method=method, path=path, query=query)
+
+
+def test_tampered_parameters_do_not_verify() -> None:
+    headers = _signed()
+    headers["Signature-Input"] = headers["Signature-Input"].replace(NONCE, "other-nonce")
+    with pytest.raises(Unauthorized, match="signature does not verify"):
+        _verify(headers)
+
+
+def test_signature_by_another_key_does_not_verify() -> None:
+    headers = _signed(keys=OTHER)
+    headers["Signature-Input"] = headers["Signature-Input"].replace(OTHER.id, KEYS.id)
+    with pytest.raises(Unauthorized, match="signature does not verify"):
+        _verify(headers)
+
+
+def test_non_ascii_request_target_is_unauthorized() -> None:
+    with pytest.raises(Unauthorized, match="request target cannot be signed"):
+        _verify(_signed(), path="/v1/inbox/é")
+
+
+def test_replayed_nonce_is_refused() -> None:
+    nonces = NonceCache()
+    headers = _signed()
+    assert _verify(headers, nonces=nonces) == KEYS.id
+    with pytest.raises(Unauthorized, match="nonce replayed"):
+        _verify(headers, nonces=nonces)
+    with pytest.raises(Unauthorized, match="nonce replayed"):
+        _verify(headers, nonces=nonces, now=NOW + 60)
+
+
+def test_same_nonce_from_another_identity_is_not_a_replay() -> None:
+    nonces = NonceCache()
+    assert _verify(_signed(), nonces=nonces) == KEYS.id
+    assert _verify(_signed(keys=OTHER), nonces=nonces) == OTHER.id
+
+
+def test_a_forged_request_does_not_burn_the_nonce() -> None:
+    nonces = NonceCache()
+    forged = _signed(keys=OTHER)
+    forged["Signature-Input"] = forged["Signature-Input"].replace(OTHER.id, KEYS.id)
+    with pytest.raises(Unauthorized, match="signature does not verify"):
+        _verify(forged, nonces=nonces)
+    assert len(nonces) == 0
+    assert _verify(_signed(), nonces=nonces) == KEYS.id
+
+
+# --- NonceCache ----------------------------------------------------------------------
+
+
+def test_nonce_cache_remembers_for_twice_the_window() -> None:
+    cache = NonceCache(window_s=60)
+    assert not cache.seen("@k", "n", NOW)
+    assert cache.seen("@k", "n", NOW + 120)
+    # A request created 60 s ahead at NOW stays acceptable until NOW + 120.
+    assert not cache.seen("@k", "n", NOW + 121)
+    assert len(cache) == 1
+
+
+def test_nonce_cache_prunes_expired_entries() -> None:
+    cache = NonceCache(window_s=10)
+    for i in range(100):
+        cache.seen("@k", str(i), NOW)
+    assert len(cache) == 100
+    cache.seen("@k", "late", NOW + 21)
+    assert len(cache) == 1
+
+
+def test_nonce_cache_full_of_live_entries_refuses_rather_than_forgets() -> None:
+    cache = NonceCache(window_s=10, max_entries=2)
+    assert not cache.seen("@k", "a", NOW)
+    assert not cache.seen("@k", "b", NOW + 5)
+    with pytest.raises(RateLimited, match="too many signed requests") as info:
+        cache.seen("@k", "c", NOW + 5)
+    assert info.value.retry_after == 16.0
+    assert cache.seen("@k", "a", NOW + 5)
+    assert not cache.seen("@k", "c", NOW + 21)  # "a" expired and made room
+
+
+def test_nonce_cache_rejects_nonsense_bounds() -> None:
+    with pytest.raises(ValueError, match="window_s"):
+        NonceCache(window_s=-1)
+    with pytest.raises(ValueError, match="max_entries"):
+        NonceCache(max_entries=0)
+
+
+# --- Fuzz: only Unauthorized escapes --------------------------------------------------
+
+SF_ALPHABET = 'sig1=();:"@ ,\t-?*.0123456789abcdefkyonmthpqruAZ+/\\é\n'
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    signature_input=st.one_of(st.text(), st.text(alphabet=SF_ALPHABET)),
+    signature=st.one_of(st.text(), st.text(alphabet=SF_ALPHABET)),
+)
+def test_fuzzed_headers_only_raise_unauthorized(signature_input: str, signature: str) -> None:
+    headers = {"Signature-Input": signature_input, "Signature": signature}
+    with pytest.raises(Unauthorized):
+        _verify(headers)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_mutated_valid_headers_only_raise_unauthorized_or_verify(data: st.DataObject) -> None:
+    headers = dict(VALID)
+    name = data.draw(st.sampled_from(sorted(headers)))
+    value = headers[name]
+    at = data.draw(st.integers(0, len(value)))
+    cut = data.draw(st.integers(0, 3))
+    insert = data.draw(st.text(alphabet=SF_ALPHABET, max_size=3))
+    headers[name] = value[:at] + insert + value[at + cut :]
+    with contextlib.suppress(Unauthorized):
+        assert _verify(headers) == KEYS.id
+
+
+# --- httpx ---------------------------------------------------------------------------
+
+
+def _node(nonces: NonceCache) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        path, _, query = request.url.raw_path.partition(b"?")
+        try:
+            caller = verify_request(
+                request.method,
+                path.decode("ascii"),
+                query.decode("ascii"),
+                request.headers,
+                now=NOW + 3,  # the node's clock runs a little ahead
+                nonces=nonces,
+            )
+        except Unauthorized as exc:
+            return httpx.Response(exc.status, json=exc.problem())
+        return httpx.Response(200, json={"caller": caller, "path": path.decode("ascii")})
+
+    return httpx.MockTransport(handler)
+
+
+def test_httpsig_auth_signs_each_request_for_the_node() -> None:
+    nonces = NonceCache()
+    auth = HttpSigAuth(KEYS, clock=lambda: NOW + 0.9)
+    with httpx.Client(transport=_node(nonces), auth=auth, base_url="http://node") as client:
+        for _ in range(2):  # a fresh nonce each time
+            response = client.get("/v1/inbox", params={"limit": 10})
+            assert response.status_code == 200, response.text
+            assert response.json()["caller"] == KEYS.id
+        response = client.post("/v1/inbox/ack", json={"ids": ["%abc=.sha256"]})
+        assert response.status_code == 200, response.text
+        response = client.get("/v1/messages/%25abc%2Bdef%3D.sha256")
+        assert response.status_code == 200, response.text
+        assert response.json()["path"] == "/v1/messages/%25abc%2Bdef%3D.sha256"
+    assert len(nonces) == 4
+
+
+def test_httpsig_auth_with_a_stale_clock_is_refused_by_the_node() -> None:
+    auth = HttpSigAuth(KEYS, clock=lambda: NOW - 120)
+    with httpx.Client(transport=_node(NonceCache()), auth=auth, base_url="http://node") as client:
+        response = client.get("/v1/inbox")
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+    assert "created 123 s from the node's clock" in response.json()["detail"]
+
+
+def test_httpsig_auth_works_with_the_async_client() -> None:
+    async def main() -> httpx.Response:
+        auth = HttpSigAuth(KEYS, clock=lambda: NOW)
+        async with httpx.AsyncClient(
+            transport=_node(NonceCache()), auth=auth, base_url="http://node"
+        ) as client:
+            return await client.get("/v1/inbox?limit=5")
+
+    response = asyncio.run(main())
+    assert response.status_code == 200, response.text
+    assert response.json()["caller"] == KEYS.id

@@ -1,0 +1,508 @@
+"""The sequencer: feed order, tx rules, timeouts, blocks and crash recovery.
+
+Runs the single writer directly on SQLite files with a hand-driven clock.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from chainmail import blocks, merkle, ssb
+from chainmail.errors import Error, InvalidMessage, Rejected
+from chainmail.keys import Keypair
+from chainmail.sequencer import Accepted, Sequencer
+from chainmail.sqlite import SqliteLog, SqliteStore
+from support.feeds import Writer
+
+NOW = 1_800_000_000_000
+
+
+class Clock:
+    def __init__(self, now: int = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Harness:
+    def __init__(self, path: Path, clock: Clock, identity: Keypair) -> None:
+        self.path = path
+        self.clock = clock
+        self.identity = identity
+        self.log = SqliteLog(path / "log.sqlite", synchronous="NORMAL")
+        self.store = SqliteStore(path / "store.sqlite", synchronous="NORMAL")
+        self.seq = Sequencer(self.log, self.store, identity, clock=clock)
+
+    def submit(self, *msgs: dict[str, Any], project: bool = True) -> list[Accepted | Error]:
+        items = [_check(m) for m in msgs]
+        results = self.seq.process(items)
+        if project:
+            self.seq.flush_projection()
+        return results
+
+    def one(self, msg: dict[str, Any]) -> Accepted:
+        (result,) = self.submit(msg)
+        assert isinstance(result, Accepted), result
+        return result
+
+    def refused(self, msg: dict[str, Any], code: str) -> Error:
+        size = self.log.size(0)
+        (result,) = self.submit(msg)
+        assert isinstance(result, Error), result
+        assert result.code == code, result.diagnostics()
+        assert self.log.size(0) == size
+        return result
+
+    def close(self) -> None:
+        self.log.close()
+        self.store.close()
+
+
+def _check(msg: dict[str, Any]) -> ssb.Checked | Error:
+    try:
+        return ssb.check(msg)
+    except Error as exc:
+        return exc
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def node_keys() -> Keypair:
+    return Keypair.generate()
+
+
+@pytest.fixture
+def h(tmp_path: Path, clock: Clock, node_keys: Keypair) -> Harness:
+    harness = Harness(tmp_path, clock, node_keys)
+    yield harness
+    harness.close()
+
+
+def open_tx(
+    w: Writer, *others: Writer, deadline: int = NOW + 60_000, finish: str = "all"
+) -> dict[str, Any]:
+    return w.sign(
+        {
+            "type": "tx/open",
+            "parties": [w.id, *(o.id for o in others)],
+            "deadline": deadline,
+            "finish": finish,
+        }
+    )
+
+
+def test_accepts_in_order_and_resubmission_is_idempotent(h: Harness) -> None:
+    a = Writer()
+    m1, m2 = a.sign({"type": "post", "text": "one"}), a.sign({"type": "post", "text": "two"})
+    r1, r2 = h.submit(m1, m2)
+    assert isinstance(r1, Accepted) and isinstance(r2, Accepted)
+    assert (r1.index, r2.index, r1.created) == (0, 1, True)
+    (again,) = h.submit(m1)
+    assert isinstance(again, Accepted) and not again.created and again.index == 0
+    assert h.log.size(0) == 2
+    assert h.store.message(r2.id) is not None
+
+
+def test_gap_is_out_of_order_and_changes_nothing(h: Harness) -> None:
+    a = Writer()
+    a.sign({"type": "post"})
+    h.refused(a.sign({"type": "post"}), "out_of_order")
+    assert h.log.head(a.id) is None
+
+
+def test_fork_is_refused_and_evidence_kept(h: Harness) -> None:
+    a = Writer()
+    first = a.sign({"type": "post", "n": 1})
+    h.one(first)
+    twin = ssb.create(a.keys, {"type": "post", "n": 2}, None, a.time + 5)
+    h.refused(twin, "fork")
+    ((sequence, kept, rejected),) = h.store.forks(a.id)
+    assert sequence == 1
+    assert ssb.message_id(orjson.loads(kept)) == ssb.message_id(first)
+    assert ssb.message_id(orjson.loads(rejected)) == ssb.message_id(twin)
+    assert h.log.head(a.id).id == ssb.message_id(first)  # type: ignore[union-attr]
+
+
+def test_bad_signature_and_policy(h: Harness) -> None:
+    a = Writer()
+    msg = a.sign({"type": "post"})
+    msg["signature"] = ssb.create(Keypair.generate(), {"type": "post"}, None, 1)["signature"]
+    h.refused(msg, "invalid_signature")
+    b = Writer()
+    floaty = ssb.create(b.keys, {"type": "post"}, None, 1.5)  # type: ignore[arg-type]
+    h.refused(floaty, "invalid_format")
+
+
+def test_tx_rules_unknown_outsider_closed(h: Harness) -> None:
+    a, b, eve = Writer(), Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    h.refused(eve.sign({"type": "tx/note", "tx": tx, "data": {}}), "not_a_party")
+    eve.state = None
+    h.refused(
+        b.sign({"type": "tx/note", "tx": "%" + "A" * 43 + "=.sha256", "data": {}}), "unknown_tx"
+    )
+    b.state = None
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    h.one(a.sign({"type": "tx/finish", "tx": tx}))
+    assert h.store.tx(tx).status == "finished"  # type: ignore[union-attr]
+    h.refused(a.sign({"type": "tx/note", "tx": tx, "data": {}}), "tx_closed")
+
+
+def test_deadline_closes_tx_by_the_clock(h: Harness, clock: Clock) -> None:
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, deadline=NOW + 1000)).id
+    clock.now = NOW + 1000  # at the deadline the tx is still open
+    h.one(b.sign({"type": "tx/note", "tx": tx, "data": {"ok": True}}))
+    clock.now = NOW + 1001
+    h.refused(a.sign({"type": "tx/note", "tx": tx, "data": {}}), "tx_closed")
+    row = h.store.tx(tx)
+    assert row is not None and row.status == "timed_out" and row.closed == NOW + 1001
+
+
+def test_expire_without_traffic_then_one_block(h: Harness, clock: Clock) -> None:
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, deadline=NOW + 10)).id
+    clock.now = NOW + 50
+    assert h.seq.expire(clock.now) == 1
+    h.seq.flush_projection()
+    block = h.seq.build_block()
+    assert block is not None
+    stored = h.store.block(1)
+    assert stored is not None and [r["tx"] for r in stored.records] == [tx]
+    assert stored.records[0]["status"] == "timed_out"
+    assert h.store.tx(tx).block == 1  # type: ignore[union-attr]
+    assert h.seq.build_block() is None  # nothing new: no empty blocks
+
+
+def test_every_closed_tx_in_exactly_one_block(h: Harness, clock: Clock) -> None:
+    a, b = Writer(), Writer()
+    ids = []
+    for round_ in range(3):
+        for _ in range(4):
+            tx = h.one(open_tx(a, b, finish="any")).id
+            h.one(b.sign({"type": "tx/finish", "tx": tx}))
+            ids.append(tx)
+        clock.now += 1000
+        assert h.seq.build_block() is not None, round_
+    sealed = [r["tx"] for height in (1, 2, 3) for r in h.store.block(height).records]  # type: ignore[union-attr]
+    assert sorted(sealed) == sorted(ids) and len(set(sealed)) == len(ids)
+
+
+def test_block_content_verifies_independently_of_the_node(h: Harness, node_keys: Keypair) -> None:
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="opener")).id
+    h.one(a.sign({"type": "tx/finish", "tx": tx}))
+    h.seq.build_block()
+    stored = h.store.block(1)
+    assert stored is not None
+    msg = orjson.loads(stored.body)
+    ssb.validate(msg)  # the node's own first message: its block
+    content = msg["content"]
+    assert content["txs"]["count"] == 1
+    assert content["txs"]["root"] == blocks._b64(blocks.txs_root(stored.records))
+    leaves = [blocks.message_leaf(e.id) for e in h.log.read(0, 0, 100)]
+    (cp,) = content["logs"]
+    assert cp["size"] == 2
+    assert cp["root"] == blocks._b64(merkle.root(leaves[: cp["size"]]))
+
+
+def test_restart_projects_what_the_crash_left_behind(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    # Logged but not projected: as if the process died between the two commits.
+    results = h.submit(
+        b.sign({"type": "tx/finish", "tx": tx}),
+        a.sign({"type": "tx/finish", "tx": tx}),
+        project=False,
+    )
+    assert all(isinstance(r, Accepted) for r in results)
+    assert h.store.tx(tx).status == "open"  # type: ignore[union-attr]
+    h.close()
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        row = h2.store.tx(tx)
+        assert row is not None and row.status == "finished" and len(row.messages) == 3
+        assert len(h2.store.inbox(a.id, 10)) == 1
+        # The feed continues where it left off.
+        h2.one(a.sign({"type": "post"}))
+        assert h2.seq.build_block() is not None
+        assert [r["tx"] for r in h2.store.block(1).records] == [tx]  # type: ignore[union-attr]
+    finally:
+        h2.close()
+
+
+def test_delivery_rules(h: Harness) -> None:
+    a, b, c = Writer(), Writer(), Writer()
+    tx = h.one(open_tx(a, b, c)).id
+    h.one(a.sign({"type": "tx/note", "tx": tx, "data": {"to": "c"}, "to": [c.id]}))
+    assert len(h.store.inbox(b.id, 10)) == 1  # the open only
+    assert len(h.store.inbox(c.id, 10)) == 2
+    assert h.store.inbox(a.id, 10) == []  # never one's own messages
+    n = h.store.ack(c.id, [d.id for d in h.store.inbox(c.id, 10)])
+    assert n == 2 and h.store.inbox(c.id, 10) == []
+
+
+def test_private_box_is_stored_not_routed(h: Harness) -> None:
+    a = Writer()
+    box = "A" * 64 + ".box"
+    r = h.one(a.sign(box))
+    row = h.store.message(r.id)
+    assert row is not None and row.type is None
+
+
+def test_unknown_channel_and_non_member(h: Harness) -> None:
+    a, b, eve = Writer(), Writer(), Writer()
+    key = base64.b64encode(bytes(80)).decode()
+    chan = h.one(a.sign({"type": "chan/open", "keys": {a.id: key, b.id: key}})).id
+    box = base64.b64encode(bytes(64)).decode()
+    h.one(b.sign({"type": "chan/msg", "chan": chan, "box": box}))
+    assert [d.id for d in h.store.inbox(a.id, 10)][-1:] != []
+    h.refused(eve.sign({"type": "chan/msg", "chan": chan, "box": box}), "not_a_party")
+
+
+def test_errors_are_domain_errors() -> None:
+    assert issubclass(InvalidMessage, Error) and issubclass(Rejected, Error)
+
+
+def test_store_rebuilds_from_the_log(tmp_path: Path, clock: Clock, node_keys: Keypair) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    assert h.seq.build_block() is not None
+    open_tx_id = h.one(open_tx(a, b)).id
+    h.close()
+    (tmp_path / "store.sqlite").unlink()
+    for extra in ("store.sqlite-wal", "store.sqlite-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        sealed = h2.store.tx(tx)
+        assert sealed is not None and sealed.status == "finished" and sealed.block == 1
+        assert h2.store.tx(open_tx_id).status == "open"  # type: ignore[union-attr]
+        clock.now += 1000
+        block = h2.seq.build_block()
+        assert block is not None  # the new tx/open is unsealed activity
+        assert h2.store.block(2).records == []  # type: ignore[union-attr]  # tx not sealed twice
+    finally:
+        h2.close()
+
+
+def test_default_origin_is_a_valid_key_name_for_any_node_id(tmp_path: Path) -> None:
+    import json
+
+    from chainmail import checkpoint
+    from chainmail.node import Node, NodeConfig
+
+    for i in range(40):
+        data = tmp_path / str(i)
+        data.mkdir()
+        keys = Keypair.generate()
+        (data / "node-secret.json").write_text(json.dumps(keys.to_ssb_secret()))
+        node = Node(NodeConfig(data_dir=data))
+        try:
+            checkpoint.verify_checkpoint(node.checkpoint_text(0), node.verifier_key())
+        finally:
+            node.log.close()
+            node.store.close()
+
+
+def test_deadline_heap_stays_bounded_and_timeouts_still_fire(h: Harness, clock: Clock) -> None:
+    from chainmail.sequencer import _DEADLINE_SLACK
+
+    a, b = Writer(), Writer()
+    lingering = h.one(open_tx(a, b, deadline=NOW + 5_000)).id
+    for _ in range(3 * _DEADLINE_SLACK // 2):
+        tx = h.one(open_tx(a, b, deadline=NOW + 86_400_000, finish="any")).id
+        h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    # Finished txs' deadlines (a day away) must not pile up in the heap.
+    assert len(h.seq._deadlines) <= 2 * len(h.seq.open) + _DEADLINE_SLACK
+    clock.now = NOW + 5_001
+    assert h.seq.expire(clock.now) == 1
+    h.seq.flush_projection()
+    assert h.store.tx(lingering).status == "timed_out"  # type: ignore[union-attr]
+
+
+# --- regressions from review ---------------------------------------------------------------
+
+
+def test_outsider_naming_a_tx_in_any_type_is_refused_and_restart_still_works(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b, eve = Writer(), Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    h.refused(eve.sign({"type": "custom/thing", "tx": tx}), "not_a_party")
+    assert h.log.head(eve.id) is None
+    h.close()
+    Harness(tmp_path, clock, node_keys).close()  # replay must not raise
+
+
+def _failing_once(h: Harness) -> None:
+    from chainmail.errors import LogError
+
+    real = h.log.append
+    calls = {"n": 0}
+
+    def append(entries):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise LogError("disk full")
+        return real(entries)
+
+    h.log.append = append  # type: ignore[method-assign]
+
+
+def test_failed_append_leaves_no_trace_in_memory(h: Harness, clock: Clock) -> None:
+    from chainmail.errors import LogError
+
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    finish = b.sign({"type": "tx/finish", "tx": tx})
+    _failing_once(h)
+    with pytest.raises(LogError):
+        h.submit(finish)
+    assert tx in h.seq.open and tx not in h.seq.unsealed
+    clock.now += 1000
+    assert h.seq.build_block() is not None
+    assert h.store.block(1).records == []  # type: ignore[union-attr]  # not sealed as finished
+    h.one(finish)  # the client retries: now it lands and closes the tx
+    assert h.store.tx(tx).status == "finished"  # type: ignore[union-attr]
+
+
+def test_failed_tx_open_then_retry_keeps_the_tx(h: Harness) -> None:
+    from chainmail.errors import LogError
+
+    a, b = Writer(), Writer()
+    opening = open_tx(a, b)
+    _failing_once(h)
+    with pytest.raises(LogError):
+        h.submit(opening)
+    tx = h.one(opening).id
+    assert h.store.tx(tx) is not None
+    h.one(b.sign({"type": "tx/note", "tx": tx, "data": {}}))
+
+
+def test_timeout_found_while_checking_is_persisted_and_sealed_once(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, deadline=NOW + 10)).id
+    clock.now = NOW + 20
+    h.refused(b.sign({"type": "tx/note", "tx": tx, "data": {}}), "tx_closed")
+    assert h.store.tx(tx).status == "timed_out"  # type: ignore[union-attr]
+    assert h.seq.build_block() is not None
+    h.close()
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        h2.one(a.sign({"type": "post"}))
+        clock.now += 1000
+        assert h2.seq.build_block() is not None
+        assert h2.store.block(2).records == []  # type: ignore[union-attr]
+        row = h2.store.tx(tx)
+        assert row is not None and row.status == "timed_out" and row.block == 1
+    finally:
+        h2.close()
+
+
+def test_rebuilt_store_does_not_reseal_timed_out_txs(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, deadline=NOW + 10)).id
+    clock.now = NOW + 20
+    h.seq.expire(clock.now)
+    assert h.seq.build_block() is not None
+    h.close()
+    for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        row = h2.store.tx(tx)
+        assert row is not None and row.status == "timed_out" and row.block == 1
+        assert tx not in h2.seq.open
+        h2.one(a.sign({"type": "post"}))
+        clock.now += 1000
+        h2.seq.build_block()
+        assert h2.store.block(2).records == []  # type: ignore[union-attr]
+    finally:
+        h2.close()
+
+
+def test_missing_records_blob_is_fatal_not_empty(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    import shutil
+
+    from chainmail.errors import StorageError
+
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    assert h.seq.build_block() is not None
+    h.close()
+    for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "blobs")
+    with pytest.raises(StorageError, match="records blob"):
+        Harness(tmp_path, clock, node_keys)
+
+
+def test_channel_message_in_a_tx_bound_channel_follows_the_tx(h: Harness) -> None:
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    key = base64.b64encode(bytes(80)).decode()
+    box = base64.b64encode(bytes(64)).decode()
+    chan = h.one(a.sign({"type": "chan/open", "keys": {a.id: key, b.id: key}, "tx": tx})).id
+    posted = h.one(b.sign({"type": "chan/msg", "chan": chan, "box": box})).id
+    assert posted in h.store.tx(tx).messages  # type: ignore[union-attr]
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    h.refused(a.sign({"type": "chan/msg", "chan": chan, "box": box}), "tx_closed")
+
+
+def test_refused_messages_cost_no_rate_tokens(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    log_ = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    seq = Sequencer(log_, store, node_keys, clock=clock, identity_rate=0.001, identity_burst=2)
+    try:
+        w = Writer()
+        unknown = "%" + "A" * 43 + "=.sha256"
+        for _ in range(3):
+            w.state = None
+            (r,) = seq.process([ssb.check(w.sign({"type": "tx/note", "tx": unknown, "data": {}}))])
+            assert isinstance(r, Error) and r.code == "unknown_tx"
+        w.state = None
+        (ok,) = seq.process([ssb.check(w.sign({"type": "post"}))])
+        assert isinstance(ok, Accepted)
+    finally:
+        log_.close()
+        store.close()
+
+
+def test_fork_within_one_batch_keeps_both_messages(h: Harness) -> None:
+    a = Writer()
+    first = a.sign({"type": "post", "n": 1})
+    twin = ssb.create(a.keys, {"type": "post", "n": 2}, None, a.time + 5)
+    results = h.submit(first, twin)
+    assert isinstance(results[0], Accepted) and isinstance(results[1], Error)
+    ((_, kept, rejected),) = h.store.forks(a.id)
+    assert ssb.message_id(orjson.loads(kept)) == ssb.message_id(first)
+    assert ssb.message_id(orjson.loads(rejected)) == ssb.message_id(twin)
