@@ -5,7 +5,9 @@ arrived (up to ``max_batch``), has the CPU-heavy part — parse, serialise,
 id, ed25519 — done by a process pool on all cores, and hands the checked
 batches to the sequencer *in arrival order*, so a feed's messages submitted
 in order are sequenced in order even when their batches verify out of order.
-A reply is sent only after the sequencer has made the message durable.
+A reply is sent only after the sequencer has made the message durable and
+its projection visible; the next group is sequenced while the store writes
+the projection of this one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from chainmail import ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError
 from chainmail.sequencer import Result
 
-__all__ = ["DEFAULT_MAX_BATCH", "Ingest"]
+__all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
 
 DEFAULT_MAX_BATCH: Final = 2048
 #: Below this many messages a batch is checked in the event loop's process:
@@ -34,11 +36,17 @@ _INLINE_BELOW: Final = 8
 _MAX_MESSAGE_BYTES: Final = 64 * 1024
 _PR_SET_PDEATHSIG: Final = 1
 
-Sequence_ = Callable[[list[ssb.Checked | Error]], Awaitable[list[Result]]]
+#: The sequencer's answer to a group: its results, durable in the log, and an
+#: awaitable that completes once they are visible to readers (the projection).
+Sequenced = tuple[list[Result], Awaitable[None]]
+Sequence_ = Callable[[list[ssb.Checked | Error]], Awaitable[Sequenced]]
 #: A collected batch: its reply futures, and its check results once the pool is done.
 _Batch = tuple[list[asyncio.Future[Result]], asyncio.Future[list[ssb.Checked | Error]]]
 #: At most this many ``max_batch`` worth of checked batches share one group commit.
 _GROUP_BATCHES: Final = 4
+#: Groups in the log whose projection is still being written; the writer waits
+#: beyond this, so a slow store holds the log back instead of piling up memory.
+_PROJECTING: Final = 2
 
 
 def _die_with_parent() -> None:
@@ -77,6 +85,8 @@ class Ingest:
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[Result]]] = asyncio.Queue()
         self._checked: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=4)
         self._tasks: list[asyncio.Task[None]] = []
+        self._replies: set[asyncio.Task[None]] = set()
+        self._projecting = asyncio.Semaphore(_PROJECTING)
 
     async def start(self) -> None:
         if self._workers > 0:
@@ -102,6 +112,8 @@ class Ingest:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._replies:  # logged groups still being projected: let them answer
+            await asyncio.gather(*self._replies, return_exceptions=True)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -190,13 +202,29 @@ class Ingest:
                 _resolve(batch_futs, [err] * len(batch_futs))
         if not items:
             return
+        await self._projecting.acquire()
         try:
-            results = await self._sequence(items)
-        except Error as exc:
-            results = [exc] * len(futs)
-        except Exception as exc:  # the log failed
-            results = [OperationalError(f"ingest failed: {exc}")] * len(futs)
-        _resolve(futs, results)
+            results, visible = await self._sequence(items)
+        except BaseException as exc:
+            self._projecting.release()
+            if not isinstance(exc, Exception):
+                raise
+            err = exc if isinstance(exc, Error) else OperationalError(f"ingest failed: {exc}")
+            _resolve(futs, [err] * len(futs))
+            return
+        # The next group goes to the sequencer now; this one answers once visible.
+        task = asyncio.create_task(self._reply(futs, results, visible), name="ingest-reply")
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    async def _reply(
+        self, futs: list[asyncio.Future[Result]], results: list[Result], visible: Awaitable[None]
+    ) -> None:
+        try:
+            await visible
+        finally:
+            self._projecting.release()
+            _resolve(futs, results)
 
 
 def _resolve(futs: list[asyncio.Future[Result]], results: Sequence[Result]) -> None:

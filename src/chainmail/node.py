@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 
 from chainmail import checkpoint
 from chainmail.errors import Error, NotFound, ProofError
-from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest
+from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
 from chainmail.log import Log, LogEntry
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
@@ -119,6 +119,9 @@ class Node:
             config.data_dir / "store.sqlite", synchronous=config.synchronous
         )
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sequencer")
+        # Projections are written on their own thread, behind the log: the
+        # sequencer appends the next batch while the store takes this one.
+        self._projector = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="projector")
         self._sequencer: Sequencer | None = None
         self._ingest: Ingest | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,6 +149,7 @@ class Node:
                 admission=self.config.admission,
                 identity_rate=self.config.identity_rate,
                 identity_burst=self.config.identity_burst,
+                projector=self._projector,
             )
         )
         self._ingest = Ingest(
@@ -171,6 +175,7 @@ class Node:
             with contextlib.suppress(Error):
                 await self._on_writer(self._sequencer.flush_projection)
         self._writer.shutdown(wait=True)
+        self._projector.shutdown(wait=True)
         self.log.close()
         self.store.close()
         self.started = False
@@ -187,24 +192,28 @@ class Node:
 
     # --- ingest ---------------------------------------------------------------------------
 
-    async def _sequence(self, items: list[Any]) -> list[Result]:
+    async def _sequence(self, items: list[Any]) -> Sequenced:
         seq = self.sequencer
 
-        def run() -> list[Result]:
-            results = seq.process(items)
-            # Replies wait for the projection too (one more commit on the same
-            # thread), so a client reads its own writes: the message, the tx
-            # status and the recipients' inboxes are there when it hears back.
-            try:
-                seq.flush_projection()
-            except Error as exc:
-                log.error("projection failed, will be replayed on restart: %s", exc)
-            return results
+        def run() -> tuple[list[Result], concurrent.futures.Future[None]]:
+            return seq.process(items), seq.dispatch_projection()
 
-        results = await self._on_writer(run)
+        results, projected = await self._on_writer(run)
         if self.log_signal is not None:
             self.log_signal.fire()
-        return results
+        return results, self._visible(projected)
+
+    async def _visible(self, projected: concurrent.futures.Future[None]) -> None:
+        # Replies wait for the projection too, so a client reads its own writes:
+        # the message, the tx status and the recipients' inboxes are there when
+        # it hears back. A failed projection is replayed on restart; the
+        # messages are in the log, so they are acknowledged all the same.
+        try:
+            await asyncio.wrap_future(projected)
+        except Error as exc:
+            log.error("projection failed, will be replayed on restart: %s", exc)
+        except Exception:
+            log.exception("projection failed, will be replayed on restart")
 
     async def submit(self, raw: bytes) -> Result:
         """Check, sequence and log one raw JSON message."""

@@ -14,6 +14,8 @@ between a log commit and its projection loses nothing.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import heapq
 import logging
 from collections.abc import Callable, Sequence
@@ -129,6 +131,7 @@ class Sequencer:
         admission: Admission = "open",
         identity_rate: float = IDENTITY_RATE,
         identity_burst: float = IDENTITY_BURST,
+        projector: concurrent.futures.Executor | None = None,
     ) -> None:
         self.log = log_
         self.store = store
@@ -144,6 +147,10 @@ class Sequencer:
         self.dirty = False
         self._pending_records: dict[str, list[dict[str, Any]]] = {}
         self._unprojected: list[Projection] = []
+        #: Where projections are written: one thread, so in order (None: inline).
+        self._projector = projector
+        #: Projections whose write failed, retried first; touched by the projecting thread only.
+        self._retry: list[Projection] = []
         # Transactions whose state changed outside a message's projection (closed by
         # the clock while checking a message): written with the next batch.
         self._changed: dict[str, txs.Tx] = {}
@@ -215,8 +222,8 @@ class Sequencer:
     def process(self, items: Sequence[ssb.Checked | Error]) -> list[Result]:
         """Sequence a batch of checked messages; durable in the log when this returns.
 
-        The projection is written by ``flush_projection`` (the caller runs it
-        next, so replies need not wait for it). Raises ``LogError`` when the log
+        The projection is written by ``flush_projection`` or
+        ``dispatch_projection``, which the caller runs next. Raises ``LogError`` when the log
         cannot be written: then nothing of the batch was accepted.
         """
         now = self.clock()
@@ -505,15 +512,45 @@ class Sequencer:
         log.warning("rebuilding the sequencer's state from the store and the log")
         self.open, self.unsealed, self.channels = {}, {}, {}
         self._deadlines, self._changed, self._pending_records = [], {}, {}
-        self._unprojected = []
+        # What is in the log gets projected, by the projector or by the replay
+        # below; both must not write at once.
+        with contextlib.suppress(Exception):
+            self.flush_projection()
+        self._unprojected, self._retry = [], []
         self.catch_up()
 
     def flush_projection(self) -> None:
-        """Write the projections of batches already in the log."""
-        while self._unprojected:
-            # Dropped only once written: a failed write is retried by the next flush.
-            self._write_projection(self._unprojected[0])
-            self._unprojected.pop(0)
+        """Write the projections of batches already in the log; returns once they are written."""
+        self.dispatch_projection().result()
+
+    def dispatch_projection(self) -> concurrent.futures.Future[None]:
+        """Hand the projections of batches already in the log to the projector.
+
+        The future is done once they (and every projection dispatched before)
+        are in the store, so the writer can sequence the next batch while the
+        store writes this one. Without a projector they are written here.
+        """
+        batch, self._unprojected = self._unprojected, []
+        if self._projector is not None:
+            return self._projector.submit(self._write_projections, batch)
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        try:
+            self._write_projections(batch)
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
+
+    def _write_projections(self, batch: list[Projection]) -> None:
+        todo, self._retry = [*self._retry, *batch], []
+        for i, projection in enumerate(todo):
+            try:
+                self._write_projection(projection)
+            except BaseException:
+                # Kept, in order: the next dispatch writes them first.
+                self._retry = todo[i:]
+                raise
 
     def _write_projection(self, projection: Projection) -> None:
         deliveries = self.store.apply(projection)
