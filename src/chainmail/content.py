@@ -45,9 +45,16 @@ __all__ = [
     "SCHEMAS",
     "TX_TYPES",
     "check_policy",
+    "is_mapping",
     "is_valid_lei",
     "tx_of",
 ]
+
+
+def is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """``isinstance(value, Mapping)``, with a fast path for the dicts JSON gives."""
+    return type(value) is dict or isinstance(value, Mapping)
+
 
 #: Largest integer a JSON number holds exactly (ECMAScript ``Number.MAX_SAFE_INTEGER``).
 MAX_SAFE_INTEGER: Final = 2**53 - 1
@@ -125,7 +132,7 @@ def _bool(value: object) -> None:
 
 
 def _obj(value: object) -> None:
-    if not isinstance(value, Mapping):
+    if not is_mapping(value):
         raise _BadValueError("an object")
 
 
@@ -213,7 +220,7 @@ def _unique_feeds(*, nonempty: bool) -> Callable[[object], None]:
 
 def _sealed_keys(value: object) -> None:
     expected = "a non-empty object mapping feed ids to sealed keys"
-    if not isinstance(value, Mapping) or not value:
+    if not is_mapping(value) or not value:
         raise _BadValueError(expected)
     for fid, sealed in value.items():
         if not is_feed_id(fid):
@@ -393,7 +400,7 @@ class _FieldError(Exception):
 
 
 def _fields(value: object, schema: _Schema) -> None:
-    if not isinstance(value, Mapping):
+    if not is_mapping(value):
         raise _FieldError(f"expected an object, got {_show(value)}")
     for name, (required, check) in schema.items():
         if name not in value:
@@ -432,7 +439,7 @@ def check_policy(msg: Mapping[str, Any], *, node_id: str | None = None) -> None:
     content = msg.get("content")
     if isinstance(content, str):
         return  # an SSB private box: opaque, its format is ssb.validate's job
-    if not isinstance(content, Mapping):
+    if not is_mapping(content):
         raise InvalidMessage(
             f"content must be an object or a .box string, got {_show(content)}",
             code="invalid_format",
@@ -499,7 +506,7 @@ def tx_of(content: object) -> str | None:
     belongs to its channel's tx, which only the caller's channel state knows.
     Expects content that passed ``check_policy``; raises nothing.
     """
-    if not isinstance(content, Mapping) or content.get("type") not in TX_TYPES:
+    if not is_mapping(content) or content.get("type") not in TX_TYPES:
         return None
     tx = content.get("tx")
     return tx if isinstance(tx, str) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from typing import Final, NewType
 
@@ -39,7 +40,28 @@ _HASH_SUFFIX: Final = ".sha256"
 _B64_32: Final = 44
 
 
+#: Ids recur on every message of a feed or a transaction: their checked
+#: decoding is remembered (bounded; refusals are not cached).
+_DECODED_CACHE: Final = 1 << 16
+
+
 def _b64_32(text: str, what: str) -> bytes:
+    # The label is only for the error, so the cache key is the text alone; a
+    # refusal is decoded again with its label, for the message.
+    if type(text) is str:
+        try:
+            return _decode_b64_32(text)
+        except InvalidMessage:
+            pass
+    return _decode_b64_32_uncached(text, what)
+
+
+@functools.lru_cache(maxsize=_DECODED_CACHE)
+def _decode_b64_32(text: str) -> bytes:
+    return _decode_b64_32_uncached(text, "id")
+
+
+def _decode_b64_32_uncached(text: str, what: str) -> bytes:
     if len(text) != _B64_32 or not text.endswith("="):
         raise InvalidMessage(f"{what}: expected 44 base64 characters, got {text!r}")
     try:

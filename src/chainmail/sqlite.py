@@ -441,11 +441,15 @@ class SqliteStore:
                             for tx in projection.txs.values()
                         ],
                     )
+                    # A tx's parties never change: index them with its tx/open (whose
+                    # id is the tx id), not again on every later message.
+                    logged = {m.id for m in projection.messages}
                     w.executemany(
                         "INSERT OR IGNORE INTO tx_parties (party, opened, tx) VALUES (?,?,?)",
                         [
                             (p, tx.opened, tx.id)
                             for tx in projection.txs.values()
+                            if tx.id in logged
                             for p in tx.parties
                         ],
                     )

@@ -149,6 +149,22 @@ class Checked:
     content: dict[str, Any] | str
     text: str
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Checked results cross from the verify pool by the thousand: a plain
+        # tuple pickles in a fraction of the time of the dataclass default.
+        return (
+            Checked,
+            (
+                self.id,
+                self.author,
+                self.sequence,
+                self.previous,
+                self.timestamp,
+                self.content,
+                self.text,
+            ),
+        )
+
 
 _REPR: Final = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80

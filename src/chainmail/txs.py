@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
-from chainmail.content import check_policy, tx_of
+from chainmail.content import check_policy, is_mapping, tx_of
 from chainmail.errors import Error, InvalidMessage, Rejected, StorageError
 
 __all__ = [
@@ -182,7 +182,7 @@ def open_tx(msg_id: str, msg: Mapping[str, Any], now: int) -> Tx:
     ``tx/open``.
     """
     content = msg.get("content")
-    if not (isinstance(content, Mapping) and content.get("type") == "tx/open"):
+    if not (is_mapping(content) and content.get("type") == "tx/open"):
         raise InvalidMessage(f"{msg_id} is not a tx/open message", code="invalid_format")
     check_policy(msg)
     return Tx(
@@ -212,7 +212,7 @@ def check(tx: Tx | None, msg: Mapping[str, Any], *, now: int) -> None:
         raise Rejected(f"unknown tx {named or '(none named)'}", code="unknown_tx")
     if named is not None and named != tx.id:
         raise Rejected(f"message names tx {named}, not {tx.id}", code="unknown_tx")
-    if isinstance(content, Mapping) and content.get("type") == "tx/open":
+    if is_mapping(content) and content.get("type") == "tx/open":
         raise Rejected(f"a tx/open opens a tx of its own, not {tx.id}", code="unknown_tx")
     if tx.status != "open":
         raise Rejected(f"tx {tx.id} is closed ({tx.status} at {tx.closed})", code="tx_closed")
@@ -239,7 +239,7 @@ def apply(tx: Tx, msg_id: str, msg: Mapping[str, Any], *, now: int) -> bool:
     check(tx, msg, now=now)
     tx.messages.append(msg_id)
     content = msg.get("content")
-    if not (isinstance(content, Mapping) and content.get("type") == "tx/finish"):
+    if not (is_mapping(content) and content.get("type") == "tx/finish"):
         return False
     tx.finished_by.add(msg["author"])
     if not finish_met(tx.finish, tx.opener, tx.parties, tx.finished_by):
@@ -305,7 +305,7 @@ def open_channel(msg_id: str, msg: Mapping[str, Any]) -> Channel:
     ``chan/open``.
     """
     content = msg.get("content")
-    if not (isinstance(content, Mapping) and content.get("type") == "chan/open"):
+    if not (is_mapping(content) and content.get("type") == "chan/open"):
         raise InvalidMessage(f"{msg_id} is not a chan/open message", code="invalid_format")
     check_policy(msg)
     return Channel(
@@ -332,7 +332,7 @@ def check_channel_post(
     post); and whatever ``check`` raises for the channel's tx.
     """
     content = msg.get("content")
-    named = content.get("chan") if isinstance(content, Mapping) else None
+    named = content.get("chan") if is_mapping(content) else None
     if channel is None:
         raise Rejected(f"unknown channel {named}", code="unknown_tx")
     if named is not None and named != channel.id:
@@ -363,10 +363,10 @@ def share_channel(channel: Channel, msg: Mapping[str, Any]) -> list[str]:
     """
     content = msg.get("content")
     if not (
-        isinstance(content, Mapping)
+        is_mapping(content)
         and content.get("type") == "chan/share"
         and content.get("chan") == channel.id
-        and isinstance(content.get("keys"), Mapping)
+        and is_mapping(content.get("keys"))
     ):
         raise InvalidMessage(f"not a chan/share of channel {channel.id}", code="invalid_format")
     known = set(channel.holders)
@@ -401,7 +401,7 @@ def recipients(
     accepted, where raising would stall a projection replaying its log.
     Raises nothing.
     """
-    if not isinstance(content, Mapping):
+    if not is_mapping(content):
         return []
     kind = content.get("type")
     targets: object
