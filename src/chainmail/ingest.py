@@ -21,11 +21,12 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
-from chainmail import ssb
+from chainmail import content, ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError
-from chainmail.sequencer import Result
+from chainmail.sequencer import Result, policy_view
 
 __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
 
@@ -40,8 +41,18 @@ _PR_SET_PDEATHSIG: Final = 1
 #: awaitable that completes once they are visible to readers (the projection).
 Sequenced = tuple[list[Result], Awaitable[None]]
 Sequence_ = Callable[[list[ssb.Checked | Error]], Awaitable[Sequenced]]
-#: A collected batch: its reply futures, and its check results once the pool is done.
-_Batch = tuple[list[asyncio.Future[Result]], asyncio.Future[list[ssb.Checked | Error]]]
+
+
+@dataclass(slots=True)
+class _Request:
+    """One caller's messages, answered together (one future per request, not per message)."""
+
+    raws: list[bytes]
+    reply: asyncio.Future[list[Result]]
+
+
+#: A collected batch: its requests, and their check results once the pool is done.
+_Batch = tuple[list[_Request], asyncio.Future[list[ssb.Checked | Error]]]
 #: At most this many ``max_batch`` worth of checked batches share one group commit.
 _GROUP_BATCHES: Final = 4
 #: Groups in the log whose projection is still being written; the writer waits
@@ -62,8 +73,24 @@ def _die_with_parent() -> None:
                 os._exit(1)
 
 
-def _check_chunk(items: list[bytes], hmac_key: bytes | None) -> list[ssb.Checked | InvalidMessage]:
-    return ssb.check_batch(items, hmac_key)
+def _check_chunk(
+    items: list[bytes], hmac_key: bytes | None, node_id: str | None
+) -> list[ssb.Checked | Error]:
+    """In a worker: the SSB rules, the signature and the node's content policy.
+
+    The policy is stateless (it needs only the node's id), so it runs here on
+    all cores rather than on the sequencer's one thread.
+    """
+    results: list[ssb.Checked | Error] = []
+    for checked in ssb.check_batch(items, hmac_key):
+        if isinstance(checked, ssb.Checked):
+            try:
+                content.check_policy(policy_view(checked), node_id=node_id)
+            except Error as exc:
+                results.append(exc)
+                continue
+        results.append(checked)
+    return results
 
 
 class Ingest:
@@ -75,14 +102,16 @@ class Ingest:
         *,
         workers: int | None = None,
         hmac_key: bytes | None = None,
+        node_id: str | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self._sequence = sequence
         self._hmac_key = hmac_key
+        self._node_id = node_id
         self._max_batch = max_batch
         self._workers = workers if workers is not None else (os.cpu_count() or 1)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[Result]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._checked: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=4)
         self._tasks: list[asyncio.Task[None]] = []
         self._replies: set[asyncio.Task[None]] = set()
@@ -97,7 +126,7 @@ class Ingest:
             loop = asyncio.get_running_loop()
             await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._pool, _check_chunk, [], self._hmac_key)
+                    loop.run_in_executor(self._pool, _check_chunk, [], self._hmac_key, None)
                     for _ in range(self._workers)
                 )
             )
@@ -123,44 +152,45 @@ class Ingest:
 
     async def submit_many(self, raws: Sequence[bytes]) -> list[Result]:
         """Check and sequence messages in order; one result each, in order."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Result]] = []
-        for raw in raws:
-            fut: asyncio.Future[Result] = loop.create_future()
-            if len(raw) > _MAX_MESSAGE_BYTES:
-                fut.set_result(
-                    InvalidMessage(
-                        f"message of {len(raw)} bytes: larger than any valid message",
-                        code="too_large",
-                    )
-                )
-            else:
-                self._queue.put_nowait((raw, fut))
-            futures.append(fut)
-        return list(await asyncio.gather(*futures))
+        sized = [len(raw) <= _MAX_MESSAGE_BYTES for raw in raws]
+        fits = [raw for raw, ok in zip(raws, sized, strict=True) if ok]
+        results: list[Result] = []
+        if fits:
+            request = _Request(list(fits), asyncio.get_running_loop().create_future())
+            self._queue.put_nowait(request)
+            results = await request.reply
+        if len(fits) == len(raws):
+            return results
+        checked = iter(results)
+        return [
+            next(checked) if ok else _too_large(len(raw))
+            for raw, ok in zip(raws, sized, strict=True)
+        ]
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            raw, fut = await self._queue.get()
-            raws = [raw]
-            futs = [fut]
+            request = await self._queue.get()
+            requests = [request]
+            raws = list(request.raws)
             while len(raws) < self._max_batch and not self._queue.empty():
-                raw, fut = self._queue.get_nowait()
-                raws.append(raw)
-                futs.append(fut)
+                request = self._queue.get_nowait()
+                requests.append(request)
+                raws.extend(request.raws)
             checked: asyncio.Future[list[ssb.Checked | Error]] = loop.create_future()
             if self._pool is None or len(raws) < _INLINE_BELOW:
-                checked.set_result(list(_check_chunk(raws, self._hmac_key)))
+                checked.set_result(_check_chunk(raws, self._hmac_key, self._node_id))
             else:
                 chunks = _split(raws, self._workers)
                 parts = [
-                    loop.run_in_executor(self._pool, _check_chunk, chunk, self._hmac_key)
+                    loop.run_in_executor(
+                        self._pool, _check_chunk, chunk, self._hmac_key, self._node_id
+                    )
                     for chunk in chunks
                 ]
                 gathered = asyncio.gather(*parts)
                 gathered.add_done_callback(functools.partial(_join, out=checked))
-            await self._checked.put((futs, checked))
+            await self._checked.put((requests, checked))
 
     async def _drain(self) -> None:
         carry: _Batch | None = None
@@ -176,7 +206,7 @@ class Ingest:
             # projection commit instead of paying for two each. In queue order,
             # stopping at the first one still being checked.
             group = [first]
-            size = len(first[0])
+            size = _count(first[0])
             while size < self._max_batch * _GROUP_BATCHES and not self._checked.empty():
                 item = self._checked.get_nowait()
                 if item is None:
@@ -186,20 +216,20 @@ class Ingest:
                     carry = item
                     break
                 group.append(item)
-                size += len(item[0])
+                size += _count(item[0])
             await self._sequence_group(group)
 
     async def _sequence_group(self, group: list[_Batch]) -> None:
-        futs: list[asyncio.Future[Result]] = []
+        futs: list[_Request] = []
         items: list[ssb.Checked | Error] = []
-        for batch_futs, checked in group:
+        for requests, checked in group:
             exc = checked.exception()
             if exc is None:
-                futs.extend(batch_futs)
+                futs.extend(requests)
                 items.extend(checked.result())
             else:  # the pool died: this batch alone fails
                 err = exc if isinstance(exc, Error) else OperationalError(f"ingest failed: {exc}")
-                _resolve(batch_futs, [err] * len(batch_futs))
+                _resolve(requests, [err] * _count(requests))
         if not items:
             return
         await self._projecting.acquire()
@@ -210,7 +240,7 @@ class Ingest:
             if not isinstance(exc, Exception):
                 raise
             err = exc if isinstance(exc, Error) else OperationalError(f"ingest failed: {exc}")
-            _resolve(futs, [err] * len(futs))
+            _resolve(futs, [err] * len(items))
             return
         # The next group goes to the sequencer now; this one answers once visible.
         task = asyncio.create_task(self._reply(futs, results, visible), name="ingest-reply")
@@ -218,7 +248,7 @@ class Ingest:
         task.add_done_callback(self._replies.discard)
 
     async def _reply(
-        self, futs: list[asyncio.Future[Result]], results: list[Result], visible: Awaitable[None]
+        self, futs: list[_Request], results: list[Result], visible: Awaitable[None]
     ) -> None:
         try:
             await visible
@@ -227,10 +257,26 @@ class Ingest:
             _resolve(futs, results)
 
 
-def _resolve(futs: list[asyncio.Future[Result]], results: Sequence[Result]) -> None:
-    for fut, result in zip(futs, results, strict=True):
-        if not fut.done():
-            fut.set_result(result)
+def _resolve(requests: list[_Request], results: Sequence[Result]) -> None:
+    """Hand each request its slice of ``results`` (which are in request order)."""
+    start = 0
+    for request in requests:
+        end = start + len(request.raws)
+        if not request.reply.done():  # the caller may have gone (cancelled)
+            request.reply.set_result(list(results[start:end]))
+        start = end
+    if start != len(results):  # pragma: no cover - a broken invariant
+        raise AssertionError(f"{len(results)} results for {start} messages")
+
+
+def _count(requests: list[_Request]) -> int:
+    return sum(len(r.raws) for r in requests)
+
+
+def _too_large(size: int) -> InvalidMessage:
+    return InvalidMessage(
+        f"message of {size} bytes: larger than any valid message", code="too_large"
+    )
 
 
 def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
@@ -239,7 +285,7 @@ def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
 
 
 def _join(
-    gathered: asyncio.Future[list[list[ssb.Checked | InvalidMessage]]],
+    gathered: asyncio.Future[list[list[ssb.Checked | Error]]],
     out: asyncio.Future[list[ssb.Checked | Error]],
 ) -> None:
     if out.done():

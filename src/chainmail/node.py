@@ -156,6 +156,7 @@ class Node:
             self._sequence,
             workers=self.config.workers,
             hmac_key=self.config.hmac_key,
+            node_id=self.id,
             max_batch=self.config.max_batch,
         )
         await self._ingest.start()
@@ -196,7 +197,7 @@ class Node:
         seq = self.sequencer
 
         def run() -> tuple[list[Result], concurrent.futures.Future[None]]:
-            return seq.process(items), seq.dispatch_projection()
+            return seq.process(items, policy_checked=True), seq.dispatch_projection()
 
         results, projected = await self._on_writer(run)
         if self.log_signal is not None:

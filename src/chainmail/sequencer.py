@@ -82,6 +82,16 @@ def _channel_of(msg_id: str, kind: object, body: object) -> str | None:
     return None
 
 
+def policy_view(c: ssb.Checked) -> dict[str, Any]:
+    """The fields of a checked message that the content policy and the projections read."""
+    return {
+        "author": c.author,
+        "sequence": c.sequence,
+        "timestamp": c.timestamp,
+        "content": c.content,
+    }
+
+
 def tx_row(tx: txs.Tx, block: int | None = None) -> TxRow:
     return TxRow(
         id=tx.id,
@@ -219,8 +229,14 @@ class Sequencer:
 
     # --- ingest ---------------------------------------------------------------------------
 
-    def process(self, items: Sequence[ssb.Checked | Error]) -> list[Result]:
+    def process(
+        self, items: Sequence[ssb.Checked | Error], *, policy_checked: bool = False
+    ) -> list[Result]:
         """Sequence a batch of checked messages; durable in the log when this returns.
+
+        ``policy_checked`` says the node's content policy (``check_policy`` with
+        this node's id) already passed on every item, as ingest's verify workers
+        do; otherwise it runs here.
 
         The projection is written by ``flush_projection`` or
         ``dispatch_projection``, which the caller runs next. Raises ``LogError`` when the log
@@ -235,7 +251,7 @@ class Sequencer:
                 results.append(item)
                 continue
             try:
-                results.append(self._admit(item, now, pending))
+                results.append(self._admit(item, now, pending, policy_checked))
             except Error as exc:
                 results.append(exc)
         self._commit(pending)
@@ -247,19 +263,17 @@ class Sequencer:
             head = self.log.head(author)
         return head
 
-    def _admit(self, c: ssb.Checked, now: int, pending: _Pending) -> Accepted:
+    def _admit(
+        self, c: ssb.Checked, now: int, pending: _Pending, policy_checked: bool = False
+    ) -> Accepted:
         head = self._head(c.author, pending)
         if head is not None and c.sequence <= head.sequence:
             return self._known(c, pending)
         state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
         ssb.check_order(c, state)
-        msg = {
-            "author": c.author,
-            "sequence": c.sequence,
-            "timestamp": c.timestamp,
-            "content": c.content,
-        }
-        content.check_policy(msg, node_id=self.node_id)
+        msg = policy_view(c)
+        if not policy_checked:
+            content.check_policy(msg, node_id=self.node_id)
         self.registry.check(c.author, c.content, now=now)
         self._check_rules(c.author, c.content, now)
         if c.author != self.node_id:
