@@ -215,13 +215,29 @@ def _plain(value: object, path: str) -> object:
     raise ProofError(f"record{path}: unsupported value {value!r}")
 
 
+def _is_plain(value: object) -> bool:
+    """``_plain`` would accept ``value`` as it is (a dict tree): the fast path, no copy."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return abs(value) <= _MAX_SAFE_INT  # type: ignore[arg-type]
+    if kind is dict:
+        return all(type(k) is str and _is_plain(v) for k, v in value.items())  # type: ignore[attr-defined]
+    if kind is list or kind is tuple:
+        return all(_is_plain(v) for v in value)  # type: ignore[attr-defined]
+    return False
+
+
 def record_bytes(record: Mapping[str, Any]) -> bytes:
     """The canonical bytes of a tx record: compact JSON, sorted keys, raw UTF-8.
 
     Raises ``ProofError`` for values without one canonical JSON form (floats,
     integers beyond ±(2^53−1), non-string keys, lone surrogates).
     """
-    plain = _plain(record, "")
+    # Blocks serialise every record twice (blob and leaf): skip the checked
+    # copy when the record is plain already; ``_plain`` then only names errors.
+    plain = record if type(record) is dict and _is_plain(record) else _plain(record, "")
     if not isinstance(plain, dict):
         raise ProofError(f"record: expected an object, got {type(record).__name__}")
     text = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -629,6 +630,44 @@ def test_record_bytes_canonical() -> None:
 def test_record_bytes_refuses(value: Any, match: str) -> None:
     with pytest.raises(ProofError, match=match):
         blocks.record_bytes(value)
+
+
+_JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=3) | st.integers(0, 3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=3), _JSONISH, max_size=4))
+def test_record_bytes_fast_path_agrees_with_the_checked_copy(record: dict[str, Any]) -> None:
+    # The fast path (no copy when the record is plain) must accept exactly what the
+    # checked copy accepts, and serialise it to the same bytes.
+    try:
+        plain = blocks._plain(record, "")
+    except ProofError:
+        assert not blocks._is_plain(record)
+        with pytest.raises(ProofError):
+            blocks.record_bytes(record)
+        return
+    assert blocks._is_plain(record)
+    expected = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        want = expected.encode("utf-8")
+    except UnicodeEncodeError:
+        with pytest.raises(ProofError, match="lone surrogate"):
+            blocks.record_bytes(record)
+        return
+    assert blocks.record_bytes(record) == want
 
 
 def test_record_leaf_is_leaf_of_sha256() -> None:
