@@ -1,10 +1,16 @@
 """Embedded SQLite backends: ``SqliteLog`` and ``SqliteStore`` (the default).
 
 Two database files in the node's data directory, both in WAL mode:
-``log.sqlite`` (entries, feed heads, Merkle subtree hashes: everything the
-log must commit atomically) and ``store.sqlite`` (projections). Each object
-has one writer connection, used from one thread at a time, and a separate
-reader connection for the API, so readers never wait for a group commit.
+``log.sqlite`` (entries and Merkle subtree hashes: everything the log must
+commit atomically) and ``store.sqlite`` (projections). Each object has one
+writer connection, used from one thread at a time, and a separate reader
+connection for the API, so readers never wait for a group commit.
+
+A message's body, id and feed position are stored once, in the log: the
+store keeps only what it derives (type, tx, channel) under the message's log
+position, and its readers attach the log file to join the two. Every index on
+a random key costs a page write per message at commit, so the ids and the
+(author, sequence) feed order are indexed once, in the log.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ CREATE TABLE IF NOT EXISTS entries (
     author TEXT NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
     body BLOB NOT NULL, PRIMARY KEY (pipeline, idx)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS entries_id ON entries (id);
-CREATE TABLE IF NOT EXISTS heads (
-    author TEXT PRIMARY KEY, sequence INTEGER NOT NULL, id TEXT NOT NULL) WITHOUT ROWID;
+-- Feed order, for feed reads and the heads (each feed's highest sequence).
+CREATE UNIQUE INDEX IF NOT EXISTS entries_feed ON entries (author, sequence);
 CREATE TABLE IF NOT EXISTS tree (
     pipeline INTEGER NOT NULL, level INTEGER NOT NULL, idx INTEGER NOT NULL,
     hash BLOB NOT NULL, PRIMARY KEY (pipeline, level, idx)) WITHOUT ROWID;
@@ -51,18 +57,16 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 
 _STORE_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS cursors (pipeline INTEGER PRIMARY KEY, next INTEGER NOT NULL);
--- Rowid tables, so rows land in arrival order: a batch appends to the table's
--- last pages, and a tx's updates (which come soon after its open) touch recent
--- pages. Keyed by the random message or tx id, every row of a batch dirtied a
--- page of its own, which the commit then wrote (measured: benchmarks/README.md).
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT NOT NULL, pipeline INTEGER NOT NULL, idx INTEGER NOT NULL,
-    author TEXT NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
-    type TEXT, tx TEXT, body BLOB NOT NULL, chan TEXT);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_id ON messages (id);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_feed ON messages (author, sequence);
-CREATE INDEX IF NOT EXISTS messages_chan ON messages (chan, received, pipeline, idx)
+-- Keyed by log position, so rows land in arrival order: a batch appends to the
+-- table's last pages. Keyed by a random id, every row of a batch dirtied a page
+-- of its own, which the commit then wrote (measured: benchmarks/README.md). The
+-- id, author, sequence and body are the log's (``_MSG_SELECT`` joins them).
+CREATE TABLE IF NOT EXISTS message_info (
+    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL, received INTEGER NOT NULL,
+    type TEXT, tx TEXT, chan TEXT, PRIMARY KEY (pipeline, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS message_info_chan ON message_info (chan, received, pipeline, idx)
     WHERE chan IS NOT NULL;
+-- Rowid tables, so a tx's updates (which come soon after its open) touch recent pages.
 CREATE TABLE IF NOT EXISTS txs (
     id TEXT NOT NULL, status TEXT NOT NULL, opener TEXT NOT NULL,
     deadline INTEGER NOT NULL, finish TEXT NOT NULL, subject TEXT,
@@ -196,9 +200,12 @@ class SqliteLog:
             )
             for p in range(pipelines)
         ]
+        # Each feed's last entry (SQLite takes a bare column from the MAX row).
         self._heads = {
             author: Head(seq, mid)
-            for author, seq, mid in self._w.execute("SELECT author, sequence, id FROM heads")
+            for author, seq, mid in self._w.execute(
+                "SELECT author, MAX(sequence), id FROM entries GROUP BY author"
+            )
         }
         self._trees = [merkle.MerkleTree(_TreeHashes(self, p)) for p in range(pipelines)]
         self._lock = threading.Lock()
@@ -258,10 +265,6 @@ class SqliteLog:
                         "INSERT INTO entries (pipeline, idx, id, author, sequence, received, body)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
                         rows,
-                    )
-                    self._w.executemany(
-                        "INSERT OR REPLACE INTO heads (author, sequence, id) VALUES (?, ?, ?)",
-                        [(a, h.sequence, h.id) for a, h in heads.items()],
                     )
                     pending: list[tuple[int, int, int, bytes]] = []
                     for pipeline, hashes in leaves.items():
@@ -357,7 +360,12 @@ _TX_COLUMNS: Final = (
 _TX_UPSERT: Final = ", ".join(
     f"{c}=excluded.{c}" for c in _TX_COLUMNS.replace(" ", "").split(",") if c != "id"
 )
-_MSG_COLUMNS: Final = "id, pipeline, idx, author, sequence, received, type, tx, body, chan"
+#: A stored message: the log's entry joined with the store's projection of it,
+#: so only projected messages are seen (as when the store kept them whole).
+_MSG_SELECT: Final = (
+    "SELECT e.id, e.pipeline, e.idx, e.author, e.sequence, e.received, m.type, m.tx, e.body,"
+    " m.chan FROM log.entries e JOIN message_info m ON m.pipeline = e.pipeline AND m.idx = e.idx"
+)
 
 
 def _msg_from_row(r: Sequence[Any]) -> MessageRow:
@@ -371,8 +379,17 @@ def _block_from_row(r: Sequence[Any]) -> BlockRow:
 class SqliteStore:
     """The embedded projection store."""
 
-    def __init__(self, path: Path, *, synchronous: str = DEFAULT_SYNCHRONOUS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
+        log_path: Path | None = None,
+    ) -> None:
+        """``log_path`` is the ``SqliteLog`` file whose entries this store projects
+        (default: ``log.sqlite`` beside ``path``); readers attach it."""
         self.path = path
+        self.log_path = log_path if log_path is not None else path.with_name("log.sqlite")
         self._synchronous = synchronous
         try:
             self._w = _connect(path, synchronous)
@@ -389,6 +406,11 @@ class SqliteStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = _connect(self.path, self._synchronous, readonly=True)
+            try:
+                conn.execute("ATTACH DATABASE ? AS log", (str(self.log_path),))
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StorageError(f"cannot attach the log {self.log_path}: {exc}") from exc
             self._local.conn = conn
         return conn
 
@@ -401,20 +423,10 @@ class SqliteStore:
             try:
                 with _transaction(w, StorageError):
                     w.executemany(
-                        f"INSERT OR IGNORE INTO messages ({_MSG_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT OR IGNORE INTO message_info (pipeline, idx, received, type, tx, chan)"
+                        " VALUES (?,?,?,?,?,?)",
                         [
-                            (
-                                m.id,
-                                m.pipeline,
-                                m.index,
-                                m.author,
-                                m.sequence,
-                                m.received,
-                                m.type,
-                                m.tx,
-                                m.body,
-                                m.chan,
-                            )
+                            (m.pipeline, m.index, m.received, m.type, m.tx, m.chan)
                             for m in projection.messages
                         ],
                     )
@@ -517,18 +529,14 @@ class SqliteStore:
         return deliveries
 
     def message(self, msg_id: str) -> MessageRow | None:
-        r = (
-            self._r()
-            .execute(f"SELECT {_MSG_COLUMNS} FROM messages WHERE id=?", (msg_id,))
-            .fetchone()
-        )
+        r = self._r().execute(f"{_MSG_SELECT} WHERE e.id=?", (msg_id,)).fetchone()
         return None if r is None else _msg_from_row(r)
 
     def message_at(self, author: str, sequence: int) -> MessageRow | None:
         r = (
             self._r()
             .execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE author=? AND sequence=?",
+                f"{_MSG_SELECT} WHERE e.author=? AND e.sequence=?",
                 (author, sequence),
             )
             .fetchone()
@@ -539,8 +547,7 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE author=? AND sequence>?"
-                " ORDER BY sequence LIMIT ?",
+                f"{_MSG_SELECT} WHERE e.author=? AND e.sequence>? ORDER BY e.sequence LIMIT ?",
                 (author, after, limit),
             )
             .fetchall()
@@ -605,8 +612,8 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE chan=?"
-                " ORDER BY received, pipeline, idx LIMIT ? OFFSET ?",
+                f"{_MSG_SELECT} WHERE m.chan=? ORDER BY m.received, m.pipeline, m.idx"
+                " LIMIT ? OFFSET ?",
                 (chan, limit, after),
             )
             .fetchall()
@@ -617,7 +624,7 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                "SELECT i.delivery, i.msg_id, m.body FROM inbox i JOIN messages m ON m.id = i.msg_id"
+                "SELECT i.delivery, i.msg_id, e.body FROM inbox i JOIN log.entries e ON e.id = i.msg_id"
                 " WHERE i.recipient=? AND i.delivery>? ORDER BY i.delivery LIMIT ?",
                 (recipient, after, limit),
             )
