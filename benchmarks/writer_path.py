@@ -3,7 +3,8 @@
     python benchmarks/writer_path.py [--messages N] [--feeds F] [--batch B]
                                      [--synchronous FULL|NORMAL] [--profile]
 
-Signs ``chainmail bench`` trade traffic, checks it (outside the timing), then
+Signs ``chainmail bench`` trade traffic, checks it and applies the content
+policy (outside the timing: the node's verify workers do both), then
 hands it to a ``Sequencer`` on fresh SQLite files in batches of ``--batch``,
 exactly as the node's writer thread does, and reports the time spent in
 ``process`` (feed order, rules, log append and commit) and in
@@ -21,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from chainmail import ssb
+from chainmail import content, ssb
 from chainmail.bench import BenchConfig, generate
 from chainmail.keys import Keypair
-from chainmail.sequencer import Accepted, Sequencer
+from chainmail.sequencer import Accepted, Sequencer, policy_view
 from chainmail.sqlite import SqliteLog, SqliteStore
 
 
@@ -41,11 +42,15 @@ def main() -> None:
     # Concatenated streams keep every desk's order.
     raws = [raw for stream in traffic.streams for raw in stream]
     checked = ssb.check_batch(raws)
+    node = Keypair.generate()
+    for c in checked:
+        if isinstance(c, ssb.Checked):
+            content.check_policy(policy_view(c), node_id=node.id)
     with tempfile.TemporaryDirectory(prefix="chainmail-writer-") as tmp:
         path = Path(tmp)
         log = SqliteLog(path / "log.sqlite", synchronous=args.synchronous)
         store = SqliteStore(path / "store.sqlite", synchronous=args.synchronous)
-        seq = Sequencer(log, store, Keypair.generate(), clock=lambda: time.time_ns() // 1_000_000)
+        seq = Sequencer(log, store, node, clock=lambda: time.time_ns() // 1_000_000)
         process = flush = 0.0
         accepted = 0
         profiler = cProfile.Profile() if args.profile else None
@@ -53,7 +58,7 @@ def main() -> None:
             profiler.enable()
         for i in range(0, len(checked), args.batch):
             t0 = time.perf_counter()
-            results = seq.process(checked[i : i + args.batch])
+            results = seq.process(checked[i : i + args.batch], policy_checked=True)
             t1 = time.perf_counter()
             seq.flush_projection()
             t2 = time.perf_counter()
