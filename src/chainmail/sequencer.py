@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 
 from chainmail import blocks, content, ssb, txs
-from chainmail.errors import Error, InvalidMessage, Rejected, StorageError
+from chainmail.errors import Error, InvalidMessage, RateLimited, Rejected, StorageError
 from chainmail.ids import blob_id
 from chainmail.keys import Keypair
 from chainmail.log import Head, Log, NewEntry, pipeline_of
@@ -268,7 +268,7 @@ class Sequencer:
     ) -> Accepted:
         head = self._head(c.author, pending)
         if head is not None and c.sequence <= head.sequence:
-            return self._known(c, pending)
+            return self._known(c, now, pending)
         state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
         ssb.check_order(c, state)
         msg = policy_view(c)
@@ -296,8 +296,14 @@ class Sequencer:
             self.dirty = True
         return Accepted(c.id, pipeline, index, created=True)
 
-    def _known(self, c: ssb.Checked, pending: _Pending) -> Accepted:
-        """A message at or below the feed's head: the same one again, or a fork."""
+    def _known(self, c: ssb.Checked, now: int, pending: _Pending) -> Accepted:
+        """A message at or below the feed's head: the same one again, or a fork.
+
+        A fork is refused, and the pair (kept, rejected) is kept as evidence:
+        one pair per feed position is proof enough, and writing it costs the
+        author a rate-limit token, so a key holder cannot grow the store by
+        signing endless variants. The refusal stands either way.
+        """
         position = pending.ids.get(c.id) or self.log.locate(c.id)
         if position is not None:
             return Accepted(c.id, position[0], position[1], created=False)
@@ -309,7 +315,17 @@ class Sequencer:
             kept = self.store.message_at(c.author, c.sequence)
             kept_id = None if kept is None else kept.id
             kept_body = b"" if kept is None else kept.body
-        pending.forks.append((c.author, c.sequence, kept_body, c.text.encode("utf-8")))
+        fresh = not any(f[0] == c.author and f[1] == c.sequence for f in pending.forks)
+        if fresh and not self.store.has_fork(c.author, c.sequence):
+            try:
+                if c.author != self.node_id:
+                    self.limiter.take(c.author, now=now / 1000)
+            except RateLimited:
+                log.warning(
+                    "fork evidence for %s at %d not kept: rate limited", c.author, c.sequence
+                )
+            else:
+                pending.forks.append((c.author, c.sequence, kept_body, c.text.encode("utf-8")))
         raise InvalidMessage(
             f"fork: {c.author} already has a different message at sequence {c.sequence}"
             + (f" ({kept_id})" if kept_id is not None else ""),

@@ -757,6 +757,16 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"fork evidence write failed: {exc}") from exc
 
+    def has_fork(self, author: str, sequence: int) -> bool:
+        row = (
+            self._r()
+            .execute(
+                "SELECT 1 FROM forks WHERE author=? AND sequence=? LIMIT 1", (author, sequence)
+            )
+            .fetchone()
+        )
+        return row is not None
+
     def forks(self, author: str) -> list[tuple[int, bytes, bytes]]:
         return [
             (int(s), bytes(k), bytes(r))

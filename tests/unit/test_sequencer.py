@@ -506,3 +506,45 @@ def test_fork_within_one_batch_keeps_both_messages(h: Harness) -> None:
     ((_, kept, rejected),) = h.store.forks(a.id)
     assert ssb.message_id(orjson.loads(kept)) == ssb.message_id(first)
     assert ssb.message_id(orjson.loads(rejected)) == ssb.message_id(twin)
+
+
+def test_fork_evidence_is_one_pair_per_feed_position(h: Harness) -> None:
+    a = Writer()
+    first = a.sign({"type": "post", "n": 1})
+    h.one(first)
+    for n in (2, 3, 4):
+        h.refused(ssb.create(a.keys, {"type": "post", "n": n}, None, a.time + n), "fork")
+    ((sequence, kept, rejected),) = h.store.forks(a.id)
+    assert sequence == 1 and ssb.message_id(orjson.loads(kept)) == ssb.message_id(first)
+    assert orjson.loads(rejected)["content"]["n"] == 2  # the first variant is the evidence
+
+
+def test_fork_evidence_costs_rate_tokens(tmp_path: Path, clock: Clock, node_keys: Keypair) -> None:
+    # A key holder signing variants of many past positions cannot grow the store
+    # faster than its identity's rate: past the burst, forks are refused unrecorded.
+    log_ = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    seq = Sequencer(log_, store, node_keys, clock=clock, identity_rate=0.001, identity_burst=3)
+    try:
+        w = Writer()
+        logged = [w.sign({"type": "post", "n": i}) for i in range(3)]
+        assert all(isinstance(r, Accepted) for r in seq.process([ssb.check(m) for m in logged]))
+        seq.flush_projection()
+        states: list[ssb.FeedState | None] = [None]
+        states += [ssb.FeedState(id=ssb.message_id(m), sequence=m["sequence"]) for m in logged]
+        results = [
+            seq.process([ssb.check(ssb.create(w.keys, {"type": "post", "fork": i}, states[i], 1))])[
+                0
+            ]
+            for i in range(3)
+        ]
+        assert all(isinstance(r, Error) and r.code == "fork" for r in results)
+        # The three posts took the whole burst: no evidence could be paid for.
+        assert store.forks(w.id) == []
+        clock.now += 2_000_000  # the bucket refills (rate 0.001/s: 2,000 s for two tokens)
+        (again,) = seq.process([ssb.check(ssb.create(w.keys, {"type": "post"}, None, 2))])
+        assert isinstance(again, Error) and again.code == "fork"
+        assert [s for s, _, _ in store.forks(w.id)] == [1]
+    finally:
+        log_.close()
+        store.close()
