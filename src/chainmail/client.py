@@ -1324,8 +1324,10 @@ class Client(_Core):
     def channel_share(self, chan: str, readers: Iterable[str]) -> Receipt:
         """Give ``readers`` (an auditor, a regulator) the channel's key: its whole history.
 
-        Raises ``DecryptionError`` when you hold no key of the channel, and
-        what ``publish`` raises.
+        Only members share (readers read); a share names no tx, so a settled
+        trade's channel can still be opened to an auditor. Raises
+        ``DecryptionError`` when you hold no key of the channel, ``Rejected``
+        (``not_a_party``) when you are not a member, and what ``publish`` raises.
         """
         return self._run(self._channel_share_flow(chan, readers))
 

@@ -332,13 +332,6 @@ class Sequencer:
             code="fork",
         )
 
-    def _channel(self, body: dict[str, Any]) -> txs.Channel:
-        chan_id = body.get("chan")
-        channel = self.channels.get(chan_id) if isinstance(chan_id, str) else None
-        if channel is None:
-            raise Rejected(f"unknown channel {chan_id}", code="unknown_tx")
-        return channel
-
     def _check_rules(self, author: str, body: object, now: int) -> None:
         """The transaction and channel rules (DESIGN §3); raises ``Rejected``.
 
@@ -350,23 +343,10 @@ class Sequencer:
             return  # an encrypted SSB private box: stored, never routed
         kind = body.get("type")
         tx_id = body.get("tx")
-        if kind == "chan/msg":
-            channel = self._channel(body)
-            if author not in channel.members:
-                raise Rejected(
-                    f"{author} is not a member of channel {body['chan']}", code="not_a_party"
-                )
-            chan_tx = channel.tx
-            if chan_tx is not None:
-                if isinstance(tx_id, str) and tx_id != chan_tx:
-                    raise InvalidMessage(f"chan/msg: tx {tx_id} is not its channel's tx {chan_tx}")
-                tx_id = chan_tx
-        elif kind == "chan/share":
-            channel = self._channel(body)
-            if author not in channel.holders:
-                raise Rejected(
-                    f"{author} holds no key of channel {body['chan']}", code="not_a_party"
-                )
+        if kind in ("chan/msg", "chan/share"):
+            chan_id = body.get("chan")
+            channel = self.channels.get(chan_id) if isinstance(chan_id, str) else None
+            tx_id = txs.channel_post_tx(channel, {"author": author, "content": body})
         if isinstance(tx_id, str):
             tx = self.open.get(tx_id) or self.unsealed.get(tx_id)
             if tx is None and self.store.tx(tx_id) is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "Tx",
     "TxStatus",
     "apply",
+    "channel_post_tx",
     "check",
     "check_channel_post",
     "expire",
@@ -316,20 +317,20 @@ def open_channel(msg_id: str, msg: Mapping[str, Any]) -> Channel:
     )
 
 
-def check_channel_post(
-    channel: Channel | None, msg: Mapping[str, Any], *, tx: Tx | None = None, now: int
-) -> None:
-    """Refuse a ``chan/msg`` or ``chan/share`` that the channel rules forbid; pure.
+def channel_post_tx(channel: Channel | None, msg: Mapping[str, Any]) -> str | None:
+    """The channel rules of a ``chan/msg`` or ``chan/share``; returns the tx whose rules apply.
 
-    ``channel`` is the state its ``chan`` field resolved to; for a channel
-    tied to a tx, ``tx`` is that tx's state, and the post must also pass
-    ``check`` (only parties post into an open tx's channels). A post to such
-    a channel belongs to its tx: record it there with ``apply``.
+    Only members post into a channel, and only members share it (readers read:
+    "a party opens its channel to an auditor"). A ``chan/msg`` in a channel
+    tied to a tx belongs to that tx, with or without a ``tx`` field, so the
+    tx's rules apply to it (only parties post, only while the tx is open); a
+    ``chan/share`` is held to a tx's rules only when it names the tx, so a
+    party can still open a settled trade's channel to an auditor. Returns
+    that tx's id, or None when no tx rules apply. Pure.
 
-    Raises ``Rejected``: ``unknown_tx`` for an unknown channel (the thread it
-    refers to does not exist), or a ``tx`` field that is not the channel's;
-    ``not_a_party`` when the author is not a member (readers read, they do not
-    post); and whatever ``check`` raises for the channel's tx.
+    Raises ``Rejected``: ``unknown_tx`` for an unknown channel, a ``chan``
+    field naming another channel, or a ``tx`` field that is not the tied
+    channel's tx; ``not_a_party`` when the author is not a member.
     """
     content = msg.get("content")
     named = content.get("chan") if is_mapping(content) else None
@@ -338,20 +339,38 @@ def check_channel_post(
     if named is not None and named != channel.id:
         raise Rejected(f"message names channel {named}, not {channel.id}", code="unknown_tx")
     named_tx = tx_of(content)
-    if channel.tx is not None:
-        if named_tx is not None and named_tx != channel.tx:
-            raise Rejected(
-                f"message names tx {named_tx}, but channel {channel.id} belongs to tx {channel.tx}",
-                code="unknown_tx",
-            )
-        if tx is not None and tx.id != channel.tx:
-            raise Rejected(
-                f"channel {channel.id} belongs to tx {channel.tx}, not {tx.id}", code="unknown_tx"
-            )
-        check(tx, msg, now=now)
+    if channel.tx is not None and named_tx is not None and named_tx != channel.tx:
+        raise Rejected(
+            f"message names tx {named_tx}, but channel {channel.id} belongs to tx {channel.tx}",
+            code="unknown_tx",
+        )
     author = msg.get("author")
     if author not in channel.members:
         raise Rejected(f"{author} is not a member of channel {channel.id}", code="not_a_party")
+    kind = content.get("type") if is_mapping(content) else None
+    return channel.tx if kind == "chan/msg" and channel.tx is not None else named_tx
+
+
+def check_channel_post(
+    channel: Channel | None, msg: Mapping[str, Any], *, tx: Tx | None = None, now: int
+) -> None:
+    """Refuse a ``chan/msg`` or ``chan/share`` that the channel rules forbid; pure.
+
+    ``channel`` is the state its ``chan`` field resolved to; when the post is
+    held to a tx's rules (``channel_post_tx``), ``tx`` is that tx's state and
+    the post must also pass ``check``. A post to a tied channel belongs to its
+    tx: record it there with ``apply``.
+
+    Raises ``Rejected``: the codes of ``channel_post_tx``, ``unknown_tx`` when
+    ``tx`` is another tx than the one whose rules apply, and whatever
+    ``check`` raises for that tx.
+    """
+    tx_id = channel_post_tx(channel, msg)
+    if tx_id is None:
+        return
+    if tx is not None and tx.id != tx_id:
+        raise Rejected(f"the post belongs to tx {tx_id}, not {tx.id}", code="unknown_tx")
+    check(tx, msg, now=now)
 
 
 def share_channel(channel: Channel, msg: Mapping[str, Any]) -> list[str]:

@@ -476,6 +476,26 @@ def test_channel_message_in_a_tx_bound_channel_follows_the_tx(h: Harness) -> Non
     h.refused(a.sign({"type": "chan/msg", "chan": chan, "box": box}), "tx_closed")
 
 
+def test_members_share_a_channel_readers_do_not_even_after_the_tx(h: Harness) -> None:
+    # DESIGN §3: a party opens its channel to an auditor. The auditor reads; it
+    # does not pass the key on. A share names no tx, so a settled trade's
+    # channel can still be opened to a regulator afterwards.
+    a, b, auditor, other = Writer(), Writer(), Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    key = base64.b64encode(bytes(80)).decode()
+    chan = h.one(a.sign({"type": "chan/open", "keys": {a.id: key, b.id: key}, "tx": tx})).id
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    assert h.store.tx(tx).status == "finished"  # type: ignore[union-attr]
+    shared = h.one(a.sign({"type": "chan/share", "chan": chan, "keys": {auditor.id: key}})).id
+    assert shared in [d.id for d in h.store.inbox(auditor.id, 10)]
+    h.refused(
+        auditor.sign({"type": "chan/share", "chan": chan, "keys": {other.id: key}}), "not_a_party"
+    )
+    h.refused(
+        a.sign({"type": "chan/share", "chan": chan, "keys": {other.id: key}, "tx": tx}), "tx_closed"
+    )
+
+
 def test_refused_messages_cost_no_rate_tokens(
     tmp_path: Path, clock: Clock, node_keys: Keypair
 ) -> None:

@@ -432,8 +432,17 @@ def test_tied_channel_posts_need_an_open_tx_and_a_party() -> None:
     assert info.value.code == "tx_closed"
     txs.apply(tx, mid(1), finish(A), now=T0)
     with pytest.raises(Rejected, match="is closed") as info:
-        txs.check_channel_post(ch, chan_share(A, [C]), tx=tx, now=T0)
+        txs.check_channel_post(ch, chan_msg(B), tx=tx, now=T0)
     assert info.value.code == "tx_closed"
+    # A share names no tx: a party may still open a settled trade's channel to
+    # an auditor. Naming the tx holds it to the tx's rules.
+    txs.check_channel_post(ch, chan_share(A, [C]), tx=tx, now=T0)
+    assert txs.channel_post_tx(ch, chan_share(A, [C])) is None
+    assert txs.channel_post_tx(ch, chan_msg(B)) == OPEN_ID
+    named = chan_share(A, [C])
+    named["content"]["tx"] = OPEN_ID
+    with pytest.raises(Rejected, match="is closed"):
+        txs.check_channel_post(ch, named, tx=tx, now=T0)
 
 
 def test_tied_channel_refuses_the_state_of_another_tx() -> None:
