@@ -394,9 +394,10 @@ class Sequencer:
             if tx is not None and tx.status == "open" and msg_id not in tx.messages:
                 # Never raises: a logged message must always project, or a
                 # restart could not replay the log (the rules ran before it
-                # was logged; on replay they are not re-judged).
+                # was logged, on this same state; on replay they are not
+                # re-judged, so replay links exactly what the live run did).
                 try:
-                    closes = txs.apply(tx, msg_id, msg, now=received)
+                    closes = txs.apply(tx, msg_id, msg, now=received, checked=True)
                 except Error as exc:
                     log.warning("message %s not linked to tx %s: %s", msg_id, tx.id, exc)
                     closes = False
