@@ -134,6 +134,10 @@ class _TreeHashes:
     inside the transaction that appends the entries the hashes cover, so the
     tree and the entries are always committed together. Reads see committed
     rows only, which is exactly the tree of the committed size.
+
+    Leaves (level 0) are not stored: each is the leaf hash of its entry's id,
+    read from ``entries`` when a proof needs it, which halves the rows the
+    tree adds per message.
     """
 
     def __init__(self, log: SqliteLog, pipeline: int) -> None:
@@ -155,6 +159,12 @@ class _TreeHashes:
         conn = self._log._reader_for_thread()
         out: list[bytes | None] = []
         for level, index in nodes:
+            if level == 0:
+                row = conn.execute(
+                    "SELECT id FROM entries WHERE pipeline=? AND idx=?", (self._pipeline, index)
+                ).fetchone()
+                out.append(None if row is None else _leaf(row[0]))
+                continue
             row = conn.execute(
                 "SELECT hash FROM tree WHERE pipeline=? AND level=? AND idx=?",
                 (self._pipeline, level, index),
@@ -164,7 +174,9 @@ class _TreeHashes:
 
     def put_many(self, entries: Sequence[tuple[int, int, bytes]], size: int) -> None:
         p = self._pipeline
-        self.pending.extend((p, level, index, digest) for level, index, digest in entries)
+        self.pending.extend(
+            (p, level, index, digest) for level, index, digest in entries if level > 0
+        )
 
 
 class SqliteLog:
