@@ -271,12 +271,16 @@ def expire(tx: Tx, *, now: int) -> bool:
     """Close ``tx`` as ``timed_out`` if it is open and ``now`` is past its deadline.
 
     True when this call closed it; at ``now == deadline`` the tx stays open.
-    Raises nothing.
+    Its ``closed`` time is ``deadline + 1``, the first millisecond past the
+    deadline, whenever the clock is looked at: the same on a node that noticed
+    at once, one that noticed late, and a store rebuilt from the log (timeouts
+    are decided by the clock, so they are not messages in the log). Raises
+    nothing.
     """
     if tx.status != "open" or now <= tx.deadline:
         return False
     tx.status = "timed_out"
-    tx.closed = now
+    tx.closed = tx.deadline + 1
     return True
 
 

@@ -301,6 +301,37 @@ def test_store_rebuilds_from_the_log(tmp_path: Path, clock: Clock, node_keys: Ke
         h2.close()
 
 
+def test_a_timeout_rebuilt_from_the_log_closes_at_the_same_time(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    # Timeouts come from the clock, not the log: a store rebuilt before the block
+    # must still record the tx as closed when it was, not when it was rebuilt.
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, deadline=NOW + 1000)).id
+    clock.now = NOW + 1500
+    assert h.seq.expire(clock.now) == 1
+    h.seq.flush_projection()
+    before = h.store.tx(tx)
+    assert before is not None and (before.status, before.closed) == ("timed_out", NOW + 1001)
+    h.close()
+    for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    clock.now = NOW + 90_000
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        assert h2.seq.expire(clock.now) == 1
+        h2.seq.flush_projection()
+        after = h2.store.tx(tx)
+        assert after is not None and (after.status, after.closed) == ("timed_out", NOW + 1001)
+        block = h2.seq.build_block()
+        assert block is not None
+        (record,) = h2.store.block(1).records  # type: ignore[union-attr]
+        assert (record["status"], record["closed"]) == ("timed_out", NOW + 1001)
+    finally:
+        h2.close()
+
+
 def test_default_origin_is_a_valid_key_name_for_any_node_id(tmp_path: Path) -> None:
     import json
 
