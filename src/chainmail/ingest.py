@@ -156,7 +156,7 @@ class Ingest:
         fits = [raw for raw, ok in zip(raws, sized, strict=True) if ok]
         results: list[Result] = []
         if fits:
-            request = _Request(list(fits), asyncio.get_running_loop().create_future())
+            request = _Request(fits, asyncio.get_running_loop().create_future())
             self._queue.put_nowait(request)
             results = await request.reply
         if len(fits) == len(raws):
