@@ -101,6 +101,6 @@ def chan_share(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Give readers the channel's key, so they can read its whole history."""
+    """Give readers the channel's key, so they can read its whole history (members only)."""
     with _client(node, as_, home) as client:
         _print_receipt(client.channel_share(chan, with_), as_json, "chan/share")
