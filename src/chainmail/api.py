@@ -303,7 +303,8 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     @app.websocket("/v1/ingest")
     async def ws_ingest(ws: WebSocket) -> None:
         await ws.accept()
-        pending: asyncio.Queue[asyncio.Future[Accepted | Error] | None] = asyncio.Queue(
+        # One future per frame, straight from ingest (no task per message).
+        pending: asyncio.Queue[asyncio.Future[list[Accepted | Error]] | None] = asyncio.Queue(
             maxsize=limits.ws_in_flight
         )
 
@@ -312,7 +313,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 fut = await pending.get()
                 if fut is None:
                     return
-                result = await fut
+                (result,) = await fut
                 metrics.count(result)
                 if isinstance(result, Error):
                     await ws.send_bytes(
@@ -343,13 +344,13 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                         f"frame of {len(data)} bytes exceeds the limit", code="too_large"
                     )
                 if refusal is not None:
-                    done: asyncio.Future[Accepted | Error] = (
+                    done: asyncio.Future[list[Accepted | Error]] = (
                         asyncio.get_running_loop().create_future()
                     )
-                    done.set_result(refusal)
+                    done.set_result([refusal])
                     await pending.put(done)
                     continue
-                await pending.put(asyncio.ensure_future(node.submit(data)))
+                await pending.put(node.enqueue([data]))
             await pending.put(None)
             await sender
         except WebSocketDisconnect:

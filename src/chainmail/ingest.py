@@ -152,20 +152,42 @@ class Ingest:
 
     async def submit_many(self, raws: Sequence[bytes]) -> list[Result]:
         """Check and sequence messages in order; one result each, in order."""
+        return await self.enqueue(raws)
+
+    def enqueue(self, raws: Sequence[bytes]) -> asyncio.Future[list[Result]]:
+        """``submit_many`` without a coroutine: queue ``raws`` now, answer on the future.
+
+        For callers that keep many requests in flight (a WebSocket stream): no
+        task per message. Call it from the event loop.
+        """
+        loop = asyncio.get_running_loop()
         sized = [len(raw) <= _MAX_MESSAGE_BYTES for raw in raws]
         fits = [raw for raw, ok in zip(raws, sized, strict=True) if ok]
-        results: list[Result] = []
+        reply: asyncio.Future[list[Result]] = loop.create_future()
         if fits:
-            request = _Request(fits, asyncio.get_running_loop().create_future())
-            self._queue.put_nowait(request)
-            results = await request.reply
+            self._queue.put_nowait(_Request(fits, reply))
+        else:
+            reply.set_result([])
         if len(fits) == len(raws):
-            return results
-        checked = iter(results)
-        return [
-            next(checked) if ok else _too_large(len(raw))
-            for raw, ok in zip(raws, sized, strict=True)
-        ]
+            return reply
+        merged: asyncio.Future[list[Result]] = loop.create_future()
+
+        def merge(done: asyncio.Future[list[Result]]) -> None:
+            if merged.done():
+                return
+            if done.cancelled() or done.exception() is not None:
+                merged.set_exception(done.exception() or asyncio.CancelledError())
+                return
+            checked = iter(done.result())
+            merged.set_result(
+                [
+                    next(checked) if ok else _too_large(len(raw))
+                    for raw, ok in zip(raws, sized, strict=True)
+                ]
+            )
+
+        reply.add_done_callback(merge)
+        return merged
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()

@@ -249,6 +249,12 @@ class Node:
             raise RuntimeError("node not started")
         return await self._ingest.submit_many(raws)
 
+    def enqueue(self, raws: Sequence[bytes]) -> asyncio.Future[list[Result]]:
+        """Queue raw messages for ingest now; the future holds their results, in order."""
+        if self._ingest is None:
+            raise RuntimeError("node not started")
+        return self._ingest.enqueue(raws)
+
     # --- notifications --------------------------------------------------------------------
 
     def _projected(self, projection: Projection, deliveries: list[int]) -> None:
