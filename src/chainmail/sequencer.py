@@ -269,14 +269,8 @@ class Sequencer:
         head = self._head(c.author, pending)
         if head is not None and c.sequence <= head.sequence:
             return self._known(c, now, pending)
-        # The feed rules, inline for the common case; ``check_order`` words the refusal.
-        if head is None:
-            in_order = c.sequence == 1 and c.previous is None
-        else:
-            in_order = c.sequence == head.sequence + 1 and c.previous == head.id
-        if not in_order:
-            state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
-            ssb.check_order(c, state)
+        state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+        ssb.check_order(c, state)
         msg = policy_view(c)
         if not policy_checked:
             content.check_policy(msg, node_id=self.node_id)
