@@ -175,8 +175,12 @@ class Ingest:
         def merge(done: asyncio.Future[list[Result]]) -> None:
             if merged.done():
                 return
-            if done.cancelled() or done.exception() is not None:
-                merged.set_exception(done.exception() or asyncio.CancelledError())
+            if done.cancelled():
+                merged.cancel()
+                return
+            exc = done.exception()
+            if exc is not None:
+                merged.set_exception(exc)
                 return
             checked = iter(done.result())
             merged.set_result(
@@ -242,12 +246,12 @@ class Ingest:
             await self._sequence_group(group)
 
     async def _sequence_group(self, group: list[_Batch]) -> None:
-        futs: list[_Request] = []
+        waiting: list[_Request] = []
         items: list[ssb.Checked | Error] = []
         for requests, checked in group:
             exc = checked.exception()
             if exc is None:
-                futs.extend(requests)
+                waiting.extend(requests)
                 items.extend(checked.result())
             else:  # the pool died: this batch alone fails
                 err = exc if isinstance(exc, Error) else OperationalError(f"ingest failed: {exc}")
@@ -262,21 +266,21 @@ class Ingest:
             if not isinstance(exc, Exception):
                 raise
             err = exc if isinstance(exc, Error) else OperationalError(f"ingest failed: {exc}")
-            _resolve(futs, [err] * len(items))
+            _resolve(waiting, [err] * len(items))
             return
         # The next group goes to the sequencer now; this one answers once visible.
-        task = asyncio.create_task(self._reply(futs, results, visible), name="ingest-reply")
+        task = asyncio.create_task(self._reply(waiting, results, visible), name="ingest-reply")
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
     async def _reply(
-        self, futs: list[_Request], results: list[Result], visible: Awaitable[None]
+        self, waiting: list[_Request], results: list[Result], visible: Awaitable[None]
     ) -> None:
         try:
             await visible
         finally:
             self._projecting.release()
-            _resolve(futs, results)
+            _resolve(waiting, results)
 
 
 def _resolve(requests: list[_Request], results: Sequence[Result]) -> None:
