@@ -447,11 +447,11 @@ def recipients(
 
 def _ids(value: object) -> Iterable[str]:
     """The strings in a collection (an object's keys); nothing from a lone string or scalar."""
-    kind = type(value)
-    if kind is list or kind is tuple or kind is dict:  # what JSON and Tx give: no ABC check
+    # Lists, tuples and dicts (what JSON and Tx give) skip the Collection ABC check.
+    if type(value) in (list, tuple, dict) or (
+        isinstance(value, Collection) and not isinstance(value, str | bytes)
+    ):
         return (item for item in value if isinstance(item, str))  # type: ignore[attr-defined]
-    if isinstance(value, Collection) and not isinstance(value, str | bytes):
-        return (item for item in value if isinstance(item, str))
     return ()
 
 
