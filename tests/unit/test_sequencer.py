@@ -64,6 +64,13 @@ class Harness:
         self.store.close()
 
 
+def _drop_store(path: Path) -> None:
+    """Delete the store (and its WAL) so the next ``Harness`` rebuilds it from the log."""
+    (path / "store.sqlite").unlink()
+    for extra in ("store.sqlite-wal", "store.sqlite-shm"):
+        (path / extra).unlink(missing_ok=True)
+
+
 def _check(msg: dict[str, Any]) -> ssb.Checked | Error:
     try:
         return ssb.check(msg)
@@ -285,9 +292,7 @@ def test_store_rebuilds_from_the_log(tmp_path: Path, clock: Clock, node_keys: Ke
     assert h.seq.build_block() is not None
     open_tx_id = h.one(open_tx(a, b)).id
     h.close()
-    (tmp_path / "store.sqlite").unlink()
-    for extra in ("store.sqlite-wal", "store.sqlite-shm"):
-        (tmp_path / extra).unlink(missing_ok=True)
+    _drop_store(tmp_path)
     h2 = Harness(tmp_path, clock, node_keys)
     try:
         sealed = h2.store.tx(tx)
@@ -315,8 +320,7 @@ def test_a_timeout_rebuilt_from_the_log_closes_at_the_same_time(
     before = h.store.tx(tx)
     assert before is not None and (before.status, before.closed) == ("timed_out", NOW + 1001)
     h.close()
-    for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
-        (tmp_path / name).unlink(missing_ok=True)
+    _drop_store(tmp_path)
     clock.now = NOW + 90_000
     h2 = Harness(tmp_path, clock, node_keys)
     try:
@@ -460,8 +464,7 @@ def test_rebuilt_store_does_not_reseal_timed_out_txs(
     h.seq.expire(clock.now)
     assert h.seq.build_block() is not None
     h.close()
-    for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
-        (tmp_path / name).unlink(missing_ok=True)
+    _drop_store(tmp_path)
     h2 = Harness(tmp_path, clock, node_keys)
     try:
         row = h2.store.tx(tx)
@@ -488,8 +491,7 @@ def test_missing_records_blob_is_fatal_not_empty(
     h.one(b.sign({"type": "tx/finish", "tx": tx}))
     assert h.seq.build_block() is not None
     h.close()
-    for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
-        (tmp_path / name).unlink(missing_ok=True)
+    _drop_store(tmp_path)
     shutil.rmtree(tmp_path / "blobs")
     with pytest.raises(StorageError, match="records blob"):
         Harness(tmp_path, clock, node_keys)
