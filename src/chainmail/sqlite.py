@@ -27,8 +27,8 @@ import orjson
 
 from chainmail import merkle
 from chainmail.blocks import message_leaf
-from chainmail.errors import LogError, StorageError
-from chainmail.ids import blob_digest
+from chainmail.errors import InvalidMessage, LogError, StorageError
+from chainmail.ids import blob_digest, msg_digest
 from chainmail.log import Head, LogEntry, NewEntry, pipeline_of
 from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
 
@@ -41,19 +41,49 @@ DEFAULT_SYNCHRONOUS: Final = "FULL"
 #: and the writer checkpoints a tenth as often. Durability is unchanged.
 _WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 
+#: Bumped when the layout changes; ``SqliteLog`` migrates older files on open.
+_LOG_VERSION: Final = 2
+
 _LOG_SCHEMA: Final = """
+-- Feeds by number: the entries' feed index holds a small integer, not a 53-byte id.
+CREATE TABLE IF NOT EXISTS feeds (no INTEGER PRIMARY KEY, author TEXT NOT NULL UNIQUE);
+-- Every random-key index costs about one dirtied page per message at commit
+-- once it outgrows a batch, so the two the log needs have short integer keys:
+-- ``idkey`` (the first 8 bytes of the id's digest; lookups compare ``id`` too)
+-- and (feed number, sequence). Long text keys made each index several times
+-- larger and every group commit wrote one page per message per index.
 CREATE TABLE IF NOT EXISTS entries (
-    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL, id TEXT NOT NULL,
-    author TEXT NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
-    body BLOB NOT NULL, PRIMARY KEY (pipeline, idx)) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS entries_id ON entries (id);
+    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL, idkey INTEGER NOT NULL,
+    feed INTEGER NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
+    id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (pipeline, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_idkey ON entries (idkey);
 -- Feed order, for feed reads and the heads (each feed's highest sequence).
-CREATE UNIQUE INDEX IF NOT EXISTS entries_feed ON entries (author, sequence);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_feed ON entries (feed, sequence);
 CREATE TABLE IF NOT EXISTS tree (
     pipeline INTEGER NOT NULL, level INTEGER NOT NULL, idx INTEGER NOT NULL,
     hash BLOB NOT NULL, PRIMARY KEY (pipeline, level, idx)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+_META_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
+)
+#: Version 1 kept (id, author, sequence) as text keys; its rows move into version 2.
+_LOG_MIGRATE_1: Final = """
+ALTER TABLE entries RENAME TO entries_v1;
+DROP INDEX IF EXISTS entries_id;
+DROP INDEX IF EXISTS entries_feed;
+DROP TABLE IF EXISTS heads;
+DROP TABLE IF EXISTS leaves;
+"""
+
+
+def idkey(msg_id: str) -> int:
+    """The log's short index key of a message id: its digest's first 8 bytes, signed.
+
+    Not unique in principle, so every lookup by it also compares the id.
+    Raises ``InvalidMessage`` when ``msg_id`` is not a ``%…sha256`` id.
+    """
+    return int.from_bytes(msg_digest(msg_id)[:8], "big", signed=True)
+
 
 _STORE_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS cursors (pipeline INTEGER PRIMARY KEY, next INTEGER NOT NULL);
@@ -77,9 +107,13 @@ CREATE INDEX IF NOT EXISTS txs_open ON txs (status, block);
 CREATE TABLE IF NOT EXISTS tx_parties (
     party TEXT NOT NULL, opened INTEGER NOT NULL, tx TEXT NOT NULL,
     PRIMARY KEY (party, opened, tx)) WITHOUT ROWID;
+-- Recipients by number and messages by log position: the inbox's unique index
+-- is three small integers instead of two long ids (see ``entries``).
+CREATE TABLE IF NOT EXISTS recipients (no INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS inbox (
-    delivery INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, msg_id TEXT NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS inbox_unique ON inbox (recipient, msg_id);
+    delivery INTEGER PRIMARY KEY AUTOINCREMENT, recipient INTEGER NOT NULL,
+    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_unique ON inbox (recipient, pipeline, idx);
 CREATE TABLE IF NOT EXISTS channels (id TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, id TEXT NOT NULL, body BLOB NOT NULL,
@@ -188,7 +222,13 @@ class SqliteLog:
         self.path = path
         try:
             self._w = _connect(path, synchronous)
+            self._w.execute(_META_SCHEMA)
+            _migrate_log(self._w)
             self._w.executescript(_LOG_SCHEMA)
+            self._w.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(_LOG_VERSION),)
+            )
+            _finish_log_migration(self._w)
             row = self._w.execute("SELECT value FROM meta WHERE key='pipelines'").fetchone()
             if row is None:
                 self._w.execute(
@@ -212,11 +252,14 @@ class SqliteLog:
             )
             for p in range(pipelines)
         ]
+        #: Feed numbers; as many as feeds, so bounded by identities, not messages.
+        self._feeds: dict[str, int] = dict(self._w.execute("SELECT author, no FROM feeds"))
         # Each feed's last entry (SQLite takes a bare column from the MAX row).
         self._heads = {
             author: Head(seq, mid)
             for author, seq, mid in self._w.execute(
-                "SELECT author, MAX(sequence), id FROM entries GROUP BY author"
+                "SELECT f.author, MAX(e.sequence), e.id FROM entries e"
+                " JOIN feeds f ON f.no = e.feed GROUP BY e.feed"
             )
         }
         self._trees = [merkle.MerkleTree(_TreeHashes(self, p)) for p in range(pipelines)]
@@ -240,42 +283,58 @@ class SqliteLog:
 
     def append(self, entries: Sequence[NewEntry]) -> list[tuple[int, int]]:
         positions: list[tuple[int, int]] = []
-        rows: list[tuple[int, int, str, str, int, int, bytes]] = []
+        rows: list[tuple[int, int, int, int, int, int, str, bytes]] = []
         heads: dict[str, Head] = {}
+        new_feeds: dict[str, int] = {}
+        feeds = self._feeds
+        next_feed = len(feeds) + 1
         leaves: dict[int, list[bytes]] = {}
         sizes = list(self._sizes)
         for entry in entries:
-            prior = heads.get(entry.author) or self._heads.get(entry.author)
+            author = entry.author
+            prior = heads.get(author) or self._heads.get(author)
             expected = 1 if prior is None else prior.sequence + 1
             if entry.sequence != expected:
                 raise LogError(
-                    f"feed order: {entry.author} expected sequence {expected}, got {entry.sequence}"
+                    f"feed order: {author} expected sequence {expected}, got {entry.sequence}"
                 )
-            pipeline = pipeline_of(entry.author, self.pipelines)
+            feed = feeds.get(author) or new_feeds.get(author)
+            if feed is None:
+                feed = new_feeds[author] = next_feed
+                next_feed += 1
+            pipeline = pipeline_of(author, self.pipelines)
             index = sizes[pipeline]
             sizes[pipeline] += 1
+            digest = _digest(entry.id)
             rows.append(
                 (
                     pipeline,
                     index,
-                    entry.id,
-                    entry.author,
+                    int.from_bytes(digest[:8], "big", signed=True),
+                    feed,
                     entry.sequence,
                     entry.received,
+                    entry.id,
                     entry.body,
                 )
             )
-            heads[entry.author] = Head(entry.sequence, entry.id)
-            leaves.setdefault(pipeline, []).append(_leaf(entry.id))
+            heads[author] = Head(entry.sequence, entry.id)
+            leaves.setdefault(pipeline, []).append(merkle.leaf_hash(digest))
             positions.append((pipeline, index))
         if not rows:
             return positions
         with self._lock:
             try:
                 with _transaction(self._w, LogError):
+                    if new_feeds:
+                        self._w.executemany(
+                            "INSERT INTO feeds (no, author) VALUES (?, ?)",
+                            [(no, author) for author, no in new_feeds.items()],
+                        )
                     self._w.executemany(
-                        "INSERT INTO entries (pipeline, idx, id, author, sequence, received, body)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO entries"
+                        " (pipeline, idx, idkey, feed, sequence, received, id, body)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
                     pending: list[tuple[int, int, int, bytes]] = []
@@ -298,6 +357,7 @@ class SqliteLog:
                 raise
             self._sizes = sizes
             self._heads.update(heads)
+            feeds.update(new_feeds)
         return positions
 
     def _reload_trees(self) -> None:
@@ -307,8 +367,9 @@ class SqliteLog:
         rows = (
             self._reader_for_thread()
             .execute(
-                "SELECT idx, id, author, sequence, received, body FROM entries"
-                " WHERE pipeline=? AND idx>=? ORDER BY idx LIMIT ?",
+                "SELECT e.idx, e.id, f.author, e.sequence, e.received, e.body FROM entries e"
+                " JOIN feeds f ON f.no = e.feed WHERE e.pipeline=? AND e.idx>=?"
+                " ORDER BY e.idx LIMIT ?",
                 (pipeline, start, limit),
             )
             .fetchall()
@@ -318,7 +379,10 @@ class SqliteLog:
     def locate(self, msg_id: str) -> tuple[int, int] | None:
         row = (
             self._reader_for_thread()
-            .execute("SELECT pipeline, idx FROM entries WHERE id=?", (msg_id,))
+            .execute(
+                "SELECT pipeline, idx FROM entries WHERE idkey=? AND id=?",
+                (_idkey_or_none(msg_id), msg_id),
+            )
             .fetchone()
         )
         return None if row is None else (int(row[0]), int(row[1]))
@@ -348,6 +412,50 @@ def _leaf(msg_id: str) -> bytes:
     return message_leaf(msg_id)
 
 
+def _digest(msg_id: str) -> bytes:
+    try:
+        return msg_digest(msg_id)
+    except InvalidMessage as exc:
+        raise LogError(f"not a message id: {msg_id!r}") from exc
+
+
+def _idkey_or_none(msg_id: str) -> int | None:
+    """``idkey`` of a well-formed id; None (which matches no row) for anything else."""
+    try:
+        return idkey(msg_id)
+    except InvalidMessage:
+        return None
+
+
+def _migrate_log(conn: sqlite3.Connection) -> None:
+    """Move a version-1 log's tables aside, before the version-2 schema is created."""
+    version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(entries)")}
+    if version is None and "author" in columns:
+        conn.executescript(_LOG_MIGRATE_1)
+
+
+def _finish_log_migration(conn: sqlite3.Connection) -> None:
+    """Copy a version-1 log's entries into the version-2 tables, in one transaction."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='entries_v1'"
+    ).fetchone():
+        return
+    conn.create_function("chainmail_idkey", 1, idkey, deterministic=True)
+    with _transaction(conn, LogError):
+        conn.execute(
+            "INSERT OR IGNORE INTO feeds (author) SELECT author FROM entries_v1"
+            " GROUP BY author ORDER BY MIN(received), author"
+        )
+        conn.execute(
+            "INSERT INTO entries (pipeline, idx, idkey, feed, sequence, received, id, body)"
+            " SELECT v.pipeline, v.idx, chainmail_idkey(v.id), f.no, v.sequence, v.received,"
+            " v.id, v.body FROM entries_v1 v JOIN feeds f ON f.author = v.author"
+            " ORDER BY v.pipeline, v.idx"
+        )
+        conn.execute("DROP TABLE entries_v1")
+
+
 def _tx_from_row(r: Sequence[Any]) -> TxRow:
     return TxRow(
         id=r[0],
@@ -375,9 +483,11 @@ _TX_UPSERT: Final = ", ".join(
 #: A stored message: the log's entry joined with the store's projection of it,
 #: so only projected messages are seen (as when the store kept them whole).
 _MSG_SELECT: Final = (
-    "SELECT e.id, e.pipeline, e.idx, e.author, e.sequence, e.received, m.type, m.tx, e.body,"
-    " m.chan FROM log.entries e JOIN message_info m ON m.pipeline = e.pipeline AND m.idx = e.idx"
+    "SELECT e.id, e.pipeline, e.idx, f.author, e.sequence, e.received, m.type, m.tx, e.body,"
+    " m.chan FROM log.entries e JOIN log.feeds f ON f.no = e.feed"
+    " JOIN message_info m ON m.pipeline = e.pipeline AND m.idx = e.idx"
 )
+_FEED_NO: Final = "(SELECT no FROM log.feeds WHERE author=?)"
 
 
 def _msg_from_row(r: Sequence[Any]) -> MessageRow:
@@ -405,14 +515,50 @@ class SqliteStore:
         self._synchronous = synchronous
         try:
             self._w = _connect(path, synchronous)
+            old_inbox = "msg_id" in {r[1] for r in self._w.execute("PRAGMA table_info(inbox)")}
+            if old_inbox:
+                self._w.execute("ALTER TABLE inbox RENAME TO inbox_v1")
+                self._w.execute("DROP INDEX IF EXISTS inbox_unique")
             self._w.executescript(_STORE_SCHEMA)
+            if old_inbox:
+                self._migrate_inbox()
+            #: Recipient numbers; as many as identities ever delivered to.
+            self._recipients: dict[str, int] = dict(
+                self._w.execute("SELECT id, no FROM recipients")
+            )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path}: {exc}") from exc
+        self._new_recipients: dict[str, int] = {}
         self._local = threading.local()
         self._lock = threading.Lock()
         #: Blobs are files, apart from the projections, so the store can be
         #: dropped and rebuilt from the log without losing them.
         self.blobs_dir = path.parent / "blobs"
+
+    def _migrate_inbox(self) -> None:
+        """Number the recipients of an older store's inbox and key its rows by log position.
+
+        Delivery numbers and order are kept, and so is every unacknowledged entry.
+        """
+        w = self._w
+        w.create_function("chainmail_idkey", 1, _idkey_or_none, deterministic=True)
+        w.execute("ATTACH DATABASE ? AS log", (str(self.log_path),))
+        try:
+            with _transaction(w, StorageError):
+                w.execute(
+                    "INSERT OR IGNORE INTO recipients (id) SELECT recipient FROM inbox_v1"
+                    " GROUP BY recipient ORDER BY MIN(delivery)"
+                )
+                w.execute(
+                    "INSERT INTO inbox (delivery, recipient, pipeline, idx)"
+                    " SELECT i.delivery, r.no, e.pipeline, e.idx FROM inbox_v1 i"
+                    " JOIN recipients r ON r.id = i.recipient"
+                    " JOIN log.entries e ON e.idkey = chainmail_idkey(i.msg_id) AND e.id = i.msg_id"
+                    " ORDER BY i.delivery"
+                )
+                w.execute("DROP TABLE inbox_v1")
+        finally:
+            w.execute("DETACH DATABASE log")
 
     def _r(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -432,6 +578,7 @@ class SqliteStore:
     def apply(self, projection: Projection) -> list[int]:
         w = self._w
         with self._lock:
+            self._new_recipients = {}
             try:
                 with _transaction(w, StorageError):
                     w.executemany(
@@ -479,10 +626,12 @@ class SqliteStore:
                     )
                     # New deliveries get increasing numbers above every existing one.
                     (top,) = w.execute("SELECT COALESCE(MAX(delivery), 0) FROM inbox").fetchone()
-                    w.executemany(
-                        "INSERT OR IGNORE INTO inbox (recipient, msg_id) VALUES (?, ?)",
-                        projection.inbox,
-                    )
+                    if projection.inbox:
+                        w.executemany(
+                            "INSERT OR IGNORE INTO inbox (recipient, pipeline, idx)"
+                            " VALUES (?, ?, ?)",
+                            self._inbox_rows(projection),
+                        )
                     deliveries: list[int] = (
                         [
                             int(d)
@@ -538,17 +687,46 @@ class SqliteStore:
                     )
             except sqlite3.Error as exc:
                 raise StorageError(f"projection write failed: {exc}") from exc
+            finally:
+                new, self._new_recipients = self._new_recipients, {}
+            self._recipients.update(new)
         return deliveries
 
+    def _recipient(self, recipient: str) -> int:
+        """The number of ``recipient``, given one on its first delivery (writer only)."""
+        no = self._recipients.get(recipient)
+        if no is None:
+            self._w.execute("INSERT OR IGNORE INTO recipients (id) VALUES (?)", (recipient,))
+            (no,) = self._w.execute("SELECT no FROM recipients WHERE id=?", (recipient,)).fetchone()
+            # Only after the commit: a rolled-back number must not be remembered.
+            self._new_recipients[recipient] = no
+        return int(no)
+
+    def _inbox_rows(self, projection: Projection) -> list[tuple[int, int, int]]:
+        # Every delivery of a projection is of a message in that same projection.
+        where = {m.id: (m.pipeline, m.index) for m in projection.messages}
+        rows: list[tuple[int, int, int]] = []
+        for recipient, msg_id in projection.inbox:
+            position = where.get(msg_id)
+            if position is None:  # pragma: no cover - a broken invariant
+                raise StorageError(f"inbox entry for {msg_id}, which is not in its projection")
+            no = self._new_recipients.get(recipient) or self._recipient(recipient)
+            rows.append((no, position[0], position[1]))
+        return rows
+
     def message(self, msg_id: str) -> MessageRow | None:
-        r = self._r().execute(f"{_MSG_SELECT} WHERE e.id=?", (msg_id,)).fetchone()
+        r = (
+            self._r()
+            .execute(f"{_MSG_SELECT} WHERE e.idkey=? AND e.id=?", (_idkey_or_none(msg_id), msg_id))
+            .fetchone()
+        )
         return None if r is None else _msg_from_row(r)
 
     def message_at(self, author: str, sequence: int) -> MessageRow | None:
         r = (
             self._r()
             .execute(
-                f"{_MSG_SELECT} WHERE e.author=? AND e.sequence=?",
+                f"{_MSG_SELECT} WHERE e.feed={_FEED_NO} AND e.sequence=?",
                 (author, sequence),
             )
             .fetchone()
@@ -559,7 +737,8 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                f"{_MSG_SELECT} WHERE e.author=? AND e.sequence>? ORDER BY e.sequence LIMIT ?",
+                f"{_MSG_SELECT} WHERE e.feed={_FEED_NO} AND e.sequence>?"
+                " ORDER BY e.sequence LIMIT ?",
                 (author, after, limit),
             )
             .fetchall()
@@ -636,8 +815,10 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                "SELECT i.delivery, i.msg_id, e.body FROM inbox i JOIN log.entries e ON e.id = i.msg_id"
-                " WHERE i.recipient=? AND i.delivery>? ORDER BY i.delivery LIMIT ?",
+                "SELECT i.delivery, e.id, e.body FROM inbox i"
+                " JOIN log.entries e ON e.pipeline = i.pipeline AND e.idx = i.idx"
+                " WHERE i.recipient=(SELECT no FROM recipients WHERE id=?) AND i.delivery>?"
+                " ORDER BY i.delivery LIMIT ?",
                 (recipient, after, limit),
             )
             .fetchall()
@@ -645,13 +826,33 @@ class SqliteStore:
         return [Delivery(int(d), mid, bytes(body)) for d, mid, body in rows]
 
     def ack(self, recipient: str, ids: Sequence[str]) -> int:
+        try:
+            reader = self._r()
+            row = reader.execute("SELECT no FROM recipients WHERE id=?", (recipient,)).fetchone()
+            if row is None:
+                return 0
+            positions = [
+                (row[0], *found)
+                for mid in ids
+                if (
+                    found := reader.execute(
+                        "SELECT pipeline, idx FROM log.entries WHERE idkey=? AND id=?",
+                        (_idkey_or_none(mid), mid),
+                    ).fetchone()
+                )
+            ]
+        except sqlite3.Error as exc:
+            raise StorageError(f"ack failed: {exc}") from exc
+        if not positions:
+            return 0
         with self._lock:
             try:
                 with _transaction(self._w, StorageError):
                     n = 0
-                    for mid in ids:
+                    for position in positions:
                         n += self._w.execute(
-                            "DELETE FROM inbox WHERE recipient=? AND msg_id=?", (recipient, mid)
+                            "DELETE FROM inbox WHERE recipient=? AND pipeline=? AND idx=?",
+                            position,
                         ).rowcount
             except sqlite3.Error as exc:
                 raise StorageError(f"ack failed: {exc}") from exc
