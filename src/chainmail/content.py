@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeGuard
@@ -136,13 +137,22 @@ def _obj(value: object) -> None:
         raise _BadValueError("an object")
 
 
+#: Feed and tx ids recur on every message of a trade, and each full check is
+#: a chain of calls; the verdicts on exact strs are remembered (bounded).
+_ID_CACHE: Final = 1 << 16
+
+_feed_verdict: Final = functools.lru_cache(maxsize=_ID_CACHE)(is_feed_id)
+_msg_verdict: Final = functools.lru_cache(maxsize=_ID_CACHE)(is_msg_id)
+
+
 def _feed(value: object) -> None:
-    if not is_feed_id(value):
+    # A str subclass may hash and compare as it likes: it skips the cache.
+    if not (_feed_verdict(value) if type(value) is str else is_feed_id(value)):
         raise _BadValueError("a feed id @….ed25519")
 
 
 def _msg(value: object) -> None:
-    if not is_msg_id(value):
+    if not (_msg_verdict(value) if type(value) is str else is_msg_id(value)):
         raise _BadValueError("a message id %….sha256")
 
 

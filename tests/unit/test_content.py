@@ -568,3 +568,21 @@ def test_tx_of_reads_the_tx_field(kind: str) -> None:
 )
 def test_tx_of_other_content_is_none(content: object) -> None:
     assert tx_of(content) is None
+
+
+class _Text(str):
+    """A str subclass: its ids skip the verdict cache, with the same outcome."""
+
+
+@pytest.mark.parametrize("wrap", [str, _Text], ids=["str", "str-subclass"])
+def test_remembered_id_verdicts_match_a_fresh_check(wrap: Any) -> None:
+    good = {"type": "tx/note", "tx": wrap(TX), "data": {}, "to": [wrap(BOB.id)]}
+    bad_tx = {**good, "tx": wrap(TX[:-1] + "X")}
+    bad_to = {**good, "to": [wrap(BOB.id.replace(".ed25519", ".sha256"))]}
+    noncanonical = {**good, "to": [wrap(BOB.id[:43] + "B=.ed25519")]}
+    for _ in range(2):  # the second round answers from the cache
+        check_policy(msg(good))
+        for content in (bad_tx, bad_to, noncanonical):
+            with pytest.raises(InvalidMessage, match="must be") as info:
+                check_policy(msg(content))
+            assert info.value.code == "invalid_format"

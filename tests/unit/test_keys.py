@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import nacl.bindings
+import nacl.exceptions
 import nacl.public
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chainmail.errors import InvalidMessage, KeystoreError
 from chainmail.ids import feed_id
@@ -295,3 +298,36 @@ def test_proof_rejects_non_feed_ids() -> None:
         verify_proof("bob", new.id, "x")
     with pytest.raises(InvalidMessage, match="not a feed id"):
         verify_proof(new.id, "%abc.sha256", "x")
+
+
+@settings(max_examples=200)
+@given(
+    st.binary(max_size=300),
+    st.integers(0, 63),
+    st.integers(0, 7),
+    st.sampled_from(["none", "signature", "message", "key"]),
+)
+def test_verify_signature_agrees_with_pynacl_crypto_sign_open(
+    message: bytes, index: int, bit: int, tamper: str
+) -> None:
+    # verify_signature calls libsodium's crypto_sign_open without an output
+    # buffer; PyNaCl's wrapper is the reference it must agree with.
+    keypair = Keypair.from_seed(bytes(range(32)))
+    public, signature = keypair.public, keypair.sign(message)
+    if tamper == "signature":
+        signature = _flip(signature, index, bit)
+    elif tamper == "message":
+        message = _flip(message, index % len(message), bit) if message else b"\x00"
+    elif tamper == "key":
+        public = _flip(public, index % 32, bit)
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public)
+        expected = True
+    except nacl.exceptions.BadSignatureError:
+        expected = False
+    assert verify_signature(public, message, signature) is expected
+    assert expected is (tamper == "none")
+
+
+def _flip(data: bytes, index: int, bit: int) -> bytes:
+    return data[:index] + bytes([data[index] ^ (1 << bit)]) + data[index + 1 :]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -13,6 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -265,6 +267,20 @@ def test_orjson_path_equals_the_pure_serialiser(value: object, indent: int) -> N
     assert fast.decode() == _pure(value, indent)
 
 
+@given(JSON_VALUES)
+def test_plain_walk_of_loaded_values_agrees_with_plain(value: object) -> None:
+    # _loads_fast trusts the quicker walk: it must say "plain" exactly when _plain does.
+    loaded = orjson.loads(ssb.stringify(value, indent=0))
+    assert ssb._plain_loaded(loaded) is ssb._plain(loaded)
+
+
+def test_plain_walk_of_loaded_values_sends_deep_nesting_to_the_pure_path() -> None:
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    assert ssb._plain_loaded(deep) is False
+
+
 def _all_keys(value: object) -> list[str]:
     if isinstance(value, dict):
         return [*value, *(k for v in value.values() for k in _all_keys(v))]
@@ -309,6 +325,54 @@ def test_id_hashes_the_low_byte_of_each_utf16_unit() -> None:
     utf8_id = "%" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + ".sha256"
     assert ssb.message_id(msg) != utf8_id
     assert ssb.validate(msg).id == expected
+
+
+@given(st.text(max_size=200))
+def test_id_and_length_agree_with_the_utf16_definition(text: str) -> None:
+    utf16 = text.encode("utf-16-le")
+    low_bytes = bytes(utf16[::2])
+    expected = "%" + base64.b64encode(hashlib.sha256(low_bytes).digest()).decode() + ".sha256"
+    assert ssb._id_and_length(text, text.encode()) == (expected, len(utf16) // 2)
+
+
+VALID_FEEDS = st.binary(min_size=32, max_size=32).map(lambda key: str(Keypair.from_seed(key).id))
+FEEDISH = st.builds(
+    lambda sigil, body, pad, suffix: sigil + body + pad + suffix,
+    st.sampled_from(["@", "%", ""]),
+    st.text(alphabet="ABCQgw+/09az", min_size=42, max_size=44),
+    st.sampled_from(["=", "", "=="]),
+    st.sampled_from([".ed25519", ".sha256", "", ".ed25519\n"]),
+)
+
+
+@given(VALID_FEEDS | FEEDISH | st.text(max_size=60))
+def test_cached_author_key_agrees_with_the_feed_id_rule(author: str) -> None:
+    expected = (
+        base64.b64decode(author[1:45], validate=True) if ssb._FEED_ID_RE.fullmatch(author) else None
+    )
+    for _ in range(2):  # cold, then from the cache
+        assert ssb._author_key(author) == expected
+
+
+def test_an_author_of_a_str_subclass_is_checked_like_a_str() -> None:
+    class Text(str):
+        pass
+
+    msg = dict(MSG1, author=Text(MSG1["author"]))
+    assert ssb.check(msg) == ssb.check(MSG1)
+    bad = dict(MSG1, author=Text(MSG1["author"][:-1]))
+    assert _code(ssb.check, bad) == "invalid_format"
+
+
+def test_checked_built_fast_equals_the_dataclass_and_pickles() -> None:
+    checked = ssb.check(MSG1)
+    fields = [getattr(checked, f.name) for f in dataclasses.fields(ssb.Checked)]
+    assert ssb._checked(*fields) == ssb.Checked(*fields) == checked
+    assert type(ssb._checked(*fields)) is ssb.Checked
+    again = pickle.loads(pickle.dumps(checked))
+    assert again == checked and type(again) is ssb.Checked
+    with pytest.raises(AttributeError):
+        again.text = ""  # type: ignore[misc]
 
 
 def test_euro_id_vector_from_the_js_reference() -> None:
