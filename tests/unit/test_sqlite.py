@@ -1,4 +1,5 @@
-"""A data directory written by the version-1 layout opens, migrated, with nothing lost.
+"""SQLite files: a version-1 data directory opens migrated with nothing lost; the WAL is
+copied back in the background.
 
 The fixture ``tests/vectors/datadir-v1`` was written by the layout of commit
 36b80e1 (text-keyed log indexes and inbox); see ``tests/vectors/README.md``.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 from chainmail import merkle, ssb
 from chainmail.ids import msg_digest
 from chainmail.keys import Keypair
+from chainmail.log import NewEntry
 from chainmail.sequencer import Accepted, Sequencer
 from chainmail.sqlite import SqliteLog, SqliteStore, idkey
 from support.feeds import Writer
@@ -107,3 +110,26 @@ def test_feeds_continue_after_the_migration(tmp_path: Path) -> None:
     finally:
         log.close()
         store.close()
+
+
+def test_the_wal_is_copied_back_off_the_writer_thread(tmp_path: Path) -> None:
+    """The background checkpointer backfills the database file; the writer never has to."""
+    log = SqliteLog(tmp_path / "log.sqlite", checkpoint_interval=0.01)
+    try:
+        writer = Writer(ALICE, start=NOW)
+        checked = [ssb.check(writer.sign({"type": "post", "text": "x" * 2000})) for _ in range(200)]
+        size_before = (tmp_path / "log.sqlite").stat().st_size
+        for c in checked:
+            log.append([NewEntry(c.id, c.author, c.sequence, NOW, c.text.encode())])
+        deadline = time.monotonic() + 10
+        while (tmp_path / "log.sqlite").stat().st_size <= size_before + 200 * 2000:
+            assert time.monotonic() < deadline, "nothing was checkpointed into the database"
+            time.sleep(0.02)
+    finally:
+        log.close()
+    reopened = SqliteLog(tmp_path / "log.sqlite")
+    try:
+        assert reopened.size(0) == 200
+        assert reopened.head(ALICE.id) == reopened.heads()[ALICE.id]
+    finally:
+        reopened.close()
