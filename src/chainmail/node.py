@@ -11,6 +11,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -292,12 +293,13 @@ class Node:
             try:
                 if time.monotonic() >= next_block:
                     next_block = time.monotonic() + interval
-                    await self._on_writer(seq.build_block)
+                    await self._on_writer(functools.partial(seq.build_block, visible=False))
                 else:
 
                     def expire() -> None:
+                        # Dispatched, not awaited: the writer goes back to ingest.
                         if seq.expire(self.clock()):
-                            seq.flush_projection()
+                            seq.dispatch_projection()
 
                     await self._on_writer(expire)
             except Error as exc:

@@ -168,6 +168,9 @@ class Sequencer:
         self.admission: Admission = admission
         self.registry = Registry(self.registrars, admission, node_id=self.node_id)
         self.limiter = RateLimiter(identity_rate, identity_burst, label="identity")
+        #: (height, id) of the newest block in the log, so building the next one
+        #: need not wait for the projector to read it back from the store.
+        self._latest_block: tuple[int, str] | None = None
         self.catch_up()
 
     # --- start-up -------------------------------------------------------------------------
@@ -209,6 +212,8 @@ class Sequencer:
                 projection.cursors[pipeline] = start
                 self._write_projection(projection)
                 replayed += len(entries)
+        latest = self.store.latest_block()
+        self._latest_block = None if latest is None else (latest.height, latest.id)
         if replayed:
             log.info("projected %d log entries on start", replayed)
         self.dirty = bool(self.unsealed) or self._unsealed_activity()
@@ -478,6 +483,8 @@ class Sequencer:
         projection.blocks.append(
             BlockRow(height, msg_id, body, records, list(body_content["logs"]))
         )
+        if self._latest_block is None or height > self._latest_block[0]:
+            self._latest_block = (height, msg_id)
 
     def _closed(self, tx: txs.Tx) -> None:
         self.open.pop(tx.id, None)
@@ -585,27 +592,34 @@ class Sequencer:
             self._unprojected.append(projection)
         return closed
 
-    def build_block(self) -> Accepted | None:
-        """Append a block if anything happened since the last one; returns it."""
+    def build_block(self, *, visible: bool = True) -> Accepted | None:
+        """Append a block if anything happened since the last one; returns it.
+
+        With ``visible`` it returns once the block is in the store too; without,
+        its projection is only dispatched, so the writer goes back to ingest at
+        once (the node's block timer: waiting held every request behind it).
+        Raises ``LogError``/``StorageError`` when the block cannot be written.
+        """
         now = self.clock()
         self.expire(now)
-        self.flush_projection()
         if not self.dirty:
+            if visible:
+                self.flush_projection()
             return None
         closed = sorted(self.unsealed.values(), key=lambda t: (t.closed or 0, t.id))
         records = [txs.record(t) for t in closed]
         blob = blocks.records_blob(records)
         records_id = blob_id(blob)
         self.store.put_blob(records_id, blob)
-        latest = self.store.latest_block()
-        height = 1 if latest is None else latest.height + 1
+        latest = self._latest_block
+        height = 1 if latest is None else latest[0] + 1
         logs = [
             blocks.LogCheckpoint(p, self.log.size(p), self.log.root(p, self.log.size(p)))
             for p in range(self.log.pipelines)
         ]
         block = blocks.block_content(
             height=height,
-            prev=None if latest is None else latest.id,
+            prev=None if latest is None else latest[1],
             time=now,
             logs=logs,
             records=records,
@@ -618,7 +632,10 @@ class Sequencer:
         self._pending_records[records_id] = records
         self.dirty = False
         result = self.process([checked])[0]
-        self.flush_projection()
+        if visible:
+            self.flush_projection()
+        else:
+            self.dispatch_projection()
         if isinstance(result, Error):
             self.dirty = True
             raise result

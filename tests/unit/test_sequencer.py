@@ -6,6 +6,8 @@ Runs the single writer directly on SQLite files with a hand-driven clock.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,40 @@ def test_every_closed_tx_in_exactly_one_block(h: Harness, clock: Clock) -> None:
         assert h.seq.build_block() is not None, round_
     sealed = [r["tx"] for height in (1, 2, 3) for r in h.store.block(height).records]  # type: ignore[union-attr]
     assert sorted(sealed) == sorted(ids) and len(set(sealed)) == len(ids)
+
+
+def test_blocks_are_built_without_waiting_for_the_projector(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    """``visible=False`` returns while the store is behind; the next block still links."""
+    projector = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    gate = threading.Event()
+    log = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    try:
+        seq = Sequencer(log, store, node_keys, clock=clock, projector=projector)
+        a, b = Writer(), Writer()
+        blocks_built = []
+        projector.submit(gate.wait)  # the store is slow: nothing is written yet
+        for _ in range(2):
+            tx = seq.process([ssb.check(open_tx(a, b, finish="any"))])[0]
+            assert isinstance(tx, Accepted)
+            seq.process([ssb.check(b.sign({"type": "tx/finish", "tx": tx.id}))])
+            clock.now += 1000
+            blocks_built.append(seq.build_block(visible=False))
+        assert all(isinstance(blk, Accepted) for blk in blocks_built)
+        assert store.latest_block() is None
+        gate.set()
+        seq.flush_projection()
+        first, second = store.block(1), store.block(2)
+        assert first is not None and second is not None
+        assert orjson.loads(second.body)["content"]["prev"] == first.id
+        assert [first.id, second.id] == [blk.id for blk in blocks_built]  # type: ignore[union-attr]
+    finally:
+        gate.set()
+        projector.shutdown(wait=True)
+        log.close()
+        store.close()
 
 
 def test_block_content_verifies_independently_of_the_node(h: Harness, node_keys: Keypair) -> None:
