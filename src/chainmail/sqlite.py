@@ -63,10 +63,15 @@ CREATE TABLE IF NOT EXISTS feeds (no INTEGER PRIMARY KEY, author TEXT NOT NULL U
 -- ``idkey`` (the first 8 bytes of the id's digest; lookups compare ``id`` too)
 -- and (feed number, sequence). Long text keys made each index several times
 -- larger and every group commit wrote one page per message per index.
+-- A rowid table keyed by the log position (``pipeline << 40 | index``): as a
+-- WITHOUT ROWID table a ~1 KB row is past the ~1,000 bytes an index-format
+-- page keeps in place, and most rows spilled a 4 KB overflow page each (110 MB
+-- of overflow pages for 88 MB of bodies, measured). A table page keeps up to
+-- ~4 KB of a row in place.
 CREATE TABLE IF NOT EXISTS entries (
-    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL, idkey INTEGER NOT NULL,
-    feed INTEGER NOT NULL, sequence INTEGER NOT NULL, received INTEGER NOT NULL,
-    id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (pipeline, idx)) WITHOUT ROWID;
+    pos INTEGER PRIMARY KEY, idkey INTEGER NOT NULL, feed INTEGER NOT NULL,
+    sequence INTEGER NOT NULL, received INTEGER NOT NULL, id TEXT NOT NULL,
+    body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_idkey ON entries (idkey);
 -- Feed order, for feed reads and the heads (each feed's highest sequence).
 CREATE UNIQUE INDEX IF NOT EXISTS entries_feed ON entries (feed, sequence);
@@ -87,6 +92,25 @@ DROP TABLE IF EXISTS leaves;
 """
 
 
+#: A log position as one integer, ``pipeline << POS_BITS | index``: 2^40 entries a pipeline.
+POS_BITS: Final = 40
+_POS_MASK: Final = (1 << POS_BITS) - 1
+_POS_SPLIT: Final = f"pos >> {POS_BITS}, pos & {_POS_MASK}"
+
+
+def _pos(pipeline: int, index: int) -> int:
+    return (pipeline << POS_BITS) | index
+
+
+def _size_of(conn: sqlite3.Connection, pipeline: int) -> int:
+    """Entries in ``pipeline``: one past the highest index (its positions are contiguous)."""
+    base = _pos(pipeline, 0)
+    (top,) = conn.execute(
+        "SELECT MAX(pos) FROM entries WHERE pos >= ? AND pos < ?", (base, _pos(pipeline + 1, 0))
+    ).fetchone()
+    return 0 if top is None else int(top) - base + 1
+
+
 def idkey(msg_id: str) -> int:
     """The log's short index key of a message id: its digest's first 8 bytes, signed.
 
@@ -103,9 +127,8 @@ CREATE TABLE IF NOT EXISTS cursors (pipeline INTEGER PRIMARY KEY, next INTEGER N
 -- of its own, which the commit then wrote (measured: benchmarks/README.md). The
 -- id, author, sequence and body are the log's (``_MSG_SELECT`` joins them).
 CREATE TABLE IF NOT EXISTS message_info (
-    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL, received INTEGER NOT NULL,
-    type TEXT, tx TEXT, chan TEXT, PRIMARY KEY (pipeline, idx)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS message_info_chan ON message_info (chan, received, pipeline, idx)
+    pos INTEGER PRIMARY KEY, received INTEGER NOT NULL, type TEXT, tx TEXT, chan TEXT);
+CREATE INDEX IF NOT EXISTS message_info_chan ON message_info (chan, received, pos)
     WHERE chan IS NOT NULL;
 -- Rowid tables, so a tx's updates (which come soon after its open) touch recent pages.
 CREATE TABLE IF NOT EXISTS txs (
@@ -119,12 +142,11 @@ CREATE TABLE IF NOT EXISTS tx_parties (
     party TEXT NOT NULL, opened INTEGER NOT NULL, tx TEXT NOT NULL,
     PRIMARY KEY (party, opened, tx)) WITHOUT ROWID;
 -- Recipients by number and messages by log position: the inbox's unique index
--- is three small integers instead of two long ids (see ``entries``).
+-- is two small integers instead of two long ids (see ``entries``).
 CREATE TABLE IF NOT EXISTS recipients (no INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS inbox (
-    delivery INTEGER PRIMARY KEY AUTOINCREMENT, recipient INTEGER NOT NULL,
-    pipeline INTEGER NOT NULL, idx INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS inbox_unique ON inbox (recipient, pipeline, idx);
+    delivery INTEGER PRIMARY KEY AUTOINCREMENT, recipient INTEGER NOT NULL, pos INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_unique ON inbox (recipient, pos);
 CREATE TABLE IF NOT EXISTS channels (id TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, id TEXT NOT NULL, body BLOB NOT NULL,
@@ -236,14 +258,7 @@ class _TreeHashes:
         self.pending: list[tuple[int, int, int, bytes]] = []
 
     def size(self) -> int:
-        row = (
-            self._log._reader_for_thread()
-            .execute(
-                "SELECT COALESCE(MAX(idx) + 1, 0) FROM entries WHERE pipeline=?", (self._pipeline,)
-            )
-            .fetchone()
-        )
-        return int(row[0])
+        return _size_of(self._log._reader_for_thread(), self._pipeline)
 
     def get_many(self, nodes: Sequence[tuple[int, int]]) -> list[bytes | None]:
         conn = self._log._reader_for_thread()
@@ -251,7 +266,7 @@ class _TreeHashes:
         for level, index in nodes:
             if level == 0:
                 row = conn.execute(
-                    "SELECT id FROM entries WHERE pipeline=? AND idx=?", (self._pipeline, index)
+                    "SELECT id FROM entries WHERE pos=?", (_pos(self._pipeline, index),)
                 ).fetchone()
                 out.append(None if row is None else _leaf(row[0]))
                 continue
@@ -305,14 +320,7 @@ class SqliteLog:
         self.pipelines = pipelines
         self._synchronous = synchronous
         self._local = threading.local()
-        self._sizes = [
-            int(
-                self._w.execute(
-                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM entries WHERE pipeline=?", (p,)
-                ).fetchone()[0]
-            )
-            for p in range(pipelines)
-        ]
+        self._sizes = [_size_of(self._w, p) for p in range(pipelines)]
         #: Feed numbers; as many as feeds, so bounded by identities, not messages.
         self._feeds: dict[str, int] = dict(self._w.execute("SELECT author, no FROM feeds"))
         # Each feed's last entry (SQLite takes a bare column from the MAX row).
@@ -348,7 +356,7 @@ class SqliteLog:
 
     def append(self, entries: Sequence[NewEntry]) -> list[tuple[int, int]]:
         positions: list[tuple[int, int]] = []
-        rows: list[tuple[int, int, int, int, int, int, str, bytes]] = []
+        rows: list[tuple[int, int, int, int, int, str, bytes]] = []
         heads: dict[str, Head] = {}
         new_feeds: dict[str, int] = {}
         feeds = self._feeds
@@ -373,8 +381,7 @@ class SqliteLog:
             digest = _digest(entry.id)
             rows.append(
                 (
-                    pipeline,
-                    index,
+                    (pipeline << POS_BITS) | index,
                     int.from_bytes(digest[:8], "big", signed=True),
                     feed,
                     entry.sequence,
@@ -397,9 +404,8 @@ class SqliteLog:
                             [(no, author) for author, no in new_feeds.items()],
                         )
                     self._w.executemany(
-                        "INSERT INTO entries"
-                        " (pipeline, idx, idkey, feed, sequence, received, id, body)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO entries (pos, idkey, feed, sequence, received, id, body)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
                         rows,
                     )
                     pending: list[tuple[int, int, int, bytes]] = []
@@ -433,20 +439,22 @@ class SqliteLog:
         rows = (
             self._reader_for_thread()
             .execute(
-                "SELECT e.idx, e.id, f.author, e.sequence, e.received, e.body FROM entries e"
-                " JOIN feeds f ON f.no = e.feed WHERE e.pipeline=? AND e.idx>=?"
-                " ORDER BY e.idx LIMIT ?",
-                (pipeline, start, limit),
+                "SELECT e.pos, e.id, f.author, e.sequence, e.received, e.body FROM entries e"
+                " JOIN feeds f ON f.no = e.feed WHERE e.pos >= ? AND e.pos < ?"
+                " ORDER BY e.pos LIMIT ?",
+                (_pos(pipeline, start), _pos(pipeline + 1, 0), limit),
             )
             .fetchall()
         )
-        return [LogEntry(pipeline, r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+        return [
+            LogEntry(pipeline, r[0] & _POS_MASK, r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows
+        ]
 
     def locate(self, msg_id: str) -> tuple[int, int] | None:
         row = (
             self._reader_for_thread()
             .execute(
-                "SELECT pipeline, idx FROM entries WHERE idkey=? AND id=?",
+                f"SELECT {_POS_SPLIT} FROM entries WHERE idkey=? AND id=?",
                 (_idkey_or_none(msg_id), msg_id),
             )
             .fetchone()
@@ -494,11 +502,14 @@ def _idkey_or_none(msg_id: str) -> int | None:
         return None
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def _migrate_log(conn: sqlite3.Connection) -> None:
     """Move a version-1 log's tables aside, before the version-2 schema is created."""
     version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(entries)")}
-    if version is None and "author" in columns:
+    if version is None and "author" in _columns(conn, "entries"):
         conn.executescript(_LOG_MIGRATE_1)
 
 
@@ -515,8 +526,9 @@ def _finish_log_migration(conn: sqlite3.Connection) -> None:
             " GROUP BY author ORDER BY MIN(received), author"
         )
         conn.execute(
-            "INSERT INTO entries (pipeline, idx, idkey, feed, sequence, received, id, body)"
-            " SELECT v.pipeline, v.idx, chainmail_idkey(v.id), f.no, v.sequence, v.received,"
+            "INSERT INTO entries (pos, idkey, feed, sequence, received, id, body)"
+            f" SELECT (v.pipeline << {POS_BITS}) | v.idx, chainmail_idkey(v.id), f.no,"
+            " v.sequence, v.received,"
             " v.id, v.body FROM entries_v1 v JOIN feeds f ON f.author = v.author"
             " ORDER BY v.pipeline, v.idx"
         )
@@ -550,9 +562,9 @@ _TX_UPSERT: Final = ", ".join(
 #: A stored message: the log's entry joined with the store's projection of it,
 #: so only projected messages are seen (as when the store kept them whole).
 _MSG_SELECT: Final = (
-    "SELECT e.id, e.pipeline, e.idx, f.author, e.sequence, e.received, m.type, m.tx, e.body,"
-    " m.chan FROM log.entries e JOIN log.feeds f ON f.no = e.feed"
-    " JOIN message_info m ON m.pipeline = e.pipeline AND m.idx = e.idx"
+    f"SELECT e.id, e.pos >> {POS_BITS}, e.pos & {_POS_MASK}, f.author, e.sequence, e.received,"
+    " m.type, m.tx, e.body, m.chan FROM log.entries e JOIN log.feeds f ON f.no = e.feed"
+    " JOIN message_info m ON m.pos = e.pos"
 )
 _FEED_NO: Final = "(SELECT no FROM log.feeds WHERE author=?)"
 
@@ -583,11 +595,23 @@ class SqliteStore:
         self._synchronous = synchronous
         try:
             self._w = _connect(path, synchronous)
-            old_inbox = "msg_id" in {r[1] for r in self._w.execute("PRAGMA table_info(inbox)")}
+            old_inbox = "msg_id" in _columns(self._w, "inbox")
+            old_info = "pipeline" in _columns(self._w, "message_info")
             if old_inbox:
                 self._w.execute("ALTER TABLE inbox RENAME TO inbox_v1")
                 self._w.execute("DROP INDEX IF EXISTS inbox_unique")
+            if old_info:
+                self._w.execute("ALTER TABLE message_info RENAME TO message_info_v1")
+                self._w.execute("DROP INDEX IF EXISTS message_info_chan")
             self._w.executescript(_STORE_SCHEMA)
+            if old_info:
+                with _transaction(self._w, StorageError):
+                    self._w.execute(
+                        "INSERT INTO message_info (pos, received, type, tx, chan)"
+                        f" SELECT (pipeline << {POS_BITS}) | idx, received, type, tx, chan"
+                        " FROM message_info_v1 ORDER BY pipeline, idx"
+                    )
+                    self._w.execute("DROP TABLE message_info_v1")
             if old_inbox:
                 self._migrate_inbox()
             #: Recipient numbers; as many as identities ever delivered to.
@@ -622,8 +646,8 @@ class SqliteStore:
                     " GROUP BY recipient ORDER BY MIN(delivery)"
                 )
                 w.execute(
-                    "INSERT INTO inbox (delivery, recipient, pipeline, idx)"
-                    " SELECT i.delivery, r.no, e.pipeline, e.idx FROM inbox_v1 i"
+                    "INSERT INTO inbox (delivery, recipient, pos)"
+                    " SELECT i.delivery, r.no, e.pos FROM inbox_v1 i"
                     " JOIN recipients r ON r.id = i.recipient"
                     " JOIN log.entries e ON e.idkey = chainmail_idkey(i.msg_id) AND e.id = i.msg_id"
                     " ORDER BY i.delivery"
@@ -654,10 +678,10 @@ class SqliteStore:
             try:
                 with _transaction(w, StorageError):
                     w.executemany(
-                        "INSERT OR IGNORE INTO message_info (pipeline, idx, received, type, tx, chan)"
-                        " VALUES (?,?,?,?,?,?)",
+                        "INSERT OR IGNORE INTO message_info (pos, received, type, tx, chan)"
+                        " VALUES (?,?,?,?,?)",
                         [
-                            (m.pipeline, m.index, m.received, m.type, m.tx, m.chan)
+                            ((m.pipeline << POS_BITS) | m.index, m.received, m.type, m.tx, m.chan)
                             for m in projection.messages
                         ],
                     )
@@ -700,8 +724,7 @@ class SqliteStore:
                     (top,) = w.execute("SELECT COALESCE(MAX(delivery), 0) FROM inbox").fetchone()
                     if projection.inbox:
                         w.executemany(
-                            "INSERT OR IGNORE INTO inbox (recipient, pipeline, idx)"
-                            " VALUES (?, ?, ?)",
+                            "INSERT OR IGNORE INTO inbox (recipient, pos) VALUES (?, ?)",
                             self._inbox_rows(projection),
                         )
                     deliveries: list[int] = (
@@ -775,16 +798,16 @@ class SqliteStore:
             self._new_recipients[recipient] = no
         return int(no)
 
-    def _inbox_rows(self, projection: Projection) -> list[tuple[int, int, int]]:
+    def _inbox_rows(self, projection: Projection) -> list[tuple[int, int]]:
         # Every delivery of a projection is of a message in that same projection.
-        where = {m.id: (m.pipeline, m.index) for m in projection.messages}
-        rows: list[tuple[int, int, int]] = []
+        where = {m.id: (m.pipeline << POS_BITS) | m.index for m in projection.messages}
+        rows: list[tuple[int, int]] = []
         for recipient, msg_id in projection.inbox:
             position = where.get(msg_id)
             if position is None:  # pragma: no cover - a broken invariant
                 raise StorageError(f"inbox entry for {msg_id}, which is not in its projection")
             no = self._new_recipients.get(recipient) or self._recipient(recipient)
-            rows.append((no, position[0], position[1]))
+            rows.append((no, position))
         return rows
 
     def message(self, msg_id: str) -> MessageRow | None:
@@ -876,8 +899,7 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                f"{_MSG_SELECT} WHERE m.chan=? ORDER BY m.received, m.pipeline, m.idx"
-                " LIMIT ? OFFSET ?",
+                f"{_MSG_SELECT} WHERE m.chan=? ORDER BY m.received, m.pos LIMIT ? OFFSET ?",
                 (chan, limit, after),
             )
             .fetchall()
@@ -889,7 +911,7 @@ class SqliteStore:
             self._r()
             .execute(
                 "SELECT i.delivery, e.id, e.body FROM inbox i"
-                " JOIN log.entries e ON e.pipeline = i.pipeline AND e.idx = i.idx"
+                " JOIN log.entries e ON e.pos = i.pos"
                 " WHERE i.recipient=(SELECT no FROM recipients WHERE id=?) AND i.delivery>?"
                 " ORDER BY i.delivery LIMIT ?",
                 (recipient, after, limit),
@@ -905,11 +927,11 @@ class SqliteStore:
             if row is None:
                 return 0
             positions = [
-                (row[0], *found)
+                (row[0], found[0])
                 for mid in ids
                 if (
                     found := reader.execute(
-                        "SELECT pipeline, idx FROM log.entries WHERE idkey=? AND id=?",
+                        "SELECT pos FROM log.entries WHERE idkey=? AND id=?",
                         (_idkey_or_none(mid), mid),
                     ).fetchone()
                 )
@@ -924,7 +946,7 @@ class SqliteStore:
                     n = 0
                     for position in positions:
                         n += self._w.execute(
-                            "DELETE FROM inbox WHERE recipient=? AND pipeline=? AND idx=?",
+                            "DELETE FROM inbox WHERE recipient=? AND pos=?",
                             position,
                         ).rowcount
             except sqlite3.Error as exc:

@@ -61,7 +61,7 @@ def test_log_keeps_every_entry_head_and_root(tmp_path: Path) -> None:
     with sqlite3.connect(data / "log.sqlite") as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "entries_v1" not in tables
-        (key,) = conn.execute("SELECT idkey FROM entries WHERE idx=0").fetchone()
+        (key,) = conn.execute("SELECT idkey FROM entries WHERE pos=0").fetchone()
         assert key == idkey(before[0][2])
 
 
