@@ -46,9 +46,10 @@ DEFAULT_SYNCHRONOUS: Final = "FULL"
 #: background copy ever fall behind.
 _WAL_AUTOCHECKPOINT_PAGES: Final = 100_000
 #: Seconds between background checkpoints while commits keep coming: long enough
-#: that a page several group commits dirtied is copied once, short enough that
-#: the WAL stays a few MB and restarts from its beginning.
-CHECKPOINT_INTERVAL: Final = 0.2
+#: that a page many group commits dirtied is copied once (0.2 s cost the two
+#: checkpointer threads 9.3 µs a message at 200k messages, 1 s 4.8), short enough
+#: that the WAL stays tens of MB and restarts from its beginning.
+CHECKPOINT_INTERVAL: Final = 1.0
 #: A WAL that grew (a burst, a long reader) is truncated to this once it restarts.
 _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 
