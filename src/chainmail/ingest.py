@@ -69,7 +69,10 @@ def _init_worker() -> None:
     # A worker's per-message objects (parsed content, results) die young and are
     # not cyclic, yet thousands of them per batch triggered a young collection
     # every 700 allocations: ~2 µs of each message's pickling and unpickling.
-    gc.collect()
+    # No gc.collect() here: in a child forked from the node's threads it ran
+    # finalizers of the parent's garbage, which waited for locks that no thread
+    # of the child would ever release (a worker hung at start, 1 run in 3).
+    # Freezing moves everything inherited out of the collector's reach instead.
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(_WORKER_GC_YOUNG, middle, old)
