@@ -164,6 +164,9 @@ class Sequencer:
         # Transactions whose state changed outside a message's projection (closed by
         # the clock while checking a message): written with the next batch.
         self._changed: dict[str, txs.Tx] = {}
+        # Transactions the messages of the batch being projected changed: their
+        # rows are built once a batch (``_tx_rows``), not once a message.
+        self._touched: dict[str, txs.Tx] = {}
         self.registrars = tuple(registrars)
         self.admission: Admission = admission
         self.registry = Registry(self.registrars, admission, node_id=self.node_id)
@@ -210,6 +213,7 @@ class Sequencer:
                     )
                 start = entries[-1].index + 1
                 projection.cursors[pipeline] = start
+                self._tx_rows(projection)
                 self._write_projection(projection)
                 replayed += len(entries)
         latest = self.store.latest_block()
@@ -383,9 +387,11 @@ class Sequencer:
         if kind == "tx/open":
             tx_id = msg_id
             if msg_id not in self.open and msg_id not in self.unsealed:
-                tx = txs.open_tx(msg_id, msg, now=received)
+                # The policy ran before the message was logged (and must not be
+                # re-judged on replay, like ``txs.apply(..., checked=True)``).
+                tx = txs.open_tx(msg_id, msg, now=received, checked=True)
                 self._track(tx)
-                projection.txs[tx.id] = tx_row(tx)
+                self._touched[tx.id] = tx
             else:
                 tx = self.open.get(msg_id) or self.unsealed.get(msg_id)
         elif isinstance(body_content, dict):
@@ -408,7 +414,7 @@ class Sequencer:
                     closes = False
                 if closes:
                     self._closed(tx)
-                projection.txs[tx.id] = tx_row(tx)
+                self._touched[tx.id] = tx
         # Applied at once, so the next message of the same batch sees it (a
         # key/rotate followed by a post from the old key is refused).
         for ident in self.registry.apply(msg_id, author, body_content, now=received):
@@ -479,6 +485,7 @@ class Sequencer:
             if tx is not None:
                 tx.status = record["status"]
                 tx.closed = record["closed"]
+                self._touched.pop(tx.id, None)
                 projection.txs[tx.id] = tx_row(tx, block=height)
         projection.blocks.append(
             BlockRow(height, msg_id, body, records, list(body_content["logs"]))
@@ -501,7 +508,14 @@ class Sequencer:
 
     # --- writes ---------------------------------------------------------------------------
 
+    def _tx_rows(self, projection: Projection) -> None:
+        """Snapshot the transactions the batch changed into ``projection`` (rows copy them)."""
+        for tx in self._touched.values():
+            projection.txs[tx.id] = tx_row(tx)
+        self._touched = {}
+
     def _commit(self, pending: _Pending) -> None:
+        self._tx_rows(pending.projection)
         for author, sequence, kept, rejected in pending.forks:
             try:
                 self.store.record_fork(author, sequence, kept, rejected)
@@ -530,6 +544,7 @@ class Sequencer:
         log.warning("rebuilding the sequencer's state from the store and the log")
         self.open, self.unsealed, self.channels = {}, {}, {}
         self._deadlines, self._changed, self._pending_records = [], {}, {}
+        self._touched = {}
         # What is in the log gets projected, by the projector or by the replay
         # below; both must not write at once.
         with contextlib.suppress(Exception):

@@ -175,17 +175,20 @@ class Channel:
 # --- transactions ------------------------------------------------------------------
 
 
-def open_tx(msg_id: str, msg: Mapping[str, Any], now: int) -> Tx:
+def open_tx(msg_id: str, msg: Mapping[str, Any], now: int, *, checked: bool = False) -> Tx:
     """The new ``Tx`` opened by the ``tx/open`` message ``msg`` (id ``msg_id``) at ``now``.
 
     A deadline already in the past is allowed: the next ``expire`` closes it.
+    ``checked=True`` skips the content policy for a caller that has applied it
+    already (the node's sequencer, projecting a logged message).
     Raises ``InvalidMessage`` (``invalid_format``) when ``msg`` is not a valid
     ``tx/open``.
     """
     content = msg.get("content")
     if not (is_mapping(content) and content.get("type") == "tx/open"):
         raise InvalidMessage(f"{msg_id} is not a tx/open message", code="invalid_format")
-    check_policy(msg)
+    if not checked:
+        check_policy(msg)
     return Tx(
         id=msg_id,
         parties=tuple(content["parties"]),
