@@ -220,11 +220,10 @@ class Sequencer:
         self._latest_block = None if latest is None else (latest.height, latest.id)
         if replayed:
             log.info("projected %d log entries on start", replayed)
-        self.dirty = bool(self.unsealed) or self._unsealed_activity()
+        self.dirty = bool(self.unsealed) or self._unsealed_activity(latest)
         return replayed
 
-    def _unsealed_activity(self) -> bool:
-        latest = self.store.latest_block()
+    def _unsealed_activity(self, latest: BlockRow | None) -> bool:
         covered = {int(c["pipeline"]): int(c["size"]) for c in latest.logs} if latest else {}
         for pipeline in range(self.log.pipelines):
             for entry in self.log.read(pipeline, covered.get(pipeline, 0), 10_000):

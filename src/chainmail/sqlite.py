@@ -123,7 +123,11 @@ def idkey(msg_id: str) -> int:
     Not unique in principle, so every lookup by it also compares the id.
     Raises ``InvalidMessage`` when ``msg_id`` is not a ``%…sha256`` id.
     """
-    return int.from_bytes(msg_digest(msg_id)[:8], "big", signed=True)
+    return _key_of(msg_digest(msg_id))
+
+
+def _key_of(digest: bytes) -> int:
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 _STORE_SCHEMA: Final = """
@@ -190,7 +194,9 @@ class _Checkpointer:
     runs a PASSIVE checkpoint at most every ``interval`` seconds. PASSIVE
     never blocks the writer or readers: it copies what is committed, and once
     everything is copied the writer's next transaction restarts the WAL from
-    its beginning. Durability is the writer's commit (the WAL), unchanged.
+    its beginning. Past ``_RESTART_FRAMES`` a RESTART follows, so that the WAL
+    restarts under steady writes too. Durability is the writer's commit (the
+    WAL), unchanged.
     """
 
     def __init__(self, path: Path, synchronous: str, interval: float) -> None:
@@ -398,8 +404,8 @@ class SqliteLog:
             digest = _digest(entry.id)
             rows.append(
                 (
-                    (pipeline << POS_BITS) | index,
-                    int.from_bytes(digest[:8], "big", signed=True),
+                    _pos(pipeline, index),
+                    _key_of(digest),
                     feed,
                     entry.sequence,
                     entry.received,
@@ -504,6 +510,10 @@ def _leaf(msg_id: str) -> bytes:
     return message_leaf(msg_id)
 
 
+_MSG_ID_LENGTH: Final = 52
+_DIGEST_BYTES: Final = 32
+
+
 def _digest(msg_id: str) -> bytes:
     # Ids reach the log from ``ssb.check``, which computed them: the exact
     # ``%<44 base64>.sha256`` shape is enough here, and decoding directly skips
@@ -517,10 +527,6 @@ def _digest(msg_id: str) -> bytes:
         return msg_digest(msg_id)
     except InvalidMessage as exc:
         raise LogError(f"not a message id: {msg_id!r}") from exc
-
-
-_MSG_ID_LENGTH: Final = 52
-_DIGEST_BYTES: Final = 32
 
 
 def _idkey_or_none(msg_id: str) -> int | None:
@@ -710,7 +716,7 @@ class SqliteStore:
                         "INSERT OR IGNORE INTO message_info (pos, received, type, tx, chan)"
                         " VALUES (?,?,?,?,?)",
                         [
-                            ((m.pipeline << POS_BITS) | m.index, m.received, m.type, m.tx, m.chan)
+                            (_pos(m.pipeline, m.index), m.received, m.type, m.tx, m.chan)
                             for m in projection.messages
                         ],
                     )
@@ -819,7 +825,7 @@ class SqliteStore:
 
     def _recipient(self, recipient: str) -> int:
         """The number of ``recipient``, given one on its first delivery (writer only)."""
-        no = self._recipients.get(recipient)
+        no = self._recipients.get(recipient) or self._new_recipients.get(recipient)
         if no is None:
             self._w.execute("INSERT OR IGNORE INTO recipients (id) VALUES (?)", (recipient,))
             (no,) = self._w.execute("SELECT no FROM recipients WHERE id=?", (recipient,)).fetchone()
@@ -829,14 +835,13 @@ class SqliteStore:
 
     def _inbox_rows(self, projection: Projection) -> list[tuple[int, int]]:
         # Every delivery of a projection is of a message in that same projection.
-        where = {m.id: (m.pipeline << POS_BITS) | m.index for m in projection.messages}
+        where = {m.id: _pos(m.pipeline, m.index) for m in projection.messages}
         rows: list[tuple[int, int]] = []
         for recipient, msg_id in projection.inbox:
             position = where.get(msg_id)
             if position is None:  # pragma: no cover - a broken invariant
                 raise StorageError(f"inbox entry for {msg_id}, which is not in its projection")
-            no = self._new_recipients.get(recipient) or self._recipient(recipient)
-            rows.append((no, position))
+            rows.append((self._recipient(recipient), position))
         return rows
 
     def message(self, msg_id: str) -> MessageRow | None:

@@ -53,7 +53,7 @@ from typing import Any, Final
 import orjson
 
 from chainmail.errors import InvalidMessage
-from chainmail.ids import FeedId, MsgId
+from chainmail.ids import FeedId, MsgId, msg_id_from_digest
 from chainmail.keys import Keypair, verify_signature
 
 __all__ = [
@@ -641,8 +641,7 @@ def _id_and_length(text: str, utf8: bytes) -> tuple[MsgId, int]:
     """The message id and the UTF-16 length of ``text`` (whose UTF-8 is ``utf8``)."""
     # One byte a UTF-16 unit, so its length is the UTF-16 length.
     binary = utf8 if utf8.isascii() else text.encode("utf-16-le")[::2]
-    digest = binascii.b2a_base64(hashlib.sha256(binary).digest(), newline=False)
-    return MsgId("%" + digest.decode("ascii") + ".sha256"), len(binary)
+    return msg_id_from_digest(hashlib.sha256(binary).digest()), len(binary)
 
 
 def _message_utf8(msg: dict[str, Any]) -> bytes:
