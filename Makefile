@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint unit interop clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml src/chainmail/_ssbscan.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

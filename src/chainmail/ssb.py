@@ -46,6 +46,7 @@ import json.scanner
 import math
 import re
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any, Final
@@ -55,6 +56,16 @@ import orjson
 from chainmail.errors import InvalidMessage
 from chainmail.ids import FeedId, MsgId, msg_id_from_digest
 from chainmail.keys import Keypair, verify_signature
+
+#: What ``_ssbscan.scan`` returns for a message in JSON.stringify's exact form.
+_Scanned = tuple[bytes, str, bytes, int, str | None, int, int, bytes, int, bool]
+#: The one-pass C scanner of the common message, when the package was built
+#: with it (an optional extension); None: the Python path alone.
+_scan: Callable[[bytes], _Scanned | None] | None
+try:
+    from chainmail._ssbscan import scan as _scan
+except ImportError:  # pragma: no cover - built without a C compiler
+    _scan = None
 
 __all__ = [
     "HMAC_KEY_BYTES",
@@ -783,10 +794,7 @@ def _check(
     text = utf8.decode("utf-8")
     mid, length = _id_and_length(text, utf8)
     if length > MAX_MESSAGE_LENGTH:
-        raise InvalidMessage(
-            f"message is {length} UTF-16 units as JSON, limit {MAX_MESSAGE_LENGTH}",
-            code="too_large",
-        )
+        raise _too_long(length)
     if verify:
         # The signature is the last member, so the unsigned JSON is the signed
         # one without it: no second serialisation.
@@ -796,9 +804,7 @@ def _check(
         # The regexes above admitted only canonical base64 here.
         raw = binascii.a2b_base64(signature[: -len(_SIG_SUFFIX)])
         if not verify_signature(public, signed, raw):
-            raise InvalidMessage(
-                f"signature does not verify for {author}", code="invalid_signature"
-            )
+            raise _bad_signature(author)
     return _checked(
         mid,
         FeedId(author),
@@ -866,7 +872,49 @@ def validate(
     return check_order(check(msg, hmac_key), state)
 
 
-def _check_raw(data: object, key: bytes | None) -> Checked:
+def _too_long(length: int) -> InvalidMessage:
+    return InvalidMessage(
+        f"message is {length} UTF-16 units as JSON, limit {MAX_MESSAGE_LENGTH}",
+        code="too_large",
+    )
+
+
+def _bad_signature(author: str) -> InvalidMessage:
+    return InvalidMessage(f"signature does not verify for {author}", code="invalid_signature")
+
+
+def _check_scanned(raw: bytes, scanned: _Scanned, key: bytes | None) -> Checked:
+    """``_check`` of a message ``_ssbscan.scan`` recognised: its rules of shape already hold.
+
+    The scanner checked the key order, the ids, sequence, timestamp, hash,
+    content type and signature shapes, and wrote the 2-space text; what is
+    left is the size limit, the id and the signature, as in ``_check``.
+    """
+    utf8, author, public, sequence, previous, timestamp, signed_end, signature, length, ascii = (
+        scanned
+    )
+    if length > MAX_MESSAGE_LENGTH:
+        raise _too_long(length)
+    text = utf8.decode("utf-8")
+    binary = utf8 if ascii else text.encode("utf-16-le")[::2]
+    mid = msg_id_from_digest(hashlib.sha256(binary).digest())
+    signed = utf8[:signed_end] + b"\n}"
+    if key is not None:
+        signed = _hmac(signed, key)
+    if not verify_signature(public, signed, signature):
+        raise _bad_signature(author)
+    return _checked(
+        mid,
+        FeedId(author),
+        sequence,
+        None if previous is None else MsgId(previous),
+        timestamp,
+        orjson.loads(raw)["content"],
+        text,
+    )
+
+
+def _check_raw(data: object, key: bytes | None, *, scan: bool = True) -> Checked:
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -876,6 +924,10 @@ def _check_raw(data: object, key: bytes | None) -> Checked:
         raise InvalidMessage(
             f"message is {len(raw)} bytes as received, limit {MAX_RAW_BYTES}", code="too_large"
         )
+    if scan and _scan is not None:
+        scanned = _scan(raw)
+        if scanned is not None:
+            return _check_scanned(raw, scanned, key)
     loaded = _loads_fast(raw)
     if loaded is not None and loaded[1] and raw[1:2] == b"\n":
         # raw is orjson's 2-space text of a plain value: JSON.stringify's bytes.

@@ -1,0 +1,519 @@
+/* chainmail._ssbscan: the common SSB message, recognised in one pass.
+ *
+ * scan(raw) answers for a message received as JSON text that is already in
+ * the exact form JavaScript writes: JSON.stringify(msg) (compact, as NDJSON
+ * lines carry it) or JSON.stringify(msg, null, 2). For such a message it
+ * returns the 2-space text that is signed, hashed and stored, and the fields
+ * the SSB rules read, after checking those rules' shapes; for anything else
+ * it returns None, and ssb.py's Python path decides (and names the error).
+ *
+ * "Exact form" is deliberately narrow, so that the 2-space text written here
+ * is JSON.stringify's for the parsed value without a serialiser:
+ *   - no whitespace but the layout of the form itself;
+ *   - strings as JSON.stringify escapes them: \" \\ \b \f \n \r \t, \u00xx
+ *     (lowercase) for the other control characters, everything else as
+ *     strict UTF-8 (no surrogates, no overlong forms);
+ *   - integers only, within +-(2^53-1), no "-0" and no leading zeros
+ *     (a fraction or exponent goes to the Python path);
+ *   - no key made only of digits (JavaScript moves array-index keys first),
+ *     no duplicate key, nesting at most MAX_DEPTH deep.
+ * ssb.py holds the two paths equal with property tests.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_DEPTH 32
+#define MAX_KEYS 64
+#define MAX_SAFE 9007199254740991LL
+#define MAX_SEQUENCE 2147483647LL
+
+typedef struct {
+    const unsigned char *p;   /* next input byte */
+    const unsigned char *end; /* one past the input */
+    int indented;             /* input is the 2-space form (else compact) */
+    unsigned char *out;       /* the 2-space text being written */
+    Py_ssize_t len, cap;
+    int failed;               /* out of memory: raise, not None */
+    int type_ok;              /* an object at depth 1 had a plain "type" of 3..52 chars */
+} Scan;
+
+typedef enum { V_NONE, V_OBJECT, V_ARRAY, V_STRING, V_NUMBER, V_LITERAL } Kind;
+
+typedef struct {
+    Kind kind;
+    const unsigned char *start; /* the value's text in the input */
+    Py_ssize_t size;
+    long long number;           /* V_NUMBER */
+    int escaped;                /* V_STRING: contains an escape or non-ASCII */
+} Value;
+
+static int reserve(Scan *s, Py_ssize_t more) {
+    if (s->len + more <= s->cap) return 1;
+    Py_ssize_t cap = s->cap * 2;
+    while (cap < s->len + more) cap *= 2;
+    unsigned char *grown = PyMem_Realloc(s->out, (size_t)cap);
+    if (grown == NULL) {
+        s->failed = 1;
+        return 0;
+    }
+    s->out = grown;
+    s->cap = cap;
+    return 1;
+}
+
+static int emit(Scan *s, const unsigned char *bytes, Py_ssize_t n) {
+    if (!reserve(s, n)) return 0;
+    memcpy(s->out + s->len, bytes, (size_t)n);
+    s->len += n;
+    return 1;
+}
+
+/* A newline and the indentation of `depth` levels. */
+static int emit_break(Scan *s, int depth) {
+    if (!reserve(s, 1 + 2 * depth)) return 0;
+    s->out[s->len++] = '\n';
+    memset(s->out + s->len, ' ', (size_t)(2 * depth));
+    s->len += 2 * depth;
+    return 1;
+}
+
+/* In the indented form, the same break must be in the input. */
+static int expect_break(Scan *s, int depth) {
+    if (!s->indented) return 1;
+    Py_ssize_t n = 1 + 2 * depth;
+    if (s->end - s->p < n || s->p[0] != '\n') return 0;
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (s->p[i] != ' ') return 0;
+    s->p += n;
+    return 1;
+}
+
+static int hex_lower(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* One UTF-8 sequence starting at p (first byte >= 0x80), strictly: no
+ * overlong forms, no surrogates, nothing beyond U+10FFFF. Its length or 0. */
+static int utf8_length(const unsigned char *p, const unsigned char *end) {
+    unsigned char c = p[0];
+    Py_ssize_t left = end - p;
+    if (c >= 0xC2 && c <= 0xDF) {
+        return left >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    }
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (left < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
+        if (c == 0xE0 && p[1] < 0xA0) return 0; /* overlong */
+        if (c == 0xED && p[1] >= 0xA0) return 0; /* a surrogate */
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (left < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 ||
+            (p[3] & 0xC0) != 0x80)
+            return 0;
+        if (c == 0xF0 && p[1] < 0x90) return 0; /* overlong */
+        if (c == 0xF4 && p[1] >= 0x90) return 0; /* beyond U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
+static int scan_string(Scan *s, Value *v) {
+    const unsigned char *start = s->p;
+    if (s->p >= s->end || *s->p != '"') return 0;
+    s->p++;
+    int escaped = 0;
+    for (;;) {
+        if (s->p >= s->end) return 0;
+        unsigned char c = *s->p;
+        if (c == '"') {
+            s->p++;
+            break;
+        }
+        if (c < 0x20) return 0;
+        if (c == '\\') {
+            escaped = 1;
+            if (s->end - s->p < 2) return 0;
+            unsigned char e = s->p[1];
+            if (e == '"' || e == '\\' || e == 'b' || e == 'f' || e == 'n' || e == 'r' ||
+                e == 't') {
+                s->p += 2;
+                continue;
+            }
+            if (e != 'u' || s->end - s->p < 6 || s->p[2] != '0' || s->p[3] != '0') return 0;
+            int hi = hex_lower(s->p[4]), lo = hex_lower(s->p[5]);
+            if (hi < 0 || lo < 0) return 0;
+            int code = hi * 16 + lo;
+            /* Only control characters without a short escape are written so. */
+            if (code >= 0x20 || code == 0x08 || code == 0x09 || code == 0x0A || code == 0x0C ||
+                code == 0x0D)
+                return 0;
+            s->p += 6;
+            continue;
+        }
+        if (c >= 0x80) {
+            int n = utf8_length(s->p, s->end);
+            if (n == 0) return 0;
+            escaped = 1;
+            s->p += n;
+            continue;
+        }
+        s->p++;
+    }
+    v->kind = V_STRING;
+    v->start = start;
+    v->size = s->p - start;
+    v->escaped = escaped;
+    return emit(s, start, v->size);
+}
+
+static int scan_number(Scan *s, Value *v) {
+    const unsigned char *start = s->p;
+    int negative = 0;
+    if (s->p < s->end && *s->p == '-') {
+        negative = 1;
+        s->p++;
+    }
+    if (s->p >= s->end || *s->p < '0' || *s->p > '9') return 0;
+    long long value = 0;
+    if (*s->p == '0') {
+        s->p++;
+        if (negative) return 0; /* "-0": JavaScript writes 0 */
+    } else {
+        int digits = 0;
+        while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
+            if (++digits > 16) return 0;
+            value = value * 10 + (*s->p - '0');
+            s->p++;
+        }
+        if (value > MAX_SAFE) return 0;
+    }
+    if (s->p < s->end && (*s->p == '.' || *s->p == 'e' || *s->p == 'E' ||
+                          (*s->p >= '0' && *s->p <= '9')))
+        return 0;
+    v->kind = V_NUMBER;
+    v->start = start;
+    v->size = s->p - start;
+    v->number = negative ? -value : value;
+    return emit(s, start, v->size);
+}
+
+static int scan_literal(Scan *s, Value *v, const char *word) {
+    Py_ssize_t n = (Py_ssize_t)strlen(word);
+    if (s->end - s->p < n || memcmp(s->p, word, (size_t)n) != 0) return 0;
+    v->kind = V_LITERAL;
+    v->start = s->p;
+    v->size = n;
+    s->p += n;
+    return emit(s, (const unsigned char *)word, n);
+}
+
+static int scan_value(Scan *s, Value *v, int depth);
+
+/* A key: a string not made only of digits. */
+static int scan_key(Scan *s, Value *key) {
+    if (!scan_string(s, key)) return 0;
+    Py_ssize_t n = key->size - 2;
+    if (n == 0) return 1;
+    for (Py_ssize_t i = 1; i <= n; i++)
+        if (key->start[i] < '0' || key->start[i] > '9') return 1;
+    return 0;
+}
+
+typedef struct {
+    const unsigned char *start;
+    Py_ssize_t size;
+} Span;
+
+static int is_span(const Span *k, const char *quoted) {
+    Py_ssize_t n = (Py_ssize_t)strlen(quoted);
+    return k->size == n && memcmp(k->start, quoted, (size_t)n) == 0;
+}
+
+/* An object's members; their keys go to `keys` (MAX_KEYS), and their values
+ * to `values` when it is not NULL (the message itself). At depth 1 (a member
+ * of the message: only content may be an object) a "type" member is judged. */
+static int scan_object(Scan *s, int depth, Span *keys, Value *values, int *count) {
+    s->p++; /* '{' */
+    if (!emit(s, (const unsigned char *)"{", 1)) return 0;
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        *count = 0;
+        return emit(s, (const unsigned char *)"}", 1);
+    }
+    int n = 0;
+    for (;;) {
+        if (n == MAX_KEYS) return 0;
+        if (!expect_break(s, depth + 1) || !emit_break(s, depth + 1)) return 0;
+        Value key, item;
+        if (!scan_key(s, &key)) return 0;
+        for (int i = 0; i < n; i++)
+            if (keys[i].size == key.size && memcmp(keys[i].start, key.start, (size_t)key.size) == 0)
+                return 0; /* a duplicate: JSON.parse keeps the last */
+        keys[n].start = key.start;
+        keys[n].size = key.size;
+        if (s->p >= s->end || *s->p != ':') return 0;
+        s->p++;
+        if (s->indented) {
+            if (s->p >= s->end || *s->p != ' ') return 0;
+            s->p++;
+        }
+        if (!emit(s, (const unsigned char *)": ", 2)) return 0;
+        Value *v = values != NULL ? &values[n] : &item;
+        if (!scan_value(s, v, depth + 1)) return 0;
+        if (depth == 1 && is_span(&keys[n], "\"type\""))
+            s->type_ok = v->kind == V_STRING && !v->escaped && v->size - 2 >= 3 &&
+                         v->size - 2 <= 52;
+        n++;
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            if (!emit(s, (const unsigned char *)",", 1)) return 0;
+            continue;
+        }
+        if (!expect_break(s, depth) || s->p >= s->end || *s->p != '}') return 0;
+        s->p++;
+        *count = n;
+        return emit_break(s, depth) && emit(s, (const unsigned char *)"}", 1);
+    }
+}
+
+static int scan_nested_object(Scan *s, int depth) {
+    Span keys[MAX_KEYS];
+    int count;
+    return scan_object(s, depth, keys, NULL, &count);
+}
+
+static int scan_array(Scan *s, int depth) {
+    s->p++; /* '[' */
+    if (!emit(s, (const unsigned char *)"[", 1)) return 0;
+    if (s->p < s->end && *s->p == ']') {
+        s->p++;
+        return emit(s, (const unsigned char *)"]", 1);
+    }
+    for (;;) {
+        Value item;
+        if (!expect_break(s, depth + 1) || !emit_break(s, depth + 1)) return 0;
+        if (!scan_value(s, &item, depth + 1)) return 0;
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            if (!emit(s, (const unsigned char *)",", 1)) return 0;
+            continue;
+        }
+        if (!expect_break(s, depth) || s->p >= s->end || *s->p != ']') return 0;
+        s->p++;
+        return emit_break(s, depth) && emit(s, (const unsigned char *)"]", 1);
+    }
+}
+
+static int scan_value(Scan *s, Value *v, int depth) {
+    if (s->p >= s->end) return 0;
+    v->start = s->p;
+    switch (*s->p) {
+    case '{':
+        if (depth >= MAX_DEPTH || !scan_nested_object(s, depth)) return 0;
+        v->kind = V_OBJECT;
+        break;
+    case '[':
+        if (depth >= MAX_DEPTH || !scan_array(s, depth)) return 0;
+        v->kind = V_ARRAY;
+        break;
+    case '"':
+        return scan_string(s, v);
+    case 't':
+        return scan_literal(s, v, "true");
+    case 'f':
+        return scan_literal(s, v, "false");
+    case 'n':
+        return scan_literal(s, v, "null");
+    default:
+        return scan_number(s, v);
+    }
+    v->size = s->p - v->start;
+    return 1;
+}
+
+static const signed char B64[256] = {
+    ['A'] = 1,  ['B'] = 2,  ['C'] = 3,  ['D'] = 4,  ['E'] = 5,  ['F'] = 6,  ['G'] = 7,
+    ['H'] = 8,  ['I'] = 9,  ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14,
+    ['O'] = 15, ['P'] = 16, ['Q'] = 17, ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21,
+    ['V'] = 22, ['W'] = 23, ['X'] = 24, ['Y'] = 25, ['Z'] = 26, ['a'] = 27, ['b'] = 28,
+    ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32, ['g'] = 33, ['h'] = 34, ['i'] = 35,
+    ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40, ['o'] = 41, ['p'] = 42,
+    ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48, ['w'] = 49,
+    ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56,
+    ['4'] = 57, ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['+'] = 63,
+    ['/'] = 64,
+}; /* value + 1; 0 for anything else */
+
+/* Canonical base64 of `nbytes` (32 or 64) bytes, `text` without the quotes:
+ * decoded into `out`, or 0 when not canonical (the unused low bits of the
+ * last character must be zero, as is-canonical-base64 demands). */
+static int b64_decode(const unsigned char *text, Py_ssize_t size, int nbytes, unsigned char *out) {
+    int chars = (nbytes + 2) / 3 * 4, pad = (3 - nbytes % 3) % 3;
+    if (size != chars) return 0;
+    for (int i = chars - pad; i < chars; i++)
+        if (text[i] != '=') return 0;
+    uint32_t acc = 0;
+    int bits = 0, o = 0;
+    for (int i = 0; i < chars - pad; i++) {
+        int d = B64[text[i]] - 1;
+        if (d < 0) return 0;
+        acc = (acc << 6) | (uint32_t)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o < nbytes) out[o++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    return o == nbytes && acc == 0;
+}
+
+/* A string value `"<prefix><base64 of nbytes><suffix>"` (no escapes possible). */
+static int sigil_id(const Value *v, char prefix, int nbytes, const char *suffix,
+                    unsigned char *out) {
+    Py_ssize_t tail = (Py_ssize_t)strlen(suffix), chars = (nbytes + 2) / 3 * 4;
+    Py_ssize_t plen = prefix ? 1 : 0;
+    if (v->kind != V_STRING || v->size != 2 + plen + chars + tail) return 0;
+    const unsigned char *text = v->start + 1;
+    if (prefix && text[0] != (unsigned char)prefix) return 0;
+    if (memcmp(text + plen + chars, suffix, (size_t)tail) != 0) return 0;
+    return b64_decode(text + plen, chars, nbytes, out);
+}
+
+static int is_word(const Value *v, const char *quoted) {
+    Py_ssize_t n = (Py_ssize_t)strlen(quoted);
+    return v->size == n && memcmp(v->start, quoted, (size_t)n) == 0;
+}
+
+/* UTF-16 code units of UTF-8 text: one a character, two beyond U+FFFF. */
+static Py_ssize_t utf16_units(const unsigned char *p, Py_ssize_t n, int *ascii) {
+    Py_ssize_t units = 0;
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            units++;
+        } else {
+            plain = 0;
+            if (c >= 0xF0) units += 2;
+            else if (c >= 0xC0) units++;
+        }
+    }
+    *ascii = plain;
+    return units;
+}
+
+static const char *const ORDER_A[7] = {"\"previous\"", "\"author\"",  "\"sequence\"",
+                                       "\"timestamp\"", "\"hash\"", "\"content\"",
+                                       "\"signature\""};
+static const char *const ORDER_B[7] = {"\"previous\"", "\"sequence\"", "\"author\"",
+                                       "\"timestamp\"", "\"hash\"", "\"content\"",
+                                       "\"signature\""};
+
+static int key_order(const Span *keys, const char *const *order) {
+    for (int i = 0; i < 7; i++)
+        if (!is_span(&keys[i], order[i])) return 0;
+    return 1;
+}
+
+PyDoc_STRVAR(scan_doc,
+             "scan(raw: bytes) -> tuple | None\n\n"
+             "For an SSB message in JSON.stringify's exact compact or 2-space form:\n"
+             "(text, author, public_key, sequence, previous, timestamp, signed_end,\n"
+             "signature, utf16_length, ascii), where text is the 2-space UTF-8 and\n"
+             "text[:signed_end] + b'\\n}' is what the signature covers. None otherwise.");
+
+static PyObject *scan(PyObject *module, PyObject *arg) {
+    (void)module;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes bytes");
+        return NULL;
+    }
+    const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg);
+    if (size < 2 || raw[0] != '{') Py_RETURN_NONE;
+    Scan s = {raw, raw + size, raw[1] == '\n', NULL, 0, 0, 0, 0};
+    s.cap = size + size / 4 + 256;
+    s.out = PyMem_Malloc((size_t)s.cap);
+    if (s.out == NULL) return PyErr_NoMemory();
+
+    PyObject *result = NULL;
+    Span keys[MAX_KEYS];
+    Value values[MAX_KEYS];
+    int count = 0;
+    unsigned char public[32], signature[64], previous_digest[32];
+    /* The last member's comma: where the unsigned text ends. */
+    Py_ssize_t signed_end = 0;
+
+    if (!scan_object(&s, 0, keys, values, &count) || s.p != s.end || count != 7) goto none;
+    if (!key_order(keys, ORDER_A) && !key_order(keys, ORDER_B)) goto none;
+    const Value *previous = &values[0];
+    const Value *author = is_span(&keys[1], "\"author\"") ? &values[1] : &values[2];
+    const Value *sequence = is_span(&keys[1], "\"author\"") ? &values[2] : &values[1];
+    const Value *timestamp = &values[3], *hash = &values[4], *content = &values[5];
+    const Value *sig = &values[6];
+    if (!sigil_id(author, '@', 32, ".ed25519", public)) goto none;
+    if (sequence->kind != V_NUMBER || sequence->number < 1 || sequence->number > MAX_SEQUENCE)
+        goto none;
+    int first = sequence->number == 1;
+    if (first ? !(previous->kind == V_LITERAL && is_word(previous, "null"))
+              : !sigil_id(previous, '%', 32, ".sha256", previous_digest))
+        goto none;
+    if (timestamp->kind != V_NUMBER) goto none;
+    if (!is_word(hash, "\"sha256\"")) goto none;
+    if (content->kind != V_OBJECT) goto none; /* a private box: the Python path */
+    if (!s.type_ok) goto none;
+    if (!sigil_id(sig, 0, 64, ".sig.ed25519", signature)) goto none;
+    /* The 2-space text ends with  ,\n  "signature": "…"\n}  (19 bytes and the value). */
+    signed_end = s.len - (19 + sig->size);
+    if (signed_end <= 0 || s.out[signed_end] != ',') goto none;
+
+    int ascii;
+    Py_ssize_t units = utf16_units(s.out, s.len, &ascii);
+    PyObject *text = s.indented && s.len == size && memcmp(s.out, raw, (size_t)size) == 0
+                         ? (Py_INCREF(arg), arg)
+                         : PyBytes_FromStringAndSize((const char *)s.out, s.len);
+    if (text == NULL) goto done;
+    PyObject *previous_obj =
+        first ? (Py_INCREF(Py_None), Py_None)
+              : PyUnicode_FromStringAndSize((const char *)previous->start + 1, previous->size - 2);
+    if (previous_obj == NULL) {
+        Py_DECREF(text);
+        goto done;
+    }
+    result = Py_BuildValue("(Ns#y#LNLny#nO)", text, (const char *)author->start + 1,
+                           author->size - 2, (const char *)public, (Py_ssize_t)32,
+                           sequence->number, previous_obj, timestamp->number, signed_end,
+                           (const char *)signature, (Py_ssize_t)64, units,
+                           ascii ? Py_True : Py_False);
+    goto done;
+none:
+    if (s.failed) {
+        PyMem_Free(s.out);
+        return PyErr_NoMemory();
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(s.out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_O, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "chainmail._ssbscan",
+    .m_doc = "The common SSB message recognised in one pass (see ssb.py).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__ssbscan(void) { return PyModule_Create(&module_def); }

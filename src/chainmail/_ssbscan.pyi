@@ -1,0 +1,3 @@
+def scan(
+    raw: bytes, /
+) -> tuple[bytes, str, bytes, int, str | None, int, int, bytes, int, bool] | None: ...
