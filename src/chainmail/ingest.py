@@ -27,6 +27,7 @@ from typing import Final
 
 from chainmail import content, ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError
+from chainmail.ids import MsgId
 from chainmail.sequencer import Result, policy_view
 
 __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
@@ -91,24 +92,40 @@ def _die_with_parent() -> None:
                 os._exit(1)
 
 
+#: A message a worker passed, as it travels back: its id and 2-space text when
+#: it came in JSON.stringify's exact form (``ssb.from_exact`` rebuilds it from
+#: the raw bytes the node still holds), else the whole ``Checked``.
+_Passed = tuple[MsgId, bytes] | ssb.Checked
+
+
 def _check_chunk(
     items: list[bytes], hmac_key: bytes | None, node_id: str | None
-) -> list[ssb.Checked | Error]:
+) -> list[_Passed | Error]:
     """In a worker: the SSB rules, the signature and the node's content policy.
 
     The policy is stateless (it needs only the node's id), so it runs here on
-    all cores rather than on the sequencer's one thread.
+    all cores rather than on the sequencer's one thread. Results pickle small:
+    an id and a text instead of a parsed message and its text (~1.3 KB and
+    4 µs to pickle, 3.5 µs to unpickle a message).
     """
-    results: list[ssb.Checked | Error] = []
-    for checked in ssb.check_batch(items, hmac_key):
-        if isinstance(checked, ssb.Checked):
-            try:
-                content.check_policy(policy_view(checked), node_id=node_id)
-            except Error as exc:
-                results.append(exc)
-                continue
-        results.append(checked)
+    results: list[_Passed | Error] = []
+    for raw in items:
+        try:
+            checked, exact = ssb.check_raw_exact(raw, hmac_key)
+            content.check_policy(policy_view(checked), node_id=node_id)
+        except Error as exc:
+            results.append(exc)
+            continue
+        results.append(checked if exact is None else (checked.id, exact))
     return results
+
+
+def _unpack(raws: list[bytes], passed: list[_Passed | Error]) -> list[ssb.Checked | Error]:
+    """The workers' results for ``raws`` as ``Checked`` messages (or their errors)."""
+    return [
+        ssb.from_exact(raw, *item) if type(item) is tuple else item  # type: ignore[misc]
+        for raw, item in zip(raws, passed, strict=True)
+    ]
 
 
 class Ingest:
@@ -223,7 +240,7 @@ class Ingest:
                 raws.extend(request.raws)
             checked: asyncio.Future[list[ssb.Checked | Error]] = loop.create_future()
             if self._pool is None or len(raws) < _INLINE_BELOW:
-                checked.set_result(_check_chunk(raws, self._hmac_key, self._node_id))
+                checked.set_result(_unpack(raws, _check_chunk(raws, self._hmac_key, self._node_id)))
             else:
                 chunks = _split(raws, self._workers)
                 parts = [
@@ -233,7 +250,7 @@ class Ingest:
                     for chunk in chunks
                 ]
                 gathered = asyncio.gather(*parts)
-                gathered.add_done_callback(functools.partial(_join, out=checked))
+                gathered.add_done_callback(functools.partial(_join, raws=raws, out=checked))
             await self._checked.put((requests, checked))
 
     async def _drain(self) -> None:
@@ -329,7 +346,8 @@ def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
 
 
 def _join(
-    gathered: asyncio.Future[list[list[ssb.Checked | Error]]],
+    gathered: asyncio.Future[list[list[_Passed | Error]]],
+    raws: list[bytes],
     out: asyncio.Future[list[ssb.Checked | Error]],
 ) -> None:
     if out.done():
@@ -338,4 +356,7 @@ def _join(
     if exc is not None:
         out.set_exception(exc)
         return
-    out.set_result([c for chunk in gathered.result() for c in chunk])
+    try:
+        out.set_result(_unpack(raws, [c for chunk in gathered.result() for c in chunk]))
+    except Exception as err:  # pragma: no cover - a worker broke its contract
+        out.set_exception(err)

@@ -79,7 +79,9 @@ __all__ = [
     "check_batch",
     "check_order",
     "check_raw",
+    "check_raw_exact",
     "create",
+    "from_exact",
     "message_id",
     "parse",
     "stringify",
@@ -915,6 +917,12 @@ def _check_scanned(raw: bytes, scanned: _Scanned, key: bytes | None) -> Checked:
 
 
 def _check_raw(data: object, key: bytes | None, *, scan: bool = True) -> Checked:
+    return _check_raw_exact(data, key, scan=scan)[0]
+
+
+def _check_raw_exact(
+    data: object, key: bytes | None, *, scan: bool = True
+) -> tuple[Checked, bytes | None]:
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -927,18 +935,18 @@ def _check_raw(data: object, key: bytes | None, *, scan: bool = True) -> Checked
     if scan and _scan is not None:
         scanned = _scan(raw)
         if scanned is not None:
-            return _check_scanned(raw, scanned, key)
+            return _check_scanned(raw, scanned, key), scanned[0]
     loaded = _loads_fast(raw)
     if loaded is not None and loaded[1] and raw[1:2] == b"\n":
         # raw is orjson's 2-space text of a plain value: JSON.stringify's bytes.
-        return _check(loaded[0], key, utf8=raw)
+        return _check(loaded[0], key, utf8=raw), None
     msg, plain = _loads(raw, fast=False) if loaded is None else loaded
     utf8 = None
     if plain:
         # Unsafe integers and orjson's depth limit fall through to the pure path.
         with contextlib.suppress(orjson.JSONEncodeError):
             utf8 = orjson.dumps(msg, option=_ORJSON_INDENT)
-    return _check(msg, key, utf8=utf8)
+    return _check(msg, key, utf8=utf8), None
 
 
 def check_raw(data: bytes, hmac_key: bytes | str | None = None) -> Checked:
@@ -949,6 +957,36 @@ def check_raw(data: bytes, hmac_key: bytes | str | None = None) -> Checked:
     ``check``.
     """
     return _check_raw(data, _hmac_key(hmac_key))
+
+
+def check_raw_exact(
+    data: bytes, hmac_key: bytes | str | None = None
+) -> tuple[Checked, bytes | None]:
+    """``check_raw``, and the 2-space UTF-8 when ``data`` was in JSON.stringify's exact form.
+
+    For such a message ``from_exact(data, checked.id, utf8)`` rebuilds the
+    same ``Checked`` from ``data`` alone: a verify worker sends back the id
+    and text instead of the parsed message. The second item is None for a
+    message that took the Python path (or a build without the C scanner).
+    """
+    return _check_raw_exact(data, _hmac_key(hmac_key))
+
+
+def from_exact(data: bytes, mid: MsgId, utf8: bytes) -> Checked:
+    """The ``Checked`` of an exact-form message that ``check_raw_exact`` passed.
+
+    Only for what ``check_raw_exact`` returned with its text: nothing is checked again.
+    """
+    msg = orjson.loads(data)
+    return _checked(
+        mid,
+        msg["author"],
+        msg["sequence"],
+        msg["previous"],
+        msg["timestamp"],
+        msg["content"],
+        utf8.decode("utf-8"),
+    )
 
 
 def check_batch(

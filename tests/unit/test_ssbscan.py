@@ -279,3 +279,20 @@ def test_exact_messages_take_the_scanner_and_answer_as_the_python_path(
     for raw in _forms(msg)[:2]:
         assert ssb._scan is not None and ssb._scan(raw) is not None
         assert _same(raw)[0] == "ok"
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(KEYS, VALUES, max_size=5), st.booleans())
+def test_a_worker_result_rebuilds_the_same_checked(body: dict[str, Any], keyed: bool) -> None:
+    # What a verify worker sends back (id and text) plus the raw bytes is the whole message.
+    key = NET_KEY if keyed else None
+    try:
+        msg = _message({"type": "tx/note", **body}, key=key)
+    except InvalidMessage:
+        assume(False)
+        return
+    for raw in _forms(msg):
+        checked, exact = ssb.check_raw_exact(raw, key)
+        assert checked == ssb._check_raw(raw, key, scan=False)
+        if exact is not None:
+            assert ssb.from_exact(raw, checked.id, exact) == checked
