@@ -518,7 +518,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         limit = _int_param(
             request.query_params.get("limit"), "limit", 100, minimum=1, maximum=_MAX_LIMIT
         )
-        entries = _entries(me, limit)
+        entries = await asyncio.to_thread(_entries, me, limit)
         return Response(
             b'{"entries":[' + b",".join(_entry_json(*e) for e in entries) + b"]}",
             media_type="application/json",
@@ -564,13 +564,18 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                     continue
                 await asyncio.to_thread(node.store.ack, me, ids)
 
+        def frames(after: int) -> list[tuple[int, str]]:
+            # Read and encoded off the event loop: a wake reaches every follower
+            # of a recipient at once, and none of them may hold up the others.
+            return [(e[0], _entry_json(*e).decode("utf-8")) for e in _entries(me, 500, after)]
+
         reader = asyncio.create_task(acks())
         try:
             while not reader.done():
-                entries = _entries(me, 500, last)
-                for entry in entries:
-                    await ws.send_text(_entry_json(*entry).decode("utf-8"))
-                    last = entry[0]
+                entries = await asyncio.to_thread(frames, last)
+                for delivery, frame in entries:
+                    await ws.send_text(frame)
+                    last = delivery
                 if not entries:
                     waiter = asyncio.create_task(signal.wait(5.0))
                     await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -597,13 +602,21 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         follow = follow_default if not flag else flag.lower() in ("1", "true", "yes")
         return pipeline, start, follow
 
+    def _firehose_chunk(pipeline: int, position: int) -> tuple[bytes, int]:
+        """Up to 1,000 lines from ``position``, and the position after them."""
+        entries = node.firehose(pipeline, position, 1000)
+        if not entries:
+            return b"", position
+        return b"".join(_firehose_line(e) for e in entries), entries[-1].index + 1
+
     async def _firehose(pipeline: int, start: int, follow: bool) -> AsyncIterator[bytes]:
         position = start
         while True:
-            entries = node.firehose(pipeline, position, 1000)
-            if entries:
-                yield b"".join(_firehose_line(e) for e in entries)
-                position = entries[-1].index + 1
+            # Off the event loop, like the inbox streams: followers read the log
+            # at once after every wake.
+            chunk, position = await asyncio.to_thread(_firehose_chunk, pipeline, position)
+            if chunk:
+                yield chunk
                 continue
             if not follow:
                 return
@@ -613,7 +626,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     @app.get("/v1/firehose", tags=["firehose"], summary="Every message in log order (NDJSON)")
     async def get_firehose(request: Request) -> Response:
         pipeline, start, follow = _firehose_params(request.query_params)
-        node.firehose(pipeline, 0, 0)  # raises NotFound for an unknown pipeline before streaming
+        node.check_pipeline(pipeline)  # NotFound for an unknown pipeline, before streaming
         return StreamingResponse(_firehose(pipeline, start, follow), media_type=NDJSON)
 
     @app.websocket("/v1/firehose")
@@ -621,7 +634,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         try:
             # A WebSocket follows by default; follow=false closes at the end of the log.
             pipeline, start, follow = _firehose_params(ws.query_params, follow_default=True)
-            node.firehose(pipeline, 0, 0)
+            node.check_pipeline(pipeline)
         except Error as exc:
             await ws.close(code=4400, reason=exc.detail[:120])
             return

@@ -311,7 +311,7 @@ class Node:
 
     def checkpoint_text(self, pipeline: int) -> str:
         """The signed C2SP checkpoint of ``pipeline`` at its current size."""
-        self._check_pipeline(pipeline)
+        self.check_pipeline(pipeline)
         size = self.log.size(pipeline)
         cp = checkpoint.Checkpoint(
             origin=f"{self.origin}/{pipeline}", size=size, root=self.log.root(pipeline, size)
@@ -322,7 +322,8 @@ class Node:
         """The C2SP verifier key string of the node's checkpoints."""
         return checkpoint.verifier_key(self.origin, self.identity.public)
 
-    def _check_pipeline(self, pipeline: int) -> None:
+    def check_pipeline(self, pipeline: int) -> None:
+        """Raise ``NotFound`` unless the log has ``pipeline``."""
         if not 0 <= pipeline < self.log.pipelines:
             raise NotFound(f"no pipeline {pipeline} (the node has {self.log.pipelines})")
 
@@ -348,7 +349,7 @@ class Node:
         }
 
     def consistency(self, pipeline: int, size1: int, size2: int) -> list[bytes]:
-        self._check_pipeline(pipeline)
+        self.check_pipeline(pipeline)
         current = self.log.size(pipeline)
         if size2 > current:
             raise ProofError(f"to={size2} is beyond the log's size {current}")
@@ -373,5 +374,5 @@ class Node:
         return registry.search(name, now=self.clock(), limit=limit)
 
     def firehose(self, pipeline: int, start: int, limit: int) -> list[LogEntry]:
-        self._check_pipeline(pipeline)
+        self.check_pipeline(pipeline)
         return self.log.read(pipeline, start, limit)
