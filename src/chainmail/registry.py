@@ -85,6 +85,7 @@ from chainmail.errors import Rejected, StorageError
 
 __all__ = [
     "ADMISSION_MODES",
+    "APPLIED_TYPES",
     "MAX_CLAIMS",
     "Admission",
     "Registry",
@@ -102,6 +103,9 @@ ADMISSION_MODES: Final[tuple[str, ...]] = get_args(Admission)
 #: would bring it back; persisting records with the cursor, atomically,
 #: means a replay never reaches back that far.)
 MAX_CLAIMS: Final = 100
+
+#: The content types ``Registry.apply`` reads; any other changes nothing.
+APPLIED_TYPES: Final = frozenset({"about", "attest", "role", "key/rotate"})
 
 #: The content type anyone may post in ``attested`` mode.
 _OPEN_TYPE: Final = "about"
@@ -372,7 +376,10 @@ class Registry:
                 f"{author} has rotated to {record.rotated_to}: post as the new key",
                 code="key_rotated",
             )
-        kind = content.get("type") if isinstance(content, Mapping) else None
+        # Runs once a message on the single writer: dicts (what JSON gives) skip
+        # the Mapping ABC check, and ``open`` mode skips ``admitted``.
+        mapping = type(content) is dict or isinstance(content, Mapping)
+        kind = content.get("type") if mapping else None  # type: ignore[attr-defined]
         if kind == "key/rotate" and isinstance(content, Mapping):
             target = self._records.get(str(content.get("to")))
             if target is not None and target.rotated_to is not None:
@@ -381,7 +388,7 @@ class Registry:
                     " rotate to a live key",
                     code="key_rotated",
                 )
-        if kind != _OPEN_TYPE and not self.admitted(author, now=now):
+        if self.admission != "open" and kind != _OPEN_TYPE and not self.admitted(author, now=now):
             raise Rejected(
                 f"{author} is not admitted: this node accepts only 'about' messages"
                 " from identities without a current attestation by one of its registrars",

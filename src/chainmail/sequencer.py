@@ -30,7 +30,7 @@ from chainmail.ids import blob_id
 from chainmail.keys import Keypair
 from chainmail.log import Head, Log, NewEntry, pipeline_of
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
-from chainmail.registry import Admission, Registry
+from chainmail.registry import APPLIED_TYPES, Admission, Registry
 from chainmail.store import BlockRow, MessageRow, Projection, Store, TxRow
 
 __all__ = ["Accepted", "Sequencer"]
@@ -40,6 +40,8 @@ log = logging.getLogger("chainmail.sequencer")
 _REPLAY_BATCH: Final = 2000
 #: Closed txs' entries the deadline heap may carry before it is rebuilt.
 _DEADLINE_SLACK: Final = 1024
+#: The types posted into an existing channel (``chan`` names it).
+_CHAN_POSTS: Final = ("chan/msg", "chan/share")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,26 +62,28 @@ Result = Accepted | Error
 
 @dataclass(slots=True)
 class _Pending:
-    """What one batch has decided so far, before it is written."""
+    """What one batch has decided so far, before it is written.
+
+    ``feeds`` holds each author's entries of the batch, in order: their
+    sequences are consecutive (each was its feed's next), so the last one is
+    the feed's head and the one at a sequence is found by subtraction.
+    """
 
     entries: list[NewEntry] = field(default_factory=list)
     positions: list[tuple[int, int]] = field(default_factory=list)
-    heads: dict[str, Head] = field(default_factory=dict)
+    feeds: dict[str, list[NewEntry]] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     ids: dict[str, tuple[int, int]] = field(default_factory=dict)
     projection: Projection = field(default_factory=Projection)
     forks: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)
-    bodies: dict[tuple[str, int], tuple[str, bytes]] = field(default_factory=dict)
 
-
-def _channel_of(msg_id: str, kind: object, body: object) -> str | None:
-    """The channel a chan/* message belongs to (a chan/open is its own channel)."""
-    if kind == "chan/open":
-        return msg_id
-    if kind in ("chan/msg", "chan/share") and isinstance(body, dict):
-        chan = body.get("chan")
-        return chan if isinstance(chan, str) else None
-    return None
+    def at(self, author: str, sequence: int) -> NewEntry | None:
+        """The entry of the batch at ``(author, sequence)``, if any."""
+        entries = self.feeds.get(author)
+        if entries is None:
+            return None
+        offset = sequence - entries[0].sequence
+        return entries[offset] if 0 <= offset < len(entries) else None
 
 
 def policy_view(c: ssb.Checked) -> dict[str, Any]:
@@ -204,7 +208,9 @@ class Sequencer:
                     self._project(
                         projection,
                         entry.id,
-                        msg,
+                        msg["author"],
+                        msg["sequence"],
+                        msg["content"],
                         entry.pipeline,
                         entry.index,
                         entry.received,
@@ -265,42 +271,65 @@ class Sequencer:
         self._commit(pending)
         return results
 
-    def _head(self, author: str, pending: _Pending) -> Head | None:
-        head = pending.heads.get(author)
-        if head is None:
-            head = self.log.head(author)
-        return head
-
     def _admit(
         self, c: ssb.Checked, now: int, pending: _Pending, policy_checked: bool = False
     ) -> Accepted:
-        head = self._head(c.author, pending)
-        if head is not None and c.sequence <= head.sequence:
+        author = c.author
+        sequence = c.sequence
+        batch = pending.feeds.get(author)
+        head: NewEntry | Head | None = batch[-1] if batch else self.log.head(author)
+        if head is None:
+            expected, previous = 1, None
+        elif sequence <= head.sequence:
             return self._known(c, now, pending)
-        state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
-        ssb.check_order(c, state)
-        msg = policy_view(c)
+        else:
+            expected, previous = head.sequence + 1, head.id
+        if sequence != expected or c.previous != previous:
+            # ``check_order``'s own rule, tested inline: a feed's next message
+            # costs no FeedState. Anything else gets its verdict and error.
+            state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+            ssb.check_order(c, state)
+        body_content = c.content
         if not policy_checked:
-            content.check_policy(msg, node_id=self.node_id)
-        self.registry.check(c.author, c.content, now=now)
-        self._check_rules(c.author, c.content, now)
-        if c.author != self.node_id:
+            content.check_policy(policy_view(c), node_id=self.node_id)
+        self.registry.check(author, body_content, now=now)
+        self._check_rules(author, body_content, now)
+        own = author == self.node_id
+        if not own:
             # Per identity, and only for what will be logged: resubmitting or
             # being refused costs no tokens.
-            self.limiter.take(c.author, now=now / 1000)
+            self.limiter.take(author, now=now / 1000)
 
-        pipeline = pipeline_of(c.author, self.log.pipelines)
-        index = pending.sizes.get(pipeline, self.log.size(pipeline))
+        pipeline = pipeline_of(author, self.log.pipelines)
+        index = pending.sizes.get(pipeline)
+        if index is None:
+            index = self.log.size(pipeline)
         pending.sizes[pipeline] = index + 1
         body = c.text.encode("utf-8")
-        pending.entries.append(NewEntry(c.id, c.author, c.sequence, now, body))
-        pending.positions.append((pipeline, index))
-        pending.heads[c.author] = Head(c.sequence, c.id)
-        pending.ids[c.id] = (pipeline, index)
-        pending.bodies[(c.author, c.sequence)] = (c.id, body)
-        self._project(pending.projection, c.id, msg, pipeline, index, now, body, replay=False)
-        pending.projection.cursors[pipeline] = index + 1
-        if c.author != self.node_id:
+        entry = NewEntry(c.id, author, sequence, now, body)
+        pending.entries.append(entry)
+        if batch is None:
+            pending.feeds[author] = [entry]
+        else:
+            batch.append(entry)
+        position = (pipeline, index)
+        pending.positions.append(position)
+        pending.ids[c.id] = position
+        projection = pending.projection
+        self._project(
+            projection,
+            c.id,
+            author,
+            sequence,
+            body_content,
+            pipeline,
+            index,
+            now,
+            body,
+            replay=False,
+        )
+        projection.cursors[pipeline] = index + 1
+        if not own:
             self.dirty = True
         return Accepted(c.id, pipeline, index, created=True)
 
@@ -315,10 +344,10 @@ class Sequencer:
         position = pending.ids.get(c.id) or self.log.locate(c.id)
         if position is not None:
             return Accepted(c.id, position[0], position[1], created=False)
-        in_batch = pending.bodies.get((c.author, c.sequence))
+        in_batch = pending.at(c.author, c.sequence)
         if in_batch is not None:
-            kept_id: str | None = in_batch[0]
-            kept_body = in_batch[1]
+            kept_id: str | None = in_batch.id
+            kept_body = in_batch.body
         else:
             kept = self.store.message_at(c.author, c.sequence)
             kept_id = None if kept is None else kept.id
@@ -351,7 +380,7 @@ class Sequencer:
             return  # an encrypted SSB private box: stored, never routed
         kind = body.get("type")
         tx_id = body.get("tx")
-        if kind in ("chan/msg", "chan/share"):
+        if kind in _CHAN_POSTS:
             chan_id = body.get("chan")
             channel = self.channels.get(chan_id) if isinstance(chan_id, str) else None
             tx_id = txs.channel_post_tx(channel, {"author": author, "content": body})
@@ -359,9 +388,14 @@ class Sequencer:
             tx = self.open.get(tx_id) or self.unsealed.get(tx_id)
             if tx is None and self.store.tx(tx_id) is not None:
                 raise Rejected(f"transaction {tx_id} is closed", code="tx_closed")
-            if tx is not None and tx.status == "open" and txs.expire(tx, now=now):
+            if (
+                tx is not None
+                and tx.status == "open"
+                and now > tx.deadline
+                and txs.expire(tx, now=now)
+            ):
                 self._closed(tx)
-            txs.check(tx, {"author": author, "content": body}, now=now)
+            txs.check_post(tx, author, body, now=now)
 
     # --- projection -----------------------------------------------------------------------
 
@@ -369,7 +403,9 @@ class Sequencer:
         self,
         projection: Projection,
         msg_id: str,
-        msg: dict[str, Any],
+        author: str,
+        sequence: int,
+        body_content: Any,
         pipeline: int,
         index: int,
         received: int,
@@ -377,17 +413,22 @@ class Sequencer:
         *,
         replay: bool,
     ) -> None:
-        """Apply one logged message to the in-memory state and ``projection``. Idempotent."""
-        author = msg["author"]
-        body_content = msg["content"]
+        """Apply one logged message to the in-memory state and ``projection``. Idempotent.
+
+        ``author``, ``sequence`` and ``body_content`` are the message's fields.
+        Without ``replay`` the message has just been admitted, so it is new to
+        the log and to every tx's ``messages``.
+        """
         kind = body_content.get("type") if isinstance(body_content, dict) else None
         tx_id: str | None = None
         tx: txs.Tx | None = None
+        chan: str | None = None
         if kind == "tx/open":
             tx_id = msg_id
             if msg_id not in self.open and msg_id not in self.unsealed:
                 # The policy ran before the message was logged (and must not be
                 # re-judged on replay, like ``txs.apply(..., checked=True)``).
+                msg = {"author": author, "content": body_content}
                 tx = txs.open_tx(msg_id, msg, now=received, checked=True)
                 self._track(tx)
                 self._touched[tx.id] = tx
@@ -396,49 +437,54 @@ class Sequencer:
         elif isinstance(body_content, dict):
             named = body_content.get("tx")
             tx_id = named if isinstance(named, str) else None
-            if tx_id is None and kind == "chan/msg":
-                posted_in = self.channels.get(body_content.get("chan", ""))
-                tx_id = None if posted_in is None else posted_in.tx
+            if kind == "chan/open":
+                chan = msg_id
+            elif kind in _CHAN_POSTS:
+                named_chan = body_content.get("chan")
+                chan = named_chan if isinstance(named_chan, str) else None
+                if tx_id is None and kind == "chan/msg":
+                    posted_in = self.channels.get(body_content.get("chan", ""))
+                    tx_id = None if posted_in is None else posted_in.tx
             if tx_id is not None:
                 tx = self.open.get(tx_id) or self.unsealed.get(tx_id)
-            if tx is not None and tx.status == "open" and msg_id not in tx.messages:
+            if tx is not None and tx.status == "open":
                 # Never raises: a logged message must always project, or a
                 # restart could not replay the log (the rules ran before it
                 # was logged, on this same state; on replay they are not
                 # re-judged, so replay links exactly what the live run did).
-                try:
-                    closes = txs.apply(tx, msg_id, msg, now=received, checked=True)
-                except Error as exc:
-                    log.warning("message %s not linked to tx %s: %s", msg_id, tx.id, exc)
-                    closes = False
-                if closes:
-                    self._closed(tx)
-                self._touched[tx.id] = tx
-        # Applied at once, so the next message of the same batch sees it (a
-        # key/rotate followed by a post from the old key is refused).
-        for ident in self.registry.apply(msg_id, author, body_content, now=received):
-            record = self.registry.record(ident)
-            if record is not None:
-                projection.identities[ident] = record
+                # Live, the message is new, so ``link`` need not look for it
+                # in the tx; a replay may see it again.
+                if not replay:
+                    closes = txs.link(tx, msg_id, author, kind, now=received)
+                elif msg_id not in tx.messages:
+                    try:
+                        msg = {"author": author, "content": body_content}
+                        closes = txs.apply(tx, msg_id, msg, now=received, checked=True)
+                    except Error as exc:
+                        log.warning("message %s not linked to tx %s: %s", msg_id, tx.id, exc)
+                        closes = False
+                else:
+                    closes = None
+                if closes is not None:
+                    if closes:
+                        self._closed(tx)
+                    self._touched[tx.id] = tx
+        type_ = kind if isinstance(kind, str) else None
+        if type_ in APPLIED_TYPES:
+            # Applied at once, so the next message of the same batch sees it (a
+            # key/rotate followed by a post from the old key is refused).
+            for ident in self.registry.apply(msg_id, author, body_content, now=received):
+                record = self.registry.record(ident)
+                if record is not None:
+                    projection.identities[ident] = record
         projection.messages.append(
             MessageRow(
-                msg_id,
-                pipeline,
-                index,
-                author,
-                msg["sequence"],
-                received,
-                kind if isinstance(kind, str) else None,
-                tx_id,
-                body,
-                chan=_channel_of(msg_id, kind, body_content),
+                msg_id, pipeline, index, author, sequence, received, type_, tx_id, body, chan
             )
         )
-        channel = (
-            self.channels.get(body_content.get("chan", ""))
-            if kind in ("chan/msg", "chan/share")
-            else None
-        )
+        if kind is None:
+            return
+        channel = None
         if kind == "chan/open":
             # Built directly, not with ``txs.open_channel``: that re-checks the
             # content policy, which ran before logging and must not run on replay.
@@ -450,16 +496,18 @@ class Sequencer:
             )
             self.channels[msg_id] = opened
             projection.channels[msg_id] = opened.to_dict()
-        elif kind == "chan/share" and channel is not None:
-            txs.share_channel(channel, msg)
-            projection.channels[channel.id] = channel.to_dict()
+        elif kind in _CHAN_POSTS:
+            channel = self.channels.get(body_content.get("chan", ""))
+            if kind == "chan/share" and channel is not None:
+                txs.share_channel(channel, {"author": author, "content": body_content})
+                projection.channels[channel.id] = channel.to_dict()
         elif kind == "block" and author == self.node_id:
             self._project_block(projection, msg_id, body_content, body)
         # Shared readers hold the key too, so a chan/msg reaches every holder.
         members = channel.holders if kind == "chan/msg" and channel is not None else None
-        if kind is not None:
-            for recipient in txs.recipients(author, body_content, tx, members):
-                projection.inbox.append((recipient, msg_id))
+        inbox = projection.inbox
+        for recipient in txs.recipients(author, body_content, tx, members):
+            inbox.append((recipient, msg_id))
 
     def _project_block(
         self, projection: Projection, msg_id: str, body_content: dict[str, Any], body: bytes

@@ -12,7 +12,7 @@ from chainmail.content import check_policy
 from chainmail.errors import InvalidMessage, Rejected, StorageError
 from chainmail.ids import msg_id_from_digest
 from chainmail.keys import Keypair, sign_proof
-from chainmail.registry import MAX_CLAIMS, Registry
+from chainmail.registry import APPLIED_TYPES, MAX_CLAIMS, Registry
 
 ALICE = Keypair.from_seed(b"\x01" * 32)
 BOB = Keypair.from_seed(b"\x02" * 32)
@@ -154,6 +154,15 @@ def test_other_types_change_nothing() -> None:
     assert post(reg, ALICE, {"type": "contact", "contact": BOB.id, "following": True}) == set()
     assert post(reg, ALICE, NOTE) == set()
     assert reg.apply(mid(), ALICE.id, "c2VjcmV0.box", now=NOW) == set()
+    assert len(reg) == 0
+
+
+def test_only_applied_types_change_anything() -> None:
+    # The sequencer calls ``apply`` only for these types.
+    assert {"about", "attest", "role", "key/rotate"} == APPLIED_TYPES
+    reg = registry()
+    for kind in ("contact", "tx/note", "doc", "chan/open", "block"):
+        assert reg.apply(mid(), ALICE.id, {"type": kind, "about": ALICE.id}, now=NOW) == set()
     assert len(reg) == 0
 
 

@@ -219,6 +219,61 @@ def test_a_refused_message_leaves_the_tx_unchanged(
     assert tx.to_dict() == before
 
 
+@pytest.mark.parametrize(
+    ("tx", "message", "now"),
+    [
+        (None, note(A, tx=OTHER_TX), T0),
+        (None, {"author": A, "content": "c2VjcmV0.box"}, T0),
+        (new_tx(), note(A, tx=OTHER_TX), T0),
+        (new_tx(), open_msg(), T0),
+        (new_tx(), note(D), T0),
+        (new_tx(), note(B), DEADLINE + 1),
+        (new_tx(), msg(B, {"type": "about", "tx": OTHER_TX}), T0),  # not a tx type
+        (new_tx(), note(B), T0),
+    ],
+)
+def test_check_post_is_check_on_author_and_content(
+    tx: Tx | None, message: dict[str, Any], now: int
+) -> None:
+    def verdict(call: Any) -> tuple[str, str] | None:
+        try:
+            call()
+        except Rejected as exc:
+            return (exc.code, str(exc))
+        return None
+
+    expected = verdict(lambda: txs.check(tx, message, now=now))
+    got = verdict(
+        lambda: txs.check_post(tx, message.get("author"), message.get("content"), now=now)
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize("policy", ["all", "any", "opener"])
+def test_link_is_apply_for_a_new_checked_message(policy: str) -> None:
+    by_apply, by_link = new_tx(policy), new_tx(policy)
+    script = [(note(B), 1), (finish(B), 2), (finish(C), 3), (finish(A), 4)]
+    for n, (message, dt) in enumerate(script):
+        kind = message["content"]["type"]
+        closes = txs.apply(by_apply, mid(n), message, now=T0 + dt, checked=True)
+        assert txs.link(by_link, mid(n), message["author"], kind, now=T0 + dt) == closes
+        assert by_link.to_dict() == by_apply.to_dict()
+
+
+def test_finish_met_takes_any_collection() -> None:
+    for finishers in ({A, B}, frozenset({A, B}), [A, B], (B, A)):
+        assert txs.finish_met("all", A, [A, B], finishers)
+        assert not txs.finish_met("all", A, [A, B, C], finishers)
+
+
+def test_recipients_of_parties_in_any_collection() -> None:
+    tx = new_tx()
+    content = {"type": "tx/note", "tx": OPEN_ID, "data": {}}
+    assert txs.recipients(B, content, tx, None) == sorted([A, C])
+    tx.parties = (C, B, A, 7, C)  # type: ignore[assignment]
+    assert txs.recipients(B, content, tx, None) == sorted([A, C])
+
+
 def test_late_message_after_finish_is_refused() -> None:
     tx = new_tx("any")
     txs.apply(tx, mid(1), finish(B), now=T0)
