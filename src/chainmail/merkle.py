@@ -18,6 +18,11 @@ research.swtch.com/tlog). Those hashes never change once written, so an append
 writes O(1) new nodes amortised, and the root of, or a proof against, any past
 size needs only O(log n) of them. Storage sits behind the ``HashStore``
 protocol; ``MemoryHashStore`` is the in-memory one.
+
+A tree may keep only the nodes at ``min_level`` and above: the ones below, at
+most ``2**min_level`` leaves' worth per proof or root, are recomputed from a
+``LeafSource``. A log whose leaves are cheap to re-derive (a hash of each
+entry's id) so writes ``2**(1 - min_level)`` nodes per leaf instead of two.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "HashStore",
+    "LeafSource",
     "MemoryHashStore",
     "MerkleTree",
     "Node",
@@ -55,6 +61,10 @@ EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 #: A node of the tree: ``(level, index)``, the complete subtree of ``2**level``
 #: leaves starting at leaf ``index << level``.
 Node: TypeAlias = tuple[int, int]
+
+#: The leaf hashes of the leaves ``[start, end)``, in order; fewer (a prefix)
+#: when the leaves past some point are not there.
+LeafSource: TypeAlias = Callable[[int, int], Sequence[bytes]]
 
 _sha256 = hashlib.sha256
 
@@ -428,21 +438,50 @@ class MerkleTree:
     reload the store's size first.
     """
 
-    def __init__(self, store: HashStore | None = None) -> None:
+    def __init__(
+        self,
+        store: HashStore | None = None,
+        *,
+        min_level: int = 0,
+        leaves: LeafSource | None = None,
+    ) -> None:
         """Open the tree kept in ``store`` (a new ``MemoryHashStore`` by default).
 
-        Raises ``StorageError`` if the store lacks nodes its size implies.
+        With ``min_level`` above 0 only the nodes at that level and above are
+        written to ``store``; a node below it is recomputed from ``leaves``,
+        which must give the leaf hashes appended so far. Every root or proof
+        then hashes at most ``2**min_level`` leaves per block it touches (two
+        blocks for most proofs).
+
+        Only the store's size is read here; the right border, which only
+        appending needs, is read by the first append. A reader opened for one
+        proof so reads just the proof's nodes.
+
+        Raises ``ValueError`` if ``min_level`` is negative or above 0 without
+        ``leaves``.
         """
+        if not _is_int(min_level) or min_level < 0:
+            raise ValueError(f"min_level: expected a non-negative integer, got {min_level!r}")
+        if min_level and leaves is None:
+            raise ValueError("min_level above 0 needs a leaf source to recompute the lower nodes")
         self._store: HashStore = store if store is not None else MemoryHashStore()
+        self._min_level = min_level
+        self._leaves = leaves
         self._size = 0
         # Hashes of the complete subtrees along the right border, largest first:
-        # one per set bit of ``_size``. Appending only ever touches these.
-        self._frontier: list[bytes] = []
+        # one per set bit of ``_size``. Appending only ever touches these. None
+        # until the first append needs them.
+        self._frontier: list[bytes] | None = None
         self._reload()
 
     @property
     def store(self) -> HashStore:
         return self._store
+
+    @property
+    def min_level(self) -> int:
+        """The lowest level whose nodes are written to the store."""
+        return self._min_level
 
     @property
     def size(self) -> int:
@@ -465,7 +504,7 @@ class MerkleTree:
 
         All or nothing: when one hash is not 32 bytes nothing is appended.
         Raises ``ProofError`` for a hash of the wrong length and
-        ``StorageError`` if the store fails.
+        ``StorageError`` if the store fails or lacks nodes its size implies.
         """
         first = self._size
         leaves = list(leaf_hashes)
@@ -477,14 +516,18 @@ class MerkleTree:
         if not leaves:
             return first
 
+        if self._frontier is None:
+            self._frontier = self._get(_range_nodes(0, self._size)) if self._size else []
         frontier = list(self._frontier)
         entries: list[tuple[int, int, bytes]] = []
         put = entries.append
         sha256 = _sha256
         prefix = _NODE_PREFIX
+        low = self._min_level
         index = first
         for leaf in leaves:
-            put((0, index, leaf))
+            if not low:
+                put((0, index, leaf))
             carry = leaf
             level = 0
             n = index
@@ -494,7 +537,8 @@ class MerkleTree:
                 carry = sha256(prefix + frontier.pop() + carry).digest()
                 level += 1
                 n >>= 1
-                put((level, n, carry))
+                if level >= low:
+                    put((level, n, carry))
             frontier.append(carry)
             index += 1
 
@@ -559,13 +603,62 @@ class MerkleTree:
         return proof
 
     def _get(self, nodes: list[Node]) -> list[bytes]:
-        found = self._store.get_many(nodes)
-        if len(found) != len(nodes):
-            raise StorageError(f"hash store returned {len(found)} hashes for {len(nodes)} nodes")
+        low = self._min_level
+        if not low:
+            found = self._store.get_many(nodes)
+            if len(found) != len(nodes):
+                raise StorageError(
+                    f"hash store returned {len(found)} hashes for {len(nodes)} nodes"
+                )
+        else:
+            stored = [node for node in nodes if node[0] >= low]
+            found = self._store.get_many(stored) if stored else []
+            if len(found) != len(stored):
+                raise StorageError(
+                    f"hash store returned {len(found)} hashes for {len(stored)} nodes"
+                )
+            if len(stored) != len(nodes):
+                computed = self._recompute([node for node in nodes if node[0] < low])
+                from_store = iter(found)
+                found = [next(from_store) if node[0] >= low else computed[node] for node in nodes]
         if None in found:
             node = nodes[found.index(None)]
             raise StorageError(f"hash store lacks node {node} of a tree of {self._size}")
         return cast(list[bytes], found)
+
+    def _recompute(self, nodes: list[Node]) -> dict[Node, bytes | None]:
+        """The hashes of nodes below ``min_level``, from the leaves; None where a leaf is missing.
+
+        Nodes are grouped by the ``min_level`` block they lie in, and each
+        block's leaves are read once: an inclusion proof needs a sibling at
+        every level below ``min_level``, which together cover the whole block.
+        """
+        assert self._leaves is not None  # checked by __init__
+        low = self._min_level
+        blocks: dict[int, list[Node]] = {}
+        for node in nodes:
+            level, index = node
+            blocks.setdefault((index << level) >> low, []).append(node)
+        sha256, prefix = _sha256, _NODE_PREFIX
+        out: dict[Node, bytes | None] = {}
+        for group in blocks.values():
+            top = max(level for level, _ in group)
+            # Aligned to the largest node, so pairing from ``start`` up builds
+            # exactly the complete subtrees of the tree.
+            start = min(index << level for level, index in group) >> top << top
+            end = max((index + 1) << level for level, index in group)
+            row = list(self._leaves(start, end))[: end - start]
+            rows = [row]
+            for _ in range(top):
+                row = [
+                    sha256(prefix + row[i] + row[i + 1]).digest() for i in range(0, len(row) - 1, 2)
+                ]
+                rows.append(row)
+            for node in group:
+                level, index = node
+                offset = index - (start >> level)
+                out[node] = rows[level][offset] if offset < len(rows[level]) else None
+        return out
 
     def _check_size(self, size: int | None) -> int:
         if size is None:
@@ -579,9 +672,8 @@ class MerkleTree:
         return size
 
     def _reload(self) -> None:
-        size = self._store.size()
-        self._frontier = self._get(_range_nodes(0, size)) if size else []
-        self._size = size
+        self._size = self._store.size()
+        self._frontier = None
 
 
 # --- argument checks -------------------------------------------------------------------------

@@ -85,10 +85,20 @@ LEAVES = [naive_leaf(i.to_bytes(4, "big")) for i in range(MAX)]
 NAIVE = Naive(LEAVES)
 
 
-@pytest.fixture(scope="module")
-def tree() -> MerkleTree:
-    """200 leaves appended in uneven batches and singly, to exercise both paths."""
-    t = MerkleTree()
+def list_source(leaves: Sequence[bytes]) -> merkle.LeafSource:
+    """A ``LeafSource`` over a list, for trees that store only their upper levels."""
+    return lambda start, end: leaves[start:end]
+
+
+@pytest.fixture(scope="module", params=[0, 2, 5], ids=lambda level: f"min_level={level}")
+def tree(request: pytest.FixtureRequest) -> MerkleTree:
+    """200 leaves appended in uneven batches and singly, to exercise both paths.
+
+    Also with only the levels from ``min_level`` up stored: every exhaustive test
+    below then checks the recomputed lower nodes too.
+    """
+    level: int = request.param
+    t = MerkleTree(min_level=level, leaves=list_source(LEAVES)) if level else MerkleTree()
     position = 0
     for batch in (1, 2, 5, 1, 13, 64, 1, 1, 40, 3):
         assert t.append_many(LEAVES[position : position + batch]) == position
@@ -280,6 +290,46 @@ def test_any_batching_gives_the_naive_tree(
         assert t.consistency_proof(m, n) == naive.proof(m, n)
     merkle.verify_inclusion(leaves[i], i, n, naive.path(i, 0, n), naive.mth(0, n))
     merkle.verify_consistency(m, n, naive.proof(m, n), naive.mth(0, m), naive.mth(0, n))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    min_level=st.integers(1, 7),
+    cuts=st.lists(st.integers(1, 700), max_size=8),
+    picks=st.data(),
+)
+def test_upper_levels_only_give_the_same_tree(
+    n: int, min_level: int, cuts: list[int], picks: st.DataObject
+) -> None:
+    leaves = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+    full = MerkleTree()
+    full.append_many(leaves)
+    # The source holds only what was appended, as the log's entries do.
+    appended: list[bytes] = []
+    t = MerkleTree(min_level=min_level, leaves=list_source(appended))
+    position = 0
+    for cut in [*cuts, n]:
+        batch = leaves[position : position + cut]
+        t.append_many(batch)
+        appended.extend(batch)
+        position += len(batch)
+    block = 1 << min_level
+    # Sizes and indexes in the incomplete last block are the interesting ones.
+    size = picks.draw(st.sampled_from([n, n - n % block or n, max(1, n - 1)]) | st.integers(1, n))
+    last_block = size - (size - 1) % block - 1
+    index = picks.draw(st.integers(last_block, size - 1) | st.integers(0, size - 1))
+    size1 = picks.draw(st.integers(1, size))
+    assert t.root(size) == full.root(size)
+    assert t.inclusion_proof(index, size) == full.inclusion_proof(index, size)
+    assert t.consistency_proof(size1, size) == full.consistency_proof(size1, size)
+    assert t.leaf_hash(index) == leaves[index]
+    reopened = MerkleTree(t.store, min_level=min_level, leaves=list_source(appended))
+    assert reopened.root() == full.root()
+    reopened.append(leaves[0])
+    appended.append(leaves[0])
+    full.append(leaves[0])
+    assert reopened.root() == full.root()
 
 
 @settings(max_examples=50, deadline=None)
@@ -607,8 +657,69 @@ def test_a_store_missing_nodes_is_a_storage_error() -> None:
 
     store = Forgetful()
     store.put_many([(0, 0, LEAVES[0])], 1)
-    with pytest.raises(StorageError, match=r"lacks node \(0, 0\)"):
-        MerkleTree(store)
+    t = MerkleTree(store)  # reads only the size
+    with pytest.raises(StorageError, match=r"lacks node \(0, 0\) of a tree of 1$"):
+        t.root()
+    with pytest.raises(StorageError, match=r"lacks node \(0, 0\) of a tree of 1$"):
+        t.append(LEAVES[1])
+    assert t.size == 1
+
+
+def test_only_the_upper_levels_are_stored() -> None:
+    store = MemoryHashStore()
+    t = MerkleTree(store, min_level=3, leaves=list_source(LEAVES))
+    t.append_many(LEAVES[:13])
+    t.append_many(LEAVES[13:77])
+    assert store.get_many([(3, 0), (3, 8), (4, 3), (5, 1), (6, 0)]) == [
+        NAIVE.mth(0, 8),
+        NAIVE.mth(64, 72),
+        NAIVE.mth(48, 64),
+        NAIVE.mth(32, 64),
+        NAIVE.mth(0, 64),
+    ]
+    assert store.get_many([(0, 0), (1, 0), (2, 18), (3, 9)]) == [None, None, None, None]
+
+
+def test_lower_nodes_read_one_block_of_leaves_each() -> None:
+    reads: list[tuple[int, int]] = []
+
+    def source(start: int, end: int) -> Sequence[bytes]:
+        reads.append((start, end))
+        return LEAVES[start:end]
+
+    t = MerkleTree(min_level=4, leaves=source)
+    t.append_many(LEAVES[:150])
+    reads.clear()
+    assert t.inclusion_proof(37, 150) == NAIVE.path(37, 0, 150)
+    # The block of leaf 37, and the incomplete last block for the right border.
+    assert sorted(reads) == [(32, 48), (144, 150)]
+    reads.clear()
+    assert t.consistency_proof(70, 150) == NAIVE.proof(70, 150)
+    assert sorted(reads) == [(64, 80), (144, 150)]
+    reads.clear()
+    assert t.root(128) == NAIVE.mth(0, 128)
+    assert reads == []
+    assert t.leaf_hash(149) == LEAVES[149]
+    assert reads == [(149, 150)]
+
+
+def test_lower_nodes_missing_from_the_source_are_a_storage_error() -> None:
+    t = MerkleTree(min_level=3, leaves=list_source(LEAVES[:20]))
+    t.append_many(LEAVES[:30])
+    assert t.inclusion_proof(3, 20) == NAIVE.path(3, 0, 20)
+    with pytest.raises(StorageError, match=r"lacks node \(0, 24\) of a tree of 30"):
+        t.inclusion_proof(25, 30)
+    reopened = MerkleTree(t.store, min_level=3, leaves=list_source(LEAVES[:20]))
+    with pytest.raises(StorageError, match=r"lacks node \(2, 6\) of a tree of 30$"):
+        reopened.append(LEAVES[30])
+
+
+def test_min_level_needs_a_leaf_source() -> None:
+    with pytest.raises(ValueError, match=r"^min_level above 0 needs a leaf source"):
+        MerkleTree(min_level=2)
+    with pytest.raises(ValueError, match=r"^min_level: expected a non-negative integer, got -1$"):
+        MerkleTree(min_level=-1, leaves=list_source(LEAVES))
+    assert MerkleTree(min_level=2, leaves=list_source(LEAVES)).min_level == 2
 
 
 def test_memory_store_refuses_gaps_and_bad_hashes() -> None:

@@ -1,5 +1,6 @@
 """SQLite files: a version-1 data directory opens migrated with nothing lost; the WAL is
-copied back in the background.
+copied back in the background; the log's Merkle trees, which keep only their upper levels
+as rows, give the reference roots and proofs, also after a failed append or a migration.
 
 The fixture ``tests/vectors/datadir-v1`` was written by the layout of commit
 36b80e1 (text-keyed log indexes and inbox); see ``tests/vectors/README.md``.
@@ -7,17 +8,25 @@ The fixture ``tests/vectors/datadir-v1`` was written by the layout of commit
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from chainmail import merkle, ssb
+from chainmail.errors import LogError, ProofError
 from chainmail.ids import msg_digest
 from chainmail.keys import Keypair
 from chainmail.log import NewEntry
 from chainmail.sequencer import Accepted, Sequencer
-from chainmail.sqlite import SqliteLog, SqliteStore, idkey
+from chainmail.sqlite import _TREE_MIN_LEVEL, SqliteLog, SqliteStore, idkey
 from support.feeds import Writer
 
 FIXTURE = Path(__file__).parent.parent / "vectors" / "datadir-v1"
@@ -63,6 +72,9 @@ def test_log_keeps_every_entry_head_and_root(tmp_path: Path) -> None:
         assert "entries_v1" not in tables
         (key,) = conn.execute("SELECT idkey FROM entries WHERE pos=0").fetchone()
         assert key == idkey(before[0][2])
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+        # Its tree rows were all below the stored levels: its 6 leaves are recomputed.
+        assert conn.execute("SELECT COUNT(*) FROM tree").fetchone() == (0,)
 
 
 def test_store_keeps_unacknowledged_deliveries_in_order(tmp_path: Path) -> None:
@@ -133,3 +145,189 @@ def test_the_wal_is_copied_back_off_the_writer_thread(tmp_path: Path) -> None:
         assert reopened.head(ALICE.id) == reopened.heads()[ALICE.id]
     finally:
         reopened.close()
+
+
+# --- the Merkle trees: rows from _TREE_MIN_LEVEL up, the rest recomputed from the entries ----
+
+BLOCK = 1 << _TREE_MIN_LEVEL
+#: Sizes around block boundaries, where the recomputed part of a proof changes shape.
+EDGE_SIZES = sorted(
+    {1, 2, 3}
+    | {k * BLOCK + d for k in (1, 2, 3, 4, 8) for d in (-1, 0, 1)}
+    | {5 * BLOCK + BLOCK // 2, 300}
+)
+
+
+def _made_up_id(n: int) -> str:
+    digest = hashlib.sha256(n.to_bytes(8, "big")).digest()
+    return f"%{base64.b64encode(digest).decode()}.sha256"
+
+
+class Feeds:
+    """Appends made-up entries round-robin over a few authors; keeps each pipeline's leaves."""
+
+    def __init__(self, log: SqliteLog, authors: tuple[str, ...] = (ALICE.id, BOB.id)) -> None:
+        self.log = log
+        self.authors = authors
+        self.sequences = dict.fromkeys(authors, 0)
+        self.count = 0
+        self.leaves: list[list[bytes]] = [[] for _ in range(log.pipelines)]
+
+    def append(self, count: int) -> None:
+        """One ``log.append`` of ``count`` entries; raises what it raises, recording nothing."""
+        sequences = dict(self.sequences)
+        entries = []
+        for n in range(self.count, self.count + count):
+            author = self.authors[n % len(self.authors)]
+            sequences[author] += 1
+            entries.append(NewEntry(_made_up_id(n), author, sequences[author], NOW, b"{}"))
+        positions = self.log.append(entries)
+        self.sequences = sequences
+        self.count += count
+        for (pipeline, index), entry in zip(positions, entries, strict=True):
+            assert index == len(self.leaves[pipeline])
+            self.leaves[pipeline].append(merkle.leaf_hash(msg_digest(entry.id)))
+
+
+def _assert_reference_tree(log: SqliteLog, leaves: list[bytes], sizes: list[int]) -> None:
+    """Every root, and every proof at ``sizes``, equal to ``merkle``'s list reference."""
+    for n in range(1, len(leaves) + 1):
+        assert log.root(0, n) == merkle.root(leaves[:n]), n
+    for n in sizes:
+        for i in range(n):
+            assert log.inclusion_proof(0, i, n) == merkle.inclusion_proof(leaves, i, n), (i, n)
+        for m in range(1, n + 1):
+            assert log.consistency_proof(0, m, n) == merkle.consistency_proof(leaves, m, n)
+
+
+def _tree_rows(path: Path) -> dict[int, int]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT level, COUNT(*) FROM tree GROUP BY level"))
+
+
+def _stored_levels(size: int) -> dict[int, int]:
+    """Complete subtrees per level from _TREE_MIN_LEVEL up: what ``tree`` should hold."""
+    return {
+        level: size >> level for level in range(_TREE_MIN_LEVEL, size.bit_length()) if size >> level
+    }
+
+
+def test_the_log_tree_gives_the_reference_roots_and_proofs(tmp_path: Path) -> None:
+    log = SqliteLog(tmp_path / "log.sqlite")
+    try:
+        feeds = Feeds(log)
+        for cut in (1, 30, 1, 33, 64, 5, 100, 66):
+            feeds.append(cut)
+        (leaves,) = feeds.leaves
+        assert len(leaves) == 300
+        _assert_reference_tree(log, leaves, EDGE_SIZES)
+    finally:
+        log.close()
+    assert _tree_rows(tmp_path / "log.sqlite") == _stored_levels(300)
+    reopened = SqliteLog(tmp_path / "log.sqlite")
+    try:
+        # The writer's frontier (here mid-block) is rebuilt from the rows and the entries.
+        feeds.log = reopened
+        feeds.append(BLOCK + 3)
+        _assert_reference_tree(reopened, feeds.leaves[0], [300, len(feeds.leaves[0])])
+    finally:
+        reopened.close()
+
+
+@pytest.fixture(scope="module")
+def two_pipelines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SqliteLog, Feeds]]:
+    log = SqliteLog(tmp_path_factory.mktemp("log") / "log.sqlite", pipelines=2)
+    feeds = Feeds(log, (ALICE.id, BOB.id, NODE.id, Keypair.from_seed(bytes([3]) * 32).id))
+    for cut in (700, 1, 37, 300, 2, 999):
+        feeds.append(cut)
+    assert all(len(leaves) > 500 for leaves in feeds.leaves)
+    yield log, feeds
+    log.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_size_and_index_on_two_pipelines(
+    two_pipelines: tuple[SqliteLog, Feeds], data: st.DataObject
+) -> None:
+    log, feeds = two_pipelines
+    pipeline = data.draw(st.integers(0, 1), label="pipeline")
+    leaves = feeds.leaves[pipeline]
+    n = data.draw(st.integers(1, len(leaves)), label="size")
+    last_block = (n - 1) // BLOCK * BLOCK
+    # Indexes in the incomplete last block are where recomputation meets the border.
+    i = data.draw(st.integers(last_block, n - 1) | st.integers(0, n - 1), label="index")
+    m = data.draw(st.integers(1, n), label="size1")
+    assert log.root(pipeline, n) == merkle.root(leaves[:n])
+    assert log.inclusion_proof(pipeline, i, n) == merkle.inclusion_proof(leaves, i, n)
+    assert log.consistency_proof(pipeline, m, n) == merkle.consistency_proof(leaves, m, n)
+
+
+def test_a_failed_append_leaves_the_committed_tree(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    log = SqliteLog(path)
+    try:
+        feeds = Feeds(log)
+        feeds.append(BLOCK - 3)
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "CREATE TRIGGER fail_tree BEFORE INSERT ON tree"
+                " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+            )
+        # The writer's tree had advanced past the block boundary when the commit failed.
+        with pytest.raises(LogError, match=r"^append failed: disk on fire$"):
+            feeds.append(10)
+        assert log.size(0) == BLOCK - 3
+        assert log.root(0, BLOCK - 3) == merkle.root(feeds.leaves[0])
+        with pytest.raises(ProofError, match=r"size: expected at most"):
+            log.root(0, BLOCK)
+        feeds.append(2)  # within the block: no tree row, so the trigger never fires
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TRIGGER fail_tree")
+        feeds.append(3 * BLOCK + 7)
+        _assert_reference_tree(log, feeds.leaves[0], [BLOCK - 1, BLOCK, 2 * BLOCK + 5])
+    finally:
+        log.close()
+    assert _tree_rows(path) == _stored_levels(len(feeds.leaves[0]))
+
+
+def test_a_version_2_log_drops_its_lower_tree_rows(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    log = SqliteLog(path)
+    feeds = Feeds(log)
+    feeds.append(300)
+    log.close()
+    (leaves,) = feeds.leaves
+    # Make it what version 2 wrote: every complete subtree above the leaves a row.
+    full = merkle.MerkleTree()
+    full.append_many(leaves)
+    v2_rows = [
+        (0, level, index, full.store.get_many([(level, index)])[0])
+        for level in range(1, 9)
+        for index in range(300 >> level)
+    ]
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT OR REPLACE INTO tree VALUES (?, ?, ?, ?)", v2_rows)
+        conn.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    assert sum(_tree_rows(path).values()) == len(v2_rows) == 150 + 75 + 37 + 18 + 9 + 4 + 2 + 1
+
+    migrated = SqliteLog(path)
+    try:
+        _assert_reference_tree(migrated, leaves, [31, 32, 33, 300])
+        feeds.log = migrated
+        feeds.append(50)
+        assert migrated.root(0, 350) == merkle.root(feeds.leaves[0])
+    finally:
+        migrated.close()
+    assert _tree_rows(path) == _stored_levels(350)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+
+
+def test_a_log_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    SqliteLog(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value='4' WHERE key='schema'")
+    with pytest.raises(LogError, match=r"^log schema: expected a version from 1 to 3, got '4'$"):
+        SqliteLog(path)
