@@ -96,8 +96,11 @@ DEFAULT_MESSAGES: Final = 25_000
 DEFAULT_FEEDS: Final = 1_000
 #: Messages per ``POST /v1/messages/batch``.
 DEFAULT_BATCH: Final = 256
-#: Concurrent client connections (each carries its own desks' streams).
-DEFAULT_CONNECTIONS: Final = 16
+#: Concurrent client connections (each carries its own desks' streams). With
+#: 16 (4,096 messages in flight at the default batch) the node's pipeline of
+#: verify, log and projection ran short of work: 32 gave +13-19% msgs/s on
+#: the same node, alternated runs (benchmarks/README.md, session 4).
+DEFAULT_CONNECTIONS: Final = 32
 #: WebSocket frames sent but not yet answered, per connection.
 DEFAULT_WINDOW: Final = 256
 #: Share of each stream sent at half the measured rate, for delivery latency.
