@@ -670,7 +670,7 @@ class Sequencer:
             return None
         closed = sorted(self.unsealed.values(), key=lambda t: (t.closed or 0, t.id))
         records = [txs.record(t) for t in closed]
-        blob = blocks.records_blob(records)
+        blob, records_root = blocks.encode_records(records)
         records_id = blob_id(blob)
         self.store.put_blob(records_id, blob)
         latest = self._latest_block
@@ -686,6 +686,7 @@ class Sequencer:
             logs=logs,
             records=records,
             records_blob_id=records_id,
+            records_root=records_root,
         )
         head = self.log.head(self.node_id)
         state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)

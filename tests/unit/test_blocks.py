@@ -755,3 +755,36 @@ def test_any_byte_change_fails(records: list[dict[str, Any]], data: st.DataObjec
     with pytest.raises(ProofError):
         (changed,) = blocks.parse_records_blob(bytes(line) + b"\n")
         blocks.verify_record_proof(changed, index, len(records), proof, root)
+
+
+_RECORD_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.text()
+    | st.sampled_from(["\x00", "\x1f", "\x7f", "\u2028", "😀", '"', "\\", "é"]),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), _RECORD_VALUES, max_size=8))
+def test_record_bytes_fast_path_equals_the_standard_library(record: dict[str, object]) -> None:
+    # orjson (the fast path) must write exactly what json.dumps writes.
+    assert blocks.record_bytes(record) == blocks._json_bytes(record)
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=4), _RECORD_VALUES, max_size=4), max_size=6))
+def test_encode_records_is_the_blob_and_the_root(records: list[dict[str, object]]) -> None:
+    assert blocks.encode_records(records) == (
+        blocks.records_blob(records),
+        blocks.txs_root(records),
+    )
+
+
+def test_record_bytes_still_refuses_what_has_no_canonical_form() -> None:
+    for bad in ({"a": 1.5}, {"a": [1, 2.0]}, {"a": 2**53}, {"a": {"b": "\ud800"}}, {1: 2}):
+        with pytest.raises(ProofError):
+            blocks.record_bytes(bad)  # type: ignore[arg-type]
