@@ -49,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="chainmail-writer-") as tmp:
         path = Path(tmp)
         log = SqliteLog(path / "log.sqlite", synchronous=args.synchronous)
-        store = SqliteStore(path / "store.sqlite", synchronous=args.synchronous)
+        store = SqliteStore(path / "store.sqlite")  # STORE_SYNCHRONOUS, as in the node
         seq = Sequencer(log, store, node, clock=lambda: time.time_ns() // 1_000_000)
         process = flush = 0.0
         accepted = 0

@@ -30,7 +30,7 @@ from chainmail.log import Log, LogEntry
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
 from chainmail.registry import Admission, Registry
 from chainmail.sequencer import Result, Sequencer
-from chainmail.sqlite import DEFAULT_SYNCHRONOUS, SqliteLog, SqliteStore
+from chainmail.sqlite import DEFAULT_SYNCHRONOUS, STORE_SYNCHRONOUS, SqliteLog, SqliteStore
 from chainmail.store import Projection, Store
 
 __all__ = ["DEFAULT_BLOCK_INTERVAL", "Node", "NodeConfig", "load_identity", "system_clock"]
@@ -136,8 +136,9 @@ class Node:
             pipelines=config.pipelines,
             synchronous=config.synchronous,
         )
+        # ``synchronous`` is the log's: the store is rebuilt from it (STORE_SYNCHRONOUS).
         self.store: Store = store or SqliteStore(
-            config.data_dir / "store.sqlite", synchronous=config.synchronous
+            config.data_dir / "store.sqlite", synchronous=STORE_SYNCHRONOUS
         )
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sequencer")
         # Projections are written on their own thread, behind the log: the

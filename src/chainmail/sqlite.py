@@ -34,12 +34,19 @@ from chainmail.ids import blob_digest, msg_digest
 from chainmail.log import Head, LogEntry, NewEntry, pipeline_of
 from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
 
-__all__ = ["CHECKPOINT_INTERVAL", "SqliteLog", "SqliteStore"]
+__all__ = ["CHECKPOINT_INTERVAL", "STORE_SYNCHRONOUS", "SqliteLog", "SqliteStore"]
 
 _log = logging.getLogger("chainmail.sqlite")
 
 #: ``FULL`` survives power loss; ``NORMAL`` survives a process crash only.
 DEFAULT_SYNCHRONOUS: Final = "FULL"
+#: The store's durability. ``NORMAL`` is enough: every projection is rebuilt
+#: from the log (which commits first, at ``FULL``) from the store's cursors, so
+#: a projection commit lost with the power is replayed on start, and a lost
+#: inbox ack means a redelivery, which at-least-once allows. Fork evidence is
+#: in no log, so ``record_fork`` commits at ``FULL``. The second fsync per
+#: group cost ~1 ms a commit here (benchmarks/README.md, session 4).
+STORE_SYNCHRONOUS: Final = "NORMAL"
 #: The WAL is copied back into the database by a ``_Checkpointer`` thread, not
 #: by the committing writer: a 40 MB checkpoint inside a group commit held every
 #: request of the group (and all behind it) for 50–120 ms. The writer checkpoints
@@ -691,7 +698,7 @@ class SqliteStore:
         self,
         path: Path,
         *,
-        synchronous: str = DEFAULT_SYNCHRONOUS,
+        synchronous: str = STORE_SYNCHRONOUS,
         log_path: Path | None = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> None:
@@ -1165,10 +1172,16 @@ class SqliteStore:
     def record_fork(self, author: str, sequence: int, kept: bytes, rejected: bytes) -> None:
         with self._lock:
             try:
-                self._w.execute(
-                    "INSERT OR IGNORE INTO forks (author, sequence, kept, rejected) VALUES (?,?,?,?)",
-                    (author, sequence, kept, rejected),
-                )
+                # Evidence is in no log to replay it from: it survives power loss.
+                self._w.execute("PRAGMA synchronous=FULL")
+                try:
+                    self._w.execute(
+                        "INSERT OR IGNORE INTO forks (author, sequence, kept, rejected)"
+                        " VALUES (?,?,?,?)",
+                        (author, sequence, kept, rejected),
+                    )
+                finally:
+                    self._w.execute(f"PRAGMA synchronous={self._synchronous}")
             except sqlite3.Error as exc:
                 raise StorageError(f"fork evidence write failed: {exc}") from exc
 

@@ -331,3 +331,32 @@ def test_a_log_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE meta SET value='4' WHERE key='schema'")
     with pytest.raises(LogError, match=r"^log schema: expected a version from 1 to 3, got '4'$"):
         SqliteLog(path)
+
+
+def test_the_node_logs_at_full_and_projects_at_normal_durability(tmp_path: Path) -> None:
+    # The log is the source of truth (FULL: survives power loss); the store is
+    # rebuilt from it, so NORMAL; fork evidence, in no log, commits at FULL.
+    from chainmail.node import Node, NodeConfig
+
+    node = Node(NodeConfig(data_dir=tmp_path / "node"))
+    try:
+        assert isinstance(node.log, SqliteLog) and isinstance(node.store, SqliteStore)
+        (log_level,) = node.log._w.execute("PRAGMA synchronous").fetchone()
+        (store_level,) = node.store._w.execute("PRAGMA synchronous").fetchone()
+        assert (log_level, store_level) == (2, 1)  # FULL, NORMAL
+        levels: list[int] = []
+        node.store._w.set_trace_callback(
+            lambda sql: (
+                levels.append(node.store._w.execute("PRAGMA synchronous").fetchone()[0])
+                if sql.startswith("INSERT OR IGNORE INTO forks")
+                else None
+            )
+        )
+        node.store.record_fork("@a", 1, b"kept", b"rejected")
+        node.store._w.set_trace_callback(None)
+        assert levels == [2]
+        assert node.store.has_fork("@a", 1)
+        assert node.store._w.execute("PRAGMA synchronous").fetchone() == (1,)
+    finally:
+        node.log.close()
+        node.store.close()

@@ -53,7 +53,7 @@ def bench(
         float, typer.Option(help="Share of traffic sent at half rate, for delivery latency.")
     ] = DEFAULT_HALF_LOAD_SHARE,
     synchronous: Annotated[
-        str, typer.Option(help="SQLite durability of the started node: FULL or NORMAL.")
+        str, typer.Option(help="Durability of the started node's log: FULL or NORMAL.")
     ] = "FULL",
     node_workers: Annotated[
         int | None,

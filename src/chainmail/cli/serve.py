@@ -46,7 +46,11 @@ def serve(
         int | None, typer.Option(help="Signature-verification processes (default: all cores).")
     ] = None,
     synchronous: Annotated[
-        str, typer.Option(help="SQLite durability: FULL (power loss) or NORMAL (process crash).")
+        str,
+        typer.Option(
+            help="Durability of the log: FULL (survives power loss) or NORMAL (a process "
+            "crash only). The store is always NORMAL: it is rebuilt from the log."
+        ),
     ] = "FULL",
     admission: Annotated[
         str,
