@@ -217,6 +217,9 @@ def _plain(value: object, path: str) -> object:
     raise ProofError(f"record{path}: unsupported value {value!r}")
 
 
+_STR_ONLY: Final = frozenset({str})
+
+
 def _is_plain(value: object) -> bool:
     """``_plain`` would accept ``value`` as it is (a dict tree): the fast path, no copy."""
     kind = type(value)
@@ -227,29 +230,13 @@ def _is_plain(value: object) -> bool:
     if kind is dict:
         return all(type(k) is str and _is_plain(v) for k, v in value.items())  # type: ignore[attr-defined]
     if kind is list or kind is tuple:
+        # A record's lists are of ids: one C-level pass clears them.
+        if set(map(type, value)) <= _STR_ONLY:  # type: ignore[call-overload]
+            return True
         return all(_is_plain(v) for v in value)  # type: ignore[attr-defined]
     return False
 
 
-def _is_plain_record(record: dict[Any, Any]) -> bool:
-    """``_is_plain`` for a dict, quick on the usual record (ints, strings, lists of ids)."""
-    for key, value in record.items():
-        kind = type(value)
-        if type(key) is not str:
-            return False
-        if kind is str or value is None:
-            continue
-        if kind is int:
-            if abs(value) > _MAX_SAFE_INT:
-                return False
-        elif kind is list and set(map(type, value)) <= _STR_ONLY:
-            continue
-        elif not _is_plain(value):
-            return False
-    return True
-
-
-_STR_ONLY: Final = frozenset({str})
 _ORJSON_RECORD: Final = orjson.OPT_SORT_KEYS
 
 
@@ -259,7 +246,7 @@ def record_bytes(record: Mapping[str, Any]) -> bytes:
     Raises ``ProofError`` for values without one canonical JSON form (floats,
     integers beyond ±(2^53−1), non-string keys, lone surrogates).
     """
-    if type(record) is dict and _is_plain_record(record):
+    if type(record) is dict and _is_plain(record):
         # orjson writes what json.dumps below writes for such a value (compact,
         # keys sorted by code point, the same escapes, raw UTF-8), at a
         # fraction of the cost; a lone surrogate makes it raise instead.
@@ -287,7 +274,12 @@ def record_leaf(record: Mapping[str, Any]) -> bytes:
 
     Raises ``ProofError`` like ``record_bytes``.
     """
-    return merkle.leaf_hash(hashlib.sha256(record_bytes(record)).digest())
+    return _leaf_of(record_bytes(record))
+
+
+def _leaf_of(data: bytes) -> bytes:
+    """The Merkle leaf hash of a record's canonical bytes."""
+    return merkle.leaf_hash(hashlib.sha256(data).digest())
 
 
 def check_record(record: object) -> dict[str, Any]:
@@ -413,7 +405,7 @@ def encode_records(records: Sequence[Mapping[str, Any]]) -> tuple[bytes, bytes]:
     Raises ``ProofError`` like ``record_bytes``.
     """
     encoded = [record_bytes(record) for record in records]
-    root = merkle.root([merkle.leaf_hash(hashlib.sha256(data).digest()) for data in encoded])
+    root = merkle.root([_leaf_of(data) for data in encoded])
     return b"".join(data + b"\n" for data in encoded), root
 
 

@@ -343,10 +343,8 @@ class _TreeHashes:
         if rows and rows[-1][0] != base + len(rows) - 1:
             gap = next(offset for offset, row in enumerate(rows) if row[0] != base + offset)
             rows = rows[:gap]
-        # Every logged id passed ``_digest`` on its way in: its 44 characters
-        # after the sigil are the digest's base64.
-        a2b, leaf_hash = binascii.a2b_base64, merkle.leaf_hash
-        return [leaf_hash(a2b(msg_id[1:45])) for _, msg_id in rows]
+        leaf_hash = merkle.leaf_hash
+        return [leaf_hash(_digest(msg_id)) for _, msg_id in rows]
 
     def put_many(self, entries: Sequence[tuple[int, int, bytes]], size: int) -> None:
         p = self._pipeline

@@ -650,11 +650,30 @@ def _hmac_key(key: object) -> bytes | None:
     return raw
 
 
+def _binary(text: str, utf8: bytes, ascii: bool) -> bytes:
+    """What Node hashes for the id: the low byte of each UTF-16 unit of ``text``.
+
+    ``utf8`` is ``text``'s UTF-8 and ``ascii`` whether it is all ASCII (then the two agree).
+    """
+    return utf8 if ascii else text.encode("utf-16-le")[::2]
+
+
 def _id_and_length(text: str, utf8: bytes) -> tuple[MsgId, int]:
     """The message id and the UTF-16 length of ``text`` (whose UTF-8 is ``utf8``)."""
     # One byte a UTF-16 unit, so its length is the UTF-16 length.
-    binary = utf8 if utf8.isascii() else text.encode("utf-16-le")[::2]
+    binary = _binary(text, utf8, utf8.isascii())
     return msg_id_from_digest(hashlib.sha256(binary).digest()), len(binary)
+
+
+def _verify(public: bytes, signed: bytes, signature: bytes, key: bytes | None, author: str) -> None:
+    """Raise ``invalid_signature`` unless ``signature`` is ``public``'s over ``signed``.
+
+    Under a network ``key`` the signature covers the HMAC of ``signed``.
+    """
+    if key is not None:
+        signed = _hmac(signed, key)
+    if not verify_signature(public, signed, signature):
+        raise _bad_signature(author)
 
 
 def _message_utf8(msg: dict[str, Any]) -> bytes:
@@ -801,12 +820,9 @@ def _check(
         # The signature is the last member, so the unsigned JSON is the signed
         # one without it: no second serialisation.
         signed = utf8[: utf8.rindex(_SIGNATURE_MEMBER)] + b"\n}"
-        if hmac_key is not None:
-            signed = _hmac(signed, hmac_key)
         # The regexes above admitted only canonical base64 here.
         raw = binascii.a2b_base64(signature[: -len(_SIG_SUFFIX)])
-        if not verify_signature(public, signed, raw):
-            raise _bad_signature(author)
+        _verify(public, signed, raw, hmac_key, author)
     return _checked(
         mid,
         FeedId(author),
@@ -898,13 +914,8 @@ def _check_scanned(raw: bytes, scanned: _Scanned, key: bytes | None) -> Checked:
     if length > MAX_MESSAGE_LENGTH:
         raise _too_long(length)
     text = utf8.decode("utf-8")
-    binary = utf8 if ascii else text.encode("utf-16-le")[::2]
-    mid = msg_id_from_digest(hashlib.sha256(binary).digest())
-    signed = utf8[:signed_end] + b"\n}"
-    if key is not None:
-        signed = _hmac(signed, key)
-    if not verify_signature(public, signed, signature):
-        raise _bad_signature(author)
+    mid = msg_id_from_digest(hashlib.sha256(_binary(text, utf8, ascii)).digest())
+    _verify(public, utf8[:signed_end] + b"\n}", signature, key, author)
     return _checked(
         mid,
         FeedId(author),
