@@ -2,8 +2,8 @@
 
 Requests from every connection feed one queue. A collector takes what has
 arrived (up to ``max_batch``), has the CPU-heavy part — parse, serialise,
-id, ed25519 — done by a process pool on all cores, and hands the checked
-batches to the sequencer *in arrival order*, so a feed's messages submitted
+id, ed25519 — done by the verify workers on all cores (``verifiers``), and
+hands the checked batches to the sequencer *in arrival order*, so a feed's messages submitted
 in order are sequenced in order even when their batches verify out of order.
 A reply is sent only after the sequencer has made the message durable and
 its projection visible; the next group is sequenced while the store writes
@@ -13,7 +13,6 @@ the projection of this one.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import functools
@@ -29,6 +28,7 @@ from chainmail import content, ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError
 from chainmail.ids import MsgId
 from chainmail.sequencer import Result, policy_view
+from chainmail.verifiers import Verifiers
 
 __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
 
@@ -145,7 +145,7 @@ class Ingest:
         self._node_id = node_id
         self._max_batch = max_batch
         self._workers = workers if workers is not None else (os.cpu_count() or 1)
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool: Verifiers | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._checked: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=4)
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,17 +154,10 @@ class Ingest:
 
     async def start(self) -> None:
         if self._workers > 0:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self._workers, initializer=_init_worker
+            self._pool = Verifiers(
+                self._workers, _check_chunk, self._hmac_key, self._node_id, init=_init_worker
             )
-            # Warm the workers so the first request does not pay for their start.
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._pool, _check_chunk, [], self._hmac_key, None)
-                    for _ in range(self._workers)
-                )
-            )
+            await self._pool.start()
         self._tasks = [
             asyncio.create_task(self._collect(), name="ingest-collect"),
             asyncio.create_task(self._drain(), name="ingest-sequence"),
@@ -179,7 +172,7 @@ class Ingest:
         if self._replies:  # logged groups still being projected: let them answer
             await asyncio.gather(*self._replies, return_exceptions=True)
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            await self._pool.stop()
 
     async def submit(self, raw: bytes) -> Result:
         """Check and sequence one message; returns ``Accepted`` or the ``Error``."""
@@ -242,14 +235,8 @@ class Ingest:
             if self._pool is None or len(raws) < _INLINE_BELOW:
                 checked.set_result(_unpack(raws, _check_chunk(raws, self._hmac_key, self._node_id)))
             else:
-                chunks = _split(raws, self._workers)
-                parts = [
-                    loop.run_in_executor(
-                        self._pool, _check_chunk, chunk, self._hmac_key, self._node_id
-                    )
-                    for chunk in chunks
-                ]
-                gathered = asyncio.gather(*parts)
+                pool = self._pool
+                gathered = asyncio.gather(*(pool.run(c) for c in _split(raws, pool.count)))
                 gathered.add_done_callback(functools.partial(_join, raws=raws, out=checked))
             await self._checked.put((requests, checked))
 

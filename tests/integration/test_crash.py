@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ import orjson
 import pytest
 
 from support.feeds import Writer
-from support.server import Server
+from support.server import Server, running
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +129,41 @@ def test_kill_during_load_then_restart(tmp_path: Path) -> None:
                 assert got["status"] in ("open", "finished"), got
     finally:
         server.stop()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_a_killed_verify_worker_is_replaced_and_nothing_accepted_is_lost(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path / "node") as server:
+        assert server.proc is not None
+        writer = Writer()
+        batch = b"\n".join(writer.raw({"type": "post", "text": f"n{n}"}) for n in range(16))
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            lines = http.post("/v1/messages/batch", content=batch).content.splitlines()
+            assert [orjson.loads(line)["status"] for line in lines] == [201] * 16
+            workers = _children(server.proc.pid)
+            assert len(workers) >= 1
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            # A batch caught by the kill may fail whole (`internal`); the node
+            # replaces its workers, and the same batch then goes through.
+            more = b"\n".join(writer.raw({"type": "post", "text": f"m{n}"}) for n in range(16))
+            deadline = time.monotonic() + 30
+            statuses: list[int] = []
+            while time.monotonic() < deadline:
+                lines = http.post("/v1/messages/batch", content=more).content.splitlines()
+                statuses = [orjson.loads(line)["status"] for line in lines]
+                if all(s in (200, 201) for s in statuses):
+                    break
+                assert {orjson.loads(line)["code"] for line in lines} == {"internal"}
+                time.sleep(0.2)
+            assert statuses and all(s in (200, 201) for s in statuses)
+            replaced = _children(server.proc.pid)
+            assert len(replaced) == len(workers) and not set(replaced) & set(workers)
+            feed = http.get(f"/v1/feeds/{quote(writer.id, safe='')}").json()["messages"]
+            assert [m["sequence"] for m in feed] == list(range(1, 33))

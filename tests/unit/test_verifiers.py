@@ -1,0 +1,147 @@
+"""The verify workers: real forked processes, killed for real."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from chainmail.errors import OperationalError
+from chainmail.verifiers import Verifiers, WorkerDied
+
+
+def _double(items: list[int], offset: int) -> list[tuple[int, int]]:
+    return [(os.getpid(), 2 * i + offset) for i in items]
+
+
+def _slow_or_fail(items: list[str]) -> list[str]:
+    if "fail" in items:
+        raise ValueError("asked to fail")
+    if "sleep" in items:
+        time.sleep(30)
+    return [s.upper() for s in items]
+
+
+def _sync(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """The test as a plain function: it runs ``fn`` on a fresh event loop."""
+
+    @functools.wraps(fn)
+    def run() -> None:
+        asyncio.run(fn())
+
+    return run
+
+
+@contextlib.asynccontextmanager
+async def _doubling() -> AsyncIterator[Verifiers]:
+    pool = Verifiers(2, _double, 1)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.stop()
+
+
+@_sync
+async def test_results_come_back_in_order_from_every_worker() -> None:
+    async with _doubling() as doubling:
+        jobs = [list(range(k, k + 50)) for k in range(0, 2000, 50)]
+        results = await asyncio.gather(*(doubling.run(job) for job in jobs))
+        assert [[v for _, v in r] for r in results] == [[2 * i + 1 for i in job] for job in jobs]
+        used = {pid for r in results for pid, _ in r}
+        assert used == set(doubling.pids)
+        assert len(used) == 2
+
+
+@_sync
+async def test_a_large_job_crosses_the_socket_whole() -> None:
+    async with _doubling() as doubling:
+        job = list(range(300_000))  # several MB of pickle each way
+        result = await doubling.run(job)
+        assert [v for _, v in result] == [2 * i + 1 for i in job]
+
+
+@_sync
+async def test_a_failing_job_fails_alone() -> None:
+    pool = Verifiers(1, _slow_or_fail)
+    await pool.start()
+    try:
+        with pytest.raises(OperationalError, match="ValueError: asked to fail"):
+            await pool.run(["fail"])
+        assert await pool.run(["ok"]) == ["OK"]
+    finally:
+        await pool.stop()
+
+
+@_sync
+async def test_a_killed_worker_fails_its_jobs_and_is_replaced() -> None:
+    pool = Verifiers(1, _slow_or_fail)
+    await pool.start()
+    try:
+        (before,) = pool.pids
+        stuck = pool.run(["sleep"])
+        queued = pool.run(["behind it"])
+        await asyncio.sleep(0.2)
+        os.kill(before, signal.SIGKILL)
+        with pytest.raises(WorkerDied, match="verify worker 0"):
+            await asyncio.wait_for(stuck, 10)
+        with pytest.raises(WorkerDied):
+            await asyncio.wait_for(queued, 10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if pool.pids and pool.pids != [before]:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.pids and pool.pids != [before]
+        assert await asyncio.wait_for(pool.run(["again"]), 10) == ["AGAIN"]
+    finally:
+        await pool.stop()
+
+
+@_sync
+async def test_workers_hold_none_of_the_nodes_descriptors() -> None:
+    # A copy of a client connection in a worker would keep it open after the
+    # node closed it; the worker must hold its own socket only.
+    reader, writer = os.pipe()
+    try:
+        pool = Verifiers(1, _double, 0)
+        await pool.start()
+        try:
+            (pid,) = pool.pids
+            ours = os.readlink(f"/proc/self/fd/{writer}")
+            theirs = {
+                os.readlink(f"/proc/{pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{pid}/fd")
+                if int(fd) > 2
+            }
+            assert ours not in theirs
+            assert len(theirs) == 1 and next(iter(theirs)).startswith("socket:")
+        finally:
+            await pool.stop()
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+@_sync
+async def test_stop_ends_every_worker_and_refuses_new_jobs() -> None:
+    async with _doubling() as doubling:
+        pids = doubling.pids
+        await doubling.stop()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        with pytest.raises(OperationalError, match="stopped"):
+            doubling.run([1])
+
+
+def test_a_pool_needs_a_worker() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Verifiers(0, _double)
