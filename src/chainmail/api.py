@@ -518,7 +518,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         limit = _int_param(
             request.query_params.get("limit"), "limit", 100, minimum=1, maximum=_MAX_LIMIT
         )
-        entries = await asyncio.to_thread(_entries, me, limit)
+        entries = await node.read(_entries, me, limit)
         return Response(
             b'{"entries":[' + b",".join(_entry_json(*e) for e in entries) + b"]}",
             media_type="application/json",
@@ -529,7 +529,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         me = authenticate(request)
         body = await _read_body(request, 4 * 1024 * 1024)
         ids = _parse_ack(body)
-        acked = await asyncio.to_thread(node.store.ack, me, ids)
+        acked = await node.ack(me, ids)
         return _json({"acked": acked})
 
     @app.websocket("/v1/inbox/stream")
@@ -562,7 +562,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 except InvalidMessage as exc:
                     await ws.send_text(orjson.dumps(exc.problem()).decode())
                     continue
-                await asyncio.to_thread(node.store.ack, me, ids)
+                await node.ack(me, ids)
 
         def frames(after: int) -> list[tuple[int, str]]:
             # Read and encoded off the event loop: a wake reaches every follower
@@ -572,7 +572,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         reader = asyncio.create_task(acks())
         try:
             while not reader.done():
-                entries = await asyncio.to_thread(frames, last)
+                entries = await node.read(frames, last)
                 for delivery, frame in entries:
                     await ws.send_text(frame)
                     last = delivery
@@ -614,7 +614,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         while True:
             # Off the event loop, like the inbox streams: followers read the log
             # at once after every wake.
-            chunk, position = await asyncio.to_thread(_firehose_chunk, pipeline, position)
+            chunk, position = await node.read(_firehose_chunk, pipeline, position)
             if chunk:
                 yield chunk
                 continue

@@ -39,6 +39,9 @@ log = logging.getLogger("chainmail.node")
 
 DEFAULT_BLOCK_INTERVAL: Final = 1.0
 _TICK: Final = 0.05
+#: Threads reading for streams and pages (inbox, firehose): a wake reaches every
+#: follower at once, and each reads on its own connection.
+_READERS: Final = 8
 T = TypeVar("T")
 
 
@@ -144,6 +147,13 @@ class Node:
         # Projections are written on their own thread, behind the log: the
         # sequencer appends the next batch while the store takes this one.
         self._projector = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="projector")
+        # Reads and acks have threads of their own, apart from each other: a
+        # follower's read never queues behind an ack waiting for the store's
+        # writer, and acks arriving together share one commit (``ack``).
+        self._readers = concurrent.futures.ThreadPoolExecutor(_READERS, thread_name_prefix="reader")
+        self._acker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="acker")
+        self._acks: list[tuple[str, list[str], asyncio.Future[int]]] = []
+        self._acking: asyncio.Task[None] | None = None
         self._sequencer: Sequencer | None = None
         self._ingest: Ingest | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -198,8 +208,13 @@ class Node:
         if self._sequencer is not None:
             with contextlib.suppress(Error):
                 await self._on_writer(self._sequencer.flush_projection)
+        if self._acking is not None:
+            with contextlib.suppress(Exception):
+                await self._acking
         self._writer.shutdown(wait=True)
         self._projector.shutdown(wait=True)
+        self._acker.shutdown(wait=True)
+        self._readers.shutdown(wait=True, cancel_futures=True)
         self.log.close()
         self.store.close()
         self.started = False
@@ -256,6 +271,41 @@ class Node:
         if self._ingest is None:
             raise RuntimeError("node not started")
         return self._ingest.enqueue(raws)
+
+    # --- reads and acks -------------------------------------------------------------------
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a reader thread: for store and log reads off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    async def ack(self, recipient: str, ids: Sequence[str]) -> int:
+        """Acknowledge ``recipient``'s deliveries of ``ids``; how many were removed.
+
+        Acks that arrive while a commit of acks is under way are written
+        together in the next one. Raises ``StorageError`` when the store fails.
+        """
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acks.append((recipient, list(ids), future))
+        if self._acking is None or self._acking.done():
+            self._acking = asyncio.create_task(self._write_acks(), name="acks")
+        return await future
+
+    async def _write_acks(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                counts = await loop.run_in_executor(
+                    self._acker, self.store.ack_many, [(r, ids) for r, ids, _ in batch]
+                )
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), n in zip(batch, counts, strict=True):
+                if not future.done():
+                    future.set_result(n)
 
     # --- notifications --------------------------------------------------------------------
 

@@ -1032,38 +1032,50 @@ class SqliteStore:
         return [Delivery(int(d), mid, bytes(body)) for d, mid, body in rows]
 
     def ack(self, recipient: str, ids: Sequence[str]) -> int:
+        return self.ack_many([(recipient, ids)])[0]
+
+    def ack_many(self, acks: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
+        # Each (recipient, ids) is looked up on the reader; all deletes share one
+        # transaction, so many followers acking at once cost one commit.
         try:
             reader = self._r()
-            row = reader.execute("SELECT no FROM recipients WHERE id=?", (recipient,)).fetchone()
-            if row is None:
-                return 0
-            positions = [
-                (row[0], found[0])
-                for mid in ids
-                if (
-                    found := reader.execute(
-                        "SELECT pos FROM log.entries WHERE idkey=? AND id=?",
-                        (_idkey_or_none(mid), mid),
-                    ).fetchone()
+            wanted: list[list[tuple[int, int]]] = []
+            for recipient, ids in acks:
+                row = reader.execute(
+                    "SELECT no FROM recipients WHERE id=?", (recipient,)
+                ).fetchone()
+                wanted.append(
+                    []
+                    if row is None
+                    else [
+                        (row[0], found[0])
+                        for mid in ids
+                        if (
+                            found := reader.execute(
+                                "SELECT pos FROM log.entries WHERE idkey=? AND id=?",
+                                (_idkey_or_none(mid), mid),
+                            ).fetchone()
+                        )
+                    ]
                 )
-            ]
         except sqlite3.Error as exc:
             raise StorageError(f"ack failed: {exc}") from exc
-        if not positions:
-            return 0
+        counts = [0] * len(wanted)
+        if not any(wanted):
+            return counts
         with self._lock:
             try:
                 with _transaction(self._w, StorageError):
-                    n = 0
-                    for position in positions:
-                        n += self._w.execute(
-                            "DELETE FROM inbox WHERE recipient=? AND pos=?",
-                            position,
-                        ).rowcount
+                    for i, positions in enumerate(wanted):
+                        for position in positions:
+                            counts[i] += self._w.execute(
+                                "DELETE FROM inbox WHERE recipient=? AND pos=?",
+                                position,
+                            ).rowcount
             except sqlite3.Error as exc:
                 raise StorageError(f"ack failed: {exc}") from exc
         self._checkpointer.committed()
-        return n
+        return counts
 
     def _blob_path(self, blob_id: str) -> Path:
         digest = blob_digest(blob_id).hex()

@@ -93,6 +93,15 @@ def test_store_keeps_unacknowledged_deliveries_in_order(tmp_path: Path) -> None:
         acked_id = next(mid for _, r, mid in before if r == BOB.id)
         assert store.ack(BOB.id, [acked_id]) == 1
         assert acked_id not in [d.id for d in store.inbox(BOB.id, 100)]
+        # Several recipients in one write: each count its own; unknowns count 0.
+        alices = [d.id for d in store.inbox(ALICE.id, 100)]
+        bobs = [d.id for d in store.inbox(BOB.id, 100)]
+        assert store.ack_many(
+            [(ALICE.id, alices[:1]), ("@unknown", alices), (BOB.id, [*bobs, acked_id, "%nope"])]
+        ) == [min(1, len(alices)), 0, len(bobs)]
+        assert [d.id for d in store.inbox(ALICE.id, 100)] == alices[1:]
+        assert store.inbox(BOB.id, 100) == []
+        assert store.ack_many([]) == []
         message = store.message(acked_id)
         assert message is not None and message.author in (ALICE.id, BOB.id)
         assert store.latest_block() is not None

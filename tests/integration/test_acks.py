@@ -1,0 +1,68 @@
+"""Acks from many recipients at once: each gets its own count, and they share commits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from chainmail.errors import StorageError
+from chainmail.node import Node, NodeConfig
+from chainmail.sequencer import Accepted
+from support.feeds import Writer
+
+pytestmark = pytest.mark.integration
+
+RECIPIENTS = 12
+
+
+def test_concurrent_acks_are_each_answered_and_written_together(tmp_path: Path) -> None:
+    async def run() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path / "node", workers=0))
+        await node.start()
+        try:
+            opener = Writer()
+            parties = [Writer() for _ in range(RECIPIENTS)]
+            deadline = int(time.time() * 1000) + 60_000
+            raws = [
+                opener.raw({"type": "tx/open", "parties": [opener.id, p.id], "deadline": deadline})
+                for p in parties
+            ]
+            results = await node.submit_many(raws)
+            assert all(isinstance(r, Accepted) and r.created for r in results), results
+            ids = [r.id for r in results if isinstance(r, Accepted)]
+            for p, mid in zip(parties, ids, strict=True):
+                assert [d.id for d in node.store.inbox(p.id, 10)] == [mid]
+
+            calls: list[int] = []
+            ack_many = node.store.ack_many
+
+            def counted(acks: list[tuple[str, list[str]]]) -> list[int]:
+                calls.append(len(acks))
+                time.sleep(0.05)  # a commit that takes a while: later acks pile up
+                return ack_many(acks)
+
+            node.store.ack_many = counted  # type: ignore[method-assign]
+            # Each recipient acks its own delivery and, once more, someone else's.
+            acks = [node.ack(p.id, [mid]) for p, mid in zip(parties, ids, strict=True)]
+            acks += [node.ack(parties[0].id, [ids[1]]), node.ack("@nobody", [ids[0]])]
+            counts = await asyncio.gather(*acks)
+            assert counts == [1] * RECIPIENTS + [0, 0]
+            assert sum(calls) == RECIPIENTS + 2 and len(calls) < RECIPIENTS
+            for p in parties:
+                assert node.store.inbox(p.id, 10) == []
+
+            def broken(acks: list[tuple[str, list[str]]]) -> list[int]:
+                raise StorageError("disk gone")
+
+            node.store.ack_many = broken  # type: ignore[method-assign]
+            with pytest.raises(StorageError, match="disk gone"):
+                await node.ack(parties[0].id, [ids[0]])
+            node.store.ack_many = ack_many  # type: ignore[method-assign]
+            assert await node.ack(parties[0].id, [ids[0]]) == 0  # already acked, and alive
+        finally:
+            await node.stop()
+
+    asyncio.run(run())
