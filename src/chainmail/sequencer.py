@@ -33,7 +33,7 @@ from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
 from chainmail.registry import APPLIED_TYPES, Admission, Registry
 from chainmail.store import BlockRow, MessageRow, Projection, Store, TxRow
 
-__all__ = ["Accepted", "Sequencer"]
+__all__ = ["Accepted", "BlockDraft", "SealedRecords", "Sequencer"]
 
 log = logging.getLogger("chainmail.sequencer")
 
@@ -58,6 +58,22 @@ class Accepted:
 
 
 Result = Accepted | Error
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDraft:
+    """The records of a block being built (``Sequencer.draft_block``)."""
+
+    records: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecords:
+    """A draft's records, serialised and stored as a blob (``Sequencer.seal_records``)."""
+
+    records: list[dict[str, Any]]
+    records_id: str
+    records_root: bytes
 
 
 @dataclass(slots=True)
@@ -657,22 +673,58 @@ class Sequencer:
     def build_block(self, *, visible: bool = True) -> Accepted | None:
         """Append a block if anything happened since the last one; returns it.
 
-        With ``visible`` it returns once the block is in the store too; without,
-        its projection is only dispatched, so the writer goes back to ingest at
-        once (the node's block timer: waiting held every request behind it).
-        Raises ``LogError``/``StorageError`` when the block cannot be written.
+        ``draft_block``, ``seal_records`` and ``append_block`` in a row, on the
+        calling thread. With ``visible`` it returns once the block is in the
+        store too; without, its projection is only dispatched. Raises
+        ``LogError``/``StorageError`` when the block cannot be written.
+        """
+        draft = self.draft_block()
+        if draft is None:
+            if visible:
+                self.flush_projection()
+            return None
+        try:
+            sealed = self.seal_records(draft)
+        except BaseException:
+            self.dirty = True
+            raise
+        return self.append_block(sealed, visible=visible)
+
+    def draft_block(self) -> BlockDraft | None:
+        """The records of the next block, or None when nothing happened (writer thread).
+
+        Takes the closed transactions not yet in a block. Those closing later
+        wait for the next block; until ``append_block`` logs this one, draft
+        no other.
         """
         now = self.clock()
         self.expire(now)
         if not self.dirty:
-            if visible:
-                self.flush_projection()
             return None
         closed = sorted(self.unsealed.values(), key=lambda t: (t.closed or 0, t.id))
-        records = [txs.record(t) for t in closed]
-        blob, records_root = blocks.encode_records(records)
+        # Activity from here on is the next block's: the log checkpoint is taken
+        # when this one is appended, and covers it, but the flag must not be lost.
+        self.dirty = False
+        return BlockDraft([txs.record(t) for t in closed])
+
+    def seal_records(self, draft: BlockDraft) -> SealedRecords:
+        """Serialise ``draft``'s records and store them as a blob (any thread).
+
+        The slow part of a block, off the writer: a closed tx no longer changes.
+        Raises ``StorageError`` when the blob cannot be written; call
+        ``abandon_block`` (writer thread) then.
+        """
+        blob, records_root = blocks.encode_records(draft.records)
         records_id = blob_id(blob)
         self.store.put_blob(records_id, blob)
+        return SealedRecords(draft.records, records_id, records_root)
+
+    def abandon_block(self) -> None:
+        """A drafted block will not be appended: its txs go into the next one (writer thread)."""
+        self.dirty = True
+
+    def _block_message(self, sealed: SealedRecords) -> ssb.Checked:
+        now = self.clock()
         latest = self._latest_block
         height = 1 if latest is None else latest[0] + 1
         logs = [
@@ -684,22 +736,39 @@ class Sequencer:
             prev=None if latest is None else latest[1],
             time=now,
             logs=logs,
-            records=records,
-            records_blob_id=records_id,
-            records_root=records_root,
+            records=sealed.records,
+            records_blob_id=sealed.records_id,
+            records_root=sealed.records_root,
         )
         head = self.log.head(self.node_id)
         state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
         msg = ssb.create(self.identity, block, state, now, self.hmac_key)
-        checked = ssb.check(msg, self.hmac_key)
-        self._pending_records[records_id] = records
-        self.dirty = False
-        result = self.process([checked])[0]
+        return ssb.check(msg, self.hmac_key)
+
+    def append_block(self, sealed: SealedRecords, *, visible: bool = True) -> Accepted:
+        """Sign and log the block of ``sealed`` records, checkpointing every pipeline (writer thread).
+
+        Raises ``LogError``/``StorageError`` when it cannot be written (its txs
+        then go into the next block).
+        """
+        try:
+            checked = self._block_message(sealed)
+        except BaseException:
+            self.dirty = True
+            raise
+        self._pending_records[sealed.records_id] = sealed.records
+        try:
+            result = self.process([checked])[0]
+        except BaseException:  # the log refused the write: nothing of it was kept
+            self._pending_records.pop(sealed.records_id, None)
+            self.dirty = True
+            raise
         if visible:
             self.flush_projection()
         else:
             self.dispatch_projection()
         if isinstance(result, Error):
+            self._pending_records.pop(sealed.records_id, None)
             self.dirty = True
             raise result
         return result

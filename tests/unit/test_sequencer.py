@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from chainmail import blocks, merkle, ssb
-from chainmail.errors import Error, InvalidMessage, Rejected
+from chainmail.errors import Error, InvalidMessage, Rejected, StorageError
 from chainmail.keys import Keypair
 from chainmail.sequencer import Accepted, Sequencer
 from chainmail.sqlite import SqliteLog, SqliteStore
@@ -205,6 +205,65 @@ def test_every_closed_tx_in_exactly_one_block(h: Harness, clock: Clock) -> None:
         assert h.seq.build_block() is not None, round_
     sealed = [r["tx"] for height in (1, 2, 3) for r in h.store.block(height).records]  # type: ignore[union-attr]
     assert sorted(sealed) == sorted(ids) and len(set(sealed)) == len(ids)
+
+
+def test_a_block_built_in_steps_seals_what_closed_before_its_draft(
+    h: Harness, clock: Clock
+) -> None:
+    # The node drafts on the writer, seals the records elsewhere and appends on
+    # the writer again: traffic in between belongs to the next block.
+    a, b = Writer(), Writer()
+
+    def closed_tx() -> str:
+        tx = h.one(open_tx(a, b, finish="any")).id
+        h.one(b.sign({"type": "tx/finish", "tx": tx}))
+        return tx
+
+    early = [closed_tx(), closed_tx()]
+    draft = h.seq.draft_block()
+    assert draft is not None and [r["tx"] for r in draft.records] == sorted(
+        early, key=lambda t: (h.seq.unsealed[t].closed, t)
+    )
+    sealed = h.seq.seal_records(draft)
+    late = closed_tx()  # closes while the records are being sealed
+    clock.now += 1000
+    first = h.seq.append_block(sealed)
+    stored = h.store.block(1)
+    assert stored is not None and stored.id == first.id
+    assert sorted(r["tx"] for r in stored.records) == sorted(early)
+    # The block's log checkpoint is taken at the append: it covers the late tx's messages.
+    (checkpoint,) = stored.logs
+    assert checkpoint["size"] == h.log.size(0) - 1  # every entry but the block itself
+    second = h.seq.build_block()
+    assert second is not None
+    assert [r["tx"] for r in h.store.block(2).records] == [late]  # type: ignore[union-attr]
+    assert h.seq.build_block() is None
+
+
+def test_a_block_whose_records_cannot_be_stored_is_built_again(
+    h: Harness, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+
+    def disk_full(blob_id: str, data: bytes) -> bool:
+        raise StorageError("blob write failed: no space left on device")
+
+    draft = h.seq.draft_block()
+    assert draft is not None
+    monkeypatch.setattr(h.store, "put_blob", disk_full)
+    with pytest.raises(StorageError, match="no space"):
+        h.seq.seal_records(draft)
+    h.seq.abandon_block()
+    monkeypatch.undo()
+    with pytest.raises(StorageError, match="no space"):  # the one-call form restores it too
+        monkeypatch.setattr(h.store, "put_blob", disk_full)
+        h.seq.build_block()
+    monkeypatch.undo()
+    clock.now += 1000
+    assert h.seq.build_block() is not None
+    assert [r["tx"] for r in h.store.block(1).records] == [tx]  # type: ignore[union-attr]
 
 
 def test_blocks_are_built_without_waiting_for_the_projector(
