@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_concurrent_acks_are_each_answered_and_written_together(tmp_path: Path) 
             calls: list[int] = []
             ack_many = node.store.ack_many
 
-            def counted(acks: list[tuple[str, list[str]]]) -> list[int]:
+            def counted(acks: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
                 calls.append(len(acks))
                 time.sleep(0.05)  # a commit that takes a while: later acks pile up
                 return ack_many(acks)
@@ -54,7 +55,7 @@ def test_concurrent_acks_are_each_answered_and_written_together(tmp_path: Path) 
             for p in parties:
                 assert node.store.inbox(p.id, 10) == []
 
-            def broken(acks: list[tuple[str, list[str]]]) -> list[int]:
+            def broken(acks: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
                 raise StorageError("disk gone")
 
             node.store.ack_many = broken  # type: ignore[method-assign]
