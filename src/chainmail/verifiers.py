@@ -17,21 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.process
 import os
 import pickle
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 from chainmail.errors import OperationalError
 
-__all__ = ["Verifiers", "WorkerDied"]
+_log = logging.getLogger("chainmail.verifiers")
+
+__all__ = ["DEFAULT_JOB_TIMEOUT", "Verifiers", "WorkerDied"]
 
 _HEADER: Final = struct.Struct("<II")
 _PICKLE: Final = pickle.HIGHEST_PROTOCOL
+#: A worker that answers nothing for this long while holding jobs is killed and
+#: replaced: a batch of 2,048 messages takes a worker ~0.2 s, so this is a
+#: worker stuck (a hung library call), not a slow one.
+DEFAULT_JOB_TIMEOUT: Final = 60.0
 #: Socket buffers: a 1,024-message job is ~0.7 MB, its result ~0.9 MB.
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
 
@@ -105,6 +113,10 @@ class _Link(asyncio.Protocol):
         self._on_lost = on_lost
         self._buf = bytearray()
         self._sizes: dict[int, int] = {}
+        #: When the worker last answered, or was given work while idle.
+        self.progress = time.monotonic()
+        #: Why the node ended this worker, when it did (for the jobs' errors).
+        self.ended_because: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have Transport's methods without being its subclass.
@@ -123,6 +135,7 @@ class _Link(asyncio.Protocol):
             self._answer(job, payload)
 
     def _answer(self, job: int, payload: bytes) -> None:
+        self.progress = time.monotonic()
         future = self.pending.pop(job, None)
         self.load -= self._sizes.pop(job, 0)
         if future is None or future.done():
@@ -142,9 +155,10 @@ class _Link(asyncio.Protocol):
         pending, self.pending = self.pending, {}
         self._sizes.clear()
         self.load = 0
+        why = self.ended_because or "ended with a job unanswered"
         for future in pending.values():
             if not future.done():
-                future.set_exception(WorkerDied(f"{self.name} ended with a job unanswered"))
+                future.set_exception(WorkerDied(f"{self.name} {why}"))
         self._on_lost(self)
 
     def send(self, job: int, items: Sequence[Any], future: asyncio.Future[Any]) -> None:
@@ -152,6 +166,8 @@ class _Link(asyncio.Protocol):
             future.set_exception(WorkerDied(f"{self.name} is not running"))
             return
         payload = pickle.dumps(items, _PICKLE)
+        if not self.pending:
+            self.progress = time.monotonic()
         self.pending[job] = future
         self._sizes[job] = len(items)
         self.load += len(items)
@@ -163,7 +179,9 @@ class Verifiers:
 
     ``init`` runs first in each new worker. Call ``start`` and ``run`` from
     one event loop. ``run`` raises ``WorkerDied`` when the worker holding the
-    job ends before answering, ``OperationalError`` when ``work`` raised.
+    job ends before answering (or answers nothing for ``job_timeout``
+    seconds while holding jobs: it is then killed), ``OperationalError``
+    when ``work`` raised.
     """
 
     def __init__(
@@ -172,9 +190,14 @@ class Verifiers:
         work: Callable[..., Any],
         *args: Any,
         init: Callable[[], None] | None = None,
+        job_timeout: float = DEFAULT_JOB_TIMEOUT,
     ) -> None:
         if count < 1:
             raise ValueError(f"count: expected at least 1, got {count}")
+        if job_timeout <= 0:
+            raise ValueError(f"job_timeout: expected a positive number, got {job_timeout}")
+        self.job_timeout = job_timeout
+        self._watchdog: asyncio.Task[None] | None = None
         self.count = count
         self._work = work
         self._args = args
@@ -199,6 +222,30 @@ class Verifiers:
         for i in range(self.count):
             self._links.append(await self._spawn(f"verify worker {i}"))
         await asyncio.gather(*(self._run_on(link, []) for link in self._links))
+        self._watchdog = asyncio.get_running_loop().create_task(
+            self._watch(), name="verify-watchdog"
+        )
+
+    async def _watch(self) -> None:
+        """Kill a worker that holds jobs and has answered nothing for ``job_timeout``."""
+        every = min(1.0, self.job_timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for link in self._links:
+                process = link.process
+                if (
+                    link.pending
+                    and link.ended_because is None
+                    and now - link.progress > self.job_timeout
+                    and process is not None
+                    and process.is_alive()
+                ):
+                    link.ended_because = (
+                        f"answered nothing for {self.job_timeout:g} s and was replaced"
+                    )
+                    _log.warning("%s %s", link.name, link.ended_because)
+                    process.kill()
 
     async def _spawn(self, name: str) -> _Link:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -253,6 +300,8 @@ class Verifiers:
     async def stop(self) -> None:
         """Hang up on every worker and end them; unanswered jobs fail with ``WorkerDied``."""
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for task in list(self._respawns):
             task.cancel()
         for link in self._links:

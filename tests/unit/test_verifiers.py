@@ -106,6 +106,27 @@ async def test_a_killed_worker_fails_its_jobs_and_is_replaced() -> None:
 
 
 @_sync
+async def test_a_stuck_worker_is_killed_and_replaced() -> None:
+    pool = Verifiers(1, _slow_or_fail, job_timeout=0.5)
+    await pool.start()
+    try:
+        (before,) = pool.pids
+        started = time.monotonic()
+        with pytest.raises(WorkerDied, match=r"answered nothing for 0\.5 s"):
+            await asyncio.wait_for(pool.run(["sleep"]), 10)
+        assert time.monotonic() - started < 5
+        deadline = time.monotonic() + 20
+        while not (pool.pids and pool.pids != [before]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        # A worker busy for less than the timeout is left alone, however long it queues.
+        assert await asyncio.wait_for(
+            asyncio.gather(*(pool.run([f"job {i}"]) for i in range(50))), 10
+        ) == [[f"JOB {i}"] for i in range(50)]
+    finally:
+        await pool.stop()
+
+
+@_sync
 async def test_workers_hold_none_of_the_nodes_descriptors() -> None:
     # A copy of a client connection in a worker would keep it open after the
     # node closed it; the worker must hold its own socket only.
@@ -142,6 +163,8 @@ async def test_stop_ends_every_worker_and_refuses_new_jobs() -> None:
             doubling.run([1])
 
 
-def test_a_pool_needs_a_worker() -> None:
+def test_a_pool_needs_a_worker_and_a_timeout() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Verifiers(0, _double)
+    with pytest.raises(ValueError, match="job_timeout"):
+        Verifiers(1, _double, job_timeout=0)
