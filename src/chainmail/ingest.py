@@ -173,6 +173,23 @@ class Ingest:
             await asyncio.gather(*self._replies, return_exceptions=True)
         if self._pool is not None:
             await self._pool.stop()
+        # Whatever is still queued was not logged: its callers hear so now
+        # instead of waiting on a node that has stopped.
+        stopped = OperationalError("the node is stopping; nothing of this request was logged")
+        while not self._queue.empty():
+            request = self._queue.get_nowait()
+            if not request.reply.done():
+                request.reply.set_result([stopped] * len(request.raws))
+        while not self._checked.empty():
+            item = self._checked.get_nowait()
+            if item is None:
+                continue
+            requests, checked = item
+            if not checked.done():
+                checked.cancel()
+            else:
+                checked.exception()  # retrieved: a pool stopped under it is no news
+            _resolve(requests, [stopped] * _count(requests))
 
     async def submit(self, raw: bytes) -> Result:
         """Check and sequence one message; returns ``Accepted`` or the ``Error``."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from chainmail import checkpoint
-from chainmail.errors import Error, NotFound, ProofError
+from chainmail.errors import Error, NotFound, OperationalError, ProofError
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
 from chainmail.log import Log, LogEntry
@@ -42,6 +42,8 @@ _TICK: Final = 0.05
 #: Threads reading for streams and pages (inbox, firehose): a wake reaches every
 #: follower at once, and each reads on its own connection.
 _READERS: Final = 8
+#: Ids acknowledged in one store commit at most (one ack may carry more).
+_ACK_IDS: Final = 10_000
 T = TypeVar("T")
 
 
@@ -155,6 +157,7 @@ class Node:
         self._sealer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sealer")
         self._acks: list[tuple[str, list[str], asyncio.Future[int]]] = []
         self._acking: asyncio.Task[None] | None = None
+        self._stopping = False
         self._sequencer: Sequencer | None = None
         self._ingest: Ingest | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -209,8 +212,9 @@ class Node:
         if self._sequencer is not None:
             with contextlib.suppress(Error):
                 await self._on_writer(self._sequencer.flush_projection)
+        self._stopping = True
         if self._acking is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._acking
         self._writer.shutdown(wait=True)
         self._projector.shutdown(wait=True)
@@ -286,6 +290,8 @@ class Node:
         Acks that arrive while a commit of acks is under way are written
         together in the next one. Raises ``StorageError`` when the store fails.
         """
+        if self._stopping:
+            raise OperationalError("the node is stopping; the ack was not written")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._acks.append((recipient, list(ids), future))
         if self._acking is None or self._acking.done():
@@ -295,19 +301,29 @@ class Node:
     async def _write_acks(self) -> None:
         loop = asyncio.get_running_loop()
         while self._acks:
-            batch, self._acks = self._acks, []
+            # Up to _ACK_IDS ids a commit: a burst of large acks must not hold
+            # the store's writer (which the projector shares) for long.
+            batch: list[tuple[str, list[str], asyncio.Future[int]]] = []
+            size = 0
+            while self._acks and (not batch or size + len(self._acks[0][1]) <= _ACK_IDS):
+                size += len(self._acks[0][1])
+                batch.append(self._acks.pop(0))
+            counts: list[int] | None = None
+            error: BaseException = OperationalError("ack failed: the store gave no answer")
             try:
                 counts = await loop.run_in_executor(
                     self._acker, self.store.ack_many, [(r, ids) for r, ids, _ in batch]
                 )
             except Exception as exc:
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, _, future), n in zip(batch, counts, strict=True):
-                if not future.done():
-                    future.set_result(n)
+                error = exc
+            finally:
+                for i, (_, _, future) in enumerate(batch):
+                    if future.done():
+                        continue
+                    if counts is not None and len(counts) == len(batch):
+                        future.set_result(counts[i])
+                    else:
+                        future.set_exception(error)
 
     # --- notifications --------------------------------------------------------------------
 

@@ -25,7 +25,14 @@ from typing import Any, Final
 import orjson
 
 from chainmail import blocks, content, ssb, txs
-from chainmail.errors import Error, InvalidMessage, RateLimited, Rejected, StorageError
+from chainmail.errors import (
+    Error,
+    InvalidMessage,
+    OperationalError,
+    RateLimited,
+    Rejected,
+    StorageError,
+)
 from chainmail.ids import blob_id
 from chainmail.keys import Keypair
 from chainmail.log import Head, Log, NewEntry, pipeline_of
@@ -176,6 +183,8 @@ class Sequencer:
         self._deadlines: list[tuple[int, str]] = []
         self.dirty = False
         self._pending_records: dict[str, list[dict[str, Any]]] = {}
+        #: A block drafted and not yet appended or abandoned (at most one).
+        self._drafting = False
         self._unprojected: list[Projection] = []
         #: Where projections are written: one thread, so in order (None: inline).
         self._projector = projector
@@ -686,7 +695,7 @@ class Sequencer:
         try:
             sealed = self.seal_records(draft)
         except BaseException:
-            self.dirty = True
+            self.abandon_block()
             raise
         return self.append_block(sealed, visible=visible)
 
@@ -697,15 +706,19 @@ class Sequencer:
         wait for the next block; until ``append_block`` logs this one, draft
         no other.
         """
+        if self._drafting:
+            raise OperationalError("a block is already being built: append or abandon it first")
         now = self.clock()
         self.expire(now)
         if not self.dirty:
             return None
         closed = sorted(self.unsealed.values(), key=lambda t: (t.closed or 0, t.id))
+        records = [txs.record(t) for t in closed]
         # Activity from here on is the next block's: the log checkpoint is taken
         # when this one is appended, and covers it, but the flag must not be lost.
         self.dirty = False
-        return BlockDraft([txs.record(t) for t in closed])
+        self._drafting = True
+        return BlockDraft(records)
 
     def seal_records(self, draft: BlockDraft) -> SealedRecords:
         """Serialise ``draft``'s records and store them as a blob (any thread).
@@ -722,6 +735,7 @@ class Sequencer:
     def abandon_block(self) -> None:
         """A drafted block will not be appended: its txs go into the next one (writer thread)."""
         self.dirty = True
+        self._drafting = False
 
     def _block_message(self, sealed: SealedRecords) -> ssb.Checked:
         now = self.clock()
@@ -751,6 +765,7 @@ class Sequencer:
         Raises ``LogError``/``StorageError`` when it cannot be written (its txs
         then go into the next block).
         """
+        self._drafting = False
         try:
             checked = self._block_message(sealed)
         except BaseException:

@@ -22,6 +22,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import pickle
+import signal
 import socket
 import struct
 import time
@@ -40,6 +41,12 @@ _PICKLE: Final = pickle.HIGHEST_PROTOCOL
 #: replaced: a batch of 2,048 messages takes a worker ~0.2 s, so this is a
 #: worker stuck (a hung library call), not a slow one.
 DEFAULT_JOB_TIMEOUT: Final = 60.0
+#: A worker that ends sooner than this after it started counts as a quick death:
+#: its successor waits _RESPAWN_FIRST_S, doubling with each quick death in a
+#: row, up to _RESPAWN_MAX_S.
+_QUICK_DEATH_S: Final = 5.0
+_RESPAWN_FIRST_S: Final = 0.1
+_RESPAWN_MAX_S: Final = 10.0
 #: Socket buffers: a 1,024-message job is ~0.7 MB, its result ~0.9 MB.
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
 
@@ -61,26 +68,38 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     return bytes(buf)
 
 
-def _max_fd() -> int:
+def _open_fds() -> list[int]:
+    """The node's open descriptors above stdio, read just before a fork."""
     try:
-        return int(os.sysconf("SC_OPEN_MAX"))
-    except (ValueError, OSError):  # pragma: no cover - every Linux has it
-        return 65536
+        return sorted(int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2)
+    except OSError:  # pragma: no cover - no /proc: nothing is closed in the worker
+        return []
 
 
 def _serve(
     sock: socket.socket,
+    inherited: list[int],
     init: Callable[[], None] | None,
     work: Callable[..., Any],
     args: tuple[Any, ...],
 ) -> None:
     """A worker's life: answer each job frame with its result until the node hangs up."""
+    # The node's handlers came with the fork: SIGTERM must end a worker (a
+    # copy of uvicorn's handler would only set a flag nobody reads), and
+    # Ctrl-C is the node's to handle, not each worker's.
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The fork copied every descriptor of the node: its listening socket, its
     # clients' connections, the other workers' sockets. A copy held here would
-    # keep a connection the node closed open for its peer.
+    # keep a connection the node closed open for its peer. Only those the node
+    # had before the fork: multiprocessing's own (the exit sentinel) stay.
     keep = sock.fileno()
-    os.closerange(3, keep)
-    os.closerange(keep + 1, _max_fd())
+    for fd in inherited:
+        if fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
     if init is not None:
         init()
     with sock:
@@ -98,7 +117,8 @@ def _serve(
                 out = pickle.dumps((True, work(items, *args)), _PICKLE)
             except Exception as exc:  # the job's failure, not the worker's
                 out = pickle.dumps((False, f"{type(exc).__name__}: {exc}"), _PICKLE)
-            sock.sendmsg([_HEADER.pack(job, len(out)), out])
+            # sendall, not sendmsg: a signal may cut a send short.
+            sock.sendall(_HEADER.pack(job, len(out)) + out)
 
 
 class _Link(asyncio.Protocol):
@@ -115,6 +135,7 @@ class _Link(asyncio.Protocol):
         self._sizes: dict[int, int] = {}
         #: When the worker last answered, or was given work while idle.
         self.progress = time.monotonic()
+        self.started = time.monotonic()
         #: Why the node ended this worker, when it did (for the jobs' errors).
         self.ended_because: str | None = None
 
@@ -207,6 +228,7 @@ class Verifiers:
         self._stopping = False
         self._context = multiprocessing.get_context("fork")
         self._respawns: set[asyncio.Task[None]] = set()
+        self._quick_deaths = 0
 
     @property
     def pids(self) -> list[int]:
@@ -218,10 +240,27 @@ class Verifiers:
         ]
 
     async def start(self) -> None:
-        """Fork the workers and wait until each has answered an empty job."""
-        for i in range(self.count):
-            self._links.append(await self._spawn(f"verify worker {i}"))
-        await asyncio.gather(*(self._run_on(link, []) for link in self._links))
+        """Fork the workers and wait until each has answered an empty job.
+
+        Raises ``OperationalError`` when a worker cannot start or does not
+        answer within ``job_timeout``; the workers already started are ended.
+        """
+        try:
+            for i in range(self.count):
+                self._links.append(await self._spawn(f"verify worker {i}"))
+            await asyncio.wait_for(
+                asyncio.gather(*(self._run_on(link, []) for link in self._links)),
+                self.job_timeout,
+            )
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, TimeoutError):
+                raise OperationalError(
+                    f"verify workers did not start within {self.job_timeout:g} s"
+                ) from exc
+            if isinstance(exc, OSError):
+                raise OperationalError(f"cannot start the verify workers: {exc}") from exc
+            raise
         self._watchdog = asyncio.get_running_loop().create_task(
             self._watch(), name="verify-watchdog"
         )
@@ -248,6 +287,7 @@ class Verifiers:
                     process.kill()
 
     async def _spawn(self, name: str) -> _Link:
+        inherited = _open_fds()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for s in (ours, theirs):
             with contextlib.suppress(OSError):
@@ -255,7 +295,7 @@ class Verifiers:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         process = self._context.Process(
             target=_serve,
-            args=(theirs, self._init, self._work, self._args),
+            args=(theirs, inherited, self._init, self._work, self._args),
             name=name,
             daemon=True,
         )
@@ -265,6 +305,7 @@ class Verifiers:
             theirs.close()
         link = _Link(name, self._lost)
         link.process = process
+        link.started = time.monotonic()
         loop = asyncio.get_running_loop()
         await loop.connect_accepted_socket(lambda: link, ours)
         return link
@@ -281,8 +322,30 @@ class Verifiers:
         task.add_done_callback(self._respawns.discard)
 
     async def _replace(self, link: _Link) -> None:
+        # A worker that dies soon after it started (its init fails, the machine
+        # is out of memory) is replaced after a growing pause, and a fork that
+        # fails is tried again: never a busy loop of forks, never given up.
         index = self._links.index(link)
-        self._links[index] = await self._spawn(link.name)
+        lived = time.monotonic() - link.started
+        self._quick_deaths = self._quick_deaths + 1 if lived < _QUICK_DEATH_S else 0
+        while not self._stopping:
+            pause = min(_RESPAWN_MAX_S, _RESPAWN_FIRST_S * 2 ** max(0, self._quick_deaths - 1))
+            if self._quick_deaths:
+                _log.error(
+                    "%s ended %.1f s after it started; replacing it in %.1f s",
+                    link.name,
+                    lived,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+            else:
+                _log.warning("%s ended; replacing it", link.name)
+            try:
+                self._links[index] = await self._spawn(link.name)
+                return
+            except OSError as exc:
+                _log.error("cannot start %s: %s", link.name, exc)
+                self._quick_deaths += 1
 
     def _run_on(self, link: _Link, items: Sequence[Any]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -294,7 +357,10 @@ class Verifiers:
         """``work(items, *args)`` on the least loaded worker; the future holds its result."""
         if self._stopping:
             raise OperationalError("the verify workers are stopped")
-        link = min(self._links, key=lambda lk: (lk.transport is None, lk.load))
+        link = min(
+            self._links,
+            key=lambda lk: (lk.transport is None or lk.ended_because is not None, lk.load),
+        )
         return self._run_on(link, items)
 
     async def stop(self) -> None:

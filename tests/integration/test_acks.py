@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chainmail.errors import StorageError
+import chainmail.node as node_module
+from chainmail.errors import OperationalError, StorageError
 from chainmail.node import Node, NodeConfig
 from chainmail.sequencer import Accepted
 from support.feeds import Writer
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.integration
 RECIPIENTS = 12
 
 
-def test_concurrent_acks_are_each_answered_and_written_together(tmp_path: Path) -> None:
+def test_concurrent_acks_are_each_answered_and_written_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def run() -> None:
         node = Node(NodeConfig(data_dir=tmp_path / "node", workers=0))
         await node.start()
@@ -63,7 +66,17 @@ def test_concurrent_acks_are_each_answered_and_written_together(tmp_path: Path) 
                 await node.ack(parties[0].id, [ids[0]])
             node.store.ack_many = ack_many  # type: ignore[method-assign]
             assert await node.ack(parties[0].id, [ids[0]]) == 0  # already acked, and alive
+
+            # A burst of large acks is split into commits of at most _ACK_IDS ids.
+            calls.clear()
+            node.store.ack_many = counted  # type: ignore[method-assign]
+            monkeypatch.setattr(node_module, "_ACK_IDS", 3)
+            many = await asyncio.gather(*(node.ack(p.id, ids[:2]) for p in parties))
+            assert many == [0] * RECIPIENTS
+            assert calls == [1] * RECIPIENTS  # 2 + 2 ids > 3: one ack a commit
         finally:
             await node.stop()
+        with pytest.raises(OperationalError, match="stopping"):
+            await node.ack(parties[0].id, ids)
 
     asyncio.run(run())

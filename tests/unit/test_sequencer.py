@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from chainmail import blocks, merkle, ssb
-from chainmail.errors import Error, InvalidMessage, Rejected, StorageError
+from chainmail.errors import Error, InvalidMessage, OperationalError, Rejected, StorageError
 from chainmail.keys import Keypair
 from chainmail.sequencer import Accepted, Sequencer
 from chainmail.sqlite import SqliteLog, SqliteStore
@@ -224,6 +224,8 @@ def test_a_block_built_in_steps_seals_what_closed_before_its_draft(
     assert draft is not None and [r["tx"] for r in draft.records] == sorted(
         early, key=lambda t: (h.seq.unsealed[t].closed, t)
     )
+    with pytest.raises(OperationalError, match="already being built"):
+        h.seq.draft_block()  # one draft at a time: the same txs must not go in twice
     sealed = h.seq.seal_records(draft)
     late = closed_tx()  # closes while the records are being sealed
     clock.now += 1000

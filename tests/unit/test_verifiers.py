@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import multiprocessing.connection
 import os
 import signal
 import time
@@ -19,6 +20,21 @@ from chainmail.verifiers import Verifiers, WorkerDied
 
 def _double(items: list[int], offset: int) -> list[tuple[int, int]]:
     return [(os.getpid(), 2 * i + offset) for i in items]
+
+
+def _fail_init() -> None:
+    raise RuntimeError("this worker cannot start")
+
+
+#: Set by a test: while this file exists, a new worker ends as it starts.
+_GATE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"chainmail-verifiers-{os.getpid()}")
+
+
+def _gated_init() -> None:
+    with open(_GATE + ".starts", "a") as f:
+        f.write("x")
+    if os.path.exists(_GATE):
+        os._exit(3)
 
 
 def _slow_or_fail(items: list[str]) -> list[str]:
@@ -127,11 +143,84 @@ async def test_a_stuck_worker_is_killed_and_replaced() -> None:
 
 
 @_sync
+async def test_sigterm_ends_a_worker_even_under_the_nodes_handler() -> None:
+    # uvicorn installs a SIGTERM handler that only sets a flag; a worker forked
+    # with it would ignore SIGTERM and hang the node's exit.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        pool = Verifiers(1, _slow_or_fail)
+        await pool.start()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        (pid,) = pool.pids
+        stuck = pool.run(["sleep"])
+        await asyncio.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        with pytest.raises(WorkerDied):
+            await asyncio.wait_for(stuck, 10)
+        process = pool._links[0].process
+        # multiprocessing's exit sentinel survives the descriptor clean-up.
+        deadline = time.monotonic() + 10
+        while pool.pids == [pid] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(pool.run(["ok"]), 10) == ["OK"]
+        live = pool._links[0].process
+        assert live is not None and live is not process
+        assert multiprocessing.connection.wait([live.sentinel], timeout=0.2) == []
+    finally:
+        await pool.stop()
+
+
+@_sync
+async def test_a_worker_that_cannot_start_fails_start_and_leaves_nothing() -> None:
+    pool = Verifiers(2, _double, 0, init=_fail_init)
+    with pytest.raises(WorkerDied):
+        await pool.start()
+    for link in pool._links:
+        assert link.process is not None and not link.process.is_alive()
+
+
+@_sync
+async def test_workers_that_die_at_start_are_replaced_ever_more_slowly() -> None:
+    pool = Verifiers(1, _slow_or_fail, init=_gated_init)
+    await pool.start()
+    try:
+        open(_GATE, "w").close()
+        os.kill(pool.pids[0], signal.SIGKILL)
+        await asyncio.sleep(2.0)
+        with open(_GATE + ".starts") as f:
+            starts = len(f.read())
+        assert 2 <= starts <= 8, starts  # 1 at start, then 0.1 + 0.2 + 0.4 + 0.8 s apart
+        os.remove(_GATE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if pool._links[0].transport is not None and pool.pids:
+                with contextlib.suppress(WorkerDied):
+                    assert await asyncio.wait_for(pool.run(["back"]), 10) == ["BACK"]
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no worker came back")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_GATE)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_GATE + ".starts")
+        await pool.stop()
+
+
+@_sync
 async def test_workers_hold_none_of_the_nodes_descriptors() -> None:
     # A copy of a client connection in a worker would keep it open after the
     # node closed it; the worker must hold its own socket only.
     reader, writer = os.pipe()
     try:
+        node_had = {
+            os.readlink(f"/proc/self/fd/{fd}")
+            for fd in os.listdir("/proc/self/fd")
+            if int(fd) > 2 and os.path.exists(f"/proc/self/fd/{fd}")
+        } - {"/dev/null"}
         pool = Verifiers(1, _double, 0)
         await pool.start()
         try:
@@ -143,7 +232,9 @@ async def test_workers_hold_none_of_the_nodes_descriptors() -> None:
                 if int(fd) > 2
             }
             assert ours not in theirs
-            assert len(theirs) == 1 and next(iter(theirs)).startswith("socket:")
+            # Its own socket; else only what multiprocessing opens after the fork.
+            assert len([t for t in theirs if t.startswith("socket:")]) == 1
+            assert not theirs & node_had
         finally:
             await pool.stop()
     finally:
