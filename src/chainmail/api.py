@@ -751,6 +751,10 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         tags=["operations"],
         response_class=PlainTextResponse,
         summary="Prometheus metrics",
+        description="Messages accepted, duplicated and refused (by code), each pipeline's log "
+        "size, the block height, and `chainmail_ingest_stage_seconds`: a histogram per ingest "
+        "stage (`queued`, `verify`, `wait`, `log`, `project`, and `total` from arrival to reply), "
+        "counting messages.",
     )
     async def get_metrics() -> Response:
         lines = [
@@ -781,6 +785,8 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             "# TYPE chainmail_block_height gauge",
             f"chainmail_block_height {0 if latest is None else latest.height}",
         ]
+        if node.ingest_stages is not None:
+            lines += node.ingest_stages.render()
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     return app

@@ -59,7 +59,7 @@ import time
 import urllib.parse
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -71,6 +71,7 @@ import websockets
 from chainmail import httpsig, ssb
 from chainmail.errors import Error
 from chainmail.keys import Keypair, verify_signed
+from chainmail.stages import BUCKETS, STAGES
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -87,6 +88,7 @@ __all__ = [
     "percentile",
     "process_rss_mb",
     "run",
+    "stage_quantiles",
     "verify_ceiling",
 ]
 
@@ -966,6 +968,36 @@ async def _sealed_metrics(
     return metrics
 
 
+def stage_quantiles(
+    before: Mapping[str, float], after: Mapping[str, float]
+) -> dict[str, list[float | None]]:
+    """p50 and p99 of each ingest stage between two ``/metrics`` readings, in ms.
+
+    Each is the upper bound of the histogram bucket it falls in (None past
+    the last bound, or for a stage with no messages in between).
+    """
+    out: dict[str, list[float | None]] = {}
+    for stage in STAGES:
+
+        def bucket(le: str, stage: str = stage) -> float:
+            key = f'chainmail_ingest_stage_seconds_bucket{{stage="{stage}",le="{le}"}}'
+            return after.get(key, 0.0) - before.get(key, 0.0)
+
+        total = bucket("+Inf")
+        if total <= 0:
+            continue
+        marks: list[float | None] = []
+        for q in (0.5, 0.99):
+            mark: float | None = None
+            for bound in BUCKETS:
+                if bucket(f"{bound:g}") >= q * total:
+                    mark = round(bound * 1000, 1)
+                    break
+            marks.append(mark)
+        out[stage] = marks
+    return out
+
+
 @dataclass
 class _Load:
     full: _Phase
@@ -976,6 +1008,8 @@ class _Load:
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
     rec: _Recorder
+    #: Ingest stage p50/p99 (ms, bucket bounds) over the half-load phase.
+    half_stages: dict[str, list[float | None]]
 
 
 async def _drive(
@@ -1078,7 +1112,9 @@ async def _drive(
             full = await phase([(0, k) for k in splits], None)
             rate = full.messages / full.seconds / 2 if full.seconds > 0 else None
             half_bounds = [(k, len(s)) for k, s in zip(splits, traffic.streams, strict=True)]
+            mid = await _metrics(client)
             half = await phase(half_bounds, rate)
+            half_stages = stage_quantiles(mid, await _metrics(client))
             # Wait for the sampled deliveries of accepted messages to come through.
             expected = sum(1 for i in traffic.watched.values() if rec.done[i] > 0)
             deadline = time.perf_counter() + _DELIVERY_GRACE_S
@@ -1093,7 +1129,9 @@ async def _drive(
                     await task
         if on_progress is not None:
             on_progress(rec.answered, traffic.messages)
-    return _Load(full, half, rate or 0.0, deliveries, rss, metrics_before, metrics_after, rec)
+    return _Load(
+        full, half, rate or 0.0, deliveries, rss, metrics_before, metrics_after, rec, half_stages
+    )
 
 
 def _ms(seconds: float) -> float | None:
@@ -1236,6 +1274,7 @@ def run(
         "half_load_msgs_per_s": round(half.messages / half.seconds, 1) if half.seconds else None,
         "half_load_p50_ms": _ms(percentile(half.latencies, 50)),
         "half_load_p99_ms": _ms(percentile(half.latencies, 99)),
+        "half_load_stages_ms": load.half_stages,
         # CPU per acknowledged message at full load: where the cores went.
         "cpu_us_per_msg": {
             k: round(v / full.messages * 1e6, 1) for k, v in full.cpu.items() if full.messages

@@ -20,6 +20,7 @@ import gc
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -28,6 +29,7 @@ from chainmail import content, ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError
 from chainmail.ids import MsgId
 from chainmail.sequencer import Result, policy_view
+from chainmail.stages import StageHistograms
 from chainmail.verifiers import Verifiers
 
 __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
@@ -53,6 +55,10 @@ class _Request:
 
     raws: list[bytes]
     reply: asyncio.Future[list[Result]]
+    #: When it arrived, was taken into a batch, and its batch was checked (``clock``).
+    arrived: float = 0.0
+    collected: float = 0.0
+    checked: float = 0.0
 
 
 #: A collected batch: its requests, and their check results once the pool is done.
@@ -139,8 +145,12 @@ class Ingest:
         hmac_key: bytes | None = None,
         node_id: str | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._sequence = sequence
+        self._clock = clock
+        #: Per-stage latency of every request answered (``GET /metrics``).
+        self.stages = StageHistograms()
         self._hmac_key = hmac_key
         self._node_id = node_id
         self._max_batch = max_batch
@@ -210,7 +220,7 @@ class Ingest:
         fits = [raw for raw, ok in zip(raws, sized, strict=True) if ok]
         reply: asyncio.Future[list[Result]] = loop.create_future()
         if fits:
-            self._queue.put_nowait(_Request(fits, reply))
+            self._queue.put_nowait(_Request(fits, reply, arrived=self._clock()))
         else:
             reply.set_result([])
         if len(fits) == len(raws):
@@ -249,6 +259,10 @@ class Ingest:
                 requests.append(request)
                 raws.extend(request.raws)
             checked: asyncio.Future[list[ssb.Checked | Error]] = loop.create_future()
+            now = self._clock()
+            for r in requests:
+                r.collected = now
+            checked.add_done_callback(functools.partial(self._mark_checked, requests))
             if self._pool is None or len(raws) < _INLINE_BELOW:
                 checked.set_result(_unpack(raws, _check_chunk(raws, self._hmac_key, self._node_id)))
             else:
@@ -256,6 +270,11 @@ class Ingest:
                 gathered = asyncio.gather(*(pool.run(c) for c in _split(raws, pool.count)))
                 gathered.add_done_callback(functools.partial(_join, raws=raws, out=checked))
             await self._checked.put((requests, checked))
+
+    def _mark_checked(self, requests: list[_Request], _: object) -> None:
+        now = self._clock()
+        for r in requests:
+            r.checked = now
 
     async def _drain(self) -> None:
         carry: _Batch | None = None
@@ -298,6 +317,7 @@ class Ingest:
         if not items:
             return
         await self._projecting.acquire()
+        started = self._clock()
         try:
             results, visible = await self._sequence(items)
         except BaseException as exc:
@@ -308,18 +328,40 @@ class Ingest:
             _resolve(waiting, [err] * len(items))
             return
         # The next group goes to the sequencer now; this one answers once visible.
-        task = asyncio.create_task(self._reply(waiting, results, visible), name="ingest-reply")
+        logged = self._clock()
+        task = asyncio.create_task(
+            self._reply(waiting, results, visible, started, logged), name="ingest-reply"
+        )
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
     async def _reply(
-        self, waiting: list[_Request], results: list[Result], visible: Awaitable[None]
+        self,
+        waiting: list[_Request],
+        results: list[Result],
+        visible: Awaitable[None],
+        started: float,
+        logged: float,
     ) -> None:
         try:
             await visible
         finally:
             self._projecting.release()
             _resolve(waiting, results)
+            self._observe(waiting, started, logged, self._clock())
+
+    def _observe(
+        self, requests: list[_Request], started: float, logged: float, visible: float
+    ) -> None:
+        observe = self.stages.observe
+        for r in requests:
+            n = len(r.raws)
+            observe("queued", r.collected - r.arrived, n)
+            observe("verify", r.checked - r.collected, n)
+            observe("wait", started - r.checked, n)
+            observe("log", logged - started, n)
+            observe("project", visible - logged, n)
+            observe("total", visible - r.arrived, n)
 
 
 def _resolve(requests: list[_Request], results: Sequence[Result]) -> None:

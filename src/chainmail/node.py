@@ -31,6 +31,7 @@ from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
 from chainmail.registry import Admission, Registry
 from chainmail.sequencer import Result, Sequencer
 from chainmail.sqlite import DEFAULT_SYNCHRONOUS, STORE_SYNCHRONOUS, SqliteLog, SqliteStore
+from chainmail.stages import StageHistograms
 from chainmail.store import Projection, Store
 
 __all__ = ["DEFAULT_BLOCK_INTERVAL", "Node", "NodeConfig", "load_identity", "system_clock"]
@@ -236,6 +237,11 @@ class Node:
         return self._sequencer
 
     # --- ingest ---------------------------------------------------------------------------
+
+    @property
+    def ingest_stages(self) -> StageHistograms | None:
+        """Ingest's per-stage latency histograms (None before ``start``)."""
+        return None if self._ingest is None else self._ingest.stages
 
     async def _sequence(self, items: list[Any]) -> Sequenced:
         seq = self.sequencer

@@ -36,6 +36,13 @@ def test_concurrent_acks_are_each_answered_and_written_together(
             ]
             results = await node.submit_many(raws)
             assert all(isinstance(r, Accepted) and r.created for r in results), results
+            # Each message was timed through every ingest stage (GET /metrics).
+            stages = node.ingest_stages
+            assert stages is not None
+            for stage in ("queued", "verify", "wait", "log", "project", "total"):
+                assert stages.count(stage) == RECIPIENTS, stage
+            total = stages.quantile("total", 1.0)
+            assert total is not None and total <= 5.0
             ids = [r.id for r in results if isinstance(r, Accepted)]
             for p, mid in zip(parties, ids, strict=True):
                 assert [d.id for d in node.store.inbox(p.id, 10)] == [mid]

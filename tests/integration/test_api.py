@@ -246,7 +246,16 @@ def test_openapi_and_metrics(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
     for path in ("/v1/messages", "/v1/messages/batch", "/v1/inbox", "/v1/firehose", "/v1/blobs"):
         assert path in spec["paths"], path
-    assert "chainmail_messages_accepted_total" in http.get("/metrics").text
+    post(http, Writer().sign({"type": "post", "text": "counted"}))
+    text = http.get("/metrics").text
+    assert "chainmail_messages_accepted_total" in text
+    # Ingest stage histograms: every accepted or refused message was timed.
+    accepted = float(text.split("\nchainmail_messages_accepted_total ", 1)[1].split("\n", 1)[0])
+    total = float(
+        text.split('\nchainmail_ingest_stage_seconds_count{stage="total"} ', 1)[1].split("\n")[0]
+    )
+    assert total >= accepted > 0
+    assert 'chainmail_ingest_stage_seconds_bucket{stage="verify",le="+Inf"}' in text
     assert http.get("/docs").status_code == 200
 
 

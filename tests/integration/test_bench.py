@@ -70,6 +70,11 @@ def test_bench_json_report(mode: str) -> None:
     assert report["txs"] > 0
     assert report["blocks"] >= 1
     assert report["rss_mb"] > 0
+    # Where the half-load phase's time went, from the node's stage histograms.
+    stages = report["half_load_stages_ms"]
+    assert set(stages) == {"queued", "verify", "wait", "log", "project", "total"}
+    for p50, p99 in stages.values():
+        assert p50 is None or p99 is None or 0 < p50 <= p99
 
 
 def test_bench_refuses_a_bad_configuration() -> None:
