@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -156,7 +157,9 @@ class Node:
         self._readers = concurrent.futures.ThreadPoolExecutor(_READERS, thread_name_prefix="reader")
         self._acker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="acker")
         self._sealer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sealer")
-        self._acks: list[tuple[str, list[str], asyncio.Future[int]]] = []
+        self._acks: collections.deque[tuple[str, list[str], asyncio.Future[int]]] = (
+            collections.deque()
+        )
         self._acking: asyncio.Task[None] | None = None
         self._stopping = False
         self._sequencer: Sequencer | None = None
@@ -313,7 +316,7 @@ class Node:
             size = 0
             while self._acks and (not batch or size + len(self._acks[0][1]) <= _ACK_IDS):
                 size += len(self._acks[0][1])
-                batch.append(self._acks.pop(0))
+                batch.append(self._acks.popleft())
             counts: list[int] | None = None
             error: BaseException = OperationalError("ack failed: the store gave no answer")
             try:

@@ -768,22 +768,21 @@ class Sequencer:
         self._drafting = False
         try:
             checked = self._block_message(sealed)
-        except BaseException:
-            self.dirty = True
-            raise
-        self._pending_records[sealed.records_id] = sealed.records
-        try:
+            self._pending_records[sealed.records_id] = sealed.records
             result = self.process([checked])[0]
-        except BaseException:  # the log refused the write: nothing of it was kept
-            self._pending_records.pop(sealed.records_id, None)
-            self.dirty = True
+        except BaseException:  # nothing of the block was logged
+            self._unseal(sealed)
             raise
         if visible:
             self.flush_projection()
         else:
             self.dispatch_projection()
         if isinstance(result, Error):
-            self._pending_records.pop(sealed.records_id, None)
-            self.dirty = True
+            self._unseal(sealed)
             raise result
         return result
+
+    def _unseal(self, sealed: SealedRecords) -> None:
+        """A block that was not logged: its txs go into the next one."""
+        self._pending_records.pop(sealed.records_id, None)
+        self.dirty = True

@@ -127,17 +127,21 @@ class _Link(asyncio.Protocol):
     def __init__(self, name: str, on_lost: Callable[[_Link], None]) -> None:
         self.name = name
         self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.load = 0  # items in jobs not yet answered
         self.transport: asyncio.Transport | None = None
         self.process: multiprocessing.process.BaseProcess | None = None
         self._on_lost = on_lost
         self._buf = bytearray()
-        self._sizes: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}  # items of each job not yet answered
         #: When the worker last answered, or was given work while idle.
         self.progress = time.monotonic()
         self.started = time.monotonic()
         #: Why the node ended this worker, when it did (for the jobs' errors).
         self.ended_because: str | None = None
+
+    @property
+    def load(self) -> int:
+        """Items in jobs not yet answered."""
+        return sum(self._sizes.values())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have Transport's methods without being its subclass.
@@ -158,7 +162,7 @@ class _Link(asyncio.Protocol):
     def _answer(self, job: int, payload: bytes) -> None:
         self.progress = time.monotonic()
         future = self.pending.pop(job, None)
-        self.load -= self._sizes.pop(job, 0)
+        self._sizes.pop(job, None)
         if future is None or future.done():
             return
         try:
@@ -175,7 +179,6 @@ class _Link(asyncio.Protocol):
         self.transport = None
         pending, self.pending = self.pending, {}
         self._sizes.clear()
-        self.load = 0
         why = self.ended_because or "ended with a job unanswered"
         for future in pending.values():
             if not future.done():
@@ -191,7 +194,6 @@ class _Link(asyncio.Protocol):
             self.progress = time.monotonic()
         self.pending[job] = future
         self._sizes[job] = len(items)
-        self.load += len(items)
         self.transport.write(_HEADER.pack(job, len(payload)) + payload)
 
 
