@@ -553,12 +553,13 @@ class Sequencer:
             # Also from ``open``: timeouts are not in the log, so a store rebuilt
             # from it knows a timed-out tx as open until its block says otherwise.
             tx = self.unsealed.pop(record["tx"], None) or self.open.pop(record["tx"], None)
-            self._changed.pop(record["tx"], None)
             if tx is not None:
                 tx.status = record["status"]
                 tx.closed = record["closed"]
-                self._touched.pop(tx.id, None)
-                projection.txs[tx.id] = tx_row(tx, block=height)
+        # No tx row is rewritten here: each sealed tx's row went to the store with
+        # its last message (or its timeout), and any still pending is written by
+        # this same projection, before the block's records set its block, status
+        # and closed (``Store.apply``). Rewriting every row cost ~10 µs a tx.
         projection.blocks.append(
             BlockRow(height, msg_id, body, records, list(body_content["logs"]))
         )

@@ -119,7 +119,12 @@ class Store(Protocol):
         ...
 
     def apply(self, projection: Projection) -> list[int]:
-        """Write a projection and its cursors atomically; returns new delivery numbers."""
+        """Write a projection and its cursors atomically; returns new delivery numbers.
+
+        Each block's records then set ``block``, ``status`` and ``closed`` of
+        their txs not yet in a block, after the projection's own tx rows are
+        written: the sequencer sends no tx rows for a block.
+        """
         ...
 
     def message(self, msg_id: str) -> MessageRow | None: ...

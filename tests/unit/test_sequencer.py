@@ -207,6 +207,52 @@ def test_every_closed_tx_in_exactly_one_block(h: Harness, clock: Clock) -> None:
     assert sorted(sealed) == sorted(ids) and len(set(sealed)) == len(ids)
 
 
+def test_a_sealed_tx_row_is_complete_when_its_last_messages_and_block_project_together(
+    h: Harness, clock: Clock, tmp_path: Path, node_keys: Keypair
+) -> None:
+    # The block sends no tx rows of its own: the rows of its txs come from
+    # their messages, here still unprojected when the block is appended, and
+    # the block's records then set block, status and closed.
+    a, b = Writer(), Writer()
+    finished = h.one(open_tx(a, b, finish="any")).id
+    timed_out = h.one(open_tx(a, b, deadline=NOW + 10)).id
+    note = a.sign({"type": "tx/note", "tx": finished, "data": {"terms": "DvP"}})
+    results = h.submit(note, b.sign({"type": "tx/finish", "tx": finished}), project=False)
+    assert all(isinstance(r, Accepted) for r in results), results
+    clock.now = NOW + 50
+    h.seq.expire(clock.now)  # timed_out closes, its row not yet written either
+    block = h.seq.build_block()
+    assert block is not None
+    expected = {
+        finished: ("finished", 3),
+        timed_out: ("timed_out", 1),
+    }
+    for tx_id, (status, count) in expected.items():
+        row = h.store.tx(tx_id)
+        assert row is not None
+        assert (row.block, row.status, len(row.messages)) == (1, status, count)
+        assert row.closed is not None
+    # A store rebuilt from the log has the same rows.
+    rows = {t: h.store.tx(t) for t in expected}
+    h.close()
+    _drop_store(tmp_path)
+    again = Harness(tmp_path, clock, node_keys)
+    try:
+        for tx_id, row in rows.items():
+            rebuilt = again.store.tx(tx_id)
+            assert rebuilt is not None and row is not None
+            assert (rebuilt.block, rebuilt.status, rebuilt.closed, rebuilt.messages) == (
+                row.block,
+                row.status,
+                row.closed,
+                row.messages,
+            )
+    finally:
+        again.close()
+        h.log = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
+        h.store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+
+
 def test_a_block_built_in_steps_seals_what_closed_before_its_draft(
     h: Harness, clock: Clock
 ) -> None:
