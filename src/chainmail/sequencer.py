@@ -35,10 +35,10 @@ from chainmail.errors import (
 )
 from chainmail.ids import blob_id
 from chainmail.keys import Keypair
-from chainmail.log import Head, Log, NewEntry, pipeline_of
+from chainmail.log import Head, Log, NewEntry, new_entry, pipeline_of
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
 from chainmail.registry import APPLIED_TYPES, Admission, Registry
-from chainmail.store import BlockRow, MessageRow, Projection, Store, TxRow
+from chainmail.store import BlockRow, Projection, Store, TxRow, message_row
 
 __all__ = ["Accepted", "BlockDraft", "SealedRecords", "Sequencer"]
 
@@ -65,6 +65,21 @@ class Accepted:
 
 
 Result = Accepted | Error
+
+_SET_ACCEPTED: Final = tuple(
+    Accepted.__dict__[name].__set__ for name in ("id", "pipeline", "index", "created")
+)
+
+
+def _accepted(msg_id: str, pipeline: int, index: int, created: bool) -> Accepted:
+    """``Accepted(...)`` without the frozen ``__init__`` (once a logged message)."""
+    obj = object.__new__(Accepted)
+    s_id, s_pipeline, s_index, s_created = _SET_ACCEPTED
+    s_id(obj, msg_id)
+    s_pipeline(obj, pipeline)
+    s_index(obj, index)
+    s_created(obj, created)
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +346,7 @@ class Sequencer:
             index = self.log.size(pipeline)
         pending.sizes[pipeline] = index + 1
         body = c.text.encode("utf-8")
-        entry = NewEntry(c.id, author, sequence, now, body)
+        entry = new_entry(c.id, author, sequence, now, body)
         pending.entries.append(entry)
         if batch is None:
             pending.feeds[author] = [entry]
@@ -356,7 +371,7 @@ class Sequencer:
         projection.cursors[pipeline] = index + 1
         if not own:
             self.dirty = True
-        return Accepted(c.id, pipeline, index, created=True)
+        return _accepted(c.id, pipeline, index, True)
 
     def _known(self, c: ssb.Checked, now: int, pending: _Pending) -> Accepted:
         """A message at or below the feed's head: the same one again, or a fork.
@@ -503,7 +518,7 @@ class Sequencer:
                 if record is not None:
                     projection.identities[ident] = record
         projection.messages.append(
-            MessageRow(
+            message_row(
                 msg_id, pipeline, index, author, sequence, received, type_, tx_id, body, chan
             )
         )

@@ -27,6 +27,7 @@ Pure: no I/O and no clock of its own.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
@@ -65,6 +66,8 @@ DEFAULT_FINISH: Final[FinishPolicy] = "all"
 _TO_PARTIES: Final = frozenset({"tx/open", "tx/finish", "tx/note"})
 #: Types delivered to each identity whose sealed key they carry.
 _TO_KEY_HOLDERS: Final = frozenset({"chan/open", "chan/share"})
+#: Distinct party lists whose sorted form is kept (a few hundred bytes each).
+_SORTED_PARTIES_CACHE: Final = 4096
 
 
 @dataclass
@@ -476,7 +479,13 @@ def recipients(
     elif kind == "tx/note" and "to" in content:
         targets = content["to"]
     elif kind in _TO_PARTIES:
-        targets = None if tx is None else tx.parties
+        if tx is None:
+            return []
+        try:
+            # A tx's parties never change: sorted once, not on every message.
+            return [p for p in _sorted_ids(tx.parties) if p != msg_author]
+        except TypeError:  # not a tuple of hashables: the general path below
+            targets = tx.parties
     elif kind == "chan/msg":
         targets = channel_members
     elif kind in _TO_KEY_HOLDERS:
@@ -487,6 +496,12 @@ def recipients(
         # What JSON and ``Tx`` give: one pass, without ``_ids``' generator.
         return sorted({fid for fid in targets if isinstance(fid, str) and fid != msg_author})  # type: ignore[attr-defined]
     return sorted({fid for fid in _ids(targets) if fid != msg_author})
+
+
+@functools.lru_cache(maxsize=_SORTED_PARTIES_CACHE)
+def _sorted_ids(parties: tuple[str, ...]) -> tuple[str, ...]:
+    """The distinct strings of ``parties``, sorted (a tx's recipients before the author is taken out)."""
+    return tuple(sorted({p for p in parties if isinstance(p, str)}))
 
 
 def _ids(value: object) -> Iterable[str]:
