@@ -21,6 +21,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy tests benchmarks
 
 # node_modules for the SSB interoperability tests, from the committed lock file.
 interop/node_modules/.installed: interop/package.json interop/package-lock.json

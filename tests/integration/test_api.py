@@ -44,7 +44,7 @@ def post(http: httpx.Client, msg: dict[str, Any] | bytes) -> httpx.Response:
 def problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/problem+json")
-    body = resp.json()
+    body: dict[str, Any] = resp.json()
     assert body["code"] == code and body["status"] == status and body["detail"]
     return body
 

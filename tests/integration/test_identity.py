@@ -41,7 +41,8 @@ def post(http: httpx.Client, msg: dict[str, Any]) -> httpx.Response:
 def ident(http: httpx.Client, fid: str) -> dict[str, Any]:
     resp = http.get(f"/v1/identities/{quote(fid, safe='')}")
     assert resp.status_code == 200, resp.text
-    return resp.json()
+    body: dict[str, Any] = resp.json()
+    return body
 
 
 def now_ms() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -28,7 +29,7 @@ def ws_url(node: Server, path: str) -> str:
 
 
 def test_ws_ingest_one_result_per_frame_in_order(node: Server) -> None:
-    async def run() -> list[dict[str, object]]:
+    async def run() -> list[dict[str, Any]]:
         w = Writer()
         frames = [orjson.dumps(w.sign({"type": "post", "n": i})) for i in range(200)]
         frames.insert(100, b"not json")

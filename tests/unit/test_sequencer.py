@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def node_keys() -> Keypair:
 
 
 @pytest.fixture
-def h(tmp_path: Path, clock: Clock, node_keys: Keypair) -> Harness:
+def h(tmp_path: Path, clock: Clock, node_keys: Keypair) -> Iterator[Harness]:
     harness = Harness(tmp_path, clock, node_keys)
     yield harness
     harness.close()
@@ -148,7 +149,7 @@ def test_bad_signature_and_policy(h: Harness) -> None:
     msg["signature"] = ssb.create(Keypair.generate(), {"type": "post"}, None, 1)["signature"]
     h.refused(msg, "invalid_signature")
     b = Writer()
-    floaty = ssb.create(b.keys, {"type": "post"}, None, 1.5)  # type: ignore[arg-type]
+    floaty = ssb.create(b.keys, {"type": "post"}, None, 1.5)
     h.refused(floaty, "invalid_format")
 
 

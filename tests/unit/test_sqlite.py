@@ -349,23 +349,24 @@ def test_the_node_logs_at_full_and_projects_at_normal_durability(tmp_path: Path)
 
     node = Node(NodeConfig(data_dir=tmp_path / "node"))
     try:
-        assert isinstance(node.log, SqliteLog) and isinstance(node.store, SqliteStore)
-        (log_level,) = node.log._w.execute("PRAGMA synchronous").fetchone()
-        (store_level,) = node.store._w.execute("PRAGMA synchronous").fetchone()
+        log, store = node.log, node.store
+        assert isinstance(log, SqliteLog) and isinstance(store, SqliteStore)
+        (log_level,) = log._w.execute("PRAGMA synchronous").fetchone()
+        (store_level,) = store._w.execute("PRAGMA synchronous").fetchone()
         assert (log_level, store_level) == (2, 1)  # FULL, NORMAL
         levels: list[int] = []
-        node.store._w.set_trace_callback(
+        store._w.set_trace_callback(
             lambda sql: (
-                levels.append(node.store._w.execute("PRAGMA synchronous").fetchone()[0])
+                levels.append(store._w.execute("PRAGMA synchronous").fetchone()[0])
                 if sql.startswith("INSERT OR IGNORE INTO forks")
                 else None
             )
         )
-        node.store.record_fork("@a", 1, b"kept", b"rejected")
-        node.store._w.set_trace_callback(None)
+        store.record_fork("@a", 1, b"kept", b"rejected")
+        store._w.set_trace_callback(None)
         assert levels == [2]
-        assert node.store.has_fork("@a", 1)
-        assert node.store._w.execute("PRAGMA synchronous").fetchone() == (1,)
+        assert store.has_fork("@a", 1)
+        assert store._w.execute("PRAGMA synchronous").fetchone() == (1,)
     finally:
         node.log.close()
         node.store.close()
