@@ -45,6 +45,10 @@ PROBLEM: Final = "application/problem+json"
 _DOCS_PAGE: Final = (importlib.resources.files("chainmail") / "static" / "docs.html").read_bytes()
 NDJSON: Final = "application/x-ndjson"
 _MAX_LIMIT: Final = 10_000
+#: Inbox entries an inbox stream reads from the store at a time.
+_READ_BATCH: Final = 500
+#: Seconds an inbox stream waits for a pushed delivery before reading the store anyway.
+_INBOX_IDLE_S: Final = 5.0
 
 
 class Limits:
@@ -559,7 +563,6 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             await ws.close(code=4401, reason=exc.detail[:120])
             return
         await ws.accept()
-        signal = node.inbox_signal(me)
         last = 0
 
         async def acks() -> None:
@@ -578,23 +581,37 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         def frames(after: int) -> list[tuple[int, str]]:
             # Read and encoded off the event loop: a wake reaches every follower
             # of a recipient at once, and none of them may hold up the others.
-            return [(e[0], _entry_json(*e).decode("utf-8")) for e in _entries(me, 500, after)]
+            return [
+                (e[0], _entry_json(*e).decode("utf-8")) for e in _entries(me, _READ_BATCH, after)
+            ]
 
         reader = asyncio.create_task(acks())
-        try:
-            while not reader.done():
-                entries = await node.read(frames, last)
-                for delivery, frame in entries:
-                    await ws.send_text(frame)
-                    last = delivery
-                if not entries:
-                    waiter = asyncio.create_task(signal.wait(5.0))
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            reader.cancel()
+        # New deliveries are pushed to the feed as the projector writes them; the
+        # store is read at the start, after falling behind, and when idle
+        # (``chainmail.inboxfeed``). Either way a frame goes out once, in order.
+        with node.inbox_feed(me) as feed:
+            try:
+                while not reader.done():
+                    if feed.stale:
+                        feed.stale = False
+                        entries = await node.read(frames, last)
+                        for delivery, frame in entries:
+                            await ws.send_text(frame)
+                            last = delivery
+                        if len(entries) == _READ_BATCH:
+                            feed.stale = True  # more to read
+                            continue
+                    for d in feed.take(last):
+                        await ws.send_text(_entry_json(d.delivery, d.id, d.body).decode("utf-8"))
+                        last = d.delivery
+                    if not feed.stale and not feed.pending:
+                        waiter = asyncio.create_task(feed.wait(_INBOX_IDLE_S))
+                        await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                        waiter.cancel()
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                reader.cancel()
 
     # --- firehose -----------------------------------------------------------------------
 

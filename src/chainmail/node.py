@@ -18,13 +18,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from chainmail import checkpoint
 from chainmail.errors import Error, NotFound, OperationalError, ProofError
+from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
 from chainmail.log import Log, LogEntry
@@ -33,7 +34,7 @@ from chainmail.registry import Admission, Registry
 from chainmail.sequencer import Result, Sequencer
 from chainmail.sqlite import DEFAULT_SYNCHRONOUS, STORE_SYNCHRONOUS, SqliteLog, SqliteStore
 from chainmail.stages import StageHistograms
-from chainmail.store import Projection, Store
+from chainmail.store import Delivery, Projection, Store
 
 __all__ = ["DEFAULT_BLOCK_INTERVAL", "Node", "NodeConfig", "load_identity", "system_clock"]
 
@@ -88,6 +89,8 @@ def load_identity(path: Path) -> Keypair:
 #: Ingest allocates a few dozen objects per message, so the default collects
 #: hundreds of times a second, and every tenth one walks the middle generation.
 _GC_YOUNG: Final = 50_000
+#: Deliveries pushed to one inbox stream and not yet sent before it reads the store instead.
+INBOX_PUSH_LIMIT = DEFAULT_LIMIT
 
 
 def _tune_gc() -> None:
@@ -166,7 +169,7 @@ class Node:
         self._ingest: Ingest | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox_signals: dict[str, _Signal] = {}
+        self._inbox_feeds: dict[str, set[InboxFeed]] = {}
         self.log_signal: _Signal | None = None
         self.block_signal: _Signal | None = None
         self.started = False
@@ -336,31 +339,45 @@ class Node:
 
     # --- notifications --------------------------------------------------------------------
 
-    def _projected(self, projection: Projection, deliveries: list[int]) -> None:
-        # Runs on the writer thread: hop to the loop to wake waiters.
-        recipients = {r for r, _ in projection.inbox}
+    def _projected(self, projection: Projection, deliveries: list[tuple[str, Delivery]]) -> None:
+        # Runs on the projector thread: hop to the loop to wake waiters.
+        fresh: dict[str, list[Delivery]] = {}
+        for recipient, entry in deliveries:
+            fresh.setdefault(recipient, []).append(entry)
         has_blocks = bool(projection.blocks)
-        if self._loop is not None and (recipients or projection.messages):
+        if self._loop is not None and (fresh or projection.messages):
             self._loop.call_soon_threadsafe(
-                self._wake, recipients, has_blocks, bool(projection.messages)
+                self._wake, fresh, has_blocks, bool(projection.messages)
             )
 
-    def _wake(self, recipients: set[str], has_blocks: bool, logged: bool = False) -> None:
+    def _wake(
+        self, fresh: dict[str, list[Delivery]], has_blocks: bool, logged: bool = False
+    ) -> None:
         # Messages the ticker logs (blocks) wake firehose followers too.
         if logged and self.log_signal is not None:
             self.log_signal.fire()
-        for recipient in recipients:
-            signal = self._inbox_signals.get(recipient)
-            if signal is not None:
-                signal.fire()
+        for recipient, entries in fresh.items():
+            for feed in self._inbox_feeds.get(recipient, ()):
+                feed.push(entries)
         if has_blocks and self.block_signal is not None:
             self.block_signal.fire()
 
-    def inbox_signal(self, recipient: str) -> _Signal:
-        signal = self._inbox_signals.get(recipient)
-        if signal is None:
-            signal = self._inbox_signals[recipient] = _Signal()
-        return signal
+    @contextlib.contextmanager
+    def inbox_feed(self, recipient: str) -> Iterator[InboxFeed]:
+        """A feed of ``recipient``'s new deliveries as they are written (event loop only).
+
+        Starts ``stale``: read the store first. Dropped when the block exits.
+        """
+        feed = InboxFeed(recipient, limit=INBOX_PUSH_LIMIT)
+        self._inbox_feeds.setdefault(recipient, set()).add(feed)
+        try:
+            yield feed
+        finally:
+            feeds = self._inbox_feeds.get(recipient)
+            if feeds is not None:
+                feeds.discard(feed)
+                if not feeds:
+                    del self._inbox_feeds[recipient]
 
     async def _build_block(self, seq: Sequencer) -> None:
         # Only the draft and the append hold the writer: serialising and storing

@@ -38,7 +38,7 @@ from chainmail.keys import Keypair
 from chainmail.log import Head, Log, NewEntry, new_entry, pipeline_of
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
 from chainmail.registry import APPLIED_TYPES, Admission, Registry
-from chainmail.store import BlockRow, Projection, Store, TxRow, message_row
+from chainmail.store import BlockRow, Delivery, Projection, Store, TxRow, message_row
 
 __all__ = ["Accepted", "BlockDraft", "SealedRecords", "Sequencer"]
 
@@ -178,7 +178,7 @@ class Sequencer:
         *,
         clock: Callable[[], int],
         hmac_key: bytes | None = None,
-        on_projected: Callable[[Projection, list[int]], None] | None = None,
+        on_projected: Callable[[Projection, list[tuple[str, Delivery]]], None] | None = None,
         registrars: Sequence[str] = (),
         admission: Admission = "open",
         identity_rate: float = IDENTITY_RATE,

@@ -788,7 +788,7 @@ class SqliteStore:
     def cursors(self) -> dict[int, int]:
         return {int(p): int(n) for p, n in self._r().execute("SELECT pipeline, next FROM cursors")}
 
-    def apply(self, projection: Projection) -> list[int]:
+    def apply(self, projection: Projection) -> list[tuple[str, Delivery]]:
         w = self._w
         with self._lock:
             self._new_recipients = {}
@@ -839,22 +839,21 @@ class SqliteStore:
                     )
                     # New deliveries get increasing numbers above every existing one.
                     (top,) = w.execute("SELECT COALESCE(MAX(delivery), 0) FROM inbox").fetchone()
+                    deliveries: list[tuple[str, Delivery]] = []
                     if projection.inbox:
+                        rows, whose, what = self._inbox_rows(projection)
                         w.executemany(
-                            "INSERT OR IGNORE INTO inbox (recipient, pos) VALUES (?, ?)",
-                            self._inbox_rows(projection),
+                            "INSERT OR IGNORE INTO inbox (recipient, pos) VALUES (?, ?)", rows
                         )
-                    deliveries: list[int] = (
-                        [
-                            int(d)
-                            for (d,) in w.execute(
-                                "SELECT delivery FROM inbox WHERE delivery>? ORDER BY delivery",
-                                (top,),
-                            )
-                        ]
-                        if projection.inbox
-                        else []
-                    )
+                        # The entries this commit added (an entry already there is
+                        # ignored above), for the node to push to live followers.
+                        for d, no, pos in w.execute(
+                            "SELECT delivery, recipient, pos FROM inbox WHERE delivery>?"
+                            " ORDER BY delivery",
+                            (top,),
+                        ):
+                            msg = what[pos]
+                            deliveries.append((whose[no], Delivery(int(d), msg.id, msg.body)))
                     w.executemany(
                         "INSERT OR REPLACE INTO channels (id, data) VALUES (?, ?)",
                         [(cid, orjson.dumps(data)) for cid, data in projection.channels.items()],
@@ -915,16 +914,24 @@ class SqliteStore:
             self._new_recipients[recipient] = no
         return int(no)
 
-    def _inbox_rows(self, projection: Projection) -> list[tuple[int, int]]:
+    def _inbox_rows(
+        self, projection: Projection
+    ) -> tuple[list[tuple[int, int]], dict[int, str], dict[int, MessageRow]]:
+        """The inbox rows (recipient number, position) of ``projection``, with the
+        recipient of each number and the message at each position."""
         # Every delivery of a projection is of a message in that same projection.
         where = {m.id: _pos(m.pipeline, m.index) for m in projection.messages}
         rows: list[tuple[int, int]] = []
+        whose: dict[int, str] = {}
         for recipient, msg_id in projection.inbox:
             position = where.get(msg_id)
             if position is None:  # pragma: no cover - a broken invariant
                 raise StorageError(f"inbox entry for {msg_id}, which is not in its projection")
-            rows.append((self._recipient(recipient), position))
-        return rows
+            no = self._recipient(recipient)
+            whose[no] = recipient
+            rows.append((no, position))
+        what = {_pos(m.pipeline, m.index): m for m in projection.messages}
+        return rows, whose, what
 
     def message(self, msg_id: str) -> MessageRow | None:
         r = (

@@ -167,8 +167,11 @@ class Store(Protocol):
         """Next log index to project, per pipeline."""
         ...
 
-    def apply(self, projection: Projection) -> list[int]:
-        """Write a projection and its cursors atomically; returns new delivery numbers.
+    def apply(self, projection: Projection) -> list[tuple[str, Delivery]]:
+        """Write a projection and its cursors atomically; returns the new inbox entries.
+
+        Each is ``(recipient, Delivery)``, in delivery order, for the entries
+        this call added (an entry already there is not new).
 
         Each block's records then set ``block``, ``status`` and ``closed`` of
         their txs not yet in a block, after the projection's own tx rows are
