@@ -27,7 +27,9 @@ from chainmail.store import Delivery
 __all__ = ["DEFAULT_LIMIT", "InboxFeed"]
 
 #: Deliveries a follower may have pushed and unsent before it reads the store instead.
-DEFAULT_LIMIT: Final = 10_000
+#: Bodies are shared with the projection, so a stream holds at most ~1,000 ×
+#: (a message) while its client is slow; catching up from the store is as fast.
+DEFAULT_LIMIT: Final = 1_000
 
 
 class InboxFeed:
