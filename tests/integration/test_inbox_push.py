@@ -138,3 +138,24 @@ def test_a_stream_pushed_more_than_it_may_queue_reads_the_store_and_misses_nothi
         1,
     ]
     assert after > before  # the overflow was caught up from the store
+
+
+def test_two_streams_of_one_recipient_each_get_every_delivery(tmp_path: Path) -> None:
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with serving(tmp_path) as (node, base, reads):
+            a, b = Writer(), Writer()
+            async with following(base, reads, b) as first:
+                seen = reads[0]
+                async with websockets.connect(
+                    f"{base}/v1/inbox/stream", additional_headers=_headers(b)
+                ) as second:
+                    while reads[0] == seen:  # the second stream's own first read
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.05)
+                    tx = await _open_tx(node, a, b)
+                    await _notes(node, a, tx, 3)
+                    return await _frames(first, 4), await _frames(second, 4)
+
+    one, two = asyncio.run(run())
+    assert [f["id"] for f in one] == [f["id"] for f in two]
+    assert [f["delivery"] for f in one] == sorted(f["delivery"] for f in one)
