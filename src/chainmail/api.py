@@ -598,8 +598,11 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                         for delivery, frame in entries:
                             await ws.send_text(frame)
                             last = delivery
-                        if len(entries) == _READ_BATCH:
-                            feed.stale = True  # more to read
+                        if len(entries) == _READ_BATCH or feed.stale:
+                            # More to read, or the queue overflowed during the
+                            # read: what it dropped may be newer than the read,
+                            # so only another read may move ``last`` past it.
+                            feed.stale = True
                             continue
                     for d in feed.take(last):
                         await ws.send_text(_entry_json(d.delivery, d.id, d.body).decode("utf-8"))

@@ -568,6 +568,9 @@ class Sequencer:
             # Also from ``open``: timeouts are not in the log, so a store rebuilt
             # from it knows a timed-out tx as open until its block says otherwise.
             tx = self.unsealed.pop(record["tx"], None) or self.open.pop(record["tx"], None)
+            # A replay (``catch_up``) leaves the txs it closed in ``_changed``: a
+            # row written from there after this block would carry no block.
+            self._changed.pop(record["tx"], None)
             if tx is not None:
                 tx.status = record["status"]
                 tx.closed = record["closed"]

@@ -673,8 +673,11 @@ _TX_COLUMNS: Final = (
     "id, status, opener, deadline, finish, subject, opened, closed, block,"
     " parties, finished_by, messages"
 )
+#: A row's block, once set, is never cleared or changed by a later row of the tx.
 _TX_UPSERT: Final = ", ".join(
-    f"{c}=excluded.{c}" for c in _TX_COLUMNS.replace(" ", "").split(",") if c != "id"
+    "block=COALESCE(txs.block, excluded.block)" if c == "block" else f"{c}=excluded.{c}"
+    for c in _TX_COLUMNS.replace(" ", "").split(",")
+    if c != "id"
 )
 #: A stored message: the log's entry joined with the store's projection of it,
 #: so only projected messages are seen (as when the store kept them whole).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -159,3 +160,42 @@ def test_two_streams_of_one_recipient_each_get_every_delivery(tmp_path: Path) ->
     one, two = asyncio.run(run())
     assert [f["id"] for f in one] == [f["id"] for f in two]
     assert [f["delivery"] for f in one] == sorted(f["delivery"] for f in one)
+
+
+def test_an_overflow_while_the_stream_reads_the_store_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stream's first read takes its snapshot, then answers only after later
+    # commits have overflowed its queue and pushed newer entries: the stream
+    # must read again before it sends those, or the dropped ones are skipped.
+    monkeypatch.setattr(node_module, "INBOX_PUSH_LIMIT", 3)
+    release = threading.Event()
+
+    async def run() -> list[int]:
+        async with serving(tmp_path) as (node, base, reads):
+            counted = node.store.inbox
+
+            def held(*args: Any, **kwargs: Any) -> Any:
+                out = counted(*args, **kwargs)  # the snapshot: nothing yet
+                if reads[0] == 1:
+                    release.wait(5.0)
+                return out
+
+            node.store.inbox = held  # type: ignore[method-assign]
+            a, b = Writer(), Writer()
+            async with websockets.connect(
+                f"{base}/v1/inbox/stream", additional_headers=_headers(b)
+            ) as ws:
+                while reads[0] == 0:
+                    await asyncio.sleep(0.01)
+                tx = await _open_tx(node, a, b)  # pushed
+                await _notes(node, a, tx, 40)  # past the limit: the queue is dropped
+                await _notes(node, a, tx, 2)  # pushed after the drop
+                release.set()
+                got = [f["delivery"] for f in await _frames(ws, 43)]
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 0.5)  # nothing twice
+                return got
+
+    got = asyncio.run(run())
+    assert got == sorted(set(got)) and len(got) == 43

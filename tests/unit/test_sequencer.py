@@ -254,6 +254,44 @@ def test_a_sealed_tx_row_is_complete_when_its_last_messages_and_block_project_to
         h.store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
 
 
+def _sealed_then_store_dropped(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> tuple[str, Writer]:
+    """A finished tx in block 1, then the store deleted: the next ``Harness`` replays the log."""
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    assert h.seq.build_block() is not None
+    h.close()
+    _drop_store(tmp_path)
+    return tx, a
+
+
+def test_a_tx_sealed_within_a_replay_keeps_its_block_and_is_not_sealed_again(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    # A replay closes the tx again and then meets its block: the later traffic
+    # must not write the tx's row back without its block (which would put it
+    # in the next block too after a restart).
+    tx, a = _sealed_then_store_dropped(tmp_path, clock, node_keys)
+    rebuilt = Harness(tmp_path, clock, node_keys)
+    rebuilt.one(a.sign({"type": "post"}))  # a later batch, after the replay
+    row = rebuilt.store.tx(tx)
+    assert row is not None and row.block == 1
+    rebuilt.close()
+    restarted = Harness(tmp_path, clock, node_keys)
+    try:
+        restarted.one(a.sign({"type": "post"}))
+        clock.now += 1000
+        assert restarted.seq.build_block() is not None  # the posts' checkpoint
+        second = restarted.store.block(2)
+        assert second is not None and tx not in [r["tx"] for r in second.records]
+        assert restarted.store.tx(tx).block == 1  # type: ignore[union-attr]
+    finally:
+        restarted.close()
+
+
 def test_a_block_built_in_steps_seals_what_closed_before_its_draft(
     h: Harness, clock: Clock
 ) -> None:
@@ -629,13 +667,7 @@ def test_missing_records_blob_is_fatal_not_empty(
 
     from chainmail.errors import StorageError
 
-    h = Harness(tmp_path, clock, node_keys)
-    a, b = Writer(), Writer()
-    tx = h.one(open_tx(a, b, finish="any")).id
-    h.one(b.sign({"type": "tx/finish", "tx": tx}))
-    assert h.seq.build_block() is not None
-    h.close()
-    _drop_store(tmp_path)
+    _sealed_then_store_dropped(tmp_path, clock, node_keys)
     shutil.rmtree(tmp_path / "blobs")
     with pytest.raises(StorageError, match="records blob"):
         Harness(tmp_path, clock, node_keys)

@@ -27,6 +27,7 @@ from chainmail.keys import Keypair
 from chainmail.log import NewEntry
 from chainmail.sequencer import Accepted, Sequencer
 from chainmail.sqlite import _TREE_MIN_LEVEL, SqliteLog, SqliteStore, idkey
+from chainmail.store import Projection, TxRow
 from support.feeds import Writer
 
 FIXTURE = Path(__file__).parent.parent / "vectors" / "datadir-v1"
@@ -370,3 +371,35 @@ def test_the_node_logs_at_full_and_projects_at_normal_durability(tmp_path: Path)
     finally:
         node.log.close()
         node.store.close()
+
+
+def test_a_tx_row_written_again_never_loses_its_block(tmp_path: Path) -> None:
+    # Sealed is final: a later row of the tx (a replay, a stale snapshot) may
+    # rewrite its other fields but not clear or change the block it is in.
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+
+        def row(block: int | None, status: str = "finished") -> TxRow:
+            return TxRow(
+                id="%tx",
+                status=status,
+                parties=["@a", "@b"],
+                opener="@a",
+                deadline=10,
+                finish="any",
+                subject=None,
+                opened=1,
+                closed=5,
+                finished_by=["@b"],
+                messages=["%tx", "%finish"],
+                block=block,
+            )
+
+        store.apply(Projection(txs={"%tx": row(block=1)}))
+        store.apply(Projection(txs={"%tx": row(block=None)}))
+        stored = store.tx("%tx")
+        assert stored is not None and stored.block == 1 and stored.status == "finished"
+        store.apply(Projection(txs={"%tx": row(block=2)}))
+        assert store.tx("%tx").block == 1  # type: ignore[union-attr]
+    finally:
+        store.close()
