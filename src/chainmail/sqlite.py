@@ -429,7 +429,6 @@ class SqliteLog:
         next_feed = len(feeds) + 1
         leaves: dict[int, list[bytes]] = {}
         sizes = list(self._sizes)
-        single = self.pipelines == 1
         for entry in entries:
             author = entry.author
             prior = heads.get(author) or self._heads.get(author)
@@ -442,7 +441,7 @@ class SqliteLog:
             if feed is None:
                 feed = new_feeds[author] = next_feed
                 next_feed += 1
-            pipeline = 0 if single else pipeline_of(author, self.pipelines)
+            pipeline = pipeline_of(author, self.pipelines)
             index = sizes[pipeline]
             sizes[pipeline] += 1
             digest = _digest(entry.id)
@@ -923,7 +922,8 @@ class SqliteStore:
         """The inbox rows (recipient number, position) of ``projection``, with the
         recipient of each number and the message at each position."""
         # Every delivery of a projection is of a message in that same projection.
-        where = {m.id: _pos(m.pipeline, m.index) for m in projection.messages}
+        what = {_pos(m.pipeline, m.index): m for m in projection.messages}
+        where = {m.id: pos for pos, m in what.items()}
         rows: list[tuple[int, int]] = []
         whose: dict[int, str] = {}
         for recipient, msg_id in projection.inbox:
@@ -933,7 +933,6 @@ class SqliteStore:
             no = self._recipient(recipient)
             whose[no] = recipient
             rows.append((no, position))
-        what = {_pos(m.pipeline, m.index): m for m in projection.messages}
         return rows, whose, what
 
     def message(self, msg_id: str) -> MessageRow | None:

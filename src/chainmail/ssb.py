@@ -55,7 +55,7 @@ import orjson
 
 from chainmail.errors import InvalidMessage
 from chainmail.ids import FeedId, MsgId, msg_id_from_digest
-from chainmail.keys import Keypair, verify_signature, verify_signed
+from chainmail.keys import Keypair, verify_signature
 
 #: What ``_ssbscan.scan`` returns for a message in JSON.stringify's exact form.
 _Scanned = tuple[bytes, str, bytes, int, str | None, int, int, bytes, int, bool]
@@ -102,8 +102,6 @@ HMAC_KEY_BYTES: Final = 32
 
 _HASH: Final = "sha256"
 _SIG_SUFFIX: Final = ".sig.ed25519"
-#: An ed25519 signature, in bytes.
-_SIGNATURE_BYTES: Final = 64
 _KEY_ORDERS: Final = (
     ("previous", "author", "sequence", "timestamp", "hash", "content", "signature"),
     ("previous", "sequence", "author", "timestamp", "hash", "content", "signature"),
@@ -917,13 +915,7 @@ def _check_scanned(raw: bytes, scanned: _Scanned, key: bytes | None) -> Checked:
         raise _too_long(length)
     text = utf8.decode("utf-8")
     mid = msg_id_from_digest(hashlib.sha256(_binary(text, utf8, ascii)).digest())
-    if key is None and len(signature) == _SIGNATURE_BYTES:
-        # What ``_verify`` checks, with one copy of the signed bytes instead of two.
-        signed = b"".join((signature, memoryview(utf8)[:signed_end], b"\n}"))
-        if not verify_signed(signed, public):
-            raise _bad_signature(author)
-    else:
-        _verify(public, utf8[:signed_end] + b"\n}", signature, key, author)
+    _verify(public, utf8[:signed_end] + b"\n}", signature, key, author)
     return _checked(
         mid,
         FeedId(author),
