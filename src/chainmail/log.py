@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from chainmail.frozen import constructor
+
 __all__ = ["Head", "Log", "LogEntry", "NewEntry", "head", "new_entry", "pipeline_of"]
 
 
@@ -46,35 +48,9 @@ class NewEntry:
     body: bytes
 
 
-_SET_HEAD: Final = (Head.__dict__["sequence"].__set__, Head.__dict__["id"].__set__)
-_SET_NEW_ENTRY: Final = tuple(
-    NewEntry.__dict__[name].__set__ for name in ("id", "author", "sequence", "received", "body")
-)
-
-
-def head(sequence: int, msg_id: str) -> Head:
-    """``Head(sequence, msg_id)`` without the frozen ``__init__`` (once a logged message).
-
-    A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once a
-    field; the slot descriptors set the same fields directly, in ~60% of the time.
-    """
-    obj = object.__new__(Head)
-    s_sequence, s_id = _SET_HEAD
-    s_sequence(obj, sequence)
-    s_id(obj, msg_id)
-    return obj
-
-
-def new_entry(msg_id: str, author: str, sequence: int, received: int, body: bytes) -> NewEntry:
-    """``NewEntry(...)`` without the frozen ``__init__`` (see ``head``)."""
-    obj = object.__new__(NewEntry)
-    s_id, s_author, s_sequence, s_received, s_body = _SET_NEW_ENTRY
-    s_id(obj, msg_id)
-    s_author(obj, author)
-    s_sequence(obj, sequence)
-    s_received(obj, received)
-    s_body(obj, body)
-    return obj
+#: ``Head(...)`` and ``NewEntry(...)`` at ~60% of the cost, once a logged message.
+head: Final = constructor(Head, "head")
+new_entry: Final = constructor(NewEntry, "new_entry")
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from chainmail.errors import (
     Rejected,
     StorageError,
 )
+from chainmail.frozen import constructor
 from chainmail.ids import blob_id
 from chainmail.keys import Keypair
 from chainmail.log import Head, Log, NewEntry, new_entry, pipeline_of
@@ -66,20 +67,8 @@ class Accepted:
 
 Result = Accepted | Error
 
-_SET_ACCEPTED: Final = tuple(
-    Accepted.__dict__[name].__set__ for name in ("id", "pipeline", "index", "created")
-)
-
-
-def _accepted(msg_id: str, pipeline: int, index: int, created: bool) -> Accepted:
-    """``Accepted(...)`` without the frozen ``__init__`` (once a logged message)."""
-    obj = object.__new__(Accepted)
-    s_id, s_pipeline, s_index, s_created = _SET_ACCEPTED
-    s_id(obj, msg_id)
-    s_pipeline(obj, pipeline)
-    s_index(obj, index)
-    s_created(obj, created)
-    return obj
+#: ``Accepted(...)`` at ~60% of the cost, once a logged message.
+_accepted: Final = constructor(Accepted, "_accepted")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from chainmail.frozen import constructor
+
 __all__ = [
     "BlockRow",
     "Delivery",
@@ -40,52 +42,8 @@ class MessageRow:
     chan: str | None = None
 
 
-_SET_MESSAGE_ROW: Final = tuple(
-    MessageRow.__dict__[name].__set__
-    for name in (
-        "id",
-        "pipeline",
-        "index",
-        "author",
-        "sequence",
-        "received",
-        "type",
-        "tx",
-        "body",
-        "chan",
-    )
-)
-
-
-def message_row(
-    msg_id: str,
-    pipeline: int,
-    index: int,
-    author: str,
-    sequence: int,
-    received: int,
-    type_: str | None,
-    tx: str | None,
-    body: bytes,
-    chan: str | None,
-) -> MessageRow:
-    """``MessageRow(...)`` without the frozen ``__init__``: the slot descriptors set
-    the fields directly, in ~60% of the time (once a logged message)."""
-    obj = object.__new__(MessageRow)
-    s_id, s_pipeline, s_index, s_author, s_sequence, s_received, s_type, s_tx, s_body, s_chan = (
-        _SET_MESSAGE_ROW
-    )
-    s_id(obj, msg_id)
-    s_pipeline(obj, pipeline)
-    s_index(obj, index)
-    s_author(obj, author)
-    s_sequence(obj, sequence)
-    s_received(obj, received)
-    s_type(obj, type_)
-    s_tx(obj, tx)
-    s_body(obj, body)
-    s_chan(obj, chan)
-    return obj
+#: ``MessageRow(...)`` (every field, in order) at ~60% of the cost, once a logged message.
+message_row: Final = constructor(MessageRow, "message_row")
 
 
 @dataclass(slots=True)
