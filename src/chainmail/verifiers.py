@@ -49,6 +49,8 @@ _RESPAWN_FIRST_S: Final = 0.1
 _RESPAWN_MAX_S: Final = 10.0
 #: Socket buffers: a 1,024-message job is ~0.7 MB, its result ~0.9 MB.
 _SOCKET_BUFFER: Final = 4 * 1024 * 1024
+#: Seconds a reaper waits for a worker's exit.
+_REAP_S: Final = 5.0
 
 
 class WorkerDied(OperationalError):
@@ -137,6 +139,28 @@ class _Link(asyncio.Protocol):
         self.started = time.monotonic()
         #: Why the node ended this worker, when it did (for the jobs' errors).
         self.ended_because: str | None = None
+        self._reaper: asyncio.Future[None] | None = None
+
+    def reap(self) -> asyncio.Future[None]:
+        """Wait (off the loop, up to 5 s) for the worker's exit: one waiter at a time.
+
+        Two threads joining one process race in ``waitpid``: the loser gets
+        ``ECHILD``, returns early, and the process looks alive until the winner
+        records its exit code. A wait that ended with the process still there
+        (it timed out) is started again.
+        """
+        stale = self._reaper is not None and self._reaper.done()
+        if stale and self.process is not None and self.process.is_alive():
+            self._reaper = None
+        if self._reaper is None:
+            process = self.process
+            loop = asyncio.get_running_loop()
+            if process is None:
+                self._reaper = loop.create_future()
+                self._reaper.set_result(None)
+            else:
+                self._reaper = loop.run_in_executor(None, process.join, _REAP_S)
+        return self._reaper
 
     @property
     def load(self) -> int:
@@ -313,10 +337,8 @@ class Verifiers:
         return link
 
     def _lost(self, link: _Link) -> None:
-        process = link.process
-        if process is not None:
-            # Reap it off the loop: a worker killed mid-job may take a moment to go.
-            asyncio.get_running_loop().run_in_executor(None, process.join, 5.0)
+        # Reap it off the loop: a worker killed mid-job may take a moment to go.
+        link.reap()
         if self._stopping:
             return
         task = asyncio.get_running_loop().create_task(self._replace(link))
@@ -378,11 +400,4 @@ class Verifiers:
         for link in self._links:
             if link.process is not None and link.process.is_alive():
                 link.process.kill()
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(
-                loop.run_in_executor(None, link.process.join, 5.0)
-                for link in self._links
-                if link.process is not None
-            )
-        )
+        await asyncio.gather(*(link.reap() for link in self._links))

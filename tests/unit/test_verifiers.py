@@ -259,3 +259,22 @@ def test_a_pool_needs_a_worker_and_a_timeout() -> None:
         Verifiers(0, _double)
     with pytest.raises(ValueError, match="job_timeout"):
         Verifiers(1, _double, job_timeout=0)
+
+
+@_sync
+async def test_a_worker_is_reaped_by_one_waiter_however_often_asked() -> None:
+    # Two threads joining one process race in waitpid, and the loser's view of
+    # it stays "alive" for a moment: the lost-connection reaper and stop() share one.
+    pool = Verifiers(1, _double, 0)
+    await pool.start()
+    try:
+        link = pool._links[0]
+        first = link.reap()
+        assert link.reap() is first  # still waiting: the same waiter
+        assert link.process is not None
+        link.process.kill()
+        await asyncio.wait_for(first, 10)
+        assert not link.process.is_alive()
+        assert link.reap() is first  # the process is gone: nothing to wait for again
+    finally:
+        await pool.stop()
