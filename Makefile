@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint unit interop clean
 
-$(STAMP): pyproject.toml src/chainmail/_ssbscan.c
+$(STAMP): pyproject.toml src/chainmail/_ssbscan.c src/chainmail/_sigbatch.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -11,7 +11,7 @@ The run has four steps, and only the last one is timed:
    ordered stream; desks are dealt to connections, and a connection never
    lets a later message of a stream overtake an earlier one.
 2. **Ceiling.** A process pool on every core runs ``crypto_sign_open`` (the
-   same call as the node's verify workers, ``keys.verify_signed``) on a
+   same call as the node's verify threads, ``keys.verify_signed``) on a
    message of median size for ``verify_seconds``: the number of ed25519
    verifications per second this machine reaches, the bound no node on it
    can beat. It is measured again after the load and the mean reported, as
@@ -32,8 +32,9 @@ Latency of a message is measured in the client: from sending its batch or
 frame to reading its result, or to reading it from the recipient's stream.
 At full load it is mostly queueing (messages in flight / rate); the half-load
 figures are the ones to hold against a latency target. ``cpu_us_per_msg``
-(the node's main thread, its other threads, its verify workers, and the
-client, per message at full load, from ``/proc``) says where the cores went
+(the node's main thread, its other threads — the verify threads among
+them —, its child processes, and the client, per message at full load,
+from ``/proc``) says where the cores went
 and varies far less than throughput on a shared machine.
 """
 
@@ -474,7 +475,7 @@ def _verify_for(seconds: float, signed: bytes, public: bytes, start_at: float) -
     now = begin
     while now < end:
         for _ in range(32):
-            # The same call the node's verify workers make for each message.
+            # The same call the node's verify threads make for each message.
             if not verify_signed(signed, public):
                 raise BenchError("the ceiling's sample message does not verify")
         count += 32
@@ -555,7 +556,7 @@ def process_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds used so far by ``pid``'s main thread, its other threads, and its children.
 
     Linux ``/proc`` only; empty when the process is gone. Children are counted
-    while alive (the node's verify workers live as long as the node).
+    while alive (a chainmail node starts none; a node of another build may).
     """
     out = {"main": 0.0, "threads": 0.0, "children": 0.0}
     try:
@@ -621,7 +622,7 @@ class NodeProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             # A process group of its own: Ctrl-C on the benchmark does not hit the
-            # node mid-run (``stop`` ends it), and a forced stop ends its workers too.
+            # node mid-run (``stop`` ends it), and a forced stop ends anything it started too.
             self.proc = subprocess.Popen(
                 self._args,
                 stdout=log,

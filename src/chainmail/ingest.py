@@ -2,7 +2,8 @@
 
 Requests from every connection feed one queue. A collector takes what has
 arrived (up to ``max_batch``), has the CPU-heavy part — parse, serialise,
-id, ed25519 — done by the verify workers on all cores (``verifiers``), and
+id, ed25519 — done by verify threads on all cores (the signatures of a
+chunk in one call that releases the GIL), and
 hands the checked batches to the sequencer *in arrival order*, so a feed's messages submitted
 in order are sequenced in order even when their batches verify out of order.
 A reply is sent only after the sequencer has made the message durable and
@@ -13,13 +14,10 @@ the projection of this one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import ctypes
 import functools
-import gc
 import os
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,21 +25,16 @@ from typing import Final
 
 from chainmail import content, ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError
-from chainmail.ids import MsgId
 from chainmail.sequencer import Result, policy_view
 from chainmail.stages import StageHistograms
-from chainmail.verifiers import Verifiers
 
 __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
 
 DEFAULT_MAX_BATCH: Final = 2048
-#: Below this many messages a batch is checked in the event loop's process:
-#: a round trip to the pool costs more than it saves.
+#: Below this many messages a batch is checked on the event loop's thread:
+#: the hand-off to the verify threads costs more than it saves.
 _INLINE_BELOW: Final = 8
 _MAX_MESSAGE_BYTES: Final = 64 * 1024
-_PR_SET_PDEATHSIG: Final = 1
-#: Allocations between young-generation collections in a verify worker (Python: 700).
-_WORKER_GC_YOUNG: Final = 50_000
 
 #: The sequencer's answer to a group: its results, durable in the log, and an
 #: awaitable that completes once they are visible to readers (the projection).
@@ -70,68 +63,26 @@ _GROUP_BATCHES: Final = 4
 _PROJECTING: Final = 2
 
 
-def _init_worker() -> None:
-    """Pool initializer: die with the node, and collect garbage rarely."""
-    _die_with_parent()
-    # A worker's per-message objects (parsed content, results) die young and are
-    # not cyclic, yet thousands of them per batch triggered a young collection
-    # every 700 allocations: ~2 µs of each message's pickling and unpickling.
-    # No gc.collect() here: in a child forked from the node's threads it ran
-    # finalizers of the parent's garbage, which waited for locks that no thread
-    # of the child would ever release (a worker hung at start, 1 run in 3).
-    # Freezing moves everything inherited out of the collector's reach instead.
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(_WORKER_GC_YOUNG, middle, old)
-
-
-def _die_with_parent() -> None:
-    """On Linux, ask the kernel to end this worker when the node dies.
-
-    Without it a node killed with SIGKILL leaves its verification workers behind.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() == 1:  # the parent died before the call above
-                os._exit(1)
-
-
-#: A message a worker passed, as it travels back: its id and 2-space text when
-#: it came in JSON.stringify's exact form (``ssb.from_exact`` rebuilds it from
-#: the raw bytes the node still holds), else the whole ``Checked``.
-_Passed = tuple[MsgId, bytes] | ssb.Checked
-
-
 def _check_chunk(
     items: list[bytes], hmac_key: bytes | None, node_id: str | None
-) -> list[_Passed | Error]:
-    """In a worker: the SSB rules, the signature and the node's content policy.
+) -> list[ssb.Checked | Error]:
+    """On a verify thread: the SSB rules, the signatures and the node's content policy.
 
-    The policy is stateless (it needs only the node's id), so it runs here on
-    all cores rather than on the sequencer's one thread. Results pickle small:
-    an id and a text instead of a parsed message and its text (~1.3 KB and
-    4 µs to pickle, 3.5 µs to unpickle a message).
+    The signatures of a chunk are verified in one call that releases the GIL
+    (``ssb.check_many``), so the verify threads use every core while the event
+    loop and the writer keep the interpreter. The policy is stateless (it
+    needs only the node's id), so it runs here rather than on the sequencer.
     """
-    results: list[_Passed | Error] = []
-    for raw in items:
-        try:
-            checked, exact = ssb.check_raw_exact(raw, hmac_key)
-            content.check_policy(policy_view(checked), node_id=node_id)
-        except Error as exc:
-            results.append(exc)
-            continue
-        results.append(checked if exact is None else (checked.id, exact))
+    results: list[ssb.Checked | Error] = []
+    for checked in ssb.check_many(items, hmac_key):
+        if isinstance(checked, ssb.Checked):
+            try:
+                content.check_policy(policy_view(checked), node_id=node_id)
+            except Error as exc:
+                results.append(exc)
+                continue
+        results.append(checked)
     return results
-
-
-def _unpack(raws: list[bytes], passed: list[_Passed | Error]) -> list[ssb.Checked | Error]:
-    """The workers' results for ``raws`` as ``Checked`` messages (or their errors)."""
-    return [
-        ssb.from_exact(raw, *item) if type(item) is tuple else item  # type: ignore[misc]
-        for raw, item in zip(raws, passed, strict=True)
-    ]
 
 
 class Ingest:
@@ -155,7 +106,7 @@ class Ingest:
         self._node_id = node_id
         self._max_batch = max_batch
         self._workers = workers if workers is not None else (os.cpu_count() or 1)
-        self._pool: Verifiers | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._checked: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=4)
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,10 +115,9 @@ class Ingest:
 
     async def start(self) -> None:
         if self._workers > 0:
-            self._pool = Verifiers(
-                self._workers, _check_chunk, self._hmac_key, self._node_id, init=_init_worker
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self._workers, thread_name_prefix="verify"
             )
-            await self._pool.start()
         self._tasks = [
             asyncio.create_task(self._collect(), name="ingest-collect"),
             asyncio.create_task(self._drain(), name="ingest-sequence"),
@@ -182,7 +132,8 @@ class Ingest:
         if self._replies:  # logged groups still being projected: let them answer
             await asyncio.gather(*self._replies, return_exceptions=True)
         if self._pool is not None:
-            await self._pool.stop()
+            pool, self._pool = self._pool, None
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
         # Whatever is still queued was not logged: its callers hear so now
         # instead of waiting on a node that has stopped.
         stopped = OperationalError("the node is stopping; nothing of this request was logged")
@@ -264,11 +215,16 @@ class Ingest:
                 r.collected = now
             checked.add_done_callback(functools.partial(self._mark_checked, requests))
             if self._pool is None or len(raws) < _INLINE_BELOW:
-                checked.set_result(_unpack(raws, _check_chunk(raws, self._hmac_key, self._node_id)))
+                checked.set_result(_check_chunk(raws, self._hmac_key, self._node_id))
             else:
-                pool = self._pool
-                gathered = asyncio.gather(*(pool.run(c) for c in _split(raws, pool.count)))
-                gathered.add_done_callback(functools.partial(_join, raws=raws, out=checked))
+                pool, key, node_id = self._pool, self._hmac_key, self._node_id
+                gathered = asyncio.gather(
+                    *(
+                        loop.run_in_executor(pool, _check_chunk, chunk, key, node_id)
+                        for chunk in _split(raws, self._workers)
+                    )
+                )
+                gathered.add_done_callback(functools.partial(_join, out=checked))
             await self._checked.put((requests, checked))
 
     def _mark_checked(self, requests: list[_Request], _: object) -> None:
@@ -392,8 +348,7 @@ def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
 
 
 def _join(
-    gathered: asyncio.Future[list[list[_Passed | Error]]],
-    raws: list[bytes],
+    gathered: asyncio.Future[list[list[ssb.Checked | Error]]],
     out: asyncio.Future[list[ssb.Checked | Error]],
 ) -> None:
     if out.done():
@@ -402,7 +357,4 @@ def _join(
     if exc is not None:
         out.set_exception(exc)
         return
-    try:
-        out.set_result(_unpack(raws, [c for chunk in gathered.result() for c in chunk]))
-    except Exception as err:  # pragma: no cover - a worker broke its contract
-        out.set_exception(err)
+    out.set_result([c for chunk in gathered.result() for c in chunk])

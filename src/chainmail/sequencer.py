@@ -278,7 +278,7 @@ class Sequencer:
         """Sequence a batch of checked messages; durable in the log when this returns.
 
         ``policy_checked`` says the node's content policy (``check_policy`` with
-        this node's id) already passed on every item, as ingest's verify workers
+        this node's id) already passed on every item, as ingest's verify threads
         do; otherwise it runs here.
 
         The projection is written by ``flush_projection`` or

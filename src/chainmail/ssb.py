@@ -56,7 +56,7 @@ import orjson
 from chainmail.errors import InvalidMessage
 from chainmail.frozen import constructor
 from chainmail.ids import FeedId, MsgId, msg_id_from_digest
-from chainmail.keys import Keypair, verify_signature
+from chainmail.keys import Keypair, verify_signature, verify_signed, verify_signed_many
 
 #: What ``_ssbscan.scan`` returns for a message in JSON.stringify's exact form.
 _Scanned = tuple[bytes, str, bytes, int, str | None, int, int, bytes, int, bool]
@@ -78,11 +78,10 @@ __all__ = [
     "FeedState",
     "check",
     "check_batch",
+    "check_many",
     "check_order",
     "check_raw",
-    "check_raw_exact",
     "create",
-    "from_exact",
     "message_id",
     "parse",
     "stringify",
@@ -882,6 +881,19 @@ def _check_scanned(raw: bytes, scanned: _Scanned, key: bytes | None) -> Checked:
     content type and signature shapes, and wrote the 2-space text; what is
     left is the size limit, the id and the signature, as in ``_check``.
     """
+    checked, signed, public = _scanned_unverified(raw, scanned, key)
+    if not verify_signed(signed, public):
+        raise _bad_signature(checked.author)
+    return checked
+
+
+def _scanned_unverified(
+    raw: bytes, scanned: _Scanned, key: bytes | None
+) -> tuple[Checked, bytes, bytes]:
+    """``_check_scanned`` but the signature: the message, and what ``verify_signed`` takes.
+
+    The ``Checked`` stands only once ``verify_signed`` of the two bytes holds.
+    """
     utf8, author, public, sequence, previous, timestamp, signed_end, signature, length, ascii = (
         scanned
     )
@@ -889,8 +901,10 @@ def _check_scanned(raw: bytes, scanned: _Scanned, key: bytes | None) -> Checked:
         raise _too_long(length)
     text = utf8.decode("utf-8")
     mid = msg_id_from_digest(hashlib.sha256(_binary(text, utf8, ascii)).digest())
-    _verify(public, utf8[:signed_end] + b"\n}", signature, key, author)
-    return _checked(
+    signed = utf8[:signed_end] + b"\n}"
+    if key is not None:
+        signed = _hmac(signed, key)
+    checked = _checked(
         mid,
         FeedId(author),
         sequence,
@@ -899,15 +913,11 @@ def _check_scanned(raw: bytes, scanned: _Scanned, key: bytes | None) -> Checked:
         orjson.loads(raw)["content"],
         text,
     )
+    return checked, signature + signed, public
 
 
-def _check_raw(data: object, key: bytes | None, *, scan: bool = True) -> Checked:
-    return _check_raw_exact(data, key, scan=scan)[0]
-
-
-def _check_raw_exact(
-    data: object, key: bytes | None, *, scan: bool = True
-) -> tuple[Checked, bytes | None]:
+def _raw_bytes(data: object) -> bytes:
+    """A message as received, as bytes within ``MAX_RAW_BYTES``; raises ``InvalidMessage``."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -917,21 +927,26 @@ def _check_raw_exact(
         raise InvalidMessage(
             f"message is {len(raw)} bytes as received, limit {MAX_RAW_BYTES}", code="too_large"
         )
+    return raw
+
+
+def _check_raw(data: object, key: bytes | None, *, scan: bool = True) -> Checked:
+    raw = _raw_bytes(data)
     if scan and _scan is not None:
         scanned = _scan(raw)
         if scanned is not None:
-            return _check_scanned(raw, scanned, key), scanned[0]
+            return _check_scanned(raw, scanned, key)
     loaded = _loads_fast(raw)
     if loaded is not None and loaded[1] and raw[1:2] == b"\n":
         # raw is orjson's 2-space text of a plain value: JSON.stringify's bytes.
-        return _check(loaded[0], key, utf8=raw), None
+        return _check(loaded[0], key, utf8=raw)
     msg, plain = _loads(raw, fast=False) if loaded is None else loaded
     utf8 = None
     if plain:
         # Unsafe integers and orjson's depth limit fall through to the pure path.
         with contextlib.suppress(orjson.JSONEncodeError):
             utf8 = orjson.dumps(msg, option=_ORJSON_INDENT)
-    return _check(msg, key, utf8=utf8), None
+    return _check(msg, key, utf8=utf8)
 
 
 def check_raw(data: bytes, hmac_key: bytes | str | None = None) -> Checked:
@@ -942,36 +957,6 @@ def check_raw(data: bytes, hmac_key: bytes | str | None = None) -> Checked:
     ``check``.
     """
     return _check_raw(data, _hmac_key(hmac_key))
-
-
-def check_raw_exact(
-    data: bytes, hmac_key: bytes | str | None = None
-) -> tuple[Checked, bytes | None]:
-    """``check_raw``, and the 2-space UTF-8 when ``data`` was in JSON.stringify's exact form.
-
-    For such a message ``from_exact(data, checked.id, utf8)`` rebuilds the
-    same ``Checked`` from ``data`` alone: a verify worker sends back the id
-    and text instead of the parsed message. The second item is None for a
-    message that took the Python path (or a build without the C scanner).
-    """
-    return _check_raw_exact(data, _hmac_key(hmac_key))
-
-
-def from_exact(data: bytes, mid: MsgId, utf8: bytes) -> Checked:
-    """The ``Checked`` of an exact-form message that ``check_raw_exact`` passed.
-
-    Only for what ``check_raw_exact`` returned with its text: nothing is checked again.
-    """
-    msg = orjson.loads(data)
-    return _checked(
-        mid,
-        msg["author"],
-        msg["sequence"],
-        msg["previous"],
-        msg["timestamp"],
-        msg["content"],
-        utf8.decode("utf-8"),
-    )
 
 
 def check_batch(
@@ -992,6 +977,46 @@ def check_batch(
             results.append(_check_raw(item, key))
         except InvalidMessage as exc:
             results.append(exc)
+    return results
+
+
+def check_many(
+    items: list[bytes], hmac_key: bytes | str | None = None
+) -> list[Checked | InvalidMessage]:
+    """``check_batch``, with the signatures of the common messages verified in one call.
+
+    That call (``keys.verify_signed_many``) runs without the GIL, so threads
+    of one process check batches on every core. A message the C scanner does
+    not take is checked alone, as ``check_raw`` does. Raises nothing for bad
+    input: a malformed ``hmac_key`` refuses every item.
+    """
+    try:
+        key = _hmac_key(hmac_key)
+    except InvalidMessage as exc:
+        return [exc for _ in items]
+    results: list[Checked | InvalidMessage] = []
+    unverified: list[int] = []
+    signatures: list[tuple[bytes, bytes]] = []
+    for item in items:
+        try:
+            raw = _raw_bytes(item)
+            scanned = None if _scan is None else _scan(raw)
+            if scanned is None:
+                results.append(_check_raw(raw, key, scan=False))
+                continue
+            checked, signed, public = _scanned_unverified(raw, scanned, key)
+        except InvalidMessage as exc:
+            results.append(exc)
+            continue
+        unverified.append(len(results))
+        signatures.append((signed, public))
+        results.append(checked)
+    if signatures:
+        for at, ok in zip(unverified, verify_signed_many(signatures), strict=True):
+            if not ok:
+                failed = results[at]
+                assert isinstance(failed, Checked)
+                results[at] = _bad_signature(failed.author)
     return results
 
 

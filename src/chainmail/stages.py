@@ -1,7 +1,7 @@
 """Where ingest's time goes: a latency histogram per stage, in Prometheus form.
 
 Ingest observes each request once per stage, weighted by its messages:
-``queued`` (arrival → taken into a batch), ``verify`` (the workers' check),
+``queued`` (arrival → taken into a batch), ``verify`` (the verify threads' check),
 ``wait`` (checked → the writer takes its group), ``log`` (sequenced and
 durable in the log), ``project`` (the projection visible) and ``total``
 (arrival → the reply). ``GET /metrics`` shows them as

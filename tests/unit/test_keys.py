@@ -23,6 +23,8 @@ from chainmail.keys import (
     sign_proof,
     verify_proof,
     verify_signature,
+    verify_signed,
+    verify_signed_many,
 )
 
 VECTORS_FILE = Path(__file__).resolve().parents[1] / "vectors" / "rfc8032.json"
@@ -331,3 +333,25 @@ def test_verify_signature_agrees_with_pynacl_crypto_sign_open(
 
 def _flip(data: bytes, index: int, bit: int) -> bytes:
     return data[:index] + bytes([data[index] ^ (1 << bit)]) + data[index + 1 :]
+
+
+def test_verifying_many_signatures_at_once_answers_each_pair() -> None:
+    alice, bob = Keypair.generate(), Keypair.generate()
+    data = [f"message {i}".encode() for i in range(5)]
+    pairs = [(alice.sign(d) + d, alice.public) for d in data]
+    pairs[1] = (pairs[1][0][:-1] + b"!", alice.public)  # data changed after signing
+    pairs[2] = (pairs[2][0], bob.public)  # someone else's key
+    pairs[3] = (pairs[3][0][:63], alice.public)  # shorter than a signature
+    pairs[4] = (pairs[4][0], alice.public[:31])  # not a 32-byte key
+    pairs.append((alice.sign(b"") + b"", alice.public))  # an empty message is fine
+    assert verify_signed_many(pairs) == bytes([1, 0, 0, 0, 0, 1])
+    assert list(verify_signed_many(pairs)) == [verify_signed(s, p) for s, p in pairs]
+    assert verify_signed_many([]) == b""
+
+
+def test_verifying_many_refuses_what_is_not_pairs_of_bytes() -> None:
+    key = Keypair.generate()
+    with pytest.raises(TypeError):
+        verify_signed_many([(key.sign(b"x") + b"x", "not bytes")])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        verify_signed_many([(b"x",)])  # type: ignore[list-item]

@@ -281,18 +281,26 @@ def test_exact_messages_take_the_scanner_and_answer_as_the_python_path(
         assert _same(raw)[0] == "ok"
 
 
+def _each(results: list[ssb.Checked | InvalidMessage]) -> list[Any]:
+    return [r if isinstance(r, ssb.Checked) else ("refused", r.code, str(r)) for r in results]
+
+
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(KEYS, VALUES, max_size=5), st.booleans())
-def test_a_worker_result_rebuilds_the_same_checked(body: dict[str, Any], keyed: bool) -> None:
-    # What a verify worker sends back (id and text) plus the raw bytes is the whole message.
+def test_checking_many_at_once_decides_as_checking_each(body: dict[str, Any], keyed: bool) -> None:
+    # check_many verifies the scanned messages' signatures in one batch call;
+    # the verdicts must be check_raw's, message for message.
     key = NET_KEY if keyed else None
     try:
         msg = _message({"type": "tx/note", **body}, key=key)
     except InvalidMessage:
         assume(False)
         return
-    for raw in _forms(msg):
-        checked, exact = ssb.check_raw_exact(raw, key)
-        assert checked == ssb._check_raw(raw, key, scan=False)
-        if exact is not None:
-            assert ssb.from_exact(raw, checked.id, exact) == checked
+    raws = _forms(msg)
+    forged = bytearray(raws[0])
+    at = forged.index(b'"signature":"') + len(b'"signature":"') + 3
+    forged[at] = ord("A") if forged[at] != ord("A") else ord("B")
+    raws += [bytes(forged), b"not json", b"{}", b" " * (ssb.MAX_RAW_BYTES + 1)]
+    expected = _each(ssb.check_batch(raws, key))
+    assert _each(ssb.check_many(raws, key)) == expected
+    assert expected[-4][:2] == ("refused", "invalid_signature")

@@ -57,7 +57,7 @@ def bench(
     ] = "FULL",
     node_workers: Annotated[
         int | None,
-        typer.Option(help="Verify processes of the started node (default: all cores)."),
+        typer.Option(help="Verify threads of the started node (default: all cores)."),
     ] = None,
     data: Annotated[
         Path | None,
@@ -152,7 +152,7 @@ def _table(r: dict[str, Any]) -> Table:
         ("full load: submit → inbox p99", _fmt(r["deliver_p99_full_load_ms"], " ms")),
         ("blocks built", _fmt(r["blocks"])),
         ("node RSS end / max (MiB)", f"{_fmt(r['rss_mb'])} / {_fmt(r['rss_max_mb'])}"),
-        ("node + verify workers RSS (MiB)", _fmt(r["rss_with_workers_mb"])),
+        ("node + child processes RSS (MiB)", _fmt(r["rss_with_workers_mb"])),
     ]
     if r["rejected"]:
         rows.append(("rejected by code", str(r["rejected_codes"])))

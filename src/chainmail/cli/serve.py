@@ -43,7 +43,7 @@ def serve(
     ] = DEFAULT_BLOCK_INTERVAL,
     pipelines: Annotated[int, typer.Option(help="Log partitions (fixed once data exists).")] = 1,
     workers: Annotated[
-        int | None, typer.Option(help="Signature-verification processes (default: all cores).")
+        int | None, typer.Option(help="Signature-verification threads (default: all cores).")
     ] = None,
     synchronous: Annotated[
         str,

@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def verify(open_address: int, items: Sequence[tuple[bytes, bytes]], /) -> bytes: ...
