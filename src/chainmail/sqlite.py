@@ -16,6 +16,7 @@ a random key costs a page write per message at commit, so the ids and the
 from __future__ import annotations
 
 import binascii
+import functools
 import logging
 import os
 import sqlite3
@@ -265,6 +266,41 @@ class _Checkpointer:
         self._thread.join()
 
 
+#: Rows one multi-row INSERT carries at most (7 columns: 896 parameters).
+_ROWS_PER_INSERT: Final = 128
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_sql(head: str, width: int, count: int, tail: str) -> str:
+    one = "(" + ", ".join("?" * width) + ")"
+    return f"{head} VALUES {', '.join([one] * count)}{tail}"
+
+
+def _insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    width: int,
+    rows: Sequence[Sequence[object]],
+    tail: str = "",
+) -> None:
+    """``executemany`` of ``head VALUES (?, …) tail`` over ``rows``, a statement per up to 128 rows.
+
+    executemany steps each row with the GIL released and taken back, and
+    under load each taking back can wait out another thread's switch
+    interval; one statement of many rows releases it once. Chunks of 128,
+    64, 32, … rows, so a handful of statements stay prepared.
+    """
+    i, n = 0, len(rows)
+    count = _ROWS_PER_INSERT
+    while i < n:
+        while count > n - i:
+            count //= 2
+        sql = _rows_sql(head, width, count, tail)
+        while n - i >= count:
+            conn.execute(sql, [v for row in rows[i : i + count] for v in row])
+            i += count
+
+
 @contextmanager
 def _transaction(conn: sqlite3.Connection, error: type[Exception]) -> Iterator[None]:
     try:
@@ -469,9 +505,10 @@ class SqliteLog:
                             "INSERT INTO feeds (no, author) VALUES (?, ?)",
                             [(no, author) for author, no in new_feeds.items()],
                         )
-                    self._w.executemany(
-                        "INSERT INTO entries (pos, idkey, feed, sequence, received, id, body)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _insert_rows(
+                        self._w,
+                        "INSERT INTO entries (pos, idkey, feed, sequence, received, id, body)",
+                        7,
                         rows,
                     )
                     pending: list[tuple[int, int, int, bytes]] = []
@@ -482,8 +519,10 @@ class SqliteLog:
                         assert isinstance(hashes_store, _TreeHashes)
                         pending.extend(hashes_store.pending)
                         hashes_store.pending = []
-                    self._w.executemany(
-                        "INSERT OR REPLACE INTO tree (pipeline, level, idx, hash) VALUES (?, ?, ?, ?)",
+                    _insert_rows(
+                        self._w,
+                        "INSERT OR REPLACE INTO tree (pipeline, level, idx, hash)",
+                        4,
                         pending,
                     )
             except sqlite3.Error as exc:
@@ -796,9 +835,10 @@ class SqliteStore:
             self._new_recipients = {}
             try:
                 with _transaction(w, StorageError):
-                    w.executemany(
-                        "INSERT OR IGNORE INTO message_info (pos, received, type, tx, chan)"
-                        " VALUES (?,?,?,?,?)",
+                    _insert_rows(
+                        w,
+                        "INSERT OR IGNORE INTO message_info (pos, received, type, tx, chan)",
+                        5,
                         [
                             (_pos(m.pipeline, m.index), m.received, m.type, m.tx, m.chan)
                             for m in projection.messages
@@ -806,9 +846,10 @@ class SqliteStore:
                     )
                     # An upsert updates the row in place; REPLACE would delete it and
                     # append it again, moving it (and its index entries) every time.
-                    w.executemany(
-                        f"INSERT INTO txs ({_TX_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-                        f" ON CONFLICT (id) DO UPDATE SET {_TX_UPSERT}",
+                    _insert_rows(
+                        w,
+                        f"INSERT INTO txs ({_TX_COLUMNS})",
+                        12,
                         [
                             (
                                 tx.id,
@@ -826,12 +867,15 @@ class SqliteStore:
                             )
                             for tx in projection.txs.values()
                         ],
+                        f" ON CONFLICT (id) DO UPDATE SET {_TX_UPSERT}",
                     )
                     # A tx's parties never change: index them with its tx/open (whose
                     # id is the tx id), not again on every later message.
                     logged = {m.id for m in projection.messages}
-                    w.executemany(
-                        "INSERT OR IGNORE INTO tx_parties (party, opened, tx) VALUES (?,?,?)",
+                    _insert_rows(
+                        w,
+                        "INSERT OR IGNORE INTO tx_parties (party, opened, tx)",
+                        3,
                         [
                             (p, tx.opened, tx.id)
                             for tx in projection.txs.values()
@@ -844,9 +888,7 @@ class SqliteStore:
                     deliveries: list[tuple[str, Delivery]] = []
                     if projection.inbox:
                         rows, whose, what = self._inbox_rows(projection)
-                        w.executemany(
-                            "INSERT OR IGNORE INTO inbox (recipient, pos) VALUES (?, ?)", rows
-                        )
+                        _insert_rows(w, "INSERT OR IGNORE INTO inbox (recipient, pos)", 2, rows)
                         # The entries this commit added (an entry already there is
                         # ignored above), for the node to push to live followers.
                         for d, no, pos in w.execute(
