@@ -883,21 +883,32 @@ class SqliteStore:
                             for p in tx.parties
                         ],
                     )
-                    # New deliveries get increasing numbers above every existing one.
-                    (top,) = w.execute("SELECT COALESCE(MAX(delivery), 0) FROM inbox").fetchone()
                     deliveries: list[tuple[str, Delivery]] = []
                     if projection.inbox:
                         rows, whose, what = self._inbox_rows(projection)
+                        before = w.total_changes
                         _insert_rows(w, "INSERT OR IGNORE INTO inbox (recipient, pos)", 2, rows)
                         # The entries this commit added (an entry already there is
                         # ignored above), for the node to push to live followers.
-                        for d, no, pos in w.execute(
-                            "SELECT delivery, recipient, pos FROM inbox WHERE delivery>?"
-                            " ORDER BY delivery",
-                            (top,),
-                        ):
-                            msg = what[pos]
-                            deliveries.append((whose[no], Delivery(int(d), msg.id, msg.body)))
+                        # AUTOINCREMENT numbers them one after another, above every
+                        # number used before; when none was ignored (anything but a
+                        # replay) they are the rows in order, so nothing is read back.
+                        added = w.total_changes - before
+                        if added:
+                            (last,) = w.execute("SELECT last_insert_rowid()").fetchone()
+                            first = int(last) - added + 1
+                            numbered = (
+                                [(first + i, no, pos) for i, (no, pos) in enumerate(rows)]
+                                if added == len(rows)
+                                else w.execute(
+                                    "SELECT delivery, recipient, pos FROM inbox"
+                                    " WHERE delivery>=? ORDER BY delivery",
+                                    (first,),
+                                ).fetchall()
+                            )
+                            for d, no, pos in numbered:
+                                msg = what[pos]
+                                deliveries.append((whose[no], Delivery(int(d), msg.id, msg.body)))
                     w.executemany(
                         "INSERT OR REPLACE INTO channels (id, data) VALUES (?, ?)",
                         [(cid, orjson.dumps(data)) for cid, data in projection.channels.items()],

@@ -27,7 +27,7 @@ from chainmail.keys import Keypair
 from chainmail.log import NewEntry
 from chainmail.sequencer import Accepted, Sequencer
 from chainmail.sqlite import _TREE_MIN_LEVEL, SqliteLog, SqliteStore, idkey
-from chainmail.store import Projection, TxRow
+from chainmail.store import Delivery, Projection, TxRow
 from support.feeds import Writer
 
 FIXTURE = Path(__file__).parent.parent / "vectors" / "datadir-v1"
@@ -402,4 +402,59 @@ def test_a_tx_row_written_again_never_loses_its_block(tmp_path: Path) -> None:
         store.apply(Projection(txs={"%tx": row(block=2)}))
         assert store.tx("%tx").block == 1  # type: ignore[union-attr]
     finally:
+        store.close()
+
+
+def test_apply_returns_the_entries_it_added_numbered_as_the_inbox_numbers_them(
+    tmp_path: Path,
+) -> None:
+    # The new deliveries are numbered without reading them back when every row
+    # was new, and read back when some were there already (a replay). Both
+    # must agree with the inbox, also after the highest delivery was acked.
+    log = SqliteLog(tmp_path / "log.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    projected: list[tuple[Projection, list[tuple[str, Delivery]]]] = []
+    seq = Sequencer(
+        log, store, NODE, clock=lambda: NOW, on_projected=lambda p, d: projected.append((p, d))
+    )
+    alice, bob, carol = Writer(ALICE), Writer(BOB), Writer()
+    everyone = (ALICE.id, BOB.id, carol.id)
+
+    def inbox() -> set[tuple[str, int, str]]:
+        return {(who, d.delivery, d.id) for who in everyone for d in store.inbox(who, 100)}
+
+    def entries(added: list[tuple[str, Delivery]]) -> set[tuple[str, int, str]]:
+        return {(who, d.delivery, d.id) for who, d in added}
+
+    def trade(text: str) -> tuple[Projection, list[tuple[str, Delivery]]]:
+        projected.clear()
+        opened = alice.sign(
+            {"type": "tx/open", "parties": list(everyone), "deadline": NOW + 60_000}
+        )
+        note = bob.sign({"type": "tx/note", "tx": ssb.message_id(opened), "data": {"t": text}})
+        results = seq.process([ssb.check(opened), ssb.check(note)])
+        assert all(isinstance(r, Accepted) for r in results), results
+        seq.flush_projection()
+        (one,) = projected
+        return one
+
+    try:
+        projection, first = trade("one")
+        # The open to bob and carol, the note to alice and carol: numbered in order.
+        assert len(first) == 4 and entries(first) == inbox()
+        assert [d.delivery for _, d in first] == sorted({d.delivery for _, d in first})
+        who, top = max(first, key=lambda e: e[1].delivery)
+        assert store.ack(who, [top.id]) == 1
+        _, second = trade("two")
+        assert min(d.delivery for _, d in second) > top.delivery
+        assert entries(first) - {(who, top.delivery, top.id)} | entries(second) == inbox()
+        # The first projection again: all its entries are there but the acked one,
+        # which alone comes back, under a number above every one used before.
+        (again,) = store.apply(projection)
+        assert again[0] == who and again[1].id == top.id
+        assert again[1].delivery > max(d.delivery for _, d in second)
+        assert (who, again[1].delivery, top.id) in inbox()
+        assert store.apply(projection) == []
+    finally:
+        log.close()
         store.close()
