@@ -266,6 +266,8 @@ class _Checkpointer:
         self._thread.join()
 
 
+#: Ids one ``IN (…)`` list carries at most.
+_IDS_PER_STATEMENT: Final = 500
 #: Rows one multi-row INSERT carries at most (7 columns: 896 parameters).
 _ROWS_PER_INSERT: Final = 128
 
@@ -1103,46 +1105,60 @@ class SqliteStore:
 
     def ack_many(self, acks: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
         # Each (recipient, ids) is looked up on the reader; all deletes share one
-        # transaction, so many followers acking at once cost one commit.
+        # transaction, so many followers acking at once cost one commit. A
+        # statement per chunk of ids, not per id: each statement gives up the
+        # GIL once, and the projector waits for the store while this holds it.
         try:
             reader = self._r()
-            wanted: list[list[tuple[int, int]]] = []
+            wanted: list[tuple[int, list[int]] | None] = []
             for recipient, ids in acks:
                 row = reader.execute(
                     "SELECT no FROM recipients WHERE id=?", (recipient,)
                 ).fetchone()
-                wanted.append(
-                    []
-                    if row is None
-                    else [
-                        (row[0], found[0])
-                        for mid in ids
-                        if (
-                            found := reader.execute(
-                                "SELECT pos FROM log.entries WHERE idkey=? AND id=?",
-                                (_idkey_or_none(mid), mid),
-                            ).fetchone()
-                        )
-                    ]
-                )
+                wanted.append(None if row is None else (int(row[0]), self._positions(ids)))
         except sqlite3.Error as exc:
             raise StorageError(f"ack failed: {exc}") from exc
         counts = [0] * len(wanted)
-        if not any(wanted):
+        if not any(w is not None and w[1] for w in wanted):
             return counts
         with self._lock:
             try:
                 with _transaction(self._w, StorageError):
-                    for i, positions in enumerate(wanted):
-                        for position in positions:
+                    for i, found in enumerate(wanted):
+                        if found is None:
+                            continue
+                        no, positions = found
+                        for at in range(0, len(positions), _IDS_PER_STATEMENT):
+                            chunk = positions[at : at + _IDS_PER_STATEMENT]
                             counts[i] += self._w.execute(
-                                "DELETE FROM inbox WHERE recipient=? AND pos=?",
-                                position,
+                                "DELETE FROM inbox WHERE recipient=? AND pos IN"
+                                f" ({', '.join('?' * len(chunk))})",
+                                (no, *chunk),
                             ).rowcount
             except sqlite3.Error as exc:
                 raise StorageError(f"ack failed: {exc}") from exc
         self._checkpointer.committed()
         return counts
+
+    def _positions(self, ids: Sequence[str]) -> list[int]:
+        """The log positions of those of ``ids`` that are logged, each once (reader thread)."""
+        keyed: dict[int, set[str]] = {}
+        for mid in set(ids):
+            key = _idkey_or_none(mid)
+            if key is not None:
+                keyed.setdefault(key, set()).add(mid)
+        keys = list(keyed)
+        positions: list[int] = []
+        for at in range(0, len(keys), _IDS_PER_STATEMENT):
+            chunk = keys[at : at + _IDS_PER_STATEMENT]
+            for key, mid, pos in self._r().execute(
+                "SELECT idkey, id, pos FROM log.entries WHERE idkey IN"
+                f" ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                if mid in keyed[key]:
+                    positions.append(int(pos))
+        return positions
 
     def _blob_path(self, blob_id: str) -> Path:
         digest = blob_digest(blob_id).hex()

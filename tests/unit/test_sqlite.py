@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainmail import merkle, ssb
+from chainmail import sqlite as sqlite_module
 from chainmail.errors import LogError, ProofError
 from chainmail.ids import msg_digest
 from chainmail.keys import Keypair
@@ -455,6 +456,36 @@ def test_apply_returns_the_entries_it_added_numbered_as_the_inbox_numbers_them(
         assert again[1].delivery > max(d.delivery for _, d in second)
         assert (who, again[1].delivery, top.id) in inbox()
         assert store.apply(projection) == []
+    finally:
+        log.close()
+        store.close()
+
+
+def test_acks_of_many_ids_are_counted_across_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ids go to the store a chunk a statement; a small chunk makes five of eleven.
+    monkeypatch.setattr(sqlite_module, "_IDS_PER_STATEMENT", 2)
+    log = SqliteLog(tmp_path / "log.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    seq = Sequencer(log, store, NODE, clock=lambda: NOW)
+    alice = Writer(ALICE)
+    try:
+        opened = alice.sign({"type": "tx/open", "parties": [ALICE.id, BOB.id], "deadline": NOW + 1})
+        notes = [
+            alice.sign({"type": "tx/note", "tx": ssb.message_id(opened), "data": {"n": n}})
+            for n in range(8)
+        ]
+        assert all(
+            isinstance(r, Accepted) for r in seq.process([ssb.check(m) for m in [opened, *notes]])
+        )
+        seq.flush_projection()
+        delivered = [d.id for d in store.inbox(BOB.id, 100)]
+        assert len(delivered) == 9
+        unknown = ["%" + "A" * 43 + "=.sha256", "not an id"]
+        assert store.ack_many([(BOB.id, [*delivered[:7], *delivered[:3], *unknown])]) == [7]
+        assert [d.id for d in store.inbox(BOB.id, 100)] == delivered[7:]
+        assert store.ack(BOB.id, delivered) == 2
     finally:
         log.close()
         store.close()
