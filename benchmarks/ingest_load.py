@@ -10,7 +10,8 @@ The same machinery as ``chainmail bench`` (signed trade traffic, a fresh
 ``chainmail serve`` subprocess, concurrent NDJSON batches or WebSocket
 frames, inbox streams of sampled recipients), run at full load from start to
 end. Every ``--rss-every`` seconds it prints the node's resident memory (its
-main process, and with its verify workers) against the messages answered so
+main process, and with any child processes: none since the verify workers
+became threads) against the messages answered so
 far; at the end, the growth per 100,000 messages after the first tenth of the
 run (warm-up: caches, SQLite pages, pools) and the full ``chainmail bench``
 report as one JSON line.
@@ -71,7 +72,7 @@ def main() -> None:
         samples.append((answered, node_mb))
         print(
             f"t={seconds:7.1f}s  answered={answered:>10,}  node={node_mb:8.1f} MiB"
-            f"  node+workers={total_mb:8.1f} MiB",
+            f"  node+children={total_mb:8.1f} MiB",
             flush=True,
         )
 

@@ -48,13 +48,14 @@ static PyObject *verify(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     sign_open_fn sign_open = (sign_open_fn)address;
-    /* The list is kept (a new reference from the sequence protocol) while the
-     * GIL is released, and with it every bytes object the pointers are in. */
-    PyObject *items = PySequence_Fast(args[1], "items must be a sequence");
+    /* A tuple of the items, this call's own: nothing else can change it while
+     * the GIL is released (a list could be cleared by another thread), so it
+     * keeps every pair, and every bytes object the pointers are in, alive. */
+    PyObject *items = PySequence_Tuple(args[1]);
     if (items == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
-    PyObject **objs = PySequence_Fast_ITEMS(items);
-    Item *work = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(Item));
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    PyObject **objs = &PyTuple_GET_ITEM(items, 0);
+    Item *work = PyMem_New(Item, n > 0 ? n : 1);
     PyObject *out = PyBytes_FromStringAndSize(NULL, n);
     if (work == NULL || out == NULL) {
         PyMem_Free(work);

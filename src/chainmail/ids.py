@@ -42,7 +42,7 @@ _B64_32: Final = 44
 
 #: Ids recur on every message of a feed or a transaction: their checked
 #: decoding is remembered (bounded; refusals are not cached).
-_DECODED_CACHE: Final = 1 << 16
+_DECODED_CACHE: Final = 1 << 13
 
 
 def _b64_32(text: str, what: str) -> bytes:

@@ -215,7 +215,12 @@ class Ingest:
                 r.collected = now
             checked.add_done_callback(functools.partial(self._mark_checked, requests))
             if self._pool is None or len(raws) < _INLINE_BELOW:
-                checked.set_result(_check_chunk(raws, self._hmac_key, self._node_id))
+                # Bad input is an Error in the list; anything raised is a bug,
+                # and fails this batch alone instead of ending the collector.
+                try:
+                    checked.set_result(_check_chunk(raws, self._hmac_key, self._node_id))
+                except Exception as exc:
+                    checked.set_exception(exc)
             else:
                 pool, key, node_id = self._pool, self._hmac_key, self._node_id
                 gathered = asyncio.gather(
@@ -267,7 +272,7 @@ class Ingest:
             if exc is None:
                 waiting.extend(requests)
                 items.extend(checked.result())
-            else:  # the pool died: this batch alone fails
+            else:  # its check raised (a bug, not bad input): this batch alone fails
                 err = exc if isinstance(exc, Error) else OperationalError(f"ingest failed: {exc}")
                 _resolve(requests, [err] * _count(requests))
         if not items:

@@ -232,12 +232,14 @@ def verify_signed_many(items: Sequence[tuple[bytes, bytes]]) -> bytes:
     """
     if _verify_all is not None:
         return _verify_all(_SIGN_OPEN, items)
-    out = bytearray(len(items))  # pragma: no cover - built without a C compiler
-    for i, (signed, public) in enumerate(items):  # pragma: no cover
-        if not isinstance(signed, bytes) or not isinstance(public, bytes):
+    out = bytearray(len(items))
+    for i, item in enumerate(items):
+        if not (
+            type(item) is tuple and len(item) == 2 and all(isinstance(part, bytes) for part in item)
+        ):
             raise TypeError("each item must be a (signed, public) pair of bytes")
-        out[i] = verify_signed(signed, public)
-    return bytes(out)  # pragma: no cover
+        out[i] = verify_signed(*item)
+    return bytes(out)
 
 
 # -- proofs of key/rotate and role (DESIGN §3) --------------------------------------

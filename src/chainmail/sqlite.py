@@ -195,11 +195,19 @@ CREATE TABLE IF NOT EXISTS forks (
 """
 
 
+#: SQLite page cache a connection may hold (negative: KiB, as PRAGMA cache_size takes it).
+_WRITER_CACHE_KIB: Final = -65536
+_READER_CACHE_KIB: Final = -8192
+
+
 def _connect(path: Path, synchronous: str, *, readonly: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA cache_size=-65536")
+    # 64 MiB for a writer; 8 MiB for each reader thread's connection (the OS
+    # caches the file anyway): with 64 each, a long run's RSS kept growing
+    # as a dozen readers filled their caches (benchmarks/README, session 7).
+    conn.execute(f"PRAGMA cache_size={_READER_CACHE_KIB if readonly else _WRITER_CACHE_KIB}")
     conn.execute("PRAGMA temp_store=MEMORY")
     if readonly:
         conn.execute("PRAGMA query_only=1")
@@ -266,9 +274,10 @@ class _Checkpointer:
         self._thread.join()
 
 
-#: Ids one ``IN (…)`` list carries at most.
-_IDS_PER_STATEMENT: Final = 500
-#: Rows one multi-row INSERT carries at most (7 columns: 896 parameters).
+#: Ids one ``IN (…)`` list carries at most (within SQLite's oldest limit of 999 parameters).
+_IDS_PER_STATEMENT: Final = 512
+#: Rows one multi-row INSERT carries at most, fewer where the connection's
+#: parameter limit (999 before SQLite 3.32) allows fewer.
 _ROWS_PER_INSERT: Final = 128
 
 
@@ -284,23 +293,41 @@ def _insert_rows(
     width: int,
     rows: Sequence[Sequence[object]],
     tail: str = "",
-) -> None:
-    """``executemany`` of ``head VALUES (?, …) tail`` over ``rows``, a statement per up to 128 rows.
+) -> int:
+    """``executemany`` of ``head VALUES (?, …) tail`` over ``rows``, many rows a statement.
 
     executemany steps each row with the GIL released and taken back, and
     under load each taking back can wait out another thread's switch
     interval; one statement of many rows releases it once. Chunks of 128,
-    64, 32, … rows, so a handful of statements stay prepared.
+    64, 32, … rows (a power of two within the connection's parameter
+    limit), so a handful of statements stay prepared. Returns the rows
+    changed, as ``executemany``'s ``rowcount`` would.
     """
-    i, n = 0, len(rows)
+    i, n, changed = 0, len(rows), 0
     count = _ROWS_PER_INSERT
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    while count > limit:
+        count //= 2
     while i < n:
         while count > n - i:
             count //= 2
         sql = _rows_sql(head, width, count, tail)
         while n - i >= count:
-            conn.execute(sql, [v for row in rows[i : i + count] for v in row])
+            changed += conn.execute(sql, [v for row in rows[i : i + count] for v in row]).rowcount
             i += count
+    return changed
+
+
+def _in_list(values: Sequence[object]) -> tuple[str, list[object]]:
+    """``(?, ?, …)`` for ``values`` and its parameters, padded with NULLs to a power of two.
+
+    NULL matches nothing in ``IN``; the padding keeps the distinct statements
+    few (a prepared statement a size), so they stay in the connection's cache.
+    """
+    size = 1
+    while size < len(values):
+        size *= 2
+    return "(" + ", ".join("?" * size) + ")", [*values, *[None] * (size - len(values))]
 
 
 @contextmanager
@@ -888,14 +915,14 @@ class SqliteStore:
                     deliveries: list[tuple[str, Delivery]] = []
                     if projection.inbox:
                         rows, whose, what = self._inbox_rows(projection)
-                        before = w.total_changes
-                        _insert_rows(w, "INSERT OR IGNORE INTO inbox (recipient, pos)", 2, rows)
+                        added = _insert_rows(
+                            w, "INSERT OR IGNORE INTO inbox (recipient, pos)", 2, rows
+                        )
                         # The entries this commit added (an entry already there is
                         # ignored above), for the node to push to live followers.
                         # AUTOINCREMENT numbers them one after another, above every
                         # number used before; when none was ignored (anything but a
                         # replay) they are the rows in order, so nothing is read back.
-                        added = w.total_changes - before
                         if added:
                             (last,) = w.execute("SELECT last_insert_rowid()").fetchone()
                             first = int(last) - added + 1
@@ -1129,11 +1156,10 @@ class SqliteStore:
                             continue
                         no, positions = found
                         for at in range(0, len(positions), _IDS_PER_STATEMENT):
-                            chunk = positions[at : at + _IDS_PER_STATEMENT]
+                            marks, params = _in_list(positions[at : at + _IDS_PER_STATEMENT])
                             counts[i] += self._w.execute(
-                                "DELETE FROM inbox WHERE recipient=? AND pos IN"
-                                f" ({', '.join('?' * len(chunk))})",
-                                (no, *chunk),
+                                f"DELETE FROM inbox WHERE recipient=? AND pos IN {marks}",
+                                (no, *params),
                             ).rowcount
             except sqlite3.Error as exc:
                 raise StorageError(f"ack failed: {exc}") from exc
@@ -1150,11 +1176,9 @@ class SqliteStore:
         keys = list(keyed)
         positions: list[int] = []
         for at in range(0, len(keys), _IDS_PER_STATEMENT):
-            chunk = keys[at : at + _IDS_PER_STATEMENT]
+            marks, params = _in_list(keys[at : at + _IDS_PER_STATEMENT])
             for key, mid, pos in self._r().execute(
-                "SELECT idkey, id, pos FROM log.entries WHERE idkey IN"
-                f" ({', '.join('?' * len(chunk))})",
-                chunk,
+                f"SELECT idkey, id, pos FROM log.entries WHERE idkey IN {marks}", params
             ):
                 if mid in keyed[key]:
                     positions.append(int(pos))

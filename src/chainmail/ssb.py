@@ -165,9 +165,8 @@ class Checked:
     text: str
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Checked results cross from the verify pool by the thousand: a plain
-        # tuple pickles in a fraction of the time of the dataclass default,
-        # and ``_checked`` unpickles it without the frozen ``__init__``.
+        # A plain tuple pickles in a fraction of the time of the dataclass
+        # default, and ``_checked`` unpickles it without the frozen ``__init__``.
         return (
             _checked,
             (

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chainmail import keys as keys_module
 from chainmail.errors import InvalidMessage, KeystoreError
 from chainmail.ids import feed_id
 from chainmail.keys import (
@@ -335,7 +336,15 @@ def _flip(data: bytes, index: int, bit: int) -> bytes:
     return data[:index] + bytes([data[index] ^ (1 << bit)]) + data[index + 1 :]
 
 
-def test_verifying_many_signatures_at_once_answers_each_pair() -> None:
+@pytest.fixture(params=["extension", "fallback"])
+def batch_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways ``verify_signed_many`` can run: the C extension, and one cffi call a pair."""
+    if request.param == "fallback":
+        monkeypatch.setattr(keys_module, "_verify_all", None)
+    return str(request.param)
+
+
+def test_verifying_many_signatures_at_once_answers_each_pair(batch_path: str) -> None:
     alice, bob = Keypair.generate(), Keypair.generate()
     data = [f"message {i}".encode() for i in range(5)]
     pairs = [(alice.sign(d) + d, alice.public) for d in data]
@@ -349,9 +358,11 @@ def test_verifying_many_signatures_at_once_answers_each_pair() -> None:
     assert verify_signed_many([]) == b""
 
 
-def test_verifying_many_refuses_what_is_not_pairs_of_bytes() -> None:
+def test_verifying_many_refuses_what_is_not_pairs_of_bytes(batch_path: str) -> None:
     key = Keypair.generate()
     with pytest.raises(TypeError):
         verify_signed_many([(key.sign(b"x") + b"x", "not bytes")])  # type: ignore[list-item]
     with pytest.raises(TypeError):
         verify_signed_many([(b"x",)])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        verify_signed_many([[key.sign(b"x") + b"x", key.public]])  # type: ignore[list-item]

@@ -56,3 +56,33 @@ def test_a_failing_row_fails_the_statement_and_the_caller_sees_it() -> None:
     conn = _table()
     with pytest.raises(sqlite3.IntegrityError):
         cm_sqlite._insert_rows(conn, "INSERT INTO t (k, v, n)", 3, [(1, "a", 1), (1, "b", 2)])
+
+
+def test_statements_stay_within_the_connections_parameter_limit() -> None:
+    # SQLite before 3.32 allows 999 parameters a statement: 12 columns fit 83
+    # rows, so chunks are of 64 rows there (1,536 parameters would fail).
+    conn = sqlite3.connect(":memory:")
+    columns = ", ".join(f"c{i}" for i in range(12))
+    conn.execute(f"CREATE TABLE w ({columns})")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    rows = [tuple(range(r, r + 12)) for r in range(300)]
+    assert cm_sqlite._insert_rows(conn, f"INSERT INTO w ({columns})", 12, rows) == 300
+    assert conn.execute(f"SELECT {columns} FROM w ORDER BY rowid").fetchall() == rows
+
+
+def test_the_count_is_of_rows_changed_not_rows_given() -> None:
+    conn = _table()
+    conn.execute("INSERT INTO t VALUES (5, 'there', 0)")
+    rows = [(k, "new", k) for k in range(10)]
+    assert cm_sqlite._insert_rows(conn, "INSERT OR IGNORE INTO t (k, v, n)", 3, rows) == 9
+
+
+@pytest.mark.parametrize(("count", "size"), [(1, 1), (2, 2), (3, 4), (5, 8), (512, 512)])
+def test_in_lists_are_padded_to_a_power_of_two_with_nulls(count: int, size: int) -> None:
+    marks, params = cm_sqlite._in_list(list(range(count)))
+    assert marks == "(" + ", ".join("?" * size) + ")"
+    assert params == [*range(count), *[None] * (size - count)]
+    conn = _table()
+    conn.executemany("INSERT INTO t VALUES (?, 'x', 0)", [(k,) for k in range(1000)])
+    (found,) = conn.execute(f"SELECT COUNT(*) FROM t WHERE k IN {marks}", params).fetchone()
+    assert found == count

@@ -1,0 +1,89 @@
+"""Ingest's check stage: verdicts a message, in order, on the event loop or the verify threads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from chainmail import ssb
+from chainmail.errors import Error, OperationalError
+from chainmail.ingest import Ingest, Sequenced
+from chainmail.sequencer import Accepted, Result
+from support.feeds import Writer
+
+
+async def _sequence(items: list[ssb.Checked | Error]) -> Sequenced:
+    """A sequencer that logs whatever passed its check, at made-up positions."""
+
+    async def visible() -> None:
+        return None
+
+    results: list[Result] = [
+        item if isinstance(item, Error) else Accepted(item.id, 0, i, True)
+        for i, item in enumerate(items)
+    ]
+    return results, visible()
+
+
+def _batch(count: int, forged: set[int]) -> list[bytes]:
+    writers = [Writer() for _ in range(count)]
+    raws = []
+    for i, writer in enumerate(writers):
+        msg: dict[str, Any] = writer.sign({"type": "post", "text": f"m{i}"})
+        if i in forged:
+            sig = msg["signature"]
+            msg["signature"] = ("B" if sig[0] == "A" else "A") + sig[1:]
+        raws.append(orjson.dumps(msg))
+    return raws
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_message_gets_its_own_verdict_in_order(workers: int) -> None:
+    async def run() -> list[Result]:
+        ingest = Ingest(_sequence, workers=workers)
+        await ingest.start()
+        try:
+            return await ingest.submit_many([*_batch(40, {0, 17, 39}), b"not json"])
+        finally:
+            await ingest.stop()
+
+    results = asyncio.run(run())
+    codes = [r.code if isinstance(r, Error) else "ok" for r in results]
+    bad = {0: "invalid_signature", 17: "invalid_signature", 39: "invalid_signature"}
+    assert codes == [bad.get(i, "ok") for i in range(40)] + ["invalid_format"]
+
+
+@pytest.mark.parametrize(("workers", "size"), [(0, 3), (2, 3), (2, 40)])
+def test_a_check_that_raises_fails_its_batch_alone(
+    workers: int, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug in the check (not bad input) must not stop ingest: that batch
+    # fails as `internal`, the next one goes through.
+    real = ssb.check_many
+    calls = 0
+
+    def flaky(items: list[bytes], hmac_key: bytes | str | None = None) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(items, hmac_key)
+
+    monkeypatch.setattr(ssb, "check_many", flaky)
+
+    async def run() -> tuple[list[Result], list[Result]]:
+        ingest = Ingest(_sequence, workers=workers)
+        await ingest.start()
+        try:
+            first = await asyncio.wait_for(ingest.submit_many(_batch(size, set())), 10)
+            second = await asyncio.wait_for(ingest.submit_many(_batch(size, set())), 10)
+            return first, second
+        finally:
+            await ingest.stop()
+
+    first, second = asyncio.run(run())
+    assert any(isinstance(r, OperationalError) for r in first)
+    assert all(isinstance(r, Accepted) for r in second)
