@@ -56,8 +56,12 @@ _WAL_AUTOCHECKPOINT_PAGES: Final = 100_000
 #: Seconds between background checkpoints while commits keep coming: long enough
 #: that a page many group commits dirtied is copied once (0.2 s cost the two
 #: checkpointer threads 9.3 µs a message at 200k messages, 1 s 4.8), short enough
-#: that the WAL stays tens of MB and restarts from its beginning.
-CHECKPOINT_INTERVAL: Final = 1.0
+#: that the WAL stays tens of MB and restarts from its beginning, and that a
+#: checkpoint's fsync of the database file stays short: the log's commit waits
+#: behind it on the same disk (at 1 s, 25–45 ms checkpoints held log commits
+#: 10–30 ms once a second, the half-load p99; 0.5 s: p99 80–110 → 62–71 ms,
+#: same throughput; benchmarks/README.md, session 7).
+CHECKPOINT_INTERVAL: Final = 0.5
 #: A WAL that grew (a burst, a long reader) is truncated to this once it restarts.
 _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 #: WAL pages (~64 MB) beyond which the checkpointer makes the WAL restart.
