@@ -232,10 +232,13 @@ def verify_signed_many(items: Sequence[tuple[bytes, bytes]]) -> bytes:
     """
     if _verify_all is not None:
         return _verify_all(_SIGN_OPEN, items)
+    items = tuple(items)
     out = bytearray(len(items))
     for i, item in enumerate(items):
         if not (
-            type(item) is tuple and len(item) == 2 and all(isinstance(part, bytes) for part in item)
+            isinstance(item, tuple)
+            and len(item) == 2
+            and all(isinstance(part, bytes) for part in item)
         ):
             raise TypeError("each item must be a (signed, public) pair of bytes")
         out[i] = verify_signed(*item)

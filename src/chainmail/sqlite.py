@@ -310,6 +310,8 @@ def _insert_rows(
     i, n, changed = 0, len(rows), 0
     count = _ROWS_PER_INSERT
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    if limit < 1:
+        raise ValueError(f"a row of {width} columns exceeds the connection's parameter limit")
     while count > limit:
         count //= 2
     while i < n:
@@ -919,14 +921,19 @@ class SqliteStore:
                     deliveries: list[tuple[str, Delivery]] = []
                     if projection.inbox:
                         rows, whose, what = self._inbox_rows(projection)
+                        # New deliveries get numbers above every one before.
+                        (top,) = w.execute(
+                            "SELECT COALESCE(MAX(delivery), 0) FROM inbox"
+                        ).fetchone()
                         added = _insert_rows(
                             w, "INSERT OR IGNORE INTO inbox (recipient, pos)", 2, rows
                         )
                         # The entries this commit added (an entry already there is
                         # ignored above), for the node to push to live followers.
-                        # AUTOINCREMENT numbers them one after another, above every
-                        # number used before; when none was ignored (anything but a
-                        # replay) they are the rows in order, so nothing is read back.
+                        # When none was ignored (anything but a replay) AUTOINCREMENT
+                        # numbered them one after another, in order: nothing is read
+                        # back. An ignored row uses up a number too, so a replay's
+                        # new entries are read back above the old highest.
                         if added:
                             (last,) = w.execute("SELECT last_insert_rowid()").fetchone()
                             first = int(last) - added + 1
@@ -935,8 +942,8 @@ class SqliteStore:
                                 if added == len(rows)
                                 else w.execute(
                                     "SELECT delivery, recipient, pos FROM inbox"
-                                    " WHERE delivery>=? ORDER BY delivery",
-                                    (first,),
+                                    " WHERE delivery>? ORDER BY delivery",
+                                    (top,),
                                 ).fetchall()
                             )
                             for d, no, pos in numbered:

@@ -456,6 +456,16 @@ def test_apply_returns_the_entries_it_added_numbered_as_the_inbox_numbers_them(
         assert again[1].delivery > max(d.delivery for _, d in second)
         assert (who, again[1].delivery, top.id) in inbox()
         assert store.apply(projection) == []
+        # Two entries acked apart (not neighbours): a replay adds both back, and
+        # says so, although the ignored row between them used up a number.
+        _, third = trade("three")
+        third_entries = sorted(third, key=lambda e: e[1].delivery)
+        gone = [third_entries[0], third_entries[2]]
+        for who_, d in gone:
+            assert store.ack(who_, [d.id]) == 1
+        back = store.apply(projected[-1][0])
+        assert {(w_, d.id) for w_, d in back} == {(w_, d.id) for w_, d in gone}
+        assert {(w_, d.delivery, d.id) for w_, d in back} <= inbox()
     finally:
         log.close()
         store.close()
