@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +30,8 @@ from chainmail.sequencer import Result, policy_view
 from chainmail.stages import StageHistograms
 
 __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH: Final = 2048
 #: Below this many messages a batch is checked on the event loop's thread:
@@ -61,6 +64,8 @@ _GROUP_BATCHES: Final = 4
 #: Groups in the log whose projection is still being written; the writer waits
 #: beyond this, so a slow store holds the log back instead of piling up memory.
 _PROJECTING: Final = 2
+#: How long ``stop`` lets the sequencer finish the batches already checked.
+_STOP_DRAIN_S: Final = 30.0
 
 
 def _check_chunk(
@@ -112,6 +117,7 @@ class Ingest:
         self._tasks: list[asyncio.Task[None]] = []
         self._replies: set[asyncio.Task[None]] = set()
         self._projecting = asyncio.Semaphore(_PROJECTING)
+        self._stopped = False
 
     async def start(self) -> None:
         if self._workers > 0:
@@ -124,11 +130,32 @@ class Ingest:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        """Stop taking requests; answer every one taken, and never leave a caller waiting.
+
+        What was already collected goes through the sequencer as usual (for
+        up to ``_STOP_DRAIN_S``); what is still queued hears that nothing of
+        it was logged.
+        """
+        self._stopped = True
+        if not self._tasks:
+            return
+        collect, drain = self._tasks
+        self._tasks = []
+        collect.cancel()  # it answers the requests it holds
+        with contextlib.suppress(asyncio.CancelledError):
+            await collect
+        # The batches already collected go through; the None behind them ends the drain.
+        try:
+            async with asyncio.timeout(_STOP_DRAIN_S):
+                await self._checked.put(None)
+                await asyncio.shield(drain)
+        except TimeoutError:  # the sequencer is stuck: what it holds is unknown
+            log.error("ingest stopped with batches still being sequenced")
+            drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await drain
+        except Exception:  # the drain had failed already; stop answers what is left
+            log.exception("ingest's sequencing task had failed")
         if self._replies:  # logged groups still being projected: let them answer
             await asyncio.gather(*self._replies, return_exceptions=True)
         if self._pool is not None:
@@ -136,7 +163,7 @@ class Ingest:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
         # Whatever is still queued was not logged: its callers hear so now
         # instead of waiting on a node that has stopped.
-        stopped = OperationalError("the node is stopping; nothing of this request was logged")
+        stopped = _stopped()
         while not self._queue.empty():
             request = self._queue.get_nowait()
             if not request.reply.done():
@@ -170,10 +197,12 @@ class Ingest:
         sized = [len(raw) <= _MAX_MESSAGE_BYTES for raw in raws]
         fits = [raw for raw, ok in zip(raws, sized, strict=True) if ok]
         reply: asyncio.Future[list[Result]] = loop.create_future()
-        if fits:
-            self._queue.put_nowait(_Request(fits, reply, arrived=self._clock()))
-        else:
+        if not fits:
             reply.set_result([])
+        elif self._stopped:  # nothing takes from the queue any more
+            reply.set_result([_stopped()] * len(fits))
+        else:
+            self._queue.put_nowait(_Request(fits, reply, arrived=self._clock()))
         if len(fits) == len(raws):
             return reply
         merged: asyncio.Future[list[Result]] = loop.create_future()
@@ -214,23 +243,40 @@ class Ingest:
             for r in requests:
                 r.collected = now
             checked.add_done_callback(functools.partial(self._mark_checked, requests))
-            if self._pool is None or len(raws) < _INLINE_BELOW:
-                # Bad input is an Error in the list; anything raised is a bug,
-                # and fails this batch alone instead of ending the collector.
-                try:
-                    checked.set_result(_check_chunk(raws, self._hmac_key, self._node_id))
-                except Exception as exc:
-                    checked.set_exception(exc)
-            else:
-                pool, key, node_id = self._pool, self._hmac_key, self._node_id
-                gathered = asyncio.gather(
-                    *(
-                        loop.run_in_executor(pool, _check_chunk, chunk, key, node_id)
-                        for chunk in _split(raws, self._workers)
-                    )
-                )
-                gathered.add_done_callback(functools.partial(_join, out=checked))
-            await self._checked.put((requests, checked))
+            try:
+                self._start_check(loop, raws, checked)
+                await self._checked.put((requests, checked))
+            except asyncio.CancelledError:
+                # Stopping: these were taken from the queue and will not be
+                # sequenced; their callers hear so instead of waiting.
+                if not checked.done():
+                    checked.cancel()
+                _resolve(requests, [_stopped()] * _count(requests))
+                raise
+
+    def _start_check(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        raws: list[bytes],
+        checked: asyncio.Future[list[ssb.Checked | Error]],
+    ) -> None:
+        """Check ``raws`` inline (a few) or on the verify threads; ``checked`` gets the results."""
+        if self._pool is None or len(raws) < _INLINE_BELOW:
+            # Bad input is an Error in the list; anything raised is a bug,
+            # and fails this batch alone instead of ending the collector.
+            try:
+                checked.set_result(_check_chunk(raws, self._hmac_key, self._node_id))
+            except Exception as exc:
+                checked.set_exception(exc)
+            return
+        pool, key, node_id = self._pool, self._hmac_key, self._node_id
+        gathered = asyncio.gather(
+            *(
+                loop.run_in_executor(pool, _check_chunk, chunk, key, node_id)
+                for chunk in _split(raws, self._workers)
+            )
+        )
+        gathered.add_done_callback(functools.partial(_join, out=checked))
 
     def _mark_checked(self, requests: list[_Request], _: object) -> None:
         now = self._clock()
@@ -339,6 +385,10 @@ def _resolve(requests: list[_Request], results: Sequence[Result]) -> None:
 
 def _count(requests: list[_Request]) -> int:
     return sum(len(r.raws) for r in requests)
+
+
+def _stopped() -> OperationalError:
+    return OperationalError("the node is stopping; nothing of this request was logged")
 
 
 def _too_large(size: int) -> InvalidMessage:

@@ -91,3 +91,36 @@ def test_a_check_that_raises_fails_its_batch_alone(
     first, second = asyncio.run(run())
     assert any(isinstance(r, OperationalError) for r in first)
     assert all(isinstance(r, Accepted) for r in second)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stop_answers_every_request_it_took(workers: int) -> None:
+    # Requests in every stage when stop comes: queued, being checked, waiting
+    # for the sequencer, being sequenced. Each caller hears back: logged, or
+    # told that nothing of it was; and a request after stop is told at once.
+    sequenced: list[int] = []
+
+    async def slow(items: list[ssb.Checked | Error]) -> Sequenced:
+        await asyncio.sleep(0.2)
+        sequenced.append(len(items))
+        return await _sequence(items)
+
+    async def run() -> tuple[list[list[Result]], list[Result]]:
+        ingest = Ingest(slow, workers=workers, max_batch=16)
+        await ingest.start()
+        futures = [ingest.enqueue(_batch(12, set())) for _ in range(20)]
+        await asyncio.sleep(0.1)  # one group in the sequencer, more behind it
+        await asyncio.wait_for(ingest.stop(), 10)
+        done = await asyncio.wait_for(asyncio.gather(*futures), 10)
+        late = await asyncio.wait_for(ingest.submit_many(_batch(2, set())), 1)
+        return done, late
+
+    done, late = asyncio.run(run())
+    outcomes = [
+        {"logged" if isinstance(r, Accepted) else getattr(r, "code", "?") for r in results}
+        for results in done
+    ]
+    assert all(o in ({"logged"}, {"internal"}) for o in outcomes), outcomes
+    assert {"logged"} in outcomes and {"internal"} in outcomes
+    assert sum(sequenced) == 12 * outcomes.count({"logged"})
+    assert all(isinstance(r, OperationalError) for r in late)
