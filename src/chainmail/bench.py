@@ -160,6 +160,8 @@ class BenchConfig:
     seed: int | None = None
     #: Seconds between samples of the started node's memory.
     rss_every: float = 1.0
+    #: Write every sampled delivery here, one CSV line each (``write_deliveries``).
+    deliveries_out: Path | None = None
     #: Processes that sign the traffic and measure the ceiling (default: all cores).
     cores: int | None = None
 
@@ -1140,6 +1142,25 @@ def _ms(seconds: float) -> float | None:
     return None if math.isnan(seconds) else round(seconds * 1000, 2)
 
 
+def write_deliveries(path: Path, deliveries: _Deliveries, halves: dict[int, bool]) -> None:
+    """Every sampled delivery as ``phase,sent_s,latency_ms``, in the order they were sent.
+
+    ``phase`` is ``full`` or ``half``; ``sent_s`` counts from the first sampled
+    message sent. Slow deliveries that come in windows (a checkpoint, a
+    block) show up as runs of high latencies at close ``sent_s``, which a
+    percentile alone does not tell apart from noise.
+    """
+    seen = sorted(
+        (deliveries.sent[i], t - deliveries.sent[i], i) for i, t in deliveries.seen.items()
+    )
+    start = seen[0][0] if seen else 0.0
+    with open(path, "w", encoding="ascii") as out:
+        out.write("phase,sent_s,latency_ms\n")
+        for sent, latency, i in seen:
+            phase = "half" if halves.get(i, False) else "full"
+            out.write(f"{phase},{sent - start:.6f},{latency * 1000:.3f}\n")
+
+
 def _delivery_latencies(load: _Load, lo_phase: bool, splits: dict[int, bool]) -> list[float]:
     out = sorted(
         t - load.deliveries.sent[i]
@@ -1242,6 +1263,8 @@ def run(
 
     in_half = _in_half(traffic, config)
     halves = {i: in_half(i) for i in load.deliveries.seen}
+    if config.deliveries_out is not None:
+        write_deliveries(config.deliveries_out, load.deliveries, halves)
     deliver_half = _delivery_latencies(load, True, halves)
     deliver_full = _delivery_latencies(load, False, halves)
     rec = load.rec

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,6 +76,25 @@ def test_bench_json_report(mode: str) -> None:
     assert set(stages) == {"queued", "verify", "wait", "log", "project", "total"}
     for p50, p99 in stages.values():
         assert p50 is None or p99 is None or 0 < p50 <= p99
+
+
+def test_bench_writes_every_sampled_delivery(tmp_path: Path) -> None:
+    out = tmp_path / "deliveries.csv"
+    report = _bench("--feeds", "200", "--seed", "7", "--deliveries-out", str(out))
+    header, *lines = out.read_text(encoding="ascii").splitlines()
+    assert header == "phase,sent_s,latency_ms"
+    rows = [line.split(",") for line in lines]
+    phases = [phase for phase, _, _ in rows]
+    assert phases.count("half") == report["deliver_samples"]
+    assert phases.count("full") == report["deliver_samples_full_load"]
+    sent = [float(s) for _, s, _ in rows]
+    assert sent == sorted(sent) and sent[0] == 0.0
+    latencies = sorted(float(ms) for phase, _, ms in rows if phase == "half")
+    assert all(ms > 0 for ms in latencies)
+    # The report's p99 is one of these, by the same nearest-rank rule.
+    if latencies:
+        rank = max(1, -(-99 * len(latencies) // 100))
+        assert report["deliver_p99_ms"] == pytest.approx(latencies[rank - 1], abs=0.01)
 
 
 def test_bench_refuses_a_bad_configuration() -> None:

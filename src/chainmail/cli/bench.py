@@ -64,6 +64,10 @@ def bench(
         typer.Option(help="Keep the started node's data here (default: a temporary directory)."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Traffic seed (default: random).")] = None,
+    deliveries_out: Annotated[
+        Path | None,
+        typer.Option(help="Write each sampled delivery here as CSV (phase, sent_s, latency_ms)."),
+    ] = None,
 ) -> None:
     """Sign trade traffic, drive a fresh node with it and compare with the ed25519 ceiling."""
     config = BenchConfig(
@@ -79,6 +83,7 @@ def bench(
         node_workers=node_workers,
         data_dir=data,
         seed=seed,
+        deliveries_out=deliveries_out,
     )
     config.check()
     if json:
