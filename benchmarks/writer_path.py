@@ -4,7 +4,7 @@
                                      [--synchronous FULL|NORMAL] [--profile]
 
 Signs ``chainmail bench`` trade traffic, checks it and applies the content
-policy (outside the timing: the node's verify workers do both), then
+policy (outside the timing: the node's verify threads do both), then
 hands it to a ``Sequencer`` on fresh SQLite files in batches of ``--batch``,
 exactly as the node's writer thread does, and reports the time spent in
 ``process`` (feed order, rules, log append and commit) and in

@@ -74,12 +74,12 @@ def _check_chunk(
     """On a verify thread: the SSB rules, the signatures and the node's content policy.
 
     The signatures of a chunk are verified in one call that releases the GIL
-    (``ssb.check_many``), so the verify threads use every core while the event
+    (``ssb.check_batch``), so the verify threads use every core while the event
     loop and the writer keep the interpreter. The policy is stateless (it
     needs only the node's id), so it runs here rather than on the sequencer.
     """
     results: list[ssb.Checked | Error] = []
-    for checked in ssb.check_many(items, hmac_key):
+    for checked in ssb.check_batch(items, hmac_key):
         if isinstance(checked, ssb.Checked):
             try:
                 content.check_policy(policy_view(checked), node_id=node_id)

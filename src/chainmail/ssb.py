@@ -78,7 +78,6 @@ __all__ = [
     "FeedState",
     "check",
     "check_batch",
-    "check_many",
     "check_order",
     "check_raw",
     "create",
@@ -963,31 +962,11 @@ def check_batch(
 ) -> list[Checked | InvalidMessage]:
     """``check_raw`` each item; a refused item yields its ``InvalidMessage`` in its place.
 
-    A top-level function so that a process pool can pickle it. Raises nothing
-    for bad input: a malformed ``hmac_key`` refuses every item.
-    """
-    try:
-        key = _hmac_key(hmac_key)
-    except InvalidMessage as exc:
-        return [exc for _ in items]
-    results: list[Checked | InvalidMessage] = []
-    for item in items:
-        try:
-            results.append(_check_raw(item, key))
-        except InvalidMessage as exc:
-            results.append(exc)
-    return results
-
-
-def check_many(
-    items: list[bytes], hmac_key: bytes | str | None = None
-) -> list[Checked | InvalidMessage]:
-    """``check_batch``, with the signatures of the common messages verified in one call.
-
-    That call (``keys.verify_signed_many``) runs without the GIL, so threads
-    of one process check batches on every core. A message the C scanner does
-    not take is checked alone, as ``check_raw`` does. Raises nothing for bad
-    input: a malformed ``hmac_key`` refuses every item.
+    The signatures of the messages the C scanner takes are verified together
+    in one call (``keys.verify_signed_many``) that runs without the GIL, so
+    threads of one process check batches on every core; any other message is
+    checked alone, as ``check_raw`` does. A top-level function, so it pickles.
+    Raises nothing for bad input: a malformed ``hmac_key`` refuses every item.
     """
     try:
         key = _hmac_key(hmac_key)

@@ -63,7 +63,7 @@ def test_a_check_that_raises_fails_its_batch_alone(
 ) -> None:
     # A bug in the check (not bad input) must not stop ingest: that batch
     # fails as `internal`, the next one goes through.
-    real = ssb.check_many
+    real = ssb.check_batch
     calls = 0
     lock = threading.Lock()
 
@@ -76,7 +76,7 @@ def test_a_check_that_raises_fails_its_batch_alone(
             raise RuntimeError("a bug")
         return real(items, hmac_key)
 
-    monkeypatch.setattr(ssb, "check_many", flaky)
+    monkeypatch.setattr(ssb, "check_batch", flaky)
 
     async def run() -> tuple[list[Result], list[Result]]:
         ingest = Ingest(_sequence, workers=workers)
