@@ -14,7 +14,7 @@ import contextlib
 import importlib.resources
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
 import orjson
@@ -33,6 +33,7 @@ from chainmail.errors import (
     Unauthorized,
 )
 from chainmail.ids import blob_id, is_blob_id, is_feed_id
+from chainmail.ingest_http import IngestPaths
 from chainmail.log import LogEntry
 from chainmail.node import Node
 from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, RateLimiter, TokenBucket
@@ -192,6 +193,24 @@ class _Metrics:
             self.rejected[result.code] += 1
 
 
+class _NodeApp(FastAPI):
+    """FastAPI, but the ingest paths go straight to ``ingest_http`` (see there for why)."""
+
+    ingest_paths: IngestPaths | None = None
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        paths = self.ingest_paths
+        if paths is not None and paths.match(scope):
+            await paths(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool = True) -> FastAPI:
     """The FastAPI application serving ``node``. With ``manage_node`` it starts and stops it."""
     metrics = _Metrics()
@@ -215,7 +234,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             if manage_node:
                 await node.stop()
 
-    app = FastAPI(
+    app = _NodeApp(
         title="chainmail node",
         version=__version__,
         description=(
@@ -263,6 +282,33 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
 
     # --- ingest -------------------------------------------------------------------------
 
+    # Both ingest paths are answered by ``ingest_http`` before FastAPI's stack
+    # (``_NodeApp.__call__``); the routes below declare them for the OpenAPI
+    # document and answer through the same code when reached another way.
+    paths = IngestPaths(
+        node.submit_many,
+        throttle=lambda key, n: connections.take(key, n, now=time.monotonic()),
+        count=metrics.count,
+        message_bytes=limits.message_bytes,
+        batch_bytes=limits.batch_bytes,
+    )
+    app.ingest_paths = paths
+
+    async def via_ingest_paths(request: Request) -> Response:
+        start: dict[str, Any] = {}
+        parts: list[bytes] = []
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                parts.append(message.get("body", b""))
+
+        await paths(request.scope, request.receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start["headers"]}
+        headers.pop("content-length", None)
+        return Response(b"".join(parts), status_code=start["status"], headers=headers)
+
     @app.post(
         "/v1/messages",
         status_code=201,
@@ -272,13 +318,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         "log; the same message again gives 200 and the same body.",
     )
     async def post_message(request: Request) -> Response:
-        throttle(request, 1)
-        body = await _read_body(request, limits.message_bytes)
-        result = await node.submit(body)
-        metrics.count(result)
-        if isinstance(result, Error):
-            return _problem(result)
-        return _json(result.to_json(), 201 if result.created else 200)
+        return await via_ingest_paths(request)
 
     @app.post(
         "/v1/messages/batch",
@@ -288,32 +328,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         "problem object (`status`, `code`, `detail`) for that line alone.",
     )
     async def post_batch(request: Request) -> Response:
-        body = await _read_body(request, limits.batch_bytes)
-        lines = [line for line in body.split(b"\n") if line.strip()]
-        throttle(request, max(1, len(lines)))
-        results = await node.submit_many(lines)
-        out: list[bytes] = []
-        for result in results:
-            metrics.count(result)
-            if isinstance(result, Error):
-                out.append(
-                    orjson.dumps(
-                        {"status": result.status, "code": result.code, "detail": result.detail}
-                    )
-                )
-            else:
-                # Ids are base64 with "%" and ".sha256": nothing in them needs escaping.
-                out.append(
-                    b'{"id":"%s","pipeline":%d,"index":%d,"status":%d}'
-                    % (
-                        result.id.encode("ascii"),
-                        result.pipeline,
-                        result.index,
-                        201 if result.created else 200,
-                    )
-                )
-        out.append(b"")
-        return Response(b"\n".join(out), media_type=NDJSON)
+        return await via_ingest_paths(request)
 
     @app.websocket("/v1/ingest")
     async def ws_ingest(ws: WebSocket) -> None:

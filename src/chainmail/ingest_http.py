@@ -1,0 +1,193 @@
+"""The two HTTP ingest paths as bare ASGI: ``POST /v1/messages`` and ``/v1/messages/batch``.
+
+FastAPI's stack (its middleware, routing, dependency solving and ``Response``
+objects) costs ~300 µs of the event loop's CPU a request on a small machine:
+~40 µs a message when a client sends batches of eight, as a steady client at
+half load does, and all of it on the one thread every request shares. The
+node's hottest paths skip it; ``create_app`` still declares both routes for
+the OpenAPI document and answers through this module from either side.
+
+Behaviour is the API's: the same body limits (refused before the body is read
+when ``content-length`` says so), the per-connection rate limit, one result
+line per input line, and every refusal an RFC 9457 problem document with its
+``code``. A client that goes away before its body is read is simply dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any, Final
+
+import orjson
+
+from chainmail.errors import Error, InvalidMessage, OperationalError
+from chainmail.sequencer import Accepted
+
+__all__ = ["IngestPaths", "batch_lines", "read_limited"]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PROBLEM: Final = b"application/problem+json"
+NDJSON: Final = b"application/x-ndjson"
+JSON: Final = b"application/json"
+BATCH_PATH: Final = "/v1/messages/batch"
+MESSAGE_PATH: Final = "/v1/messages"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was read."""
+
+
+def batch_lines(results: Sequence[Accepted | Error]) -> bytes:
+    """The NDJSON answer to a batch: one line per result, in order, each ending in ``\\n``."""
+    out: list[bytes] = []
+    for result in results:
+        if isinstance(result, Error):
+            out.append(
+                orjson.dumps(
+                    {"status": result.status, "code": result.code, "detail": result.detail}
+                )
+            )
+        else:
+            # Ids are base64 with "%" and ".sha256": nothing in them needs escaping.
+            out.append(
+                b'{"id":"%s","pipeline":%d,"index":%d,"status":%d}'
+                % (
+                    result.id.encode("ascii"),
+                    result.pipeline,
+                    result.index,
+                    201 if result.created else 200,
+                )
+            )
+    out.append(b"")
+    return b"\n".join(out)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused beyond ``limit`` bytes.
+
+    Raises ``InvalidMessage`` (``too_large``) as soon as the declared or the
+    received size passes the limit, and ``ClientGone`` on a disconnect.
+    """
+    declared = _declared_length(scope)
+    if declared is not None and declared > limit:
+        raise InvalidMessage(
+            f"body of {declared} bytes exceeds the limit of {limit}", code="too_large"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise InvalidMessage(f"body exceeds the limit of {limit} bytes", code="too_large")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, media: bytes, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    headers = [(b"content-type", media), (b"content-length", b"%d" % len(body)), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_problem(send: Send, err: Error) -> None:
+    """``err`` as its problem document, with ``Retry-After`` when it says when to retry."""
+    extra: list[tuple[bytes, bytes]] = []
+    retry = getattr(err, "retry_after", None)
+    if retry is not None:
+        extra.append((b"retry-after", str(max(1, int(retry + 0.999))).encode("ascii")))
+    await _respond(send, err.status, PROBLEM, orjson.dumps(err.problem()), extra)
+
+
+def client_key(scope: Scope) -> str:
+    """The rate limiter's key for a connection: its address and port."""
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+class IngestPaths:
+    """Answers the two ingest paths; ``match`` says whether a request is theirs.
+
+    ``submit_many`` is the node's, ``throttle(key, n)`` takes ``n`` tokens of
+    the connection's rate limit (raising ``RateLimited``), and ``count`` sees
+    every result for ``/metrics``.
+    """
+
+    def __init__(
+        self,
+        submit_many: Callable[[list[bytes]], Awaitable[list[Accepted | Error]]],
+        *,
+        throttle: Callable[[str, int], None],
+        count: Callable[[Accepted | Error], None],
+        message_bytes: int,
+        batch_bytes: int,
+    ) -> None:
+        self._submit_many = submit_many
+        self._throttle = throttle
+        self._count = count
+        self._message_bytes = message_bytes
+        self._batch_bytes = batch_bytes
+
+    @staticmethod
+    def match(scope: Scope) -> bool:
+        return (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope.get("path") in (BATCH_PATH, MESSAGE_PATH)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if scope["path"] == BATCH_PATH:
+                await self._batch(scope, receive, send)
+            else:
+                await self._message(scope, receive, send)
+        except ClientGone:
+            return
+        except Error as exc:
+            await respond_problem(send, exc)
+        except Exception as exc:  # a bug: the client still gets a problem document
+            log.exception("ingest request failed")
+            await respond_problem(send, OperationalError(f"ingest failed: {exc}", code="internal"))
+
+    async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_limited(scope, receive, self._batch_bytes)
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        self._throttle(client_key(scope), max(1, len(lines)))
+        results = await self._submit_many(lines)
+        count = self._count
+        for result in results:
+            count(result)
+        await _respond(send, 200, NDJSON, batch_lines(results))
+
+    async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._throttle(client_key(scope), 1)
+        body = await read_limited(scope, receive, self._message_bytes)
+        (result,) = await self._submit_many([body])
+        self._count(result)
+        if isinstance(result, Error):
+            await respond_problem(send, result)
+            return
+        status = 201 if result.created else 200
+        await _respond(send, status, JSON, orjson.dumps(result.to_json()))

@@ -1,0 +1,182 @@
+"""The bare-ASGI ingest paths: limits, results, refusals and vanished clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+import pytest
+
+from chainmail.errors import Error, InvalidMessage, RateLimited
+from chainmail.ingest_http import IngestPaths, batch_lines
+from chainmail.sequencer import Accepted
+
+Message = MutableMapping[str, Any]
+
+
+class Harness:
+    """An ``IngestPaths`` whose node accepts every line as new, except ``bad`` lines."""
+
+    def __init__(self, *, throttle_error: Error | None = None, fail: bool = False) -> None:
+        self.submitted: list[list[bytes]] = []
+        self.counted: list[Accepted | Error] = []
+        self.throttled: list[tuple[str, int]] = []
+        self.throttle_error = throttle_error
+        self.fail = fail
+        self.paths = IngestPaths(
+            self.submit_many,
+            throttle=self.throttle,
+            count=self.counted.append,
+            message_bytes=100,
+            batch_bytes=1000,
+        )
+
+    async def submit_many(self, raws: list[bytes]) -> list[Accepted | Error]:
+        if self.fail:
+            raise RuntimeError("boom")
+        self.submitted.append(raws)
+        return [
+            InvalidMessage("not json", code="invalid_format")
+            if raw == b"bad"
+            else Accepted(f"%{i}.sha256", 0, i, created=raw != b"again")
+            for i, raw in enumerate(raws)
+        ]
+
+    def throttle(self, key: str, n: int) -> None:
+        self.throttled.append((key, n))
+        if self.throttle_error is not None:
+            raise self.throttle_error
+
+    def call(
+        self,
+        path: str,
+        chunks: list[bytes],
+        *,
+        length: int | None = None,
+        disconnect: bool = False,
+    ) -> tuple[int | None, dict[bytes, bytes], bytes]:
+        headers = [] if length is None else [(b"content-length", str(length).encode())]
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "headers": headers,
+            "client": ("10.0.0.1", 5000),
+        }
+        incoming: list[Message] = [
+            {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+            for i, c in enumerate(chunks)
+        ]
+        if disconnect:
+            incoming = [*incoming[:-1], {"type": "http.disconnect"}]
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return incoming.pop(0)
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        assert IngestPaths.match(scope)
+        asyncio.run(self.paths(scope, receive, send))
+        if not sent:
+            return None, {}, b""
+        start, body = sent
+        return start["status"], dict(start["headers"]), body["body"]
+
+
+def test_only_the_two_post_paths_match() -> None:
+    assert IngestPaths.match({"type": "http", "method": "POST", "path": "/v1/messages/batch"})
+    assert not IngestPaths.match({"type": "http", "method": "GET", "path": "/v1/messages"})
+    assert not IngestPaths.match({"type": "http", "method": "POST", "path": "/v1/messages/x"})
+    assert not IngestPaths.match({"type": "websocket", "path": "/v1/messages"})
+
+
+def test_batch_answers_one_line_per_line_and_counts_each() -> None:
+    h = Harness()
+    status, headers, body = h.call("/v1/messages/batch", [b"one\n\nba", b"d\nagain\n"])
+    assert status == 200 and headers[b"content-type"] == b"application/x-ndjson"
+    assert headers[b"content-length"] == str(len(body)).encode()
+    assert h.submitted == [[b"one", b"bad", b"again"]]
+    assert h.throttled == [("10.0.0.1:5000", 3)]
+    lines = [orjson.loads(line) for line in body.splitlines()]
+    assert lines[0] == {"id": "%0.sha256", "pipeline": 0, "index": 0, "status": 201}
+    assert lines[1]["status"] == 400 and lines[1]["code"] == "invalid_format"
+    assert lines[2]["status"] == 200
+    assert len(h.counted) == 3 and body.endswith(b"\n")
+
+
+def test_batch_lines_matches_each_result() -> None:
+    ok = Accepted("%a.sha256", 1, 7, created=False)
+    err = InvalidMessage("gap", code="invalid_sequence")
+    lines = batch_lines([ok, err]).splitlines()
+    assert orjson.loads(lines[0]) == {"id": "%a.sha256", "pipeline": 1, "index": 7, "status": 200}
+    assert orjson.loads(lines[1]) == {"status": err.status, "code": err.code, "detail": "gap"}
+
+
+def problem(status: int | None, headers: dict[bytes, bytes], body: bytes, code: str) -> Any:
+    assert headers[b"content-type"] == b"application/problem+json"
+    doc = orjson.loads(body)
+    assert doc["code"] == code and doc["status"] == status
+    return doc
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    h = Harness()
+    status, headers, body = h.call("/v1/messages/batch", [b"x"], length=1001)
+    assert status == 413
+    problem(status, headers, body, "too_large")
+    assert h.submitted == [] and h.counted == []
+
+
+def test_streamed_body_over_the_limit_is_refused() -> None:
+    h = Harness()
+    status, headers, body = h.call("/v1/messages/batch", [b"x" * 600, b"y" * 600])
+    problem(status, headers, body, "too_large")
+    assert h.submitted == []
+
+
+def test_single_message_limit_is_the_message_limit() -> None:
+    h = Harness()
+    status, headers, body = h.call("/v1/messages", [b"x" * 101])
+    problem(status, headers, body, "too_large")
+
+
+def test_a_vanished_client_gets_nothing_and_submits_nothing() -> None:
+    h = Harness()
+    assert h.call("/v1/messages/batch", [b"one\n", b""], disconnect=True) == (None, {}, b"")
+    assert h.submitted == []
+
+
+def test_rate_limited_says_when_to_retry() -> None:
+    h = Harness(throttle_error=RateLimited("slow down", retry_after=2.2))
+    status, headers, body = h.call("/v1/messages/batch", [b"one\n"])
+    assert status == 429 and headers[b"retry-after"] == b"3"
+    problem(status, headers, body, "rate_limited")
+    assert h.submitted == []
+
+
+def test_a_bug_is_a_problem_document_not_a_dropped_connection() -> None:
+    h = Harness(fail=True)
+    status, headers, body = h.call("/v1/messages/batch", [b"one\n"])
+    assert status == 500
+    assert "boom" in problem(status, headers, body, "internal")["detail"]
+
+
+@pytest.mark.parametrize(("raw", "status"), [(b"new", 201), (b"again", 200)])
+def test_single_message_created_or_known(raw: bytes, status: int) -> None:
+    h = Harness()
+    got, headers, body = h.call("/v1/messages", [raw])
+    assert got == status and headers[b"content-type"] == b"application/json"
+    assert orjson.loads(body) == {"id": "%0.sha256", "pipeline": 0, "index": 0}
+    assert h.throttled == [("10.0.0.1:5000", 1)]
+
+
+def test_single_message_refused_is_its_problem() -> None:
+    h = Harness()
+    status, headers, body = h.call("/v1/messages", [b"bad"])
+    assert status == 400
+    problem(status, headers, body, "invalid_format")
+    assert len(h.counted) == 1
