@@ -219,11 +219,6 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     # so a flood is refused for the cost of a token count.
     connections = RateLimiter(limits.connection_rate, limits.connection_burst, label="connection")
 
-    def throttle(request: Request, n: int) -> None:
-        client = request.client
-        key = f"{client.host}:{client.port}" if client else "unknown"
-        connections.take(key, n, now=time.monotonic())
-
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_node:
@@ -294,7 +289,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     )
     app.ingest_paths = paths
 
-    async def via_ingest_paths(request: Request) -> Response:
+    async def via_ingest_paths(request: Request, batch: bool) -> Response:
         start: dict[str, Any] = {}
         parts: list[bytes] = []
 
@@ -304,7 +299,9 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             else:
                 parts.append(message.get("body", b""))
 
-        await paths(request.scope, request.receive, send)
+        await (paths.batch if batch else paths.message)(request.scope, request.receive, send)
+        if not start:  # the client went away before its body was read: no one to answer
+            return Response(status_code=499)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start["headers"]}
         headers.pop("content-length", None)
         return Response(b"".join(parts), status_code=start["status"], headers=headers)
@@ -318,7 +315,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         "log; the same message again gives 200 and the same body.",
     )
     async def post_message(request: Request) -> Response:
-        return await via_ingest_paths(request)
+        return await via_ingest_paths(request, batch=False)
 
     @app.post(
         "/v1/messages/batch",
@@ -328,7 +325,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         "problem object (`status`, `code`, `detail`) for that line alone.",
     )
     async def post_batch(request: Request) -> Response:
-        return await via_ingest_paths(request)
+        return await via_ingest_paths(request, batch=True)
 
     @app.websocket("/v1/ingest")
     async def ws_ingest(ws: WebSocket) -> None:

@@ -11,6 +11,9 @@ Behaviour is the API's: the same body limits (refused before the body is read
 when ``content-length`` says so), the per-connection rate limit, one result
 line per input line, and every refusal an RFC 9457 problem document with its
 ``code``. A client that goes away before its body is read is simply dropped.
+Paths are matched below the ``root_path`` a proxy or a mount sets. FastAPI's
+own instrumentation (its telemetry middleware) does not see these two paths;
+``GET /metrics`` counts their results.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import orjson
 from chainmail.errors import Error, InvalidMessage, OperationalError
 from chainmail.sequencer import Accepted
 
-__all__ = ["IngestPaths", "batch_lines", "read_limited"]
+__all__ = ["IngestPaths", "batch_lines", "read_limited", "route_path"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,15 @@ async def respond_problem(send: Send, err: Error) -> None:
     await _respond(send, err.status, PROBLEM, orjson.dumps(err.problem()), extra)
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: ``path`` without the ``root_path`` a proxy or mount put before it."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
+
+
 def client_key(scope: Scope) -> str:
     """The rate limiter's key for a connection: its address and port."""
     client = scope.get("client")
@@ -154,22 +166,49 @@ class IngestPaths:
         return (
             scope["type"] == "http"
             and scope.get("method") == "POST"
-            and scope.get("path") in (BATCH_PATH, MESSAGE_PATH)
+            and route_path(scope) in (BATCH_PATH, MESSAGE_PATH)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a request ``match`` took, by its path."""
+        batch = route_path(scope) == BATCH_PATH
+        await (self.batch if batch else self.message)(scope, receive, send)
+
+    async def batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer ``POST /v1/messages/batch``, whatever path it came in on."""
+        await self._answer(self._batch, scope, receive, send)
+
+    async def message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer ``POST /v1/messages``, whatever path it came in on."""
+        await self._answer(self._message, scope, receive, send)
+
+    async def _answer(
+        self,
+        handler: Callable[[Scope, Receive, Send], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            if scope["path"] == BATCH_PATH:
-                await self._batch(scope, receive, send)
-            else:
-                await self._message(scope, receive, send)
+            await handler(scope, receive, tracked)
         except ClientGone:
             return
-        except Error as exc:
-            await respond_problem(send, exc)
-        except Exception as exc:  # a bug: the client still gets a problem document
+        except Exception as exc:
+            if started:  # the answer is half sent: nothing more can be said on it
+                raise
+            if isinstance(exc, Error):
+                await respond_problem(send, exc)
+                return
+            # A bug: the client still gets a problem document, the log the details.
             log.exception("ingest request failed")
-            await respond_problem(send, OperationalError(f"ingest failed: {exc}", code="internal"))
+            await respond_problem(send, OperationalError("internal error; the node logged it"))
 
     async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_limited(scope, receive, self._batch_bytes)

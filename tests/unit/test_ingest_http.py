@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from chainmail.errors import Error, InvalidMessage, RateLimited
-from chainmail.ingest_http import IngestPaths, batch_lines
+from chainmail.ingest_http import IngestPaths, batch_lines, route_path
 from chainmail.sequencer import Accepted
 
 Message = MutableMapping[str, Any]
@@ -85,6 +85,14 @@ class Harness:
             return None, {}, b""
         start, body = sent
         return start["status"], dict(start["headers"]), body["body"]
+
+
+def test_paths_match_under_a_root_path() -> None:
+    scope = {"type": "http", "method": "POST", "root_path": "/api"}
+    assert IngestPaths.match({**scope, "path": "/api/v1/messages/batch"})
+    assert route_path({**scope, "path": "/api/v1/messages/batch"}) == "/v1/messages/batch"
+    assert route_path({**scope, "path": "/apix/v1/messages"}) == "/apix/v1/messages"
+    assert not IngestPaths.match({**scope, "path": "/apix/v1/messages"})
 
 
 def test_only_the_two_post_paths_match() -> None:
@@ -162,7 +170,8 @@ def test_a_bug_is_a_problem_document_not_a_dropped_connection() -> None:
     h = Harness(fail=True)
     status, headers, body = h.call("/v1/messages/batch", [b"one\n"])
     assert status == 500
-    assert "boom" in problem(status, headers, body, "internal")["detail"]
+    # The details go to the node's log, not to the client.
+    assert "boom" not in problem(status, headers, body, "internal")["detail"]
 
 
 @pytest.mark.parametrize(("raw", "status"), [(b"new", 201), (b"again", 200)])
@@ -180,3 +189,22 @@ def test_single_message_refused_is_its_problem() -> None:
     assert status == 400
     problem(status, headers, body, "invalid_format")
     assert len(h.counted) == 1
+
+
+def test_a_failure_after_the_answer_started_is_not_answered_twice() -> None:
+    h = Harness()
+    sent: list[Message] = []
+    incoming: list[Message] = [{"type": "http.request", "body": b"one\n"}]
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            raise OSError("connection reset")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/messages/batch", "headers": []}
+    with pytest.raises(OSError, match="reset"):
+        asyncio.run(h.paths(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
