@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from chainmail import __version__, httpsig
 from chainmail.errors import (
@@ -33,7 +34,7 @@ from chainmail.errors import (
     Unauthorized,
 )
 from chainmail.ids import blob_id, is_blob_id, is_feed_id
-from chainmail.ingest_http import IngestPaths
+from chainmail.ingest_http import ClientGone, IngestPaths, read_limited, result_line, retry_after
 from chainmail.log import LogEntry
 from chainmail.node import Node
 from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, RateLimiter, TokenBucket
@@ -83,10 +84,8 @@ def _json(body: object, status: int = 200) -> Response:
 
 
 def _problem(err: Error) -> Response:
-    headers = {}
-    retry = getattr(err, "retry_after", None)
-    if retry is not None:
-        headers["Retry-After"] = str(max(1, int(retry + 0.999)))
+    retry = retry_after(err)
+    headers = {} if retry is None else {"Retry-After": retry}
     return Response(
         orjson.dumps(err.problem()), status_code=err.status, media_type=PROBLEM, headers=headers
     )
@@ -117,19 +116,11 @@ def _int_param(
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InvalidMessage(
-            f"body of {declared} bytes exceeds the limit of {limit}", code="too_large"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidMessage(f"body exceeds the limit of {limit} bytes", code="too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """``read_limited`` for a route: a client gone mid-body is Starlette's ``ClientDisconnect``."""
+    try:
+        return await read_limited(request.scope, request.receive, limit)
+    except ClientGone as exc:
+        raise ClientDisconnect from exc
 
 
 def _message_json(row: MessageRow, block: int | None) -> bytes:
@@ -342,16 +333,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                     return
                 (result,) = await fut
                 metrics.count(result)
-                if isinstance(result, Error):
-                    await ws.send_bytes(
-                        orjson.dumps(
-                            {"status": result.status, "code": result.code, "detail": result.detail}
-                        )
-                    )
-                else:
-                    await ws.send_bytes(
-                        orjson.dumps({**result.to_json(), "status": 201 if result.created else 200})
-                    )
+                await ws.send_bytes(result_line(result))
 
         bucket = TokenBucket(limits.connection_rate, limits.connection_burst)
         sender = asyncio.create_task(reply())

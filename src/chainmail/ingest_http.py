@@ -27,7 +27,14 @@ import orjson
 from chainmail.errors import Error, InvalidMessage, OperationalError
 from chainmail.sequencer import Accepted
 
-__all__ = ["IngestPaths", "batch_lines", "read_limited", "route_path"]
+__all__ = [
+    "IngestPaths",
+    "batch_lines",
+    "read_limited",
+    "result_line",
+    "retry_after",
+    "route_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +54,28 @@ class ClientGone(Exception):
     """The client disconnected before its request body was read."""
 
 
+def result_line(result: Accepted | Error) -> bytes:
+    """One submission's result as a line of JSON: the success object or a short problem."""
+    if isinstance(result, Error):
+        return orjson.dumps({"status": result.status, "code": result.code, "detail": result.detail})
+    # Ids are base64 with "%" and ".sha256": nothing in them needs escaping.
+    return b'{"id":"%s","pipeline":%d,"index":%d,"status":%d}' % (
+        result.id.encode("ascii"),
+        result.pipeline,
+        result.index,
+        201 if result.created else 200,
+    )
+
+
 def batch_lines(results: Sequence[Accepted | Error]) -> bytes:
-    """The NDJSON answer to a batch: one line per result, in order, each ending in ``\\n``."""
-    out: list[bytes] = []
-    for result in results:
-        if isinstance(result, Error):
-            out.append(
-                orjson.dumps(
-                    {"status": result.status, "code": result.code, "detail": result.detail}
-                )
-            )
-        else:
-            # Ids are base64 with "%" and ".sha256": nothing in them needs escaping.
-            out.append(
-                b'{"id":"%s","pipeline":%d,"index":%d,"status":%d}'
-                % (
-                    result.id.encode("ascii"),
-                    result.pipeline,
-                    result.index,
-                    201 if result.created else 200,
-                )
-            )
-    out.append(b"")
-    return b"\n".join(out)
+    """The NDJSON answer to a batch: one ``result_line`` per result, in order, each ending in ``\\n``."""
+    return b"".join([result_line(result) + b"\n" for result in results])
+
+
+def retry_after(err: Error) -> str | None:
+    """The ``Retry-After`` value for ``err`` (whole seconds, at least 1), if it says when to retry."""
+    retry = getattr(err, "retry_after", None)
+    return None if retry is None else str(max(1, int(retry + 0.999)))
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -116,10 +122,8 @@ async def _respond(
 
 async def respond_problem(send: Send, err: Error) -> None:
     """``err`` as its problem document, with ``Retry-After`` when it says when to retry."""
-    extra: list[tuple[bytes, bytes]] = []
-    retry = getattr(err, "retry_after", None)
-    if retry is not None:
-        extra.append((b"retry-after", str(max(1, int(retry + 0.999))).encode("ascii")))
+    retry = retry_after(err)
+    extra = [] if retry is None else [(b"retry-after", retry.encode("ascii"))]
     await _respond(send, err.status, PROBLEM, orjson.dumps(err.problem()), extra)
 
 
