@@ -53,7 +53,7 @@ static int reserve(Scan *s, Py_ssize_t more) {
     if (s->len + more <= s->cap) return 1;
     Py_ssize_t cap = s->cap * 2;
     while (cap < s->len + more) cap *= 2;
-    unsigned char *grown = PyMem_Realloc(s->out, (size_t)cap);
+    unsigned char *grown = PyMem_RawRealloc(s->out, (size_t)cap);
     if (grown == NULL) {
         s->failed = 1;
         return 0;
@@ -420,6 +420,78 @@ static int key_order(const Span *keys, const char *const *order) {
     return 1;
 }
 
+/* What the scan of one message found. The spans point into the input. */
+typedef struct {
+    unsigned char *text; /* the 2-space UTF-8, PyMem_RawMalloc'd (the caller frees it) */
+    Py_ssize_t len;
+    const unsigned char *author; /* without the quotes */
+    Py_ssize_t author_size;
+    const unsigned char *previous; /* without the quotes; NULL for the first message */
+    Py_ssize_t previous_size;
+    long long sequence, timestamp;
+    Py_ssize_t content_start, content_end; /* the content object, offsets into the input */
+    Py_ssize_t signed_end;                 /* text[:signed_end] + "\n}" is signed */
+    Py_ssize_t units;                      /* UTF-16 code units of the text */
+    int ascii;
+    unsigned char public_[32], signature[64];
+} Found;
+
+typedef enum { SCAN_NONE = 0, SCAN_FOUND = 1, SCAN_NOMEM = -1 } ScanResult;
+
+/* The scan itself, without the Python API, so it may run without the GIL. On
+ * SCAN_FOUND, f->text holds the 2-space text for the caller to free. */
+static ScanResult scan_core(const unsigned char *raw, Py_ssize_t size, Found *f) {
+    if (size < 2 || raw[0] != '{') return SCAN_NONE;
+    Scan s = {raw, raw + size, raw[1] == '\n', NULL, 0, 0, 0, 0};
+    s.cap = size + size / 4 + 256;
+    s.out = PyMem_RawMalloc((size_t)s.cap);
+    if (s.out == NULL) return SCAN_NOMEM;
+
+    Span keys[MAX_KEYS];
+    Value values[MAX_KEYS];
+    int count = 0;
+    unsigned char previous_digest[32];
+
+    if (!scan_object(&s, 0, keys, values, &count) || s.p != s.end || count != 7) goto none;
+    if (!key_order(keys, ORDER_A) && !key_order(keys, ORDER_B)) goto none;
+    const Value *previous = &values[0];
+    const Value *author = is_span(&keys[1], "\"author\"") ? &values[1] : &values[2];
+    const Value *sequence = is_span(&keys[1], "\"author\"") ? &values[2] : &values[1];
+    const Value *timestamp = &values[3], *hash = &values[4], *content = &values[5];
+    const Value *sig = &values[6];
+    if (!sigil_id(author, '@', 32, ".ed25519", f->public_)) goto none;
+    if (sequence->kind != V_NUMBER || sequence->number < 1 || sequence->number > MAX_SEQUENCE)
+        goto none;
+    int first = sequence->number == 1;
+    if (first ? !(previous->kind == V_LITERAL && is_word(previous, "null"))
+              : !sigil_id(previous, '%', 32, ".sha256", previous_digest))
+        goto none;
+    if (timestamp->kind != V_NUMBER) goto none;
+    if (!is_word(hash, "\"sha256\"")) goto none;
+    if (content->kind != V_OBJECT) goto none; /* a private box: the Python path */
+    if (!s.type_ok) goto none;
+    if (!sigil_id(sig, 0, 64, ".sig.ed25519", f->signature)) goto none;
+    /* The 2-space text ends with  ,\n  "signature": "…"\n}  (19 bytes and the value). */
+    f->signed_end = s.len - (19 + sig->size);
+    if (f->signed_end <= 0 || s.out[f->signed_end] != ',') goto none;
+
+    f->units = utf16_units(s.out, s.len, &f->ascii);
+    f->text = s.out;
+    f->len = s.len;
+    f->author = author->start + 1;
+    f->author_size = author->size - 2;
+    f->previous = first ? NULL : previous->start + 1;
+    f->previous_size = first ? 0 : previous->size - 2;
+    f->sequence = sequence->number;
+    f->timestamp = timestamp->number;
+    f->content_start = content->start - raw;
+    f->content_end = content->start + content->size - raw;
+    return SCAN_FOUND;
+none:
+    PyMem_RawFree(s.out);
+    return s.failed ? SCAN_NOMEM : SCAN_NONE;
+}
+
 PyDoc_STRVAR(scan_doc,
              "scan(raw: bytes) -> tuple | None\n\n"
              "For an SSB message in JSON.stringify's exact compact or 2-space form:\n"
@@ -435,76 +507,240 @@ static PyObject *scan(PyObject *module, PyObject *arg) {
     }
     const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(arg);
     Py_ssize_t size = PyBytes_GET_SIZE(arg);
-    if (size < 2 || raw[0] != '{') Py_RETURN_NONE;
-    Scan s = {raw, raw + size, raw[1] == '\n', NULL, 0, 0, 0, 0};
-    s.cap = size + size / 4 + 256;
-    s.out = PyMem_Malloc((size_t)s.cap);
-    if (s.out == NULL) return PyErr_NoMemory();
+    Found f;
+    ScanResult r = scan_core(raw, size, &f);
+    if (r == SCAN_NOMEM) return PyErr_NoMemory();
+    if (r == SCAN_NONE) Py_RETURN_NONE;
 
     PyObject *result = NULL;
-    Span keys[MAX_KEYS];
-    Value values[MAX_KEYS];
-    int count = 0;
-    unsigned char public[32], signature[64], previous_digest[32];
-    /* The last member's comma: where the unsigned text ends. */
-    Py_ssize_t signed_end = 0;
-
-    if (!scan_object(&s, 0, keys, values, &count) || s.p != s.end || count != 7) goto none;
-    if (!key_order(keys, ORDER_A) && !key_order(keys, ORDER_B)) goto none;
-    const Value *previous = &values[0];
-    const Value *author = is_span(&keys[1], "\"author\"") ? &values[1] : &values[2];
-    const Value *sequence = is_span(&keys[1], "\"author\"") ? &values[2] : &values[1];
-    const Value *timestamp = &values[3], *hash = &values[4], *content = &values[5];
-    const Value *sig = &values[6];
-    if (!sigil_id(author, '@', 32, ".ed25519", public)) goto none;
-    if (sequence->kind != V_NUMBER || sequence->number < 1 || sequence->number > MAX_SEQUENCE)
-        goto none;
-    int first = sequence->number == 1;
-    if (first ? !(previous->kind == V_LITERAL && is_word(previous, "null"))
-              : !sigil_id(previous, '%', 32, ".sha256", previous_digest))
-        goto none;
-    if (timestamp->kind != V_NUMBER) goto none;
-    if (!is_word(hash, "\"sha256\"")) goto none;
-    if (content->kind != V_OBJECT) goto none; /* a private box: the Python path */
-    if (!s.type_ok) goto none;
-    if (!sigil_id(sig, 0, 64, ".sig.ed25519", signature)) goto none;
-    /* The 2-space text ends with  ,\n  "signature": "…"\n}  (19 bytes and the value). */
-    signed_end = s.len - (19 + sig->size);
-    if (signed_end <= 0 || s.out[signed_end] != ',') goto none;
-
-    int ascii;
-    Py_ssize_t units = utf16_units(s.out, s.len, &ascii);
-    PyObject *text = s.indented && s.len == size && memcmp(s.out, raw, (size_t)size) == 0
+    int indented = raw[1] == '\n';
+    PyObject *text = indented && f.len == size && memcmp(f.text, raw, (size_t)size) == 0
                          ? (Py_INCREF(arg), arg)
-                         : PyBytes_FromStringAndSize((const char *)s.out, s.len);
+                         : PyBytes_FromStringAndSize((const char *)f.text, f.len);
     if (text == NULL) goto done;
     PyObject *previous_obj =
-        first ? (Py_INCREF(Py_None), Py_None)
-              : PyUnicode_FromStringAndSize((const char *)previous->start + 1, previous->size - 2);
+        f.previous == NULL
+            ? (Py_INCREF(Py_None), Py_None)
+            : PyUnicode_FromStringAndSize((const char *)f.previous, f.previous_size);
     if (previous_obj == NULL) {
         Py_DECREF(text);
         goto done;
     }
-    result = Py_BuildValue("(Ns#y#LNLny#nO)", text, (const char *)author->start + 1,
-                           author->size - 2, (const char *)public, (Py_ssize_t)32,
-                           sequence->number, previous_obj, timestamp->number, signed_end,
-                           (const char *)signature, (Py_ssize_t)64, units,
-                           ascii ? Py_True : Py_False);
-    goto done;
-none:
-    if (s.failed) {
-        PyMem_Free(s.out);
+    result = Py_BuildValue("(Ns#y#LNLny#nO)", text, (const char *)f.author, f.author_size,
+                           (const char *)f.public_, (Py_ssize_t)32, f.sequence, previous_obj,
+                           f.timestamp, f.signed_end, (const char *)f.signature, (Py_ssize_t)64,
+                           f.units, f.ascii ? Py_True : Py_False);
+done:
+    PyMem_RawFree(f.text);
+    return result;
+}
+
+typedef int (*sign_open_fn)(unsigned char *m, unsigned long long *mlen_p, const unsigned char *sm,
+                            unsigned long long smlen, const unsigned char *pk);
+typedef int (*sha256_fn)(unsigned char *out, const unsigned char *in, unsigned long long inlen);
+
+/* One item of scan_many: the scan, then (without the GIL) its id and its signature. */
+typedef struct {
+    ScanResult scanned;
+    Found f;
+    char id[52]; /* "%" + base64 of the sha256 + ".sha256" */
+    int verified;
+} Checked;
+
+static const char B64_CHARS[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* %<base64 of the 32 bytes>.sha256, 52 characters. */
+static void message_id(const unsigned char digest[32], char out[52]) {
+    char *o = out;
+    *o++ = '%';
+    int i = 0;
+    for (; i + 3 <= 32; i += 3) {
+        uint32_t v = (uint32_t)digest[i] << 16 | (uint32_t)digest[i + 1] << 8 | digest[i + 2];
+        *o++ = B64_CHARS[v >> 18 & 63];
+        *o++ = B64_CHARS[v >> 12 & 63];
+        *o++ = B64_CHARS[v >> 6 & 63];
+        *o++ = B64_CHARS[v & 63];
+    }
+    uint32_t v = (uint32_t)digest[30] << 16 | (uint32_t)digest[31] << 8; /* i == 30 */
+    *o++ = B64_CHARS[v >> 18 & 63];
+    *o++ = B64_CHARS[v >> 12 & 63];
+    *o++ = B64_CHARS[v >> 6 & 63];
+    *o++ = '=';
+    memcpy(o, ".sha256", 7);
+}
+
+/* What Node hashes for the id: the low byte of each UTF-16 unit of the text
+ * (the text is strict UTF-8: the scan checked it). Writes at most n bytes. */
+static Py_ssize_t low_bytes(const unsigned char *p, Py_ssize_t n, unsigned char *out) {
+    Py_ssize_t o = 0;
+    for (Py_ssize_t i = 0; i < n;) {
+        unsigned char c = p[i];
+        uint32_t cp;
+        if (c < 0x80) {
+            out[o++] = c;
+            i++;
+            continue;
+        }
+        if (c < 0xE0) {
+            cp = (uint32_t)(c & 0x1F) << 6 | (p[i + 1] & 0x3F);
+            i += 2;
+        } else if (c < 0xF0) {
+            cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(p[i + 1] & 0x3F) << 6 | (p[i + 2] & 0x3F);
+            i += 3;
+        } else {
+            cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(p[i + 1] & 0x3F) << 12 |
+                 (uint32_t)(p[i + 2] & 0x3F) << 6 | (p[i + 3] & 0x3F);
+            i += 4;
+            cp -= 0x10000;
+            out[o++] = (unsigned char)((0xD800 | cp >> 10) & 0xFF);
+            cp = 0xDC00 | (cp & 0x3FF);
+        }
+        out[o++] = (unsigned char)(cp & 0xFF);
+    }
+    return o;
+}
+
+/* The id and the signature of a found message; 0 when out of memory. */
+static int check_found(Checked *c, sign_open_fn sign_open, sha256_fn sha256,
+                       unsigned char **scratch, Py_ssize_t *scratch_cap) {
+    Found *f = &c->f;
+    Py_ssize_t need = 64 + f->len + 2;
+    if (need > *scratch_cap) {
+        unsigned char *grown = PyMem_RawRealloc(*scratch, (size_t)need);
+        if (grown == NULL) return 0;
+        *scratch = grown;
+        *scratch_cap = need;
+    }
+    unsigned char digest[32];
+    if (f->ascii) {
+        sha256(digest, f->text, (unsigned long long)f->len);
+    } else {
+        Py_ssize_t n = low_bytes(f->text, f->len, *scratch);
+        sha256(digest, *scratch, (unsigned long long)n);
+    }
+    message_id(digest, c->id);
+    /* signature || text[:signed_end] || "\n}": what crypto_sign_open takes. */
+    unsigned char *sm = *scratch;
+    memcpy(sm, f->signature, 64);
+    memcpy(sm + 64, f->text, (size_t)f->signed_end);
+    sm[64 + f->signed_end] = '\n';
+    sm[64 + f->signed_end + 1] = '}';
+    c->verified =
+        sign_open(NULL, NULL, sm, (unsigned long long)(64 + f->signed_end + 2), f->public_) == 0;
+    return 1;
+}
+
+static PyObject *found_tuple(const Checked *c) {
+    const Found *f = &c->f;
+    PyObject *text = f->ascii ? PyUnicode_New(f->len, 127)
+                              : PyUnicode_DecodeUTF8((const char *)f->text, f->len, "strict");
+    if (text == NULL) return NULL;
+    if (f->ascii) memcpy(PyUnicode_DATA(text), f->text, (size_t)f->len);
+    PyObject *previous = f->previous == NULL ? (Py_INCREF(Py_None), Py_None)
+                                             : PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND,
+                                                                         f->previous,
+                                                                         f->previous_size);
+    if (previous == NULL) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    /* The ids are base64 and sigils: ASCII, so one byte a character. */
+    return Py_BuildValue("(NNLNLNnnnO)",
+                         PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, c->id,
+                                                   c->id[0] == '%' ? 52 : 0),
+                         PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, f->author,
+                                                   f->author_size),
+                         f->sequence, previous, f->timestamp, text, f->content_start,
+                         f->content_end, f->units, c->verified ? Py_True : Py_False);
+}
+
+PyDoc_STRVAR(scan_many_doc,
+             "scan_many(raws, open_address, sha256_address, max_units, /) -> list\n\n"
+             "scan() of each bytes in raws, then for each message found its id and its\n"
+             "signature, all with the GIL released: open_address and sha256_address are\n"
+             "libsodium's crypto_sign_open and crypto_hash_sha256. One item a raw: None\n"
+             "where scan() is None, else (id, author, sequence, previous, timestamp, text,\n"
+             "content_start, content_end, utf16_length, verified), text the 2-space form\n"
+             "as str and raw[content_start:content_end] the content object. A message of\n"
+             "more than max_units UTF-16 units is neither hashed nor verified (its id is\n"
+             "empty and verified False).");
+
+static PyObject *scan_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_many expects (raws, open_address, sha256_address, max_units)");
+        return NULL;
+    }
+    uintptr_t open_address = (uintptr_t)PyLong_AsUnsignedLongLong(args[1]);
+    if (open_address == (uintptr_t)-1 && PyErr_Occurred()) return NULL;
+    uintptr_t sha_address = (uintptr_t)PyLong_AsUnsignedLongLong(args[2]);
+    if (sha_address == (uintptr_t)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t max_units = PyLong_AsSsize_t(args[3]);
+    if (max_units == -1 && PyErr_Occurred()) return NULL;
+    if (open_address == 0 || sha_address == 0) {
+        PyErr_SetString(PyExc_ValueError, "a libsodium address is null");
+        return NULL;
+    }
+    sign_open_fn sign_open = (sign_open_fn)open_address;
+    sha256_fn sha256 = (sha256_fn)sha_address;
+    /* This call's own tuple: nothing can change it while the GIL is released,
+     * and it keeps every bytes object the spans point into alive. */
+    PyObject *items = PySequence_Tuple(args[0]);
+    if (items == NULL) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(items, i))) {
+            Py_DECREF(items);
+            PyErr_SetString(PyExc_TypeError, "scan_many() takes bytes");
+            return NULL;
+        }
+    }
+    Checked *work = PyMem_RawCalloc((size_t)(n > 0 ? n : 1), sizeof(Checked));
+    if (work == NULL) {
+        Py_DECREF(items);
         return PyErr_NoMemory();
     }
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    PyMem_Free(s.out);
-    return result;
+    unsigned char *scratch = NULL;
+    Py_ssize_t scratch_cap = 0;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && !nomem; i++) {
+        PyObject *raw = PyTuple_GET_ITEM(items, i);
+        Checked *c = &work[i];
+        c->scanned = scan_core((const unsigned char *)PyBytes_AS_STRING(raw),
+                               PyBytes_GET_SIZE(raw), &c->f);
+        if (c->scanned == SCAN_NOMEM) {
+            nomem = 1;
+        } else if (c->scanned == SCAN_FOUND && c->f.units <= max_units) {
+            nomem = !check_found(c, sign_open, sha256, &scratch, &scratch_cap);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(scratch);
+    PyObject *out = nomem ? NULL : PyList_New(n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Checked *c = &work[i];
+        if (out != NULL) {
+            PyObject *item = c->scanned == SCAN_FOUND ? found_tuple(c) : (Py_INCREF(Py_None), Py_None);
+            if (item == NULL) {
+                Py_CLEAR(out);
+            } else {
+                PyList_SET_ITEM(out, i, item);
+            }
+        }
+        if (c->scanned == SCAN_FOUND) PyMem_RawFree(c->f.text);
+    }
+    PyMem_RawFree(work);
+    Py_DECREF(items);
+    if (nomem) return PyErr_NoMemory();
+    return out;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, scan_doc},
+    {"scan_many", (PyCFunction)(void (*)(void))scan_many, METH_FASTCALL, scan_many_doc},
     {NULL, NULL, 0, NULL},
 };
 

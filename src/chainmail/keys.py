@@ -32,6 +32,7 @@ __all__ = [
     "Keypair",
     "curve_public_of",
     "sign_proof",
+    "sodium_address",
     "verify_proof",
     "verify_signature",
     "verify_signed",
@@ -208,9 +209,13 @@ def verify_signed(signed: bytes, public: bytes) -> bool:
     return bool(_lib.crypto_sign_open(_ffi.NULL, _ffi.NULL, signed, len(signed), public) == 0)
 
 
-def _sign_open_address() -> int:
-    """Where ``crypto_sign_open`` is in the libsodium PyNaCl loaded, for ``_sigbatch``."""
-    return int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, "crypto_sign_open")))
+def sodium_address(name: str) -> int:
+    """Where libsodium's function ``name`` is in the library PyNaCl loaded.
+
+    For the C extensions (``_sigbatch``, ``_ssbscan.scan_many``), so they link
+    against nothing and call exactly what this module calls.
+    """
+    return int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, name)))
 
 
 _verify_all: Callable[[int, Sequence[tuple[bytes, bytes]]], bytes] | None
@@ -218,7 +223,7 @@ try:
     from chainmail._sigbatch import verify as _verify_all
 except ImportError:  # pragma: no cover - built without a C compiler
     _verify_all = None
-_SIGN_OPEN: Final = _sign_open_address()
+_SIGN_OPEN: Final = sodium_address("crypto_sign_open")
 
 
 def verify_signed_many(items: Sequence[tuple[bytes, bytes]]) -> bytes:

@@ -46,7 +46,7 @@ import json.scanner
 import math
 import re
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any, Final
@@ -56,17 +56,28 @@ import orjson
 from chainmail.errors import InvalidMessage
 from chainmail.frozen import constructor
 from chainmail.ids import FeedId, MsgId, msg_id_from_digest
-from chainmail.keys import Keypair, verify_signature, verify_signed, verify_signed_many
+from chainmail.keys import (
+    Keypair,
+    sodium_address,
+    verify_signature,
+    verify_signed,
+    verify_signed_many,
+)
 
 #: What ``_ssbscan.scan`` returns for a message in JSON.stringify's exact form.
 _Scanned = tuple[bytes, str, bytes, int, str | None, int, int, bytes, int, bool]
 #: The one-pass C scanner of the common message, when the package was built
 #: with it (an optional extension); None: the Python path alone.
 _scan: Callable[[bytes], _Scanned | None] | None
+#: What ``_ssbscan.scan_many`` returns for a message it found: id, author,
+#: sequence, previous, timestamp, 2-space text, content span, length, verified.
+_Found = tuple[str, str, int, str | None, int, str, int, int, int, bool]
+_scan_many: Callable[[Sequence[bytes], int, int, int], list[_Found | None]] | None
 try:
     from chainmail._ssbscan import scan as _scan
+    from chainmail._ssbscan import scan_many as _scan_many
 except ImportError:  # pragma: no cover - built without a C compiler
-    _scan = None
+    _scan = _scan_many = None
 
 __all__ = [
     "HMAC_KEY_BYTES",
@@ -962,8 +973,9 @@ def check_batch(
 ) -> list[Checked | InvalidMessage]:
     """``check_raw`` each item; a refused item yields its ``InvalidMessage`` in its place.
 
-    The signatures of the messages the C scanner takes are verified together
-    in one call (``keys.verify_signed_many``) that runs without the GIL, so
+    The messages the C scanner takes are scanned, hashed and verified together
+    in one call that runs without the GIL (``_ssbscan.scan_many``; with a
+    network key, ``keys.verify_signed_many`` verifies them together), so
     threads of one process check batches on every core; any other message is
     checked alone, as ``check_raw`` does. A top-level function, so it pickles.
     Raises nothing for bad input: a malformed ``hmac_key`` refuses every item.
@@ -972,6 +984,8 @@ def check_batch(
         key = _hmac_key(hmac_key)
     except InvalidMessage as exc:
         return [exc for _ in items]
+    if key is None and _scan_many is not None:
+        return _check_batch_found(items)
     results: list[Checked | InvalidMessage] = []
     unverified: list[int] = []
     signatures: list[tuple[bytes, bytes]] = []
@@ -996,6 +1010,50 @@ def check_batch(
                 assert isinstance(failed, Checked)
                 results[at] = _bad_signature(failed.author)
     return results
+
+
+#: libsodium's functions ``_ssbscan.scan_many`` calls (the ones this module calls).
+_SIGN_OPEN: Final = sodium_address("crypto_sign_open")
+_SHA256: Final = sodium_address("crypto_hash_sha256")
+
+
+def _check_batch_found(items: list[bytes]) -> list[Checked | InvalidMessage]:
+    """``check_batch`` without a network key, through ``_ssbscan.scan_many``."""
+    assert _scan_many is not None
+    results: list[Checked | InvalidMessage | None] = []
+    raws: list[bytes] = []
+    at: list[int] = []
+    for item in items:
+        try:
+            raw = item if type(item) is bytes and len(item) <= MAX_RAW_BYTES else _raw_bytes(item)
+        except InvalidMessage as exc:
+            results.append(exc)
+            continue
+        at.append(len(results))
+        results.append(None)
+        raws.append(raw)
+    loads = orjson.loads
+    for i, raw, found in zip(
+        at, raws, _scan_many(raws, _SIGN_OPEN, _SHA256, MAX_MESSAGE_LENGTH), strict=True
+    ):
+        if found is None:
+            try:
+                results[i] = _check_raw(raw, None, scan=False)
+            except InvalidMessage as exc:
+                results[i] = exc
+            continue
+        mid, author, sequence, previous, timestamp, text, start, end, units, verified = found
+        if units > MAX_MESSAGE_LENGTH:
+            results[i] = _too_long(units)
+        elif not verified:
+            results[i] = _bad_signature(author)
+        else:
+            # The ids' shapes are checked (the scan) or made here: the NewTypes
+            # are the same strings.
+            results[i] = _checked(
+                mid, author, sequence, previous, timestamp, loads(raw[start:end]), text
+            )
+    return results  # type: ignore[return-value]  # every None was replaced
 
 
 def _copy(content: object) -> Any:

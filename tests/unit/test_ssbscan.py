@@ -311,3 +311,75 @@ def test_checking_many_at_once_decides_as_checking_each(body: dict[str, Any], ke
     expected = _each([_checked_alone(raw, key) for raw in raws])
     assert _each(ssb.check_batch(raws, key)) == expected
     assert expected[-4][:2] == ("refused", "invalid_signature")
+
+
+def _python_path(raw: bytes) -> ssb.Checked | InvalidMessage:
+    try:
+        return ssb._check_raw(raw, None, scan=False)
+    except InvalidMessage as exc:
+        return exc
+
+
+def test_batches_without_a_network_key_take_scan_many() -> None:
+    from chainmail import _ssbscan
+
+    assert ssb._scan_many is _ssbscan.scan_many
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_scan_many_decides_as_the_python_path(data: st.DataObject) -> None:
+    # scan_many hashes (the UTF-16 low bytes of non-ASCII text too) and
+    # verifies in C without the GIL: every id, text and verdict must be the
+    # Python path's, for exact, near-exact and damaged messages alike.
+    text = data.draw(st.text(max_size=20) | st.sampled_from(["€", "😀é", "\u2028", "ÿ\x00"]))
+    msg = _message({"type": "tx/note", "text": text, "n": [1, {"a": None}]})
+    raws = _forms(msg)
+    damaged = bytearray(data.draw(st.sampled_from(raws[:2])))
+    at = data.draw(st.integers(0, len(damaged) - 1))
+    damaged[at] = data.draw(st.sampled_from(b' \n"\\{}0A\xc3\xa9\xf0\x9f'))
+    raws.append(bytes(damaged))
+    expected = _each([_python_path(raw) for raw in raws])
+    assert _each(ssb.check_batch(raws)) == expected
+
+
+def test_scan_many_refuses_the_size_limit_and_bad_signatures_in_place() -> None:
+    big = _message({"type": "test", "s": ""})
+    big["content"]["s"] = "€" * 8000
+    fits = _message({"type": "test", "s": "😀" * 3900})
+    forged = _message({"type": "test"})
+    sig = forged["signature"]
+    forged["signature"] = ("B" if sig[0] == "A" else "A") + sig[1:]
+    raws = [ssb.stringify(m, indent=0).encode() for m in (big, fits, forged)]
+    raws.append("not bytes")  # type: ignore[arg-type]
+    results = ssb.check_batch(raws)
+    assert _each(results)[:3] == _each([_python_path(raw) for raw in raws[:3]])
+    assert [getattr(r, "code", "ok") for r in results] == [
+        "too_large",
+        "ok",
+        "invalid_signature",
+        "invalid_format",
+    ]
+
+
+def test_scan_many_takes_bytes_and_real_addresses() -> None:
+    from chainmail import _ssbscan
+
+    raw = ssb.stringify(_message({"type": "test"}), indent=0).encode()
+    with pytest.raises(TypeError):
+        _ssbscan.scan_many(["text"], ssb._SIGN_OPEN, ssb._SHA256, 8192)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="null"):
+        _ssbscan.scan_many([raw], 0, ssb._SHA256, 8192)
+    found = _ssbscan.scan_many([raw, b"{}"], ssb._SIGN_OPEN, ssb._SHA256, 8192)
+    assert found[1] is None and found[0] is not None
+    mid, author, sequence, previous, _, text, start, end, units, verified = found[0]
+    checked = ssb.check_raw(raw)
+    assert (mid, author, sequence, previous, text) == (
+        checked.id,
+        checked.author,
+        1,
+        None,
+        checked.text,
+    )
+    assert orjson.loads(raw[start:end]) == checked.content
+    assert units == len(checked.text.encode("utf-16-le")) // 2 and verified is True
