@@ -18,6 +18,13 @@
  *   - no key made only of digits (JavaScript moves array-index keys first),
  *     no duplicate key, nesting at most MAX_DEPTH deep.
  * ssb.py holds the two paths equal with property tests.
+ *
+ * scan_many(raws, open_address, sha256_address, max_units) is the verify
+ * threads' call: the scan of every raw, then the sha256 id and the ed25519
+ * signature of each message found, all with the GIL released (libsodium's
+ * crypto_sign_open and crypto_hash_sha256, found by keys.sodium_address, so
+ * this module links against nothing). Only the Python objects of the answer
+ * are made with the GIL held.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -545,7 +552,7 @@ typedef struct {
     Found f;
     char id[52]; /* "%" + base64 of the sha256 + ".sha256" */
     int verified;
-} Checked;
+} Verdict;
 
 static const char B64_CHARS[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -602,7 +609,7 @@ static Py_ssize_t low_bytes(const unsigned char *p, Py_ssize_t n, unsigned char 
 }
 
 /* The id and the signature of a found message; 0 when out of memory. */
-static int check_found(Checked *c, sign_open_fn sign_open, sha256_fn sha256,
+static int check_found(Verdict *c, sign_open_fn sign_open, sha256_fn sha256,
                        unsigned char **scratch, Py_ssize_t *scratch_cap) {
     Found *f = &c->f;
     Py_ssize_t need = 64 + f->len + 2;
@@ -631,28 +638,35 @@ static int check_found(Checked *c, sign_open_fn sign_open, sha256_fn sha256,
     return 1;
 }
 
-static PyObject *found_tuple(const Checked *c) {
+static PyObject *found_tuple(const Verdict *c) {
     const Found *f = &c->f;
-    PyObject *text = f->ascii ? PyUnicode_New(f->len, 127)
-                              : PyUnicode_DecodeUTF8((const char *)f->text, f->len, "strict");
-    if (text == NULL) return NULL;
-    if (f->ascii) memcpy(PyUnicode_DATA(text), f->text, (size_t)f->len);
-    PyObject *previous = f->previous == NULL ? (Py_INCREF(Py_None), Py_None)
-                                             : PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND,
-                                                                         f->previous,
-                                                                         f->previous_size);
-    if (previous == NULL) {
-        Py_DECREF(text);
+    if (f->text == NULL) /* beyond max_units: only its length is answered */
+        return Py_BuildValue("(sOLOLOnnnO)", "", Py_None, f->sequence, Py_None, f->timestamp,
+                             Py_None, f->content_start, f->content_end, f->units, Py_False);
+    /* The ids are base64 and sigils: ASCII, so one byte a character. */
+    PyObject *id = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, c->id, 52);
+    PyObject *author =
+        id == NULL ? NULL
+                   : PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, f->author, f->author_size);
+    PyObject *previous = NULL, *text = NULL;
+    if (author != NULL)
+        previous = f->previous == NULL ? (Py_INCREF(Py_None), Py_None)
+                                       : PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND,
+                                                                   f->previous, f->previous_size);
+    if (previous != NULL) {
+        text = f->ascii ? PyUnicode_New(f->len, 127)
+                        : PyUnicode_DecodeUTF8((const char *)f->text, f->len, "strict");
+        if (text != NULL && f->ascii) memcpy(PyUnicode_DATA(text), f->text, (size_t)f->len);
+    }
+    if (text == NULL) {
+        Py_XDECREF(id);
+        Py_XDECREF(author);
+        Py_XDECREF(previous);
         return NULL;
     }
-    /* The ids are base64 and sigils: ASCII, so one byte a character. */
-    return Py_BuildValue("(NNLNLNnnnO)",
-                         PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, c->id,
-                                                   c->id[0] == '%' ? 52 : 0),
-                         PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, f->author,
-                                                   f->author_size),
-                         f->sequence, previous, f->timestamp, text, f->content_start,
-                         f->content_end, f->units, c->verified ? Py_True : Py_False);
+    return Py_BuildValue("(NNLNLNnnnO)", id, author, f->sequence, previous, f->timestamp, text,
+                         f->content_start, f->content_end, f->units,
+                         c->verified ? Py_True : Py_False);
 }
 
 PyDoc_STRVAR(scan_many_doc,
@@ -663,8 +677,8 @@ PyDoc_STRVAR(scan_many_doc,
              "where scan() is None, else (id, author, sequence, previous, timestamp, text,\n"
              "content_start, content_end, utf16_length, verified), text the 2-space form\n"
              "as str and raw[content_start:content_end] the content object. A message of\n"
-             "more than max_units UTF-16 units is neither hashed nor verified (its id is\n"
-             "empty and verified False).");
+             "more than max_units UTF-16 units is neither hashed nor verified nor kept:\n"
+             "its id is empty, its author, previous and text None, verified False.");
 
 static PyObject *scan_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
@@ -697,7 +711,7 @@ static PyObject *scan_many(PyObject *module, PyObject *const *args, Py_ssize_t n
             return NULL;
         }
     }
-    Checked *work = PyMem_RawCalloc((size_t)(n > 0 ? n : 1), sizeof(Checked));
+    Verdict *work = PyMem_RawCalloc((size_t)(n > 0 ? n : 1), sizeof(Verdict));
     if (work == NULL) {
         Py_DECREF(items);
         return PyErr_NoMemory();
@@ -708,20 +722,25 @@ static PyObject *scan_many(PyObject *module, PyObject *const *args, Py_ssize_t n
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n && !nomem; i++) {
         PyObject *raw = PyTuple_GET_ITEM(items, i);
-        Checked *c = &work[i];
+        Verdict *c = &work[i];
         c->scanned = scan_core((const unsigned char *)PyBytes_AS_STRING(raw),
                                PyBytes_GET_SIZE(raw), &c->f);
         if (c->scanned == SCAN_NOMEM) {
             nomem = 1;
         } else if (c->scanned == SCAN_FOUND && c->f.units <= max_units) {
             nomem = !check_found(c, sign_open, sha256, &scratch, &scratch_cap);
+        } else if (c->scanned == SCAN_FOUND) {
+            /* Refused for its size: its text (up to ~33 times its raw bytes when
+             * deeply nested) is not kept while the rest of the chunk is checked. */
+            PyMem_RawFree(c->f.text);
+            c->f.text = NULL;
         }
     }
     Py_END_ALLOW_THREADS
     PyMem_RawFree(scratch);
     PyObject *out = nomem ? NULL : PyList_New(n);
     for (Py_ssize_t i = 0; i < n; i++) {
-        Checked *c = &work[i];
+        Verdict *c = &work[i];
         if (out != NULL) {
             PyObject *item = c->scanned == SCAN_FOUND ? found_tuple(c) : (Py_INCREF(Py_None), Py_None);
             if (item == NULL) {

@@ -70,14 +70,18 @@ _Scanned = tuple[bytes, str, bytes, int, str | None, int, int, bytes, int, bool]
 #: with it (an optional extension); None: the Python path alone.
 _scan: Callable[[bytes], _Scanned | None] | None
 #: What ``_ssbscan.scan_many`` returns for a message it found: id, author,
-#: sequence, previous, timestamp, 2-space text, content span, length, verified.
-_Found = tuple[str, str, int, str | None, int, str, int, int, int, bool]
+#: sequence, previous, timestamp, 2-space text (None beyond the size limit),
+#: content span, length, verified.
+_Found = tuple[str, str | None, int, str | None, int, str | None, int, int, int, bool]
 _scan_many: Callable[[Sequence[bytes], int, int, int], list[_Found | None]] | None
 try:
     from chainmail._ssbscan import scan as _scan
-    from chainmail._ssbscan import scan_many as _scan_many
 except ImportError:  # pragma: no cover - built without a C compiler
-    _scan = _scan_many = None
+    _scan = None
+try:  # apart: an extension built before scan_many still scans one message at a time
+    from chainmail._ssbscan import scan_many as _scan_many
+except ImportError:  # pragma: no cover - built without a C compiler, or an old build
+    _scan_many = None
 
 __all__ = [
     "HMAC_KEY_BYTES",
@@ -1043,7 +1047,7 @@ def _check_batch_found(items: list[bytes]) -> list[Checked | InvalidMessage]:
                 results[i] = exc
             continue
         mid, author, sequence, previous, timestamp, text, start, end, units, verified = found
-        if units > MAX_MESSAGE_LENGTH:
+        if text is None or author is None:  # beyond MAX_MESSAGE_LENGTH: neither hashed nor verified
             results[i] = _too_long(units)
         elif not verified:
             results[i] = _bad_signature(author)

@@ -383,3 +383,32 @@ def test_scan_many_takes_bytes_and_real_addresses() -> None:
     )
     assert orjson.loads(raw[start:end]) == checked.content
     assert units == len(checked.text.encode("utf-16-le")) // 2 and verified is True
+
+
+def test_a_deeply_nested_message_beyond_the_limit_is_refused_without_its_text() -> None:
+    # Compact, 60 KiB; its 2-space text, 30 levels down, ~30 times that: scan_many
+    # answers its length alone (nothing of the text is kept), and the refusal is
+    # the Python path's.
+    msg = _message({"type": "test"})
+    compact = ssb.stringify(msg, indent=0)
+    nested = "[" * 29 + ",".join(["1"] * 29_000) + "]" * 29
+    raw = compact.replace('"content":{"type":"test"}', f'"content":{{"type":"test","d":{nested}}}')
+    data = raw.encode()
+    assert len(data) < ssb.MAX_RAW_BYTES
+    from chainmail import _ssbscan
+
+    (found,) = _ssbscan.scan_many([data], ssb._SIGN_OPEN, ssb._SHA256, ssb.MAX_MESSAGE_LENGTH)
+    assert found is not None
+    mid, author, _, _, _, text, _, _, units, verified = found
+    assert (mid, author, text, verified) == ("", None, None, False)
+    assert units > 29 * 29_000
+    (result,) = ssb.check_batch([data])
+    assert _each([result]) == _each([_python_path(data)])
+    assert isinstance(result, InvalidMessage) and result.code == "too_large"
+
+
+def test_empty_batches() -> None:
+    from chainmail import _ssbscan
+
+    assert ssb.check_batch([]) == []
+    assert _ssbscan.scan_many([], ssb._SIGN_OPEN, ssb._SHA256, ssb.MAX_MESSAGE_LENGTH) == []
