@@ -367,10 +367,10 @@ def test_scan_many_takes_bytes_and_real_addresses() -> None:
 
     raw = ssb.stringify(_message({"type": "test"}), indent=0).encode()
     with pytest.raises(TypeError):
-        _ssbscan.scan_many(["text"], ssb._SIGN_OPEN, ssb._SHA256, 8192)  # type: ignore[list-item]
+        _ssbscan.scan_many(["text"], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, 8192)  # type: ignore[list-item]
     with pytest.raises(ValueError, match="null"):
-        _ssbscan.scan_many([raw], 0, ssb._SHA256, 8192)
-    found = _ssbscan.scan_many([raw, b"{}"], ssb._SIGN_OPEN, ssb._SHA256, 8192)
+        _ssbscan.scan_many([raw], 0, ssb._SHA256, 0, 8192)
+    found = _ssbscan.scan_many([raw, b"{}"], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, 8192)
     assert found[1] is None and found[0] is not None
     mid, author, sequence, previous, _, text, start, end, units, verified = found[0]
     checked = ssb.check_raw(raw)
@@ -397,7 +397,9 @@ def test_a_deeply_nested_message_beyond_the_limit_is_refused_without_its_text() 
     assert len(data) < ssb.MAX_RAW_BYTES
     from chainmail import _ssbscan
 
-    (found,) = _ssbscan.scan_many([data], ssb._SIGN_OPEN, ssb._SHA256, ssb.MAX_MESSAGE_LENGTH)
+    (found,) = _ssbscan.scan_many(
+        [data], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, ssb.MAX_MESSAGE_LENGTH
+    )
     assert found is not None
     mid, author, _, _, _, text, _, _, units, verified = found
     assert (mid, author, text, verified) == ("", None, None, False)
@@ -411,4 +413,24 @@ def test_empty_batches() -> None:
     from chainmail import _ssbscan
 
     assert ssb.check_batch([]) == []
-    assert _ssbscan.scan_many([], ssb._SIGN_OPEN, ssb._SHA256, ssb.MAX_MESSAGE_LENGTH) == []
+    assert (
+        _ssbscan.scan_many(
+            [], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, ssb.MAX_MESSAGE_LENGTH
+        )
+        == []
+    )
+
+
+def test_openssl_and_libsodium_sha256_give_the_same_ids() -> None:
+    from chainmail import _ssbscan
+
+    assert ssb._OPENSSL_SHA256 != 0  # found: hashlib here is OpenSSL's
+    raws = [
+        ssb.stringify(_message({"type": "test", "s": text}), indent=0).encode()
+        for text in ("plain", "héllo", "😀 and €", "\u2028" * 300)
+    ]
+    limit = ssb.MAX_MESSAGE_LENGTH
+    fast = _ssbscan.scan_many(raws, ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, limit)
+    sodium = _ssbscan.scan_many(raws, ssb._SIGN_OPEN, ssb._SHA256, 0, limit)
+    assert fast == sodium
+    assert [f[0] for f in fast if f is not None] == [ssb.check_raw(raw).id for raw in raws]
