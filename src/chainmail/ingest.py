@@ -34,9 +34,11 @@ __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH: Final = 2048
-#: Below this many messages a batch is checked on the event loop's thread:
-#: the hand-off to the verify threads costs more than it saves.
-_INLINE_BELOW: Final = 8
+#: Below this many messages a batch is checked on the event loop's thread
+#: (~3 ms of ed25519 at most, the GIL released): the hand-off to the verify
+#: threads (a thread's wake-up, the GIL taken twice, the loop's wake-up) cost
+#: 2-8 ms at half load, more than it saved (benchmarks/README.md, session 9).
+_INLINE_BELOW: Final = 64
 _MAX_MESSAGE_BYTES: Final = 64 * 1024
 
 #: The sequencer's answer to a group: its results, durable in the log, and an

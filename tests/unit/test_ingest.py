@@ -47,17 +47,18 @@ def test_each_message_gets_its_own_verdict_in_order(workers: int) -> None:
         ingest = Ingest(_sequence, workers=workers)
         await ingest.start()
         try:
-            return await ingest.submit_many([*_batch(40, {0, 17, 39}), b"not json"])
+            # 100: beyond the few a batch checked on the event loop (_INLINE_BELOW).
+            return await ingest.submit_many([*_batch(100, {0, 17, 99}), b"not json"])
         finally:
             await ingest.stop()
 
     results = asyncio.run(run())
     codes = [r.code if isinstance(r, Error) else "ok" for r in results]
-    bad = {0: "invalid_signature", 17: "invalid_signature", 39: "invalid_signature"}
-    assert codes == [bad.get(i, "ok") for i in range(40)] + ["invalid_format"]
+    bad = {0: "invalid_signature", 17: "invalid_signature", 99: "invalid_signature"}
+    assert codes == [bad.get(i, "ok") for i in range(100)] + ["invalid_format"]
 
 
-@pytest.mark.parametrize(("workers", "size"), [(0, 3), (2, 3), (2, 40)])
+@pytest.mark.parametrize(("workers", "size"), [(0, 3), (2, 3), (2, 100)])
 def test_a_check_that_raises_fails_its_batch_alone(
     workers: int, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,3 +125,31 @@ def test_stop_answers_every_request_it_took(workers: int) -> None:
     assert {"logged"} in outcomes and {"internal"} in outcomes
     assert sum(sequenced) == 12 * outcomes.count({"logged"})
     assert all(isinstance(r, OperationalError) for r in late)
+
+
+def test_small_batches_are_checked_on_the_loop_and_large_ones_on_the_verify_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = ssb.check_batch
+    threads: list[str] = []
+
+    def recording(items: list[bytes], hmac_key: bytes | str | None = None) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(items, hmac_key)
+
+    monkeypatch.setattr(ssb, "check_batch", recording)
+
+    async def run() -> None:
+        ingest = Ingest(_sequence, workers=2)
+        await ingest.start()
+        try:
+            await ingest.submit_many(_batch(10, set()))
+            small = list(threads)
+            threads.clear()
+            await ingest.submit_many(_batch(100, set()))
+            assert small == [threading.current_thread().name]
+            assert len(threads) == 2 and all(t.startswith("verify") for t in threads)
+        finally:
+            await ingest.stop()
+
+    asyncio.run(run())
