@@ -18,7 +18,7 @@ import concurrent.futures
 import contextlib
 import heapq
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -168,6 +168,7 @@ class Sequencer:
         clock: Callable[[], int],
         hmac_key: bytes | None = None,
         on_projected: Callable[[Projection, list[tuple[str, Delivery]]], None] | None = None,
+        deliveries_for: Container[str] | None = None,
         registrars: Sequence[str] = (),
         admission: Admission = "open",
         identity_rate: float = IDENTITY_RATE,
@@ -181,6 +182,9 @@ class Sequencer:
         self.clock = clock
         self.hmac_key = hmac_key
         self.on_projected = on_projected
+        #: Whose new inbox entries ``on_projected`` hears of (None: everyone's);
+        #: read on the projecting thread, after each commit.
+        self.deliveries_for = deliveries_for
         self.open: dict[str, txs.Tx] = {}
         self.unsealed: dict[str, txs.Tx] = {}
         self.channels: dict[str, txs.Channel] = {}
@@ -666,7 +670,7 @@ class Sequencer:
                 raise
 
     def _write_projection(self, projection: Projection) -> None:
-        deliveries = self.store.apply(projection)
+        deliveries = self.store.apply(projection, wanted=self.deliveries_for)
         if self.on_projected is not None:
             self.on_projected(projection, deliveries)
 

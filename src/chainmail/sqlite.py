@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -864,8 +864,13 @@ class SqliteStore:
     def cursors(self) -> dict[int, int]:
         return {int(p): int(n) for p, n in self._r().execute("SELECT pipeline, next FROM cursors")}
 
-    def apply(self, projection: Projection) -> list[tuple[str, Delivery]]:
+    def apply(
+        self, projection: Projection, *, wanted: Container[str] | None = None
+    ) -> list[tuple[str, Delivery]]:
         w = self._w
+        numbered: list[tuple[int, int, int]] = []
+        whose: dict[int, str] = {}
+        what: dict[int, MessageRow] = {}
         with self._lock:
             self._new_recipients = {}
             try:
@@ -918,7 +923,6 @@ class SqliteStore:
                             for p in tx.parties
                         ],
                     )
-                    deliveries: list[tuple[str, Delivery]] = []
                     if projection.inbox:
                         rows, whose, what = self._inbox_rows(projection)
                         # New deliveries get numbers above every one before.
@@ -946,9 +950,6 @@ class SqliteStore:
                                     (top,),
                                 ).fetchall()
                             )
-                            for d, no, pos in numbered:
-                                msg = what[pos]
-                                deliveries.append((whose[no], Delivery(int(d), msg.id, msg.body)))
                     w.executemany(
                         "INSERT OR REPLACE INTO channels (id, data) VALUES (?, ?)",
                         [(cid, orjson.dumps(data)) for cid, data in projection.channels.items()],
@@ -997,6 +998,14 @@ class SqliteStore:
                 new, self._new_recipients = self._new_recipients, {}
             self._recipients.update(new)
         self._checkpointer.committed()
+        # After the commit: a follower that starts after this ``wanted`` check
+        # reads these entries from the store instead.
+        deliveries: list[tuple[str, Delivery]] = []
+        for d, no, pos in numbered:
+            recipient = whose[no]
+            if wanted is None or recipient in wanted:
+                msg = what[pos]
+                deliveries.append((recipient, Delivery(int(d), msg.id, msg.body)))
         return deliveries
 
     def _recipient(self, recipient: str) -> int:

@@ -11,7 +11,7 @@ Backends implement ``Store``: ``chainmail.sqlite.SqliteStore`` is the default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -125,11 +125,15 @@ class Store(Protocol):
         """Next log index to project, per pipeline."""
         ...
 
-    def apply(self, projection: Projection) -> list[tuple[str, Delivery]]:
+    def apply(
+        self, projection: Projection, *, wanted: Container[str] | None = None
+    ) -> list[tuple[str, Delivery]]:
         """Write a projection and its cursors atomically; returns the new inbox entries.
 
         Each is ``(recipient, Delivery)``, in delivery order, for the entries
-        this call added (an entry already there is not new).
+        this call added (an entry already there is not new); with ``wanted``,
+        only those of its recipients, judged once the projection is committed
+        (so a follower that starts later reads the others from the store).
 
         Each block's records then set ``block``, ``status`` and ``closed`` of
         their txs not yet in a block, after the projection's own tx rows are

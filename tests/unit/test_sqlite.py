@@ -471,6 +471,46 @@ def test_apply_returns_the_entries_it_added_numbered_as_the_inbox_numbers_them(
         store.close()
 
 
+def test_the_sequencer_hears_only_of_the_entries_of_wanted_recipients(tmp_path: Path) -> None:
+    # The node passes the recipients with a live inbox stream: the others'
+    # entries are written to the inbox as always, but built into no Delivery.
+    log = SqliteLog(tmp_path / "log.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    heard: list[list[tuple[str, Delivery]]] = []
+    wanted: set[str] = {BOB.id}
+    seq = Sequencer(
+        log,
+        store,
+        NODE,
+        clock=lambda: NOW,
+        on_projected=lambda _, d: heard.append(d),
+        deliveries_for=wanted,
+    )
+    alice, bob, carol = Writer(ALICE), Writer(BOB), Writer()
+    try:
+        opened = alice.sign(
+            {"type": "tx/open", "parties": [ALICE.id, BOB.id, carol.id], "deadline": NOW + 60_000}
+        )
+        note = bob.sign({"type": "tx/note", "tx": ssb.message_id(opened), "data": {}})
+        assert all(isinstance(r, Accepted) for r in seq.process([ssb.check(opened)]))
+        seq.flush_projection()
+        wanted.add(ALICE.id)  # a stream opened in between: heard of from now on
+        assert all(isinstance(r, Accepted) for r in seq.process([ssb.check(note)]))
+        seq.flush_projection()
+        assert [[(who, d.id) for who, d in h] for h in heard] == [
+            [(BOB.id, ssb.message_id(opened))],
+            [(ALICE.id, ssb.message_id(note))],
+        ]
+        # Everyone's inbox holds their entries all the same.
+        assert [d.id for d in store.inbox(carol.id, 10)] == [
+            ssb.message_id(opened),
+            ssb.message_id(note),
+        ]
+    finally:
+        log.close()
+        store.close()
+
+
 def test_acks_of_many_ids_are_counted_across_statements(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
