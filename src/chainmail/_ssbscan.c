@@ -555,9 +555,10 @@ typedef struct {
 
 static void sha256_of(const Sha256 *h, const unsigned char *in, Py_ssize_t n,
                       unsigned char out[32]) {
-    if (h->openssl != NULL)
-        h->openssl(in, (size_t)n, out);
-    else
+    /* OpenSSL 3 answers NULL, writing nothing, when it cannot fetch the digest
+     * (a provider configuration without SHA-256, out of memory): never an id
+     * from uninitialised bytes, libsodium's hash then. */
+    if (h->openssl == NULL || h->openssl(in, (size_t)n, out) == NULL)
         h->sodium(out, in, (unsigned long long)n);
 }
 

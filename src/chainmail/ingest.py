@@ -39,6 +39,9 @@ DEFAULT_MAX_BATCH: Final = 2048
 #: threads (a thread's wake-up, the GIL taken twice, the loop's wake-up) cost
 #: 2-8 ms at half load, more than it saved (benchmarks/README.md, session 9).
 _INLINE_BELOW: Final = 64
+#: ... and fewer bytes than this, so a batch of large messages (or one taking
+#: the slower Python path) does not hold the event loop for long.
+_INLINE_BYTES: Final = 64 * 1024
 _MAX_MESSAGE_BYTES: Final = 64 * 1024
 
 #: The sequencer's answer to a group: its results, durable in the log, and an
@@ -263,7 +266,9 @@ class Ingest:
         checked: asyncio.Future[list[ssb.Checked | Error]],
     ) -> None:
         """Check ``raws`` inline (a few) or on the verify threads; ``checked`` gets the results."""
-        if self._pool is None or len(raws) < _INLINE_BELOW:
+        if self._pool is None or (
+            len(raws) < _INLINE_BELOW and sum(map(len, raws)) < _INLINE_BYTES
+        ):
             # Bad input is an Error in the list; anything raised is a bug,
             # and fails this batch alone instead of ending the collector.
             try:

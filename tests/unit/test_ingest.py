@@ -149,6 +149,14 @@ def test_small_batches_are_checked_on_the_loop_and_large_ones_on_the_verify_thre
             await ingest.submit_many(_batch(100, set()))
             assert small == [threading.current_thread().name]
             assert len(threads) == 2 and all(t.startswith("verify") for t in threads)
+            threads.clear()
+            # Few but large (over 64 KiB in all): the verify threads too.
+            large = [
+                orjson.dumps(Writer().sign({"type": "post", "text": "x" * 7000})) for _ in range(10)
+            ]
+            results = await ingest.submit_many(large)
+            assert all(isinstance(r, Accepted) for r in results)
+            assert len(threads) == 2 and all(t.startswith("verify") for t in threads)
         finally:
             await ingest.stop()
 
