@@ -28,6 +28,7 @@ from chainmail.errors import InvalidMessage, KeystoreError
 from chainmail.ids import FeedId, feed_id, feed_public_key
 
 __all__ = [
+    "SIGN_OPEN_ADDRESS",
     "SSB_CURVE",
     "Keypair",
     "curve_public_of",
@@ -223,7 +224,8 @@ try:
     from chainmail._sigbatch import verify as _verify_all
 except ImportError:  # pragma: no cover - built without a C compiler
     _verify_all = None
-_SIGN_OPEN: Final = sodium_address("crypto_sign_open")
+#: libsodium's ``crypto_sign_open``, for the C extensions that verify in batches.
+SIGN_OPEN_ADDRESS: Final = sodium_address("crypto_sign_open")
 
 
 def verify_signed_many(items: Sequence[tuple[bytes, bytes]]) -> bytes:
@@ -236,7 +238,7 @@ def verify_signed_many(items: Sequence[tuple[bytes, bytes]]) -> bytes:
     Raises ``TypeError`` for an item that is not a pair of bytes.
     """
     if _verify_all is not None:
-        return _verify_all(_SIGN_OPEN, items)
+        return _verify_all(SIGN_OPEN_ADDRESS, items)
     items = tuple(items)
     out = bytearray(len(items))
     for i, item in enumerate(items):

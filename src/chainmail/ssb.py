@@ -58,6 +58,7 @@ from chainmail.errors import InvalidMessage
 from chainmail.frozen import constructor
 from chainmail.ids import FeedId, MsgId, msg_id_from_digest
 from chainmail.keys import (
+    SIGN_OPEN_ADDRESS,
     Keypair,
     sodium_address,
     verify_signature,
@@ -1032,10 +1033,9 @@ def _openssl_sha256_address() -> int:
     return int(address or 0)
 
 
-#: The functions ``_ssbscan.scan_many`` calls: libsodium's signature check (the
-#: one this module and the bench's ceiling call), and a SHA-256 (OpenSSL's when
+#: The hashes ``_ssbscan.scan_many`` calls besides ``keys.SIGN_OPEN_ADDRESS`` (the
+#: signature check this module and the bench's ceiling call): a SHA-256 (OpenSSL's when
 #: found, else libsodium's).
-_SIGN_OPEN: Final = sodium_address("crypto_sign_open")
 _SHA256: Final = sodium_address("crypto_hash_sha256")
 _OPENSSL_SHA256: Final = _openssl_sha256_address()
 
@@ -1059,7 +1059,7 @@ def _check_batch_found(items: list[bytes]) -> list[Checked | InvalidMessage]:
     for i, raw, found in zip(
         at,
         raws,
-        _scan_many(raws, _SIGN_OPEN, _SHA256, _OPENSSL_SHA256, MAX_MESSAGE_LENGTH),
+        _scan_many(raws, SIGN_OPEN_ADDRESS, _SHA256, _OPENSSL_SHA256, MAX_MESSAGE_LENGTH),
         strict=True,
     ):
         if found is None:

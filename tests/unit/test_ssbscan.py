@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from chainmail import ssb
 from chainmail.errors import InvalidMessage
-from chainmail.keys import Keypair
+from chainmail.keys import SIGN_OPEN_ADDRESS, Keypair
 
 ALICE = Keypair.from_seed(bytes(range(32)))
 NET_KEY = bytes(range(100, 132))
@@ -367,10 +367,12 @@ def test_scan_many_takes_bytes_and_real_addresses() -> None:
 
     raw = ssb.stringify(_message({"type": "test"}), indent=0).encode()
     with pytest.raises(TypeError):
-        _ssbscan.scan_many(["text"], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, 8192)  # type: ignore[list-item]
+        _ssbscan.scan_many(["text"], SIGN_OPEN_ADDRESS, ssb._SHA256, ssb._OPENSSL_SHA256, 8192)  # type: ignore[list-item]
     with pytest.raises(ValueError, match="null"):
         _ssbscan.scan_many([raw], 0, ssb._SHA256, 0, 8192)
-    found = _ssbscan.scan_many([raw, b"{}"], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, 8192)
+    found = _ssbscan.scan_many(
+        [raw, b"{}"], SIGN_OPEN_ADDRESS, ssb._SHA256, ssb._OPENSSL_SHA256, 8192
+    )
     assert found[1] is None and found[0] is not None
     mid, author, sequence, previous, _, text, start, end, units, verified = found[0]
     checked = ssb.check_raw(raw)
@@ -398,7 +400,7 @@ def test_a_deeply_nested_message_beyond_the_limit_is_refused_without_its_text() 
     from chainmail import _ssbscan
 
     (found,) = _ssbscan.scan_many(
-        [data], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, ssb.MAX_MESSAGE_LENGTH
+        [data], SIGN_OPEN_ADDRESS, ssb._SHA256, ssb._OPENSSL_SHA256, ssb.MAX_MESSAGE_LENGTH
     )
     assert found is not None
     mid, author, _, _, _, text, _, _, units, verified = found
@@ -415,7 +417,7 @@ def test_empty_batches() -> None:
     assert ssb.check_batch([]) == []
     assert (
         _ssbscan.scan_many(
-            [], ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, ssb.MAX_MESSAGE_LENGTH
+            [], SIGN_OPEN_ADDRESS, ssb._SHA256, ssb._OPENSSL_SHA256, ssb.MAX_MESSAGE_LENGTH
         )
         == []
     )
@@ -431,8 +433,8 @@ def test_openssl_and_libsodium_sha256_give_the_same_ids() -> None:
         for text in ("plain", "héllo", "😀 and €", "\u2028" * 300)
     ]
     limit = ssb.MAX_MESSAGE_LENGTH
-    fast = _ssbscan.scan_many(raws, ssb._SIGN_OPEN, ssb._SHA256, ssb._OPENSSL_SHA256, limit)
-    sodium = _ssbscan.scan_many(raws, ssb._SIGN_OPEN, ssb._SHA256, 0, limit)
+    fast = _ssbscan.scan_many(raws, SIGN_OPEN_ADDRESS, ssb._SHA256, ssb._OPENSSL_SHA256, limit)
+    sodium = _ssbscan.scan_many(raws, SIGN_OPEN_ADDRESS, ssb._SHA256, 0, limit)
     assert fast == sodium
     assert [f[0] for f in fast if f is not None] == [ssb.check_raw(raw).id for raw in raws]
 
@@ -451,6 +453,6 @@ def test_an_openssl_sha256_that_fails_falls_back_to_libsodium() -> None:
     assert address
     raws = [ssb.stringify(_message({"type": "test", "s": s}), indent=0).encode() for s in "a€"]
     limit = ssb.MAX_MESSAGE_LENGTH
-    got = _ssbscan.scan_many(raws, ssb._SIGN_OPEN, ssb._SHA256, address, limit)
-    assert got == _ssbscan.scan_many(raws, ssb._SIGN_OPEN, ssb._SHA256, 0, limit)
+    got = _ssbscan.scan_many(raws, SIGN_OPEN_ADDRESS, ssb._SHA256, address, limit)
+    assert got == _ssbscan.scan_many(raws, SIGN_OPEN_ADDRESS, ssb._SHA256, 0, limit)
     assert [f[0] for f in got if f is not None] == [ssb.check_raw(raw).id for raw in raws]
