@@ -580,7 +580,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             ]
 
         reader = asyncio.create_task(acks())
-        # New deliveries are pushed to the feed as the projector writes them; the
+        # New deliveries are pushed to the feed as the writer projects them; the
         # store is read at the start, after falling behind, and when idle
         # (``chainmail.inboxfeed``). Either way a frame goes out once, in order.
         with node.inbox_feed(me) as feed:

@@ -1,4 +1,4 @@
-"""A live inbox follower's queue of deliveries pushed as the projector writes them.
+"""A live inbox follower's queue of deliveries pushed as the writer projects them.
 
 An inbox stream used to read the store after every wake: a reader thread, a
 query and the frames built there, a few ms at half load between a delivery

@@ -7,8 +7,9 @@ chunk in one call that releases the GIL), and
 hands the checked batches to the sequencer *in arrival order*, so a feed's messages submitted
 in order are sequenced in order even when their batches verify out of order.
 A reply is sent only after the sequencer has made the message durable and
-its projection visible; the next group is sequenced while the store writes
-the projection of this one.
+its projection visible. A sequencer may hand back a group before its
+projection is visible (an awaitable says when); the next group is then
+sequenced meanwhile. The node's writes both before it answers.
 """
 
 from __future__ import annotations

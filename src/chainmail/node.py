@@ -150,10 +150,11 @@ class Node:
         self.store: Store = store or SqliteStore(
             config.data_dir / "store.sqlite", synchronous=STORE_SYNCHRONOUS
         )
+        # One thread writes both: a group's log commit, then its projection. A
+        # projector thread of its own, writing one group while the sequencer
+        # appended the next, cost more than it overlapped: the two contend
+        # for the GIL and each other's caches (benchmarks/README.md, session 10).
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sequencer")
-        # Projections are written on their own thread, behind the log: the
-        # sequencer appends the next batch while the store takes this one.
-        self._projector = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="projector")
         # Reads and acks have threads of their own, apart from each other: a
         # follower's read never queues behind an ack waiting for the store's
         # writer, and acks arriving together share one commit (``ack``).
@@ -196,7 +197,6 @@ class Node:
                 admission=self.config.admission,
                 identity_rate=self.config.identity_rate,
                 identity_burst=self.config.identity_burst,
-                projector=self._projector,
             )
         )
         self._ingest = Ingest(
@@ -228,7 +228,6 @@ class Node:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._acking
         self._writer.shutdown(wait=True)
-        self._projector.shutdown(wait=True)
         self._acker.shutdown(wait=True)
         self._sealer.shutdown(wait=True)
         self._readers.shutdown(wait=True, cancel_futures=True)
@@ -318,7 +317,7 @@ class Node:
         loop = asyncio.get_running_loop()
         while self._acks:
             # Up to _ACK_IDS ids a commit: a burst of large acks must not hold
-            # the store's writer (which the projector shares) for long.
+            # the store's writer (which the sequencer shares) for long.
             batch: list[tuple[str, list[str], asyncio.Future[int]]] = []
             size = 0
             while self._acks and (not batch or size + len(self._acks[0][1]) <= _ACK_IDS):
@@ -344,7 +343,7 @@ class Node:
     # --- notifications --------------------------------------------------------------------
 
     def _projected(self, projection: Projection, deliveries: list[tuple[str, Delivery]]) -> None:
-        # Runs on the projector thread: hop to the loop to wake waiters.
+        # Runs on the writer thread: hop to the loop to wake waiters.
         fresh: dict[str, list[Delivery]] = {}
         for recipient, entry in deliveries:
             fresh.setdefault(recipient, []).append(entry)

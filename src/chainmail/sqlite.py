@@ -1154,7 +1154,7 @@ class SqliteStore:
         # Each (recipient, ids) is looked up on the reader; all deletes share one
         # transaction, so many followers acking at once cost one commit. A
         # statement per chunk of ids, not per id: each statement gives up the
-        # GIL once, and the projector waits for the store while this holds it.
+        # GIL once, and the writer's projection waits for the store while this holds it.
         try:
             reader = self._r()
             wanted: list[tuple[int, list[int]] | None] = []
