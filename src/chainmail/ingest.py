@@ -9,7 +9,7 @@ in order are sequenced in order even when their batches verify out of order.
 A reply is sent only after the sequencer has made the message durable and
 its projection visible. A sequencer may hand back a group before its
 projection is visible (an awaitable says when); the next group is then
-sequenced meanwhile. The node's writes both before it answers.
+sequenced meanwhile. The node's writer thread writes both before it answers.
 """
 
 from __future__ import annotations
