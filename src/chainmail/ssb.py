@@ -933,6 +933,8 @@ def _scanned_unverified(
 
 def _raw_bytes(data: object) -> bytes:
     """A message as received, as bytes within ``MAX_RAW_BYTES``; raises ``InvalidMessage``."""
+    if type(data) is bytes and len(data) <= MAX_RAW_BYTES:  # what the node's ingest passes
+        return data
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -1048,7 +1050,7 @@ def _check_batch_found(items: list[bytes]) -> list[Checked | InvalidMessage]:
     at: list[int] = []
     for item in items:
         try:
-            raw = item if type(item) is bytes and len(item) <= MAX_RAW_BYTES else _raw_bytes(item)
+            raw = _raw_bytes(item)
         except InvalidMessage as exc:
             results.append(exc)
             continue
