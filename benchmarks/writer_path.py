@@ -39,13 +39,15 @@ def main() -> None:
         "--streams",
         type=int,
         default=32,
-        help="interleave the traffic as this many connections would (1: desk after desk)",
+        help="the connections the traffic is dealt to, as chainmail bench --connections;"
+        " their streams are interleaved a few messages at a time",
     )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    traffic = generate(BenchConfig(messages=args.messages, feeds=args.feeds), seed=7)
-    raws = _interleave(traffic.streams, args.streams)
+    config = BenchConfig(messages=args.messages, feeds=args.feeds, connections=args.streams)
+    traffic = generate(config, seed=7)
+    raws = _interleave(traffic.streams)
     checked = ssb.check_batch(raws)
     node = Keypair.generate()
     for c in checked:
@@ -88,20 +90,13 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
-def _interleave(streams: list[list[bytes]], connections: int) -> list[bytes]:
-    """The streams' messages as ``connections`` senders would mix them, each stream in order.
-
-    Streams are dealt out to the connections as the bench does (whole desks
-    each), and the connections take turns, a few messages at a time.
-    """
-    lanes: list[list[bytes]] = [[] for _ in range(max(1, connections))]
-    for i, stream in enumerate(streams):
-        lanes[i % len(lanes)].extend(stream)
+def _interleave(streams: list[list[bytes]]) -> list[bytes]:
+    """The connections' streams as they reach the node: turns of a few messages, each in order."""
     out: list[bytes] = []
     step = 4
-    for start in range(0, max(map(len, lanes)), step):
-        for lane in lanes:
-            out.extend(lane[start : start + step])
+    for start in range(0, max(map(len, streams), default=0), step):
+        for stream in streams:
+            out.extend(stream[start : start + step])
     return out
 
 
