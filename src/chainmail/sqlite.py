@@ -21,10 +21,10 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
@@ -37,6 +37,18 @@ from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
 __all__ = ["CHECKPOINT_INTERVAL", "STORE_SYNCHRONOUS", "SqliteLog", "SqliteStore"]
 
 _log = logging.getLogger("chainmail.sqlite")
+
+# Binding a parameter that is not exactly an int, float, str or bytearray goes
+# through ``sqlite3``'s adaptation protocol, which for ``bytes`` and ``None``
+# looks ``__adapt__`` up on ``PrepareProtocol``, fails, and formats the
+# AttributeError's message before discarding it: ~0.3 µs a parameter, ~14 of
+# them a message on the writer (bodies, hashes, NULL columns; 7.7% of its
+# instructions under callgrind). A registered adapter is found first, by one
+# dict lookup. Both are identities (``bytes`` of an exact bytes is that
+# object; ``{}.get`` answers None), so nothing bound changes, here or for any
+# other user of ``sqlite3`` in the process; subclasses keep the old path.
+sqlite3.register_adapter(bytes, bytes)
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
 
 #: ``FULL`` survives power loss; ``NORMAL`` survives a process crash only.
 DEFAULT_SYNCHRONOUS: Final = "FULL"

@@ -539,3 +539,28 @@ def test_acks_of_many_ids_are_counted_across_statements(
     finally:
         log.close()
         store.close()
+
+
+def test_the_bytes_and_null_adapters_bind_exactly_what_sqlite3_would() -> None:
+    """``chainmail.sqlite`` registers identity adapters for bytes and None (a fast
+    path, process-wide): blobs stay blobs, None stays NULL, subclasses and other
+    types bind as before."""
+
+    class Sub(bytes):
+        pass
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (v)")
+    values: list[object] = [b"\x00\xffbody", b"", None, Sub(b"sub"), bytearray(b"ba"), "s", 7]
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [(v,) for v in values])
+    rows = conn.execute("SELECT v, typeof(v) FROM t ORDER BY rowid").fetchall()
+    assert rows == [
+        (b"\x00\xffbody", "blob"),
+        (b"", "blob"),
+        (None, "null"),
+        (b"sub", "blob"),
+        (b"ba", "blob"),
+        ("s", "text"),
+        (7, "integer"),
+    ]
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes
