@@ -156,6 +156,8 @@ class BenchConfig:
     block_interval: float = 1.0
     synchronous: str = "FULL"
     node_workers: int | None = None
+    #: ``serve --verify-nice`` of the started node (None: the node's default).
+    node_verify_nice: int | None = None
     #: Keep the started node's data here instead of a temporary directory.
     data_dir: Path | None = None
     #: Traffic seed; ``None`` picks one, so a reused node never sees a feed twice.
@@ -179,6 +181,8 @@ class BenchConfig:
             raise BenchError("batch, connections and window must be at least 1")
         if not 0.0 <= self.half_load_share < 1.0:
             raise BenchError(f"half_load_share: expected 0 ≤ x < 1, got {self.half_load_share}")
+        if self.node_verify_nice is not None and not 0 <= self.node_verify_nice <= 19:
+            raise BenchError(f"node_verify_nice: expected 0 to 19, got {self.node_verify_nice}")
 
 
 # --- traffic ------------------------------------------------------------------------------
@@ -605,6 +609,7 @@ class NodeProcess:
         block_interval: float = 1.0,
         synchronous: str = "FULL",
         workers: int | None = None,
+        verify_nice: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -627,6 +632,8 @@ class NodeProcess:
         ]
         if workers is not None:
             self._args += ["--workers", str(workers)]
+        if verify_nice is not None:
+            self._args += ["--verify-nice", str(verify_nice)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -1240,6 +1247,7 @@ def run(
                 block_interval=config.block_interval,
                 synchronous=config.synchronous,
                 workers=config.node_workers,
+                verify_nice=config.node_verify_nice,
             )
             stage(f"starting a node on {node.url}")
             node.start()

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from chainmail import content, ssb
+from chainmail import content, priority, ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError
 from chainmail.sequencer import Result, policy_view
 from chainmail.stages import StageHistograms
@@ -107,9 +107,14 @@ class Ingest:
         hmac_key: bytes | None = None,
         node_id: str | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        verify_nice: int = priority.VERIFY_NICE,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        if not 0 <= verify_nice <= max(priority.NICE_RANGE):
+            raise ValueError(f"verify_nice: expected 0 to 19, got {verify_nice}")
         self._sequence = sequence
+        #: Niceness of the verify threads (``chainmail.priority``); 0 leaves them be.
+        self._verify_nice = verify_nice
         self._clock = clock
         #: Per-stage latency of every request answered (``GET /metrics``).
         self.stages = StageHistograms()
@@ -128,7 +133,13 @@ class Ingest:
     async def start(self) -> None:
         if self._workers > 0:
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                self._workers, thread_name_prefix="verify"
+                self._workers,
+                thread_name_prefix="verify",
+                initializer=(
+                    functools.partial(priority.lower_this_thread, self._verify_nice)
+                    if self._verify_nice > 0
+                    else None
+                ),
             )
         self._tasks = [
             asyncio.create_task(self._collect(), name="ingest-collect"),

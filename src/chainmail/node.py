@@ -29,6 +29,7 @@ from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
 from chainmail.log import Log, LogEntry
+from chainmail.priority import VERIFY_NICE
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
 from chainmail.registry import Admission, Registry
 from chainmail.sequencer import Result, Sequencer
@@ -66,6 +67,8 @@ class NodeConfig:
     hmac_key: bytes | None = None
     synchronous: str = DEFAULT_SYNCHRONOUS
     workers: int | None = None
+    #: Niceness of the verify threads, 0 to 19 (``chainmail.priority``; 0: as the node).
+    verify_nice: int = VERIFY_NICE
     max_batch: int = DEFAULT_MAX_BATCH
     admission: Admission = "open"
     registrars: tuple[str, ...] = ()
@@ -205,6 +208,7 @@ class Node:
             hmac_key=self.config.hmac_key,
             node_id=self.id,
             max_batch=self.config.max_batch,
+            verify_nice=self.config.verify_nice,
         )
         await self._ingest.start()
         _tune_gc()

@@ -129,6 +129,25 @@ def test_bad_limits_are_refused_in_one_line(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("nice", ["-1", "20"])
+def test_a_verify_niceness_outside_0_to_19_is_refused_in_one_line(
+    tmp_path: Path, nice: str
+) -> None:
+    import subprocess
+
+    from support.server import CHAINMAIL
+
+    done = subprocess.run(
+        [CHAINMAIL, "serve", "--data", str(tmp_path), "--verify-nice", nice],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "--verify-nice" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "log.sqlite").exists()  # refused before anything was opened
+
+
 def test_a_client_that_never_reads_blocks_no_one(tmp_path: Path) -> None:
     import socket
 

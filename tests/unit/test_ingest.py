@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from chainmail import ssb
+from chainmail import priority, ssb
 from chainmail.errors import Error, OperationalError
 from chainmail.ingest import Ingest, Sequenced
 from chainmail.sequencer import Accepted, Result
@@ -161,3 +161,39 @@ def test_small_batches_are_checked_on_the_loop_and_large_ones_on_the_verify_thre
             await ingest.stop()
 
     asyncio.run(run())
+
+
+@pytest.mark.skipif(not priority.supported(), reason="per-thread niceness is Linux's")
+@pytest.mark.parametrize("nice", [0, 12, priority.VERIFY_NICE])
+def test_the_verify_threads_run_at_the_niceness_asked_and_nothing_else_does(
+    monkeypatch: pytest.MonkeyPatch, nice: int
+) -> None:
+    real = ssb.check_batch
+    seen: list[tuple[str, int | None]] = []
+
+    def recording(items: list[bytes], hmac_key: bytes | str | None = None) -> Any:
+        seen.append((threading.current_thread().name, priority.this_thread()))
+        return real(items, hmac_key)
+
+    monkeypatch.setattr(ssb, "check_batch", recording)
+    before = priority.this_thread()
+
+    async def run() -> list[Result]:
+        ingest = Ingest(_sequence, workers=2, verify_nice=nice)
+        await ingest.start()
+        try:
+            return await ingest.submit_many(_batch(100, set()))
+        finally:
+            await ingest.stop()
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, Accepted) for r in results)
+    assert seen and all(name.startswith("verify") for name, _ in seen)
+    assert {n for _, n in seen} == {max(nice, before or 0)}
+    assert priority.this_thread() == before  # the loop's thread is left as it was
+
+
+@pytest.mark.parametrize("nice", [-1, 20])
+def test_a_verify_niceness_outside_0_to_19_is_refused(nice: int) -> None:
+    with pytest.raises(ValueError, match="verify_nice"):
+        Ingest(_sequence, verify_nice=nice)

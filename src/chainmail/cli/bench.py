@@ -59,6 +59,10 @@ def bench(
         int | None,
         typer.Option(help="Verify threads of the started node (default: all cores)."),
     ] = None,
+    node_verify_nice: Annotated[
+        int | None,
+        typer.Option(help="Niceness of the started node's verify threads (default: serve's)."),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(help="Keep the started node's data here (default: a temporary directory)."),
@@ -81,6 +85,7 @@ def bench(
         half_load_share=half_load_share,
         synchronous=synchronous.upper(),
         node_workers=node_workers,
+        node_verify_nice=node_verify_nice,
         data_dir=data,
         seed=seed,
         deliveries_out=deliveries_out,
