@@ -44,6 +44,13 @@ _INLINE_BELOW: Final = 64
 #: the slower Python path) does not hold the event loop for long.
 _INLINE_BYTES: Final = 64 * 1024
 _MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: A collected batch this large is backlog: requests queued faster than the node
+#: answered them (at full load batches reach ``max_batch``; at half load they
+#: are ~100-200). Its chunks run on the ``verify_nice`` threads, which yield the
+#: cores to the event loop and the writer (``chainmail.priority``): throughput
+#: is what counts then. Smaller batches keep the node's priority, so their
+#: latency does not wait on every other thread (benchmarks/README.md, session 11).
+_BACKLOG_BATCH: Final = 512
 
 #: The sequencer's answer to a group: its results, durable in the log, and an
 #: awaitable that completes once they are visible to readers (the projection).
@@ -123,6 +130,8 @@ class Ingest:
         self._max_batch = max_batch
         self._workers = workers if workers is not None else (os.cpu_count() or 1)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: The same number of threads at ``verify_nice``, for backlog batches (None: no nice).
+        self._backlog_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._checked: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=4)
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,14 +142,14 @@ class Ingest:
     async def start(self) -> None:
         if self._workers > 0:
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                self._workers,
-                thread_name_prefix="verify",
-                initializer=(
-                    functools.partial(priority.lower_this_thread, self._verify_nice)
-                    if self._verify_nice > 0
-                    else None
-                ),
+                self._workers, thread_name_prefix="verify"
             )
+            if self._verify_nice > 0:
+                self._backlog_pool = concurrent.futures.ThreadPoolExecutor(
+                    self._workers,
+                    thread_name_prefix="verify-backlog",
+                    initializer=functools.partial(priority.lower_this_thread, self._verify_nice),
+                )
         self._tasks = [
             asyncio.create_task(self._collect(), name="ingest-collect"),
             asyncio.create_task(self._drain(), name="ingest-sequence"),
@@ -175,9 +184,10 @@ class Ingest:
             log.exception("ingest's sequencing task had failed")
         if self._replies:  # logged groups still being projected: let them answer
             await asyncio.gather(*self._replies, return_exceptions=True)
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        for pool in (self._pool, self._backlog_pool):
+            if pool is not None:
+                await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        self._pool = self._backlog_pool = None
         # Whatever is still queued was not logged: its callers hear so now
         # instead of waiting on a node that has stopped.
         stopped = _stopped()
@@ -289,6 +299,8 @@ class Ingest:
                 checked.set_exception(exc)
             return
         pool, key, node_id = self._pool, self._hmac_key, self._node_id
+        if self._backlog_pool is not None and len(raws) >= _BACKLOG_BATCH:
+            pool = self._backlog_pool
         gathered = asyncio.gather(
             *(
                 loop.run_in_executor(pool, _check_chunk, chunk, key, node_id)

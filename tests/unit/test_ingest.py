@@ -165,7 +165,7 @@ def test_small_batches_are_checked_on_the_loop_and_large_ones_on_the_verify_thre
 
 @pytest.mark.skipif(not priority.supported(), reason="per-thread niceness is Linux's")
 @pytest.mark.parametrize("nice", [0, 12, priority.VERIFY_NICE])
-def test_the_verify_threads_run_at_the_niceness_asked_and_nothing_else_does(
+def test_backlog_batches_are_checked_at_the_niceness_asked_and_nothing_else_is(
     monkeypatch: pytest.MonkeyPatch, nice: int
 ) -> None:
     real = ssb.check_batch
@@ -176,20 +176,30 @@ def test_the_verify_threads_run_at_the_niceness_asked_and_nothing_else_does(
         return real(items, hmac_key)
 
     monkeypatch.setattr(ssb, "check_batch", recording)
-    before = priority.this_thread()
+    before = priority.this_thread() or 0
+    checked: dict[str, set[tuple[str, int | None]]] = {}
 
-    async def run() -> list[Result]:
+    async def run() -> None:
         ingest = Ingest(_sequence, workers=2, verify_nice=nice)
         await ingest.start()
         try:
-            return await ingest.submit_many(_batch(100, set()))
+            for label, count in (("small", 100), ("backlog", 600), ("small again", 100)):
+                seen.clear()
+                results = await ingest.submit_many(_batch(count, set()))
+                assert all(isinstance(r, Accepted) for r in results)
+                checked[label] = set(seen)
         finally:
             await ingest.stop()
 
-    results = asyncio.run(run())
-    assert all(isinstance(r, Accepted) for r in results)
-    assert seen and all(name.startswith("verify") for name, _ in seen)
-    assert {n for _, n in seen} == {max(nice, before or 0)}
+    asyncio.run(run())
+    # Below _BACKLOG_BATCH: the node's own priority, on the plain verify threads.
+    for label in ("small", "small again"):
+        assert {n for _, n in checked[label]} == {before}
+        assert all(name.startswith("verify_") for name, _ in checked[label])
+    # A backlog batch: on threads at the niceness asked (none of their own at 0).
+    prefix = "verify-backlog_" if nice > 0 else "verify_"
+    assert {n for _, n in checked["backlog"]} == {max(nice, before)}
+    assert all(name.startswith(prefix) for name, _ in checked["backlog"])
     assert priority.this_thread() == before  # the loop's thread is left as it was
 
 
