@@ -1,4 +1,4 @@
-"""Thread priority: the verify threads yield the cores to the threads that hold the GIL.
+"""Thread priority: verify threads that check backlog yield the cores to the GIL's holders.
 
 A verify thread spends ~90% of its time in libsodium with the GIL released,
 so two of them keep both cores of a small machine busy. The event loop and
