@@ -120,7 +120,8 @@ class Ingest:
         if not 0 <= verify_nice <= max(priority.NICE_RANGE):
             raise ValueError(f"verify_nice: expected 0 to 19, got {verify_nice}")
         self._sequence = sequence
-        #: Niceness of the verify threads (``chainmail.priority``); 0 leaves them be.
+        #: Niceness of the threads that check backlog batches (``chainmail.priority``);
+        #: 0: every batch is checked at the node's own priority.
         self._verify_nice = verify_nice
         self._clock = clock
         #: Per-stage latency of every request answered (``GET /metrics``).
@@ -184,10 +185,10 @@ class Ingest:
             log.exception("ingest's sequencing task had failed")
         if self._replies:  # logged groups still being projected: let them answer
             await asyncio.gather(*self._replies, return_exceptions=True)
-        for pool in (self._pool, self._backlog_pool):
+        pools, self._pool, self._backlog_pool = (self._pool, self._backlog_pool), None, None
+        for pool in pools:
             if pool is not None:
                 await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
-        self._pool = self._backlog_pool = None
         # Whatever is still queued was not logged: its callers hear so now
         # instead of waiting on a node that has stopped.
         stopped = _stopped()

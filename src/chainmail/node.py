@@ -67,7 +67,8 @@ class NodeConfig:
     hmac_key: bytes | None = None
     synchronous: str = DEFAULT_SYNCHRONOUS
     workers: int | None = None
-    #: Niceness of the verify threads, 0 to 19 (``chainmail.priority``; 0: as the node).
+    #: Niceness, 0 to 19, of the verify threads that check backlog batches
+    #: (``chainmail.ingest``, ``chainmail.priority``); 0: all at the node's own.
     verify_nice: int = VERIFY_NICE
     max_batch: int = DEFAULT_MAX_BATCH
     admission: Admission = "open"
