@@ -44,13 +44,6 @@ _INLINE_BELOW: Final = 64
 #: the slower Python path) does not hold the event loop for long.
 _INLINE_BYTES: Final = 64 * 1024
 _MAX_MESSAGE_BYTES: Final = 64 * 1024
-#: A collected batch this large is backlog: requests queued faster than the node
-#: answered them (at full load batches reach ``max_batch``; at half load they
-#: are ~100-200). Its chunks run on the ``verify_nice`` threads, which yield the
-#: cores to the event loop and the writer (``chainmail.priority``): throughput
-#: is what counts then. Smaller batches keep the node's priority, so their
-#: latency does not wait on every other thread (benchmarks/README.md, session 11).
-_BACKLOG_BATCH: Final = 512
 
 #: The sequencer's answer to a group: its results, durable in the log, and an
 #: awaitable that completes once they are visible to readers (the projection).
@@ -300,7 +293,15 @@ class Ingest:
                 checked.set_exception(exc)
             return
         pool, key, node_id = self._pool, self._hmac_key, self._node_id
-        if self._backlog_pool is not None and len(raws) >= _BACKLOG_BATCH:
+        if self._backlog_pool is not None and len(raws) >= self._max_batch:
+            # Backlog: the collector found a whole batch's worth queued (at full
+            # load every batch does; at half load hardly one, ~100-200 a batch).
+            # It goes to the ``verify_nice`` threads, which yield the cores to
+            # the event loop and the writer (``chainmail.priority``): throughput
+            # is what counts then. Smaller batches keep the node's priority:
+            # sent to those threads from 512 messages on, the larger batches
+            # that follow a stall waited on everything else and the half-load
+            # p99 grew by ~5 ms (benchmarks/README.md, session 11).
             pool = self._backlog_pool
         gathered = asyncio.gather(
             *(

@@ -180,10 +180,11 @@ def test_backlog_batches_are_checked_at_the_niceness_asked_and_nothing_else_is(
     checked: dict[str, set[tuple[str, int | None]]] = {}
 
     async def run() -> None:
-        ingest = Ingest(_sequence, workers=2, verify_nice=nice)
+        # A batch that fills ``max_batch`` is backlog.
+        ingest = Ingest(_sequence, workers=2, verify_nice=nice, max_batch=256)
         await ingest.start()
         try:
-            for label, count in (("small", 100), ("backlog", 600), ("small again", 100)):
+            for label, count in (("small", 100), ("backlog", 300), ("small again", 255)):
                 seen.clear()
                 results = await ingest.submit_many(_batch(count, set()))
                 assert all(isinstance(r, Accepted) for r in results)
@@ -192,7 +193,7 @@ def test_backlog_batches_are_checked_at_the_niceness_asked_and_nothing_else_is(
             await ingest.stop()
 
     asyncio.run(run())
-    # Below _BACKLOG_BATCH: the node's own priority, on the plain verify threads.
+    # Below max_batch: the node's own priority, on the plain verify threads.
     for label in ("small", "small again"):
         assert {n for _, n in checked[label]} == {before}
         assert all(name.startswith("verify_") for name, _ in checked[label])

@@ -50,9 +50,10 @@ def serve(
         int,
         typer.Option(
             help="Niceness, 0 to 19 (Linux), of the verification threads that check backlog "
-            "(batches of 512+ messages, as at full load). They run ed25519 without Python's "
-            "lock; at 19 they take only the CPU the event loop and the writer leave, which "
-            "the whole node waits on. Smaller batches keep the node's priority. 0: all do."
+            "(a whole batch of 2,048 messages queued at once, as at full load). They run "
+            "ed25519 without Python's lock; at 19 they take only the CPU the event loop and "
+            "the writer leave, which the whole node waits on. Smaller batches keep the "
+            "node's priority. 0: all do."
         ),
     ] = VERIFY_NICE,
     synchronous: Annotated[
