@@ -4,11 +4,13 @@ A verify thread spends ~90% of its time in libsodium with the GIL released,
 so two of them keep both cores of a small machine busy. The event loop and
 the writer need the GIL for their Python, and when the kernel preempts one of
 them to run a verify thread, every other Python thread waits for the GIL it
-holds: the writer's wall time per group doubled that way (benchmarks/README.md,
-session 11). At nice 19 a verify thread has 1/68 of a nice-0 thread's weight,
-so the loop and the writer run whenever they are ready and verification takes
-every cycle they leave. Nothing starves: at nice 19 a thread still gets its
-share of a core that other processes keep busy.
+holds: at full load the GIL was held ~80% of the time, a third of it by the
+event loop, whose CPU was ~11% of a core (benchmarks/README.md, session 11).
+At nice 19 a verify thread has 1/68 of a nice-0 thread's weight, so the loop
+and the writer run whenever they are ready and verification takes every
+cycle they leave. Nothing starves: at nice 19 a thread still gets its share
+of a core that other processes keep busy. The gain measured so far is small
+(0-12% of throughput at the median, by set) on a very noisy machine.
 
 Linux sets a niceness per thread (``setpriority`` with a thread id); elsewhere
 the same call would change the whole process, so it is left alone there.
