@@ -72,6 +72,7 @@ import websockets
 from chainmail import httpsig, ssb
 from chainmail.errors import Error
 from chainmail.keys import Keypair, verify_signed
+from chainmail.priority import VERIFY_NICE_RANGE
 from chainmail.stages import BUCKETS, STAGES
 
 T = TypeVar("T")
@@ -181,7 +182,7 @@ class BenchConfig:
             raise BenchError("batch, connections and window must be at least 1")
         if not 0.0 <= self.half_load_share < 1.0:
             raise BenchError(f"half_load_share: expected 0 ≤ x < 1, got {self.half_load_share}")
-        if self.node_verify_nice is not None and not 0 <= self.node_verify_nice <= 19:
+        if self.node_verify_nice is not None and self.node_verify_nice not in VERIFY_NICE_RANGE:
             raise BenchError(f"node_verify_nice: expected 0 to 19, got {self.node_verify_nice}")
 
 

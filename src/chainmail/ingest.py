@@ -110,7 +110,7 @@ class Ingest:
         verify_nice: int = priority.VERIFY_NICE,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if not 0 <= verify_nice <= max(priority.NICE_RANGE):
+        if verify_nice not in priority.VERIFY_NICE_RANGE:
             raise ValueError(f"verify_nice: expected 0 to 19, got {verify_nice}")
         self._sequence = sequence
         #: Niceness of the threads that check backlog batches (``chainmail.priority``);

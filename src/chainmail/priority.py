@@ -28,6 +28,8 @@ from typing import Final
 VERIFY_NICE: Final = 19
 #: What ``os.setpriority`` accepts (-20 is the strongest).
 NICE_RANGE: Final = range(-20, 20)
+#: What the node accepts for its verify threads: 0 (the node's own) to the weakest.
+VERIFY_NICE_RANGE: Final = range(0, 20)
 
 _log = logging.getLogger("chainmail.priority")
 

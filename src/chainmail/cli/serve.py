@@ -12,7 +12,7 @@ from chainmail.cli._app import app
 from chainmail.errors import Error
 from chainmail.ids import is_feed_id
 from chainmail.node import DEFAULT_BLOCK_INTERVAL, Node, NodeConfig
-from chainmail.priority import VERIFY_NICE
+from chainmail.priority import VERIFY_NICE, VERIFY_NICE_RANGE
 from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, IDENTITY_BURST, IDENTITY_RATE
 
 DEFAULT_HOST = "127.0.0.1"
@@ -104,7 +104,7 @@ def serve(
             raise Error(f"--registrar: not a feed id: {ident}", code="invalid_format")
     if admission == "attested" and not registrar:
         raise Error("--admission attested needs at least one --registrar", code="invalid_format")
-    if not 0 <= verify_nice <= 19:
+    if verify_nice not in VERIFY_NICE_RANGE:
         raise Error(f"--verify-nice: expected 0 to 19, got {verify_nice}", code="invalid_format")
     if synchronous.upper() not in ("FULL", "NORMAL"):
         raise Error(
