@@ -138,6 +138,11 @@ class BenchError(Error):
     title = "Benchmark failed"
 
 
+def _bad_config(detail: str) -> BenchError:
+    """A ``BenchError`` for settings that cannot run: the caller's input, not a failure."""
+    return BenchError(detail, code="invalid_format")
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What one benchmark run does. Every field has a default."""
@@ -171,19 +176,19 @@ class BenchConfig:
     cores: int | None = None
 
     def check(self) -> None:
-        """Raises ``BenchError`` for a configuration that cannot run."""
+        """Raises ``BenchError`` (code ``invalid_format``: bad input) for a configuration that cannot run."""
         if self.messages < 1:
-            raise BenchError(f"messages: expected at least 1, got {self.messages}")
+            raise _bad_config(f"messages: expected at least 1, got {self.messages}")
         if self.feeds < 2:
-            raise BenchError(f"feeds: expected at least 2, got {self.feeds}")
+            raise _bad_config(f"feeds: expected at least 2, got {self.feeds}")
         if self.mode not in ("http", "ws"):
-            raise BenchError(f"mode: expected http or ws, got {self.mode!r}")
+            raise _bad_config(f"mode: expected http or ws, got {self.mode!r}")
         if self.batch < 1 or self.connections < 1 or self.window < 1:
-            raise BenchError("batch, connections and window must be at least 1")
+            raise _bad_config("batch, connections and window must be at least 1")
         if not 0.0 <= self.half_load_share < 1.0:
-            raise BenchError(f"half_load_share: expected 0 ≤ x < 1, got {self.half_load_share}")
+            raise _bad_config(f"half_load_share: expected 0 ≤ x < 1, got {self.half_load_share}")
         if self.node_verify_nice is not None and self.node_verify_nice not in VERIFY_NICE_RANGE:
-            raise BenchError(f"node_verify_nice: expected 0 to 19, got {self.node_verify_nice}")
+            raise _bad_config(f"node_verify_nice: expected 0 to 19, got {self.node_verify_nice}")
 
 
 # --- traffic ------------------------------------------------------------------------------

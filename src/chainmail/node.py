@@ -37,7 +37,14 @@ from chainmail.sqlite import DEFAULT_SYNCHRONOUS, STORE_SYNCHRONOUS, SqliteLog, 
 from chainmail.stages import StageHistograms
 from chainmail.store import Delivery, Projection, Store
 
-__all__ = ["DEFAULT_BLOCK_INTERVAL", "Node", "NodeConfig", "load_identity", "system_clock"]
+__all__ = [
+    "DEFAULT_BLOCK_INTERVAL",
+    "Node",
+    "NodeConfig",
+    "load_identity",
+    "system_clock",
+    "tune_gc",
+]
 
 log = logging.getLogger("chainmail.node")
 
@@ -97,7 +104,7 @@ _GC_YOUNG: Final = 50_000
 INBOX_PUSH_LIMIT = DEFAULT_LIMIT
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Collect less often under load, and never walk the objects of the start-up.
 
     The node's state is long-lived (tx and channel tables, caches), and nearly
@@ -212,7 +219,7 @@ class Node:
             verify_nice=self.config.verify_nice,
         )
         await self._ingest.start()
-        _tune_gc()
+        tune_gc()
         self._tasks = [asyncio.create_task(self._ticker(), name="block-builder")]
         self.started = True
         log.info("node %s up: %s", self.id, self.config.data_dir)
