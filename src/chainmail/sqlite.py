@@ -187,6 +187,13 @@ CREATE TABLE IF NOT EXISTS txs (
     parties TEXT NOT NULL, finished_by TEXT NOT NULL, messages TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS txs_id ON txs (id);
 CREATE INDEX IF NOT EXISTS txs_open ON txs (status, block);
+-- Each tx's messages, in its order (n from 0, the tx/open), by log position: one
+-- short row a message. A tx's ``messages`` column is no longer written ('[]'):
+-- rewriting the whole id list with every message cost ~9 µs a message at
+-- batches of 256 and grew with the tx (benchmarks/README.md, session 12).
+CREATE TABLE IF NOT EXISTS tx_messages (
+    tx TEXT NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (tx, n)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tx_parties (
     party TEXT NOT NULL, opened INTEGER NOT NULL, tx TEXT NOT NULL,
     PRIMARY KEY (party, opened, tx)) WITHOUT ROWID;
@@ -751,7 +758,8 @@ def _tx_from_row(r: Sequence[Any]) -> TxRow:
         block=r[8],
         parties=orjson.loads(r[9]),
         finished_by=orjson.loads(r[10]),
-        messages=orjson.loads(r[11]),
+        # (n, id) pairs: an aggregate's order is not SQL's to promise, ``n`` is.
+        messages=[mid for _, mid in sorted(orjson.loads(r[11]))],
     )
 
 
@@ -759,11 +767,19 @@ _TX_COLUMNS: Final = (
     "id, status, opener, deadline, finish, subject, opened, closed, block,"
     " parties, finished_by, messages"
 )
-#: A row's block, once set, is never cleared or changed by a later row of the tx.
+#: A row's block, once set, is never cleared or changed by a later row of the tx;
+#: its ``messages`` are in ``tx_messages``.
 _TX_UPSERT: Final = ", ".join(
     "block=COALESCE(txs.block, excluded.block)" if c == "block" else f"{c}=excluded.{c}"
     for c in _TX_COLUMNS.replace(" ", "").split(",")
-    if c != "id"
+    if c not in ("id", "messages")
+)
+#: The columns ``_tx_from_row`` reads (on a reader, with the log attached): the
+#: messages as (n, id) pairs from ``tx_messages``.
+_TX_SELECT: Final = _TX_COLUMNS.replace(
+    " messages",
+    " (SELECT json_group_array(json_array(m.n, e.id)) FROM tx_messages m"
+    " JOIN log.entries e ON e.pos = m.pos WHERE m.tx = txs.id)",
 )
 #: A stored message: the log's entry joined with the store's projection of it,
 #: so only projected messages are seen (as when the store kept them whole).
@@ -801,6 +817,10 @@ class SqliteStore:
         self._synchronous = synchronous
         try:
             self._w = _connect(path, synchronous)
+            # Stores from before session 12 kept each tx's messages in its row.
+            old_tx_messages = bool(_columns(self._w, "txs")) and not _columns(
+                self._w, "tx_messages"
+            )
             old_inbox = "msg_id" in _columns(self._w, "inbox")
             old_info = "pipeline" in _columns(self._w, "message_info")
             if old_inbox:
@@ -820,6 +840,8 @@ class SqliteStore:
                     self._w.execute("DROP TABLE message_info_v1")
             if old_inbox:
                 self._migrate_inbox()
+            if old_tx_messages:
+                self._migrate_tx_messages()
             #: Recipient numbers; as many as identities ever delivered to.
             self._recipients: dict[str, int] = dict(
                 self._w.execute("SELECT id, no FROM recipients")
@@ -837,30 +859,47 @@ class SqliteStore:
         #: dropped and rebuilt from the log without losing them.
         self.blobs_dir = path.parent / "blobs"
 
-    def _migrate_inbox(self) -> None:
-        """Number the recipients of an older store's inbox and key its rows by log position.
-
-        Delivery numbers and order are kept, and so is every unacknowledged entry.
-        """
+    @contextmanager
+    def _migrating(self) -> Iterator[sqlite3.Connection]:
+        """One migration transaction on the writer, with the log attached as ``log``
+        and ``chainmail_idkey(id)`` to find a message's entry by its id."""
         w = self._w
         w.create_function("chainmail_idkey", 1, _idkey_or_none, deterministic=True)
         w.execute("ATTACH DATABASE ? AS log", (str(self.log_path),))
         try:
             with _transaction(w, StorageError):
-                w.execute(
-                    "INSERT OR IGNORE INTO recipients (id) SELECT recipient FROM inbox_v1"
-                    " GROUP BY recipient ORDER BY MIN(delivery)"
-                )
-                w.execute(
-                    "INSERT INTO inbox (delivery, recipient, pos)"
-                    " SELECT i.delivery, r.no, e.pos FROM inbox_v1 i"
-                    " JOIN recipients r ON r.id = i.recipient"
-                    " JOIN log.entries e ON e.idkey = chainmail_idkey(i.msg_id) AND e.id = i.msg_id"
-                    " ORDER BY i.delivery"
-                )
-                w.execute("DROP TABLE inbox_v1")
+                yield w
         finally:
             w.execute("DETACH DATABASE log")
+
+    def _migrate_inbox(self) -> None:
+        """Number the recipients of an older store's inbox and key its rows by log position.
+
+        Delivery numbers and order are kept, and so is every unacknowledged entry.
+        """
+        with self._migrating() as w:
+            w.execute(
+                "INSERT OR IGNORE INTO recipients (id) SELECT recipient FROM inbox_v1"
+                " GROUP BY recipient ORDER BY MIN(delivery)"
+            )
+            w.execute(
+                "INSERT INTO inbox (delivery, recipient, pos)"
+                " SELECT i.delivery, r.no, e.pos FROM inbox_v1 i"
+                " JOIN recipients r ON r.id = i.recipient"
+                " JOIN log.entries e ON e.idkey = chainmail_idkey(i.msg_id) AND e.id = i.msg_id"
+                " ORDER BY i.delivery"
+            )
+            w.execute("DROP TABLE inbox_v1")
+
+    def _migrate_tx_messages(self) -> None:
+        """Move an older store's tx message lists (a JSON column) into ``tx_messages``."""
+        with self._migrating() as w:
+            w.execute(
+                "INSERT INTO tx_messages (tx, n, pos)"
+                " SELECT t.id, j.key, e.pos FROM txs t, json_each(t.messages) j"
+                " JOIN log.entries e ON e.idkey = chainmail_idkey(j.value) AND e.id = j.value"
+            )
+            w.execute("UPDATE txs SET messages='[]'")
 
     def _r(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -916,11 +955,17 @@ class SqliteStore:
                                 tx.block,
                                 orjson.dumps(tx.parties),
                                 orjson.dumps(tx.finished_by),
-                                orjson.dumps(tx.messages),
+                                "[]",
                             )
                             for tx in projection.txs.values()
                         ],
                         f" ON CONFLICT (id) DO UPDATE SET {_TX_UPSERT}",
+                    )
+                    _insert_rows(
+                        w,
+                        "INSERT OR IGNORE INTO tx_messages (tx, n, pos)",
+                        3,
+                        [(tx, n, _pos(p, i)) for tx, n, p, i in projection.tx_messages],
                     )
                     # A tx's parties never change: index them with its tx/open (whose
                     # id is the tx id), not again on every later message.
@@ -1082,13 +1127,13 @@ class SqliteStore:
         return [_msg_from_row(r) for r in rows]
 
     def tx(self, tx_id: str) -> TxRow | None:
-        r = self._r().execute(f"SELECT {_TX_COLUMNS} FROM txs WHERE id=?", (tx_id,)).fetchone()
+        r = self._r().execute(f"SELECT {_TX_SELECT} FROM txs WHERE id=?", (tx_id,)).fetchone()
         return None if r is None else _tx_from_row(r)
 
     def open_txs(self) -> list[TxRow]:
         rows = (
             self._r()
-            .execute(f"SELECT {_TX_COLUMNS} FROM txs WHERE status='open' AND block IS NULL")
+            .execute(f"SELECT {_TX_SELECT} FROM txs WHERE status='open' AND block IS NULL")
             .fetchall()
         )
         return [_tx_from_row(r) for r in rows]
@@ -1097,7 +1142,7 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                f"SELECT {_TX_COLUMNS} FROM txs WHERE status!='open' AND block IS NULL"
+                f"SELECT {_TX_SELECT} FROM txs WHERE status!='open' AND block IS NULL"
                 " ORDER BY closed, id"
             )
             .fetchall()
@@ -1122,7 +1167,7 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                f"SELECT {_TX_COLUMNS} FROM txs {clause} ORDER BY opened DESC, id LIMIT ?",
+                f"SELECT {_TX_SELECT} FROM txs {clause} ORDER BY opened DESC, id LIMIT ?",
                 (*args, limit),
             )
             .fetchall()

@@ -48,7 +48,12 @@ message_row: Final = constructor(MessageRow, "message_row")
 
 @dataclass(slots=True)
 class TxRow:
-    """A transaction as stored. ``messages`` are ids in log order, tx/open first."""
+    """A transaction as stored. ``messages`` are ids in log order, tx/open first.
+
+    Read back, ``messages`` are the tx's ``Projection.tx_messages``; in a
+    projection's ``txs`` they are a snapshot that a store need not write
+    (the SQLite store does not: it has every one from ``tx_messages``).
+    """
 
     id: str
     status: str
@@ -100,7 +105,13 @@ class Projection:
     """Everything one log batch changes in the store, plus the new cursors."""
 
     messages: list[MessageRow] = field(default_factory=list)
+    #: Rows of the txs whose state changed (opened, a finish counted, closed).
+    #: A message that only joins a tx (a ``tx/note``) changes no row: it is in
+    #: ``tx_messages``, so a long tx is not rewritten whole on every message.
     txs: dict[str, TxRow] = field(default_factory=dict)
+    #: Each message the batch linked to a tx: (tx id, its place in the tx's
+    #: messages from 0 for the tx/open, pipeline, index).
+    tx_messages: list[tuple[str, int, int, int]] = field(default_factory=list)
     inbox: list[tuple[str, str]] = field(default_factory=list)  # (recipient, message id)
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
     blocks: list[BlockRow] = field(default_factory=list)
@@ -111,6 +122,7 @@ class Projection:
         return bool(
             self.messages
             or self.txs
+            or self.tx_messages
             or self.inbox
             or self.blocks
             or self.identities

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from chainmail.errors import Error, InvalidMessage, OperationalError, Rejected, 
 from chainmail.keys import Keypair
 from chainmail.sequencer import Accepted, Sequencer
 from chainmail.sqlite import SqliteLog, SqliteStore
+from chainmail.store import Projection
 from support.feeds import Writer
 
 NOW = 1_800_000_000_000
@@ -777,3 +780,90 @@ def test_fork_evidence_costs_rate_tokens(tmp_path: Path, clock: Clock, node_keys
     finally:
         log_.close()
         store.close()
+
+
+def test_a_note_joins_its_tx_without_rewriting_the_tx_row(h: Harness) -> None:
+    # A long tx is not written whole on every message: a note adds one
+    # tx_messages row, and only a finish (or a close) writes the tx's row.
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    written: list[Projection] = []
+    h.seq.on_projected = lambda projection, _: written.append(projection)
+    notes = [
+        h.one(w.sign({"type": "tx/note", "tx": tx, "data": {"n": i}})).id
+        for i, w in enumerate([a, b] * 3)
+    ]
+    assert [sorted(p.txs) for p in written] == [[]] * len(notes)
+    assert [t for p in written for t in p.tx_messages] == [
+        (tx, i + 1, 0, 1 + i) for i in range(len(notes))
+    ]
+    finish_b = h.one(b.sign({"type": "tx/finish", "tx": tx})).id
+    assert sorted(written[-1].txs) == [tx]
+    row = h.store.tx(tx)
+    assert row is not None and row.status == "open" and row.finished_by == [b.id]
+    assert row.messages == [tx, *notes, finish_b]
+    finish_a = h.one(a.sign({"type": "tx/finish", "tx": tx})).id
+    row = h.store.tx(tx)
+    assert row is not None and row.status == "finished"
+    assert row.messages == [tx, *notes, finish_b, finish_a]
+    assert [
+        t.messages for t in h.store.list_txs(party=a.id, status=None, limit=5, before=None)
+    ] == [row.messages]
+
+
+def test_a_tx_keeps_its_messages_in_order_over_batches_and_a_restart(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    first = [h.one(a.sign({"type": "tx/note", "tx": tx, "data": {"n": i}})).id for i in range(3)]
+    # Logged, not projected: the restart's replay links these.
+    later = [b.sign({"type": "tx/note", "tx": tx, "data": {"n": i}}) for i in range(3, 6)]
+    results = h.submit(*later, project=False)
+    assert all(isinstance(r, Accepted) for r in results)
+    h.close()
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        ids = [tx, *first, *(r.id for r in results if isinstance(r, Accepted))]
+        assert h2.store.tx(tx).messages == ids  # type: ignore[union-attr]
+        assert [t.messages for t in h2.store.open_txs()] == [ids]
+        assert h2.seq.open[tx].messages == ids
+        # Replaying again (a crash after the projection) adds nothing twice.
+        h2.seq.catch_up()
+        assert h2.store.tx(tx).messages == ids  # type: ignore[union-attr]
+        done = h2.one(a.sign({"type": "tx/finish", "tx": tx}))
+        done_b = h2.one(b.sign({"type": "tx/finish", "tx": tx}))
+        assert h2.seq.build_block() is not None
+        (record,) = h2.store.block(1).records  # type: ignore[union-attr]
+        assert record["messages"] == [*ids, done.id, done_b.id]
+        assert h2.store.tx(tx).messages == record["messages"]  # type: ignore[union-attr]
+    finally:
+        h2.close()
+
+
+def test_a_store_that_kept_tx_messages_in_the_tx_row_moves_them_on_open(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    ids = [tx, *(h.one(b.sign({"type": "tx/note", "tx": tx, "data": {}})).id for _ in range(3))]
+    other = h.one(open_tx(b, a)).id
+    h.close()
+    # The layout before session 12: the ids as a JSON list in the row, no tx_messages.
+    conn = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+    conn.execute("DROP TABLE tx_messages")
+    conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps(ids), tx))
+    conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps([other]), other))
+    conn.close()
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        assert h2.store.tx(tx).messages == ids  # type: ignore[union-attr]
+        assert h2.store.tx(other).messages == [other]  # type: ignore[union-attr]
+        assert h2.seq.open[tx].messages == ids
+        assert {r[0] for r in h2.store._w.execute("SELECT DISTINCT messages FROM txs")} == {"[]"}
+        more = h2.one(a.sign({"type": "tx/note", "tx": tx, "data": {}})).id
+        assert h2.store.tx(tx).messages == [*ids, more]  # type: ignore[union-attr]
+    finally:
+        h2.close()

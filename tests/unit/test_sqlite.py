@@ -377,6 +377,7 @@ def test_the_node_logs_at_full_and_projects_at_normal_durability(tmp_path: Path)
 def test_a_tx_row_written_again_never_loses_its_block(tmp_path: Path) -> None:
     # Sealed is final: a later row of the tx (a replay, a stale snapshot) may
     # rewrite its other fields but not clear or change the block it is in.
+    SqliteLog(tmp_path / "log.sqlite").close()  # the log a store projects, which reads join
     store = SqliteStore(tmp_path / "store.sqlite")
     try:
 
