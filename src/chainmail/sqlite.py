@@ -187,13 +187,6 @@ CREATE TABLE IF NOT EXISTS txs (
     parties TEXT NOT NULL, finished_by TEXT NOT NULL, messages TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS txs_id ON txs (id);
 CREATE INDEX IF NOT EXISTS txs_open ON txs (status, block);
--- Each tx's messages, in its order (n from 0, the tx/open), by log position: one
--- short row a message. A tx's ``messages`` column is no longer written ('[]'):
--- rewriting the whole id list with every message cost ~9 µs a message at
--- batches of 256 and grew with the tx (benchmarks/README.md, session 12).
-CREATE TABLE IF NOT EXISTS tx_messages (
-    tx TEXT NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
-    PRIMARY KEY (tx, n)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tx_parties (
     party TEXT NOT NULL, opened INTEGER NOT NULL, tx TEXT NOT NULL,
     PRIMARY KEY (party, opened, tx)) WITHOUT ROWID;
@@ -218,6 +211,16 @@ CREATE TABLE IF NOT EXISTS forks (
     PRIMARY KEY (author, sequence, rejected)) WITHOUT ROWID;
 """
 
+#: Each tx's messages, in its order (``n`` from 0, the tx/open), by log position:
+#: one short row a message. A tx's ``messages`` column is no longer written
+#: ('[]'): rewriting the whole id list with every message cost ~9 µs a message
+#: at batches of 256 and grew with the tx (benchmarks/README.md, session 12).
+#: Apart from ``_STORE_SCHEMA`` so that an older store creates it in the same
+#: transaction that fills it (``_migrate_tx_messages``).
+_TX_MESSAGES_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS tx_messages (
+    tx TEXT NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (tx, n)) WITHOUT ROWID"""
 
 #: SQLite page cache a connection may hold (negative: KiB, as PRAGMA cache_size takes it).
 _WRITER_CACHE_KIB: Final = -65536
@@ -842,6 +845,8 @@ class SqliteStore:
                 self._migrate_inbox()
             if old_tx_messages:
                 self._migrate_tx_messages()
+            else:
+                self._w.execute(_TX_MESSAGES_SCHEMA)
             #: Recipient numbers; as many as identities ever delivered to.
             self._recipients: dict[str, int] = dict(
                 self._w.execute("SELECT id, no FROM recipients")
@@ -892,8 +897,13 @@ class SqliteStore:
             w.execute("DROP TABLE inbox_v1")
 
     def _migrate_tx_messages(self) -> None:
-        """Move an older store's tx message lists (a JSON column) into ``tx_messages``."""
+        """Move an older store's tx message lists (a JSON column) into ``tx_messages``.
+
+        One transaction creates the table and fills it: a crash before its
+        commit leaves the older layout, which the next open migrates again.
+        """
         with self._migrating() as w:
+            w.execute(_TX_MESSAGES_SCHEMA)
             w.execute(
                 "INSERT INTO tx_messages (tx, n, pos)"
                 " SELECT t.id, j.key, e.pos FROM txs t, json_each(t.messages) j"

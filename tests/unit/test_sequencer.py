@@ -867,3 +867,31 @@ def test_a_store_that_kept_tx_messages_in_the_tx_row_moves_them_on_open(
         assert h2.store.tx(tx).messages == [*ids, more]  # type: ignore[union-attr]
     finally:
         h2.close()
+
+
+def test_a_tx_messages_migration_that_fails_leaves_the_older_layout_to_migrate_again(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    ids = [tx, h.one(b.sign({"type": "tx/note", "tx": tx, "data": {}})).id]
+    h.close()
+    conn = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+    conn.execute("DROP TABLE tx_messages")
+    conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps(ids), tx))
+    # The migration's last step fails, as a crash before its commit would end it.
+    conn.execute("CREATE TRIGGER boom BEFORE UPDATE ON txs BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    conn.close()
+    with pytest.raises(StorageError, match="boom"):
+        SqliteStore(tmp_path / "store.sqlite")
+    conn = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "tx_messages" not in tables  # created in the transaction that failed
+    conn.execute("DROP TRIGGER boom")
+    conn.close()
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        assert h2.store.tx(tx).messages == ids  # type: ignore[union-attr]
+    finally:
+        h2.close()
