@@ -842,6 +842,20 @@ def test_a_tx_keeps_its_messages_in_order_over_batches_and_a_restart(
         h2.close()
 
 
+def _as_older_store(path: Path, lists: dict[str, list[str]], *sql: str) -> None:
+    """Rewrite ``path``'s store to the layout before session 12: each tx's ids as a
+    JSON list in its row, no ``tx_messages``; then run ``sql`` on it."""
+    conn = sqlite3.connect(path / "store.sqlite", isolation_level=None)
+    try:
+        conn.execute("DROP TABLE tx_messages")
+        for tx, ids in lists.items():
+            conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps(ids), tx))
+        for statement in sql:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
 def test_a_store_that_kept_tx_messages_in_the_tx_row_moves_them_on_open(
     tmp_path: Path, clock: Clock, node_keys: Keypair
 ) -> None:
@@ -851,12 +865,7 @@ def test_a_store_that_kept_tx_messages_in_the_tx_row_moves_them_on_open(
     ids = [tx, *(h.one(b.sign({"type": "tx/note", "tx": tx, "data": {}})).id for _ in range(3))]
     other = h.one(open_tx(b, a)).id
     h.close()
-    # The layout before session 12: the ids as a JSON list in the row, no tx_messages.
-    conn = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
-    conn.execute("DROP TABLE tx_messages")
-    conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps(ids), tx))
-    conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps([other]), other))
-    conn.close()
+    _as_older_store(tmp_path, {tx: ids, other: [other]})
     h2 = Harness(tmp_path, clock, node_keys)
     try:
         assert h2.store.tx(tx).messages == ids  # type: ignore[union-attr]
@@ -877,12 +886,12 @@ def test_a_tx_messages_migration_that_fails_leaves_the_older_layout_to_migrate_a
     tx = h.one(open_tx(a, b)).id
     ids = [tx, h.one(b.sign({"type": "tx/note", "tx": tx, "data": {}})).id]
     h.close()
-    conn = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
-    conn.execute("DROP TABLE tx_messages")
-    conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps(ids), tx))
     # The migration's last step fails, as a crash before its commit would end it.
-    conn.execute("CREATE TRIGGER boom BEFORE UPDATE ON txs BEGIN SELECT RAISE(ABORT, 'boom'); END")
-    conn.close()
+    _as_older_store(
+        tmp_path,
+        {tx: ids},
+        "CREATE TRIGGER boom BEFORE UPDATE ON txs BEGIN SELECT RAISE(ABORT, 'boom'); END",
+    )
     with pytest.raises(StorageError, match="boom"):
         SqliteStore(tmp_path / "store.sqlite")
     conn = sqlite3.connect(tmp_path / "store.sqlite", isolation_level=None)
