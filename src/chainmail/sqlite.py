@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import orjson
 
@@ -180,11 +180,12 @@ CREATE TABLE IF NOT EXISTS message_info (
 CREATE INDEX IF NOT EXISTS message_info_chan ON message_info (chan, received, pos)
     WHERE chan IS NOT NULL;
 -- Rowid tables, so a tx's updates (which come soon after its open) touch recent pages.
+-- ``pos`` is the log position of the tx's tx/open: the key of its ``tx_messages``.
 CREATE TABLE IF NOT EXISTS txs (
     id TEXT NOT NULL, status TEXT NOT NULL, opener TEXT NOT NULL,
     deadline INTEGER NOT NULL, finish TEXT NOT NULL, subject TEXT,
     opened INTEGER NOT NULL, closed INTEGER, block INTEGER,
-    parties TEXT NOT NULL, finished_by TEXT NOT NULL, messages TEXT NOT NULL);
+    parties TEXT NOT NULL, finished_by TEXT NOT NULL, messages TEXT NOT NULL, pos INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS txs_id ON txs (id);
 CREATE INDEX IF NOT EXISTS txs_open ON txs (status, block);
 CREATE TABLE IF NOT EXISTS tx_parties (
@@ -215,12 +216,17 @@ CREATE TABLE IF NOT EXISTS forks (
 #: one short row a message. A tx's ``messages`` column is no longer written
 #: ('[]'): rewriting the whole id list with every message cost ~9 µs a message
 #: at batches of 256 and grew with the tx (benchmarks/README.md, session 12).
-#: Apart from ``_STORE_SCHEMA`` so that an older store creates it in the same
-#: transaction that fills it (``_migrate_tx_messages``).
+#: Keyed by the tx/open's log position (``txs.pos``), not the tx id: the txs
+#: still taking messages are the recently opened ones, so a group's rows land
+#: on the last few pages. Keyed by the (random) tx id, a group of 160 messages
+#: dirtied ~170 pages of this table, a third of all the pages its commits wrote
+#: (benchmarks/README.md, session 13). Apart from ``_STORE_SCHEMA`` so that an
+#: older store creates it in the same transaction that fills it
+#: (``_migrate_tx_messages``).
 _TX_MESSAGES_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS tx_messages (
-    tx TEXT NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
-    PRIMARY KEY (tx, n)) WITHOUT ROWID"""
+    tx_pos INTEGER NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (tx_pos, n)) WITHOUT ROWID"""
 
 #: SQLite page cache a connection may hold (negative: KiB, as PRAGMA cache_size takes it).
 _WRITER_CACHE_KIB: Final = -65536
@@ -773,16 +779,32 @@ _TX_COLUMNS: Final = (
 #: A row's block, once set, is never cleared or changed by a later row of the tx;
 #: its ``messages`` are in ``tx_messages``.
 _TX_UPSERT: Final = ", ".join(
-    "block=COALESCE(txs.block, excluded.block)" if c == "block" else f"{c}=excluded.{c}"
-    for c in _TX_COLUMNS.replace(" ", "").split(",")
-    if c not in ("id", "messages")
+    [
+        "block=COALESCE(txs.block, excluded.block)" if c == "block" else f"{c}=excluded.{c}"
+        for c in _TX_COLUMNS.replace(" ", "").split(",")
+        if c not in ("id", "messages")
+    ]
+    + ["pos=COALESCE(txs.pos, excluded.pos)"]
 )
+
+
+def _tx_messages_layout(conn: sqlite3.Connection) -> Literal["new", "json", "by_id", "by_pos"]:
+    """How a store keeps each tx's messages: ``json`` (the ids in the tx's row,
+    before session 12), ``by_id`` (``tx_messages`` keyed by tx id, session 12),
+    ``by_pos`` (keyed by the tx/open's position: this code's); ``new`` if it has no txs."""
+    if not _columns(conn, "txs"):
+        return "new"
+    if "pos" in _columns(conn, "txs"):
+        return "by_pos"
+    return "by_id" if _columns(conn, "tx_messages") else "json"
+
+
 #: The columns ``_tx_from_row`` reads (on a reader, with the log attached): the
 #: messages as (n, id) pairs from ``tx_messages``.
 _TX_SELECT: Final = _TX_COLUMNS.replace(
     " messages",
     " (SELECT json_group_array(json_array(m.n, e.id)) FROM tx_messages m"
-    " JOIN log.entries e ON e.pos = m.pos WHERE m.tx = txs.id)",
+    " JOIN log.entries e ON e.pos = m.pos WHERE m.tx_pos = txs.pos)",
 )
 #: A stored message: the log's entry joined with the store's projection of it,
 #: so only projected messages are seen (as when the store kept them whole).
@@ -792,6 +814,24 @@ _MSG_SELECT: Final = (
     " JOIN message_info m ON m.pos = e.pos"
 )
 _FEED_NO: Final = "(SELECT no FROM log.feeds WHERE author=?)"
+
+
+def _tx_positions(
+    conn: sqlite3.Connection, links: Sequence[tuple[str, int, int, int]], known: dict[str, int]
+) -> dict[str, int]:
+    """The tx/open position of every tx in ``links``: ``known``'s, else its row's.
+
+    Raises ``StorageError`` for a tx with no row: its open was never projected.
+    """
+    missing = sorted({tx for tx, _, _, _ in links if tx not in known})
+    found = dict(known)
+    for at in range(0, len(missing), _IDS_PER_STATEMENT):
+        marks, params = _in_list(missing[at : at + _IDS_PER_STATEMENT])
+        found.update(conn.execute(f"SELECT id, pos FROM txs WHERE id IN {marks}", params))
+    for tx in missing:
+        if found.get(tx) is None:
+            raise StorageError(f"transaction {tx} has no row: its messages cannot be linked")
+    return found
 
 
 def _msg_from_row(r: Sequence[Any]) -> MessageRow:
@@ -820,10 +860,7 @@ class SqliteStore:
         self._synchronous = synchronous
         try:
             self._w = _connect(path, synchronous)
-            # Stores from before session 12 kept each tx's messages in its row.
-            old_tx_messages = bool(_columns(self._w, "txs")) and not _columns(
-                self._w, "tx_messages"
-            )
+            tx_layout = _tx_messages_layout(self._w)
             old_inbox = "msg_id" in _columns(self._w, "inbox")
             old_info = "pipeline" in _columns(self._w, "message_info")
             if old_inbox:
@@ -843,8 +880,8 @@ class SqliteStore:
                     self._w.execute("DROP TABLE message_info_v1")
             if old_inbox:
                 self._migrate_inbox()
-            if old_tx_messages:
-                self._migrate_tx_messages()
+            if tx_layout in ("json", "by_id"):
+                self._migrate_tx_messages(tx_layout)
             else:
                 self._w.execute(_TX_MESSAGES_SCHEMA)
             #: Recipient numbers; as many as identities ever delivered to.
@@ -896,20 +933,37 @@ class SqliteStore:
             )
             w.execute("DROP TABLE inbox_v1")
 
-    def _migrate_tx_messages(self) -> None:
-        """Move an older store's tx message lists (a JSON column) into ``tx_messages``.
+    def _migrate_tx_messages(self, layout: Literal["json", "by_id"]) -> None:
+        """Key an older store's tx messages by the tx/open's log position.
 
-        One transaction creates the table and fills it: a crash before its
-        commit leaves the older layout, which the next open migrates again.
+        ``json``: each tx's ids were a JSON list in its row; ``by_id``: rows of
+        ``tx_messages`` keyed by the tx id. One transaction numbers the txs,
+        creates the table and fills it: a crash before its commit leaves the
+        older layout, which the next open migrates again.
         """
         with self._migrating() as w:
-            w.execute(_TX_MESSAGES_SCHEMA)
+            w.execute("ALTER TABLE txs ADD COLUMN pos INTEGER")
+            # A tx's id is its tx/open's id, so its position is that entry's.
             w.execute(
-                "INSERT INTO tx_messages (tx, n, pos)"
-                " SELECT t.id, j.key, e.pos FROM txs t, json_each(t.messages) j"
-                " JOIN log.entries e ON e.idkey = chainmail_idkey(j.value) AND e.id = j.value"
+                "UPDATE txs SET pos = (SELECT e.pos FROM log.entries e"
+                " WHERE e.idkey = chainmail_idkey(txs.id) AND e.id = txs.id)"
             )
-            w.execute("UPDATE txs SET messages='[]'")
+            if layout == "by_id":
+                w.execute("ALTER TABLE tx_messages RENAME TO tx_messages_v2")
+            w.execute(_TX_MESSAGES_SCHEMA)
+            if layout == "by_id":
+                w.execute(
+                    "INSERT INTO tx_messages (tx_pos, n, pos)"
+                    " SELECT t.pos, m.n, m.pos FROM tx_messages_v2 m JOIN txs t ON t.id = m.tx"
+                )
+                w.execute("DROP TABLE tx_messages_v2")
+            else:
+                w.execute(
+                    "INSERT INTO tx_messages (tx_pos, n, pos)"
+                    " SELECT t.pos, j.key, e.pos FROM txs t, json_each(t.messages) j"
+                    " JOIN log.entries e ON e.idkey = chainmail_idkey(j.value) AND e.id = j.value"
+                )
+                w.execute("UPDATE txs SET messages='[]'")
 
     def _r(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -946,12 +1000,14 @@ class SqliteStore:
                             for m in projection.messages
                         ],
                     )
+                    # A tx/open is its tx's message 0: its position keys the tx's messages.
+                    opened_at = {tx: _pos(p, i) for tx, n, p, i in projection.tx_messages if n == 0}
                     # An upsert updates the row in place; REPLACE would delete it and
                     # append it again, moving it (and its index entries) every time.
                     _insert_rows(
                         w,
-                        f"INSERT INTO txs ({_TX_COLUMNS})",
-                        12,
+                        f"INSERT INTO txs ({_TX_COLUMNS}, pos)",
+                        13,
                         [
                             (
                                 tx.id,
@@ -966,17 +1022,20 @@ class SqliteStore:
                                 orjson.dumps(tx.parties),
                                 orjson.dumps(tx.finished_by),
                                 "[]",
+                                opened_at.get(tx.id),
                             )
                             for tx in projection.txs.values()
                         ],
                         f" ON CONFLICT (id) DO UPDATE SET {_TX_UPSERT}",
                     )
-                    _insert_rows(
-                        w,
-                        "INSERT OR IGNORE INTO tx_messages (tx, n, pos)",
-                        3,
-                        [(tx, n, _pos(p, i)) for tx, n, p, i in projection.tx_messages],
-                    )
+                    if projection.tx_messages:
+                        at = _tx_positions(w, projection.tx_messages, opened_at)
+                        _insert_rows(
+                            w,
+                            "INSERT OR IGNORE INTO tx_messages (tx_pos, n, pos)",
+                            3,
+                            [(at[tx], n, _pos(p, i)) for tx, n, p, i in projection.tx_messages],
+                        )
                     # A tx's parties never change: index them with its tx/open (whose
                     # id is the tx id), not again on every later message.
                     logged = {m.id for m in projection.messages}

@@ -844,10 +844,11 @@ def test_a_tx_keeps_its_messages_in_order_over_batches_and_a_restart(
 
 def _as_older_store(path: Path, lists: dict[str, list[str]], *sql: str) -> None:
     """Rewrite ``path``'s store to the layout before session 12: each tx's ids as a
-    JSON list in its row, no ``tx_messages``; then run ``sql`` on it."""
+    JSON list in its row, no ``tx_messages``, no ``txs.pos``; then run ``sql`` on it."""
     conn = sqlite3.connect(path / "store.sqlite", isolation_level=None)
     try:
         conn.execute("DROP TABLE tx_messages")
+        conn.execute("ALTER TABLE txs DROP COLUMN pos")
         for tx, ids in lists.items():
             conn.execute("UPDATE txs SET messages=? WHERE id=?", (json.dumps(ids), tx))
         for statement in sql:
@@ -856,26 +857,71 @@ def _as_older_store(path: Path, lists: dict[str, list[str]], *sql: str) -> None:
         conn.close()
 
 
-def test_a_store_that_kept_tx_messages_in_the_tx_row_moves_them_on_open(
-    tmp_path: Path, clock: Clock, node_keys: Keypair
+def _as_session_12_store(path: Path) -> None:
+    """Rewrite ``path``'s store to session 12's layout: ``tx_messages`` keyed by the
+    tx id, no ``txs.pos``."""
+    conn = sqlite3.connect(path / "store.sqlite", isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.execute(
+            "CREATE TABLE by_id (tx TEXT NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,"
+            " PRIMARY KEY (tx, n)) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO by_id SELECT t.id, m.n, m.pos FROM tx_messages m"
+            " JOIN txs t ON t.pos = m.tx_pos"
+        )
+        conn.execute("DROP TABLE tx_messages")
+        conn.execute("ALTER TABLE by_id RENAME TO tx_messages")
+        conn.execute("ALTER TABLE txs DROP COLUMN pos")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("layout", ["json", "by_id"])
+def test_an_older_store_moves_its_tx_messages_on_open(
+    tmp_path: Path, clock: Clock, node_keys: Keypair, layout: str
 ) -> None:
+    """Before session 12 each tx's ids were a list in its row (``json``); in
+    session 12 ``tx_messages`` was keyed by the tx id (``by_id``)."""
     h = Harness(tmp_path, clock, node_keys)
     a, b = Writer(), Writer()
     tx = h.one(open_tx(a, b)).id
     ids = [tx, *(h.one(b.sign({"type": "tx/note", "tx": tx, "data": {}})).id for _ in range(3))]
     other = h.one(open_tx(b, a)).id
     h.close()
-    _as_older_store(tmp_path, {tx: ids, other: [other]})
+    if layout == "json":
+        _as_older_store(tmp_path, {tx: ids, other: [other]})
+    else:
+        _as_session_12_store(tmp_path)
     h2 = Harness(tmp_path, clock, node_keys)
     try:
         assert h2.store.tx(tx).messages == ids  # type: ignore[union-attr]
         assert h2.store.tx(other).messages == [other]  # type: ignore[union-attr]
         assert h2.seq.open[tx].messages == ids
         assert {r[0] for r in h2.store._w.execute("SELECT DISTINCT messages FROM txs")} == {"[]"}
+        tables = {r[0] for r in h2.store._w.execute("SELECT name FROM sqlite_master")}
+        assert "tx_messages_v2" not in tables
         more = h2.one(a.sign({"type": "tx/note", "tx": tx, "data": {}})).id
         assert h2.store.tx(tx).messages == [*ids, more]  # type: ignore[union-attr]
     finally:
         h2.close()
+
+
+def test_tx_messages_are_keyed_by_the_tx_open_position(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    h = Harness(tmp_path, clock, node_keys)
+    try:
+        a, b = Writer(), Writer()
+        opened = h.one(open_tx(a, b))
+        note = h.one(b.sign({"type": "tx/note", "tx": opened.id, "data": {}}))
+        keyed = h.store._w.execute("SELECT tx_pos, n, pos FROM tx_messages ORDER BY n").fetchall()
+        at = (opened.pipeline << 40) | opened.index
+        assert keyed == [(at, 0, at), (at, 1, (note.pipeline << 40) | note.index)]
+    finally:
+        h.close()
 
 
 def test_a_tx_messages_migration_that_fails_leaves_the_older_layout_to_migrate_again(
