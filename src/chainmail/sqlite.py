@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal, cast
@@ -188,9 +188,6 @@ CREATE TABLE IF NOT EXISTS txs (
     parties TEXT NOT NULL, finished_by TEXT NOT NULL, messages TEXT NOT NULL, pos INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS txs_id ON txs (id);
 CREATE INDEX IF NOT EXISTS txs_open ON txs (status, block);
-CREATE TABLE IF NOT EXISTS tx_parties (
-    party TEXT NOT NULL, opened INTEGER NOT NULL, tx TEXT NOT NULL,
-    PRIMARY KEY (party, opened, tx)) WITHOUT ROWID;
 -- Recipients by number and messages by log position: the inbox's unique index
 -- is two small integers instead of two long ids (see ``entries``).
 CREATE TABLE IF NOT EXISTS recipients (no INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
@@ -223,6 +220,14 @@ CREATE TABLE IF NOT EXISTS forks (
 #: (benchmarks/README.md, session 13). Apart from ``_STORE_SCHEMA`` so that an
 #: older store creates it in the same transaction that fills it
 #: (``_migrate_tx_messages``).
+#: The txs of each party (by recipient number), newest first, for listing them:
+#: short integer keys, so the index has few pages for a group to dirty (with the
+#: party's id and the tx id as text it was the store's largest, session 13).
+#: Apart from ``_STORE_SCHEMA`` for the same reason as ``tx_messages``.
+_TX_PARTIES_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS tx_parties (
+    party INTEGER NOT NULL, opened INTEGER NOT NULL, tx_pos INTEGER NOT NULL,
+    PRIMARY KEY (party, opened, tx_pos)) WITHOUT ROWID"""
 _TX_MESSAGES_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS tx_messages (
     tx_pos INTEGER NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
@@ -817,13 +822,13 @@ _FEED_NO: Final = "(SELECT no FROM log.feeds WHERE author=?)"
 
 
 def _tx_positions(
-    conn: sqlite3.Connection, links: Sequence[tuple[str, int, int, int]], known: dict[str, int]
+    conn: sqlite3.Connection, tx_ids: Iterable[str], known: dict[str, int]
 ) -> dict[str, int]:
-    """The tx/open position of every tx in ``links``: ``known``'s, else its row's.
+    """The tx/open position of every one of ``tx_ids``: ``known``'s, else its row's.
 
     Raises ``StorageError`` for a tx with no row: its open was never projected.
     """
-    missing = sorted({tx for tx, _, _, _ in links if tx not in known})
+    missing = sorted({tx for tx in tx_ids if tx not in known})
     found = dict(known)
     for at in range(0, len(missing), _IDS_PER_STATEMENT):
         marks, params = _in_list(missing[at : at + _IDS_PER_STATEMENT])
@@ -861,8 +866,12 @@ class SqliteStore:
         try:
             self._w = _connect(path, synchronous)
             tx_layout = _tx_messages_layout(self._w)
+            old_parties = "tx" in _columns(self._w, "tx_parties")
             old_inbox = "msg_id" in _columns(self._w, "inbox")
             old_info = "pipeline" in _columns(self._w, "message_info")
+            # Renamed by an earlier open whose migration did not commit.
+            inbox_left = bool(_columns(self._w, "inbox_v1"))
+            info_left = bool(_columns(self._w, "message_info_v1"))
             if old_inbox:
                 self._w.execute("ALTER TABLE inbox RENAME TO inbox_v1")
                 self._w.execute("DROP INDEX IF EXISTS inbox_unique")
@@ -870,7 +879,7 @@ class SqliteStore:
                 self._w.execute("ALTER TABLE message_info RENAME TO message_info_v1")
                 self._w.execute("DROP INDEX IF EXISTS message_info_chan")
             self._w.executescript(_STORE_SCHEMA)
-            if old_info:
+            if old_info or info_left:
                 with _transaction(self._w, StorageError):
                     self._w.execute(
                         "INSERT INTO message_info (pos, received, type, tx, chan)"
@@ -878,12 +887,16 @@ class SqliteStore:
                         " FROM message_info_v1 ORDER BY pipeline, idx"
                     )
                     self._w.execute("DROP TABLE message_info_v1")
-            if old_inbox:
+            if old_inbox or inbox_left:
                 self._migrate_inbox()
             if tx_layout in ("json", "by_id"):
                 self._migrate_tx_messages(tx_layout)
             else:
                 self._w.execute(_TX_MESSAGES_SCHEMA)
+            if old_parties:
+                self._migrate_tx_parties()
+            else:
+                self._w.execute(_TX_PARTIES_SCHEMA)
             #: Recipient numbers; as many as identities ever delivered to.
             self._recipients: dict[str, int] = dict(
                 self._w.execute("SELECT id, no FROM recipients")
@@ -965,6 +978,26 @@ class SqliteStore:
                 )
                 w.execute("UPDATE txs SET messages='[]'")
 
+    def _migrate_tx_parties(self) -> None:
+        """Key an older store's ``tx_parties`` by recipient number and tx/open position.
+
+        After ``_migrate_tx_messages`` (it numbers the txs); one transaction,
+        as there.
+        """
+        with self._migrating() as w:
+            w.execute("ALTER TABLE tx_parties RENAME TO tx_parties_v2")
+            w.execute(_TX_PARTIES_SCHEMA)
+            w.execute(
+                "INSERT OR IGNORE INTO recipients (id) SELECT party FROM tx_parties_v2"
+                " GROUP BY party ORDER BY MIN(opened), party"
+            )
+            w.execute(
+                "INSERT INTO tx_parties (party, opened, tx_pos)"
+                " SELECT r.no, p.opened, t.pos FROM tx_parties_v2 p"
+                " JOIN recipients r ON r.id = p.party JOIN txs t ON t.id = p.tx"
+            )
+            w.execute("DROP TABLE tx_parties_v2")
+
     def _r(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -1028,25 +1061,29 @@ class SqliteStore:
                         ],
                         f" ON CONFLICT (id) DO UPDATE SET {_TX_UPSERT}",
                     )
+                    # A tx's parties never change: index them with its tx/open (whose
+                    # id is the tx id), not again on every later message.
+                    logged = {m.id for m in projection.messages}
+                    parties = [tx for tx in projection.txs.values() if tx.id in logged]
+                    at = _tx_positions(
+                        w,
+                        [*(link[0] for link in projection.tx_messages), *(tx.id for tx in parties)],
+                        opened_at,
+                    )
                     if projection.tx_messages:
-                        at = _tx_positions(w, projection.tx_messages, opened_at)
                         _insert_rows(
                             w,
                             "INSERT OR IGNORE INTO tx_messages (tx_pos, n, pos)",
                             3,
                             [(at[tx], n, _pos(p, i)) for tx, n, p, i in projection.tx_messages],
                         )
-                    # A tx's parties never change: index them with its tx/open (whose
-                    # id is the tx id), not again on every later message.
-                    logged = {m.id for m in projection.messages}
                     _insert_rows(
                         w,
-                        "INSERT OR IGNORE INTO tx_parties (party, opened, tx)",
+                        "INSERT OR IGNORE INTO tx_parties (party, opened, tx_pos)",
                         3,
                         [
-                            (p, tx.opened, tx.id)
-                            for tx in projection.txs.values()
-                            if tx.id in logged
+                            (self._recipient(p), tx.opened, at[tx.id])
+                            for tx in parties
                             for p in tx.parties
                         ],
                     )
@@ -1224,7 +1261,10 @@ class SqliteStore:
         where: list[str] = []
         args: list[Any] = []
         if party is not None:
-            where.append("id IN (SELECT tx FROM tx_parties WHERE party=?)")
+            where.append(
+                "pos IN (SELECT tx_pos FROM tx_parties"
+                " WHERE party=(SELECT no FROM recipients WHERE id=?))"
+            )
             args.append(party)
         if status is not None:
             where.append("status=?")

@@ -842,11 +842,26 @@ def test_a_tx_keeps_its_messages_in_order_over_batches_and_a_restart(
         h2.close()
 
 
+def _text_parties(conn: sqlite3.Connection) -> None:
+    """``tx_parties`` as before session 13: the party's id and the tx id as text."""
+    conn.execute(
+        "CREATE TABLE text_parties (party TEXT NOT NULL, opened INTEGER NOT NULL,"
+        " tx TEXT NOT NULL, PRIMARY KEY (party, opened, tx)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO text_parties SELECT r.id, p.opened, t.id FROM tx_parties p"
+        " JOIN recipients r ON r.no = p.party JOIN txs t ON t.pos = p.tx_pos"
+    )
+    conn.execute("DROP TABLE tx_parties")
+    conn.execute("ALTER TABLE text_parties RENAME TO tx_parties")
+
+
 def _as_older_store(path: Path, lists: dict[str, list[str]], *sql: str) -> None:
     """Rewrite ``path``'s store to the layout before session 12: each tx's ids as a
     JSON list in its row, no ``tx_messages``, no ``txs.pos``; then run ``sql`` on it."""
     conn = sqlite3.connect(path / "store.sqlite", isolation_level=None)
     try:
+        _text_parties(conn)
         conn.execute("DROP TABLE tx_messages")
         conn.execute("ALTER TABLE txs DROP COLUMN pos")
         for tx, ids in lists.items():
@@ -863,6 +878,7 @@ def _as_session_12_store(path: Path) -> None:
     conn = sqlite3.connect(path / "store.sqlite", isolation_level=None)
     try:
         conn.execute("BEGIN")
+        _text_parties(conn)
         conn.execute(
             "CREATE TABLE by_id (tx TEXT NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,"
             " PRIMARY KEY (tx, n)) WITHOUT ROWID"
@@ -902,7 +918,10 @@ def test_an_older_store_moves_its_tx_messages_on_open(
         assert h2.seq.open[tx].messages == ids
         assert {r[0] for r in h2.store._w.execute("SELECT DISTINCT messages FROM txs")} == {"[]"}
         tables = {r[0] for r in h2.store._w.execute("SELECT name FROM sqlite_master")}
-        assert "tx_messages_v2" not in tables
+        assert not tables & {"tx_messages_v2", "tx_parties_v2"}
+        for party in (a.id, b.id):
+            listed = h2.store.list_txs(party=party, status=None, limit=10, before=None)
+            assert {t.id for t in listed} == {tx, other}
         more = h2.one(a.sign({"type": "tx/note", "tx": tx, "data": {}})).id
         assert h2.store.tx(tx).messages == [*ids, more]  # type: ignore[union-attr]
     finally:
