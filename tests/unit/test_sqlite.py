@@ -79,6 +79,31 @@ def test_log_keeps_every_entry_head_and_root(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM tree").fetchone() == (0,)
 
 
+def test_a_store_migration_renamed_but_not_committed_is_resumed(tmp_path: Path) -> None:
+    """An open that renamed the older tables and then failed (or crashed) before
+    the migration's commit: the next open finds them renamed and migrates them."""
+    data = _copy(tmp_path)
+    with sqlite3.connect(data / "store.sqlite") as conn:
+        before = conn.execute("SELECT delivery, msg_id FROM inbox ORDER BY delivery").fetchall()
+        (types,) = conn.execute("SELECT COUNT(*) FROM message_info").fetchone()
+        conn.execute("ALTER TABLE inbox RENAME TO inbox_v1")
+        conn.execute("DROP INDEX IF EXISTS inbox_unique")
+        conn.execute("ALTER TABLE message_info RENAME TO message_info_v1")
+        conn.execute("DROP INDEX IF EXISTS message_info_chan")
+    log = SqliteLog(data / "log.sqlite")
+    store = SqliteStore(data / "store.sqlite")
+    try:
+        got = [(d.delivery, d.id) for r in (ALICE.id, BOB.id) for d in store.inbox(r, 100)]
+        assert sorted(got) == before
+        (moved,) = store._w.execute("SELECT COUNT(*) FROM message_info").fetchone()
+        assert moved == types > 0
+        tables = {r[0] for r in store._w.execute("SELECT name FROM sqlite_master")}
+        assert not tables & {"inbox_v1", "message_info_v1"}
+    finally:
+        store.close()
+        log.close()
+
+
 def test_store_keeps_unacknowledged_deliveries_in_order(tmp_path: Path) -> None:
     data = _copy(tmp_path)
     with sqlite3.connect(data / "store.sqlite") as conn:
