@@ -15,10 +15,10 @@ import importlib.resources
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import orjson
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,7 +29,6 @@ from chainmail.errors import (
     Error,
     InvalidMessage,
     NotFound,
-    ProofError,
     RateLimited,
     Unauthorized,
 )
@@ -427,7 +426,13 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         party: str | None = None,
         status: str | None = None,
         limit: str | None = None,
-        before: str | None = None,
+        before: Annotated[
+            str | None,
+            Query(
+                description="only txs opened before this time (node clock ms, exclusive):"
+                " the last listed tx's `opened`, for the next page"
+            ),
+        ] = None,
     ) -> Response:
         if status is not None and status not in ("open", "finished", "timed_out"):
             raise InvalidMessage(f"status: expected open, finished or timed_out, got {status!r}")
@@ -496,13 +501,25 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         tags=["proofs"],
         summary="RFC 9162 consistency proof between two sizes",
     )
-    async def get_consistency(pipeline: str, request: Request) -> Response:
-        q = request.query_params
-        size1 = _int_param(q.get("from"), "from", 0)
-        size2 = _int_param(q.get("to"), "to", 0)
-        if size1 < 1:
-            raise ProofError("from: a consistency proof from size 0 is not defined")
-        proof = node.consistency(_int_param(pipeline, "pipeline", 0), size1, size2)
+    async def get_consistency(
+        pipeline: str,
+        from_: Annotated[
+            str | None,
+            Query(alias="from", description="the older tree size (≥ 1; required)"),
+        ] = None,
+        to: Annotated[
+            str | None,
+            Query(description="the newer tree size (≥ from; default: the log's size now)"),
+        ] = None,
+    ) -> Response:
+        number = _int_param(pipeline, "pipeline", 0)
+        node.check_pipeline(number)
+        current = node.log.size(number)
+        if from_ is None or from_ == "":
+            raise InvalidMessage("query parameter from: required (the older tree size)")
+        size1 = _int_param(from_, "from", 1, minimum=1)
+        size2 = _int_param(to, "to", current, minimum=size1, maximum=current)
+        proof = node.consistency(number, size1, size2)
         return _json({"from": size1, "to": size2, "proof": [_b64(p) for p in proof]})
 
     # --- inbox --------------------------------------------------------------------------
@@ -554,7 +571,9 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 nonces=nonces,
             )
         except Unauthorized as exc:
-            await ws.close(code=4401, reason=exc.detail[:120])
+            # Refused before the upgrade, as an HTTP 401 problem document like
+            # every other error (a close before accepting sends a bare 403).
+            await ws.send_denial_response(_problem(exc))
             return
         await ws.accept()
         last = 0

@@ -1389,9 +1389,14 @@ def _inbox_frame(frame: str | bytes) -> InboxEntry | None:
 
 def _ws_refused(url: str, exc: websockets.exceptions.InvalidStatus) -> Error:
     status = exc.response.status_code
+    try:
+        detail = str(orjson.loads(exc.response.body or b"{}").get("detail") or "")
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = ""
+    why = f": {detail}" if detail else ""
     if status in (401, 403):
-        return Unauthorized(f"{url}: the node refused the signed handshake (HTTP {status})")
-    return OperationalError(f"{url}: handshake failed with HTTP {status}")
+        return Unauthorized(f"{url}: the node refused the signed handshake (HTTP {status}){why}")
+    return OperationalError(f"{url}: handshake failed with HTTP {status}{why}")
 
 
 # --------------------------------------------------------------------------- async client

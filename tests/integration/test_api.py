@@ -171,7 +171,18 @@ def test_not_found_is_a_problem(http: httpx.Client) -> None:
     problem(http.get("/v1/nowhere"), 404, "not_found")
     problem(http.get("/v1/log/7/checkpoint"), 404, "not_found")
     problem(http.get("/v1/blocks?limit=abc"), 400, "invalid_format")
-    problem(http.get("/v1/log/0/consistency?from=0&to=1"), 422, "invalid_proof")
+    for query in ("from=0&to=1", "to=1", "from=2&to=1", "from=1&to=99999", "from=x"):
+        problem(http.get(f"/v1/log/0/consistency?{query}"), 400, "invalid_format")
+    problem(http.get("/v1/log/7/consistency?from=1"), 404, "not_found")
+
+
+def test_consistency_runs_to_the_log_size_when_to_is_left_out(http: httpx.Client) -> None:
+    w = Writer()
+    for n in range(2):
+        assert post(http, w.sign({"type": "post", "n": n})).status_code == 201
+    size = int(http.get("/v1/log/0/checkpoint").text.splitlines()[1])
+    whole = http.get(f"/v1/log/0/consistency?from=1&to={size}").json()
+    assert http.get("/v1/log/0/consistency?from=1").json() == whole
 
 
 def signed_get(

@@ -145,3 +145,18 @@ def test_firehose_followers_see_blocks_promptly(node: Server) -> None:
 
     # The block interval is 0.2 s; before the fix a follower waited up to 15 s.
     assert asyncio.run(run()) < 5
+
+
+def test_an_unsigned_inbox_stream_is_refused_with_a_401_problem(node: Server) -> None:
+    async def run() -> websockets.exceptions.InvalidStatus:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(ws_url(node, "/v1/inbox/stream")):
+                pass
+        return refused.value
+
+    response = asyncio.run(run()).response
+    assert response.status_code == 401
+    assert response.headers["Content-Type"] == "application/problem+json"
+    problem = orjson.loads(response.body)
+    assert problem["code"] == "unauthorized" and problem["status"] == 401
+    assert "Signature" in problem["detail"]
