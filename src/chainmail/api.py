@@ -15,6 +15,7 @@ import importlib.resources
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from http import HTTPStatus
 from typing import Annotated, Any, Final
 
 import orjson
@@ -29,6 +30,7 @@ from chainmail.errors import (
     Error,
     InvalidMessage,
     NotFound,
+    OperationalError,
     RateLimited,
     Unauthorized,
 )
@@ -99,6 +101,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+#: The largest integer a parameter may be: SQLite's (signed 64-bit).
+_MAX_INTEGER: Final = 2**63 - 1
+
+
 def _int_param(
     value: str | None, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
 ) -> int:
@@ -108,8 +114,10 @@ def _int_param(
         n = int(value)
     except ValueError as exc:
         raise InvalidMessage(f"query parameter {name}: expected an integer, got {value!r}") from exc
-    if n < minimum or (maximum is not None and n > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+    if maximum is None:
+        maximum = _MAX_INTEGER  # what SQLite stores; past it a query cannot even be asked
+    if n < minimum or n > maximum:
+        bound = f"between {minimum} and {maximum}"
         raise InvalidMessage(f"query parameter {name}: expected {bound}, got {n}")
     return n
 
@@ -248,11 +256,19 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         if exc.status_code == 404:
             return _problem(NotFound(f"no such path: {exc.detail}"))
         err = Error(str(exc.detail), code="invalid_format" if exc.status_code < 500 else "internal")
+        title = HTTPStatus(exc.status_code).phrase
         return Response(
-            orjson.dumps({**err.problem(), "status": exc.status_code}),
+            orjson.dumps({**err.problem(), "title": title, "status": exc.status_code}),
             status_code=exc.status_code,
             media_type=PROBLEM,
+            headers=exc.headers,  # a 405's Allow
         )
+
+    @app.exception_handler(Exception)
+    async def _on_bug(_: Request, exc: Exception) -> Response:
+        # A bug, not bad input: logged with its traceback (Starlette re-raises it
+        # after this answer), and the client still gets a problem document.
+        return _problem(OperationalError(f"internal error: {type(exc).__name__}"))
 
     def authenticate(request: Request) -> str:
         raw_path = request.scope.get("raw_path") or request.url.path.encode()

@@ -176,6 +176,24 @@ def test_not_found_is_a_problem(http: httpx.Client) -> None:
     problem(http.get("/v1/log/7/consistency?from=1"), 404, "not_found")
 
 
+def test_a_number_past_what_sqlite_holds_is_a_400_not_a_500(http: httpx.Client) -> None:
+    huge = str(2**63)
+    for path in (
+        f"/v1/blocks?after={huge}",
+        f"/v1/blocks/{huge}",
+        f"/v1/transactions?before={huge}",
+        f"/v1/firehose?from={huge}",
+    ):
+        problem(http.get(path), 400, "invalid_format")
+    assert http.get(f"/v1/blocks?after={2**63 - 1}").json() == {"blocks": []}
+
+
+def test_a_wrong_method_is_a_405_problem_with_allow(http: httpx.Client) -> None:
+    body = problem(http.post("/v1/blocks"), 405, "invalid_format")
+    assert body["title"] == "Method Not Allowed"
+    assert http.post("/v1/blocks").headers["Allow"] == "GET"
+
+
 def test_consistency_runs_to_the_log_size_when_to_is_left_out(http: httpx.Client) -> None:
     w = Writer()
     for n in range(2):

@@ -114,40 +114,6 @@ def test_connection_limit_refuses_a_whole_oversized_burst(tmp_path: Path) -> Non
             assert ok.status_code == 201
 
 
-def test_bad_limits_are_refused_in_one_line(tmp_path: Path) -> None:
-    import subprocess
-
-    from support.server import CHAINMAIL
-
-    done = subprocess.run(
-        [CHAINMAIL, "serve", "--data", str(tmp_path), "--identity-rate", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0 and "--identity-rate" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize("nice", ["-1", "20"])
-def test_a_verify_niceness_outside_0_to_19_is_refused_in_one_line(
-    tmp_path: Path, nice: str
-) -> None:
-    import subprocess
-
-    from support.server import CHAINMAIL
-
-    done = subprocess.run(
-        [CHAINMAIL, "serve", "--data", str(tmp_path), "--verify-nice", nice],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0 and "--verify-nice" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "log.sqlite").exists()  # refused before anything was opened
-
-
 def test_a_client_that_never_reads_blocks_no_one(tmp_path: Path) -> None:
     import socket
 
@@ -181,3 +147,32 @@ def test_a_client_that_never_reads_blocks_no_one(tmp_path: Path) -> None:
             assert http.get("/healthz").status_code == 200
         finally:
             stalled.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--identity-rate", "0"), "--identity-rate"),
+        (("--verify-nice", "-1"), "--verify-nice"),
+        (("--verify-nice", "20"), "--verify-nice"),
+        (("--port", "0"), "--port"),
+        (("--port", "65536"), "--port"),
+        (("--port", "99999"), "--port"),
+    ],
+)
+def test_a_bad_serve_option_is_refused_in_one_line_before_anything_opens(
+    tmp_path: Path, args: tuple[str, str], flag: str
+) -> None:
+    import subprocess
+
+    from support.server import CHAINMAIL
+
+    done = subprocess.run(
+        [CHAINMAIL, "serve", "--data", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and flag in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "log.sqlite").exists()

@@ -114,6 +114,8 @@ def serve(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not 0 < port < 65536:
+        raise Error(f"--port: expected 1 to 65535, got {port}", code="invalid_format")
     for name, value in (
         ("identity-rate", identity_rate),
         ("connection-rate", connection_rate),
