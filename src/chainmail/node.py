@@ -12,6 +12,7 @@ import base64
 import collections
 import concurrent.futures
 import contextlib
+import fcntl
 import functools
 import gc
 import json
@@ -21,10 +22,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 from chainmail import checkpoint
-from chainmail.errors import Error, NotFound, OperationalError, ProofError
+from chainmail.errors import Error, NotFound, OperationalError, ProofError, StorageError
 from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
@@ -82,6 +83,32 @@ class NodeConfig:
     registrars: tuple[str, ...] = ()
     identity_rate: float = IDENTITY_RATE
     identity_burst: float = IDENTITY_BURST
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """An exclusive lock on ``data_dir`` for this process (``flock`` on its ``lock``
+    file, which also holds the holder's pid). Raises ``StorageError`` if another
+    node holds it."""
+    path = data_dir / "lock"
+    try:
+        held = open(path, "a+b")  # noqa: SIM115 - kept open: the lock lasts as long
+    except OSError as exc:
+        raise StorageError(f"cannot lock the data directory {data_dir}: {exc}") from exc
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held.seek(0)
+        holder = held.read(32).decode("ascii", "replace").strip()
+        held.close()
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise StorageError(
+            f"the data directory {data_dir} is in use by another node{who}"
+        ) from None
+    held.seek(0)
+    held.truncate()
+    held.write(str(os.getpid()).encode("ascii"))
+    held.flush()
+    return held
 
 
 def load_identity(path: Path) -> Keypair:
@@ -145,7 +172,15 @@ class Node:
     ) -> None:
         self.config = config
         self.clock = clock
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot use {config.data_dir} as the data directory: {exc}"
+            ) from exc
+        # Held until ``stop``: a second node on the same files would serve stale
+        # state and fail every write it raced the first one for.
+        self._lock = _lock_data_dir(config.data_dir)
         self.identity = load_identity(config.data_dir / "node-secret.json")
         self.id = self.identity.id
         # The origin doubles as the checkpoint key name, which may hold neither
@@ -246,6 +281,7 @@ class Node:
         self.log.close()
         self.store.close()
         self.started = False
+        self._lock.close()  # closing the file gives the lock up
 
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
