@@ -29,12 +29,13 @@ from chainmail import __version__, httpsig
 from chainmail.errors import (
     Error,
     InvalidMessage,
+    InvalidRequest,
     NotFound,
     OperationalError,
     RateLimited,
     Unauthorized,
 )
-from chainmail.ids import blob_id, is_blob_id, is_feed_id
+from chainmail.ids import blob_id, is_blob_id, is_feed_id, is_msg_id
 from chainmail.ingest_http import ClientGone, IngestPaths, read_limited, result_line, retry_after
 from chainmail.log import LogEntry
 from chainmail.node import Node
@@ -110,16 +111,38 @@ def _int_param(
 ) -> int:
     if value is None or value == "":
         return default
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise InvalidMessage(f"query parameter {name}: expected an integer, got {value!r}") from exc
+    # Plain ASCII digits only: ``int`` would also take "1_0", "+3" and other scripts' digits.
+    if not (value.isascii() and value.removeprefix("-").isdigit()):
+        raise InvalidRequest(f"{name}: expected an integer, got {_short(value)!r}")
+    n = int(value)
     if maximum is None:
         maximum = _MAX_INTEGER  # what SQLite stores; past it a query cannot even be asked
     if n < minimum or n > maximum:
         bound = f"between {minimum} and {maximum}"
-        raise InvalidMessage(f"query parameter {name}: expected {bound}, got {n}")
+        raise InvalidRequest(f"{name}: expected {bound}, got {_short(value)}")
     return n
+
+
+#: What a boolean query parameter may say.
+_FLAGS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``text`` as an error may echo it: a client's 30 KB id is not sent back whole."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _msg_id_param(value: str, what: str = "message") -> str:
+    """``value`` if it is a ``%…sha256`` id; else ``InvalidMessage`` (a 400, not a 404)."""
+    if not is_msg_id(value):
+        raise InvalidRequest(f"not a {what} id: {_short(value)!r}")
+    return value
+
+
+def _feed_id_param(value: str) -> str:
+    if not is_feed_id(value):
+        raise InvalidRequest(f"not a feed id: {_short(value)!r}")
+    return value
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -249,7 +272,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_: Request, exc: RequestValidationError) -> Response:
-        return _problem(InvalidMessage(f"invalid request: {exc.errors()}"))
+        return _problem(InvalidRequest(f"invalid request: {exc.errors()}"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(_: Request, exc: StarletteHTTPException) -> Response:
@@ -388,24 +411,37 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         block = node.store.block_covering(row.pipeline, row.index)
         return None if block is None else block.height
 
+    @app.get("/v1/messages/batch", include_in_schema=False)
+    async def get_batch() -> Response:
+        # Not a message id: without this route the batch path read as one.
+        raise StarletteHTTPException(405, "POST a batch of messages", headers={"Allow": "POST"})
+
+    @app.get("/v1/ingest", include_in_schema=False)
+    @app.post("/v1/ingest", include_in_schema=False)
+    @app.get("/v1/inbox/stream", include_in_schema=False)
+    async def websocket_only(request: Request) -> Response:
+        raise InvalidRequest(
+            f"{request.url.path} is a WebSocket: open it with an Upgrade: websocket request"
+        )
+
     @app.get(
         "/v1/messages/{msg_id:path}/proof",
         tags=["proofs"],
         summary="Inclusion proof of a message under the first block covering it",
     )
     async def get_message_proof(msg_id: str) -> Response:
-        return _json(node.message_proof(msg_id))
+        return _json(node.message_proof(_msg_id_param(msg_id)))
 
     @app.get("/v1/messages/{msg_id:path}", tags=["messages"], summary="A message and where it is")
     async def get_message(msg_id: str) -> Response:
-        row = node.store.message(msg_id)
+        row = node.store.message(_msg_id_param(msg_id))
         if row is None:
             raise NotFound(f"no message {msg_id}")
         return Response(_message_json(row, _block_of(row)), media_type="application/json")
 
     @app.get("/v1/feeds/{author:path}/head", tags=["feeds"], summary="The newest message of a feed")
     async def get_head(author: str) -> Response:
-        head = node.log.head(author)
+        head = node.log.head(_feed_id_param(author))
         if head is None:
             raise NotFound(f"no messages from {author}")
         return _json({"sequence": head.sequence, "id": head.id})
@@ -416,10 +452,8 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         summary="A feed's messages, oldest first (SSB createHistoryStream)",
     )
     async def get_feed(author: str, after: str | None = None, limit: str | None = None) -> Response:
-        if not is_feed_id(author):
-            raise InvalidMessage(f"not a feed id: {author!r}")
         rows = node.store.feed(
-            author,
+            _feed_id_param(author),
             _int_param(after, "after", 0),
             _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT),
         )
@@ -432,7 +466,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
 
     @app.get("/v1/transactions/{tx_id:path}", tags=["transactions"], summary="One transaction")
     async def get_tx(tx_id: str) -> Response:
-        row = node.store.tx(tx_id)
+        row = node.store.tx(_msg_id_param(tx_id, "transaction"))
         if row is None:
             raise NotFound(f"no transaction {tx_id}")
         return _json(row.to_json())
@@ -451,9 +485,9 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         ] = None,
     ) -> Response:
         if status is not None and status not in ("open", "finished", "timed_out"):
-            raise InvalidMessage(f"status: expected open, finished or timed_out, got {status!r}")
+            raise InvalidRequest(f"status: expected open, finished or timed_out, got {status!r}")
         rows = node.store.list_txs(
-            party=party,
+            party=None if party is None else _feed_id_param(party),
             status=status,
             limit=_int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT),
             before=None if before is None else _int_param(before, "before", 0),
@@ -477,6 +511,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     async def get_record_proof(height: str, tx_id: str) -> Response:
         from chainmail import blocks as blocks_
 
+        _msg_id_param(tx_id, "transaction")
         block = node.store.block(_int_param(height, "height", 0))
         if block is None:
             raise NotFound(f"no block {height}")
@@ -532,7 +567,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         node.check_pipeline(number)
         current = node.log.size(number)
         if from_ is None or from_ == "":
-            raise InvalidMessage("query parameter from: required (the older tree size)")
+            raise InvalidRequest("query parameter from: required (the older tree size)")
         size1 = _int_param(from_, "from", 1, minimum=1)
         size2 = _int_param(to, "to", current, minimum=size1, maximum=current)
         proof = node.consistency(number, size1, size2)
@@ -652,15 +687,18 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     ) -> tuple[int, int, bool]:
         if params.get("pipeline") in (None, "") and node.log.pipelines > 1:
             # ``from`` is an index within one pipeline: with several, say which.
-            raise InvalidMessage(
+            raise InvalidRequest(
                 f"query parameter pipeline: required, the node has {node.log.pipelines} "
                 f"pipelines (0 to {node.log.pipelines - 1})"
             )
         pipeline = _int_param(params.get("pipeline"), "pipeline", 0)
         start = _int_param(params.get("from"), "from", 0)
         flag = params.get("follow")
-        follow = follow_default if not flag else flag.lower() in ("1", "true", "yes")
-        return pipeline, start, follow
+        if not flag:
+            return pipeline, start, follow_default
+        if flag.lower() not in _FLAGS:
+            raise InvalidRequest(f"follow: expected true or false, got {_short(flag)!r}")
+        return pipeline, start, _FLAGS[flag.lower()]
 
     def _firehose_chunk(pipeline: int, position: int) -> tuple[bytes, int]:
         """Up to 1,000 lines from ``position``, and the position after them."""
@@ -696,7 +734,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             pipeline, start, follow = _firehose_params(ws.query_params, follow_default=True)
             node.check_pipeline(pipeline)
         except Error as exc:
-            await ws.close(code=4400, reason=exc.detail[:120])
+            await ws.send_denial_response(_problem(exc))
             return
         await ws.accept()
 
@@ -752,7 +790,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     )
     async def get_identity(ident: str) -> Response:
         if not is_feed_id(ident):
-            raise InvalidMessage(f"not a feed id: {ident!r}")
+            raise InvalidRequest(f"not a feed id: {_short(ident)!r}")
         return _json(node.identity_info(ident))
 
     @app.get(
@@ -762,7 +800,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     )
     async def search_identities(name: str | None = None, limit: str | None = None) -> Response:
         if not name:
-            raise InvalidMessage("query parameter name: expected some text")
+            raise InvalidRequest("query parameter name: expected some text")
         found = node.search_identities(
             name, _int_param(limit, "limit", 100, minimum=1, maximum=1000)
         )
@@ -780,7 +818,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     @app.get("/v1/blobs/{bid:path}", tags=["blobs"], summary="The bytes of a blob")
     async def get_blob(bid: str) -> Response:
         if not is_blob_id(bid):
-            raise InvalidMessage(f"not a blob id: {bid!r}")
+            raise InvalidRequest(f"not a blob id: {_short(bid)!r}")
         data = node.store.get_blob(bid)
         if data is None:
             raise NotFound(f"no blob {bid}")
@@ -856,8 +894,8 @@ def _parse_ack(body: bytes, key: str = "ids") -> list[str]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"ack: not JSON: {exc}") from exc
+        raise InvalidRequest(f"ack: not JSON: {exc}") from exc
     ids = data.get(key) if isinstance(data, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise InvalidMessage(f'ack: expected {{"{key}": ["%…", …]}}')
+        raise InvalidRequest(f'ack: expected {{"{key}": ["%…", …]}}')
     return ids

@@ -28,6 +28,7 @@ __all__ = [
     "DeliveryError",
     "Error",
     "InvalidMessage",
+    "InvalidRequest",
     "KeystoreError",
     "LogError",
     "NotFound",
@@ -115,6 +116,12 @@ class InvalidMessage(VerificationError):
 
     code = "invalid_format"
     title = "Invalid message"
+
+
+class InvalidRequest(InvalidMessage):
+    """A request's parameters or body are malformed (a bad id, a number out of range)."""
+
+    title = "Invalid request"
 
 
 class ProofError(VerificationError):

@@ -166,7 +166,7 @@ def test_batch_results_line_by_line(http: httpx.Client) -> None:
 
 
 def test_not_found_is_a_problem(http: httpx.Client) -> None:
-    problem(http.get(f"/v1/messages/{enc('%' + 'C' * 43 + '=.sha256')}"), 404, "not_found")
+    problem(http.get(f"/v1/messages/{enc('%' + 'A' * 43 + '=.sha256')}"), 404, "not_found")
     problem(http.get("/v1/blocks/999999"), 404, "not_found")
     problem(http.get("/v1/nowhere"), 404, "not_found")
     problem(http.get("/v1/log/7/checkpoint"), 404, "not_found")
@@ -186,6 +186,47 @@ def test_a_number_past_what_sqlite_holds_is_a_400_not_a_500(http: httpx.Client) 
     ):
         problem(http.get(path), 400, "invalid_format")
     assert http.get(f"/v1/blocks?after={2**63 - 1}").json() == {"blocks": []}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/messages/garbage",
+        "/v1/messages/garbage/proof",
+        f"/v1/messages/{enc('%' + 'A' * 43 + '=.sha512')}",
+        "/v1/transactions/garbage",
+        "/v1/transactions?party=bogus",
+        "/v1/feeds/garbage/head",
+        "/v1/blocks/1/records/garbage/proof",
+    ],
+)
+def test_a_malformed_id_is_a_400_not_a_404(http: httpx.Client, path: str) -> None:
+    body = problem(http.get(path), 400, "invalid_format")
+    assert body["title"] == "Invalid request"
+
+
+@pytest.mark.parametrize("value", ["1_0", "+3", enc("\u0663"), "1e3", " 1"])
+def test_a_number_is_plain_ascii_digits(http: httpx.Client, value: str) -> None:
+    body = problem(http.get(f"/v1/blocks?after={value}"), 400, "invalid_format")
+    assert body["detail"].startswith("after: expected an integer")
+
+
+def test_follow_is_true_or_false(http: httpx.Client) -> None:
+    problem(http.get("/v1/firehose?follow=maybe"), 400, "invalid_format")
+    assert http.get("/v1/firehose?follow=false").status_code == 200
+
+
+def test_websocket_paths_over_plain_http_say_so(http: httpx.Client) -> None:
+    for path in ("/v1/ingest", "/v1/inbox/stream"):
+        assert "WebSocket" in problem(http.get(path), 400, "invalid_format")["detail"]
+    resp = http.get("/v1/messages/batch")
+    problem(resp, 405, "invalid_format")
+    assert resp.headers["Allow"] == "POST"
+
+
+def test_a_long_bad_id_is_not_echoed_whole(http: httpx.Client) -> None:
+    body = problem(http.get("/v1/messages/" + "x" * 30_000), 400, "invalid_format")
+    assert len(body["detail"]) < 200
 
 
 def test_a_wrong_method_is_a_405_problem_with_allow(http: httpx.Client) -> None:

@@ -160,3 +160,21 @@ def test_an_unsigned_inbox_stream_is_refused_with_a_401_problem(node: Server) ->
     problem = orjson.loads(response.body)
     assert problem["code"] == "unauthorized" and problem["status"] == 401
     assert "Signature" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status"), [("from=-1", 400), ("follow=maybe", 400), ("pipeline=5", 404)]
+)
+def test_a_bad_firehose_stream_is_refused_with_a_problem(
+    node: Server, query: str, status: int
+) -> None:
+    async def run() -> websockets.exceptions.InvalidStatus:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(ws_url(node, f"/v1/firehose?{query}")):
+                pass
+        return refused.value
+
+    response = asyncio.run(run()).response
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert orjson.loads(response.body)["status"] == status
