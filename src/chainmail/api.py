@@ -770,12 +770,15 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         chan: str, after: str | None = None, limit: str | None = None
     ) -> Response:
         rows = node.store.channel_messages(
-            chan,
+            _msg_id_param(chan, "channel"),
             _int_param(after, "after", 0),
             _int_param(limit, "limit", 1000, minimum=1, maximum=_MAX_LIMIT),
         )
-        if not rows and node.store.message(chan) is None:
-            raise NotFound(f"no channel {chan}")
+        if not rows:  # past the end of a channel, or no channel at all
+            opened = node.store.message(chan)
+            if opened is None or opened.type != "chan/open":
+                what = "" if opened is None else f": {chan} is a {opened.type or 'message'}"
+                raise NotFound(f"no channel {chan}{what}")
         return Response(
             b'{"messages":[' + b",".join(_compact(r.body) for r in rows) + b"]}",
             media_type="application/json",

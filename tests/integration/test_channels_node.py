@@ -89,6 +89,27 @@ def test_outsider_cannot_post_to_a_channel(node: Server) -> None:
         assert err.value.code == "not_a_party"
 
 
+def test_a_message_that_is_not_a_channel_is_not_found_as_one(node: Server) -> None:
+    from chainmail.errors import NotFound
+
+    a, b = Keypair.generate(), Keypair.generate()
+    with Client(node.url, a) as alice:
+        post = alice.publish({"type": "post", "text": "not a channel"}).id
+        chan = alice.open_channel([b.id])
+        for not_a_channel in (post, "%" + "A" * 43 + "=.sha256"):
+            with pytest.raises(NotFound, match="no channel"):
+                alice.channel_read(not_a_channel)
+            with pytest.raises(NotFound, match="no channel"):
+                alice.channel_send(not_a_channel, {"x": 1})
+        resp = httpx.get(f"{node.url}/v1/channels/{post.replace('/', '%2F')}/messages")
+        assert resp.status_code == 404 and "is a post" in resp.json()["detail"]
+        # Past the end of a real channel is an empty page, not a 404.
+        page = httpx.get(
+            f"{node.url}/v1/channels/{chan.replace('/', '%2F')}/messages", params={"after": 99}
+        )
+        assert page.status_code == 200 and page.json() == {"messages": []}
+
+
 def test_cli_chan_commands(node: Server, tmp_path: Path) -> None:
     env = {
         **os.environ,

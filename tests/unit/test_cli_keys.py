@@ -323,3 +323,40 @@ def test_console_script_new_and_show(tmp_path: Path) -> None:
     assert again.stdout == ""
     assert again.stderr.startswith("chainmail: keystore: key 'alice' already exists")
     assert again.stderr.count("\n") == 1
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(
+    home: Path, tmp_path: Path
+) -> None:
+    # A subprocess: the failing stream must be the real stdout, a full device.
+    env = {**os.environ, "CHAINMAIL_HOME": str(home), "CHAINMAIL_PASSPHRASE": PASS}
+    subprocess.run([sys.executable, "-m", "chainmail", "keys", "new", "alice"], env=env, check=True)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "chainmail", "keys", "list"],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert done.returncode == 1
+    assert done.stderr == "chainmail: No space left on device\n"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(home: Path) -> None:
+    env = {**os.environ, "CHAINMAIL_HOME": str(home), "CHAINMAIL_PASSPHRASE": PASS}
+    for name in ("alice", "bob"):
+        subprocess.run(
+            [sys.executable, "-m", "chainmail", "keys", "new", name], env=env, check=True
+        )
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first write fails with EPIPE
+    with os.fdopen(write, "w") as gone:
+        done = subprocess.run(
+            [sys.executable, "-m", "chainmail", "keys", "list"],
+            env=env,
+            stdout=gone,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert (done.returncode, done.stderr) == (1, "")  # no traceback, no message

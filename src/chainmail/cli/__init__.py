@@ -6,6 +6,8 @@ Errors from chainmail become one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 import httpx
@@ -34,3 +36,17 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (``chainmail firehose | head``): stop without a
+        # word, exit 1 as rich's console does when it notices first (the
+        # convention Python's documentation gives for EPIPE).
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so exit's flush cannot fail again
+        sys.exit(1)
+    except OSError as exc:
+        # A file or stream the command was given failed (a full disk, a path it cannot write).
+        print(
+            f"chainmail: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+            file=sys.stderr,
+        )
+        sys.exit(1)

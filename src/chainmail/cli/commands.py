@@ -438,7 +438,8 @@ def blocks(
     limit: Annotated[int, typer.Option("--limit", help="At most this many.", min=1)] = 100,
     follow: Annotated[bool, typer.Option("--follow", help="Keep printing new blocks.")] = False,
     interval: Annotated[
-        float, typer.Option("--interval", help="Seconds between polls with --follow.")
+        float,
+        typer.Option("--interval", help="Seconds between polls with --follow (≥ 0.1).", min=0.1),
     ] = DEFAULT_POLL,
     node: NodeOpt = DEFAULT_NODE,
     as_json: JsonOpt = False,
