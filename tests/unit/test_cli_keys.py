@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 from typer.testing import CliRunner
@@ -325,6 +326,17 @@ def test_console_script_new_and_show(tmp_path: Path) -> None:
     assert again.stderr.count("\n") == 1
 
 
+def _keys_list_into(stdout: IO[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``chainmail keys list`` in a subprocess, its output into ``stdout``."""
+    return subprocess.run(
+        [sys.executable, "-m", "chainmail", "keys", "list"],
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(
     home: Path, tmp_path: Path
 ) -> None:
@@ -332,13 +344,7 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(
     env = {**os.environ, "CHAINMAIL_HOME": str(home), "CHAINMAIL_PASSPHRASE": PASS}
     subprocess.run([sys.executable, "-m", "chainmail", "keys", "new", "alice"], env=env, check=True)
     with open("/dev/full", "w") as full:
-        done = subprocess.run(
-            [sys.executable, "-m", "chainmail", "keys", "list"],
-            env=env,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        done = _keys_list_into(full, env)
     assert done.returncode == 1
     assert done.stderr == "chainmail: No space left on device\n"
 
@@ -352,11 +358,5 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(home: Path) -> None:
     read, write = os.pipe()
     os.close(read)  # nobody reads: the first write fails with EPIPE
     with os.fdopen(write, "w") as gone:
-        done = subprocess.run(
-            [sys.executable, "-m", "chainmail", "keys", "list"],
-            env=env,
-            stdout=gone,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        done = _keys_list_into(gone, env)
     assert (done.returncode, done.stderr) == (1, "")  # no traceback, no message
