@@ -146,10 +146,13 @@ def test_send_and_its_input_errors(cli: Cli) -> None:
     assert_one_line_error(
         cli("tx", "open", "--as", "carol", "--party", "@nobody", check=False), "invalid_format"
     )
-    assert_one_line_error(
-        cli("tx", "open", "--as", "carol", "--party", "@x", "--deadline", "soon", check=False),
-        "invalid_format",
-    )
+    for deadline in ("soon", "1000", "0s", "2001-01-01T00:00:00+00:00"):
+        assert_one_line_error(
+            cli(
+                "tx", "open", "--as", "carol", "--party", "@x", "--deadline", deadline, check=False
+            ),
+            "invalid_format",
+        )
     assert_one_line_error(cli("send", "--as", "nobody", "--type", "post", check=False), "keystore")
     assert_one_line_error(cli("blocks", "--node", "http://127.0.0.1:9", check=False), "unavailable")
     # The refused messages left nothing behind: carol's next message is her third.

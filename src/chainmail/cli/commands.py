@@ -124,9 +124,21 @@ def parse_deadline(text: str, now: int) -> int:
     """A deadline in Unix ms from ``10m``, ``90s``, ``2h``, ``1d``, ``500ms`` (from ``now``).
 
     A bare integer is an absolute Unix time in ms; an ISO 8601 time with a
-    zone is absolute too. Raises ``InvalidMessage`` for anything else.
+    zone is absolute too. Raises ``InvalidMessage`` for anything else, and for
+    a time not after ``now``: such a tx would time out as it opens (the node
+    allows it; the command line refuses what is almost surely a mistake).
     """
     text = text.strip()
+    when = _deadline(text, now)
+    if when <= now:
+        raise InvalidMessage(
+            f"--deadline: {text} is not in the future (now is {now} ms): the tx would time out"
+            " as it opens"
+        )
+    return when
+
+
+def _deadline(text: str, now: int) -> int:
     if text.isdigit():
         return int(text)
     match = _DURATION_RE.fullmatch(text)
