@@ -158,6 +158,10 @@ def test_a_client_that_never_reads_blocks_no_one(tmp_path: Path) -> None:
         (("--port", "0"), "--port"),
         (("--port", "65536"), "--port"),
         (("--port", "99999"), "--port"),
+        (("--block-interval", "0"), "--block-interval"),
+        (("--workers", "-1"), "--workers"),
+        (("--host", "999.1.1.1"), "--host"),
+        (("--host", "192.0.2.1"), "cannot listen on 192.0.2.1"),  # not this machine's
     ],
 )
 def test_a_bad_serve_option_is_refused_in_one_line_before_anything_opens(
@@ -175,4 +179,27 @@ def test_a_bad_serve_option_is_refused_in_one_line_before_anything_opens(
     )
     assert done.returncode != 0 and flag in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "log.sqlite").exists()
+
+
+def test_a_port_in_use_is_refused_in_one_line_before_anything_opens(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from support.server import CHAINMAIL
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [CHAINMAIL, "serve", "--data", str(tmp_path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"chainmail: unavailable: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
     assert not (tmp_path / "log.sqlite").exists()

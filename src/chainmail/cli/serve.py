@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,28 @@ def _sqlite_path(url: str | None, what: str) -> None:
         f"--{what} {url}: only the embedded SQLite backend is available in this version",
         code="invalid_format",
     )
+
+
+def _can_listen(host: str, port: int) -> None:
+    """Raise ``Error`` (one line) unless ``host:port`` can be listened on now.
+
+    The server binds again after the node has opened its files; a bad address
+    or a port in use found only then took the node's whole start-up and shut-down
+    log with it. (Another process may still take the port in between.)
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise Error(f"--host: cannot listen on {host}: {exc}", code="invalid_format") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise Error(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}", code="unavailable"
+            ) from exc
 
 
 @app.command()
@@ -116,6 +139,14 @@ def serve(
     )
     if not 0 < port < 65536:
         raise Error(f"--port: expected 1 to 65535, got {port}", code="invalid_format")
+    if not block_interval > 0:
+        raise Error(
+            f"--block-interval: expected a positive number of seconds, got {block_interval}",
+            code="invalid_format",
+        )
+    if workers is not None and workers < 0:
+        raise Error(f"--workers: expected 0 or more, got {workers}", code="invalid_format")
+    _can_listen(host, port)
     for name, value in (
         ("identity-rate", identity_rate),
         ("connection-rate", connection_rate),
