@@ -9,6 +9,7 @@ locally, trusting nothing the node says.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -245,7 +246,9 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
         for label, chan in (("buy-side", buy_side), ("sell-side", sell_side)):
             for opened in regulator.channel_read(chan):
                 who = next(r for r, k in keys.items() if k.id == opened.author)
-                say(f"   regulator reads {label} ({names[who].split(' (')[0]}): {opened.data}")
+                say(
+                    f"   regulator reads {label} ({names[who].split(' (')[0]}): {json.dumps(opened.data, ensure_ascii=False)}"
+                )
 
         say("\n[bold]8. Verifying locally[/] — nothing the node says is taken on trust")
         checks = 0

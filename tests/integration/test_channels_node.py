@@ -137,6 +137,8 @@ def test_cli_chan_commands(node: Server, tmp_path: Path) -> None:
     assert [x["data"] for x in lines] == [{"px": "12.50"}, {"ok": True}]
     assert set(lines[0]) == {"id", "author", "data"} and lines[0]["author"] == ids["ann"]
     assert cm("chan", "read", "--as", "reg", "--chan", chan, "--json") == ""
+    table = cm("chan", "read", "--as", "ben", "--chan", chan)
+    assert '{"px": "12.50"}' in table and '{"ok": true}' in table  # JSON, not Python's repr
     cm("chan", "share", "--as", "ben", "--chan", chan, "--with", ids["reg"])
     assert len(cm("chan", "read", "--as", "reg", "--chan", chan, "--json").splitlines()) == 2
     bad = subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -86,7 +87,9 @@ def chan_read(
         return
     table = Table("id", "author", "data", box=None)
     for item in opened:
-        table.add_row(item.id[:16] + "…", item.author[:16] + "…", str(item.data))
+        table.add_row(
+            item.id[:16] + "…", item.author[:16] + "…", json.dumps(item.data, ensure_ascii=False)
+        )
     _out().print(table)
 
 
