@@ -191,6 +191,7 @@ def test_verify_failure_exits_1(cli: Cli) -> None:
         ["verify", "message"],
         ["verify", "tx"],
         ["verify", "block"],
+        ["audit"],
     ],
 )
 def test_every_command_has_help(cli: Cli, command: list[str]) -> None:

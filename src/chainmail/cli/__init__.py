@@ -12,6 +12,7 @@ import sys
 
 import httpx
 
+from chainmail.cli import audit as _audit  # noqa: F401  (registers `audit`)
 from chainmail.cli import bench as _bench  # noqa: F401  (registers `bench`)
 from chainmail.cli import chan as _chan  # noqa: F401  (registers `chan`)
 from chainmail.cli import commands as _commands  # noqa: F401  (registers node commands)

@@ -1,0 +1,297 @@
+"""An auditor's view of a node, from what it publishes (DESIGN §7, "Auditors and mirrors").
+
+Anyone can follow a node's firehose and its blocks and check, without
+trusting the node:
+
+* every message on the firehose: its id, its signature and its place in its
+  author's feed (``ssb.validate``): a second message at a feed position is a
+  **fork**, a message that breaks the feed's rules is **invalid**;
+* the firehose itself: each pipeline's indexes run 0, 1, 2, … with no
+  **gap**;
+* every block: signed by the node, one height after the last, linked by
+  ``prev`` to it, and each log checkpoint's root equal to the root the
+  auditor computes itself from the firehose's messages (**root_mismatch**);
+* no **censorship**: a message (not the node's own) seen on the firehose is
+  covered by a block (its index below a block's log size) within a grace
+  period of being seen.
+
+``Auditor`` holds that state and is pure: the caller feeds it what it reads
+and the time it read it (``now``, ms), and gets the findings back. The
+command line (``chainmail audit``) does the reading.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from chainmail import blocks, merkle, ssb
+from chainmail.errors import InvalidMessage, ProofError
+
+__all__ = ["Auditor", "Finding", "FindingKind"]
+
+FindingKind = Literal["invalid", "fork", "gap", "block", "root_mismatch", "censored"]
+
+#: Leaves per lower-level block of an audited tree: the tree keeps one node per
+#: this many leaves (and the leaves, 32 bytes each) instead of two per leaf.
+_MIN_LEVEL: Final = 6
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the node published that does not hold up."""
+
+    kind: FindingKind
+    detail: str
+    pipeline: int | None = None
+    index: int | None = None
+    id: str | None = None
+    height: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+
+@dataclass
+class _Pipeline:
+    leaves: bytearray = field(default_factory=bytearray)
+    tree: merkle.MerkleTree = field(init=False)
+    #: The index the firehose should give next.
+    next: int = 0
+    #: False after a gap: the roots past it cannot be computed.
+    whole: bool = True
+    #: Messages not yet covered by a block: (index, id, seen at ms).
+    waiting: collections.deque[tuple[int, str, int]] = field(default_factory=collections.deque)
+    covered: int = 0
+    #: Checkpoints to compare once the firehose reaches their size: (size, root, height).
+    roots: list[tuple[int, bytes, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        leaves = self.leaves
+
+        def source(start: int, end: int) -> list[bytes]:
+            return [bytes(leaves[i * 32 : (i + 1) * 32]) for i in range(start, end)]
+
+        self.tree = merkle.MerkleTree(min_level=_MIN_LEVEL, leaves=source)
+
+    @property
+    def size(self) -> int:
+        return len(self.leaves) // 32
+
+
+class Auditor:
+    """The state of one audit of the node ``node_id``; see the module's docstring."""
+
+    def __init__(self, node_id: str, *, grace_ms: int, hmac_key: bytes | str | None = None) -> None:
+        if grace_ms < 0:
+            raise ValueError(f"grace_ms: expected 0 or more, got {grace_ms}")
+        self.node_id = node_id
+        self.grace_ms = grace_ms
+        self.hmac_key = hmac_key
+        self.messages = 0
+        self.blocks = 0
+        self._feeds: dict[str, ssb.FeedState] = {}
+        self._pipelines: dict[int, _Pipeline] = {}
+        self._height = 0
+        self._block_id: str | None = None
+
+    def _pipeline(self, pipeline: int) -> _Pipeline:
+        found = self._pipelines.get(pipeline)
+        if found is None:
+            found = self._pipelines[pipeline] = _Pipeline()
+        return found
+
+    def next_index(self, pipeline: int) -> int:
+        """The firehose index this auditor reads next in ``pipeline``."""
+        return self._pipeline(pipeline).next
+
+    @property
+    def height(self) -> int:
+        """The last block audited (0 before the first)."""
+        return self._height
+
+    # --- the firehose ---------------------------------------------------------------------
+
+    def see_message(
+        self, pipeline: int, index: int, msg_id: str, message: dict[str, Any], *, now: int
+    ) -> list[Finding]:
+        """One firehose entry, read at ``now``; the findings it makes."""
+        p = self._pipeline(pipeline)
+        found: list[Finding] = []
+        if index != p.next:
+            found.append(
+                Finding(
+                    "gap",
+                    f"pipeline {pipeline}: the firehose went from index {p.next - 1} to {index}",
+                    pipeline=pipeline,
+                    index=index,
+                )
+            )
+            if index < p.next:
+                return found  # an index again: nothing new to add
+            p.whole = False  # the roots past a gap cannot be computed
+        p.next = index + 1
+        self.messages += 1
+        try:
+            checked = ssb.check(message, self.hmac_key)
+        except InvalidMessage as exc:
+            checked = None
+            found.append(self._finding("invalid", exc.detail, pipeline, index, msg_id))
+            self._skip(message, msg_id)
+        if checked is not None and checked.id != msg_id:
+            found.append(
+                self._finding(
+                    "invalid", f"the message's id is {checked.id}", pipeline, index, msg_id
+                )
+            )
+        if checked is not None:
+            head = self._feeds.get(checked.author)
+            try:
+                self._feeds[checked.author] = ssb.check_order(checked, head)
+            except InvalidMessage as exc:
+                # At or below the feed's head: a second message at a position the
+                # firehose already gave. Above it with the wrong previous: a fork
+                # too. Past the next sequence: a feed message the log never had.
+                fork = exc.code == "fork" or (
+                    head is not None and checked.sequence <= head.sequence
+                )
+                detail = (
+                    f"a second message at sequence {checked.sequence} of {checked.author}"
+                    if exc.code != "fork" and fork
+                    else exc.detail
+                )
+                kind: FindingKind = "fork" if fork else "invalid"
+                found.append(self._finding(kind, detail, pipeline, index, msg_id))
+        if p.whole:
+            try:
+                leaf = blocks.message_leaf(msg_id)
+            except ProofError:
+                leaf = bytes(32)  # reported above as invalid; no root can match it
+            p.leaves += leaf
+            p.tree.append(leaf)
+        author = message.get("author") if isinstance(message, dict) else None
+        if author != self.node_id:
+            p.waiting.append((index, msg_id, now))
+        found.extend(self._check_roots(pipeline, p))
+        return found
+
+    def _skip(self, message: object, msg_id: str) -> None:
+        """Take an invalid message's claimed place in its feed, so that the feed's
+        next message is judged on its own (not reported again for this one)."""
+        if not isinstance(message, dict):
+            return
+        author, sequence = message.get("author"), message.get("sequence")
+        if isinstance(author, str) and type(sequence) is int:
+            head = self._feeds.get(author)
+            if sequence == (1 if head is None else head.sequence + 1):
+                self._feeds[author] = ssb.FeedState(id=msg_id, sequence=sequence)
+
+    @staticmethod
+    def _finding(kind: FindingKind, detail: str, pipeline: int, index: int, msg_id: str) -> Finding:
+        return Finding(
+            kind,
+            f"{msg_id} at {pipeline}:{index}: {detail}",
+            pipeline=pipeline,
+            index=index,
+            id=msg_id,
+        )
+
+    # --- blocks ---------------------------------------------------------------------------
+
+    def see_block(self, height: int, block_id: str, message: dict[str, Any]) -> list[Finding]:
+        """One block, as ``GET /v1/blocks/{height}`` gives its signed message."""
+        found: list[Finding] = []
+
+        def bad(detail: str) -> list[Finding]:
+            found.append(Finding("block", f"block {height}: {detail}", height=height))
+            return found
+
+        if height != self._height + 1:
+            bad(f"expected height {self._height + 1} next")
+        self.blocks += 1
+        try:
+            checked = ssb.check(message, self.hmac_key)
+        except InvalidMessage as exc:
+            return bad(f"its message does not verify: {exc.detail}")
+        if checked.author != self.node_id:
+            return bad(f"signed by {checked.author}, not the node {self.node_id}")
+        if checked.id != block_id:
+            return bad(f"its message's id is {checked.id}, not {block_id}")
+        try:
+            info = blocks.parse_block_content(checked.content, checked.id)
+        except ProofError as exc:
+            return bad(exc.detail)
+        if info.height != height:
+            return bad(f"its content says height {info.height}")
+        if info.prev != self._block_id and self._height == height - 1:
+            bad(f"prev is {info.prev}, not block {height - 1}'s id {self._block_id}")
+        self._height, self._block_id = height, checked.id
+        for log in info.logs:
+            p = self._pipeline(log.pipeline)
+            p.covered = max(p.covered, log.size)
+            p.roots.append((log.size, log.root, height))
+            found.extend(self._check_roots(log.pipeline, p))
+        return found
+
+    def _check_roots(self, pipeline: int, p: _Pipeline) -> list[Finding]:
+        found: list[Finding] = []
+        if not p.whole:
+            return found
+        later: list[tuple[int, bytes, int]] = []
+        for size, root, height in p.roots:
+            if size > p.size:
+                later.append((size, root, height))
+            elif p.tree.root(size) != root:
+                found.append(
+                    Finding(
+                        "root_mismatch",
+                        f"block {height}: pipeline {pipeline}'s root at size {size} is not the"
+                        " root of the firehose's first messages",
+                        pipeline=pipeline,
+                        height=height,
+                    )
+                )
+        p.roots = later
+        return found
+
+    # --- censorship -----------------------------------------------------------------------
+
+    def overdue(self, *, now: int) -> list[Finding]:
+        """Messages seen ``grace_ms`` or more before ``now`` that no block covers yet.
+
+        Each is reported once (and then no longer waited for).
+        """
+        found: list[Finding] = []
+        for pipeline, p in sorted(self._pipelines.items()):
+            while p.waiting and p.waiting[0][0] < p.covered:
+                p.waiting.popleft()
+            kept: collections.deque[tuple[int, str, int]] = collections.deque()
+            for index, msg_id, seen in p.waiting:
+                if index < p.covered:
+                    continue
+                if now - seen >= self.grace_ms:
+                    found.append(
+                        Finding(
+                            "censored",
+                            f"{msg_id} at {pipeline}:{index}, on the firehose for"
+                            f" {(now - seen) / 1000:g} s, is in no block",
+                            pipeline=pipeline,
+                            index=index,
+                            id=msg_id,
+                        )
+                    )
+                else:
+                    kept.append((index, msg_id, seen))
+            p.waiting = kept
+        return found
+
+    def waiting(self) -> int:
+        """Messages seen and not yet covered by a block (nor reported)."""
+        return sum(
+            sum(1 for index, _, _ in p.waiting if index >= p.covered)
+            for p in self._pipelines.values()
+        )

@@ -1,0 +1,82 @@
+"""`chainmail audit` against a real node: clean when honest, loud when not."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from chainmail.client import Client
+from chainmail.keys import Keypair
+from support.server import CHAINMAIL, Server, running
+
+pytestmark = pytest.mark.integration
+
+
+def audit(node: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHAINMAIL, "audit", "--node", node.url, "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def settle_a_trade(node: Server) -> str:
+    a, b = Keypair.generate(), Keypair.generate()
+    with Client(node.url, a) as alice, Client(node.url, b) as bob:
+        tx = alice.open_tx([b.id], deadline=int(time.time() * 1000) + 60_000, subject="42")
+        bob.note(tx, {"px": "12.50"})
+        alice.finish(tx)
+        bob.finish(tx)
+        for n in range(20):
+            alice.publish({"type": "post", "n": n})
+        deadline = time.monotonic() + 30
+        while alice.tx(tx).get("block") is None:
+            assert time.monotonic() < deadline, "the tx was never sealed"
+            time.sleep(0.1)
+    return tx
+
+
+def test_an_honest_node_audits_clean(tmp_path: Path) -> None:
+    with running(tmp_path / "node") as node:
+        settle_a_trade(node)
+        done = audit(node, "--grace", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert "no findings" in done.stderr and "blocks of @" in done.stderr
+
+
+def test_a_node_that_seals_nothing_is_caught_censoring(tmp_path: Path) -> None:
+    # Its blocks come an hour apart: what it logs stays out of every block.
+    with running(tmp_path / "node", extra=("--block-interval", "3600")) as node:
+        with Client(node.url, Keypair.generate()) as alice:
+            posted = alice.publish({"type": "post", "text": "left out"}).id
+        done = audit(node, "--grace", "1")
+    assert done.returncode == 1
+    findings = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [f["kind"] for f in findings] == ["censored"] and findings[0]["id"] == posted
+    assert "1 finding(s)" in done.stderr
+
+
+def test_a_message_changed_in_the_node_s_files_is_found(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    with running(data) as node:
+        settle_a_trade(node)
+    # Someone with the disk rewrites a logged message in place.
+    with sqlite3.connect(data / "log.sqlite") as conn:
+        pos, body = conn.execute(
+            "SELECT pos, body FROM entries WHERE CAST(body AS TEXT) LIKE '%12.50%'"
+        ).fetchone()
+        conn.execute(
+            "UPDATE entries SET body=? WHERE pos=?", (bytes(body).replace(b"12.50", b"99.99"), pos)
+        )
+    with running(data) as node:
+        done = audit(node, "--grace", "2")
+    assert done.returncode == 1
+    kinds = {json.loads(line)["kind"] for line in done.stdout.splitlines()}
+    assert "invalid" in kinds  # its signature no longer holds

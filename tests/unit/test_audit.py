@@ -1,0 +1,174 @@
+"""The auditor: forks, gaps, bad blocks, wrong roots and censorship, from what a node publishes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chainmail import blocks, merkle, ssb
+from chainmail.audit import Auditor, Finding
+from chainmail.ids import blob_id
+from support.feeds import Writer, sign_unchecked
+
+GRACE = 5_000
+EMPTY_BLOB = blob_id(b"")
+
+
+class FakeNode:
+    """Publishes like a node: a firehose of one pipeline and signed blocks over it."""
+
+    def __init__(self) -> None:
+        self.feed = Writer()
+        self.log: list[tuple[str, dict[str, Any]]] = []
+        self.blocks: list[tuple[int, str, dict[str, Any]]] = []
+
+    @property
+    def id(self) -> str:
+        return self.feed.id
+
+    def append(self, msg: dict[str, Any]) -> tuple[int, str, dict[str, Any]]:
+        entry = (len(self.log), ssb.message_id(msg), msg)
+        self.log.append(entry[1:])
+        return entry
+
+    def root(self, size: int) -> bytes:
+        return merkle.root([blocks.message_leaf(mid) for mid, _ in self.log[:size]])
+
+    def block(self, *, size: int | None = None, root: bytes | None = None) -> tuple[int, str, Any]:
+        """Sign the next block over the log so far (or over ``size``, with ``root``)."""
+        size = len(self.log) if size is None else size
+        height = len(self.blocks) + 1
+        content = blocks.block_content(
+            height=height,
+            prev=self.blocks[-1][1] if self.blocks else None,
+            time=1_800_000_000_000 + height,
+            logs=[blocks.LogCheckpoint(0, size, self.root(size) if root is None else root)],
+            records=[],
+            records_blob_id=EMPTY_BLOB,
+        )
+        msg = self.feed.sign(content)
+        block = (height, ssb.message_id(msg), msg)
+        self.blocks.append(block)
+        self.append(msg)  # a block is a message of the node's feed too
+        return block
+
+
+def see(auditor: Auditor, entry: tuple[int, str, dict[str, Any]], now: int = 0) -> list[Finding]:
+    index, mid, msg = entry
+    return auditor.see_message(0, index, mid, msg, now=now)
+
+
+def kinds(found: list[Finding]) -> list[str]:
+    return [f.kind for f in found]
+
+
+@pytest.fixture
+def node() -> FakeNode:
+    return FakeNode()
+
+
+def test_an_honest_node_gives_no_findings(node: FakeNode) -> None:
+    alice, bob = Writer(), Writer()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    found: list[Finding] = []
+    for n in range(40):
+        found += see(auditor, node.append((alice if n % 2 else bob).sign({"type": "post", "n": n})))
+        if n % 10 == 9:
+            height, bid, msg = node.block()
+            found += auditor.see_block(height, bid, msg)
+            found += see(auditor, (len(node.log) - 1, bid, msg))
+    assert found == [] and auditor.overdue(now=GRACE * 10) == []
+    assert (auditor.messages, auditor.blocks, auditor.height) == (44, 4, 4)
+    assert auditor.next_index(0) == 44 and auditor.waiting() == 0
+
+
+def test_a_block_seen_before_the_firehose_reaches_it_is_checked_when_it_does(
+    node: FakeNode,
+) -> None:
+    alice = Writer()
+    entries = [node.append(alice.sign({"type": "post", "n": n})) for n in range(5)]
+    height, bid, msg = node.block(root=bytes(32))  # a root of no such tree
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    assert auditor.see_block(height, bid, msg) == []  # nothing to compare yet
+    found = [f for e in entries for f in see(auditor, e)]
+    assert kinds(found) == ["root_mismatch"] and found[0].height == 1
+
+
+def test_a_second_message_at_a_feed_position_is_a_fork(node: FakeNode) -> None:
+    alice = Writer()
+    first = node.append(alice.sign({"type": "post", "n": 1}))
+    other = sign_unchecked(alice.keys, {"type": "post", "n": 2}, sequence=1)
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    assert see(auditor, first) == []
+    found = see(auditor, node.append(other))
+    assert kinds(found) == ["fork"] and found[0].id == ssb.message_id(other)
+
+
+def test_a_tampered_message_is_invalid_and_its_feed_goes_on(node: FakeNode) -> None:
+    alice = Writer()
+    msg = alice.sign({"type": "post", "text": "pay 10"})
+    mid = ssb.message_id(msg)
+    msg["content"]["text"] = "pay 1000"
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    found = auditor.see_message(0, 0, mid, msg, now=0)
+    assert kinds(found) == ["invalid"] and "signature" in found[0].detail
+    after = alice.sign({"type": "post", "text": "next"})  # linked to the original id
+    assert auditor.see_message(0, 1, ssb.message_id(after), after, now=0) == []
+
+
+def test_a_gap_in_the_firehose_is_reported_once(node: FakeNode) -> None:
+    alice = Writer()
+    entries = [node.append(alice.sign({"type": "post", "n": n})) for n in range(4)]
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    found = see(auditor, entries[0]) + see(auditor, entries[2]) + see(auditor, entries[3])
+    # entries[2] follows a skipped message: a gap (and a fork of alice's feed: its
+    # previous is the skipped one), then the firehose goes on from there.
+    assert kinds(found).count("gap") == 1 and auditor.next_index(0) == 4
+
+
+def test_a_block_not_signed_by_the_node_is_reported(node: FakeNode) -> None:
+    node.append(Writer().sign({"type": "post"}))
+    impostor = FakeNode()
+    impostor.log = list(node.log)
+    height, bid, msg = impostor.block()
+    found = Auditor(node.id, grace_ms=GRACE).see_block(height, bid, msg)
+    assert kinds(found) == ["block"] and "not the node" in found[0].detail
+
+
+def test_a_block_out_of_order_or_unlinked_is_reported(node: FakeNode) -> None:
+    node.append(Writer().sign({"type": "post"}))
+    first = node.block()
+    second = node.block()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    assert "expected height 1" in auditor.see_block(*second)[0].detail
+    other = FakeNode()
+    other.feed = node.feed  # the node's key, but a chain of its own
+    other.log = list(node.log)
+    other.blocks = [(1, "%" + "A" * 43 + "=.sha256", {})]
+    forged = other.block()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    assert auditor.see_block(*first) == []
+    assert "prev is" in auditor.see_block(*forged)[0].detail
+
+
+def test_a_message_no_block_covers_after_the_grace_period_is_censored(node: FakeNode) -> None:
+    alice = Writer()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    kept = node.append(alice.sign({"type": "post", "n": 1}))
+    see(auditor, kept, now=1_000)
+    height, bid, msg = node.block()
+    auditor.see_block(height, bid, msg)
+    see(auditor, (len(node.log) - 1, bid, msg), now=1_500)  # the node's own: never waited for
+    dropped = node.append(alice.sign({"type": "post", "n": 2}))
+    see(auditor, dropped, now=2_000)
+    assert auditor.overdue(now=2_000 + GRACE - 1) == []
+    found = auditor.overdue(now=2_000 + GRACE)
+    assert kinds(found) == ["censored"] and found[0].id == dropped[1]
+    assert auditor.overdue(now=2_000 + 10 * GRACE) == []  # reported once
+    assert auditor.waiting() == 0
+
+
+def test_a_negative_grace_is_refused() -> None:
+    with pytest.raises(ValueError, match="grace_ms"):
+        Auditor("@x", grace_ms=-1)
