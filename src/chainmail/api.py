@@ -901,4 +901,7 @@ def _parse_ack(body: bytes, key: str = "ids") -> list[str]:
     ids = data.get(key) if isinstance(data, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InvalidRequest(f'ack: expected {{"{key}": ["%…", …]}}')
+    for i in ids:
+        if not is_msg_id(i):
+            raise InvalidRequest(f"ack: not a message id: {_short(i)!r}")
     return ids

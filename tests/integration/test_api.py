@@ -290,6 +290,9 @@ def test_inbox_authentication(http: httpx.Client) -> None:
     acked = http.post(path, content=orjson.dumps({"ids": [entry["id"]]}), headers=headers)
     assert acked.json() == {"acked": 1}
     assert signed_get(http, b.keys, "/v1/inbox").json()["entries"] == []
+    headers = httpsig.sign_request(b.keys, "POST", path, "", created=int(time.time()))
+    bad = http.post(path, content=orjson.dumps({"ids": ["garbage"]}), headers=headers)
+    assert "not a message id" in problem(bad, 400, "invalid_format")["detail"]
 
 
 def test_blob_round_trip(http: httpx.Client) -> None:
