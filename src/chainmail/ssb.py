@@ -477,6 +477,14 @@ class _Scan:
         return obj
 
     def _int(self, text: str) -> int | float:
+        if len(text) > 22:
+            # JavaScript writes a double of 1e21 or more with an exponent, so a
+            # literal this long is never its text; and ``int`` would refuse to
+            # read one past 4,300 digits with a message about Python itself.
+            raise ValueError(
+                f"integer outside ±(2^53−1) that JSON.parse would round: {text[:24]}…"
+                f" ({len(text)} characters)"
+            )
         number = int(text)
         if len(text) <= 15 or -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
             return number

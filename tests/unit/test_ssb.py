@@ -83,6 +83,20 @@ def test_json_that_javascript_would_alter_is_refused(vector: dict[str, str]) -> 
     assert _code(ssb.parse, '{"v": ' + vector["json"] + "}") == "invalid_format"
 
 
+@pytest.mark.parametrize("digits", [23, 5_000, 100_000])
+def test_a_huge_integer_literal_is_refused_in_this_module_s_words(digits: int) -> None:
+    with pytest.raises(InvalidMessage) as refused:
+        ssb.parse('{"n": ' + "9" * digits + "}")
+    assert refused.value.code == "invalid_format"
+    assert "JSON.parse would round" in refused.value.detail
+    assert "sys." not in refused.value.detail and len(refused.value.detail) < 200
+
+
+def test_the_longest_integer_javascript_writes_plainly_is_still_read() -> None:
+    # 22 characters, as JavaScript writes this double itself.
+    assert ssb.parse('{"n": -999999999999999900000}') == {"n": -999999999999999900000.0}
+
+
 def test_long_integer_literals_javascript_writes_itself_are_doubles() -> None:
     parsed = ssb.parse(
         '{"a": 100000000000000000000, "b": -9007199254740992, "c": 9007199254740991}'
