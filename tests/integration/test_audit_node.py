@@ -80,3 +80,27 @@ def test_a_message_changed_in_the_node_s_files_is_found(tmp_path: Path) -> None:
     assert done.returncode == 1
     kinds = {json.loads(line)["kind"] for line in done.stdout.splitlines()}
     assert "invalid" in kinds  # its signature no longer holds
+
+
+def test_a_followed_audit_sees_new_messages_and_ends_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+
+    with running(tmp_path / "node") as node:
+        follower = subprocess.Popen(
+            [CHAINMAIL, "audit", "--node", node.url, "--follow", "--interval", "0.2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.0)
+            settle_a_trade(node)
+            time.sleep(1.5)  # a few rounds of reads after the last block
+        finally:
+            follower.send_signal(signal.SIGINT)
+            out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert out == ""
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("audited ") and summary.endswith("no findings")
+    assert int(summary.split()[1]) >= 24  # the trade's 4 messages, 20 posts and blocks

@@ -104,7 +104,8 @@ def audit(
     every message (but the node's own) is in a block within --grace seconds
     of being seen. Prints one line a finding and a summary on stderr; exits 1
     if there was any finding. Without --follow it waits at most --grace
-    seconds for blocks to cover the newest messages, then stops.
+    seconds for blocks to cover the newest messages, then stops; with it,
+    Ctrl-C ends it with the same summary and exit status.
     """
     with _client(node, node_id=node_id) as client, _interruptible():
         health = client.health()
@@ -113,16 +114,20 @@ def audit(
         run.firehose()
         run.blocks()
         if follow:
-            while True:
-                run.overdue()
-                time.sleep(interval)
-                run.firehose()
+            try:
+                while True:
+                    run.overdue()
+                    time.sleep(interval)
+                    run.firehose()
+                    run.blocks()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C ends a followed audit: its summary follows
+        else:
+            deadline = time.monotonic() + grace
+            while auditor.waiting() and time.monotonic() < deadline:
+                time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
                 run.blocks()
-        deadline = time.monotonic() + grace
-        while auditor.waiting() and time.monotonic() < deadline:
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-            run.blocks()
-        run.overdue()
+            run.overdue()
     outcome = "no findings" if not run.findings else f"{run.findings} finding(s)"
     _err().print(
         f"audited {auditor.messages} messages and {auditor.blocks} blocks of {auditor.node_id}:"
