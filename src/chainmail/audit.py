@@ -23,13 +23,28 @@ command line (``chainmail audit``) does the reading.
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
+
+import orjson
 
 from chainmail import blocks, merkle, ssb
 from chainmail.errors import InvalidMessage, ProofError
 
-__all__ = ["Auditor", "Finding", "FindingKind"]
+__all__ = ["Auditor", "Checked", "Finding", "FindingKind"]
+
+#: What ``Auditor.check`` gives for each message.
+Checked: TypeAlias = ssb.Checked | InvalidMessage
+
+
+def _raw(message: object) -> bytes:
+    """A firehose message as JSON bytes again, for ``ssb.check_batch``."""
+    try:
+        return orjson.dumps(message)
+    except TypeError:  # not JSON orjson writes (an integer past 64 bits): let the check say
+        return repr(message).encode("utf-8", "replace")
+
 
 FindingKind = Literal["invalid", "fork", "gap", "block", "root_mismatch", "censored"]
 
@@ -120,6 +135,38 @@ class Auditor:
         self, pipeline: int, index: int, msg_id: str, message: dict[str, Any], *, now: int
     ) -> list[Finding]:
         """One firehose entry, read at ``now``; the findings it makes."""
+        return self.see_messages(pipeline, [(index, msg_id, message)], now=now)
+
+    def check(self, entries: Sequence[tuple[int, str, dict[str, Any]]]) -> list[Checked]:
+        """The SSB checks of firehose entries' messages, in one call (``ssb.check_batch``:
+        C, without the GIL, so several threads may check chunks at once)."""
+        return ssb.check_batch([_raw(m) for _, _, m in entries], self.hmac_key)
+
+    def see_messages(
+        self,
+        pipeline: int,
+        entries: Sequence[tuple[int, str, dict[str, Any]]],
+        *,
+        now: int,
+        checked: Sequence[Checked] | None = None,
+    ) -> list[Finding]:
+        """Consecutive firehose entries of ``pipeline`` as ``(index, id, message)``, read
+        at ``now``; ``checked`` is ``check(entries)`` if the caller ran it already."""
+        results = self.check(entries) if checked is None else checked
+        found: list[Finding] = []
+        for (index, msg_id, message), result in zip(entries, results, strict=True):
+            found.extend(self._see(pipeline, index, msg_id, message, result, now))
+        return found
+
+    def _see(
+        self,
+        pipeline: int,
+        index: int,
+        msg_id: str,
+        message: dict[str, Any],
+        result: Checked,
+        now: int,
+    ) -> list[Finding]:
         p = self._pipeline(pipeline)
         found: list[Finding] = []
         if index != p.next:
@@ -136,11 +183,9 @@ class Auditor:
             p.whole = False  # the roots past a gap cannot be computed
         p.next = index + 1
         self.messages += 1
-        try:
-            checked = ssb.check(message, self.hmac_key)
-        except InvalidMessage as exc:
-            checked = None
-            found.append(self._finding("invalid", exc.detail, pipeline, index, msg_id))
+        checked = result if isinstance(result, ssb.Checked) else None
+        if isinstance(result, InvalidMessage):
+            found.append(self._finding("invalid", result.detail, pipeline, index, msg_id))
             self._skip(message, msg_id)
         if checked is not None and checked.id != msg_id:
             found.append(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import time
-from typing import Annotated
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from typing import Annotated, Any, Final
 
 import typer
 
-from chainmail.audit import Auditor, Finding
+from chainmail.audit import Auditor, Checked, Finding
 from chainmail.cli._app import app
 from chainmail.cli.commands import (
     DEFAULT_POLL,
@@ -21,6 +25,13 @@ from chainmail.cli.commands import (
 )
 from chainmail.client import DEFAULT_NODE, Client, VerificationFailed
 
+#: Firehose messages checked in one batch (their signatures in one C call).
+_CHUNK: Final = 512
+#: Threads checking chunks at once.
+_WORKERS: Final = os.cpu_count() or 1
+
+_Chunk = list[tuple[int, str, dict[str, Any]]]
+
 
 def _now() -> int:
     return time.time_ns() // 1_000_000
@@ -29,7 +40,15 @@ def _now() -> int:
 class _Run:
     """One audit: reads the node into an ``Auditor`` and prints each finding once."""
 
-    def __init__(self, client: Client, auditor: Auditor, pipelines: int, as_json: bool) -> None:
+    def __init__(
+        self,
+        client: Client,
+        auditor: Auditor,
+        pipelines: int,
+        as_json: bool,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self.pool = pool
         self.client = client
         self.auditor = auditor
         self.pipelines = pipelines
@@ -48,10 +67,30 @@ class _Run:
         """Everything logged since the last read, pipeline by pipeline."""
         for pipeline in range(self.pipelines):
             start = self.auditor.next_index(pipeline)
+            # Chunks are checked on the pool (ed25519 without the GIL: every core)
+            # while the stream is read; the auditor takes them in order.
+            checking: collections.deque[tuple[_Chunk, Future[list[Checked]]]] = collections.deque()
+
+            chunk: _Chunk = []
             for e in self.client.firehose(start, pipeline=pipeline):
-                self.report(
-                    self.auditor.see_message(e.pipeline, e.index, e.id, e.message, now=_now())
-                )
+                chunk.append((e.index, e.id, e.message))
+                if len(chunk) == _CHUNK:
+                    checking.append((chunk, self.pool.submit(self.auditor.check, chunk)))
+                    chunk = []
+                    while len(checking) > 2 * _WORKERS:
+                        self._take(pipeline, checking)
+            if chunk:
+                checking.append((chunk, self.pool.submit(self.auditor.check, chunk)))
+            while checking:
+                self._take(pipeline, checking)
+
+    def _take(
+        self, pipeline: int, checking: collections.deque[tuple[_Chunk, Future[list[Checked]]]]
+    ) -> None:
+        chunk, checked = checking.popleft()
+        self.report(
+            self.auditor.see_messages(pipeline, chunk, now=_now(), checked=checked.result())
+        )
 
     def blocks(self) -> None:
         """Every block since the last read: checked against the firehose, and verified
@@ -107,10 +146,11 @@ def audit(
     seconds for blocks to cover the newest messages, then stops; with it,
     Ctrl-C ends it with the same summary and exit status.
     """
-    with _client(node, node_id=node_id) as client, _interruptible():
+    with _client(node, node_id=node_id) as client, _interruptible(), ExitStack() as stack:
         health = client.health()
         auditor = Auditor(node_id or str(health["id"]), grace_ms=int(grace * 1000))
-        run = _Run(client, auditor, int(health.get("pipelines", 1)), as_json)
+        pool = stack.enter_context(ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit"))
+        run = _Run(client, auditor, int(health.get("pipelines", 1)), as_json, pool)
         run.firehose()
         run.blocks()
         if follow:
