@@ -371,7 +371,8 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                     return
                 (result,) = await fut
                 metrics.count(result)
-                await ws.send_bytes(result_line(result))
+                # A text frame, as every other stream of the API sends.
+                await ws.send_text(result_line(result).decode("utf-8"))
 
         bucket = TokenBucket(limits.connection_rate, limits.connection_burst)
         sender = asyncio.create_task(reply())

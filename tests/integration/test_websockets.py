@@ -36,7 +36,9 @@ def test_ws_ingest_one_result_per_frame_in_order(node: Server) -> None:
         async with websockets.connect(ws_url(node, "/v1/ingest")) as ws:
             for f in frames:
                 await ws.send(f)
-            return [orjson.loads(await ws.recv()) for _ in frames]
+            replies = [await ws.recv() for _ in frames]
+            assert all(isinstance(r, str) for r in replies)  # text frames, like the others
+            return [orjson.loads(r) for r in replies]
 
     results = asyncio.run(run())
     assert len(results) == 201
