@@ -360,3 +360,24 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(home: Path) -> None:
     with os.fdopen(write, "w") as gone:
         done = _keys_list_into(gone, env)
     assert (done.returncode, done.stderr) == (1, "")  # no traceback, no message
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["blocks", "--interval", "-1"], "Invalid value for '--interval'"),
+        (["verify", "block"], "Missing argument 'H'"),
+        (["nosuchcmd"], "No such command 'nosuchcmd'"),
+        (["keys", "show"], "Missing argument"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(cli: Cli, args: list[str], said: str) -> None:
+    result = cli(*args)
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith("chainmail: usage: ") and said in result.err, result.err
+    assert result.err.count("\n") == 1 and "--help`)" in result.err
+
+
+def test_no_arguments_still_show_the_help(cli: Cli) -> None:
+    result = cli()
+    assert result.code == 2 and "Usage: " in result.out and "Commands" in result.out

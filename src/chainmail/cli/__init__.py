@@ -11,6 +11,7 @@ import os
 import sys
 
 import httpx
+import typer
 
 from chainmail.cli import audit as _audit  # noqa: F401  (registers `audit`)
 from chainmail.cli import bench as _bench  # noqa: F401  (registers `bench`)
@@ -28,7 +29,11 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Entry point of the ``chainmail`` console script."""
     try:
-        app()
+        # Not standalone: a usage error comes here as an exception, to be said in
+        # one line (standalone, it was a boxed panel of several).
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:
+        _usage_error(exc)
     except Error as exc:
         print(f"chainmail: {exc.diagnostics()}", file=sys.stderr)
         sys.exit(1)
@@ -51,3 +56,17 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # as standalone mode ends, success too
+
+
+def _usage_error(exc: typer.TyperException) -> None:
+    """A bad command line: one line and exit 2; no arguments at all: the help, as asked."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        sys.exit(2)  # the help is printed already
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    print(f"chainmail: usage: {' '.join(str(message).split())}{see}", file=sys.stderr)
+    code = getattr(exc, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 2)
