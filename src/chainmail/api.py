@@ -834,7 +834,12 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     async def docs() -> Response:
         return Response(_DOCS_PAGE, media_type="text/html; charset=utf-8")
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and the node's identity")
+    @app.api_route(
+        "/healthz",
+        methods=["GET", "HEAD"],
+        tags=["operations"],
+        summary="Liveness and the node's identity",
+    )
     async def healthz() -> Response:
         return _json(
             {

@@ -229,6 +229,11 @@ def test_a_long_bad_id_is_not_echoed_whole(http: httpx.Client) -> None:
     assert len(body["detail"]) < 200
 
 
+def test_healthz_answers_head_for_load_balancers(http: httpx.Client) -> None:
+    resp = http.head("/healthz")
+    assert resp.status_code == 200 and resp.content == b""
+
+
 def test_a_wrong_method_is_a_405_problem_with_allow(http: httpx.Client) -> None:
     body = problem(http.post("/v1/blocks"), 405, "invalid_format")
     assert body["title"] == "Method Not Allowed"
