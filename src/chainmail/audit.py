@@ -334,6 +334,10 @@ class Auditor:
             p.waiting = kept
         return found
 
+    def unchecked_roots(self) -> int:
+        """Block checkpoints past what the firehose has given so far (checked once it has)."""
+        return sum(len(p.roots) for p in self._pipelines.values() if p.whole)
+
     def waiting(self) -> int:
         """Messages seen and not yet covered by a block (nor reported)."""
         return sum(

@@ -91,7 +91,9 @@ def test_a_block_seen_before_the_firehose_reaches_it_is_checked_when_it_does(
     height, bid, msg = node.block(root=bytes(32))  # a root of no such tree
     auditor = Auditor(node.id, grace_ms=GRACE)
     assert auditor.see_block(height, bid, msg) == []  # nothing to compare yet
+    assert auditor.unchecked_roots() == 1
     found = [f for e in entries for f in see(auditor, e)]
+    assert auditor.unchecked_roots() == 0
     assert kinds(found) == ["root_mismatch"] and found[0].height == 1
 
 

@@ -153,6 +153,8 @@ def audit(
         run = _Run(client, auditor, int(health.get("pipelines", 1)), as_json, pool)
         run.firehose()
         run.blocks()
+        if auditor.unchecked_roots():
+            run.firehose()  # blocks made since the first read cover messages it had not seen
         if follow:
             try:
                 while True:
