@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from chainmail.errors import Error, InvalidMessage, OperationalError
+from chainmail.errors import Error, InvalidRequest, OperationalError
 from chainmail.sequencer import Accepted
 
 __all__ = [
@@ -88,12 +88,12 @@ def _declared_length(scope: Scope) -> int | None:
 async def read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The request body, refused beyond ``limit`` bytes.
 
-    Raises ``InvalidMessage`` (``too_large``) as soon as the declared or the
+    Raises ``InvalidRequest`` (``too_large``) as soon as the declared or the
     received size passes the limit, and ``ClientGone`` on a disconnect.
     """
     declared = _declared_length(scope)
     if declared is not None and declared > limit:
-        raise InvalidMessage(
+        raise InvalidRequest(
             f"body of {declared} bytes exceeds the limit of {limit}", code="too_large"
         )
     chunks: list[bytes] = []
@@ -106,7 +106,7 @@ async def read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise InvalidMessage(f"body exceeds the limit of {limit} bytes", code="too_large")
+                raise InvalidRequest(f"body exceeds the limit of {limit} bytes", code="too_large")
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -73,6 +73,7 @@ def test_fast_path_and_fastapi_route_give_the_same_answers(
     assert codes == ["invalid_format", "fork"]
     assert fast[3][0] == 413 and fast[3][1] == "application/problem+json"
     assert orjson.loads(fast[3][2])["code"] == "too_large"
+    assert orjson.loads(fast[3][2])["title"] == "Invalid request"  # the body, not a message
     assert fast[3] == routed[3]
 
 
