@@ -104,3 +104,21 @@ def test_a_followed_audit_sees_new_messages_and_ends_on_ctrl_c(tmp_path: Path) -
     summary = err.strip().splitlines()[-1]
     assert summary.startswith("audited ") and summary.endswith("no findings")
     assert int(summary.split()[1]) >= 24  # the trade's 4 messages, 20 posts and blocks
+
+
+def test_audit_node_from_python(tmp_path: Path) -> None:
+    from chainmail.auditing import audit_node
+
+    heard: list[str] = []
+    with (
+        running(tmp_path / "node", extra=("--block-interval", "3600")) as node,
+        Client(node.url, Keypair.generate()) as alice,
+    ):
+        posted = alice.publish({"type": "post", "text": "left out"}).id
+        summary = audit_node(alice, grace=0.5, on_finding=lambda f: heard.append(f.kind))
+        node_id = alice.health()["id"]
+        with pytest.raises(ValueError, match="grace"):
+            audit_node(alice, grace=-1)
+    assert not summary.ok and heard == ["censored"]
+    assert summary.findings[0].id == posted and summary.messages >= 1
+    assert summary.node_id == node_id

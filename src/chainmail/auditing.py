@@ -1,0 +1,178 @@
+"""Auditing a node over its API: ``audit_node`` reads into an ``audit.Auditor``.
+
+    from chainmail.auditing import audit_node
+    from chainmail.client import Client
+
+    with Client("http://127.0.0.1:8700") as client:
+        summary = audit_node(client, grace=10.0)
+    for finding in summary.findings:
+        print(finding)
+
+``chainmail audit`` is this with a printer. Reading is all it does; every
+judgement is ``chainmail.audit``'s, which is pure.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from chainmail.audit import Auditor, Checked, Finding
+from chainmail.client import Client, VerificationFailed
+
+__all__ = ["AuditSummary", "audit_node"]
+
+#: Firehose messages checked in one batch (their signatures in one C call).
+_CHUNK: Final = 512
+#: Threads checking chunks at once.
+_WORKERS: Final = os.cpu_count() or 1
+#: Blocks asked for at a time.
+_BLOCK_PAGE: Final = 100
+
+_Chunk = list[tuple[int, str, dict[str, Any]]]
+
+
+@dataclass
+class AuditSummary:
+    """What an audit read and found."""
+
+    node_id: str
+    messages: int = 0
+    blocks: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def audit_node(
+    client: Client,
+    *,
+    grace: float = 10.0,
+    node_id: str | None = None,
+    follow: bool = False,
+    interval: float = 1.0,
+    on_finding: Callable[[Finding], None] | None = None,
+) -> AuditSummary:
+    """Audit the node ``client`` talks to (see ``chainmail.audit``).
+
+    Reads its whole firehose and every block. Without ``follow`` it then waits
+    at most ``grace`` seconds for blocks to cover the newest messages and
+    returns; with it, it keeps reading every ``interval`` seconds until
+    interrupted (``KeyboardInterrupt`` ends it and the summary is returned).
+    ``node_id`` pins the node's identity instead of taking ``/healthz``'s.
+    ``on_finding`` hears of each finding as it is made. Raises what the client
+    raises when the node cannot be read (``NodeUnavailable``, ``NotFound``).
+    """
+    if grace < 0 or interval <= 0:
+        raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
+    health = client.health()
+    auditor = Auditor(node_id or str(health["id"]), grace_ms=int(grace * 1000))
+    summary = AuditSummary(auditor.node_id)
+    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:
+        run = _Run(client, auditor, int(health.get("pipelines", 1)), pool, summary, on_finding)
+        run.firehose()
+        run.blocks()
+        if auditor.unchecked_roots():
+            run.firehose()  # blocks made since the first read cover messages it had not seen
+        if follow:
+            try:
+                while True:
+                    run.overdue()
+                    time.sleep(interval)
+                    run.firehose()
+                    run.blocks()
+            except KeyboardInterrupt:
+                pass  # the end of a followed audit: its summary is returned
+        else:
+            deadline = time.monotonic() + grace
+            while auditor.waiting() and time.monotonic() < deadline:
+                time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+                run.blocks()
+            run.overdue()
+    summary.messages, summary.blocks = auditor.messages, auditor.blocks
+    return summary
+
+
+class _Run:
+    """One audit's reading: the node into an ``Auditor``, each finding reported once."""
+
+    def __init__(
+        self,
+        client: Client,
+        auditor: Auditor,
+        pipelines: int,
+        pool: ThreadPoolExecutor,
+        summary: AuditSummary,
+        on_finding: Callable[[Finding], None] | None,
+    ) -> None:
+        self.client = client
+        self.auditor = auditor
+        self.pipelines = pipelines
+        self.pool = pool
+        self.summary = summary
+        self.on_finding = on_finding
+
+    def report(self, found: list[Finding]) -> None:
+        for finding in found:
+            self.summary.findings.append(finding)
+            if self.on_finding is not None:
+                self.on_finding(finding)
+
+    def firehose(self) -> None:
+        """Everything logged since the last read, pipeline by pipeline."""
+        for pipeline in range(self.pipelines):
+            start = self.auditor.next_index(pipeline)
+            # Chunks are checked on the pool (ed25519 without the GIL: every core)
+            # while the stream is read; the auditor takes them in order.
+            checking: collections.deque[tuple[_Chunk, Future[list[Checked]]]] = collections.deque()
+            chunk: _Chunk = []
+            for e in self.client.firehose(start, pipeline=pipeline):
+                chunk.append((e.index, e.id, e.message))
+                if len(chunk) == _CHUNK:
+                    checking.append((chunk, self.pool.submit(self.auditor.check, chunk)))
+                    chunk = []
+                    while len(checking) > 2 * _WORKERS:
+                        self._take(pipeline, checking)
+            if chunk:
+                checking.append((chunk, self.pool.submit(self.auditor.check, chunk)))
+            while checking:
+                self._take(pipeline, checking)
+
+    def _take(
+        self, pipeline: int, checking: collections.deque[tuple[_Chunk, Future[list[Checked]]]]
+    ) -> None:
+        chunk, checked = checking.popleft()
+        self.report(
+            self.auditor.see_messages(pipeline, chunk, now=_now(), checked=checked.result())
+        )
+
+    def blocks(self) -> None:
+        """Every block since the last read: checked against the firehose, and verified
+        with the node's proofs (``Client.verify_block``)."""
+        while True:
+            page = self.client.blocks(self.auditor.height, _BLOCK_PAGE)
+            for block in page:
+                height = int(block["height"])
+                self.report(self.auditor.see_block(height, str(block["id"]), block["message"]))
+                try:
+                    self.client.verify_block(height, node_id=self.auditor.node_id)
+                except VerificationFailed as exc:
+                    failed = next((c for c in exc.report if not c.ok), None)
+                    why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
+                    self.report([Finding("block", f"block {height}: {why}", height=height)])
+            if len(page) < _BLOCK_PAGE:
+                return
+
+    def overdue(self) -> None:
+        self.report(self.auditor.overdue(now=_now()))
