@@ -104,24 +104,16 @@ def audit_node(
     return summary
 
 
+@dataclass
 class _Run:
     """One audit's reading: the node into an ``Auditor``, each finding reported once."""
 
-    def __init__(
-        self,
-        client: Client,
-        auditor: Auditor,
-        pipelines: int,
-        pool: ThreadPoolExecutor,
-        summary: AuditSummary,
-        on_finding: Callable[[Finding], None] | None,
-    ) -> None:
-        self.client = client
-        self.auditor = auditor
-        self.pipelines = pipelines
-        self.pool = pool
-        self.summary = summary
-        self.on_finding = on_finding
+    client: Client
+    auditor: Auditor
+    pipelines: int
+    pool: ThreadPoolExecutor
+    summary: AuditSummary
+    on_finding: Callable[[Finding], None] | None
 
     def report(self, found: list[Finding]) -> None:
         for finding in found:
