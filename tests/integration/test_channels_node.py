@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -101,11 +102,11 @@ def test_a_message_that_is_not_a_channel_is_not_found_as_one(node: Server) -> No
                 alice.channel_read(not_a_channel)
             with pytest.raises(NotFound, match="no channel"):
                 alice.channel_send(not_a_channel, {"x": 1})
-        resp = httpx.get(f"{node.url}/v1/channels/{post.replace('/', '%2F')}/messages")
+        resp = httpx.get(f"{node.url}/v1/channels/{quote(post, safe='')}/messages")
         assert resp.status_code == 404 and "is a post" in resp.json()["detail"]
         # Past the end of a real channel is an empty page, not a 404.
         page = httpx.get(
-            f"{node.url}/v1/channels/{chan.replace('/', '%2F')}/messages", params={"after": 99}
+            f"{node.url}/v1/channels/{quote(chan, safe='')}/messages", params={"after": 99}
         )
         assert page.status_code == 200 and page.json() == {"messages": []}
 
