@@ -133,7 +133,7 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _msg_id_param(value: str, what: str = "message") -> str:
-    """``value`` if it is a ``%…sha256`` id; else ``InvalidMessage`` (a 400, not a 404)."""
+    """``value`` if it is a ``%…sha256`` id; else ``InvalidRequest`` (a 400, not a 404)."""
     if not is_msg_id(value):
         raise InvalidRequest(f"not a {what} id: {_short(value)!r}")
     return value
@@ -793,9 +793,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         summary="An identity: self-claims, attestation, roles, owner, rotation",
     )
     async def get_identity(ident: str) -> Response:
-        if not is_feed_id(ident):
-            raise InvalidRequest(f"not a feed id: {_short(ident)!r}")
-        return _json(node.identity_info(ident))
+        return _json(node.identity_info(_feed_id_param(ident)))
 
     @app.get(
         "/v1/identities",

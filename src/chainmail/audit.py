@@ -312,8 +312,6 @@ class Auditor:
         """
         found: list[Finding] = []
         for pipeline, p in sorted(self._pipelines.items()):
-            while p.waiting and p.waiting[0][0] < p.covered:
-                p.waiting.popleft()
             kept: collections.deque[tuple[int, str, int]] = collections.deque()
             for index, msg_id, seen in p.waiting:
                 if index < p.covered:

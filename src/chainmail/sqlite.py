@@ -220,6 +220,10 @@ CREATE TABLE IF NOT EXISTS forks (
 #: (benchmarks/README.md, session 13). Apart from ``_STORE_SCHEMA`` so that an
 #: older store creates it in the same transaction that fills it
 #: (``_migrate_tx_messages``).
+_TX_MESSAGES_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS tx_messages (
+    tx_pos INTEGER NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (tx_pos, n)) WITHOUT ROWID"""
 #: The txs of each party (by recipient number), newest first, for listing them:
 #: short integer keys, so the index has few pages for a group to dirty (with the
 #: party's id and the tx id as text it was the store's largest, session 13).
@@ -228,10 +232,6 @@ _TX_PARTIES_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS tx_parties (
     party INTEGER NOT NULL, opened INTEGER NOT NULL, tx_pos INTEGER NOT NULL,
     PRIMARY KEY (party, opened, tx_pos)) WITHOUT ROWID"""
-_TX_MESSAGES_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS tx_messages (
-    tx_pos INTEGER NOT NULL, n INTEGER NOT NULL, pos INTEGER NOT NULL,
-    PRIMARY KEY (tx_pos, n)) WITHOUT ROWID"""
 
 #: SQLite page cache a connection may hold (negative: KiB, as PRAGMA cache_size takes it).
 _WRITER_CACHE_KIB: Final = -65536
@@ -797,9 +797,10 @@ def _tx_messages_layout(conn: sqlite3.Connection) -> Literal["new", "json", "by_
     """How a store keeps each tx's messages: ``json`` (the ids in the tx's row,
     before session 12), ``by_id`` (``tx_messages`` keyed by tx id, session 12),
     ``by_pos`` (keyed by the tx/open's position: this code's); ``new`` if it has no txs."""
-    if not _columns(conn, "txs"):
+    columns = _columns(conn, "txs")
+    if not columns:
         return "new"
-    if "pos" in _columns(conn, "txs"):
+    if "pos" in columns:
         return "by_pos"
     return "by_id" if _columns(conn, "tx_messages") else "json"
 

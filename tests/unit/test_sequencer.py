@@ -21,7 +21,7 @@ from chainmail import blocks, merkle, ssb
 from chainmail.errors import Error, InvalidMessage, OperationalError, Rejected, StorageError
 from chainmail.keys import Keypair
 from chainmail.sequencer import Accepted, Sequencer
-from chainmail.sqlite import SqliteLog, SqliteStore
+from chainmail.sqlite import SqliteLog, SqliteStore, _pos
 from chainmail.store import Projection
 from support.feeds import Writer
 
@@ -937,8 +937,8 @@ def test_tx_messages_are_keyed_by_the_tx_open_position(
         opened = h.one(open_tx(a, b))
         note = h.one(b.sign({"type": "tx/note", "tx": opened.id, "data": {}}))
         keyed = h.store._w.execute("SELECT tx_pos, n, pos FROM tx_messages ORDER BY n").fetchall()
-        at = (opened.pipeline << 40) | opened.index
-        assert keyed == [(at, 0, at), (at, 1, (note.pipeline << 40) | note.index)]
+        at = _pos(opened.pipeline, opened.index)
+        assert keyed == [(at, 0, at), (at, 1, _pos(note.pipeline, note.index))]
     finally:
         h.close()
 
