@@ -154,6 +154,22 @@ def test_a_block_out_of_order_or_unlinked_is_reported(node: FakeNode) -> None:
     assert "prev is" in auditor.see_block(*forged)[0].detail
 
 
+def test_a_bad_block_is_reported_once_and_the_next_block_is_judged_on_its_own(
+    node: FakeNode,
+) -> None:
+    node.append(Writer().sign({"type": "post"}))
+    height, bid, msg = node.block()
+    node.append(Writer().sign({"type": "post"}))
+    second = node.block()
+    tampered = {**msg, "content": {**msg["content"], "time": msg["content"]["time"] + 1}}
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    found = auditor.see_block(height, bid, tampered)
+    assert kinds(found) == ["block"] and "does not verify" in found[0].detail
+    assert auditor.height == 1
+    assert auditor.see_block(*second) == []
+    assert auditor.height == 2
+
+
 def test_a_message_no_block_covers_after_the_grace_period_is_censored(node: FakeNode) -> None:
     alice = Writer()
     auditor = Auditor(node.id, grace_ms=GRACE)
