@@ -14,7 +14,7 @@ import contextlib
 import importlib.resources
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any, Final
 
@@ -232,6 +232,18 @@ class _NodeApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def validation_detail(errors: Sequence[Any]) -> str:
+    """One line for FastAPI's validation errors: ``query parameter limit: Input should be …``."""
+    parts = []
+    for error in errors:
+        where = [str(part) for part in error.get("loc", ())]
+        place = f"{where[0]} parameter {'.'.join(where[1:])}" if len(where) > 1 else "request"
+        if where and where[0] == "body":
+            place = "body" + ("" if len(where) == 1 else " field " + ".".join(where[1:]))
+        parts.append(f"{place}: {_short(str(error.get('msg', 'invalid')))}")
+    return "invalid request: " + ("; ".join(parts) or "it does not match the API")
+
+
 def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool = True) -> FastAPI:
     """The FastAPI application serving ``node``. With ``manage_node`` it starts and stops it."""
     metrics = _Metrics()
@@ -272,7 +284,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(_: Request, exc: RequestValidationError) -> Response:
-        return _problem(InvalidRequest(f"invalid request: {exc.errors()}"))
+        return _problem(InvalidRequest(validation_detail(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(_: Request, exc: StarletteHTTPException) -> Response:
@@ -568,7 +580,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         node.check_pipeline(number)
         current = node.log.size(number)
         if from_ is None or from_ == "":
-            raise InvalidRequest("query parameter from: required (the older tree size)")
+            raise InvalidRequest("missing query parameter from (the older tree size)")
         size1 = _int_param(from_, "from", 1, minimum=1)
         size2 = _int_param(to, "to", current, minimum=size1, maximum=current)
         proof = node.consistency(number, size1, size2)
@@ -689,7 +701,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         if params.get("pipeline") in (None, "") and node.log.pipelines > 1:
             # ``from`` is an index within one pipeline: with several, say which.
             raise InvalidRequest(
-                f"query parameter pipeline: required, the node has {node.log.pipelines} "
+                f"missing query parameter pipeline: the node has {node.log.pipelines} "
                 f"pipelines (0 to {node.log.pipelines - 1})"
             )
         pipeline = _int_param(params.get("pipeline"), "pipeline", 0)

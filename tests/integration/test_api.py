@@ -174,6 +174,8 @@ def test_not_found_is_a_problem(http: httpx.Client) -> None:
     for query in ("from=0&to=1", "to=1", "from=2&to=1", "from=1&to=99999", "from=x"):
         problem(http.get(f"/v1/log/0/consistency?{query}"), 400, "invalid_format")
     problem(http.get("/v1/log/7/consistency?from=1"), 404, "not_found")
+    missing = problem(http.get("/v1/log/0/consistency?to=1"), 400, "invalid_format")
+    assert missing["detail"] == "missing query parameter from (the older tree size)"
 
 
 def test_a_number_past_what_sqlite_holds_is_a_400_not_a_500(http: httpx.Client) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import warnings
 from pathlib import Path
 
-from chainmail.api import create_app
+from chainmail.api import create_app, validation_detail
 from chainmail.node import Node, NodeConfig
 
 
@@ -22,3 +22,16 @@ def test_the_openapi_document_builds_without_warnings(tmp_path: Path) -> None:
     assert len({op["operationId"] for op in operations}) == len(operations)
     assert all(op.get("summary") for op in operations), "every route has a summary"
     assert "/v1/transactions" in spec["paths"] and "/healthz" in spec["paths"]
+
+
+def test_validation_errors_read_as_one_line() -> None:
+    errors = [
+        {"loc": ("query", "limit"), "msg": "Input should be a valid integer", "type": "int"},
+        {"loc": ("body", "msg", "content"), "msg": "Field required", "type": "missing"},
+        {"loc": ("body",), "msg": "x" * 200, "type": "missing"},
+    ]
+    detail = validation_detail(errors)
+    assert detail.startswith("invalid request: query parameter limit: Input should be")
+    assert "; body field msg.content: Field required; body: " in detail
+    assert "\n" not in detail and len(detail) < 250
+    assert validation_detail([]) == "invalid request: it does not match the API"
