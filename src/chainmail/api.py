@@ -237,9 +237,13 @@ def validation_detail(errors: Sequence[Any]) -> str:
     parts = []
     for error in errors:
         where = [str(part) for part in error.get("loc", ())]
-        place = f"{where[0]} parameter {'.'.join(where[1:])}" if len(where) > 1 else "request"
+        within = ".".join(where[1:])
         if where and where[0] == "body":
-            place = "body" + ("" if len(where) == 1 else " field " + ".".join(where[1:]))
+            place = f"body field {within}" if within else "body"
+        elif within:
+            place = f"{where[0]} parameter {within}"
+        else:
+            place = "request"
         parts.append(f"{place}: {_short(str(error.get('msg', 'invalid')))}")
     return "invalid request: " + ("; ".join(parts) or "it does not match the API")
 

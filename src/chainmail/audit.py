@@ -70,6 +70,11 @@ class Finding:
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}"
 
+    @classmethod
+    def block(cls, height: int, detail: str) -> Finding:
+        """A ``block`` finding about the block at ``height``."""
+        return cls("block", f"block {height}: {detail}", height=height)
+
 
 @dataclass
 class _Pipeline:
@@ -255,48 +260,39 @@ class Auditor:
         on its own and not reported again for following a bad one.
         """
         found: list[Finding] = []
-        if height != self._height + 1:
-            found.append(self._block_finding(height, f"expected height {self._height + 1} next"))
+
+        def bad(detail: str) -> list[Finding]:
+            found.append(Finding.block(height, detail))
+            return found
+
+        follows = height == self._height + 1
+        if not follows:
+            bad(f"expected height {self._height + 1} next")
         self.blocks += 1
-        follows = self._height == height - 1
         previous = self._block_id
         self._height, self._block_id = height, block_id
         try:
             checked = ssb.check(message, self.hmac_key)
         except InvalidMessage as exc:
-            return [
-                *found,
-                self._block_finding(height, f"its message does not verify: {exc.detail}"),
-            ]
-        problem: str | None = None
+            return bad(f"its message does not verify: {exc.detail}")
         if checked.author != self.node_id:
-            problem = f"signed by {checked.author}, not the node {self.node_id}"
-        elif checked.id != block_id:
-            problem = f"its message's id is {checked.id}, not {block_id}"
-        if problem is not None:
-            return [*found, self._block_finding(height, problem)]
+            return bad(f"signed by {checked.author}, not the node {self.node_id}")
+        if checked.id != block_id:
+            return bad(f"its message's id is {checked.id}, not {block_id}")
         try:
             info = blocks.parse_block_content(checked.content, checked.id)
         except ProofError as exc:
-            return [*found, self._block_finding(height, exc.detail)]
+            return bad(exc.detail)
         if info.height != height:
-            return [*found, self._block_finding(height, f"its content says height {info.height}")]
+            return bad(f"its content says height {info.height}")
         if info.prev != previous and follows:
-            found.append(
-                self._block_finding(
-                    height, f"prev is {info.prev}, not block {height - 1}'s id {previous}"
-                )
-            )
+            bad(f"prev is {info.prev}, not block {height - 1}'s id {previous}")
         for log in info.logs:
             p = self._pipeline(log.pipeline)
             p.covered = max(p.covered, log.size)
             p.roots.append((log.size, log.root, height))
             found.extend(self._check_roots(log.pipeline, p))
         return found
-
-    @staticmethod
-    def _block_finding(height: int, detail: str) -> Finding:
-        return Finding("block", f"block {height}: {detail}", height=height)
 
     def _check_roots(self, pipeline: int, p: _Pipeline) -> list[Finding]:
         found: list[Finding] = []

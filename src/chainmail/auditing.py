@@ -162,7 +162,7 @@ class _Run:
                 except VerificationFailed as exc:
                     failed = next((c for c in exc.report if not c.ok), None)
                     why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
-                    self.report([Finding("block", f"block {height}: {why}", height=height)])
+                    self.report([Finding.block(height, why)])
             if len(page) < _BLOCK_PAGE:
                 return
 
