@@ -36,7 +36,15 @@ from chainmail.errors import (
     Unauthorized,
 )
 from chainmail.ids import blob_id, is_blob_id, is_feed_id, is_msg_id
-from chainmail.ingest_http import ClientGone, IngestPaths, read_limited, result_line, retry_after
+from chainmail.ingest_http import (
+    JSON_TYPES,
+    ClientGone,
+    IngestPaths,
+    check_media,
+    read_limited,
+    result_line,
+    retry_after,
+)
 from chainmail.log import LogEntry
 from chainmail.node import Node
 from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, RateLimiter, TokenBucket
@@ -357,7 +365,9 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         tags=["ingest"],
         summary="Submit one signed message",
         description="201 with `{id, pipeline, index}` once the message is durable in the "
-        "log; the same message again gives 200 and the same body.",
+        "log; the same message again gives 200 and the same body. The body is the message "
+        "as JSON (`Content-Type: application/json`, or none); any other type is refused "
+        "with 415 `unsupported_media_type` before the body is read.",
     )
     async def post_message(request: Request) -> Response:
         return await via_ingest_paths(request, batch=False)
@@ -367,7 +377,9 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         tags=["ingest"],
         summary="Submit messages as NDJSON",
         description="One result line per input line, in order: the success object or a "
-        "problem object (`status`, `code`, `detail`) for that line alone.",
+        "problem object (`status`, `code`, `detail`) for that line alone. The body is "
+        "`Content-Type: application/x-ndjson` (or `application/jsonl`, `application/json`, "
+        "none); any other type is refused with 415 `unsupported_media_type`.",
     )
     async def post_batch(request: Request) -> Response:
         return await via_ingest_paths(request, batch=True)
@@ -621,6 +633,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     @app.post("/v1/inbox/ack", tags=["inbox"], summary="Acknowledge deliveries (signed request)")
     async def post_ack(request: Request) -> Response:
         me = authenticate(request)
+        check_media(request.scope, JSON_TYPES)
         body = await _read_body(request, 4 * 1024 * 1024)
         ids = _parse_ack(body)
         acked = await node.ack(me, ids)

@@ -15,6 +15,7 @@ judgement is ``chainmail.audit``'s, which is pure.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -156,15 +157,30 @@ class _Run:
             page = self.client.blocks(self.auditor.height, _BLOCK_PAGE)
             for block in page:
                 height = int(block["height"])
-                self.report(self.auditor.see_block(height, str(block["id"]), block["message"]))
+                found = self.auditor.see_block(height, str(block["id"]), block["message"])
                 try:
                     self.client.verify_block(height, node_id=self.auditor.node_id)
                 except VerificationFailed as exc:
                     failed = next((c for c in exc.report if not c.ok), None)
                     why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
-                    self.report([Finding.block(height, why)])
+                    found = _with_proof_failure(found, height, why)
+                self.report(found)
             if len(page) < _BLOCK_PAGE:
                 return
 
     def overdue(self) -> None:
         self.report(self.auditor.overdue(now=_now()))
+
+
+def _with_proof_failure(found: list[Finding], height: int, why: str) -> list[Finding]:
+    """``found`` with the block's failed proof check in it: one ``block`` finding a block.
+
+    The auditor's own checks (the chain, against the firehose) and the node's
+    proofs often fail for one cause, a block changed after it was signed; its
+    finding then says both instead of the block being reported twice.
+    """
+    for i, finding in enumerate(found):
+        if finding.kind == "block" and finding.height == height:
+            merged = dataclasses.replace(finding, detail=f"{finding.detail}; its proofs: {why}")
+            return [*found[:i], merged, *found[i + 1 :]]
+    return [*found, Finding.block(height, why)]

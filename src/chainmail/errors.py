@@ -46,6 +46,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "invalid_format": 400,
     "invalid_signature": 400,
     "too_large": 413,
+    "unsupported_media_type": 415,
     "fork": 409,
     "out_of_order": 409,
     "unknown_tx": 422,

@@ -9,7 +9,7 @@ the OpenAPI document and answers through this module from either side.
 
 Behaviour is the API's: the same body limits (refused before the body is read
 when ``content-length`` says so), the per-connection rate limit, one result
-line per input line, and every refusal an RFC 9457 problem document with its
+line per input line, the ``Content-Type`` checked (``check_media``), and every refusal an RFC 9457 problem document with its
 ``code``. A client that goes away before its body is read is simply dropped.
 Paths are matched below the ``root_path`` a proxy or a mount sets. FastAPI's
 own instrumentation (its telemetry middleware) does not see these two paths;
@@ -28,8 +28,11 @@ from chainmail.errors import Error, InvalidRequest, OperationalError
 from chainmail.sequencer import Accepted
 
 __all__ = [
+    "JSON_TYPES",
+    "NDJSON_TYPES",
     "IngestPaths",
     "batch_lines",
+    "check_media",
     "read_limited",
     "result_line",
     "retry_after",
@@ -48,6 +51,20 @@ NDJSON: Final = b"application/x-ndjson"
 JSON: Final = b"application/json"
 BATCH_PATH: Final = "/v1/messages/batch"
 MESSAGE_PATH: Final = "/v1/messages"
+#: The media types a JSON body may be sent as (``application/…+json`` too).
+JSON_TYPES: Final = frozenset({"application/json"})
+#: ... and a batch: one JSON message a line, under any of its usual names.
+NDJSON_TYPES: Final = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+        "application/json",
+    }
+)
+_FORM: Final = "application/x-www-form-urlencoded"
 
 
 class ClientGone(Exception):
@@ -76,6 +93,29 @@ def retry_after(err: Error) -> str | None:
     """The ``Retry-After`` value for ``err`` (whole seconds, at least 1), if it says when to retry."""
     retry = getattr(err, "retry_after", None)
     return None if retry is None else str(max(1, int(retry + 0.999)))
+
+
+def check_media(scope: Scope, accepted: frozenset[str]) -> None:
+    """Refuse a body whose ``Content-Type`` is none of ``accepted``; raises ``InvalidRequest``.
+
+    The code is ``unsupported_media_type`` (HTTP 415). A request with no
+    ``Content-Type`` is taken as what the path expects, and so is any
+    ``application/…+json`` where JSON is. Parameters (``; charset=utf-8``) are
+    ignored. Called before the body is read, so a refused body is never read.
+    """
+    value = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), b"")
+    media = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+    if not media or media in accepted:
+        return
+    if media.endswith("+json") and media.startswith("application/") and accepted >= JSON_TYPES:
+        return
+    expected = " or ".join(sorted(accepted))
+    hint = (
+        " (curl -d sends that: add -H 'Content-Type: application/json')" if media == _FORM else ""
+    )
+    raise InvalidRequest(
+        f"Content-Type {media}: expected {expected}{hint}", code="unsupported_media_type"
+    )
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -215,6 +255,7 @@ class IngestPaths:
             await respond_problem(send, OperationalError("internal error; the node logged it"))
 
     async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        check_media(scope, NDJSON_TYPES)
         body = await read_limited(scope, receive, self._batch_bytes)
         lines = [line for line in body.split(b"\n") if line.strip()]
         self._throttle(client_key(scope), max(1, len(lines)))
@@ -225,6 +266,7 @@ class IngestPaths:
         await _respond(send, 200, NDJSON, batch_lines(results))
 
     async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
+        check_media(scope, JSON_TYPES)
         self._throttle(client_key(scope), 1)
         body = await read_limited(scope, receive, self._message_bytes)
         (result,) = await self._submit_many([body])

@@ -165,6 +165,54 @@ def test_batch_results_line_by_line(http: httpx.Client) -> None:
     assert lines[3]["id"] == lines[0]["id"]
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/messages", "application/x-www-form-urlencoded"),
+        ("/v1/messages", "text/plain"),
+        ("/v1/messages", "multipart/form-data; boundary=x"),
+        ("/v1/messages/batch", "application/x-www-form-urlencoded"),
+        ("/v1/messages/batch", "application/octet-stream"),
+    ],
+)
+def test_a_body_of_another_media_type_is_refused_and_changes_nothing(
+    http: httpx.Client, path: str, content_type: str
+) -> None:
+    w = Writer()
+    before = sizes(http)
+    resp = http.post(
+        path, content=raw(w.sign({"type": "post"})), headers={"content-type": content_type}
+    )
+    body = problem(resp, 415, "unsupported_media_type")
+    assert content_type.split(";")[0] in body["detail"]
+    if content_type == "application/x-www-form-urlencoded":
+        assert "curl -d" in body["detail"]
+    assert sizes(http) == before
+    assert http.get(f"/v1/feeds/{enc(w.id)}/head").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/messages", None),
+        ("/v1/messages", "application/json; charset=utf-8"),
+        ("/v1/messages", "Application/JSON"),
+        ("/v1/messages", "application/vnd.chainmail+json"),
+        ("/v1/messages/batch", None),
+        ("/v1/messages/batch", "application/jsonl"),
+        ("/v1/messages/batch", "application/json"),
+    ],
+)
+def test_json_under_its_usual_names_or_none_is_taken(
+    http: httpx.Client, path: str, content_type: str | None
+) -> None:
+    w = Writer()
+    headers = {} if content_type is None else {"content-type": content_type}
+    resp = http.post(path, content=raw(w.sign({"type": "post"})), headers=headers)
+    assert resp.status_code in (200, 201), resp.text
+    assert http.get(f"/v1/feeds/{enc(w.id)}/head").json()["sequence"] == 1
+
+
 def test_not_found_is_a_problem(http: httpx.Client) -> None:
     problem(http.get(f"/v1/messages/{enc('%' + 'A' * 43 + '=.sha256')}"), 404, "not_found")
     problem(http.get("/v1/blocks/999999"), 404, "not_found")
@@ -293,6 +341,11 @@ def test_inbox_authentication(http: httpx.Client) -> None:
     problem(http.get("/v1/inbox?limit=500", headers=headers), 401, "unauthorized")
     # Ack with a signed POST, then the entry is gone; the other party's inbox is untouched.
     path = "/v1/inbox/ack"
+    headers = httpsig.sign_request(b.keys, "POST", path, "", created=int(time.time()))
+    form = {**headers, "content-type": "application/x-www-form-urlencoded"}
+    refused = http.post(path, content=orjson.dumps({"ids": [entry["id"]]}), headers=form)
+    problem(refused, 415, "unsupported_media_type")
+    assert len(signed_get(http, b.keys, "/v1/inbox").json()["entries"]) == 1
     headers = httpsig.sign_request(b.keys, "POST", path, "", created=int(time.time()))
     acked = http.post(path, content=orjson.dumps({"ids": [entry["id"]]}), headers=headers)
     assert acked.json() == {"acked": 1}

@@ -82,6 +82,30 @@ def test_a_message_changed_in_the_node_s_files_is_found(tmp_path: Path) -> None:
     assert "invalid" in kinds  # its signature no longer holds
 
 
+def test_a_block_changed_in_the_node_s_files_is_one_finding(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    with running(data) as node:
+        settle_a_trade(node)
+    # The newest block as the API serves it, changed after it was signed: both
+    # the auditor's chain check and the node's proofs fail, for one block.
+    with sqlite3.connect(data / "store.sqlite") as conn:
+        height, body = conn.execute(
+            "SELECT height, body FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        changed = bytes(body).replace(b'"timestamp": ', b'"timestamp": 1', 1)
+        assert changed != bytes(body)
+        conn.execute("UPDATE blocks SET body=? WHERE height=?", (changed, height))
+    with running(data, extra=("--block-interval", "3600")) as node:
+        done = audit(node, "--grace", "0")
+    assert done.returncode == 1, done.stderr
+    findings = [json.loads(line) for line in done.stdout.splitlines()]
+    about = [f for f in findings if f["kind"] == "block"]
+    assert [f["height"] for f in about] == [height], findings
+    detail = about[0]["detail"]
+    assert detail.startswith(f"block {height}: its message does not verify")
+    assert "; its proofs: " in detail
+
+
 def test_a_followed_audit_sees_new_messages_and_ends_on_ctrl_c(tmp_path: Path) -> None:
     import signal
 

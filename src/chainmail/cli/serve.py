@@ -29,26 +29,35 @@ def _sqlite_path(url: str | None, what: str) -> None:
     )
 
 
-def _can_listen(host: str, port: int) -> None:
-    """Raise ``Error`` (one line) unless ``host:port`` can be listened on now.
+#: Connections the kernel queues before the server accepts them (uvicorn's default).
+_BACKLOG = 2048
 
-    The server binds again after the node has opened its files; a bad address
-    or a port in use found only then took the node's whole start-up and shut-down
-    log with it. (Another process may still take the port in between.)
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, or ``Error`` (one line) saying why not.
+
+    Bound before the node opens its files, so a bad address or a port in use
+    is told at once instead of after the node's whole start-up and shut-down;
+    and held until the server takes it, so no other process can take the port
+    in between.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as exc:
         raise Error(f"--host: cannot listen on {host}: {exc}", code="invalid_format") from exc
     family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise Error(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}", code="unavailable"
-            ) from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise Error(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", code="unavailable"
+        ) from exc
+    sock.set_inheritable(False)
+    return sock
 
 
 @app.command()
@@ -146,7 +155,6 @@ def serve(
         )
     if workers is not None and workers < 0:
         raise Error(f"--workers: expected 0 or more, got {workers}", code="invalid_format")
-    _can_listen(host, port)
     for name, value in (
         ("identity-rate", identity_rate),
         ("connection-rate", connection_rate),
@@ -155,30 +163,35 @@ def serve(
     ):
         if value <= 0:
             raise Error(f"--{name}: expected a positive number, got {value}", code="invalid_format")
-    node = Node(
-        NodeConfig(
-            data_dir=data,
-            block_interval=block_interval,
-            pipelines=pipelines,
-            workers=workers,
-            verify_nice=verify_nice,
-            synchronous=synchronous.upper(),
-            admission="attested" if admission == "attested" else "open",
-            registrars=tuple(registrar or ()),
-            identity_rate=identity_rate,
-            identity_burst=identity_burst,
+    listener = _listen(host, port)
+    with listener:
+        node = Node(
+            NodeConfig(
+                data_dir=data,
+                block_interval=block_interval,
+                pipelines=pipelines,
+                workers=workers,
+                verify_nice=verify_nice,
+                synchronous=synchronous.upper(),
+                admission="attested" if admission == "attested" else "open",
+                registrars=tuple(registrar or ()),
+                identity_rate=identity_rate,
+                identity_burst=identity_burst,
+            )
         )
-    )
-
-    typer.echo(f"chainmail node {node.id}\n  data {data.resolve()}\n  http://{host}:{port}")
-    uvicorn.run(
-        create_app(
-            node,
-            limits=Limits(connection_rate=connection_rate, connection_burst=connection_burst),
-        ),
-        host=host,
-        port=port,
-        log_level="warning" if quiet else "info",
-        ws_max_size=16 * 1024 * 1024,
-        timeout_graceful_shutdown=5,
-    )
+        typer.echo(f"chainmail node {node.id}\n  data {data.resolve()}\n  http://{host}:{port}")
+        config = uvicorn.Config(
+            create_app(
+                node,
+                limits=Limits(connection_rate=connection_rate, connection_burst=connection_burst),
+            ),
+            host=host,
+            port=port,
+            log_level="warning" if quiet else "info",
+            ws_max_size=16 * 1024 * 1024,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        server.run(sockets=[listener])
+    if not server.started:  # the node failed to start: its error is in the log above
+        raise typer.Exit(3)
