@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
 
 from chainmail.content import TX_TYPES, check_policy, is_mapping, tx_of
@@ -180,6 +181,13 @@ class Channel:
 # --- transactions ------------------------------------------------------------------
 
 
+def _when(ms: int | None) -> str:
+    """A time in ms since the epoch as the CLI shows it (UTC, ISO 8601, to the millisecond)."""
+    if ms is None:
+        return "an unknown time"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
 def open_tx(msg_id: str, msg: Mapping[str, Any], now: int, *, checked: bool = False) -> Tx:
     """The new ``Tx`` opened by the ``tx/open`` message ``msg`` (id ``msg_id``) at ``now``.
 
@@ -240,10 +248,13 @@ def check_post(tx: Tx | None, author: object, content: object, *, now: int) -> N
     if kind == "tx/open":
         raise Rejected(f"a tx/open opens a tx of its own, not {tx.id}", code="unknown_tx")
     if tx.status != "open":
-        raise Rejected(f"tx {tx.id} is closed ({tx.status} at {tx.closed})", code="tx_closed")
+        raise Rejected(
+            f"tx {tx.id} is closed ({tx.status} at {_when(tx.closed)})", code="tx_closed"
+        )
     if now > tx.deadline:
         raise Rejected(
-            f"tx {tx.id} passed its deadline {tx.deadline} (now {now})", code="tx_closed"
+            f"tx {tx.id} passed its deadline {_when(tx.deadline)} (now {_when(now)})",
+            code="tx_closed",
         )
     if author not in tx.parties:
         raise Rejected(f"{author} is not a party to tx {tx.id}", code="not_a_party")

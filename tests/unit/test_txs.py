@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -139,6 +140,9 @@ def test_closed_tx_rejects_parties_and_outsiders_alike(author: str) -> None:
     with pytest.raises(Rejected, match="is closed \\(finished") as info:
         txs.check(tx, note(author), now=T0)
     assert info.value.code == "tx_closed"
+    # When, as a person reads it (the CLI prints the detail as it is).
+    closed = datetime.fromtimestamp(T0 / 1000, UTC).isoformat(timespec="milliseconds")
+    assert info.value.detail.endswith(f"(finished at {closed})")
 
 
 # --- apply and the finish policies -------------------------------------------------
