@@ -15,6 +15,10 @@ trusting the node:
   covered by a block (its index below a block's log size) within a grace
   period of being seen.
 
+Comparing what several endpoints of one node serve (a **split_view**: two
+histories both signed by the node; a **mirror** finding: an endpoint serving
+what the node did not sign) is ``chainmail.mirrors``.
+
 ``Auditor`` holds that state and is pure: the caller feeds it what it reads
 and the time it read it (``now``, ms), and gets the findings back. The
 command line (``chainmail audit``) does the reading.
@@ -46,7 +50,9 @@ def _raw(message: object) -> bytes:
         return repr(message).encode("utf-8", "replace")
 
 
-FindingKind = Literal["invalid", "fork", "gap", "block", "root_mismatch", "censored"]
+FindingKind = Literal[
+    "invalid", "fork", "gap", "block", "root_mismatch", "censored", "split_view", "mirror"
+]
 
 #: Leaves per lower-level block of an audited tree: the tree keeps one node per
 #: this many leaves (and the leaves, 32 bytes each) instead of two per leaf.

@@ -18,13 +18,18 @@ import collections
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from chainmail import ssb
 from chainmail.audit import Auditor, Checked, Finding
+from chainmail.checkpoint import Checkpoint, verify_checkpoint
 from chainmail.client import Client, VerificationFailed
+from chainmail.errors import Error, InvalidMessage, ProofError
+from chainmail.mirrors import compare_block_ids, compare_checkpoints, needs_proof
+from chainmail.verify import NodeInfo, node_info
 
 __all__ = ["AuditSummary", "audit_node"]
 
@@ -46,6 +51,8 @@ class AuditSummary:
     messages: int = 0
     blocks: int = 0
     findings: list[Finding] = field(default_factory=list)
+    #: Endpoints compared with the node (``mirrors``), by URL.
+    mirrors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -64,6 +71,7 @@ def audit_node(
     follow: bool = False,
     interval: float = 1.0,
     on_finding: Callable[[Finding], None] | None = None,
+    mirrors: Sequence[Client] = (),
 ) -> AuditSummary:
     """Audit the node ``client`` talks to (see ``chainmail.audit``).
 
@@ -72,16 +80,24 @@ def audit_node(
     returns; with it, it keeps reading every ``interval`` seconds until
     interrupted (``KeyboardInterrupt`` ends it and the summary is returned).
     ``node_id`` pins the node's identity instead of taking ``/healthz``'s.
-    ``on_finding`` hears of each finding as it is made. Raises what the client
-    raises when the node cannot be read (``NodeUnavailable``, ``NotFound``).
+    ``on_finding`` hears of each finding as it is made. Each of ``mirrors``
+    (clients of other endpoints of the same node) is compared with it after
+    every read (``chainmail.mirrors``): its checkpoints and blocks must be
+    the ones the node signed for ``client``; a mirror that cannot be read or
+    serves what the node did not sign is a ``mirror`` finding, never an
+    exception. Raises what the client raises when the node cannot be read
+    (``NodeUnavailable``, ``NotFound``).
     """
     if grace < 0 or interval <= 0:
         raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
     health = client.health()
     auditor = Auditor(node_id or str(health["id"]), grace_ms=int(grace * 1000))
-    summary = AuditSummary(auditor.node_id)
+    summary = AuditSummary(auditor.node_id, mirrors=[m.node for m in mirrors])
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:
         run = _Run(client, auditor, int(health.get("pipelines", 1)), pool, summary, on_finding)
+        compare = _Compare(
+            client, [_Mirror(m) for m in mirrors], _bound(health, auditor.node_id), auditor.hmac_key
+        )
         run.firehose()
         run.blocks()
         if auditor.unchecked_roots():
@@ -90,6 +106,7 @@ def audit_node(
             try:
                 while True:
                     run.overdue()
+                    run.report(compare.round())
                     time.sleep(interval)
                     run.firehose()
                     run.blocks()
@@ -101,6 +118,7 @@ def audit_node(
                 time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
                 run.blocks()
             run.overdue()
+            run.report(compare.round())
     summary.messages, summary.blocks = auditor.messages, auditor.blocks
     return summary
 
@@ -184,3 +202,145 @@ def _with_proof_failure(found: list[Finding], height: int, why: str) -> list[Fin
             merged = dataclasses.replace(finding, detail=f"{finding.detail}; its proofs: {why}")
             return [*found[:i], merged, *found[i + 1 :]]
     return [*found, Finding.block(height, why)]
+
+
+def _bound(health: dict[str, Any], node_id: str) -> NodeInfo | ProofError:
+    """The node's checkpoint key, bound to ``node_id``; the error when /healthz does not bind it."""
+    try:
+        return node_info(health, node_id)
+    except ProofError as exc:
+        return exc
+
+
+@dataclass
+class _Mirror:
+    """One other endpoint of the node: the height its blocks were compared up to, and
+    the standing problems already reported (a followed audit says each once)."""
+
+    client: Client
+    height: int = 0
+    reported: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Compare:
+    """Each round, every mirror's checkpoints and new blocks against the node's own."""
+
+    client: Client
+    mirrors: list[_Mirror]
+    node: NodeInfo | ProofError
+    hmac_key: bytes | str | None = None
+
+    def round(self) -> list[Finding]:
+        if not self.mirrors:
+            return []
+        found: list[Finding] = []
+        for mirror in self.mirrors:
+            if isinstance(self.node, ProofError):
+                self._say(
+                    mirror,
+                    "node",
+                    Finding("mirror", f"{self.client.node}: {self.node.detail}"),
+                    found,
+                )
+                continue
+            try:
+                self._one(mirror, self.node, found)
+            except Error as exc:  # a mirror that cannot be read is a finding, not the end
+                self._say(
+                    mirror,
+                    "unread",
+                    Finding("mirror", f"{mirror.client.node}: {exc.diagnostics()}"),
+                    found,
+                )
+            else:
+                mirror.reported.discard("unread")
+        return found
+
+    @staticmethod
+    def _say(mirror: _Mirror, key: str, finding: Finding, found: list[Finding]) -> None:
+        if key not in mirror.reported:
+            mirror.reported.add(key)
+            found.append(finding)
+
+    def _one(self, mirror: _Mirror, node: NodeInfo, found: list[Finding]) -> None:
+        where = mirror.client.node
+        served = mirror.client.health().get("id")
+        if served != node.id:
+            self._say(
+                mirror,
+                "id",
+                Finding("mirror", f"{where} serves node {served}, not {node.id}"),
+                found,
+            )
+            return
+        for pipeline in range(node.pipelines):
+            ours, why_ours = self._checkpoint(self.client, node, pipeline)
+            theirs, why_theirs = self._checkpoint(mirror.client, node, pipeline)
+            for client, why in ((self.client, why_ours), (mirror.client, why_theirs)):
+                if why is not None:
+                    finding = Finding(
+                        "mirror",
+                        f"{client.node}: its checkpoint of pipeline {pipeline} is not the node's: {why}",
+                        pipeline=pipeline,
+                    )
+                    self._say(mirror, f"checkpoint {pipeline} {client.node}", finding, found)
+            if ours is None or theirs is None:
+                continue
+            sizes = needs_proof(ours, theirs)
+            proof: list[bytes] | None = None
+            if sizes is not None:
+                larger = mirror.client if theirs.size > ours.size else self.client
+                try:
+                    proof = larger.consistency(pipeline, *sizes)
+                except Error:
+                    proof = None  # the finding says no proof was given
+            split = compare_checkpoints(pipeline, (self.client.node, ours), (where, theirs), proof)
+            if split is not None:  # proven once, it stays proven: said once
+                self._say(mirror, f"split {pipeline}", split, found)
+        self._blocks(mirror, node, found)
+
+    @staticmethod
+    def _checkpoint(
+        client: Client, node: NodeInfo, pipeline: int
+    ) -> tuple[Checkpoint | None, str | None]:
+        text = client.checkpoint(pipeline)
+        try:
+            return verify_checkpoint(text, node.verifier, origin=f"{node.origin}/{pipeline}"), None
+        except ProofError as exc:
+            return None, exc.detail
+
+    def _blocks(self, mirror: _Mirror, node: NodeInfo, found: list[Finding]) -> None:
+        while True:
+            # The node's own bad blocks are the main audit's findings; the mirror's are these.
+            ours, top_ours = self._block_ids(self.client, node, mirror.height, None)
+            theirs, top_theirs = self._block_ids(mirror.client, node, mirror.height, found)
+            found.extend(compare_block_ids((self.client.node, ours), (mirror.client.node, theirs)))
+            both = min(top_ours, top_theirs)
+            if both <= mirror.height:
+                return
+            mirror.height = both
+
+    def _block_ids(
+        self, client: Client, node: NodeInfo, after: int, found: list[Finding] | None
+    ) -> tuple[dict[int, str], int]:
+        """The ids of the node's signed blocks above ``after``, and the highest height read."""
+        ids: dict[int, str] = {}
+        top = after
+        for block in client.blocks(after, _BLOCK_PAGE):
+            height, block_id = int(block["height"]), str(block["id"])
+            top = max(top, height)
+            try:
+                checked = ssb.check(block["message"], self.hmac_key)
+            except InvalidMessage as exc:
+                why = f"its message does not verify: {exc.detail}"
+            else:
+                if checked.author == node.id and checked.id == block_id:
+                    ids[height] = block_id
+                    continue
+                why = f"its message is {checked.id} by {checked.author}, not {block_id} by the node"
+            if found is not None:
+                found.append(
+                    Finding("mirror", f"{client.node}: block {height}: {why}", height=height)
+                )
+        return ids, top

@@ -104,6 +104,7 @@ from chainmail.verify import (
     checkpoint_flow,
     message_flow,
     path_id,
+    proof_hashes,
     tx_flow,
 )
 
@@ -995,6 +996,24 @@ class _Core:
         )
         return list(body.get("blocks", []))
 
+    def _checkpoint_flow(self, pipeline: int) -> Flow[str]:
+        resp = yield Request("GET", f"/v1/log/{pipeline}/checkpoint")
+        try:
+            return resp.content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProofError(f"checkpoint of pipeline {pipeline}: not UTF-8 text") from exc
+
+    def _consistency_flow(self, pipeline: int, size1: int, size2: int) -> Flow[list[bytes]]:
+        body = _dict(
+            (
+                yield from self._get_flow(
+                    f"/v1/log/{pipeline}/consistency", {"from": size1, "to": size2}
+                )
+            ),
+            "consistency proof",
+        )
+        return proof_hashes(body.get("proof"), "consistency proof")
+
 
 def _drive_sync(flow: Flow[T], send: Callable[[Request], httpx.Response]) -> T:
     """Run a flow to its end, sending its requests with ``send``."""
@@ -1178,6 +1197,22 @@ class Client(_Core):
     def blocks(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Blocks above height ``after``, unverified."""
         return self._run(self._blocks_flow(after, limit))
+
+    def checkpoint(self, pipeline: int = 0) -> str:
+        """``pipeline``'s current signed checkpoint (C2SP signed note), unverified.
+
+        ``chainmail.checkpoint.verify_checkpoint`` checks it with the node's
+        key; ``verify_checkpoint`` here does both. Raises ``NotFound``.
+        """
+        return self._run(self._checkpoint_flow(pipeline))
+
+    def consistency(self, pipeline: int, size1: int, size2: int) -> list[bytes]:
+        """The RFC 9162 consistency proof of ``pipeline`` from ``size1`` to ``size2``, unverified.
+
+        ``chainmail.merkle.verify_consistency`` checks it against the two roots.
+        Raises ``InvalidRequest`` for sizes the log cannot prove.
+        """
+        return self._run(self._consistency_flow(pipeline, size1, size2))
 
     # -- inbox -----------------------------------------------------------------------------
 
@@ -1585,6 +1620,14 @@ class AsyncClient(_Core):
     async def blocks(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Blocks above height ``after``, unverified."""
         return await self._run(self._blocks_flow(after, limit))
+
+    async def checkpoint(self, pipeline: int = 0) -> str:
+        """``pipeline``'s current signed checkpoint, unverified (see ``Client.checkpoint``)."""
+        return await self._run(self._checkpoint_flow(pipeline))
+
+    async def consistency(self, pipeline: int, size1: int, size2: int) -> list[bytes]:
+        """A consistency proof, unverified (see ``Client.consistency``)."""
+        return await self._run(self._consistency_flow(pipeline, size1, size2))
 
     async def block(self, height: int) -> dict[str, Any]:
         """Block ``height`` with its records, unverified; raises ``NotFound``."""

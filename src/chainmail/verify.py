@@ -56,7 +56,9 @@ __all__ = [
     "block_flow",
     "checkpoint_flow",
     "message_flow",
+    "node_info",
     "path_id",
+    "proof_hashes",
     "tx_flow",
 ]
 
@@ -183,7 +185,8 @@ def _hash(value: object, what: str) -> bytes:
     return raw
 
 
-def _hashes(value: object, what: str) -> list[bytes]:
+def proof_hashes(value: object, what: str) -> list[bytes]:
+    """``value`` (a JSON list of base64 hashes) as bytes; raises ``ProofError`` otherwise."""
     if not isinstance(value, list):
         raise ProofError(f"{what}: expected a list of base64 hashes, got {value!r}")
     return [_hash(item, f"{what}[{i}]") for i, item in enumerate(value)]
@@ -219,30 +222,41 @@ class _Checks:
 # --------------------------------------------------------------------------- node identity
 
 
+def node_info(health: Mapping[str, Any], node_id: str | None) -> NodeInfo:
+    """The node as ``/healthz`` describes it, its checkpoint key bound to its feed id.
+
+    With ``node_id`` (pinned) the health must name that node. Raises
+    ``ProofError`` when a field is missing, the checkpoint key is not the
+    node's own key or not named after its log origin.
+    """
+    reported = _field(health, "id", str, "healthz")
+    origin = _field(health, "origin", str, "healthz")
+    vkey = _field(health, "verifier_key", str, "healthz")
+    pipelines = _field(health, "pipelines", int, "healthz")
+    if node_id is not None and reported != node_id:
+        raise ProofError(f"expected node {node_id} (pinned), got {reported}")
+    try:
+        public = feed_public_key(reported)
+    except InvalidMessage as exc:
+        raise ProofError(f"node id: {exc.detail}") from exc
+    verifier = checkpoint.Verifier.parse(vkey)
+    if verifier.public != public:
+        raise ProofError(f"checkpoint key {vkey} is not the key of node {reported}")
+    if verifier.name != origin:
+        raise ProofError(f"checkpoint key name: expected origin {origin}, got {verifier.name}")
+    return NodeInfo(reported, origin, verifier, pipelines)
+
+
 def _node_info_flow(checks: _Checks, node_id: str | None) -> Flow[NodeInfo]:
     """Fetch ``/healthz`` and bind its checkpoint key to the node id (pinned or reported)."""
     health = _obj((yield from _get("/healthz", "healthz")), "healthz")
     info: list[NodeInfo] = []
 
     def step() -> str:
-        reported = _field(health, "id", str, "healthz")
-        origin = _field(health, "origin", str, "healthz")
-        vkey = _field(health, "verifier_key", str, "healthz")
-        pipelines = _field(health, "pipelines", int, "healthz")
-        if node_id is not None and reported != node_id:
-            raise ProofError(f"expected node {node_id} (pinned), got {reported}")
-        try:
-            public = feed_public_key(reported)
-        except InvalidMessage as exc:
-            raise ProofError(f"node id: {exc.detail}") from exc
-        verifier = checkpoint.Verifier.parse(vkey)
-        if verifier.public != public:
-            raise ProofError(f"checkpoint key {vkey} is not the key of node {reported}")
-        if verifier.name != origin:
-            raise ProofError(f"checkpoint key name: expected origin {origin}, got {verifier.name}")
-        info.append(NodeInfo(reported, origin, verifier, pipelines))
+        found = node_info(health, node_id)
+        info.append(found)
         how = "pinned" if node_id is not None else "as /healthz reports it: pin it to be sure"
-        return f"{reported} ({how}); checkpoint key {verifier.key_id.hex()}"
+        return f"{found.id} ({how}); checkpoint key {found.verifier.key_id.hex()}"
 
     checks.run("node identity", step)
     return info[0]
@@ -344,7 +358,7 @@ def _checkpoint_flow(
             ),
             "consistency proof",
         )
-        proof = _hashes(answer.get("proof"), "consistency proof")
+        proof = proof_hashes(answer.get("proof"), "consistency proof")
 
     def consistent() -> str:
         if current.size < since.size:
@@ -401,7 +415,7 @@ def _inclusion_flow(
             pipeline,
             index,
             size,
-            _hashes(body.get("proof"), f"{what} hashes"),
+            proof_hashes(body.get("proof"), f"{what} hashes"),
             _hash(body.get("root"), f"{what} root"),
             block.content,
         )
@@ -490,7 +504,11 @@ def tx_flow(
         if count != block.info.txs_count:
             raise ProofError(f"expected {block.info.txs_count} records, got count {count}")
         blocks.verify_record_proof(
-            record, index, count, _hashes(rp.get("proof"), f"{what} hashes"), block.info.txs_root
+            record,
+            index,
+            count,
+            proof_hashes(rp.get("proof"), f"{what} hashes"),
+            block.info.txs_root,
         )
         return f"record {index} of {count} under block {height}'s txs.root"
 
@@ -585,7 +603,7 @@ def block_flow(
                     ),
                     "consistency proof",
                 )
-                proofs[old.pipeline] = _hashes(answer.get("proof"), "consistency proof")
+                proofs[old.pipeline] = proof_hashes(answer.get("proof"), "consistency proof")
 
         def consistency() -> str:
             blocks.verify_block_consistency(previous.content, block.content, proofs)

@@ -146,3 +146,71 @@ def test_audit_node_from_python(tmp_path: Path) -> None:
     assert not summary.ok and heard == ["censored"]
     assert summary.findings[0].id == posted and summary.messages >= 1
     assert summary.node_id == node_id
+
+
+def test_a_mirror_showing_the_same_node_compares_clean(tmp_path: Path) -> None:
+    with running(tmp_path / "node") as node:
+        settle_a_trade(node)
+        # The same node under another name, as a proxy or a counterparty's URL shows it.
+        done = audit(node, "--grace", "2", "--mirror", node.url.replace("127.0.0.1", "localhost"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert "compared with 1 mirror(s): no findings" in done.stderr
+
+
+def test_a_node_showing_two_histories_is_caught_by_comparing_them(tmp_path: Path) -> None:
+    import shutil
+
+    honest, other = tmp_path / "a", tmp_path / "b"
+    with running(honest) as node:
+        settle_a_trade(node)
+    # The same node key on a second copy of its files: from here on it can sign
+    # two histories, and shows each to whoever reads that endpoint.
+    shutil.copytree(honest, other)
+    with running(honest) as a, running(other) as b:
+        with Client(a.url, Keypair.generate()) as alice:
+            alice.publish({"type": "post", "text": "pay 0042-7"})
+        with Client(b.url, Keypair.generate()) as eve:
+            eve.publish({"type": "post", "text": "pay 6666-6"})
+        deadline = time.monotonic() + 30
+        for url in (a.url, b.url):
+            with Client(url) as reader:
+                while len(reader.blocks()) < 2:
+                    assert time.monotonic() < deadline, "no second block"
+                    time.sleep(0.1)
+        with Client(a.url) as one, Client(b.url) as two:
+            assert one.health()["id"] == two.health()["id"]
+        done = audit(a, "--grace", "2", "--mirror", b.url)
+        # A followed audit compares every round: what it proved once, it says once.
+        from chainmail.auditing import _bound, _Compare, _Mirror
+
+        with Client(a.url) as one, Client(b.url) as two:
+            health = one.health()
+            compare = _Compare(one, [_Mirror(two)], _bound(health, health["id"]))
+            first, again = compare.round(), compare.round()
+        assert {f.kind for f in first} == {"split_view"} and len(first) == 2
+        assert again == []
+    assert done.returncode == 1, done.stderr
+    findings = [json.loads(line) for line in done.stdout.splitlines()]
+    split = [f for f in findings if f["kind"] == "split_view"]
+    assert {("pipeline" in f, "height" in f) for f in split} == {(True, False), (False, True)}
+    (log_split,) = [f for f in split if "pipeline" in f]
+    assert b.url in log_split["detail"] and a.url in log_split["detail"]
+    assert "the same size with different roots" in log_split["detail"]
+    # Nothing else: each endpoint's history holds together on its own; only
+    # comparing the two shows that the node signed both.
+    assert [f["kind"] for f in findings if f["kind"] != "split_view"] == []
+
+
+def test_a_mirror_that_cannot_be_read_or_is_another_node_is_a_finding(tmp_path: Path) -> None:
+    from support.server import free_port
+
+    with running(tmp_path / "a") as node, running(tmp_path / "b") as stranger:
+        gone = f"http://127.0.0.1:{free_port()}"
+        done = audit(node, "--grace", "0", "--mirror", gone, "--mirror", stranger.url)
+    assert done.returncode == 1
+    findings = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [f["kind"] for f in findings] == ["mirror", "mirror"]
+    assert findings[0]["detail"].startswith(f"{gone}: ")
+    assert f"{stranger.url} serves node @" in findings[1]["detail"]
+    assert "compared with 2 mirror(s): 2 finding(s)" in done.stderr

@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 
-from chainmail import ssb
+from chainmail import checkpoint, merkle, ssb
 from chainmail.client import AsyncClient, Client, NodeUnavailable, Receipt
 from chainmail.errors import Error, InvalidMessage, NotFound, ProofError, Rejected
 from chainmail.ids import blob_id
@@ -181,6 +181,15 @@ def test_verify_message_and_block(node_url: str, settled: Settled) -> None:
         names = [c.check for c in client.verify_block(latest)]
         assert f"blocks {latest - 1}→{latest} consistency" in names
         assert client.verify_checkpoint(0).ok
+        # The raw material, for checks of one's own (comparing endpoints, gossip).
+        cp = checkpoint.verify_checkpoint(client.checkpoint(0), health["verifier_key"])
+        first = client.block(1)["message"]["content"]["logs"][0]
+        old_size, old_root = int(first["size"]), base64.b64decode(first["root"])
+        assert 0 < old_size < cp.size  # block 2 at least was logged after block 1
+        proof = client.consistency(0, old_size, cp.size)
+        merkle.verify_consistency(old_size, cp.size, proof, old_root, cp.root)
+        with pytest.raises(ProofError):
+            merkle.verify_consistency(old_size, cp.size, proof, old_root[::-1], cp.root)
 
 
 def test_verification_pins_the_node(node_url: str, settled: Settled) -> None:
@@ -470,6 +479,9 @@ def test_async_client_streams_submissions_and_inbox(node_url: str) -> None:
                     break
             assert seen[0] == tx
             assert (await a.verify_checkpoint()).ok
+            text = await a.checkpoint()
+            assert text.startswith((await a.health())["origin"] + "/0\n")
+            assert await a.consistency(0, 1, 1) == []
             blob = await a.put_blob(b"async bytes")
             assert await b.get_blob(blob) == b"async bytes"
 

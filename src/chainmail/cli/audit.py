@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -41,6 +42,17 @@ def audit(
     interval: Annotated[
         float, typer.Option("--interval", min=0.1, help="Seconds between reads with --follow.")
     ] = DEFAULT_POLL,
+    mirror: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mirror",
+            metavar="URL",
+            help="Another endpoint of the same node (a mirror, a proxy, the URL a counterparty"
+            " uses); repeat for several. Its signed checkpoints and blocks must be the ones the"
+            " node signed for --node: two that disagree are a split_view, signed proof that"
+            " the node showed two histories.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Audit a node from what it publishes, trusting none of it.
@@ -53,7 +65,9 @@ def audit(
     of being seen. Prints one line a finding and a summary on stderr; exits 1
     if there was any finding. Without --follow it waits at most --grace
     seconds for blocks to cover the newest messages, then stops; with it,
-    Ctrl-C ends it with the same summary and exit status.
+    Ctrl-C ends it with the same summary and exit status. With --mirror it
+    also compares what each mirror serves with what --node serves (each
+    mirror's own firehose is checked by auditing it with --node).
     """
 
     def show(finding: Finding) -> None:
@@ -62,7 +76,10 @@ def audit(
         else:
             typer.echo(str(finding))
 
-    with _client(node, node_id=node_id) as client, _interruptible():
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(_client(node, node_id=node_id))
+        others = [stack.enter_context(_client(url, node_id=node_id)) for url in mirror or ()]
+        stack.enter_context(_interruptible())
         summary = audit_node(
             client,
             grace=grace,
@@ -70,12 +87,14 @@ def audit(
             follow=follow,
             interval=interval,
             on_finding=show,
+            mirrors=others,
         )
     found = len(summary.findings)
     outcome = "no findings" if not found else f"{found} finding(s)"
+    compared = f", compared with {len(summary.mirrors)} mirror(s)" if summary.mirrors else ""
     _err().print(
-        f"audited {summary.messages} messages and {summary.blocks} blocks of {summary.node_id}:"
-        f" {outcome}",
+        f"audited {summary.messages} messages and {summary.blocks} blocks of {summary.node_id}"
+        f"{compared}: {outcome}",
         style="green" if not found else "red",
         highlight=False,
     )
