@@ -14,11 +14,12 @@ between a log commit and its projection loses nothing.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import heapq
 import logging
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -36,7 +37,7 @@ from chainmail.errors import (
 from chainmail.frozen import constructor
 from chainmail.ids import blob_id
 from chainmail.keys import Keypair
-from chainmail.log import Head, Log, NewEntry, new_entry, pipeline_of
+from chainmail.log import Head, Log, LogEntry, NewEntry, new_entry, pipeline_of
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
 from chainmail.registry import APPLIED_TYPES, Admission, Registry
 from chainmail.store import BlockRow, Delivery, Projection, Store, TxRow, message_row
@@ -156,6 +157,61 @@ def tx_from_row(row: TxRow) -> txs.Tx:
     )
 
 
+def _kind(content: object) -> object:
+    return content.get("type") if isinstance(content, dict) else None
+
+
+def _tx_named(content: object) -> str | None:
+    """The tx a logged message is linked to by its ``tx`` field (not a tx/open's own)."""
+    if not isinstance(content, dict) or content.get("type") == "tx/open":
+        return None
+    named = content.get("tx")
+    return named if isinstance(named, str) else None
+
+
+#: Within one millisecond of the log, in a replay across pipelines: opens, the
+#: rest, then blocks (a block seals what closed before it was drafted).
+_REPLAY_RANK: Final = {"tx/open": 0, "chan/open": 0, "block": 2}
+
+
+class _PipelineReader:
+    """One pipeline of a replay: its entries from a cursor in chunks, in index order."""
+
+    def __init__(self, log_: Log, pipeline: int, start: int) -> None:
+        self.log = log_
+        self.pipeline = pipeline
+        self._next = start
+        self._buffer: collections.deque[tuple[LogEntry, dict[str, Any]]] = collections.deque()
+        self._held: set[int] = set()
+
+    def peek(self) -> tuple[LogEntry, dict[str, Any]] | None:
+        if not self._buffer:
+            for entry in self.log.read(self.pipeline, self._next, _REPLAY_BATCH):
+                self._buffer.append((entry, orjson.loads(entry.body)))
+        return self._buffer[0] if self._buffer else None
+
+    def key(self) -> tuple[int, int, int, int]:
+        entry, msg = self._buffer[0]
+        kind = _kind(msg["content"])
+        rank = _REPLAY_RANK.get(kind, 1) if isinstance(kind, str) else 1
+        return entry.received, rank, self.pipeline, entry.index
+
+    def take(self) -> tuple[LogEntry, dict[str, Any]]:
+        entry, msg = self._buffer.popleft()
+        self._next = entry.index + 1
+        return entry, msg
+
+    def hold(self, index: int) -> None:
+        self._held.add(index)
+
+    def release(self, index: int) -> None:
+        self._held.discard(index)
+
+    def cursor(self) -> int:
+        """Where a replay resumes: past everything taken, but not past an entry still held."""
+        return min(self._held, default=self._next)
+
+
 class Sequencer:
     """The single writer. Not thread-safe: call it from one thread."""
 
@@ -227,40 +283,104 @@ class Sequencer:
         self.registry = Registry.from_records(
             self.store.identity_records(), self.registrars, self.admission, node_id=self.node_id
         )
-        cursors = self.store.cursors()
-        replayed = 0
-        for pipeline in range(self.log.pipelines):
-            start = cursors.get(pipeline, 0)
-            while start < self.log.size(pipeline):
-                entries = self.log.read(pipeline, start, _REPLAY_BATCH)
-                if not entries:
-                    break
-                projection = Projection()
-                for entry in entries:
-                    msg = orjson.loads(entry.body)
-                    self._project(
-                        projection,
-                        entry.id,
-                        msg["author"],
-                        msg["sequence"],
-                        msg["content"],
-                        entry.pipeline,
-                        entry.index,
-                        entry.received,
-                        entry.body,
-                        replay=True,
-                    )
-                start = entries[-1].index + 1
-                projection.cursors[pipeline] = start
-                self._tx_rows(projection)
-                self._write_projection(projection)
-                replayed += len(entries)
+        replayed = self._replay(self.store.cursors())
         latest = self.store.latest_block()
         self._latest_block = None if latest is None else (latest.height, latest.id)
         if replayed:
             log.info("projected %d log entries on start", replayed)
         self.dirty = bool(self.unsealed) or self._unsealed_activity(latest)
         return replayed
+
+    def _replay(self, cursors: Mapping[int, int]) -> int:
+        """Project the log from the store's cursors, in the order it was sequenced; how many.
+
+        With one pipeline that is the log's order. With several, each has its
+        own order only: a tx/finish in one may follow its tx/open in another,
+        and a block in the node's pipeline seals txs closed in the others.
+        So the pipelines are merged by the time each entry was logged (a
+        batch's entries share one), opens before the rest and blocks after
+        it within one millisecond; and an entry whose tx has not been opened
+        yet in the replay waits for its tx/open. A pipeline's cursor never
+        passes an entry still waiting, so a crash mid-replay replays it again
+        (projection is idempotent).
+        """
+        readers = [
+            _PipelineReader(self.log, p, cursors.get(p, 0)) for p in range(self.log.pipelines)
+        ]
+        heap = [(r.key(), r.pipeline) for r in readers if r.peek() is not None]
+        heapq.heapify(heap)
+        waiting: dict[str, list[tuple[LogEntry, dict[str, Any]]]] = {}
+        replayed = 0
+        projection = Projection()
+        done = 0
+        while heap:
+            _, pipeline = heapq.heappop(heap)
+            reader = readers[pipeline]
+            entry, msg = reader.take()
+            if reader.peek() is not None:
+                heapq.heappush(heap, (reader.key(), pipeline))
+            needs = self._unmet(msg["content"])
+            if needs is not None:
+                waiting.setdefault(needs, []).append((entry, msg))
+                reader.hold(entry.index)
+            else:
+                ready = [(entry, msg)]
+                while ready:  # an open may release entries that release others
+                    one, one_msg = ready.pop()
+                    self._replay_one(projection, one, one_msg)
+                    readers[one.pipeline].release(one.index)
+                    ready.extend(reversed(waiting.pop(one.id, [])))
+            done += 1
+            if done >= _REPLAY_BATCH or not heap:
+                replayed += done
+                done = 0
+                for r in readers:
+                    projection.cursors[r.pipeline] = r.cursor()
+                self._tx_rows(projection)
+                self._write_projection(projection)
+                projection = Projection()
+        for tx_id, held in waiting.items():
+            # Cannot happen for a log this node wrote (a tx message is logged only
+            # while its tx is open): project it unlinked, as the live node could not.
+            log.warning(
+                "replay: %d message(s) name tx %s, which the log never opens", len(held), tx_id
+            )
+            projection = Projection()
+            for entry, msg in held:
+                self._replay_one(projection, entry, msg)
+                readers[entry.pipeline].release(entry.index)
+            for r in readers:
+                projection.cursors[r.pipeline] = r.cursor()
+            self._tx_rows(projection)
+            self._write_projection(projection)
+        return replayed
+
+    def _unmet(self, content: object) -> str | None:
+        """The tx or channel a logged message needs that the replay has not opened yet."""
+        if not isinstance(content, dict):
+            return None
+        if content.get("type") in _CHAN_POSTS:
+            chan = content.get("chan")
+            if isinstance(chan, str) and chan not in self.channels:
+                return chan
+        tx_id = _tx_named(content)
+        if tx_id is not None and tx_id not in self.open and tx_id not in self.unsealed:
+            return tx_id
+        return None
+
+    def _replay_one(self, projection: Projection, entry: LogEntry, msg: dict[str, Any]) -> None:
+        self._project(
+            projection,
+            entry.id,
+            msg["author"],
+            msg["sequence"],
+            msg["content"],
+            entry.pipeline,
+            entry.index,
+            entry.received,
+            entry.body,
+            replay=True,
+        )
 
     def _unsealed_activity(self, latest: BlockRow | None) -> bool:
         covered = {int(c["pipeline"]): int(c["size"]) for c in latest.logs} if latest else {}
@@ -377,16 +497,18 @@ class Sequencer:
         position = pending.ids.get(c.id) or self.log.locate(c.id)
         if position is not None:
             return Accepted(c.id, position[0], position[1], created=False)
-        in_batch = pending.at(c.author, c.sequence)
-        if in_batch is not None:
-            kept_id: str | None = in_batch.id
-            kept_body = in_batch.body
-        else:
-            kept = self.store.message_at(c.author, c.sequence)
-            kept_id = None if kept is None else kept.id
-            kept_body = b"" if kept is None else kept.body
+        kept_id, kept_body = self._kept(c.author, c.sequence, pending)
         fresh = not any(f[0] == c.author and f[1] == c.sequence for f in pending.forks)
-        if fresh and not self.store.has_fork(c.author, c.sequence):
+        if kept_body is None:
+            # Logged but not yet projected, and not the feed's head: no evidence
+            # rather than half of it (a pair with an empty side would stand for
+            # good). The refusal stands; a later copy of the fork records it.
+            log.warning(
+                "fork evidence for %s at %d not kept yet: the kept message is not projected",
+                c.author,
+                c.sequence,
+            )
+        elif fresh and not self.store.has_fork(c.author, c.sequence):
             try:
                 if c.author != self.node_id:
                     self.limiter.take(c.author, now=now / 1000)
@@ -401,6 +523,29 @@ class Sequencer:
             + (f" ({kept_id})" if kept_id is not None else ""),
             code="fork",
         )
+
+    def _kept(
+        self, author: str, sequence: int, pending: _Pending
+    ) -> tuple[str | None, bytes | None]:
+        """The id and body of the message ``author`` logged at ``sequence``, where known.
+
+        From the batch being sequenced, the store, or (not projected yet) the
+        log when it is the feed's head; ``(None, None)`` otherwise.
+        """
+        in_batch = pending.at(author, sequence)
+        if in_batch is not None:
+            return in_batch.id, in_batch.body
+        kept = self.store.message_at(author, sequence)
+        if kept is not None:
+            return kept.id, kept.body
+        head = self.log.head(author)
+        if head is not None and head.sequence == sequence:
+            position = self.log.locate(head.id)
+            entry = None if position is None else self.log.get(*position)
+            if entry is not None:
+                return entry.id, entry.body
+            return head.id, None
+        return None, None
 
     def _check_rules(self, author: str, body: object, now: int) -> None:
         """The transaction and channel rules (DESIGN §3); raises ``Rejected``.

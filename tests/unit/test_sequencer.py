@@ -146,6 +146,31 @@ def test_fork_is_refused_and_evidence_kept(h: Harness) -> None:
     assert h.log.head(a.id).id == ssb.message_id(first)  # type: ignore[union-attr]
 
 
+def test_fork_of_a_message_not_yet_projected_keeps_whole_evidence(h: Harness) -> None:
+    a = Writer()
+    first = a.sign({"type": "post", "n": 1})
+    second = a.sign({"type": "post", "n": 2})
+    h.submit(first, second, project=False)  # logged; the store has not seen them yet
+    early_twin = ssb.create(a.keys, {"type": "post", "n": 9}, None, a.time + 5)
+    (refused,) = h.submit(early_twin, project=False)
+    assert isinstance(refused, Error) and refused.code == "fork"
+    # Not the head, not projected: nothing to pair it with yet, so no half pair.
+    head_twin = ssb.create(
+        a.keys, {"type": "post", "n": 8}, ssb.FeedState(ssb.message_id(first), 1), a.time + 6
+    )
+    (refused,) = h.submit(head_twin)  # the head's body comes from the log
+    assert isinstance(refused, Error) and refused.code == "fork"
+    assert ssb.message_id(second) in refused.detail
+    ((sequence, kept, rejected),) = h.store.forks(a.id)
+    assert sequence == 2 and kept and ssb.message_id(orjson.loads(kept)) == ssb.message_id(second)
+    assert ssb.message_id(orjson.loads(rejected)) == ssb.message_id(head_twin)
+    # Once projected, the first fork gets its whole pair too.
+    h.refused(early_twin, "fork")
+    pairs = {seq: (k, r) for seq, k, r in h.store.forks(a.id)}
+    assert ssb.message_id(orjson.loads(pairs[1][0])) == ssb.message_id(first)
+    assert ssb.message_id(orjson.loads(pairs[1][1])) == ssb.message_id(early_twin)
+
+
 def test_bad_signature_and_policy(h: Harness) -> None:
     a = Writer()
     msg = a.sign({"type": "post"})
@@ -969,3 +994,114 @@ def test_a_tx_messages_migration_that_fails_leaves_the_older_layout_to_migrate_a
         assert h2.store.tx(tx).messages == ids  # type: ignore[union-attr]
     finally:
         h2.close()
+
+
+# --------------------------------------------------------------------------- several pipelines
+
+
+def _writer_in(pipeline: int, pipelines: int) -> Writer:
+    from chainmail.log import pipeline_of
+
+    while True:
+        w = Writer()
+        if pipeline_of(w.id, pipelines) == pipeline:
+            return w
+
+
+def _rows(store: SqliteStore, ids: list[str]) -> dict[str, Any]:
+    return {t: store.tx(t) for t in ids}
+
+
+def test_a_finish_in_one_pipeline_for_a_tx_opened_in_another_replays(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    log = SqliteLog(tmp_path / "log.sqlite", pipelines=2, synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    seq = Sequencer(log, store, node_keys, clock=clock)
+    opener, other = _writer_in(1, 2), _writer_in(0, 2)
+    opened = opener.sign(
+        {
+            "type": "tx/open",
+            "parties": [opener.id, other.id],
+            "deadline": NOW + 10_000,
+            "finish": "any",
+        }
+    )
+    finish = other.sign({"type": "tx/finish", "tx": ssb.message_id(opened)})
+    results = seq.process([_check(opened), _check(finish)])  # one batch; then a crash
+    assert [r.pipeline for r in results if isinstance(r, Accepted)] == [1, 0]
+    log.close()
+    store.close()
+    log = SqliteLog(tmp_path / "log.sqlite", pipelines=2, synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    again = Sequencer(log, store, node_keys, clock=clock)
+    row = store.tx(ssb.message_id(opened))
+    assert row is not None and row.status == "finished" and len(row.messages) == 2
+    clock.now += 20_000
+    again.expire(clock.now)
+    again.flush_projection()
+    assert store.tx(ssb.message_id(opened)).status == "finished"  # type: ignore[union-attr]
+    log.close()
+    store.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_store_rebuilt_from_two_pipelines_is_the_store_it_was(
+    tmp_path: Path, clock: Clock, seed: int
+) -> None:
+    import random
+
+    from chainmail.log import pipeline_of
+
+    rng = random.Random(seed)
+    node = next(k for k in iter(Keypair.generate, None) if pipeline_of(k.id, 2) == 0)
+    log = SqliteLog(tmp_path / "log.sqlite", pipelines=2, synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    seq = Sequencer(log, store, node, clock=clock)
+    people = [_writer_in(p % 2, 2) for p in range(6)]
+    opens: list[str] = []
+    for step in range(40):
+        clock.now += rng.randint(0, 300)
+        batch: list[tuple[Writer, ssb.FeedState | None, dict[str, Any]]] = []
+        for _ in range(rng.randint(1, 6)):  # a batch mixes both pipelines
+            w = rng.choice(people)
+            state = w.state
+            if rng.random() < 0.3 or not opens:
+                b = rng.choice([p for p in people if p is not w])
+                msg = w.sign(
+                    {
+                        "type": "tx/open",
+                        "parties": [w.id, b.id],
+                        "deadline": clock.now + rng.randint(0, 1_500),
+                        "finish": rng.choice(["all", "any", "opener"]),
+                    }
+                )
+                opens.append(ssb.message_id(msg))
+            else:
+                kind = rng.choice(["tx/note", "tx/finish"])
+                msg = w.sign({"type": kind, "tx": rng.choice(opens), "data": {}})
+            batch.append((w, state, msg))
+        results = seq.process([_check(m) for _, _, m in batch])
+        for (w, state, msg), result in reversed(list(zip(batch, results, strict=True))):
+            # Refused (and so every later one of its feed in the batch): the feed
+            # is back where it was before it.
+            refused = not isinstance(result, Accepted)
+            if refused and w.state is not None and w.state.id == ssb.message_id(msg):
+                w.state = state
+        seq.flush_projection()
+        if step % 7 == 6:
+            seq.build_block()
+    clock.now += 5_000
+    seq.build_block()
+    before = _rows(store, opens)
+    log.close()
+    store.close()
+    _drop_store(tmp_path)
+    log = SqliteLog(tmp_path / "log.sqlite", pipelines=2, synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    rebuilt = Sequencer(log, store, node, clock=clock)
+    rebuilt.flush_projection()
+    assert _rows(store, opens) == before
+    assert rebuilt.build_block() is None  # nothing left to seal a second time
+    log.close()
+    store.close()
