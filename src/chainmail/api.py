@@ -57,6 +57,9 @@ PROBLEM: Final = "application/problem+json"
 _DOCS_PAGE: Final = (importlib.resources.files("chainmail") / "static" / "docs.html").read_bytes()
 NDJSON: Final = "application/x-ndjson"
 _MAX_LIMIT: Final = 10_000
+#: Characters a name search may have: names are short, and SQLite refuses
+#: LIKE patterns past 50,000 bytes.
+_MAX_NAME_QUERY: Final = 1_000
 #: Inbox entries an inbox stream reads from the store at a time.
 _READ_BATCH: Final = 500
 #: Seconds an inbox stream waits for a pushed delivery before reading the store anyway.
@@ -392,13 +395,19 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             maxsize=limits.ws_in_flight
         )
 
+        def count(done: asyncio.Future[list[Accepted | Error]]) -> None:
+            # Counted when the result is known, not when its reply is sent: a
+            # client that closes without reading its replies still logged them.
+            if not done.cancelled() and done.exception() is None:
+                for result in done.result():
+                    metrics.count(result)
+
         async def reply() -> None:
             while True:
                 fut = await pending.get()
                 if fut is None:
                     return
                 (result,) = await fut
-                metrics.count(result)
                 # A text frame, as every other stream of the API sends.
                 await ws.send_text(result_line(result).decode("utf-8"))
 
@@ -424,9 +433,12 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                         asyncio.get_running_loop().create_future()
                     )
                     done.set_result([refusal])
+                    count(done)
                     await pending.put(done)
                     continue
-                await pending.put(node.enqueue([data]))
+                queued = node.enqueue([data])
+                queued.add_done_callback(count)
+                await pending.put(queued)
             await pending.put(None)
             await sender
         except WebSocketDisconnect:
@@ -508,18 +520,25 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         before: Annotated[
             str | None,
             Query(
-                description="only txs opened before this time (node clock ms, exclusive):"
-                " the last listed tx's `opened`, for the next page"
+                description="the next page: the last listed tx's id (the txs listed after"
+                " it), or a time (node clock ms, exclusive: only txs opened before it). Txs"
+                " opened in one millisecond (one batch) share an `opened`, so page by id."
             ),
         ] = None,
     ) -> Response:
         if status is not None and status not in ("open", "finished", "timed_out"):
             raise InvalidRequest(f"status: expected open, finished or timed_out, got {status!r}")
+        after_tx = None
+        if before is not None and before.startswith("%"):
+            after_tx = _msg_id_param(before, "transaction")
         rows = node.store.list_txs(
             party=None if party is None else _feed_id_param(party),
             status=status,
             limit=_int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT),
-            before=None if before is None else _int_param(before, "before", 0),
+            before=None
+            if before is None or after_tx is not None
+            else _int_param(before, "before", 0),
+            after_tx=after_tx,
         )
         return _json({"transactions": [r.to_json() for r in rows]})
 
@@ -832,6 +851,11 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     async def search_identities(name: str | None = None, limit: str | None = None) -> Response:
         if not name:
             raise InvalidRequest("query parameter name: expected some text")
+        if len(name) > _MAX_NAME_QUERY:
+            raise InvalidRequest(
+                f"query parameter name: {len(name)} characters, at most {_MAX_NAME_QUERY}",
+                code="too_large",
+            )
         found = node.search_identities(
             name, _int_param(limit, "limit", 100, minimum=1, maximum=1000)
         )

@@ -29,7 +29,7 @@ from typing import Any, Final, Literal, cast
 import orjson
 
 from chainmail import merkle
-from chainmail.errors import InvalidMessage, LogError, StorageError
+from chainmail.errors import InvalidMessage, LogError, NotFound, StorageError
 from chainmail.ids import blob_digest, msg_digest
 from chainmail.log import Head, LogEntry, NewEntry, head, pipeline_of
 from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
@@ -1257,10 +1257,24 @@ class SqliteStore:
         return [_tx_from_row(r) for r in rows]
 
     def list_txs(
-        self, *, party: str | None, status: str | None, limit: int, before: int | None
+        self,
+        *,
+        party: str | None,
+        status: str | None,
+        limit: int,
+        before: int | None,
+        after_tx: str | None = None,
     ) -> list[TxRow]:
         where: list[str] = []
         args: list[Any] = []
+        if after_tx is not None:
+            row = self._r().execute("SELECT opened FROM txs WHERE id=?", (after_tx,)).fetchone()
+            if row is None:
+                raise NotFound(f"no transaction {after_tx} to list after")
+            # The listing's own order, so txs opened in the same millisecond (one
+            # batch) are neither skipped nor listed twice.
+            where.append("(opened<? OR (opened=? AND id>?))")
+            args.extend((row[0], row[0], after_tx))
         if party is not None:
             where.append(
                 "pos IN (SELECT tx_pos FROM tx_parties"

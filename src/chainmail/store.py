@@ -166,8 +166,20 @@ class Store(Protocol):
     def closed_unblocked_txs(self) -> list[TxRow]: ...
 
     def list_txs(
-        self, *, party: str | None, status: str | None, limit: int, before: int | None
-    ) -> list[TxRow]: ...
+        self,
+        *,
+        party: str | None,
+        status: str | None,
+        limit: int,
+        before: int | None,
+        after_tx: str | None = None,
+    ) -> list[TxRow]:
+        """Txs newest first (``opened`` descending, then id): opened before ``before``, or
+        listed after the tx ``after_tx`` (a page cursor that ties in ``opened`` cannot skip).
+
+        Raises ``NotFound`` when ``after_tx`` is no tx.
+        """
+        ...
 
     def channels(self) -> dict[str, dict[str, Any]]: ...
 

@@ -213,6 +213,44 @@ def test_json_under_its_usual_names_or_none_is_taken(
     assert http.get(f"/v1/feeds/{enc(w.id)}/head").json()["sequence"] == 1
 
 
+def open_tx_msg(a: Writer, b: Writer) -> dict[str, Any]:
+    return a.sign({"type": "tx/open", "parties": [a.id, b.id], "deadline": now_ms() + 60_000})
+
+
+def test_paging_transactions_by_id_skips_none_opened_in_one_batch(http: httpx.Client) -> None:
+    a, b = Writer(), Writer()
+    opens = [open_tx_msg(a, b) for _ in range(7)]
+    resp = http.post(
+        "/v1/messages/batch",
+        content=b"\n".join(raw(m) for m in opens),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert [orjson.loads(x)["status"] for x in resp.content.splitlines()] == [201] * 7
+    everything = http.get(f"/v1/transactions?party={enc(a.id)}").json()["transactions"]
+    assert len({t["opened"] for t in everything}) == 1  # one batch: one node time
+    pages: list[str] = []
+    cursor: str | None = None
+    while True:
+        query = f"party={enc(a.id)}&limit=3" + ("" if cursor is None else f"&before={enc(cursor)}")
+        page = http.get(f"/v1/transactions?{query}").json()["transactions"]
+        if not page:
+            break
+        pages.extend(t["tx"] for t in page)
+        cursor = page[-1]["tx"]
+    assert pages == [t["tx"] for t in everything] and len(set(pages)) == 7
+    # A time still works as before; an unknown cursor is a clear 404.
+    assert http.get(f"/v1/transactions?party={enc(a.id)}&before=1").json() == {"transactions": []}
+    unknown = "%" + "A" * 43 + "=.sha256"
+    problem(http.get(f"/v1/transactions?before={enc(unknown)}"), 404, "not_found")
+    problem(http.get("/v1/transactions?before=%25nope"), 400, "invalid_format")
+
+
+def test_a_name_search_too_long_is_refused_not_a_500(http: httpx.Client) -> None:
+    body = problem(http.get("/v1/identities", params={"name": "a" * 60_000}), 413, "too_large")
+    assert "at most 1000" in body["detail"]
+    assert http.get("/v1/identities", params={"name": "a" * 1000}).status_code == 200
+
+
 def test_not_found_is_a_problem(http: httpx.Client) -> None:
     problem(http.get(f"/v1/messages/{enc('%' + 'A' * 43 + '=.sha256')}"), 404, "not_found")
     problem(http.get("/v1/blocks/999999"), 404, "not_found")

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -46,6 +47,35 @@ def test_ws_ingest_one_result_per_frame_in_order(node: Server) -> None:
     assert results[100]["code"] == "invalid_format"
     indexes = [r["index"] for r in results if r["status"] == 201]
     assert indexes == sorted(indexes)
+
+
+def test_ws_ingest_counts_what_it_logged_when_the_client_leaves_unanswered(
+    node: Server,
+) -> None:
+    import httpx
+
+    def accepted() -> float:
+        text = httpx.get(f"{node.url}/metrics").text
+        return float(text.split("\nchainmail_messages_accepted_total ", 1)[1].split("\n", 1)[0])
+
+    w = Writer()
+    before = accepted()
+
+    async def run() -> None:
+        async with websockets.connect(ws_url(node, "/v1/ingest")) as ws:
+            for i in range(200):
+                await ws.send(orjson.dumps(w.sign({"type": "post", "n": i})))
+        # Closed without reading one reply.
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 30
+    path = f"{node.url}/v1/feeds/{quote(w.id, safe='')}/head"
+    while httpx.get(path).status_code != 200 or httpx.get(path).json()["sequence"] < 200:
+        assert time.monotonic() < deadline, "the frames were not all logged"
+        time.sleep(0.05)
+    while accepted() - before < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert accepted() - before == 200
 
 
 def test_inbox_stream_redelivers_until_acked(node: Server) -> None:
