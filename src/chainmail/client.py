@@ -575,6 +575,15 @@ class _Core:
             raise Error(
                 f"node URL: expected http://… or https://…, got {url!r}", code="invalid_format"
             )
+        try:
+            parsed = httpx.URL(url)
+            port = parsed.port
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise Error(f"node URL {url!r}: {exc}", code="invalid_format") from exc
+        if not parsed.host:
+            raise Error(f"node URL {url!r}: no host", code="invalid_format")
+        if port is not None and not 0 < port < 65536:
+            raise Error(f"node URL {url!r}: port {port} is not 1 to 65535", code="invalid_format")
         if node_id is not None and not is_feed_id(node_id):
             raise InvalidMessage(f"node id: expected @….ed25519, got {node_id!r}")
         self.node = url
@@ -860,23 +869,11 @@ class _Core:
         if cached is not None:
             return cached
         history = yield from self._channel_messages_flow(chan)
-        tx: str | None = None
-        for msg in history:
-            content = msg.get("content")
-            if not isinstance(content, dict):
-                continue
-            if content.get("type") == "chan/open" and isinstance(content.get("tx"), str):
-                tx = content["tx"]
-            if content.get("type") in ("chan/open", "chan/share"):
-                sealed = (content.get("keys") or {}).get(keys.id)
-                if isinstance(sealed, str):
-                    try:
-                        found = (channels.open_key(sealed, keys), tx)
-                    except DecryptionError:
-                        continue
-                    self._channel_keys[chan] = found
-                    return found
-        raise DecryptionError("cannot decrypt")
+        found = _sealed_to(history, keys)
+        if found is None:
+            raise _no_key(chan, keys)
+        self._channel_keys[chan] = found
+        return found
 
     def _open_channel_flow(
         self, members: Iterable[str], tx: str | None, label: str | None
@@ -901,10 +898,13 @@ class _Core:
         return (yield from self._publish_flow(content))
 
     def _channel_read_flow(self, chan: str) -> Flow[list[channels.Opened]]:
+        keys = self._keys()
         history = yield from self._channel_messages_flow(chan)
-        return list(
-            channels.read_history(history, self._keys(), channel=chan, hmac_key=self.hmac_key)
-        )
+        opened = list(channels.read_history(history, keys, channel=chan, hmac_key=self.hmac_key))
+        # Nothing readable and no key: an outsider, not an empty channel.
+        if not opened and _sealed_to(history, keys) is None:
+            raise _no_key(chan, keys)
+        return opened
 
     def _get_flow(self, path: str, params: Mapping[str, str | int] | None = None) -> Flow[Any]:
         resp = yield Request("GET", path, params)
@@ -1013,6 +1013,32 @@ class _Core:
             "consistency proof",
         )
         return proof_hashes(body.get("proof"), "consistency proof")
+
+
+def _sealed_to(history: Iterable[dict[str, Any]], keys: Keypair) -> tuple[bytes, str | None] | None:
+    """The channel key a chan/open or chan/share of ``history`` seals to ``keys``, and its tx."""
+    tx: str | None = None
+    for msg in history:
+        content = msg.get("content")
+        if not isinstance(content, dict):
+            continue
+        if content.get("type") == "chan/open" and isinstance(content.get("tx"), str):
+            tx = content["tx"]
+        if content.get("type") in ("chan/open", "chan/share"):
+            sealed = (content.get("keys") or {}).get(keys.id)
+            if isinstance(sealed, str):
+                try:
+                    return channels.open_key(sealed, keys), tx
+                except DecryptionError:
+                    continue
+    return None
+
+
+def _no_key(chan: str, keys: Keypair) -> DecryptionError:
+    return DecryptionError(
+        f"cannot decrypt: no key of channel {chan} is sealed to {keys.id}"
+        " (not a member, and not shared with you)"
+    )
 
 
 def _drive_sync(flow: Flow[T], send: Callable[[Request], httpx.Response]) -> T:
@@ -1352,7 +1378,9 @@ class Client(_Core):
 
     def channel_read(self, chan: str) -> list[channels.Opened]:
         """Every message of the channel you can decrypt, in log order (from the node's
-        ciphertext; signatures are checked locally). Raises ``NotFound``, ``NodeUnavailable``.
+        ciphertext; signatures are checked locally). Raises ``DecryptionError`` when no
+        key of the channel is sealed to you (not a member, not shared with you),
+        ``NotFound``, ``NodeUnavailable``.
         """
         return self._run(self._channel_read_flow(chan))
 
@@ -1386,8 +1414,8 @@ class Client(_Core):
     ) -> Report:
         """Verify a closed tx, its block and every message of it.
 
-        Raises ``VerificationFailed`` (a ``ProofError``) with the report (an
-        open tx fails), ``NotFound``, ``NodeUnavailable``.
+        Raises ``VerificationFailed`` (a ``ProofError``) with the report,
+        ``NotFound`` for an unknown tx or one no block holds yet, ``NodeUnavailable``.
         """
         flow = tx_flow(
             tx_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key, progress=progress

@@ -26,7 +26,7 @@ import httpx
 from rich.console import Console
 
 from chainmail.client import Client
-from chainmail.errors import Error, OperationalError
+from chainmail.errors import DecryptionError, Error, OperationalError
 from chainmail.keys import Keypair
 from chainmail.verify import Report
 
@@ -170,11 +170,11 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
             client.channel_send(chan, data)
         say(
             f"   buy-side:  {len(bbank.channel_read(buy_side))} messages the buyer's bank can read; "
-            f"the seller can read {len(seller.channel_read(buy_side))}"
+            f"the seller {_blind(seller, buy_side)}"
         )
         say(
             f"   sell-side: {len(sbank.channel_read(sell_side))} messages the seller's bank can "
-            f"read; the buyer can read {len(buyer.channel_read(sell_side))}"
+            f"read; the buyer {_blind(buyer, sell_side)}"
         )
         seller.note(trade, {"text": "Confirmed: we sell 1,000 MEGA at the agreed price."})
         say("   seller (in public): “Confirmed: we sell 1,000 MEGA at the agreed price.”")
@@ -282,3 +282,11 @@ def _covered(client: Client, msg_id: str) -> bool:
 def nda_blob_id(client: Client, msg_id: str) -> str:
     content = client.message(msg_id)["message"]["content"]
     return str(content["blob"])
+
+
+def _blind(outsider: Client, chan: str) -> str:
+    """What an outsider makes of a channel: nothing, and told why."""
+    try:
+        return f"can read {len(outsider.channel_read(chan))}"
+    except DecryptionError:
+        return "holds no key to it: cannot read any"

@@ -391,14 +391,27 @@ class Keystore:
 
         Raises ``KeystoreError`` when a key file is unreadable or malformed.
         """
+        return [self.show(name) for name in self._names()]
+
+    def survey(self) -> tuple[builtins.list[KeyInfo], builtins.list[KeystoreError]]:
+        """``infos`` that a bad key file does not stop: the good keys, and an error per bad file."""
+        good: builtins.list[KeyInfo] = []
+        bad: builtins.list[KeystoreError] = []
+        for name in self._names():
+            try:
+                good.append(self.show(name))
+            except KeystoreError as exc:
+                bad.append(exc)
+        return good, bad
+
+    def _names(self) -> builtins.list[str]:
         if not self.keys_dir.is_dir():
             return []
-        names = sorted(
+        return sorted(
             p.name[: -len(_SUFFIX)]
             for p in self.keys_dir.iterdir()
             if p.name.endswith(_SUFFIX) and _NAME_RE.fullmatch(p.name[: -len(_SUFFIX)])
         )
-        return [self.show(name) for name in names]
 
     # -- files ----------------------------------------------------------------------
 

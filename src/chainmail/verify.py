@@ -478,16 +478,20 @@ def tx_flow(
 ) -> Flow[Report]:
     """Verify a closed tx: its block, its record's inclusion, every message, the record itself.
 
-    Raises ``VerificationFailed`` (a ``ProofError``) when a check fails (an
-    open tx fails "tx sealed": there is nothing to verify yet), and the
-    node's errors as they come (``NotFound`` for an unknown tx).
+    Raises ``VerificationFailed`` (a ``ProofError``) when a check fails,
+    ``NotFound`` for a tx no block holds yet (open, or closed and waiting for
+    the next block: nothing to verify yet, as for a message no block covers),
+    and the node's errors as they come (``NotFound`` for an unknown tx).
     """
     checks = _Checks(f"tx {tx_id}", progress)
     node = yield from _node_info_flow(checks, node_id)
     summary = _obj((yield from _get(f"/v1/transactions/{path_id(tx_id)}", "tx")), "tx")
     height = summary.get("block")
     if not isinstance(height, int) or isinstance(height, bool):
-        checks.fail("tx sealed", f"tx is {summary.get('status')!r} and in no block yet")
+        raise NotFound(
+            f"tx {tx_id} is {summary.get('status')!r} and in no block yet: nothing to verify"
+            " until a block seals it"
+        )
     checks.passed("tx sealed", f"{summary.get('status')} in block {height}, as the node says")
     cache: dict[int, _Block] = {}
     block = yield from _block_flow(checks, node, height, cache)

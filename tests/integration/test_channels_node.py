@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from chainmail.client import Client
+from chainmail.errors import DecryptionError
 from chainmail.keys import Keypair
 from chainmail.keystore import MIN, Keystore
 from support.server import CHAINMAIL, Server, running
@@ -51,10 +52,11 @@ def test_two_sides_one_regulator_and_nothing_readable_at_the_node(node: Server) 
             f"{MARKER} funds reserved",
         ]
         assert len(c["sbank"].channel_read(sell)) == 2
-        # Each side is blind to the other, and the regulator to both, until shared.
-        assert c["seller"].channel_read(buy) == []
-        assert c["bbank"].channel_read(sell) == []
-        assert c["regulator"].channel_read(buy) == []
+        # Each side is blind to the other, and the regulator to both, until shared:
+        # told so, not shown an empty channel.
+        for who, chan in (("seller", buy), ("bbank", sell), ("regulator", buy)):
+            with pytest.raises(DecryptionError, match="not a member, and not shared with you"):
+                c[who].channel_read(chan)
         # The bank got the buyer's message delivered to its inbox (as ciphertext).
         inbox = c["bbank"].inbox()
         assert any(e.message["content"].get("type") == "chan/msg" for e in inbox)
@@ -137,7 +139,15 @@ def test_cli_chan_commands(node: Server, tmp_path: Path) -> None:
     ]
     assert [x["data"] for x in lines] == [{"px": "12.50"}, {"ok": True}]
     assert set(lines[0]) == {"id", "author", "data"} and lines[0]["author"] == ids["ann"]
-    assert cm("chan", "read", "--as", "reg", "--chan", chan, "--json") == ""
+    outsider = subprocess.run(
+        [CHAINMAIL, "chan", "read", "--as", "reg", "--chan", chan, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert outsider.returncode == 1 and outsider.stdout == ""
+    assert outsider.stderr.startswith("chainmail: decryption_failed: cannot decrypt: no key")
     table = cm("chan", "read", "--as", "ben", "--chan", chan)
     assert '{"px": "12.50"}' in table and '{"ok": true}' in table  # JSON, not Python's repr
     cm("chan", "share", "--as", "ben", "--chan", chan, "--with", ids["reg"])

@@ -25,8 +25,8 @@ def test_demo_embedded() -> None:
         "tx_closed",
         "regulator reads buy-side",
         "regulator reads sell-side",
-        "the seller can read 0",
-        "the buyer can read 0",
+        "the seller holds no key to it: cannot read any",
+        "the buyer holds no key to it: cannot read any",
         "Settled and proven.",
     ):
         assert line in out, line

@@ -135,6 +135,19 @@ def test_list(home: Path, cli: Cli) -> None:
     ]
 
 
+def test_a_broken_key_file_does_not_hide_the_others(home: Path, cli: Cli) -> None:
+    cli("keys", "new", "alice")
+    (home / "keys" / "broken.json").write_text("garbage")
+    ids = {info.name: info.id for info in Keystore(home).survey()[0]}
+    result = cli("keys", "list")
+    assert result.code == 1
+    assert [line.split() for line in result.out.splitlines()] == [["alice", ids["alice"]]]
+    (problem,) = result.err.strip().splitlines()
+    assert problem.startswith("chainmail: keystore: ") and "broken.json" in problem
+    as_json = cli("keys", "list", "--json")
+    assert as_json.code == 1 and json.loads(as_json.out) == [{"name": "alice", "id": ids["alice"]}]
+
+
 def test_home_option_overrides_env(home: Path, tmp_path: Path, cli: Cli) -> None:
     other = tmp_path / "other"
     assert cli("keys", "new", "alice", "--home", str(other)).code == 0

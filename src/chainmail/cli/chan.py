@@ -78,7 +78,11 @@ def chan_read(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Decrypt every message of the channel you can read, oldest first."""
+    """Decrypt every message of the channel you can read, oldest first.
+
+    Exits 1 (decryption_failed) if the channel holds no key for you: you are
+    neither a member nor a reader it was shared with.
+    """
     with _client(node, as_, home) as client:
         opened = client.channel_read(chan)
     if as_json:

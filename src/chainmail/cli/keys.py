@@ -187,21 +187,28 @@ def import_(
 
 @keys_app.command("list")
 def list_(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """List stored identities: name and feed id. Needs no passphrase."""
+    """List stored identities: name and feed id. Needs no passphrase.
+
+    A key file that cannot be read is named on stderr after the others are
+    listed, and the exit status is then 1.
+    """
     store = Keystore(home)
-    infos = store.infos()
+    infos, bad = store.survey()
     if as_json:
         _print_json([{"name": i.name, "id": i.id} for i in infos])
-        return
-    console = _console()
-    if not infos:
-        console.print(f"No keys in {store.keys_dir}. Create one with: chainmail keys new NAME")
-        return
-    width = max(len(i.name) for i in infos)
-    for info in infos:
-        line = Text(f"{info.name:<{width}}  ", style="bold")
-        line.append(info.id)
-        console.print(line)
+    elif not infos and not bad:
+        _console().print(f"No keys in {store.keys_dir}. Create one with: chainmail keys new NAME")
+    elif infos:
+        console = _console()
+        width = max(len(i.name) for i in infos)
+        for info in infos:
+            line = Text(f"{info.name:<{width}}  ", style="bold")
+            line.append(info.id)
+            console.print(line)
+    for exc in bad:
+        typer.echo(f"chainmail: {exc.diagnostics()}", err=True)
+    if bad:
+        raise typer.Exit(1)
 
 
 @keys_app.command("show")

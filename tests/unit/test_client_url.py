@@ -1,0 +1,38 @@
+"""A node URL is checked when the client is made: one clear error, never a traceback later."""
+
+from __future__ import annotations
+
+import pytest
+
+from chainmail.client import Client
+from chainmail.errors import Error
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("127.0.0.1:8700", "expected http://"),
+        ("http://127.0.0.1:abc", "Invalid port"),
+        ("http://[::1", "Invalid port"),
+        ("http://127.0.0.1:99999", "port 99999 is not 1 to 65535"),
+        ("http://:8700", "no host"),
+    ],
+)
+def test_a_bad_node_url_is_refused_at_once(url: str, says: str) -> None:
+    with pytest.raises(Error, match=says) as caught:
+        Client(url)
+    assert caught.value.code == "invalid_format"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8700",
+        "http://127.0.0.1:8700/",
+        "https://node.example",
+        "http://[::1]:8700",
+    ],
+)
+def test_a_good_node_url_is_taken(url: str) -> None:
+    with Client(url) as client:
+        assert client.node == url.rstrip("/")
