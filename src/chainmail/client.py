@@ -21,7 +21,9 @@ The local feed
     while written, or memory. A message the node refuses for good (an unknown
     or closed tx, a broken rule) is dropped from the local copy together with
     every message signed after it: they chain to it and could never be
-    accepted.
+    accepted. The error raised then has ``dropped``: the contents of those
+    messages, oldest (the refused one) first, to sign again what still makes
+    sense (``for content in exc.dropped[1:]: client.sign(content)``).
 
 Errors
     A problem document from the node becomes the ``chainmail.errors``
@@ -731,10 +733,14 @@ class _Core:
         if exc.code in _DIVERGED:
             self._sent = None  # ask the node again next time
             return exc
-        dropped = self._feed().truncate(int(msg["sequence"]))
+        feed = self._feed()
+        lost = feed.after(int(msg["sequence"]) - 1)
+        dropped = feed.truncate(int(msg["sequence"]))
         note = f" (dropped {dropped} unsent message(s) from the local feed copy)"
         again = type(exc)(exc.detail + note, code=exc.code)
         again.__cause__ = exc
+        # What was lost, so the caller can publish what still makes sense again.
+        again.dropped = [m["content"] for m in lost]  # type: ignore[attr-defined]
         return again
 
     def _sync_flow(self) -> Flow[list[Receipt]]:

@@ -366,8 +366,15 @@ def test_refused_message_leaves_the_local_feed(alice: Client) -> None:
     with pytest.raises(Rejected, match="dropped 2 unsent") as refused:
         alice.sync()
     assert refused.value.code == "unknown_tx"
+    # Nothing is lost for good: what was dropped comes back, to sign again.
+    dropped = refused.value.dropped  # type: ignore[attr-defined]
+    assert [c["type"] for c in dropped] == ["tx/note", "post"]
+    for content in dropped[1:]:
+        alice.sign(content)
+    (again,) = alice.sync()
+    assert alice.message(again.id)["message"]["content"]["text"] == "chained to the refused one"
     receipt = alice.publish({"type": "post", "text": "fine"})
-    assert alice.message(receipt.id)["message"]["sequence"] == 1
+    assert alice.message(receipt.id)["message"]["sequence"] == 2
 
 
 def test_submit_batch_reports_each_line(alice: Client, bob: Client) -> None:
