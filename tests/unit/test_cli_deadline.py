@@ -35,3 +35,10 @@ def test_a_deadline_not_in_the_future_is_refused(text: str) -> None:
 def test_a_deadline_that_is_no_time_is_refused(text: str) -> None:
     with pytest.raises(InvalidMessage, match="expected a duration"):
         parse_deadline(text, NOW)
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999999", str(2**53), "999999999999999d"])
+def test_a_deadline_past_what_a_message_holds_is_refused_as_the_deadline(text: str) -> None:
+    with pytest.raises(InvalidMessage, match=r"^--deadline: .* past the largest time"):
+        parse_deadline(text, NOW)
+    assert parse_deadline(str(2**53 - 1), NOW) == 2**53 - 1

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from chainmail.cli._app import app
 from chainmail.client import DEFAULT_NODE, NODE_ENV, Client, Receipt, Report, VerificationFailed
+from chainmail.content import MAX_SAFE_INTEGER
 from chainmail.errors import InvalidMessage
 from chainmail.keystore import HOME_ENV
 from chainmail.verify import Progress
@@ -134,6 +135,11 @@ def parse_deadline(text: str, now: int) -> int:
         raise InvalidMessage(
             f"--deadline: {text} is not in the future (now is {now} ms): the tx would time out"
             " as it opens"
+        )
+    if when > MAX_SAFE_INTEGER:
+        raise InvalidMessage(
+            f"--deadline: {text} is past the largest time a message holds"
+            f" ({MAX_SAFE_INTEGER} ms since 1970)"
         )
     return when
 
