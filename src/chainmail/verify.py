@@ -425,6 +425,55 @@ def _inclusion_flow(
     return _Included(block, pipeline)
 
 
+def _covered_by_flow(checks: _Checks, included: _Included, block: _Block, name: str) -> Flow[None]:
+    """The log a message was proven under is the start of the tx's block's log.
+
+    A message's proof is under the first block that covers it; the tx's own
+    block, which seals it, must cover it too (its messages were logged before
+    it closed). Without this, a proof under any block the node signed, even
+    one over another log, would pass.
+    """
+    earlier, sealing = included.block.info, block.info
+    pipeline = included.pipeline
+    older, newer = earlier.log(pipeline), sealing.log(pipeline)
+    proof: list[bytes] = []
+    if earlier.height < sealing.height and 0 < older.size < newer.size:
+        answer = _obj(
+            (
+                yield from _get(
+                    f"/v1/log/{pipeline}/consistency",
+                    "consistency proof",
+                    {"from": older.size, "to": newer.size},
+                )
+            ),
+            "consistency proof",
+        )
+        proof = proof_hashes(answer.get("proof"), "consistency proof")
+
+    def step() -> str:
+        if earlier.height > sealing.height:
+            raise ProofError(
+                f"its proof is under block {earlier.height}, after block {sealing.height}"
+                " that seals the tx: the sealing block must cover its messages"
+            )
+        if older.size > newer.size:
+            raise ProofError(
+                f"block {earlier.height}'s log {pipeline} has {older.size} entries, more than"
+                f" block {sealing.height}'s {newer.size}"
+            )
+        if older.size == newer.size:
+            if older.root != newer.root:
+                raise ProofError(f"log {pipeline}: the same size {older.size}, different roots")
+        elif older.size > 0:
+            merkle.verify_consistency(older.size, newer.size, proof, older.root, newer.root)
+        return (
+            f"block {earlier.height}'s log {pipeline} at {older.size} is the start of block"
+            f" {sealing.height}'s at {newer.size}"
+        )
+
+    checks.run(name, step)
+
+
 def _signed_message_flow(
     checks: _Checks, msg_id: str, name: str, hmac_key: bytes | None
 ) -> Flow[dict[str, Any]]:
@@ -539,6 +588,8 @@ def tx_flow(
         label = f"message {n}/{len(ids)}"
         messages[mid] = yield from _signed_message_flow(checks, mid, label, hmac_key)
         included = yield from _inclusion_flow(checks, node, mid, f"{label} inclusion", cache)
+        if included.block.info.height != block.info.height:
+            yield from _covered_by_flow(checks, included, block, f"{label} in the tx's block")
         pipelines.add(included.pipeline)
 
     def tx_record_step() -> str:

@@ -289,6 +289,89 @@ def test_tampered_answers_fail_verification(node_url: str, settled: Settled, cas
             assert client.verify_tx(settled.tx).ok
 
 
+class Forge(httpx.BaseTransport):
+    """Forwards to the real node, but answers the paths in ``answers`` itself."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._answers = answers
+        self.hits: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.raw_path.decode("ascii").split("?")[0]
+        if path in self._answers:
+            self.hits.append(path)
+            return httpx.Response(200, json=self._answers[path])
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_a_tx_message_proven_under_a_block_the_node_forged_later_fails(tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    from chainmail import blocks
+    from chainmail.node import load_identity
+    from support.server import running
+
+    with running(tmp_path / "node") as node:
+        a, b = Keypair.generate(), Keypair.generate()
+        with Client(node.url, a) as alice, Client(node.url, b) as bob:
+            tx = alice.open_tx([b.id], timedelta(minutes=5))
+            note = alice.note(tx, {"px": 101})
+            alice.finish(tx)
+            bob.finish(tx)
+            sealed(alice, tx)
+            latest = alice.blocks(0)[-1]
+            node_id = alice.health()["id"]
+        # The node signs one more block, over a log of the note alone: a proof
+        # of the note under it checks out, on a log that is not the log.
+        keys = load_identity(node.data / "node-secret.json")
+        height, leaf = int(latest["height"]) + 1, blocks.message_leaf(note.id)
+        blob, root = blocks.encode_records([])
+        content = blocks.block_content(
+            height=height,
+            prev=latest["id"],
+            time=int(time.time() * 1000),
+            logs=[blocks.LogCheckpoint(0, 1, leaf)],
+            records=[],
+            records_blob_id=blob_id(blob),
+            records_root=root,
+        )
+        state = ssb.FeedState(latest["id"], latest["message"]["sequence"])
+        forged = ssb.create(keys, content, state, content["time"])
+        forged_id = ssb.message_id(forged)
+        forge = Forge(
+            {
+                f"/v1/blocks/{height}": {
+                    "height": height,
+                    "id": forged_id,
+                    "message": forged,
+                    "records": [],
+                },
+                f"/v1/messages/{quote(note.id, safe='')}/proof": {
+                    "id": note.id,
+                    "pipeline": 0,
+                    "index": 0,
+                    "size": 1,
+                    "root": base64.b64encode(leaf).decode(),
+                    "proof": [],
+                    "block": {"height": height, "id": forged_id},
+                },
+            }
+        )
+        with (
+            Client(node.url, transport=forge, node_id=node_id) as client,
+            pytest.raises(VerificationFailed, match="that seals the tx") as failed,
+        ):
+            client.verify_tx(tx)
+        assert len(forge.hits) == 2, forge.hits
+        assert "in the tx's block" in failed.value.report.checks[-1].check
+        with Client(node.url, node_id=node_id) as honest:
+            assert honest.verify_tx(tx).ok
+
+
 def test_a_tx_no_block_holds_yet_has_nothing_to_verify(alice: Client, bob: Client) -> None:
     tx = alice.open_tx([bob.id], timedelta(minutes=5))
     # Not a failed proof (nothing was tampered with): not found in any block yet.
