@@ -739,9 +739,12 @@ def verify_tx_record(
       ``chan/share`` without ``tx`` in a channel whose ``chan/open`` is
       earlier in the record;
     - every author is a party, and each author's messages are in feed order;
-    - ``finished``: the ``tx/finish`` messages meet the finish policy and the
-      tx closed no later than its deadline (the deadline is inclusive);
-    - ``timed_out``: the tx closed after its deadline.
+    - ``finished``: the ``tx/finish`` messages meet the finish policy, the
+      last one listed is the one that met it (the node takes nothing for a
+      closed tx), and the tx closed no later than its deadline (inclusive);
+    - ``timed_out``: the finishes never meet the policy, and the tx closed
+      after its deadline;
+    - it did not close before it opened.
 
     Raises ``ProofError`` on any mismatch; ``ValueError`` for an ``hmac_key``
     that is not 32 bytes.
@@ -755,6 +758,8 @@ def verify_tx_record(
     opener = ""
     policy = _DEFAULT_FINISH
     deadline = 0
+    #: Where the finish policy was first met: the tx closed there.
+    met_at: int | None = None
     for position, mid in enumerate(rec["messages"]):
         if mid not in messages:
             raise ProofError(f"record {tx}: message {mid} not given")
@@ -797,11 +802,27 @@ def verify_tx_record(
                 f"got sequence {sequence} after {last_sequence[author]}"
             )
         last_sequence[author] = sequence
+        if met_at is not None:
+            # The node closes a tx the moment its policy is met, and takes
+            # nothing for it after that: no message can follow the closing one.
+            raise ProofError(
+                f"record {tx}: message {mid} comes after the tx/finish that closed it"
+                f" (message {met_at + 1})"
+            )
         if kind == "tx/finish":
             finishers.add(author)
+            if txs.finish_met(policy, opener, parties, finishers):
+                met_at = position
         elif kind == "chan/open":
             tx_channels.add(mid)
     closed: int = rec["closed"]
+    if rec["opened"] > closed:
+        raise ProofError(f"record {tx}: closed at {closed}, before it opened at {rec['opened']}")
+    if rec["status"] == "timed_out" and met_at is not None:
+        raise ProofError(
+            f"record {tx}: its tx/finish messages meet policy {policy!r}, so it finished;"
+            " it cannot have timed out"
+        )
     if rec["status"] == "finished":
         if not txs.finish_met(policy, opener, parties, finishers):
             raise ProofError(

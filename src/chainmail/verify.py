@@ -384,6 +384,7 @@ def _checkpoint_flow(
 class _Included:
     block: _Block
     pipeline: int
+    index: int
 
 
 def _inclusion_flow(
@@ -422,7 +423,7 @@ def _inclusion_flow(
         return f"entry {index} of log {pipeline} (size {size}) under block {height}"
 
     checks.run(name, step)
-    return _Included(block, pipeline)
+    return _Included(block, pipeline, _field(body, "index", int, what))
 
 
 def _covered_by_flow(checks: _Checks, included: _Included, block: _Block, name: str) -> Flow[None]:
@@ -581,6 +582,7 @@ def tx_flow(
     ids = _field(record, "messages", list, what)
     messages: dict[str, dict[str, Any]] = {}
     pipelines: set[int] = set()
+    last_index: dict[int, int] = {}
     for n, mid in enumerate(ids, start=1):
         if not isinstance(mid, str):
             checks.fail("tx record", f"message ids must be strings, got {mid!r}")
@@ -591,6 +593,15 @@ def tx_flow(
         if included.block.info.height != block.info.height:
             yield from _covered_by_flow(checks, included, block, f"{label} in the tx's block")
         pipelines.add(included.pipeline)
+        before = last_index.get(included.pipeline)
+        if before is not None and included.index <= before:
+            # Record messages are in log order (DESIGN §6); one pipeline's indexes show it.
+            checks.fail(
+                "tx record",
+                f"message {n} is entry {included.index} of log {included.pipeline}, listed"
+                f" after entry {before}: not in log order",
+            )
+        last_index[included.pipeline] = included.index
 
     def tx_record_step() -> str:
         blocks.verify_tx_record(record, messages, hmac_key=hmac_key)

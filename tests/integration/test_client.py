@@ -372,6 +372,83 @@ def test_a_tx_message_proven_under_a_block_the_node_forged_later_fails(tmp_path:
             assert honest.verify_tx(tx).ok
 
 
+def test_a_tx_record_out_of_log_order_fails_even_signed_by_the_node(tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    from chainmail import blocks
+    from chainmail.node import load_identity
+    from support.server import running
+
+    with running(tmp_path / "node") as node:
+        a, b = Keypair.generate(), Keypair.generate()
+        with Client(node.url, a) as alice, Client(node.url, b) as bob:
+            tx = alice.open_tx([b.id], timedelta(minutes=5))
+            alice.note(tx, {"px": 101})
+            alice.finish(tx)
+            bob.finish(tx)
+            info = sealed(alice, tx)
+            latest = alice.blocks(0)[-1]
+            node_id = alice.health()["id"]
+            checkpoint_now = checkpoint.Checkpoint.from_text(
+                alice.checkpoint(0).split("\n\n")[0] + "\n"
+            )
+            record = alice.block(info["block"])["records"][0]
+        # The node re-signs the tx's record with the two finishes (one each, so
+        # each feed's order holds) swapped, in a block of its own over the real
+        # log: all signed, all proven, only the log order betrays it.
+        keys = load_identity(node.data / "node-secret.json")
+        forged_record = dict(record, messages=[record["messages"][i] for i in (0, 1, 3, 2)])
+        height = int(latest["height"]) + 1
+        blob, root = blocks.encode_records([forged_record])
+        content = blocks.block_content(
+            height=height,
+            prev=latest["id"],
+            time=int(time.time() * 1000),
+            logs=[blocks.LogCheckpoint(0, checkpoint_now.size, checkpoint_now.root)],
+            records=[forged_record],
+            records_blob_id=blob_id(blob),
+            records_root=root,
+        )
+        state = ssb.FeedState(latest["id"], latest["message"]["sequence"])
+        forged = ssb.create(keys, content, state, content["time"])
+        forged_id = ssb.message_id(forged)
+        summary = {
+            **alice_tx_summary(node.url, tx),
+            "messages": forged_record["messages"],
+            "block": height,
+        }
+        forge = Forge(
+            {
+                f"/v1/transactions/{quote(tx, safe='')}": summary,
+                f"/v1/blocks/{height}": {
+                    "height": height,
+                    "id": forged_id,
+                    "message": forged,
+                    "records": [forged_record],
+                },
+                f"/v1/blocks/{height}/records/{quote(tx, safe='')}/proof": {
+                    "tx": tx,
+                    "record": forged_record,
+                    "index": 0,
+                    "count": 1,
+                    "root": base64.b64encode(root).decode(),
+                    "proof": [],
+                },
+            }
+        )
+        with (
+            Client(node.url, transport=forge, node_id=node_id) as client,
+            pytest.raises(VerificationFailed, match="not in log order"),
+        ):
+            client.verify_tx(tx)
+        assert len(forge.hits) >= 3, forge.hits
+
+
+def alice_tx_summary(url: str, tx: str) -> dict[str, Any]:
+    with Client(url) as reader:
+        return reader.tx(tx)
+
+
 def test_a_tx_no_block_holds_yet_has_nothing_to_verify(alice: Client, bob: Client) -> None:
     tx = alice.open_tx([bob.id], timedelta(minutes=5))
     # Not a failed proof (nothing was tampered with): not found in any block yet.

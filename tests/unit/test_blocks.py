@@ -599,6 +599,32 @@ def test_tx_record_finished_after_deadline(chain: Node) -> None:
         blocks.verify_tx_record(rec, chain.messages)
 
 
+def test_tx_record_finished_relabelled_timed_out(chain: Node) -> None:
+    rec = copy.deepcopy(chain.records[0][0])  # both parties finished: policy "all" met
+    rec["status"], rec["closed"] = "timed_out", DEADLINE + 1
+    with pytest.raises(ProofError, match="so it finished; it cannot have timed out"):
+        blocks.verify_tx_record(rec, chain.messages)
+
+
+def test_tx_record_message_after_the_closing_finish(chain: Node) -> None:
+    rec = copy.deepcopy(chain.records[0][0])
+    closing = chain.messages[rec["messages"][-1]]  # bob's finish met the policy
+    bob = Keypair.from_seed(bytes([7]) * 32)
+    assert closing["author"] == bob.id
+    state = ssb.FeedState(ssb.message_id(closing), closing["sequence"])
+    late = ssb.create(bob, {"type": "tx/note", "tx": rec["tx"], "data": {}}, state, 10**12)
+    rec["messages"].append(ssb.message_id(late))
+    with pytest.raises(ProofError, match="comes after the tx/finish that closed it"):
+        blocks.verify_tx_record(rec, {**chain.messages, ssb.message_id(late): late})
+
+
+def test_tx_record_closed_before_it_opened(chain: Node) -> None:
+    rec = copy.deepcopy(chain.records[0][0])
+    rec["opened"] = rec["closed"] + 1
+    with pytest.raises(ProofError, match="before it opened"):
+        blocks.verify_tx_record(rec, chain.messages)
+
+
 def test_tx_record_author_not_a_party(chain: Node) -> None:
     rec = copy.deepcopy(chain.records[0][0])
     mallory = Keypair.generate()
