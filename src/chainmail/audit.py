@@ -92,9 +92,11 @@ class _Pipeline:
     whole: bool = True
     #: Messages not yet covered by a block: (index, id, seen at ms).
     waiting: collections.deque[tuple[int, str, int]] = field(default_factory=collections.deque)
+    #: Entries below this are covered by a block whose root this audit has checked.
     covered: int = 0
-    #: Checkpoints to compare once the firehose reaches their size: (size, root, height).
-    roots: list[tuple[int, bytes, int]] = field(default_factory=list)
+    #: Checkpoints to compare once the firehose reaches their size: (size, root,
+    #: height, the firehose read they were seen after).
+    roots: list[tuple[int, bytes, int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         leaves = self.leaves
@@ -124,6 +126,10 @@ class Auditor:
         self._pipelines: dict[int, _Pipeline] = {}
         self._height = 0
         self._block_id: str | None = None
+        #: Each pipeline's size in the last block, to catch a log going back.
+        self._block_sizes: dict[int, int] = {}
+        #: Whole reads of the firehose so far (``firehose_read``).
+        self._reads = 0
 
     def _pipeline(self, pipeline: int) -> _Pipeline:
         found = self._pipelines.get(pipeline)
@@ -293,10 +299,20 @@ class Auditor:
             return bad(f"its content says height {info.height}")
         if info.prev != previous and follows:
             bad(f"prev is {info.prev}, not block {height - 1}'s id {previous}")
+        sizes = {log.pipeline: log.size for log in info.logs}
+        dropped = sorted(set(self._block_sizes) - set(sizes))
+        if dropped:
+            bad(f"it has no checkpoint of pipeline(s) {dropped}, which an earlier block had")
+        for pipeline, size in sorted(sizes.items()):
+            before = self._block_sizes.get(pipeline, 0)
+            if size < before:
+                bad(f"pipeline {pipeline}'s log went back from {before} to {size} entries")
+        self._block_sizes.update(sizes)
         for log in info.logs:
             p = self._pipeline(log.pipeline)
-            p.covered = max(p.covered, log.size)
-            p.roots.append((log.size, log.root, height))
+            if not p.whole:  # past a gap no root can be checked: take the block's word
+                p.covered = max(p.covered, log.size)
+            p.roots.append((log.size, log.root, height, self._reads))
             found.extend(self._check_roots(log.pipeline, p))
         return found
 
@@ -304,11 +320,15 @@ class Auditor:
         found: list[Finding] = []
         if not p.whole:
             return found
-        later: list[tuple[int, bytes, int]] = []
-        for size, root, height in p.roots:
+        later: list[tuple[int, bytes, int, int]] = []
+        for size, root, height, read in p.roots:
             if size > p.size:
-                later.append((size, root, height))
-            elif p.tree.root(size) != root:
+                later.append((size, root, height, read))
+            elif p.tree.root(size) == root:
+                # Only a root this audit computed covers anything: a block may
+                # not hide messages by claiming a log the firehose never shows.
+                p.covered = max(p.covered, size)
+            else:
                 found.append(
                     Finding(
                         "root_mismatch",
@@ -348,6 +368,39 @@ class Auditor:
                 else:
                     kept.append((index, msg_id, seen))
             p.waiting = kept
+        return found
+
+    def firehose_read(self) -> None:
+        """The caller has read every pipeline of the firehose to its end once more."""
+        self._reads += 1
+
+    def unmatched_roots(self, *, reads: int = 1) -> list[Finding]:
+        """Block checkpoints past the firehose after ``reads`` whole reads of it since.
+
+        The node logged the block after the entries it covers, so once the
+        firehose was read to its end after the block was seen, it must have
+        shown them: a size it never reaches is a log the node does not publish
+        (or a pipeline it has not got). Each is reported once.
+        """
+        found: list[Finding] = []
+        for pipeline, p in sorted(self._pipelines.items()):
+            if not p.whole:
+                continue
+            kept: list[tuple[int, bytes, int, int]] = []
+            for size, root, height, read in p.roots:
+                if self._reads - read < reads:
+                    kept.append((size, root, height, read))
+                    continue
+                found.append(
+                    Finding(
+                        "root_mismatch",
+                        f"block {height}: pipeline {pipeline} at size {size}, but the firehose"
+                        f" shows only {p.size} entries",
+                        pipeline=pipeline,
+                        height=height,
+                    )
+                )
+            p.roots = kept
         return found
 
     def unchecked_roots(self) -> int:

@@ -110,6 +110,8 @@ def audit_node(
                     time.sleep(interval)
                     run.firehose()
                     run.blocks()
+                    # A round's lag is allowed: a block seen before the last read.
+                    run.report(auditor.unmatched_roots(reads=2))
             except KeyboardInterrupt:
                 pass  # the end of a followed audit: its summary is returned
         else:
@@ -117,6 +119,10 @@ def audit_node(
             while auditor.waiting() and time.monotonic() < deadline:
                 time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
                 run.blocks()
+                if auditor.unchecked_roots():
+                    run.firehose()
+            run.firehose()  # everything the blocks seen so far cover is on it by now
+            run.report(auditor.unmatched_roots())
             run.overdue()
             run.report(compare.round())
     summary.messages, summary.blocks = auditor.messages, auditor.blocks
@@ -159,6 +165,7 @@ class _Run:
                 checking.append((chunk, self.pool.submit(self.auditor.check, chunk)))
             while checking:
                 self._take(pipeline, checking)
+        self.auditor.firehose_read()
 
     def _take(
         self, pipeline: int, checking: collections.deque[tuple[_Chunk, Future[list[Checked]]]]

@@ -187,6 +187,47 @@ def test_a_message_no_block_covers_after_the_grace_period_is_censored(node: Fake
     assert auditor.waiting() == 0
 
 
+def test_a_block_over_more_log_than_the_firehose_shows_covers_nothing(node: FakeNode) -> None:
+    alice = Writer()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    for n in range(3):
+        see(auditor, node.append(alice.sign({"type": "post", "n": n})), now=0)
+    height, bid, msg = node.block(size=1000, root=bytes(32))  # a log never published
+    assert auditor.see_block(height, bid, msg) == []
+    assert auditor.unmatched_roots() == []  # the firehose was not read since
+    auditor.firehose_read()
+    (found,) = auditor.unmatched_roots()
+    assert found.kind == "root_mismatch" and found.height == height
+    assert "size 1000" in found.detail and "shows only 3 entries" in found.detail
+    assert auditor.unmatched_roots() == []  # said once
+    # Its claim covers nothing: what the firehose did show was censored.
+    assert kinds(auditor.overdue(now=GRACE)) == ["censored"] * 3
+
+
+def test_a_log_that_goes_back_or_a_pipeline_a_block_drops_is_a_bad_block(node: FakeNode) -> None:
+    alice = Writer()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    for n in range(4):
+        see(auditor, node.append(alice.sign({"type": "post", "n": n})))
+    height, bid, msg = node.block()
+    assert auditor.see_block(height, bid, msg) == []
+    see(auditor, (len(node.log) - 1, bid, msg))
+    height, bid, msg = node.block(size=2)
+    found = auditor.see_block(height, bid, msg)
+    assert kinds(found) == ["block"] and "went back from 4 to 2 entries" in found[0].detail
+    content = blocks.block_content(
+        height=3,
+        prev=bid,
+        time=1_800_000_000_003,
+        logs=[blocks.LogCheckpoint(1, 0, merkle.root([]))],
+        records=[],
+        records_blob_id=EMPTY_BLOB,
+    )
+    dropping = node.feed.sign(content)
+    found = auditor.see_block(3, ssb.message_id(dropping), dropping)
+    assert kinds(found) == ["block"] and "no checkpoint of pipeline(s) [0]" in found[0].detail
+
+
 def test_a_negative_grace_is_refused() -> None:
     with pytest.raises(ValueError, match="grace_ms"):
         Auditor("@x", grace_ms=-1)
