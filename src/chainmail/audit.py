@@ -130,6 +130,11 @@ class Auditor:
         self._block_sizes: dict[int, int] = {}
         #: Whole reads of the firehose so far (``firehose_read``).
         self._reads = 0
+        #: Blocks of the node's feed on the firehose, and blocks the API served
+        #: (with the read they came after), by height, until the other side
+        #: shows the same block.
+        self._feed_blocks: dict[int, str] = {}
+        self._served_blocks: dict[int, tuple[str, int]] = {}
 
     def _pipeline(self, pipeline: int) -> _Pipeline:
         found = self._pipelines.get(pipeline)
@@ -238,7 +243,49 @@ class Auditor:
         author = message.get("author") if isinstance(message, dict) else None
         if author != self.node_id:
             p.waiting.append((index, msg_id, now))
+        elif checked is not None:
+            found.extend(self._feed_block(checked))
         found.extend(self._check_roots(pipeline, p))
+        return found
+
+    def _feed_block(self, checked: ssb.Checked) -> list[Finding]:
+        """A block message in the node's own feed: it must be the block the API serves."""
+        body = checked.content
+        height = body.get("height") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or body.get("type") != "block" or type(height) is not int:
+            return []
+        served = self._served_blocks.pop(height, None)
+        if served is None:
+            self._feed_blocks[height] = checked.id
+            return []
+        return self._same_block(height, checked.id, served[0])
+
+    @staticmethod
+    def _same_block(height: int, logged: str, served: str) -> list[Finding]:
+        if logged == served:
+            return []
+        return [
+            Finding.block(
+                height,
+                f"the node's feed on the firehose has {logged} at this height, but it serves"
+                f" {served} as the block: it signed two",
+            )
+        ]
+
+    def unlogged_blocks(self, *, reads: int = 1) -> list[Finding]:
+        """Blocks the API served that the node's feed on the firehose never showed, after
+        ``reads`` whole reads of the firehose since. Each is reported once."""
+        found: list[Finding] = []
+        for height, (block_id, read) in sorted(self._served_blocks.items()):
+            if self._reads - read >= reads:
+                del self._served_blocks[height]
+                found.append(
+                    Finding.block(
+                        height,
+                        f"{block_id} is served as the block but is not in the node's feed on"
+                        " the firehose",
+                    )
+                )
         return found
 
     def _skip(self, message: object, msg_id: str) -> None:
@@ -281,6 +328,11 @@ class Auditor:
         if not follows:
             bad(f"expected height {self._height + 1} next")
         self.blocks += 1
+        logged = self._feed_blocks.pop(height, None)
+        if logged is None:
+            self._served_blocks[height] = (block_id, self._reads)
+        else:
+            found.extend(self._same_block(height, logged, block_id))
         previous = self._block_id
         self._height, self._block_id = height, block_id
         try:

@@ -112,6 +112,7 @@ def audit_node(
                     run.blocks()
                     # A round's lag is allowed: a block seen before the last read.
                     run.report(auditor.unmatched_roots(reads=2))
+                    run.report(auditor.unlogged_blocks(reads=2))
             except KeyboardInterrupt:
                 pass  # the end of a followed audit: its summary is returned
         else:
@@ -123,6 +124,7 @@ def audit_node(
                     run.firehose()
             run.firehose()  # everything the blocks seen so far cover is on it by now
             run.report(auditor.unmatched_roots())
+            run.report(auditor.unlogged_blocks())
             run.overdue()
             run.report(compare.round())
     summary.messages, summary.blocks = auditor.messages, auditor.blocks

@@ -228,6 +228,45 @@ def test_a_log_that_goes_back_or_a_pipeline_a_block_drops_is_a_bad_block(node: F
     assert kinds(found) == ["block"] and "no checkpoint of pipeline(s) [0]" in found[0].detail
 
 
+def test_a_block_served_is_the_block_in_the_node_s_own_feed(node: FakeNode) -> None:
+    alice = Writer()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    for n in range(3):
+        see(auditor, node.append(alice.sign({"type": "post", "n": n})))
+    # The node signs two blocks at height 1: one logged in its feed, one served.
+    fork_state = node.feed.state
+    height, served_id, served = node.block()
+    node.log.pop()  # the served one never reaches the firehose...
+    node.blocks.pop()
+    node.feed.state = fork_state
+    _, logged_id, logged = node.block(size=2)  # ...this one is the feed's block 1
+    assert served_id != logged_id
+    see(auditor, (len(node.log) - 1, logged_id, logged))
+    found = auditor.see_block(height, served_id, served)
+    assert kinds(found) == ["block"] and "it signed two" in found[0].detail
+    assert logged_id in found[0].detail and served_id in found[0].detail
+
+
+def test_a_block_served_but_never_in_the_node_s_feed_is_a_finding(node: FakeNode) -> None:
+    alice = Writer()
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    for n in range(3):
+        see(auditor, node.append(alice.sign({"type": "post", "n": n})))
+    height, bid, msg = node.block()
+    assert auditor.see_block(height, bid, msg) == []  # its feed entry not read yet
+    auditor.firehose_read()
+    (found,) = auditor.unlogged_blocks()
+    assert found.kind == "block" and "not in the node's feed" in found.detail
+    assert auditor.unlogged_blocks() == []
+    # Read in time, it is simply the same block.
+    again = Auditor(node.id, grace_ms=GRACE)
+    for entry in [(i, mid, m) for i, (mid, m) in enumerate(node.log)]:
+        see(again, entry)
+    assert again.see_block(height, bid, msg) == []
+    again.firehose_read()
+    assert again.unlogged_blocks() == []
+
+
 def test_a_negative_grace_is_refused() -> None:
     with pytest.raises(ValueError, match="grace_ms"):
         Auditor("@x", grace_ms=-1)
