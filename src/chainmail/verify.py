@@ -41,7 +41,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from chainmail import blocks, checkpoint, merkle, ssb
+from chainmail import blocks, checkpoint, merkle, ssb, txs
 from chainmail.errors import InvalidMessage, NotFound, ProofError
 from chainmail.ids import feed_public_key
 
@@ -608,6 +608,25 @@ def tx_flow(
         return f"{len(messages)} signed messages meet the tx rules for {record['status']}"
 
     checks.run("tx record", tx_record_step)
+
+    def terms_step() -> str:
+        # The rest of what the node says of the tx is the signed tx/open's own.
+        opening = messages[tx_id]
+        terms = opening["content"]
+        signed = {
+            "opener": opening["author"],
+            "deadline": terms.get("deadline"),
+            "finish": terms.get("finish", txs.DEFAULT_FINISH),
+            "subject": terms.get("subject"),
+        }
+        for key, value in signed.items():
+            if summary.get(key) != value:
+                raise ProofError(
+                    f"the node's tx says {key} {summary.get(key)!r}, its signed tx/open {value!r}"
+                )
+        return f"opener, deadline, finish policy {signed['finish']!r} and subject as signed"
+
+    checks.run("tx terms", terms_step)
     for pipeline in sorted(pipelines):
         yield from _checkpoint_flow(checks, node, pipeline, block.info.log(pipeline))
     return checks.report

@@ -248,6 +248,12 @@ TAMPERING: dict[str, tuple[str, Callable[[str], bool], Mutator, str]] = {
         edit_json(lambda v: v["message"].update(timestamp=v["message"]["timestamp"] + 1)),
         "message 1/4",
     ),
+    "tx terms": (
+        "tx",
+        lambda p: p.startswith("/v1/transactions/"),
+        edit_json(lambda v: v.update(deadline=v["deadline"] + 3_600_000)),
+        "tx terms",
+    ),
     "checkpoint": (
         "block",
         lambda p: p.endswith("/checkpoint"),
