@@ -26,7 +26,7 @@ from typing import Any, Final
 from chainmail import ssb
 from chainmail.audit import Auditor, Checked, Finding
 from chainmail.checkpoint import Checkpoint, verify_checkpoint
-from chainmail.client import Client, VerificationFailed
+from chainmail.client import Client, NodeUnavailable, VerificationFailed
 from chainmail.errors import Error, InvalidMessage, ProofError
 from chainmail.mirrors import compare_block_ids, compare_checkpoints, needs_proof
 from chainmail.verify import NodeInfo, node_info
@@ -72,6 +72,7 @@ def audit_node(
     interval: float = 1.0,
     on_finding: Callable[[Finding], None] | None = None,
     mirrors: Sequence[Client] = (),
+    on_outage: Callable[[NodeUnavailable | None], None] | None = None,
 ) -> AuditSummary:
     """Audit the node ``client`` talks to (see ``chainmail.audit``).
 
@@ -86,7 +87,9 @@ def audit_node(
     the ones the node signed for ``client``; a mirror that cannot be read or
     serves what the node did not sign is a ``mirror`` finding, never an
     exception. Raises what the client raises when the node cannot be read
-    (``NodeUnavailable``, ``NotFound``).
+    (``NodeUnavailable``, ``NotFound``), except while following: then a node
+    that cannot be reached is read again every ``interval`` (``on_outage``
+    hears the error when that starts, and None when the node answers again).
     """
     if grace < 0 or interval <= 0:
         raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
@@ -103,13 +106,27 @@ def audit_node(
         if auditor.unchecked_roots():
             run.firehose()  # blocks made since the first read cover messages it had not seen
         if follow:
+            down: NodeUnavailable | None = None
             try:
                 while True:
-                    run.overdue()
-                    run.report(compare.round())
+                    if down is None:
+                        run.overdue()
+                        run.report(compare.round())
                     time.sleep(interval)
-                    run.firehose()
-                    run.blocks()
+                    try:
+                        run.firehose()
+                        run.blocks()
+                    except NodeUnavailable as exc:
+                        # A node down for a while does not end a watch, nor make
+                        # its messages look censored: the next good read resumes.
+                        if down is None and on_outage is not None:
+                            on_outage(exc)
+                        down = exc
+                        continue
+                    if down is not None:
+                        down = None
+                        if on_outage is not None:
+                            on_outage(None)
                     # A round's lag is allowed: a block seen before the last read.
                     run.report(auditor.unmatched_roots(reads=2))
                     run.report(auditor.unlogged_blocks(reads=2))

@@ -130,6 +130,37 @@ def test_a_followed_audit_sees_new_messages_and_ends_on_ctrl_c(tmp_path: Path) -
     assert int(summary.split()[1]) >= 24  # the trade's 4 messages, 20 posts and blocks
 
 
+def test_a_followed_audit_outlives_the_node_going_down_for_a_while(tmp_path: Path) -> None:
+    import signal
+
+    from support.server import free_port
+
+    port = free_port()
+    with running(tmp_path / "node", port=port) as node:
+        settle_a_trade(node)
+        follower = subprocess.Popen(
+            [CHAINMAIL, "audit", "--node", node.url, "--follow", "--interval", "0.2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+    try:
+        time.sleep(1.0)  # down: the watch goes on
+        assert follower.poll() is None, follower.communicate(timeout=10)
+        with running(tmp_path / "node", port=port) as node:
+            settle_a_trade(node)
+            time.sleep(1.5)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
+    assert out == ""
+    assert "trying again every 0.2 s" in err and "the node answers again" in err
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("audited ") and summary.endswith("no findings")
+
+
 def test_audit_node_from_python(tmp_path: Path) -> None:
     from chainmail.auditing import audit_node
 

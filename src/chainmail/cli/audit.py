@@ -20,7 +20,7 @@ from chainmail.cli.commands import (
     _err,
     _interruptible,
 )
-from chainmail.client import DEFAULT_NODE
+from chainmail.client import DEFAULT_NODE, NodeUnavailable
 
 
 @app.command()
@@ -65,7 +65,8 @@ def audit(
     of being seen. Prints one line a finding and a summary on stderr; exits 1
     if there was any finding. Without --follow it waits at most --grace
     seconds for blocks to cover the newest messages, then stops; with it,
-    Ctrl-C ends it with the same summary and exit status. With --mirror it
+    Ctrl-C ends it with the same summary and exit status, and a node that
+    cannot be reached for a while is tried again every --interval. With --mirror it
     also compares what each mirror serves with what --node serves (each
     mirror's own firehose is checked by auditing it with --node).
     """
@@ -75,6 +76,15 @@ def audit(
             _echo_json(finding.to_json())
         else:
             typer.echo(str(finding))
+
+    def outage(exc: NodeUnavailable | None) -> None:
+        if exc is None:
+            _err().print("chainmail: the node answers again; auditing on", highlight=False)
+        else:
+            _err().print(
+                f"chainmail: {exc.diagnostics()}; trying again every {interval:g} s",
+                highlight=False,
+            )
 
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_client(node, node_id=node_id))
@@ -88,6 +98,7 @@ def audit(
             interval=interval,
             on_finding=show,
             mirrors=others,
+            on_outage=outage,
         )
     found = len(summary.findings)
     outcome = "no findings" if not found else f"{found} finding(s)"
