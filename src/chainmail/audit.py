@@ -13,7 +13,8 @@ trusting the node:
   auditor computes itself from the firehose's messages (**root_mismatch**);
 * no **censorship**: a message (not the node's own) seen on the firehose is
   covered by a block (its index below a block's log size) within a grace
-  period of being seen.
+  period of being seen, and a tx whose finishes there met its policy is in
+  a block's records (as finished) within the grace period too.
 
 Comparing what several endpoints of one node serve (a **split_view**: two
 histories both signed by the node; a **mirror** finding: an endpoint serving
@@ -33,7 +34,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-from chainmail import blocks, merkle, ssb
+from chainmail import blocks, merkle, ssb, txs
 from chainmail.errors import InvalidMessage, ProofError
 
 __all__ = ["Auditor", "Checked", "Finding", "FindingKind"]
@@ -80,6 +81,14 @@ class Finding:
     def block(cls, height: int, detail: str) -> Finding:
         """A ``block`` finding about the block at ``height``."""
         return cls("block", f"block {height}: {detail}", height=height)
+
+
+@dataclass
+class _OpenTx:
+    parties: frozenset[str]
+    opener: str
+    policy: str
+    finishers: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -135,6 +144,11 @@ class Auditor:
         #: shows the same block.
         self._feed_blocks: dict[int, str] = {}
         self._served_blocks: dict[int, tuple[str, int]] = {}
+        #: Txs opened on the firehose and not yet in a block's records, and those
+        #: whose finishes met their policy (when it was seen, ms); a timed-out tx
+        #: stays in the first until a block records it.
+        self._open_txs: dict[str, _OpenTx] = {}
+        self._finished_txs: dict[str, int] = {}
 
     def _pipeline(self, pipeline: int) -> _Pipeline:
         found = self._pipelines.get(pipeline)
@@ -243,9 +257,63 @@ class Auditor:
         author = message.get("author") if isinstance(message, dict) else None
         if author != self.node_id:
             p.waiting.append((index, msg_id, now))
+            if checked is not None:
+                self._follow_tx(checked, now)
         elif checked is not None:
             found.extend(self._feed_block(checked))
         found.extend(self._check_roots(pipeline, p))
+        return found
+
+    def _follow_tx(self, checked: ssb.Checked, now: int) -> None:
+        """Track txs from their messages on the firehose, to know which finished.
+
+        Everything on the firehose was accepted, so a tx's finishes there are
+        the ones the node took: once they meet its policy, the tx finished.
+        """
+        body = checked.content
+        if not isinstance(body, dict):
+            return
+        kind = body.get("type")
+        if kind == "tx/open":
+            parties = body.get("parties")
+            policy = body.get("finish", txs.DEFAULT_FINISH)
+            if isinstance(parties, list) and all(isinstance(x, str) for x in parties):
+                self._open_txs[checked.id] = _OpenTx(
+                    frozenset(parties), checked.author, str(policy)
+                )
+        elif kind == "tx/finish":
+            tx_id = body.get("tx")
+            tx = self._open_txs.get(tx_id) if isinstance(tx_id, str) else None
+            if tx is None or checked.author not in tx.parties:
+                return
+            tx.finishers.add(checked.author)
+            if txs.finish_met(tx.policy, tx.opener, tx.parties, tx.finishers):
+                assert isinstance(tx_id, str)
+                del self._open_txs[tx_id]
+                self._finished_txs[tx_id] = now
+
+    def see_records(self, height: int, records: Sequence[dict[str, Any]]) -> list[Finding]:
+        """The tx records of block ``height``: every tx in them is sealed from now on.
+
+        A tx whose finishes on the firehose met its policy recorded as anything
+        but finished is a ``block`` finding.
+        """
+        found: list[Finding] = []
+        for record in records:
+            tx_id = record.get("tx") if isinstance(record, dict) else None
+            if not isinstance(tx_id, str):
+                continue
+            self._open_txs.pop(tx_id, None)
+            finished = self._finished_txs.pop(tx_id, None) is not None
+            status = record.get("status")
+            if finished and status != "finished":
+                found.append(
+                    Finding.block(
+                        height,
+                        f"it records tx {tx_id} as {status!r}, but its finishes on the firehose"
+                        " met its policy: it finished",
+                    )
+                )
         return found
 
     def _feed_block(self, checked: ssb.Checked) -> list[Finding]:
@@ -420,6 +488,17 @@ class Auditor:
                 else:
                     kept.append((index, msg_id, seen))
             p.waiting = kept
+        for tx_id, seen in list(self._finished_txs.items()):
+            if now - seen >= self.grace_ms:
+                del self._finished_txs[tx_id]
+                found.append(
+                    Finding(
+                        "censored",
+                        f"tx {tx_id} finished on the firehose {(now - seen) / 1000:g} s ago"
+                        " and is in no block's records",
+                        id=tx_id,
+                    )
+                )
         return found
 
     def firehose_read(self) -> None:
@@ -460,8 +539,9 @@ class Auditor:
         return sum(len(p.roots) for p in self._pipelines.values() if p.whole)
 
     def waiting(self) -> int:
-        """Messages seen and not yet covered by a block (nor reported)."""
-        return sum(
+        """Messages seen and not yet covered by a block, and txs seen finished and in no
+        block's records yet (none of them reported)."""
+        return len(self._finished_txs) + sum(
             sum(1 for index, _, _ in p.waiting if index >= p.covered)
             for p in self._pipelines.values()
         )

@@ -202,6 +202,9 @@ class _Run:
             for block in page:
                 height = int(block["height"])
                 found = self.auditor.see_block(height, str(block["id"]), block["message"])
+                records = self.client.block(height).get("records")
+                if isinstance(records, list):
+                    found += self.auditor.see_records(height, records)
                 try:
                     self.client.verify_block(height, node_id=self.auditor.node_id)
                 except VerificationFailed as exc:

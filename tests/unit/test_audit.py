@@ -267,6 +267,57 @@ def test_a_block_served_but_never_in_the_node_s_feed_is_a_finding(node: FakeNode
     assert again.unlogged_blocks() == []
 
 
+def _trade(node: FakeNode, auditor: Auditor, policy: str = "all") -> str:
+    """A tx opened and finished by both parties on the firehose, seen at time 0."""
+    alice, bob = Writer(), Writer()
+    opened = alice.sign(
+        {"type": "tx/open", "parties": [alice.id, bob.id], "deadline": 10**13, "finish": policy}
+    )
+    see(auditor, node.append(opened))
+    see(auditor, node.append(alice.sign({"type": "tx/finish", "tx": ssb.message_id(opened)})))
+    see(auditor, node.append(bob.sign({"type": "tx/finish", "tx": ssb.message_id(opened)})))
+    return ssb.message_id(opened)
+
+
+def test_a_finished_tx_in_no_block_s_records_is_censored(node: FakeNode) -> None:
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    tx = _trade(node, auditor)
+    height, bid, msg = node.block()  # covers the messages, records nothing
+    assert auditor.see_block(height, bid, msg) == []
+    assert auditor.see_records(height, []) == []
+    assert auditor.waiting() == 1  # the tx, not its messages
+    assert auditor.overdue(now=GRACE - 1) == []
+    (found,) = auditor.overdue(now=GRACE)
+    assert found.kind == "censored" and found.id == tx and "in no block's records" in found.detail
+    assert auditor.overdue(now=10 * GRACE) == [] and auditor.waiting() == 0
+
+
+def test_a_finished_tx_recorded_as_timed_out_is_a_bad_block(node: FakeNode) -> None:
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    tx = _trade(node, auditor)
+    height, bid, msg = node.block()
+    assert auditor.see_block(height, bid, msg) == []
+    (found,) = auditor.see_records(height, [{"tx": tx, "status": "timed_out"}])
+    assert found.kind == "block" and "as 'timed_out'" in found.detail and tx in found.detail
+    assert auditor.overdue(now=10 * GRACE) == []
+
+
+def test_a_tx_recorded_as_it_finished_or_timed_out_unfinished_is_fine(node: FakeNode) -> None:
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    finished = _trade(node, auditor, policy="any")
+    carol, dave = Writer(), Writer()
+    lapsed = carol.sign({"type": "tx/open", "parties": [carol.id, dave.id], "deadline": 1})
+    see(auditor, node.append(lapsed))
+    records = [
+        {"tx": finished, "status": "finished"},
+        {"tx": ssb.message_id(lapsed), "status": "timed_out"},
+    ]
+    height, bid, msg = node.block()
+    assert auditor.see_block(height, bid, msg) == []
+    assert auditor.see_records(height, records) == []
+    assert auditor.overdue(now=10 * GRACE) == []
+
+
 def test_a_negative_grace_is_refused() -> None:
     with pytest.raises(ValueError, match="grace_ms"):
         Auditor("@x", grace_ms=-1)
