@@ -921,9 +921,11 @@ class _Core:
         return _dict(body, "transaction")
 
     def _transactions_flow(
-        self, party: str | None, status: str | None, limit: int
+        self, party: str | None, status: str | None, limit: int, after: str | None = None
     ) -> Flow[list[dict[str, Any]]]:
         params: dict[str, str | int] = {"limit": limit}
+        if after is not None:
+            params["before"] = after  # the API's cursor: the txs listed after this one
         if party is not None:
             params["party"] = party
         if status is not None:
@@ -1203,10 +1205,16 @@ class Client(_Core):
         return self._run(self._tx_flow(tx_id))
 
     def transactions(
-        self, *, party: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        *,
+        party: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Transactions, newest first, by party and status; raises ``InvalidMessage``."""
-        return self._run(self._transactions_flow(party, status, limit))
+        """Transactions, newest first, by party and status; the next page is ``after`` the
+        last listed tx's id. Raises ``InvalidMessage``, ``NotFound`` (no such ``after``)."""
+        return self._run(self._transactions_flow(party, status, limit, after))
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -1676,10 +1684,15 @@ class AsyncClient(_Core):
         return await self._run(self._head_flow(author or self.id))
 
     async def transactions(
-        self, *, party: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        *,
+        party: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Transactions, newest first; raises like ``Client.transactions``."""
-        return await self._run(self._transactions_flow(party, status, limit))
+        """Transactions, newest first; pages and raises like ``Client.transactions``."""
+        return await self._run(self._transactions_flow(party, status, limit, after))
 
     # -- inbox -----------------------------------------------------------------------------
 

@@ -455,6 +455,25 @@ def alice_tx_summary(url: str, tx: str) -> dict[str, Any]:
         return reader.tx(tx)
 
 
+def test_listing_transactions_pages_through_a_batch_opened_at_once(
+    alice: Client, bob: Client
+) -> None:
+    deadline = int(time.time() * 1000) + 300_000
+    opens = [
+        alice.sign({"type": "tx/open", "parties": [alice.id, bob.id], "deadline": deadline})
+        for _ in range(5)
+    ]
+    assert all(isinstance(r, Receipt) for r in alice.submit_batch(opens))
+    seen: list[str] = []
+    page = alice.transactions(party=alice.id, limit=2)
+    while page:
+        seen.extend(t["tx"] for t in page)
+        page = alice.transactions(party=alice.id, limit=2, after=page[-1]["tx"])
+    assert sorted(seen) == sorted(ssb.message_id(m) for m in opens) and len(seen) == 5
+    with pytest.raises(NotFound):
+        alice.transactions(after="%" + "A" * 43 + "=.sha256")
+
+
 def test_a_tx_no_block_holds_yet_has_nothing_to_verify(alice: Client, bob: Client) -> None:
     tx = alice.open_tx([bob.id], timedelta(minutes=5))
     # Not a failed proof (nothing was tampered with): not found in any block yet.
