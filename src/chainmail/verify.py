@@ -327,6 +327,31 @@ def _block_flow(
     return block
 
 
+def _consistency_proof_flow(pipeline: int, size1: int, size2: int) -> Flow[list[bytes]]:
+    """The node's consistency proof of log ``pipeline`` from ``size1`` to ``size2``."""
+    answer = _obj(
+        (
+            yield from _get(
+                f"/v1/log/{pipeline}/consistency",
+                "consistency proof",
+                {"from": size1, "to": size2},
+            )
+        ),
+        "consistency proof",
+    )
+    return proof_hashes(answer.get("proof"), "consistency proof")
+
+
+def _extends(size1: int, root1: bytes, size2: int, root2: bytes, proof: Sequence[bytes]) -> None:
+    """Raise ``ProofError`` unless the log at ``size2`` (no smaller) is the one at ``size1``
+    extended: the same root at the same size, else ``proof`` (none needed from 0)."""
+    if size1 == size2:
+        if root1 != root2:
+            raise ProofError(f"same size {size1} but a different root")
+    elif size1 > 0:
+        merkle.verify_consistency(size1, size2, proof, root1, root2)
+
+
 def _checkpoint_flow(
     checks: _Checks, node: NodeInfo, pipeline: int, since: blocks.LogCheckpoint | None
 ) -> Flow[checkpoint.Checkpoint]:
@@ -348,17 +373,7 @@ def _checkpoint_flow(
         return current
     proof: list[bytes] = []
     if 0 < since.size < current.size:
-        answer = _obj(
-            (
-                yield from _get(
-                    f"/v1/log/{pipeline}/consistency",
-                    "consistency proof",
-                    {"from": since.size, "to": current.size},
-                )
-            ),
-            "consistency proof",
-        )
-        proof = proof_hashes(answer.get("proof"), "consistency proof")
+        proof = yield from _consistency_proof_flow(pipeline, since.size, current.size)
 
     def consistent() -> str:
         if current.size < since.size:
@@ -366,11 +381,7 @@ def _checkpoint_flow(
                 f"expected the log to have at least the block's {since.size} entries, "
                 f"got a checkpoint of size {current.size}"
             )
-        if current.size == since.size:
-            if current.root != since.root:
-                raise ProofError(f"same size {since.size} but a different root")
-        elif since.size > 0:
-            merkle.verify_consistency(since.size, current.size, proof, since.root, current.root)
+        _extends(since.size, since.root, current.size, current.root, proof)
         return f"log {pipeline} at {current.size} extends the block's log at {since.size}"
 
     checks.run(f"checkpoint {pipeline} consistency", consistent)
@@ -439,17 +450,7 @@ def _covered_by_flow(checks: _Checks, included: _Included, block: _Block, name: 
     older, newer = earlier.log(pipeline), sealing.log(pipeline)
     proof: list[bytes] = []
     if earlier.height < sealing.height and 0 < older.size < newer.size:
-        answer = _obj(
-            (
-                yield from _get(
-                    f"/v1/log/{pipeline}/consistency",
-                    "consistency proof",
-                    {"from": older.size, "to": newer.size},
-                )
-            ),
-            "consistency proof",
-        )
-        proof = proof_hashes(answer.get("proof"), "consistency proof")
+        proof = yield from _consistency_proof_flow(pipeline, older.size, newer.size)
 
     def step() -> str:
         if earlier.height > sealing.height:
@@ -462,11 +463,7 @@ def _covered_by_flow(checks: _Checks, included: _Included, block: _Block, name: 
                 f"block {earlier.height}'s log {pipeline} has {older.size} entries, more than"
                 f" block {sealing.height}'s {newer.size}"
             )
-        if older.size == newer.size:
-            if older.root != newer.root:
-                raise ProofError(f"log {pipeline}: the same size {older.size}, different roots")
-        elif older.size > 0:
-            merkle.verify_consistency(older.size, newer.size, proof, older.root, newer.root)
+        _extends(older.size, older.root, newer.size, newer.root, proof)
         return (
             f"block {earlier.height}'s log {pipeline} at {older.size} is the start of block"
             f" {sealing.height}'s at {newer.size}"
@@ -678,17 +675,9 @@ def block_flow(
             except ProofError as exc:
                 checks.fail(f"log {old.pipeline} consistency", exc.detail)
             if 0 < old.size < new.size:
-                answer = _obj(
-                    (
-                        yield from _get(
-                            f"/v1/log/{old.pipeline}/consistency",
-                            "consistency proof",
-                            {"from": old.size, "to": new.size},
-                        )
-                    ),
-                    "consistency proof",
+                proofs[old.pipeline] = yield from _consistency_proof_flow(
+                    old.pipeline, old.size, new.size
                 )
-                proofs[old.pipeline] = proof_hashes(answer.get("proof"), "consistency proof")
 
         def consistency() -> str:
             blocks.verify_block_consistency(previous.content, block.content, proofs)
