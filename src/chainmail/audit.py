@@ -283,12 +283,13 @@ class Auditor:
                 )
         elif kind == "tx/finish":
             tx_id = body.get("tx")
-            tx = self._open_txs.get(tx_id) if isinstance(tx_id, str) else None
+            if not isinstance(tx_id, str):
+                return
+            tx = self._open_txs.get(tx_id)
             if tx is None or checked.author not in tx.parties:
                 return
             tx.finishers.add(checked.author)
             if txs.finish_met(tx.policy, tx.opener, tx.parties, tx.finishers):
-                assert isinstance(tx_id, str)
                 del self._open_txs[tx_id]
                 self._finished_txs[tx_id] = now
 
