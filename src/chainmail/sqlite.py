@@ -844,8 +844,9 @@ def _msg_from_row(r: Sequence[Any]) -> MessageRow:
     return MessageRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bytes(r[8]), r[9])
 
 
-def _block_from_row(r: Sequence[Any]) -> BlockRow:
-    return BlockRow(r[0], r[1], bytes(r[2]), orjson.loads(r[3]), orjson.loads(r[4]))
+#: ``blocks.records`` of a block whose records are read from its records blob only.
+#: Rows written before session 16 hold them as JSON text too, and are read from there.
+_RECORDS_IN_BLOB: Final = ""
 
 
 class SqliteStore:
@@ -1127,7 +1128,10 @@ class SqliteStore:
                                 block.height,
                                 block.id,
                                 block.body,
-                                orjson.dumps(block.records),
+                                # The records blob holds them (``_block_row``): a
+                                # second copy here cost a block of ~700 txs a
+                                # 590 KB row and its serialisation.
+                                _RECORDS_IN_BLOB,
                                 orjson.dumps(block.logs),
                             ),
                         )
@@ -1422,13 +1426,45 @@ class SqliteStore:
         except OSError as exc:
             raise StorageError(f"blob read failed: {exc}") from exc
 
+    def _block_row(self, r: Sequence[Any]) -> BlockRow:
+        height, body, records = int(r[0]), bytes(r[2]), r[3]
+        logs = orjson.loads(r[4])
+        if records != _RECORDS_IN_BLOB:
+            return BlockRow(height, r[1], body, orjson.loads(records), logs)
+        return BlockRow(
+            height, r[1], body, None, logs, load=lambda: self._blob_records(height, body)
+        )
+
+    def _blob_records(self, height: int, body: bytes) -> list[dict[str, Any]]:
+        """The records of the block at ``height`` (message ``body``), from its records blob.
+
+        The blob is this store's own, written before the block was logged, so it
+        is read as trusted (the strict parse is the verifier's, ``blocks.parse_records_blob``).
+        """
+        try:
+            txs = orjson.loads(body)["content"]["txs"]
+            records_id, count = str(txs["records"]), int(txs["count"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise StorageError(f"block {height}: its message names no records blob") from exc
+        data = self.get_blob(records_id)
+        if data is None:
+            if count == 0:
+                return []
+            raise StorageError(f"block {height}: its records blob {records_id} is missing")
+        records: list[dict[str, Any]] = [orjson.loads(line) for line in data.splitlines()]
+        if len(records) != count:
+            raise StorageError(
+                f"block {height}: its records blob holds {len(records)} records, not {count}"
+            )
+        return records
+
     def block(self, height: int) -> BlockRow | None:
         r = (
             self._r()
             .execute("SELECT height, id, body, records, logs FROM blocks WHERE height=?", (height,))
             .fetchone()
         )
-        return None if r is None else _block_from_row(r)
+        return None if r is None else self._block_row(r)
 
     def blocks(self, after: int, limit: int) -> list[BlockRow]:
         rows = (
@@ -1439,7 +1475,7 @@ class SqliteStore:
             )
             .fetchall()
         )
-        return [_block_from_row(r) for r in rows]
+        return [self._block_row(r) for r in rows]
 
     def latest_block(self) -> BlockRow | None:
         r = (
@@ -1449,7 +1485,7 @@ class SqliteStore:
             )
             .fetchone()
         )
-        return None if r is None else _block_from_row(r)
+        return None if r is None else self._block_row(r)
 
     def block_covering(self, pipeline: int, index: int) -> BlockRow | None:
         r = (

@@ -11,7 +11,7 @@ Backends implement ``Store``: ``chainmail.sqlite.SqliteStore`` is the default.
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -91,13 +91,60 @@ class Delivery:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
 class BlockRow:
-    height: int
-    id: str
-    body: bytes
-    records: list[dict[str, Any]]
-    logs: list[dict[str, Any]]
+    """A block in the store: its message (``body``), checkpoints (``logs``) and tx records.
+
+    ``records`` may be given as ``load``, a function that reads them (from the
+    block's records blob) the first time they are asked for: a block of a
+    thousand txs holds ~600 KB of records, which listing blocks or finding the
+    block that covers a message never reads.
+    """
+
+    __slots__ = ("_load", "_records", "body", "height", "id", "logs")
+
+    def __init__(
+        self,
+        height: int,
+        id: str,
+        body: bytes,
+        records: list[dict[str, Any]] | None,
+        logs: list[dict[str, Any]],
+        *,
+        load: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        if (records is None) == (load is None):
+            raise TypeError("BlockRow takes exactly one of records and load")
+        self.height = height
+        self.id = id
+        self.body = body
+        self.logs = logs
+        self._records = records
+        self._load = load
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The block's tx records, in block order (read once, on first use)."""
+        if self._records is None:
+            assert self._load is not None
+            self._records = self._load()
+            self._load = None
+        return self._records
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BlockRow):
+            return NotImplemented
+        return (self.height, self.id, self.body, self.logs, self.records) == (
+            other.height,
+            other.id,
+            other.body,
+            other.logs,
+            other.records,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BlockRow(height={self.height}, id={self.id!r})"
 
 
 @dataclass(slots=True)

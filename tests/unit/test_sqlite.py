@@ -16,13 +16,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainmail import merkle, ssb
 from chainmail import sqlite as sqlite_module
-from chainmail.errors import LogError, ProofError
+from chainmail.errors import LogError, ProofError, StorageError
 from chainmail.ids import msg_digest
 from chainmail.keys import Keypair
 from chainmail.log import NewEntry
@@ -590,3 +591,48 @@ def test_the_bytes_and_null_adapters_bind_exactly_what_sqlite3_would() -> None:
         (7, "integer"),
     ]
     assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes
+
+
+def test_block_records_are_read_from_their_blob_only_when_asked_for(tmp_path: Path) -> None:
+    # The blocks table keeps no second copy of the records (a block of ~700 txs
+    # is ~600 KB of them): they are read from the block's records blob, and only
+    # by a caller that uses them. A row of an older store, with the records in
+    # the table, still reads.
+    log = SqliteLog(tmp_path / "log.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    seq = Sequencer(log, store, NODE, clock=lambda: NOW)
+    alice, bob = Writer(ALICE), Writer(BOB)
+    try:
+        opened = alice.sign(
+            {"type": "tx/open", "parties": [ALICE.id, BOB.id], "deadline": NOW + 60_000}
+        )
+        tx = ssb.message_id(opened)
+        finishes = [w.sign({"type": "tx/finish", "tx": tx}) for w in (alice, bob)]
+        results = seq.process([ssb.check(m) for m in (opened, *finishes)])
+        assert all(isinstance(r, Accepted) for r in results), results
+        assert seq.build_block() is not None
+        (stored,) = store._w.execute("SELECT records FROM blocks WHERE height=1").fetchall()
+        assert stored == ("",)
+        block = store.block(1)
+        assert block is not None
+        assert [r["tx"] for r in block.records] == [tx]
+        assert block.records[0]["status"] == "finished"
+        assert store.latest_block() == block and store.blocks(0, 10) == [block]
+
+        records_id = orjson.loads(block.body)["content"]["txs"]["records"]
+        blob = store.get_blob(records_id)
+        assert blob is not None
+        store._blob_path(records_id).unlink()
+        covering = store.block_covering(0, 0)  # a message's proof needs no records
+        assert covering is not None and covering.height == 1 and covering.logs == block.logs
+        with pytest.raises(StorageError, match=r"records blob .* is missing"):
+            _ = covering.records
+
+        # As rows were written before: the records as JSON text in the table.
+        store._w.execute("UPDATE blocks SET records=? WHERE height=1", (orjson.dumps([{"a": 1}]),))
+        store._w.commit()
+        old = store.block(1)
+        assert old is not None and old.records == [{"a": 1}]
+    finally:
+        log.close()
+        store.close()
