@@ -73,6 +73,7 @@ def audit_node(
     on_finding: Callable[[Finding], None] | None = None,
     mirrors: Sequence[Client] = (),
     on_outage: Callable[[NodeUnavailable | None], None] | None = None,
+    on_caught_up: Callable[[int, int], None] | None = None,
 ) -> AuditSummary:
     """Audit the node ``client`` talks to (see ``chainmail.audit``).
 
@@ -90,6 +91,8 @@ def audit_node(
     (``NodeUnavailable``, ``NotFound``), except while following: then a node
     that cannot be reached is read again every ``interval`` (``on_outage``
     hears the error when that starts, and None when the node answers again).
+    ``on_caught_up`` hears the messages and blocks audited by the first full
+    read, once, when following starts.
     """
     if grace < 0 or interval <= 0:
         raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
@@ -106,6 +109,8 @@ def audit_node(
         if auditor.unchecked_roots():
             run.firehose()  # blocks made since the first read cover messages it had not seen
         if follow:
+            if on_caught_up is not None:
+                on_caught_up(auditor.messages, auditor.blocks)
             down: NodeUnavailable | None = None
             try:
                 while True:

@@ -144,7 +144,11 @@ def test_a_followed_audit_outlives_the_node_going_down_for_a_while(tmp_path: Pat
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.0)
+        # Down only once the watch has started: a node unreachable at the first
+        # read is an error, not an outage (a slow machine took over a second).
+        assert follower.stderr is not None
+        first = follower.stderr.readline()
+        assert "following, every 0.2 s" in first, first
     try:
         time.sleep(1.0)  # down: the watch goes on
         assert follower.poll() is None, follower.communicate(timeout=10)

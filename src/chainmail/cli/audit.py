@@ -86,6 +86,13 @@ def audit(
                 highlight=False,
             )
 
+    def caught_up(messages: int, blocks: int) -> None:
+        _err().print(
+            f"chainmail: audited {messages} messages and {blocks} blocks so far;"
+            f" following, every {interval:g} s (Ctrl-C ends)",
+            highlight=False,
+        )
+
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_client(node, node_id=node_id))
         others = [stack.enter_context(_client(url, node_id=node_id)) for url in mirror or ()]
@@ -99,6 +106,7 @@ def audit(
             on_finding=show,
             mirrors=others,
             on_outage=outage,
+            on_caught_up=caught_up,
         )
     found = len(summary.findings)
     outcome = "no findings" if not found else f"{found} finding(s)"
