@@ -13,8 +13,10 @@ trusting the node:
   auditor computes itself from the firehose's messages (**root_mismatch**);
 * no **censorship**: a message (not the node's own) seen on the firehose is
   covered by a block (its index below a block's log size) within a grace
-  period of being seen, and a tx whose finishes there met its policy is in
-  a block's records (as finished) within the grace period too.
+  period of being seen, a tx whose finishes there met its policy is in
+  a block's records (as finished) within the grace period too, and so is a
+  tx still unfinished at its deadline (timed out), within the grace period
+  of the deadline.
 
 Comparing what several endpoints of one node serve (a **split_view**: two
 histories both signed by the node; a **mirror** finding: an endpoint serving
@@ -88,6 +90,8 @@ class _OpenTx:
     parties: frozenset[str]
     opener: str
     policy: str
+    #: ms on the node's clock; past it (and the grace) the tx must be in a block.
+    deadline: int | None
     finishers: set[str] = field(default_factory=set)
 
 
@@ -277,9 +281,13 @@ class Auditor:
         if kind == "tx/open":
             parties = body.get("parties")
             policy = body.get("finish", txs.DEFAULT_FINISH)
+            deadline = body.get("deadline")
             if isinstance(parties, list) and all(isinstance(x, str) for x in parties):
                 self._open_txs[checked.id] = _OpenTx(
-                    frozenset(parties), checked.author, str(policy)
+                    frozenset(parties),
+                    checked.author,
+                    str(policy),
+                    deadline if type(deadline) is int else None,
                 )
         elif kind == "tx/finish":
             tx_id = body.get("tx")
@@ -489,6 +497,20 @@ class Auditor:
                 else:
                     kept.append((index, msg_id, seen))
             p.waiting = kept
+        for tx_id, tx in list(self._open_txs.items()):
+            # Unfinished at its deadline, it timed out then, and the node's next
+            # block records it: one past the deadline by the grace is censored.
+            # (The deadline is on the node's clock; the grace covers the skew.)
+            if tx.deadline is not None and now - tx.deadline >= self.grace_ms:
+                del self._open_txs[tx_id]
+                found.append(
+                    Finding(
+                        "censored",
+                        f"tx {tx_id} passed its deadline unfinished"
+                        f" {(now - tx.deadline) / 1000:g} s ago and is in no block's records",
+                        id=tx_id,
+                    )
+                )
         for tx_id, seen in list(self._finished_txs.items()):
             if now - seen >= self.grace_ms:
                 del self._finished_txs[tx_id]

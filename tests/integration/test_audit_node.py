@@ -63,6 +63,36 @@ def test_a_node_that_seals_nothing_is_caught_censoring(tmp_path: Path) -> None:
     assert "1 finding(s)" in done.stderr
 
 
+def test_a_timed_out_tx_audits_clean_once_sealed_and_is_censored_when_never(
+    tmp_path: Path,
+) -> None:
+    def lapse(node: Server) -> str:
+        with Client(node.url, Keypair.generate()) as alice:
+            deadline = int(time.time() * 1000) + 500
+            return alice.open_tx([Keypair.generate().id], deadline=deadline, subject="lapses")
+
+    with running(tmp_path / "honest") as node:
+        tx = lapse(node)
+        with Client(node.url) as reader:
+            waited = time.monotonic() + 30
+            while (row := reader.tx(tx)).get("block") is None:
+                assert time.monotonic() < waited, "the timed-out tx was never sealed"
+                time.sleep(0.1)
+        assert row["status"] == "timed_out"
+        done = audit(node, "--grace", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # Blocks an hour apart: neither the tx/open nor the timeout gets into one.
+    with running(tmp_path / "censoring", extra=("--block-interval", "3600")) as node:
+        tx = lapse(node)
+        time.sleep(1.5)
+        done = audit(node, "--grace", "1")
+    assert done.returncode == 1
+    findings = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(f["kind"], f["id"]) for f in findings] == [("censored", tx)] * 2, findings
+    assert "passed its deadline unfinished" in findings[1]["detail"]
+
+
 def test_a_message_changed_in_the_node_s_files_is_found(tmp_path: Path) -> None:
     data = tmp_path / "node"
     with running(data) as node:

@@ -318,6 +318,28 @@ def test_a_tx_recorded_as_it_finished_or_timed_out_unfinished_is_fine(node: Fake
     assert auditor.overdue(now=10 * GRACE) == []
 
 
+def test_a_tx_unfinished_at_its_deadline_and_in_no_block_s_records_is_censored(
+    node: FakeNode,
+) -> None:
+    # Timeouts are not messages: the node closes the tx on its clock and its next
+    # block records it as timed out. One the blocks never record is censored,
+    # once its deadline is past by the grace.
+    auditor = Auditor(node.id, grace_ms=GRACE)
+    carol, dave = Writer(), Writer()
+    deadline = 60_000
+    lapsed = carol.sign({"type": "tx/open", "parties": [carol.id, dave.id], "deadline": deadline})
+    see(auditor, node.append(lapsed))
+    see(auditor, node.append(carol.sign({"type": "tx/finish", "tx": ssb.message_id(lapsed)})))
+    height, bid, msg = node.block()  # covers the messages, records nothing
+    assert auditor.see_block(height, bid, msg) == []
+    assert auditor.see_records(height, []) == []
+    assert auditor.overdue(now=deadline + GRACE - 1) == []
+    (found,) = auditor.overdue(now=deadline + GRACE)
+    assert found.kind == "censored" and found.id == ssb.message_id(lapsed)
+    assert "passed its deadline unfinished" in found.detail
+    assert auditor.overdue(now=deadline + 10 * GRACE) == []  # reported once
+
+
 def test_a_negative_grace_is_refused() -> None:
     with pytest.raises(ValueError, match="grace_ms"):
         Auditor("@x", grace_ms=-1)

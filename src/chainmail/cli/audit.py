@@ -32,8 +32,9 @@ def audit(
         typer.Option(
             "--grace",
             min=0,
-            help="Seconds a message may be on the firehose before a block must cover it;"
-            " after that it counts as censored.",
+            help="Seconds a message may be on the firehose before a block must cover it"
+            " (and a tx may be finished, or past its deadline, before a block's records"
+            " hold it); after that it counts as censored.",
         ),
     ] = 10.0,
     follow: Annotated[
@@ -62,7 +63,8 @@ def audit(
     every block is the node's, chained, verifies with the node's proofs and
     has the roots this audit computes itself from the firehose, and that
     every message (but the node's own) is in a block within --grace seconds
-    of being seen. Prints one line a finding and a summary on stderr; exits 1
+    of being seen, and every tx in a block's records within --grace seconds
+    of finishing or of its deadline. Prints one line a finding and a summary on stderr; exits 1
     if there was any finding. Without --follow it waits at most --grace
     seconds for blocks to cover the newest messages, then stops; with it,
     Ctrl-C ends it with the same summary and exit status, and a node that
