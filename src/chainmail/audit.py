@@ -7,7 +7,8 @@ trusting the node:
   author's feed (``ssb.validate``): a second message at a feed position is a
   **fork**, a message that breaks the feed's rules is **invalid**;
 * the firehose itself: each pipeline's indexes run 0, 1, 2, … with no
-  **gap**;
+  **gap**, and each message is in its author's pipeline (``hash(author) mod
+  P``; one elsewhere is **invalid**);
 * every block: signed by the node, one height after the last, linked by
   ``prev`` to it, and each log checkpoint's root equal to the root the
   auditor computes itself from the firehose's messages (**root_mismatch**);
@@ -38,6 +39,7 @@ import orjson
 
 from chainmail import blocks, merkle, ssb, txs
 from chainmail.errors import InvalidMessage, ProofError
+from chainmail.log import pipeline_of
 
 __all__ = ["Auditor", "Checked", "Finding", "FindingKind"]
 
@@ -127,10 +129,22 @@ class _Pipeline:
 class Auditor:
     """The state of one audit of the node ``node_id``; see the module's docstring."""
 
-    def __init__(self, node_id: str, *, grace_ms: int, hmac_key: bytes | str | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        grace_ms: int,
+        hmac_key: bytes | str | None = None,
+        pipelines: int = 1,
+    ) -> None:
+        """``pipelines`` is the node's P: each author's messages are in pipeline
+        ``hash(author) mod P`` (``log.pipeline_of``)."""
         if grace_ms < 0:
             raise ValueError(f"grace_ms: expected 0 or more, got {grace_ms}")
+        if pipelines < 1:
+            raise ValueError(f"pipelines: expected 1 or more, got {pipelines}")
         self.node_id = node_id
+        self.pipelines = pipelines
         self.grace_ms = grace_ms
         self.hmac_key = hmac_key
         self.messages = 0
@@ -231,6 +245,18 @@ class Auditor:
             found.append(
                 self._finding(
                     "invalid", f"the message's id is {checked.id}", pipeline, index, msg_id
+                )
+            )
+        if checked is not None and pipeline_of(checked.author, self.pipelines) != pipeline:
+            home = pipeline_of(checked.author, self.pipelines)
+            found.append(
+                self._finding(
+                    "invalid",
+                    f"in pipeline {pipeline}, but {checked.author}'s messages go to"
+                    f" pipeline {home} of {self.pipelines}",
+                    pipeline,
+                    index,
+                    msg_id,
                 )
             )
         if checked is not None:

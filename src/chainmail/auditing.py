@@ -97,10 +97,13 @@ def audit_node(
     if grace < 0 or interval <= 0:
         raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
     health = client.health()
-    auditor = Auditor(node_id or str(health["id"]), grace_ms=int(grace * 1000))
+    pipelines = health.get("pipelines", 1)
+    if type(pipelines) is not int or pipelines < 1:
+        raise ProofError(f"healthz: expected a pipeline count, got {pipelines!r}")
+    auditor = Auditor(node_id or str(health["id"]), grace_ms=int(grace * 1000), pipelines=pipelines)
     summary = AuditSummary(auditor.node_id, mirrors=[m.node for m in mirrors])
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:
-        run = _Run(client, auditor, int(health.get("pipelines", 1)), pool, summary, on_finding)
+        run = _Run(client, auditor, pipelines, pool, summary, on_finding)
         compare = _Compare(
             client, [_Mirror(m) for m in mirrors], _bound(health, auditor.node_id), auditor.hmac_key
         )

@@ -44,6 +44,7 @@ import orjson
 from chainmail import blocks, checkpoint, merkle, ssb, txs
 from chainmail.errors import InvalidMessage, NotFound, ProofError
 from chainmail.ids import feed_public_key
+from chainmail.log import pipeline_of
 
 __all__ = [
     "Check",
@@ -404,8 +405,13 @@ def _inclusion_flow(
     msg_id: str,
     name: str,
     cache: dict[int, _Block],
+    author: object,
 ) -> Flow[_Included]:
-    """Fetch the message's proof, verify its block, then the inclusion under it."""
+    """Fetch the message's proof, verify its block, then the inclusion under it.
+
+    The message (by ``author``) must be in its author's pipeline, ``hash(author)
+    mod P`` (DESIGN §1): a feed split over pipelines has no one order.
+    """
     what = f"proof of {msg_id}"
     body = _obj((yield from _get(f"/v1/messages/{path_id(msg_id)}/proof", what)), what)
     ref = _obj(body.get("block"), f"{what} block")
@@ -422,6 +428,14 @@ def _inclusion_flow(
             )
         index = _field(body, "index", int, what)
         size = _field(body, "size", int, what)
+        if not isinstance(author, str):
+            raise ProofError(f"message {msg_id} names no author")
+        home = pipeline_of(author, node.pipelines)
+        if pipeline != home:
+            raise ProofError(
+                f"it is in log {pipeline}, but {_short(author)}'s messages go to log {home}"
+                f" of the node's {node.pipelines}"
+            )
         blocks.verify_message_proof(
             msg_id,
             pipeline,
@@ -506,8 +520,10 @@ def message_flow(
     """
     checks = _Checks(f"message {msg_id}", progress)
     node = yield from _node_info_flow(checks, node_id)
-    yield from _signed_message_flow(checks, msg_id, "message", hmac_key)
-    included = yield from _inclusion_flow(checks, node, msg_id, "log inclusion", {})
+    message = yield from _signed_message_flow(checks, msg_id, "message", hmac_key)
+    included = yield from _inclusion_flow(
+        checks, node, msg_id, "log inclusion", {}, message.get("author")
+    )
     since = included.block.info.log(included.pipeline)
     yield from _checkpoint_flow(checks, node, included.pipeline, since)
     return checks.report
@@ -586,7 +602,9 @@ def tx_flow(
         checks.status(f"message {n}/{len(ids)}")
         label = f"message {n}/{len(ids)}"
         messages[mid] = yield from _signed_message_flow(checks, mid, label, hmac_key)
-        included = yield from _inclusion_flow(checks, node, mid, f"{label} inclusion", cache)
+        included = yield from _inclusion_flow(
+            checks, node, mid, f"{label} inclusion", cache, messages[mid].get("author")
+        )
         if included.block.info.height != block.info.height:
             yield from _covered_by_flow(checks, included, block, f"{label} in the tx's block")
         pipelines.add(included.pipeline)

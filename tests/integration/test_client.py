@@ -450,6 +450,35 @@ def test_a_tx_record_out_of_log_order_fails_even_signed_by_the_node(tmp_path: Pa
         assert len(forge.hits) >= 3, forge.hits
 
 
+def test_a_message_outside_its_author_s_pipeline_fails(tmp_path: Path) -> None:
+    # A feed's messages are in one pipeline, hash(author) mod P: a node that
+    # places one elsewhere (here: says it has one pipeline, while the message
+    # is proven in log 1) splits the feed's order, and verify says so.
+    from urllib.parse import quote
+
+    from support.server import running
+
+    with running(tmp_path / "p2", extra=("--pipelines", "2")) as node:
+        for _ in range(64):
+            with Client(node.url, Keypair.generate()) as author:
+                posted = author.publish({"type": "post", "text": "where am I"})
+            if posted.pipeline == 1:
+                break
+        assert posted.pipeline == 1
+        with Client(node.url) as reader:
+            wait_for("a block covering it", lambda: reader.blocks(0))
+            proof = f"{node.url}/v1/messages/{quote(posted.id, safe='')}/proof"
+            wait_for("its proof", lambda: httpx.get(proof).is_success)
+            assert reader.verify_message(posted.id).ok
+            health = reader.health()
+        forge = Forge({"/healthz": {**health, "pipelines": 1}})
+        with (
+            Client(node.url, transport=forge) as client,
+            pytest.raises(VerificationFailed, match="messages go to log 0 of the node's 1"),
+        ):
+            client.verify_message(posted.id)
+
+
 def alice_tx_summary(url: str, tx: str) -> dict[str, Any]:
     with Client(url) as reader:
         return reader.tx(tx)

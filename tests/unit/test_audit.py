@@ -340,6 +340,25 @@ def test_a_tx_unfinished_at_its_deadline_and_in_no_block_s_records_is_censored(
     assert auditor.overdue(now=deadline + 10 * GRACE) == []  # reported once
 
 
+def test_a_message_outside_its_author_s_pipeline_is_invalid() -> None:
+    # hash(author) mod P places every feed in one pipeline: its order is that log's.
+    from chainmail.log import pipeline_of
+
+    writers = [Writer() for _ in range(64)]
+    home = {w.id: pipeline_of(w.id, 2) for w in writers}
+    alice = next(w for w in writers if home[w.id] == 1)
+    bob = next(w for w in writers if home[w.id] == 0)
+    auditor = Auditor("@node", grace_ms=GRACE, pipelines=2)
+    first = alice.sign({"type": "post"})
+    assert auditor.see_message(1, 0, ssb.message_id(first), first, now=0) == []
+    stray = bob.sign({"type": "post"})
+    (found,) = auditor.see_message(1, 1, ssb.message_id(stray), stray, now=0)
+    assert found.kind == "invalid" and found.pipeline == 1 and found.index == 1
+    assert f"{bob.id}'s messages go to pipeline 0 of 2" in found.detail
+    with pytest.raises(ValueError, match="pipelines"):
+        Auditor("@node", grace_ms=GRACE, pipelines=0)
+
+
 def test_a_negative_grace_is_refused() -> None:
     with pytest.raises(ValueError, match="grace_ms"):
         Auditor("@x", grace_ms=-1)
