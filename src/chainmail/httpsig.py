@@ -68,6 +68,10 @@ DEFAULT_WINDOW_S: Final = 60
 DEFAULT_MAX_NONCES: Final = 1_000_000
 
 _NONCE_BYTES: Final = 16
+# Every live nonce is held for 2 × the window and the cache counts entries, not
+# bytes, so a nonce must be short for that count to bound memory (the SDK's
+# are 22 characters; a UUID is 36).
+_MAX_NONCE_CHARS: Final = 128
 _SIG_BYTES: Final = 64
 _SIGNATURE_INPUT: Final = "signature-input"
 _SIGNATURE: Final = "signature"
@@ -385,8 +389,8 @@ def sign_request(
     random bits; pass one only to make a signature reproducible.
 
     Raises ``ValueError`` when the method, path, query or nonce is not
-    printable ASCII or the nonce is empty, ``TypeError`` when ``created`` is
-    not an ``int``.
+    printable ASCII or the nonce is empty or longer than 128 characters,
+    ``TypeError`` when ``created`` is not an ``int``.
     """
     if isinstance(created, bool) or not isinstance(created, int):
         raise TypeError(f"created must be an int, got {type(created).__name__}")
@@ -394,6 +398,8 @@ def sign_request(
         nonce = secrets.token_urlsafe(_NONCE_BYTES)
     if not nonce:
         raise ValueError("nonce must not be empty")
+    if len(nonce) > _MAX_NONCE_CHARS:
+        raise ValueError(f"nonce of {len(nonce)} characters, at most {_MAX_NONCE_CHARS}")
     params: list[tuple[str, int | str]] = [
         ("created", created),
         ("keyid", keys.id),
@@ -554,6 +560,10 @@ def _profile_params(params: Params) -> _Params:
             ordered.append((name, value))
     if not strings["nonce"]:
         raise Unauthorized("nonce must not be empty")
+    if len(strings["nonce"]) > _MAX_NONCE_CHARS:
+        raise Unauthorized(
+            f"nonce of {len(strings['nonce'])} characters, at most {_MAX_NONCE_CHARS}"
+        )
     if strings.get("alg", ALGORITHM) != ALGORITHM:
         raise Unauthorized(f'alg must be "{ALGORITHM}", got {strings["alg"]!r}')
     return _Params(
@@ -585,11 +595,12 @@ def verify_request(
 
     Checks, in order: both headers parse (RFC 8941); the covered components
     are exactly ``("@method" "@path" "@query")``; ``created``, ``keyid`` and
-    ``nonce`` are present and well-typed, ``alg`` (if given) is ``ed25519``
-    and no other parameter than ``expires`` or ``tag`` appears; ``keyid`` is a
-    feed id; ``created`` is at most ``window_s`` from ``now`` either way and
-    ``expires`` (if given) has not passed; the signature verifies; only then
-    is the nonce recorded, so forged requests cannot use up nonces.
+    ``nonce`` are present and well-typed, the nonce is 1 to 128 characters,
+    ``alg`` (if given) is ``ed25519`` and no other parameter than ``expires``
+    or ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
+    ``window_s`` from ``now`` either way and ``expires`` (if given) has not
+    passed; the signature verifies; only then is the nonce recorded, so
+    forged requests cannot use up nonces.
 
     Raises ``Unauthorized`` whose detail names the failed check, and
     ``RateLimited`` when ``nonces`` is full of live entries.
