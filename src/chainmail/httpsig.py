@@ -72,6 +72,10 @@ _NONCE_BYTES: Final = 16
 # bytes, so a nonce must be short for that count to bound memory (the SDK's
 # are 22 characters; a UUID is 36).
 _MAX_NONCE_CHARS: Final = 128
+# Both headers are parsed character by character on the event loop before any
+# signature is checked: a megabyte of header would hold every request up.
+# The profile's fit in a few hundred characters.
+_MAX_HEADER_CHARS: Final = 8192
 _SIG_BYTES: Final = 64
 _SIGNATURE_INPUT: Final = "signature-input"
 _SIGNATURE: Final = "signature"
@@ -487,7 +491,12 @@ def _header(headers: Mapping[str, str], name: str, display: str) -> str:
         raise Unauthorized(f"missing {display} header")
     if not all(isinstance(value, str) for value in found):
         raise Unauthorized(f"{display} header is not text")
-    return ", ".join(found)
+    field = ", ".join(found)
+    if len(field) > _MAX_HEADER_CHARS:
+        raise Unauthorized(
+            f"{display} header of {len(field)} characters, at most {_MAX_HEADER_CHARS}"
+        )
+    return field
 
 
 def _dictionary(field: str, display: str) -> dict[str, _Member]:
@@ -593,11 +602,12 @@ def verify_request(
     Among several signatures, the first whose covered components match the
     profile is checked (else the first, which then fails).
 
-    Checks, in order: both headers parse (RFC 8941); the covered components
-    are exactly ``("@method" "@path" "@query")``; ``created``, ``keyid`` and
-    ``nonce`` are present and well-typed, the nonce is 1 to 128 characters,
-    ``alg`` (if given) is ``ed25519`` and no other parameter than ``expires``
-    or ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
+    Checks, in order: both headers are at most 8,192 characters and parse
+    (RFC 8941); the covered components are exactly
+    ``("@method" "@path" "@query")``; ``created``, ``keyid`` and ``nonce``
+    are present and well-typed, the nonce is 1 to 128 characters, ``alg``
+    (if given) is ``ed25519`` and no other parameter than ``expires`` or
+    ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
     ``window_s`` from ``now`` either way and ``expires`` (if given) has not
     passed; the signature verifies; only then is the nonce recorded, so
     forged requests cannot use up nonces.

@@ -366,6 +366,17 @@ def test_a_long_nonce_is_refused_before_it_is_remembered() -> None:
         sign_request(KEYS, "GET", "/v1/inbox", "", created=NOW, nonce="n" * 129)
 
 
+@pytest.mark.parametrize("name", ["Signature-Input", "Signature"])
+def test_a_huge_header_is_refused_before_it_is_parsed(name: str) -> None:
+    # Parsing is per character on the event loop, before any signature check:
+    # a 4 MB header held every request up for more than a second.
+    headers = {**VALID, name: VALID[name] + ", pad=" + "a" * 8192}
+    with pytest.raises(Unauthorized, match=f"{name} header of 8[0-9]{{3}} characters, at most"):
+        _verify(headers)
+    # Within the bound, extra members are parsed and ignored as before.
+    assert _verify({**VALID, name: VALID[name] + ", pad=" + "a" * 1000}) == KEYS.id
+
+
 # --- NonceCache ----------------------------------------------------------------------
 
 
