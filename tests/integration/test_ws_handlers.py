@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import uvicorn
 import websockets
 
 from chainmail.api import Limits, create_app
+from chainmail.client import AsyncClient, Receipt
+from chainmail.keys import Keypair
 from chainmail.node import Node, NodeConfig
 from support.feeds import Writer
 from support.server import free_port
@@ -31,11 +34,14 @@ pytestmark = pytest.mark.integration
 class Serving:
     node: Node
     base: str  # ws://127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT
     handlers: list[int]  # WebSocket handlers running, one counter
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, limits: Limits | None = None) -> AsyncIterator[Serving]:
+async def serving(
+    tmp_path: Path, limits: Limits | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[Serving]:
     node = Node(NodeConfig(data_dir=tmp_path / "node", workers=0, block_interval=60.0))
     await node.start()
     app = create_app(node, limits=limits or Limits(), manage_node=False)
@@ -52,13 +58,14 @@ async def serving(tmp_path: Path, limits: Limits | None = None) -> AsyncIterator
             handlers[0] -= 1
 
     port = free_port()
-    config = uvicorn.Config(counted, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(counted, host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
             await asyncio.sleep(0.01)
-        yield Serving(node, f"ws://127.0.0.1:{port}", handlers)
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        yield Serving(node, f"ws://{netloc}", f"http://{netloc}", handlers)
     finally:
         server.should_exit = True
         server.force_exit = True
@@ -95,3 +102,24 @@ def test_ws_ingest_ends_when_its_client_vanishes_with_replies_in_flight(tmp_path
     handlers, logged = asyncio.run(run())
     assert handlers == 0
     assert logged > 0
+
+
+def test_the_sdk_streams_to_a_node_at_an_ipv6_address(tmp_path: Path) -> None:
+    # The client takes http://[::1]:PORT; its WebSocket URLs must keep the
+    # brackets (ws://::1:PORT/… is no URL at all).
+    async def run() -> tuple[list[Receipt | Exception], str, str]:
+        async with (
+            serving(tmp_path, host="::1") as s,
+            AsyncClient(s.url, Keypair.generate()) as a,
+            AsyncClient(s.url, Keypair.generate()) as b,
+        ):
+            tx = await a.open_tx([b.id], timedelta(minutes=5))
+            note = a.sign({"type": "tx/note", "tx": tx, "data": {}})
+            results = [r async for r in a.submit_stream([note])]
+            async for entry in b.inbox_iter():
+                return results, entry.id, tx
+            raise AssertionError("the inbox stream ended")
+
+    results, first, tx = asyncio.run(run())
+    assert [type(r) for r in results] == [Receipt]
+    assert first == tx
