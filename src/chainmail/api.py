@@ -403,13 +403,23 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                     metrics.count(result)
 
         async def reply() -> None:
+            gone = False
             while True:
                 fut = await pending.get()
                 if fut is None:
                     return
                 (result,) = await fut
-                # A text frame, as every other stream of the API sends.
-                await ws.send_text(result_line(result).decode("utf-8"))
+                if gone:
+                    continue
+                try:
+                    # A text frame, as every other stream of the API sends.
+                    await ws.send_text(result_line(result).decode("utf-8"))
+                except (WebSocketDisconnect, RuntimeError):
+                    # The client is gone. Keep taking from the queue: the loop
+                    # below may be waiting for room in it while it reads the
+                    # frames that arrived before the disconnect, and would
+                    # wait for ever (handler, queue and futures never freed).
+                    gone = True
 
         bucket = TokenBucket(limits.connection_rate, limits.connection_burst)
         sender = asyncio.create_task(reply())

@@ -645,8 +645,8 @@ class _Core:
         url = httpx.URL(self.node)
         scheme = "wss" if url.scheme == "https" else "ws"
         raw_path = url.raw_path.decode("ascii").split("?")[0].rstrip("/") + path
-        port = f":{url.port}" if url.port else ""
-        return f"{scheme}://{url.host}{port}{raw_path}", raw_path
+        # The netloc as sent: an IPv6 host keeps its brackets, a name its IDNA form.
+        return f"{scheme}://{url.netloc.decode('ascii')}{raw_path}", raw_path
 
     def _inbox_headers(self, raw_path: str) -> dict[str, str]:
         return httpsig.sign_request(self._keys(), "GET", raw_path, "", created=int(time.time()))

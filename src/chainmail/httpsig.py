@@ -68,6 +68,14 @@ DEFAULT_WINDOW_S: Final = 60
 DEFAULT_MAX_NONCES: Final = 1_000_000
 
 _NONCE_BYTES: Final = 16
+# Every live nonce is held for 2 × the window and the cache counts entries, not
+# bytes, so a nonce must be short for that count to bound memory (the SDK's
+# are 22 characters; a UUID is 36).
+_MAX_NONCE_CHARS: Final = 128
+# Both headers are parsed character by character on the event loop before any
+# signature is checked: a megabyte of header would hold every request up.
+# The profile's fit in a few hundred characters.
+_MAX_HEADER_CHARS: Final = 8192
 _SIG_BYTES: Final = 64
 _SIGNATURE_INPUT: Final = "signature-input"
 _SIGNATURE: Final = "signature"
@@ -385,8 +393,8 @@ def sign_request(
     random bits; pass one only to make a signature reproducible.
 
     Raises ``ValueError`` when the method, path, query or nonce is not
-    printable ASCII or the nonce is empty, ``TypeError`` when ``created`` is
-    not an ``int``.
+    printable ASCII or the nonce is empty or longer than 128 characters,
+    ``TypeError`` when ``created`` is not an ``int``.
     """
     if isinstance(created, bool) or not isinstance(created, int):
         raise TypeError(f"created must be an int, got {type(created).__name__}")
@@ -394,6 +402,8 @@ def sign_request(
         nonce = secrets.token_urlsafe(_NONCE_BYTES)
     if not nonce:
         raise ValueError("nonce must not be empty")
+    if len(nonce) > _MAX_NONCE_CHARS:
+        raise ValueError(f"nonce of {len(nonce)} characters, at most {_MAX_NONCE_CHARS}")
     params: list[tuple[str, int | str]] = [
         ("created", created),
         ("keyid", keys.id),
@@ -481,7 +491,12 @@ def _header(headers: Mapping[str, str], name: str, display: str) -> str:
         raise Unauthorized(f"missing {display} header")
     if not all(isinstance(value, str) for value in found):
         raise Unauthorized(f"{display} header is not text")
-    return ", ".join(found)
+    field = ", ".join(found)
+    if len(field) > _MAX_HEADER_CHARS:
+        raise Unauthorized(
+            f"{display} header of {len(field)} characters, at most {_MAX_HEADER_CHARS}"
+        )
+    return field
 
 
 def _dictionary(field: str, display: str) -> dict[str, _Member]:
@@ -554,6 +569,10 @@ def _profile_params(params: Params) -> _Params:
             ordered.append((name, value))
     if not strings["nonce"]:
         raise Unauthorized("nonce must not be empty")
+    if len(strings["nonce"]) > _MAX_NONCE_CHARS:
+        raise Unauthorized(
+            f"nonce of {len(strings['nonce'])} characters, at most {_MAX_NONCE_CHARS}"
+        )
     if strings.get("alg", ALGORITHM) != ALGORITHM:
         raise Unauthorized(f'alg must be "{ALGORITHM}", got {strings["alg"]!r}')
     return _Params(
@@ -583,13 +602,15 @@ def verify_request(
     Among several signatures, the first whose covered components match the
     profile is checked (else the first, which then fails).
 
-    Checks, in order: both headers parse (RFC 8941); the covered components
-    are exactly ``("@method" "@path" "@query")``; ``created``, ``keyid`` and
-    ``nonce`` are present and well-typed, ``alg`` (if given) is ``ed25519``
-    and no other parameter than ``expires`` or ``tag`` appears; ``keyid`` is a
-    feed id; ``created`` is at most ``window_s`` from ``now`` either way and
-    ``expires`` (if given) has not passed; the signature verifies; only then
-    is the nonce recorded, so forged requests cannot use up nonces.
+    Checks, in order: both headers are at most 8,192 characters and parse
+    (RFC 8941); the covered components are exactly
+    ``("@method" "@path" "@query")``; ``created``, ``keyid`` and ``nonce``
+    are present and well-typed, the nonce is 1 to 128 characters, ``alg``
+    (if given) is ``ed25519`` and no other parameter than ``expires`` or
+    ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
+    ``window_s`` from ``now`` either way and ``expires`` (if given) has not
+    passed; the signature verifies; only then is the nonce recorded, so
+    forged requests cannot use up nonces.
 
     Raises ``Unauthorized`` whose detail names the failed check, and
     ``RateLimited`` when ``nonces`` is full of live entries.

@@ -341,6 +341,42 @@ def test_a_forged_request_does_not_burn_the_nonce() -> None:
     assert _verify(_signed(), nonces=nonces) == KEYS.id
 
 
+def test_a_long_nonce_is_refused_before_it_is_remembered() -> None:
+    # The replay cache counts entries: a nonce of megabytes, kept 2 min each,
+    # would grow the node by gigabytes for a few thousand requests.
+    nonces = NonceCache()
+    assert _verify(_signed(nonce="n" * 128), nonces=nonces) == KEYS.id
+    # Signed by hand: sign_request refuses such a nonce too (below).
+    params: list[tuple[str, int | str]] = [
+        ("created", NOW),
+        ("keyid", KEYS.id),
+        ("nonce", "n" * 129),
+    ]
+    components = [("@method", "GET"), ("@path", "/v1/inbox"), ("@query", "?limit=10")]
+    signature = base64.b64encode(KEYS.sign(signature_base(components, params))).decode()
+    long = {
+        "Signature-Input": "sig1="
+        + _serialize_signature_params([c for c, _ in components], params),
+        "Signature": f"sig1=:{signature}:",
+    }
+    with pytest.raises(Unauthorized, match="nonce of 129 characters, at most 128"):
+        _verify(long, nonces=nonces)
+    assert len(nonces) == 1
+    with pytest.raises(ValueError, match="nonce of 129 characters"):
+        sign_request(KEYS, "GET", "/v1/inbox", "", created=NOW, nonce="n" * 129)
+
+
+@pytest.mark.parametrize("name", ["Signature-Input", "Signature"])
+def test_a_huge_header_is_refused_before_it_is_parsed(name: str) -> None:
+    # Parsing is per character on the event loop, before any signature check:
+    # a 4 MB header held every request up for more than a second.
+    headers = {**VALID, name: VALID[name] + ", pad=" + "a" * 8192}
+    with pytest.raises(Unauthorized, match=f"{name} header of 8[0-9]{{3}} characters, at most"):
+        _verify(headers)
+    # Within the bound, extra members are parsed and ignored as before.
+    assert _verify({**VALID, name: VALID[name] + ", pad=" + "a" * 1000}) == KEYS.id
+
+
 # --- NonceCache ----------------------------------------------------------------------
 
 

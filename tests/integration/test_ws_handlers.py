@@ -1,0 +1,127 @@
+"""WebSocket handlers against an in-process node: what each does when a client misbehaves.
+
+The node runs in this process behind uvicorn on a free port, wrapped in an
+ASGI layer that counts the WebSocket handlers still running, so a test can
+tell a handler that ended from one left behind when its client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+
+from chainmail.api import Limits, create_app
+from chainmail.client import AsyncClient, Receipt
+from chainmail.keys import Keypair
+from chainmail.node import Node, NodeConfig
+from support.feeds import Writer
+from support.server import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Serving:
+    node: Node
+    base: str  # ws://127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT
+    handlers: list[int]  # WebSocket handlers running, one counter
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, limits: Limits | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[Serving]:
+    node = Node(NodeConfig(data_dir=tmp_path / "node", workers=0, block_interval=60.0))
+    await node.start()
+    app = create_app(node, limits=limits or Limits(), manage_node=False)
+    handlers = [0]
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await app(scope, receive, send)
+            return
+        handlers[0] += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            handlers[0] -= 1
+
+    port = free_port()
+    # A handler left running (the bug some tests catch) must not hold shut-down for ever.
+    config = uvicorn.Config(
+        counted, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        yield Serving(node, f"ws://{netloc}", f"http://{netloc}", handlers)
+    finally:
+        server.should_exit = True
+        await task
+        await node.stop()
+
+
+async def _until(what: str, check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def test_ws_ingest_ends_when_its_client_vanishes_with_replies_in_flight(tmp_path: Path) -> None:
+    # More frames in flight than the handler queues: its reading loop waits for
+    # room while the replies go out. When the client is gone the first reply
+    # fails; the handler must still end (and log what arrived), not wait for
+    # room that nothing will ever make.
+    async def run() -> tuple[int, int]:
+        async with serving(tmp_path, Limits(ws_in_flight=4)) as s:
+            w = Writer()
+            frames = [w.raw({"type": "post", "n": i}) for i in range(300)]
+            async with websockets.connect(f"{s.base}/v1/ingest") as ws:
+                for frame in frames:
+                    await ws.send(frame)
+                await _until("the handler to start", lambda: s.handlers[0] == 1)
+                ws.transport.abort()  # a client that crashed: no close handshake
+            await _until("the handler to end", lambda: s.handlers[0] == 0)
+            head = s.node.log.head(w.id)
+            return s.handlers[0], 0 if head is None else head.sequence
+
+    handlers, logged = asyncio.run(run())
+    assert handlers == 0
+    assert logged > 0
+
+
+def test_the_sdk_streams_to_a_node_at_an_ipv6_address(tmp_path: Path) -> None:
+    # The client takes http://[::1]:PORT; its WebSocket URLs must keep the
+    # brackets (ws://::1:PORT/… is no URL at all).
+    async def run() -> tuple[list[Receipt | Exception], str, str]:
+        async with (
+            serving(tmp_path, host="::1") as s,
+            AsyncClient(s.url, Keypair.generate()) as a,
+            AsyncClient(s.url, Keypair.generate()) as b,
+        ):
+            tx = await a.open_tx([b.id], timedelta(minutes=5))
+            note = a.sign({"type": "tx/note", "tx": tx, "data": {}})
+            results = [r async for r in a.submit_stream([note])]
+            async for entry in b.inbox_iter():
+                return results, entry.id, tx
+            raise AssertionError("the inbox stream ended")
+
+    results, first, tx = asyncio.run(run())
+    assert [type(r) for r in results] == [Receipt]
+    assert first == tx
