@@ -164,3 +164,30 @@ def test_cli_chan_commands(node: Server, tmp_path: Path) -> None:
 
 def _unused() -> bytes:
     return orjson.dumps(None)
+
+
+def test_cli_chan_read_shows_a_members_text_as_text(node: Server, tmp_path: Path) -> None:
+    # What a member wrote is data, not console markup: "[/x]" crashed every other
+    # member's `chan read` with a traceback, and "[bold]" restyled the table.
+    env = {
+        **os.environ,
+        "CHAINMAIL_HOME": str(tmp_path),
+        "CHAINMAIL_PASSPHRASE": "pw pw pw",
+        "CHAINMAIL_NODE": node.url,
+    }
+    store = Keystore(tmp_path, limits=MIN)
+    ben = store.new("ben", "pw pw pw").id
+    store.new("ann", "pw pw pw")
+
+    def cm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHAINMAIL, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    chan = cm("chan", "open", "--as", "ann", "--member", ben).stdout.strip()
+    text = "[/x] [bold]loud[/bold]"
+    sent = cm("chan", "send", "--as", "ann", "--chan", chan, "--data", json.dumps({"t": text}))
+    assert sent.returncode == 0, sent.stderr
+    read = cm("chan", "read", "--as", "ben", "--chan", chan)
+    assert read.returncode == 0 and read.stderr == "", read.stderr
+    assert json.dumps({"t": text}) in read.stdout
