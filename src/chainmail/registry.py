@@ -609,8 +609,12 @@ def search_text(record: Mapping[str, Any]) -> str:
     name and the current attestation's), so a store's substring match of the
     casefolded query finds every hit and little else. Not the record's JSON:
     its field names and ids matched every record, and JSON escapes hid names
-    with a quote or backslash. Raises nothing; a malformed record gives "".
+    with a quote or backslash. A key that has rotated away has none (a
+    search leaves it out and finds its successor, which holds its claims).
+    Raises nothing; a malformed record gives "".
     """
+    if record.get("rotated_to") is not None:
+        return ""
     names: list[str] = []
     for part in ("claims", "attestations"):
         items = record.get(part)
