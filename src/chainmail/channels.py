@@ -78,6 +78,7 @@ __all__ = [
     "TAG_BYTES",
     "Opened",
     "associated_data",
+    "channel_key",
     "msg_content",
     "new_key",
     "open_content",
@@ -351,10 +352,11 @@ def share_content(
 
 @dataclass
 class _Channel:
-    """What a reader knows of one channel: who holds its key, and the keys it opened."""
+    """What a reader knows of one channel: who holds its key, the keys it opened, its tx."""
 
     holders: set[str]
     keys: list[bytes] = field(default_factory=list)
+    tx: str | None = None
 
 
 def _check_hmac_key(hmac_key: bytes | str | None) -> None:
@@ -403,7 +405,10 @@ def _channels(history: list[ssb.Checked], keypair: Keypair) -> dict[str, _Channe
         kind = _kind(checked)
         if kind == "chan/open":
             body = _body(checked)
-            channels[checked.id] = _Channel(holders=set(body["keys"]))
+            tx = body.get("tx")
+            channels[checked.id] = _Channel(
+                holders=set(body["keys"]), tx=tx if isinstance(tx, str) else None
+            )
             grants.append((checked.id, body["keys"]))
         elif kind == "chan/share":
             shares.append(checked)
@@ -495,3 +500,28 @@ def read_history(
                 continue
             yield Opened(id=checked.id, author=checked.author, channel=channel_id, data=data)
             break
+
+
+def channel_key(
+    messages: Iterable[dict[str, Any]],
+    keypair: Keypair,
+    *,
+    channel: str,
+    hmac_key: bytes | str | None = None,
+) -> tuple[bytes, MsgId | None] | None:
+    """The key of ``channel`` that ``keypair`` holds, and the tx its ``chan/open`` names.
+
+    By ``read_history``'s rules 1-3, so only a key sealed to ``keypair.id`` in
+    the channel's own signed ``chan/open``, or in a counted ``chan/share``,
+    is taken: a key in any other message the history holds (one the node or
+    an outsider put there) is never used to box a message. The ``chan/open``'s
+    key comes first when there are several. None when there is no such key.
+
+    Raises ``InvalidMessage`` (``invalid_signature``) for a malformed
+    ``hmac_key``; nothing for bad messages (they are skipped).
+    """
+    _check_hmac_key(hmac_key)
+    found = _channels(_verified(messages, hmac_key), keypair).get(channel)
+    if found is None or not found.keys:
+        return None
+    return found.keys[0], None if found.tx is None else MsgId(found.tx)

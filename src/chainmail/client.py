@@ -875,7 +875,9 @@ class _Core:
         if cached is not None:
             return cached
         history = yield from self._channel_messages_flow(chan)
-        found = _sealed_to(history, keys)
+        # Only a key the channel's signed record grants (``read_history``'s
+        # rules): the node serving the history is not trusted with the plaintext.
+        found = channels.channel_key(history, keys, channel=chan, hmac_key=self.hmac_key)
         if found is None:
             raise _no_key(chan, keys)
         self._channel_keys[chan] = found
@@ -908,7 +910,9 @@ class _Core:
         history = yield from self._channel_messages_flow(chan)
         opened = list(channels.read_history(history, keys, channel=chan, hmac_key=self.hmac_key))
         # Nothing readable and no key: an outsider, not an empty channel.
-        if not opened and _sealed_to(history, keys) is None:
+        if not opened and (
+            channels.channel_key(history, keys, channel=chan, hmac_key=self.hmac_key) is None
+        ):
             raise _no_key(chan, keys)
         return opened
 
@@ -1021,25 +1025,6 @@ class _Core:
             "consistency proof",
         )
         return proof_hashes(body.get("proof"), "consistency proof")
-
-
-def _sealed_to(history: Iterable[dict[str, Any]], keys: Keypair) -> tuple[bytes, str | None] | None:
-    """The channel key a chan/open or chan/share of ``history`` seals to ``keys``, and its tx."""
-    tx: str | None = None
-    for msg in history:
-        content = msg.get("content")
-        if not isinstance(content, dict):
-            continue
-        if content.get("type") == "chan/open" and isinstance(content.get("tx"), str):
-            tx = content["tx"]
-        if content.get("type") in ("chan/open", "chan/share"):
-            sealed = (content.get("keys") or {}).get(keys.id)
-            if isinstance(sealed, str):
-                try:
-                    return channels.open_key(sealed, keys), tx
-                except DecryptionError:
-                    continue
-    return None
 
 
 def _no_key(chan: str, keys: Keypair) -> DecryptionError:

@@ -89,6 +89,7 @@ __all__ = [
     "MAX_CLAIMS",
     "Admission",
     "Registry",
+    "search_text",
 ]
 
 Admission = Literal["open", "attested"]
@@ -598,6 +599,30 @@ class Registry:
         if not isinstance(data, Mapping) or not isinstance(data.get("identities"), list):
             raise StorageError("malformed stored registry: expected {'identities': [...]}")
         return cls.from_records(data["identities"], registrars, admission, node_id=node_id)
+
+
+def search_text(record: Mapping[str, Any]) -> str:
+    """The text a store matches a name search against, for a ``Registry.record``.
+
+    Every name the record's claims and attestations state, casefolded, one a
+    line: a superset of what ``Registry.search`` matches (the newest claimed
+    name and the current attestation's), so a store's substring match of the
+    casefolded query finds every hit and little else. Not the record's JSON:
+    its field names and ids matched every record, and JSON escapes hid names
+    with a quote or backslash. A key that has rotated away has none (a
+    search leaves it out and finds its successor, which holds its claims).
+    Raises nothing; a malformed record gives "".
+    """
+    if record.get("rotated_to") is not None:
+        return ""
+    names: list[str] = []
+    for part in ("claims", "attestations"):
+        items = record.get(part)
+        for item in items if isinstance(items, list) else ():
+            name = item.get("name") if isinstance(item, Mapping) else None
+            if isinstance(name, str):
+                names.append(name.casefold())
+    return "\n".join(names)
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -562,6 +562,8 @@ class Sequencer:
             chan_id = body.get("chan")
             channel = self.channels.get(chan_id) if isinstance(chan_id, str) else None
             tx_id = txs.channel_post_tx(channel, {"author": author, "content": body})
+            if tx_id is None and channel is not None and channel.tx is not None:
+                txs.check_share_party(channel, author, self._parties(channel.tx))
         if isinstance(tx_id, str):
             tx = self.open.get(tx_id) or self.unsealed.get(tx_id)
             if tx is None and self.store.tx(tx_id) is not None:
@@ -574,6 +576,14 @@ class Sequencer:
             ):
                 self._closed(tx)
             txs.check_post(tx, author, body, now=now)
+
+    def _parties(self, tx_id: str) -> tuple[str, ...]:
+        """The parties of ``tx_id``, open, closed or sealed (``()`` for an unknown tx)."""
+        tx = self.open.get(tx_id) or self.unsealed.get(tx_id)
+        if tx is not None:
+            return tx.parties
+        row = self.store.tx(tx_id)
+        return () if row is None else tuple(row.parties)
 
     # --- projection -----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from chainmail import merkle
 from chainmail.errors import InvalidMessage, LogError, NotFound, StorageError
 from chainmail.ids import blob_digest, msg_digest
 from chainmail.log import Head, LogEntry, NewEntry, head, pipeline_of
+from chainmail.registry import search_text
 from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
 
 __all__ = ["CHECKPOINT_INTERVAL", "STORE_SYNCHRONOUS", "SqliteLog", "SqliteStore"]
@@ -899,6 +900,7 @@ class SqliteStore:
                 self._migrate_tx_parties()
             else:
                 self._w.execute(_TX_PARTIES_SCHEMA)
+            self._migrate_identity_search()
             #: Recipient numbers; as many as identities ever delivered to.
             self._recipients: dict[str, int] = dict(
                 self._w.execute("SELECT id, no FROM recipients")
@@ -947,6 +949,23 @@ class SqliteStore:
                 " ORDER BY i.delivery"
             )
             w.execute("DROP TABLE inbox_v1")
+
+    def _migrate_identity_search(self) -> None:
+        """Give an older store's identities ``registry.search_text``, not their JSON.
+
+        That column held the record's JSON, lowercased, whose field names and
+        ids matched most searches. Idempotent: a crash before its commit leaves
+        rows the next open finds again.
+        """
+        old = self._w.execute(
+            "SELECT id, record FROM identities WHERE search LIKE '{\"id\":%'"
+        ).fetchall()
+        if old:
+            with _transaction(self._w, StorageError):
+                self._w.executemany(
+                    "UPDATE identities SET search=? WHERE id=?",
+                    [(search_text(orjson.loads(record)), ident) for ident, record in old],
+                )
 
     def _migrate_tx_messages(self, layout: Literal["json", "by_id"]) -> None:
         """Key an older store's tx messages by the tx/open's log position.
@@ -1152,7 +1171,7 @@ class SqliteStore:
                     w.executemany(
                         "INSERT OR REPLACE INTO identities (id, record, search) VALUES (?, ?, ?)",
                         [
-                            (ident, orjson.dumps(rec), orjson.dumps(rec).decode().lower())
+                            (ident, orjson.dumps(rec), search_text(rec))
                             for ident, rec in projection.identities.items()
                         ],
                     )
@@ -1512,7 +1531,9 @@ class SqliteStore:
 
     def search_identities(self, text: str, limit: int) -> list[dict[str, Any]]:
         pattern = (
-            "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            "%"
+            + text.casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            + "%"
         )
         rows = (
             self._r()

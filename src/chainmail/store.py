@@ -261,7 +261,10 @@ class Store(Protocol):
         ...
 
     def search_identities(self, text: str, limit: int) -> list[dict[str, Any]]:
-        """Records whose stored text contains ``text`` (case-insensitive): a superset to filter."""
+        """Records with a name containing ``text``, casefolded (``registry.search_text``).
+
+        A superset of ``Registry.search``'s hits (older claims count too), to filter.
+        """
         ...
 
     def record_fork(self, author: str, sequence: int, kept: bytes, rejected: bytes) -> None: ...

@@ -47,6 +47,7 @@ __all__ = [
     "check",
     "check_channel_post",
     "check_post",
+    "check_share_party",
     "expire",
     "finish_met",
     "link",
@@ -423,15 +424,35 @@ def check_channel_post(
     tx: record it there with ``apply``.
 
     Raises ``Rejected``: the codes of ``channel_post_tx``, ``unknown_tx`` when
-    ``tx`` is another tx than the one whose rules apply, and whatever
-    ``check`` raises for that tx.
+    ``tx`` is another tx than the one whose rules apply, whatever ``check``
+    raises for that tx, and ``not_a_party`` for a share of a tx-bound channel
+    by a member that is not one of ``tx``'s parties (``check_share_party``).
     """
     tx_id = channel_post_tx(channel, msg)
     if tx_id is None:
+        if channel is not None and channel.tx is not None and tx is not None:
+            check_share_party(channel, msg.get("author"), tx.parties)
         return
     if tx is not None and tx.id != tx_id:
         raise Rejected(f"the post belongs to tx {tx_id}, not {tx.id}", code="unknown_tx")
     check(tx, msg, now=now)
+
+
+def check_share_party(channel: Channel, author: object, parties: Collection[str]) -> None:
+    """Refuse a ``chan/share`` of a tx-bound ``channel`` by a member that is no party.
+
+    ``parties`` are the parties of ``channel.tx``, open or closed. A share that
+    names no tx is not held to the tx being open (``channel_post_tx``), but
+    only parties post chan/* tied to a tx (DESIGN §3): a member the opener
+    sealed the key to without being a party reads, as a reader does, and does
+    not pass the key on. Pure; does nothing for an untied channel. Raises
+    ``Rejected`` (``not_a_party``).
+    """
+    if channel.tx is not None and author not in parties:
+        raise Rejected(
+            f"{author} is not a party to tx {channel.tx}, which channel {channel.id} belongs to",
+            code="not_a_party",
+        )
 
 
 def share_channel(channel: Channel, msg: Mapping[str, Any]) -> list[str]:

@@ -164,3 +164,74 @@ def test_cli_chan_commands(node: Server, tmp_path: Path) -> None:
 
 def _unused() -> bytes:
     return orjson.dumps(None)
+
+
+def test_cli_chan_read_shows_a_members_text_as_text(node: Server, tmp_path: Path) -> None:
+    # What a member wrote is data, not console markup: "[/x]" crashed every other
+    # member's `chan read` with a traceback, and "[bold]" restyled the table.
+    env = {
+        **os.environ,
+        "CHAINMAIL_HOME": str(tmp_path),
+        "CHAINMAIL_PASSPHRASE": "pw pw pw",
+        "CHAINMAIL_NODE": node.url,
+    }
+    store = Keystore(tmp_path, limits=MIN)
+    ben = store.new("ben", "pw pw pw").id
+    store.new("ann", "pw pw pw")
+
+    def cm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHAINMAIL, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    chan = cm("chan", "open", "--as", "ann", "--member", ben).stdout.strip()
+    text = "[/x] [bold]loud[/bold]"
+    sent = cm("chan", "send", "--as", "ann", "--chan", chan, "--data", json.dumps({"t": text}))
+    assert sent.returncode == 0, sent.stderr
+    read = cm("chan", "read", "--as", "ben", "--chan", chan)
+    assert read.returncode == 0 and read.stderr == "", read.stderr
+    assert json.dumps({"t": text}) in read.stdout
+
+
+class _Prepend(httpx.BaseTransport):
+    """The real node, except that a channel's history starts with ``forged`` messages."""
+
+    def __init__(self, path: str, forged: list[dict[str, object]]) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._path = path
+        self._forged = forged
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        if request.url.raw_path.decode("ascii").split("?")[0] != self._path:
+            return response
+        page = orjson.loads(response.read())
+        return httpx.Response(200, json={"messages": [*self._forged, *page["messages"]]})
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_a_member_sends_under_the_channels_key_not_one_the_node_slips_in(node: Server) -> None:
+    # DESIGN §3: non-members, the node included, see only ciphertext. A node (or
+    # anyone between it and the member) that put a key of its own, sealed to the
+    # member, before the channel's chan/open had the member's next message
+    # boxed under that key: the member took the first key sealed to it from the
+    # history it was served, signed by anyone (here an outsider's chan/share).
+    from chainmail import channels, ssb
+    from chainmail.verify import path_id
+
+    a, b, eve = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    with Client(node.url, a) as alice:
+        chan = alice.open_channel([b.id])
+        eve_key = channels.new_key()
+        slipped = ssb.create(
+            eve, channels.share_content(eve_key, chan, [b.id]), None, int(time.time() * 1000)
+        )
+        transport = _Prepend(f"/v1/channels/{path_id(chan)}/messages", [slipped])
+        with Client(node.url, b, transport=transport) as bob:
+            sent = bob.channel_send(chan, {"text": MARKER}).id
+        box = alice.message(sent)["message"]["content"]["box"]
+        with pytest.raises(DecryptionError):
+            channels.open_message(eve_key, box, author=b.id, channel=chan)
+        assert [o.id for o in alice.channel_read(chan)] == [sent]

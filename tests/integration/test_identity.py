@@ -225,3 +225,38 @@ def test_attested_mode_needs_a_registrar(tmp_path: Path) -> None:
 
 def _unused(_: Server) -> None:
     return None
+
+
+def test_search_finds_names_whatever_else_the_records_hold(http: httpx.Client) -> None:
+    # The store's pre-filter matched the whole record as JSON text: field names
+    # ("routes"), ids and message ids matched every record, so with ``limit``
+    # the 20 x limit candidates could all be other identities; and a name with
+    # a quote or backslash was JSON-escaped there, so never found.
+    writers = sorted((Writer() for _ in range(41)), key=lambda w: w.id)
+    target = writers.pop()  # the last by id: past the first 20 any pre-filter returns
+    for n, filler in enumerate(writers):
+        claim = {"type": "about", "about": filler.id, "name": f"Filler {n}", "routes": []}
+        assert post(http, filler.sign(claim)).status_code == 201
+    name = 'Silk Routes "O\'Brien" \\ STRASSE AG'
+    claim = {"type": "about", "about": target.id, "name": name}
+    assert post(http, target.sign(claim)).status_code == 201
+    for text in ("routes", '"o\'brien" \\', "straße"):
+        found = http.get("/v1/identities", params={"name": text, "limit": 1}).json()
+        assert [i["id"] for i in found["identities"]] == [target.id], text
+
+
+def test_search_finds_an_identity_that_rotated_many_times(http: httpx.Client) -> None:
+    # Each retired key keeps its claims (frozen) but is left out of a search;
+    # the store's pre-filter still returned them, 20 x limit at most, so behind
+    # 20 retired keys the live one was not found.
+    keys = sorted((Keypair.generate() for _ in range(22)), key=lambda k: k.id)
+    live = keys[-1]  # the last by id: past the 21 retired keys in the store's order
+    old = Writer(keys[0])
+    claim = {"type": "about", "about": old.id, "name": "Many Keys Bank"}
+    assert post(http, old.sign(claim)).status_code == 201
+    for new in keys[1:]:
+        rotate = {"type": "key/rotate", "to": new.id, "proof": sign_proof(new, old.id)}
+        assert post(http, old.sign(rotate)).status_code == 201
+        old = Writer(new)
+    found = http.get("/v1/identities", params={"name": "many keys bank", "limit": 1}).json()
+    assert [i["id"] for i in found["identities"]] == [live.id]

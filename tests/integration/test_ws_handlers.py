@@ -22,6 +22,7 @@ import websockets
 
 from chainmail.api import Limits, create_app
 from chainmail.client import AsyncClient, Receipt
+from chainmail.errors import Error
 from chainmail.keys import Keypair
 from chainmail.node import Node, NodeConfig
 from support.feeds import Writer
@@ -109,7 +110,7 @@ def test_ws_ingest_ends_when_its_client_vanishes_with_replies_in_flight(tmp_path
 def test_the_sdk_streams_to_a_node_at_an_ipv6_address(tmp_path: Path) -> None:
     # The client takes http://[::1]:PORT; its WebSocket URLs must keep the
     # brackets (ws://::1:PORT/… is no URL at all).
-    async def run() -> tuple[list[Receipt | Exception], str, str]:
+    async def run() -> tuple[list[Receipt | Error], str, str]:
         async with (
             serving(tmp_path, host="::1") as s,
             AsyncClient(s.url, Keypair.generate()) as a,

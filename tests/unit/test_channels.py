@@ -23,6 +23,7 @@ from chainmail.channels import (
     TAG_BYTES,
     Opened,
     associated_data,
+    channel_key,
     msg_content,
     open_content,
     open_key,
@@ -610,6 +611,38 @@ def test_unsigned_invalid_and_duplicate_messages_are_skipped() -> None:
     history: list[Any] = [*trade.log, *trade.log, forged, not_policy, {"not": "a message"}, None]
     opened = list(read_history(history, trade.buy_broker.keys))
     assert [o.id for o in opened] == trade.buy_ids
+
+
+def test_the_key_to_send_with_is_only_one_the_channels_record_grants() -> None:
+    """A member boxes its messages under the channel's key, never one slipped into the history."""
+    trade = Trade()
+    mallory = Writer(MALLORY)
+    fake = bytes(32)
+    assert channel_key(trade.log, trade.buy_broker.keys, channel=trade.buy_chan) == (
+        trade.buy_key,
+        trade.tx,
+    )
+    # A non-holder's share, another channel's chan/open and an unsigned copy, all
+    # sealing ``fake`` to the broker and listed before the real chan/open:
+    share = mallory.sign(share_content(fake, trade.buy_chan, [trade.buy_broker.id]))
+    other, _ = open_content([trade.buy_broker.id], author_keys=MALLORY, key=fake)
+    unsigned = dict(trade.message(trade.buy_chan))
+    keys = unsigned["content"]["keys"] | {trade.buy_broker.id: seal_key(fake, trade.buy_broker.id)}
+    unsigned["content"] = {**unsigned["content"], "keys": keys}  # its signature no longer holds
+    slipped = [share, mallory.sign(other), unsigned]
+    assert channel_key([*slipped, *trade.log], trade.buy_broker.keys, channel=trade.buy_chan) == (
+        trade.buy_key,
+        trade.tx,
+    )
+    # Without the channel's own record there is no key at all.
+    assert channel_key(slipped, trade.buy_broker.keys, channel=trade.buy_chan) is None
+    # A reader's key comes from a holder's share.
+    assert channel_key(trade.log, trade.regulator.keys, channel=trade.buy_chan) is None
+    trade.share(trade.buyer, trade.buy_chan, trade.buy_key, trade.regulator)
+    assert channel_key(trade.log, trade.regulator.keys, channel=trade.buy_chan) == (
+        trade.buy_key,
+        trade.tx,
+    )
 
 
 def test_read_history_with_a_network_key() -> None:

@@ -733,6 +733,31 @@ def test_members_share_a_channel_readers_do_not_even_after_the_tx(h: Harness) ->
     )
 
 
+def test_only_a_party_shares_a_tx_bound_channel_before_or_after_the_tx(h: Harness) -> None:
+    # A member that is not a party reads the channel; like a reader, it does not
+    # pass the key on (only parties post chan/* tied to the tx, DESIGN §3), also
+    # once the tx has closed and a party may still share without naming it.
+    a, b, auditor, other = Writer(), Writer(), Writer(), Writer()
+    tx = h.one(open_tx(a, b, finish="any")).id
+    key = base64.b64encode(bytes(80)).decode()
+    keys = {a.id: key, b.id: key, auditor.id: key}
+    chan = h.one(a.sign({"type": "chan/open", "keys": keys, "tx": tx})).id
+    share = {"type": "chan/share", "chan": chan, "keys": {other.id: key}}
+
+    def refused() -> None:
+        auditor.state = None  # nothing of its feed is logged
+        h.refused(auditor.sign(share), "not_a_party")
+
+    refused()
+    h.one(b.sign({"type": "tx/finish", "tx": tx}))
+    refused()
+    assert h.seq.build_block() is not None  # sealed: the tx is only in the store now
+    assert tx not in h.seq.unsealed
+    refused()
+    h.one(b.sign(share))
+    assert other.id in h.store.channels()[chan]["readers"]
+
+
 def test_refused_messages_cost_no_rate_tokens(
     tmp_path: Path, clock: Clock, node_keys: Keypair
 ) -> None:

@@ -636,3 +636,38 @@ def test_block_records_are_read_from_their_blob_only_when_asked_for(tmp_path: Pa
     finally:
         log.close()
         store.close()
+
+
+def test_identities_are_searched_by_their_names_also_in_an_older_store(tmp_path: Path) -> None:
+    """The search column held each record's JSON, lowercased: a search for a
+    field name ("routes") or an id matched every identity, and a name with a
+    quote was JSON-escaped out of reach. An older store's rows get the names."""
+    from chainmail.registry import Registry
+
+    registry = Registry()
+    claims = {
+        ALICE.id: {"type": "about", "about": ALICE.id, "name": 'A "Q"'},
+        BOB.id: {"type": "about", "about": BOB.id, "routes": []},
+    }
+    for n, (author, claim) in enumerate(claims.items()):
+        registry.apply(_made_up_id(n), author, claim, now=NOW)
+    records = {i: registry.record(i) for i in (ALICE.id, BOB.id)}
+    path = tmp_path / "store.sqlite"
+    store = SqliteStore(path)
+    try:
+        store.apply(Projection(identities={i: r for i, r in records.items() if r is not None}))
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:  # as an older store wrote it
+        conn.executemany(
+            "UPDATE identities SET search=? WHERE id=?",
+            [(orjson.dumps(r).decode().lower(), i) for i, r in records.items()],
+        )
+    for _ in range(2):  # migrated on open, and still right on the next
+        store = SqliteStore(path)
+        try:
+            assert [r["id"] for r in store.search_identities('a "q', 10)] == [ALICE.id]
+            assert store.search_identities("routes", 10) == []
+            assert store.search_identities(BOB.id.lower(), 10) == []
+        finally:
+            store.close()

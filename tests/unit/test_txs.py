@@ -498,6 +498,10 @@ def test_tied_channel_posts_need_an_open_tx_and_a_party() -> None:
     # an auditor. Naming the tx holds it to the tx's rules.
     txs.check_channel_post(ch, chan_share(A, [C]), tx=tx, now=T0)
     assert txs.channel_post_tx(ch, chan_share(A, [C])) is None
+    # ... but a member that is no party does not pass the key on, open or closed.
+    with pytest.raises(Rejected, match="is not a party") as info:
+        txs.check_channel_post(ch, chan_share(D, [C]), tx=tx, now=T0)
+    assert info.value.code == "not_a_party"
     assert txs.channel_post_tx(ch, chan_msg(B)) == OPEN_ID
     named = chan_share(A, [C])
     named["content"]["tx"] = OPEN_ID

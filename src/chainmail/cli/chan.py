@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from chainmail.cli._app import app
 from chainmail.cli.commands import (
@@ -91,8 +92,12 @@ def chan_read(
         return
     table = Table("id", "author", "data", box=None)
     for item in opened:
+        # Text, not a str: a str cell is console markup, and what a member wrote
+        # ("[/x]" raised MarkupError, "[bold]" restyled the table) is data.
         table.add_row(
-            item.id[:16] + "…", item.author[:16] + "…", json.dumps(item.data, ensure_ascii=False)
+            item.id[:16] + "…",
+            item.author[:16] + "…",
+            Text(json.dumps(item.data, ensure_ascii=False)),
         )
     _out().print(table)
 
