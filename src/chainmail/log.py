@@ -55,7 +55,12 @@ new_entry: Final = constructor(NewEntry, "new_entry")
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """A message in the log, at ``(pipeline, index)``."""
+    """A message in the log, at ``(pipeline, index)``.
+
+    ``seq`` numbers every entry of the log, across pipelines, in the order it
+    was appended (the order the node sequenced it in); None for entries of
+    a log written before it was kept.
+    """
 
     pipeline: int
     index: int
@@ -64,6 +69,7 @@ class LogEntry:
     sequence: int
     received: int
     body: bytes
+    seq: int | None = None
 
 
 class Log(Protocol):
@@ -84,6 +90,9 @@ class Log(Protocol):
 
     def append(self, entries: Sequence[NewEntry]) -> list[tuple[int, int]]:
         """Append ``entries`` atomically and durably; returns ``(pipeline, index)`` each.
+
+        Each entry also gets the log's next ``seq``, in the order given: the
+        order across pipelines that a replay follows.
 
         Raises ``LogError`` when an entry breaks its feed's order (the caller
         is expected to have checked it) or the write fails.

@@ -190,11 +190,16 @@ class _PipelineReader:
                 self._buffer.append((entry, orjson.loads(entry.body)))
         return self._buffer[0] if self._buffer else None
 
-    def key(self) -> tuple[int, int, int, int]:
+    def key(self) -> tuple[int, int, int, int, int]:
+        """Where the next entry goes in a replay across pipelines: by its ``seq``
+        (the order it was sequenced in); an entry of an older log, which has none,
+        comes before every entry that has one, by time, rank and position."""
         entry, msg = self._buffer[0]
+        if entry.seq is not None:
+            return 1, entry.seq, 0, 0, 0
         kind = _kind(msg["content"])
         rank = _REPLAY_RANK.get(kind, 1) if isinstance(kind, str) else 1
-        return entry.received, rank, self.pipeline, entry.index
+        return 0, entry.received, rank, self.pipeline, entry.index
 
     def take(self) -> tuple[LogEntry, dict[str, Any]]:
         entry, msg = self._buffer.popleft()
@@ -296,11 +301,13 @@ class Sequencer:
 
         With one pipeline that is the log's order. With several, each has its
         own order only: a tx/finish in one may follow its tx/open in another,
-        and a block in the node's pipeline seals txs closed in the others.
-        So the pipelines are merged by the time each entry was logged (a
-        batch's entries share one), opens before the rest and blocks after
-        it within one millisecond; and an entry whose tx has not been opened
-        yet in the replay waits for its tx/open. A pipeline's cursor never
+        a block in the node's pipeline seals txs closed in the others, and of
+        two attestations of one identity the later one stands. So the
+        pipelines are merged by each entry's ``seq``, the order the log was
+        appended in. Entries of a log older than ``seq`` are merged by the time
+        each was logged (a batch's entries share one), opens before the rest
+        and blocks after it within one millisecond; and an entry whose tx has
+        not been opened yet in the replay waits for its tx/open. A pipeline's cursor never
         passes an entry still waiting, so a crash mid-replay replays it again
         (projection is idempotent).
         """

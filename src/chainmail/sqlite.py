@@ -83,9 +83,11 @@ _RESTART_FRAMES: Final = 16_384
 _RESTART_WAIT_MS: Final = 20
 
 #: Bumped when the layout changes; ``SqliteLog`` migrates older files on open.
-_LOG_VERSION: Final = 3
+_LOG_VERSION: Final = 4
 #: The version from which ``tree`` holds only the nodes at ``_TREE_MIN_LEVEL`` and up.
 _LOG_PRUNED_TREE: Final = 3
+#: The version from which ``entries`` has ``seq`` (older rows keep NULL there).
+_LOG_SEQ: Final = 4
 #: The lowest level of the Merkle tree whose nodes are rows of ``tree``: complete
 #: subtrees of 16 leaves and up, 1/8 of a row per message instead of one. A proof
 #: or root recomputes the nodes below from the ids of at most 16 entries per block
@@ -109,10 +111,13 @@ CREATE TABLE IF NOT EXISTS feeds (no INTEGER PRIMARY KEY, author TEXT NOT NULL U
 -- page keeps in place, and most rows spilled a 4 KB overflow page each (110 MB
 -- of overflow pages for 88 MB of bodies, measured). A table page keeps up to
 -- ~4 KB of a row in place.
+-- ``seq`` numbers the entries of every pipeline together, in the order they
+-- were sequenced: with several pipelines, the only record of which came first
+-- within one millisecond (a replay follows it). NULL in logs before version 4.
 CREATE TABLE IF NOT EXISTS entries (
     pos INTEGER PRIMARY KEY, idkey INTEGER NOT NULL, feed INTEGER NOT NULL,
     sequence INTEGER NOT NULL, received INTEGER NOT NULL, id TEXT NOT NULL,
-    body BLOB NOT NULL);
+    body BLOB NOT NULL, seq INTEGER);
 CREATE INDEX IF NOT EXISTS entries_idkey ON entries (idkey);
 -- Feed order, for feed reads and the heads (each feed's highest sequence).
 CREATE UNIQUE INDEX IF NOT EXISTS entries_feed ON entries (feed, sequence);
@@ -493,6 +498,17 @@ class SqliteLog:
         self._synchronous = synchronous
         self._local = threading.local()
         self._sizes = [_size_of(self._w, p) for p in range(pipelines)]
+        #: The next entry's ``seq``: one past the highest, which is some pipeline's last entry.
+        self._seq = 1 + max(
+            (
+                self._w.execute(
+                    "SELECT COALESCE(seq, -1) FROM entries WHERE pos=?", (_pos(p, size - 1),)
+                ).fetchone()[0]
+                for p, size in enumerate(self._sizes)
+                if size
+            ),
+            default=-1,
+        )
         #: Feed numbers; as many as feeds, so bounded by identities, not messages.
         self._feeds: dict[str, int] = dict(self._w.execute("SELECT author, no FROM feeds"))
         # Each feed's last entry (SQLite takes a bare column from the MAX row).
@@ -528,7 +544,8 @@ class SqliteLog:
 
     def append(self, entries: Sequence[NewEntry]) -> list[tuple[int, int]]:
         positions: list[tuple[int, int]] = []
-        rows: list[tuple[int, int, int, int, int, str, bytes]] = []
+        rows: list[tuple[int, int, int, int, int, str, bytes, int]] = []
+        seq = self._seq
         heads: dict[str, Head] = {}
         new_feeds: dict[str, int] = {}
         feeds = self._feeds
@@ -560,8 +577,10 @@ class SqliteLog:
                     entry.received,
                     entry.id,
                     entry.body,
+                    seq,
                 )
             )
+            seq += 1
             heads[author] = head(entry.sequence, entry.id)
             leaves.setdefault(pipeline, []).append(merkle.leaf_hash(digest))
             positions.append((pipeline, index))
@@ -577,8 +596,8 @@ class SqliteLog:
                         )
                     _insert_rows(
                         self._w,
-                        "INSERT INTO entries (pos, idkey, feed, sequence, received, id, body)",
-                        7,
+                        "INSERT INTO entries (pos, idkey, feed, sequence, received, id, body, seq)",
+                        8,
                         rows,
                     )
                     pending: list[tuple[int, int, int, bytes]] = []
@@ -602,6 +621,7 @@ class SqliteLog:
                 self._reload_trees()
                 raise
             self._sizes = sizes
+            self._seq = seq
             self._heads.update(heads)
             feeds.update(new_feeds)
         self._checkpointer.committed()
@@ -619,7 +639,7 @@ class SqliteLog:
         rows = (
             self._reader_for_thread()
             .execute(
-                "SELECT e.pos, e.id, f.author, e.sequence, e.received, e.body FROM entries e"
+                "SELECT e.pos, e.id, f.author, e.sequence, e.received, e.body, e.seq FROM entries e"
                 " JOIN feeds f ON f.no = e.feed WHERE e.pos >= ? AND e.pos < ?"
                 " ORDER BY e.pos LIMIT ?",
                 (_pos(pipeline, start), _pos(pipeline + 1, 0), limit),
@@ -627,7 +647,8 @@ class SqliteLog:
             .fetchall()
         )
         return [
-            LogEntry(pipeline, r[0] & _POS_MASK, r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows
+            LogEntry(pipeline, r[0] & _POS_MASK, r[1], r[2], r[3], r[4], bytes(r[5]), r[6])
+            for r in rows
         ]
 
     def locate(self, msg_id: str) -> tuple[int, int] | None:
@@ -728,7 +749,8 @@ def _finish_log_migration(conn: sqlite3.Connection) -> None:
 
     Version 1 → 2 copies the entries moved aside by ``_migrate_log``; 2 → 3
     deletes the tree rows below ``_TREE_MIN_LEVEL``, which the trees now
-    recompute from the entries (the same hashes: roots and proofs are unchanged).
+    recompute from the entries (the same hashes: roots and proofs are unchanged);
+    3 → 4 adds ``entries.seq``, NULL for the entries already there.
     """
     if conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='entries_v1'"
@@ -739,6 +761,12 @@ def _finish_log_migration(conn: sqlite3.Connection) -> None:
         with _transaction(conn, LogError):
             conn.execute("DELETE FROM tree WHERE level < ?", (_TREE_MIN_LEVEL,))
             conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(_LOG_PRUNED_TREE),))
+        version = _LOG_PRUNED_TREE
+    if version is not None and version < _LOG_SEQ:
+        with _transaction(conn, LogError):
+            if "seq" not in _columns(conn, "entries"):
+                conn.execute("ALTER TABLE entries ADD COLUMN seq INTEGER")
+            conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(_LOG_SEQ),))
 
 
 def _copy_v1_entries(conn: sqlite3.Connection) -> None:

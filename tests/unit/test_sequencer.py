@@ -1130,3 +1130,44 @@ def test_a_store_rebuilt_from_two_pipelines_is_the_store_it_was(
     assert rebuilt.build_block() is None  # nothing left to seal a second time
     log.close()
     store.close()
+
+
+def test_a_rebuilt_store_keeps_the_order_of_one_batch_across_pipelines(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Two registrars attest one identity in one batch (one millisecond): the
+    # later attestation stands. The registrars' feeds are in different
+    # pipelines, the later one in pipeline 0: a replay merging the pipelines by
+    # time and then by pipeline number read the earlier one last.
+    from chainmail.log import pipeline_of
+
+    node = next(k for k in iter(Keypair.generate, None) if pipeline_of(k.id, 2) == 0)
+    first, later, subject = _writer_in(1, 2), _writer_in(0, 2), Writer()
+
+    def open_node() -> tuple[SqliteLog, SqliteStore, Sequencer]:
+        log = SqliteLog(tmp_path / "log.sqlite", pipelines=2, synchronous="NORMAL")
+        store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+        seq = Sequencer(log, store, node, clock=clock, registrars=[first.id, later.id])
+        return log, store, seq
+
+    def attested(store: SqliteStore) -> Any:
+        (record,) = store.identity_records([subject.id])
+        return record
+
+    log, store, seq = open_node()
+    claims = [
+        w.sign({"type": "attest", "subject": subject.id, "name": n})
+        for w, n in ((first, "First Name plc"), (later, "Later Name plc"))
+    ]
+    assert all(isinstance(r, Accepted) for r in seq.process([_check(m) for m in claims]))
+    seq.flush_projection()
+    live = attested(store)
+    assert "Later Name plc" in str(live)
+    log.close()
+    store.close()
+    _drop_store(tmp_path)
+    log, store, seq = open_node()
+    seq.flush_projection()
+    assert attested(store) == live
+    log.close()
+    store.close()

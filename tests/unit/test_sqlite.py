@@ -75,7 +75,7 @@ def test_log_keeps_every_entry_head_and_root(tmp_path: Path) -> None:
         assert "entries_v1" not in tables
         (key,) = conn.execute("SELECT idkey FROM entries WHERE pos=0").fetchone()
         assert key == idkey(before[0][2])
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
         # Its tree rows were all below the stored levels: its 6 leaves are recomputed.
         assert conn.execute("SELECT COUNT(*) FROM tree").fetchone() == (0,)
 
@@ -358,16 +358,51 @@ def test_a_version_2_log_drops_its_lower_tree_rows(tmp_path: Path) -> None:
         migrated.close()
     assert _tree_rows(path) == _stored_levels(350)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
 
 
 def test_a_log_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite"
     SqliteLog(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE meta SET value='4' WHERE key='schema'")
-    with pytest.raises(LogError, match=r"^log schema: expected a version from 1 to 3, got '4'$"):
+        conn.execute("UPDATE meta SET value='5' WHERE key='schema'")
+    with pytest.raises(LogError, match=r"^log schema: expected a version from 1 to 4, got '5'$"):
         SqliteLog(path)
+
+
+def test_a_version_3_log_gains_seq_and_numbers_new_entries_after_its_old_ones(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.sqlite"
+    alice, bob = Writer(ALICE), Writer(BOB)
+
+    def entry(w: Writer, received: int) -> NewEntry:
+        c = ssb.check(w.sign({"type": "post"}))
+        assert isinstance(c, ssb.Checked)
+        return NewEntry(c.id, c.author, c.sequence, received, c.text.encode())
+
+    log = SqliteLog(path)
+    log.append([entry(alice, 1), entry(bob, 1)])
+    assert [e.seq for e in log.read(0, 0, 10)] == [0, 1]
+    log.close()
+    with sqlite3.connect(path) as conn:  # as version 3 wrote it: no seq
+        conn.execute("ALTER TABLE entries DROP COLUMN seq")
+        conn.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    log = SqliteLog(path)
+    try:
+        assert [e.seq for e in log.read(0, 0, 10)] == [None, None]
+        log.append([entry(bob, 2), entry(alice, 2)])
+        assert [e.seq for e in log.read(0, 0, 10)] == [None, None, 0, 1]
+    finally:
+        log.close()
+    log = SqliteLog(path)  # and on from the highest after a restart
+    try:
+        log.append([entry(alice, 3)])
+        assert log.read(0, 4, 1)[0].seq == 2
+    finally:
+        log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
 
 
 def test_the_node_logs_at_full_and_projects_at_normal_durability(tmp_path: Path) -> None:
