@@ -50,6 +50,7 @@ from chainmail.node import Node
 from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, RateLimiter, TokenBucket
 from chainmail.sequencer import Accepted
 from chainmail.store import BlockRow, MessageRow
+from chainmail.witnesses import STAGES
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "create_app"]
 
@@ -588,12 +589,24 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 )
         raise NotFound(f"transaction {tx_id} is not in block {height}")
 
-    @app.get("/v1/blocks/{height}", tags=["blocks"], summary="A block with its records")
+    @app.get(
+        "/v1/blocks/{height}",
+        tags=["blocks"],
+        summary="A block with its records",
+        description="The block's signed message and its tx records; `stages`: the node's "
+        "`block/stage` messages for it (each stage's witnesses, their `block/sign` messages "
+        "and the Merkle root of those), in stage order; `sealed`: every stage of "
+        "`/healthz`'s `stages` is recorded (true on a node without witnesses).",
+    )
     async def get_block(height: str) -> Response:
         block = node.store.block(_int_param(height, "height", 0))
         if block is None:
             raise NotFound(f"no block {height}")
-        return _json(_block_json(block, records=True))
+        out = _block_json(block, records=True)
+        out["stages"] = node.store.block_stages(block.height)
+        witnessed = bool(node.config.witnesses)
+        out["sealed"] = not witnessed or len(out["stages"]) >= len(STAGES)
+        return _json(out)
 
     @app.get(
         "/v1/log/{pipeline}/checkpoint",
@@ -907,6 +920,9 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 "version": __version__,
                 "pipelines": node.log.pipelines,
                 "sizes": [node.log.size(p) for p in range(node.log.pipelines)],
+                "witnesses": list(node.config.witnesses),
+                "threshold": node.witness_threshold,
+                "stages": list(STAGES) if node.config.witnesses else [],
             }
         )
 

@@ -395,6 +395,8 @@ SCHEMAS: Final[Mapping[str, _Schema]] = {
         "height": _req(_uint),
         "stage": _req(_nonempty_str),
         "signers": _req(_unique_feeds(nonempty=False)),
+        # The signers' block/sign messages, in signers' order: ``root`` is theirs.
+        "signs": _opt(_list_of(_msg, "message ids", nonempty=False)),
         "root": _req(_ROOT),
     },
     "anchor": {

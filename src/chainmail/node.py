@@ -81,6 +81,10 @@ class NodeConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     admission: Admission = "open"
     registrars: tuple[str, ...] = ()
+    #: Identities that co-sign each block in stages (``chainmail.witnesses``), and
+    #: how many must sign a stage (None: all of them).
+    witnesses: tuple[str, ...] = ()
+    threshold: int | None = None
     identity_rate: float = IDENTITY_RATE
     identity_burst: float = IDENTITY_BURST
 
@@ -243,6 +247,8 @@ class Node:
                 admission=self.config.admission,
                 identity_rate=self.config.identity_rate,
                 identity_burst=self.config.identity_burst,
+                witnesses=self.config.witnesses,
+                threshold=self.config.threshold,
             )
         )
         self._ingest = Ingest(
@@ -395,7 +401,7 @@ class Node:
         fresh: dict[str, list[Delivery]] = {}
         for recipient, entry in deliveries:
             fresh.setdefault(recipient, []).append(entry)
-        has_blocks = bool(projection.blocks)
+        has_blocks = bool(projection.blocks or projection.block_stages)
         if self._loop is not None and (fresh or projection.messages):
             self._loop.call_soon_threadsafe(
                 self._wake, fresh, has_blocks, bool(projection.messages)
@@ -460,6 +466,7 @@ class Node:
                         # Dispatched, not awaited: the writer goes back to ingest.
                         if seq.expire(self.clock()):
                             seq.dispatch_projection()
+                        seq.record_stages()  # dispatched too; a no-op without witnesses
 
                     await self._on_writer(expire)
             except Error as exc:
@@ -477,6 +484,14 @@ class Node:
             origin=f"{self.origin}/{pipeline}", size=size, root=self.log.root(pipeline, size)
         )
         return checkpoint.sign_checkpoint(cp, self.origin, self.identity)
+
+    @property
+    def witness_threshold(self) -> int | None:
+        """Witnesses that must sign each stage of a block (None without witnesses)."""
+        witnesses = self.config.witnesses
+        if not witnesses:
+            return None
+        return len(set(witnesses)) if self.config.threshold is None else self.config.threshold
 
     def verifier_key(self) -> str:
         """The C2SP verifier key string of the node's checkpoints."""

@@ -41,6 +41,7 @@ from chainmail.log import Head, Log, LogEntry, NewEntry, new_entry, pipeline_of
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
 from chainmail.registry import APPLIED_TYPES, Admission, Registry
 from chainmail.store import BlockRow, Delivery, Projection, Store, TxRow, message_row
+from chainmail.witnesses import WINDOW, Stages
 
 __all__ = ["Accepted", "BlockDraft", "SealedRecords", "Sequencer"]
 
@@ -49,6 +50,8 @@ log = logging.getLogger("chainmail.sequencer")
 _REPLAY_BATCH: Final = 2000
 #: Closed txs' entries the deadline heap may carry before it is rebuilt.
 _DEADLINE_SLACK: Final = 1024
+#: A witness's signature on a block stage (``chainmail.witnesses``).
+_SIGN: Final = "block/sign"
 #: The types posted into an existing channel (``chan`` names it).
 _CHAN_POSTS: Final = ("chan/msg", "chan/share")
 
@@ -157,6 +160,14 @@ def tx_from_row(row: TxRow) -> txs.Tx:
     )
 
 
+def _witnessing(body: bytes) -> bool:
+    """A logged message (its 2-space JSON) is a witness's ``block/sign``."""
+    if b'"block/sign"' not in body:
+        return False
+    content = orjson.loads(body).get("content")
+    return isinstance(content, dict) and content.get("type") == _SIGN
+
+
 def _kind(content: object) -> object:
     return content.get("type") if isinstance(content, dict) else None
 
@@ -171,7 +182,7 @@ def _tx_named(content: object) -> str | None:
 
 #: Within one millisecond of the log, in a replay across pipelines: opens, the
 #: rest, then blocks (a block seals what closed before it was drafted).
-_REPLAY_RANK: Final = {"tx/open": 0, "chan/open": 0, "block": 2}
+_REPLAY_RANK: Final = {"tx/open": 0, "chan/open": 0, "block": 2, "block/stage": 2}
 
 
 class _PipelineReader:
@@ -235,6 +246,8 @@ class Sequencer:
         identity_rate: float = IDENTITY_RATE,
         identity_burst: float = IDENTITY_BURST,
         projector: concurrent.futures.Executor | None = None,
+        witnesses: Sequence[str] = (),
+        threshold: int | None = None,
     ) -> None:
         self.log = log_
         self.store = store
@@ -269,6 +282,12 @@ class Sequencer:
         self.admission: Admission = admission
         self.registry = Registry(self.registrars, admission, node_id=self.node_id)
         self.limiter = RateLimiter(identity_rate, identity_burst, label="identity")
+        #: The stages of unsealed blocks, with witnesses configured (DESIGN §7).
+        self.stages: Stages | None = (
+            Stages(witnesses, len(set(witnesses)) if threshold is None else threshold)
+            if witnesses
+            else None
+        )
         #: (height, id) of the newest block in the log, so building the next one
         #: need not wait for the projector to read it back from the store.
         self._latest_block: tuple[int, str] | None = None
@@ -288,6 +307,9 @@ class Sequencer:
         self.registry = Registry.from_records(
             self.store.identity_records(), self.registrars, self.admission, node_id=self.node_id
         )
+        if self.stages is not None:
+            for height, block_id, recorded, signs in self.store.witnessing(WINDOW):
+                self.stages.load(height, block_id, recorded, signs)
         replayed = self._replay(self.store.cursors())
         latest = self.store.latest_block()
         self._latest_block = None if latest is None else (latest.height, latest.id)
@@ -393,7 +415,7 @@ class Sequencer:
         covered = {int(c["pipeline"]): int(c["size"]) for c in latest.logs} if latest else {}
         for pipeline in range(self.log.pipelines):
             for entry in self.log.read(pipeline, covered.get(pipeline, 0), 10_000):
-                if entry.author != self.node_id:
+                if entry.author != self.node_id and not _witnessing(entry.body):
                     return True
         return False
 
@@ -489,7 +511,9 @@ class Sequencer:
             replay=False,
         )
         projection.cursors[pipeline] = index + 1
-        if not own:
+        if not own and not (type(body_content) is dict and body_content.get("type") == _SIGN):
+            # A witness's signature is not activity that needs a block: one block
+            # per signed block would never end.
             self.dirty = True
         return _accepted(c.id, pipeline, index, True)
 
@@ -564,6 +588,11 @@ class Sequencer:
         if not isinstance(body, dict):
             return  # an encrypted SSB private box: stored, never routed
         kind = body.get("type")
+        if kind == _SIGN:
+            if self.stages is None:
+                raise Rejected("this node has no witnesses: block/sign", code="not_admitted")
+            self.stages.check_sign(author, body)
+            return
         tx_id = body.get("tx")
         if kind in _CHAN_POSTS:
             chan_id = body.get("chan")
@@ -707,6 +736,19 @@ class Sequencer:
                 projection.channels[channel.id] = channel.to_dict()
         elif kind == "block" and author == self.node_id:
             self._project_block(projection, msg_id, body_content, body)
+            if self.stages is not None:
+                self.stages.see_block(int(body_content["height"]), msg_id)
+        elif kind == _SIGN:
+            if self.stages is not None and self.stages.see_sign(msg_id, author, body_content):
+                projection.block_signs.append(
+                    (int(body_content["height"]), str(body_content["stage"]), author, msg_id)
+                )
+        elif kind == "block/stage" and author == self.node_id:
+            if self.stages is not None:
+                self.stages.see_stage(body_content)
+            projection.block_stages.append(
+                (int(body_content["height"]), str(body_content["stage"]), msg_id, body_content)
+            )
         # Shared readers hold the key too, so a chan/msg reaches every holder.
         members = channel.holders if kind == "chan/msg" and channel is not None else None
         inbox = projection.inbox
@@ -881,6 +923,44 @@ class Sequencer:
             self.abandon_block()
             raise
         return self.append_block(sealed, visible=visible)
+
+    def record_stages(self) -> list[Accepted]:
+        """Log a ``block/stage`` for each stage that reached its threshold (writer thread).
+
+        The projection is dispatched, not waited for. Returns what was logged;
+        raises ``LogError`` when the log cannot be written (the stages are
+        recorded on a later call).
+        """
+        if self.stages is None:
+            return []
+        ready = self.stages.ready()
+        if not ready:
+            return []
+        now = self.clock()
+        head = self.log.head(self.node_id)
+        state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+        checked: list[ssb.Checked | Error] = []
+        for record in ready:
+            msg = ssb.create(self.identity, record.content(), state, now, self.hmac_key)
+            one = ssb.check(msg, self.hmac_key)
+            checked.append(one)
+            state = ssb.FeedState(id=one.id, sequence=one.sequence)
+        try:
+            results = self.process(checked)
+        except BaseException:
+            self.stages.abandon(ready)
+            raise
+        self.dispatch_projection()
+        logged: list[Accepted] = []
+        for record, result in zip(ready, results, strict=True):
+            if isinstance(result, Accepted):
+                logged.append(result)
+            else:
+                log.error(
+                    "stage %s of block %d not logged: %s", record.stage, record.height, result
+                )
+                self.stages.abandon([record])
+        return logged
 
     def draft_block(self) -> BlockDraft | None:
         """The records of the next block, or None when nothing happened (writer thread).

@@ -34,6 +34,7 @@ from chainmail.ids import blob_digest, msg_digest
 from chainmail.log import Head, LogEntry, NewEntry, head, pipeline_of
 from chainmail.registry import search_text
 from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
+from chainmail.witnesses import STAGES
 
 __all__ = ["CHECKPOINT_INTERVAL", "STORE_SYNCHRONOUS", "SqliteLog", "SqliteStore"]
 
@@ -213,6 +214,14 @@ CREATE TABLE IF NOT EXISTS identities (
 CREATE TABLE IF NOT EXISTS forks (
     author TEXT NOT NULL, sequence INTEGER NOT NULL, kept BLOB NOT NULL, rejected BLOB NOT NULL,
     PRIMARY KEY (author, sequence, rejected)) WITHOUT ROWID;
+-- Witnessing (chainmail.witnesses): the signatures that counted for a block's
+-- stage, and the node's block/stage messages (``data``: the message's content).
+CREATE TABLE IF NOT EXISTS block_signs (
+    height INTEGER NOT NULL, stage TEXT NOT NULL, witness TEXT NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY (height, stage, witness)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS block_stages (
+    height INTEGER NOT NULL, stage TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (height, stage)) WITHOUT ROWID;
 """
 
 #: Each tx's messages, in its order (``n`` from 0, the tx/open), by log position:
@@ -1203,6 +1212,21 @@ class SqliteStore:
                             for ident, rec in projection.identities.items()
                         ],
                     )
+                    if projection.block_signs:
+                        w.executemany(
+                            "INSERT OR IGNORE INTO block_signs (height, stage, witness, id)"
+                            " VALUES (?, ?, ?, ?)",
+                            projection.block_signs,
+                        )
+                    if projection.block_stages:
+                        w.executemany(
+                            "INSERT OR IGNORE INTO block_stages (height, stage, id, data)"
+                            " VALUES (?, ?, ?, ?)",
+                            [
+                                (height, stage, mid, orjson.dumps(data))
+                                for height, stage, mid, data in projection.block_stages
+                            ],
+                        )
                     w.executemany(
                         "INSERT INTO cursors (pipeline, next) VALUES (?, ?) ON CONFLICT (pipeline)"
                         " DO UPDATE SET next=excluded.next WHERE excluded.next > cursors.next",
@@ -1533,6 +1557,54 @@ class SqliteStore:
             .fetchone()
         )
         return None if r is None else self._block_row(r)
+
+    def block_stages(self, height: int) -> list[dict[str, Any]]:
+        rows = (
+            self._r()
+            .execute("SELECT stage, id, data FROM block_stages WHERE height=?", (height,))
+            .fetchall()
+        )
+        order = {stage: n for n, stage in enumerate(STAGES)}
+        out = []
+        for stage, mid, data in sorted(rows, key=lambda r: order.get(r[0], len(order))):
+            content = orjson.loads(data)
+            out.append(
+                {
+                    "stage": stage,
+                    "id": mid,
+                    "signers": content.get("signers", []),
+                    "signs": content.get("signs", []),
+                    "root": content.get("root"),
+                }
+            )
+        return out
+
+    def witnessing(self, window: int) -> list[tuple[int, str, int, dict[str, str]]]:
+        r = self._r()
+        top = r.execute("SELECT MAX(height) FROM blocks").fetchone()[0]
+        if top is None:
+            return []
+        low = top - window
+        recorded: dict[int, int] = dict(
+            r.execute(
+                "SELECT height, COUNT(*) FROM block_stages WHERE height > ? GROUP BY height",
+                (low,),
+            ).fetchall()
+        )
+        signs: dict[tuple[int, str], dict[str, str]] = {}
+        for height, stage, witness, mid in r.execute(
+            "SELECT height, stage, witness, id FROM block_signs WHERE height > ?", (low,)
+        ):
+            signs.setdefault((height, stage), {})[witness] = mid
+        out = []
+        for height, block_id in r.execute(
+            "SELECT height, id FROM blocks WHERE height > ? ORDER BY height", (low,)
+        ):
+            done = recorded.get(height, 0)
+            if done >= len(STAGES):
+                continue
+            out.append((height, block_id, done, signs.get((height, STAGES[done]), {})))
+        return out
 
     def block_covering(self, pipeline: int, index: int) -> BlockRow | None:
         r = (

@@ -163,6 +163,10 @@ class Projection:
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
     blocks: list[BlockRow] = field(default_factory=list)
     identities: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> registry record
+    #: Witness signatures that count for a block's stage: (height, stage, witness, message id).
+    block_signs: list[tuple[int, str, str, str]] = field(default_factory=list)
+    #: The node's ``block/stage`` messages: (height, stage, message id, content).
+    block_stages: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
     cursors: dict[int, int] = field(default_factory=dict)  # pipeline -> next index
 
     def __bool__(self) -> bool:
@@ -173,6 +177,8 @@ class Projection:
             or self.inbox
             or self.blocks
             or self.identities
+            or self.block_signs
+            or self.block_stages
             or self.cursors
         )
 
@@ -251,6 +257,16 @@ class Store(Protocol):
     def blocks(self, after: int, limit: int) -> list[BlockRow]: ...
 
     def latest_block(self) -> BlockRow | None: ...
+
+    def block_stages(self, height: int) -> list[dict[str, Any]]:
+        """The ``block/stage`` messages of block ``height``, in stage order: each
+        ``{"stage", "id", "signers", "signs", "root"}``."""
+        ...
+
+    def witnessing(self, window: int) -> list[tuple[int, str, int, dict[str, str]]]:
+        """Blocks within ``window`` heights of the newest that are not sealed:
+        (height, id, stages recorded, the current stage's witness → sign id)."""
+        ...
 
     def block_covering(self, pipeline: int, index: int) -> BlockRow | None:
         """The first block whose checkpoint of ``pipeline`` has size > ``index``."""

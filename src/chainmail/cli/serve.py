@@ -106,6 +106,18 @@ def serve(
         list[str] | None,
         typer.Option(help="An identity whose `attest` messages count; repeat for several."),
     ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="An identity that co-signs every block in stages (precommit, commit, seal:"
+            " `chainmail witness`); repeat for several. A block is sealed once --threshold"
+            " of them signed its last stage."
+        ),
+    ] = None,
+    threshold: Annotated[
+        int | None,
+        typer.Option(help="Witnesses that must sign each stage (default: all of them)."),
+    ] = None,
     identity_rate: Annotated[
         float, typer.Option(help="Messages per second one identity may sustain.")
     ] = IDENTITY_RATE,
@@ -134,6 +146,17 @@ def serve(
     for ident in registrar or ():
         if not is_feed_id(ident):
             raise Error(f"--registrar: not a feed id: {ident}", code="invalid_format")
+    witnesses = tuple(dict.fromkeys(witness or ()))
+    for ident in witnesses:
+        if not is_feed_id(ident):
+            raise Error(f"--witness: not a feed id: {ident}", code="invalid_format")
+    if threshold is not None and not witnesses:
+        raise Error("--threshold needs at least one --witness", code="invalid_format")
+    if threshold is not None and not 1 <= threshold <= len(witnesses):
+        raise Error(
+            f"--threshold: expected 1 to {len(witnesses)} (the witnesses), got {threshold}",
+            code="invalid_format",
+        )
     if admission == "attested" and not registrar:
         raise Error("--admission attested needs at least one --registrar", code="invalid_format")
     if verify_nice not in VERIFY_NICE_RANGE:
@@ -175,6 +198,8 @@ def serve(
                 synchronous=synchronous.upper(),
                 admission="attested" if admission == "attested" else "open",
                 registrars=tuple(registrar or ()),
+                witnesses=witnesses,
+                threshold=threshold,
                 identity_rate=identity_rate,
                 identity_burst=identity_burst,
             )

@@ -1,0 +1,172 @@
+"""Witnessed blocks: signatures in stages, the node's stage records, restarts (DESIGN §7)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chainmail import ssb
+from chainmail.errors import Error
+from chainmail.keys import Keypair
+from chainmail.sequencer import Accepted, Sequencer
+from chainmail.sqlite import SqliteLog, SqliteStore
+from chainmail.witnesses import STAGES, Stages, stage_root
+from support.feeds import Writer
+
+NOW = 1_800_000_000_000
+
+
+class Node:
+    """A sequencer on SQLite with two witnesses, both needed for a stage."""
+
+    def __init__(self, path: Path, identity: Keypair, witnesses: list[Writer]) -> None:
+        self.log = SqliteLog(path / "log.sqlite", synchronous="NORMAL")
+        self.store = SqliteStore(path / "store.sqlite", synchronous="NORMAL")
+        self.seq = Sequencer(
+            self.log,
+            self.store,
+            identity,
+            clock=lambda: NOW,
+            witnesses=[w.id for w in witnesses],
+            threshold=2,
+        )
+
+    def submit(self, msg: dict[str, Any]) -> Accepted | Error:
+        (result,) = self.seq.process([ssb.check(msg)])
+        self.seq.flush_projection()
+        return result
+
+    def close(self) -> None:
+        self.log.close()
+        self.store.close()
+
+
+def post(node: Node, w: Writer, content: dict[str, Any]) -> Accepted | Error:
+    """Sign and submit; a refused message leaves ``w``'s feed where it was."""
+    state = w.state
+    result = node.submit(w.sign(content))
+    if isinstance(result, Error):
+        w.state = state
+    return result
+
+
+def sign(node: Node, w: Writer, block: Accepted, stage: str) -> Accepted | Error:
+    return post(node, w, {"type": "block/sign", "block": block.id, "height": 1, "stage": stage})
+
+
+def code(result: Accepted | Error) -> str:
+    assert isinstance(result, Error), result
+    return result.code
+
+
+def test_a_block_is_sealed_stage_by_stage_by_its_witnesses(tmp_path: Path) -> None:
+    one, two, outsider, alice = Writer(), Writer(), Writer(), Writer()
+    node = Node(tmp_path, Keypair.generate(), [one, two])
+    try:
+        posted = post(node, alice, {"type": "post"})
+        assert isinstance(posted, Accepted)
+        block = node.seq.build_block()
+        assert block is not None
+        assert not node.seq.dirty
+
+        # Only witnesses sign, only this node's block, stage by stage, once each.
+        assert code(sign(node, outsider, block, "precommit")) == "not_admitted"
+        wrong = {"type": "block/sign", "block": posted.id, "height": 1, "stage": "precommit"}
+        assert code(post(node, one, wrong)) == "invalid_format"
+        later = {"type": "block/sign", "block": block.id, "height": 2, "stage": "precommit"}
+        assert code(post(node, one, later)) == "invalid_format"
+        assert code(sign(node, one, block, "commit")) == "out_of_order"
+        assert code(sign(node, one, block, "final")) == "invalid_format"
+        first = sign(node, one, block, "precommit")
+        assert isinstance(first, Accepted)
+        assert code(sign(node, one, block, "precommit")) == "invalid_format"
+        assert not node.seq.dirty  # a signature needs no block of its own
+        assert node.seq.record_stages() == []  # one of two
+
+        signs = {one.id: first.id}
+        for n, stage in enumerate(STAGES):
+            if n:
+                again = sign(node, one, block, stage)
+                assert isinstance(again, Accepted), again
+                signs[one.id] = again.id
+            second = sign(node, two, block, stage)
+            assert isinstance(second, Accepted), second
+            signs[two.id] = second.id
+            (recorded,) = node.seq.record_stages()
+            node.seq.flush_projection()
+            assert node.seq.record_stages() == []  # each stage once
+            stages = node.store.block_stages(1)
+            assert [s["stage"] for s in stages] == list(STAGES[: n + 1])
+            witnessed = sorted(signs)
+            assert stages[-1]["id"] == recorded.id
+            assert stages[-1]["signers"] == witnessed
+            assert stages[-1]["signs"] == [signs[w] for w in witnessed]
+            assert base64.b64decode(stages[-1]["root"]) == stage_root(stages[-1]["signs"])
+        assert node.seq.stages is not None and len(node.seq.stages) == 0  # sealed
+        # A signature after the seal is late: accepted, counted for nothing.
+        assert isinstance(sign(node, one, block, "seal"), Accepted)
+        assert node.seq.record_stages() == [] and len(node.store.block_stages(1)) == 3
+        assert not node.seq.dirty
+    finally:
+        node.close()
+
+
+def test_witnessing_resumes_after_a_restart_and_a_rebuilt_store(tmp_path: Path) -> None:
+    one, two, alice = Writer(), Writer(), Writer()
+    identity = Keypair.generate()
+    node = Node(tmp_path, identity, [one, two])
+    assert isinstance(post(node, alice, {"type": "post"}), Accepted)
+    block = node.seq.build_block()
+    assert block is not None
+    assert isinstance(sign(node, one, block, "precommit"), Accepted)
+    node.close()
+    for rebuild in (False, True):
+        if rebuild:
+            for name in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
+                (tmp_path / name).unlink(missing_ok=True)
+        node = Node(tmp_path, identity, [one, two])
+        try:
+            assert not node.seq.dirty  # the signature is no activity to seal
+            assert code(sign(node, one, block, "precommit")) == "invalid_format"  # counted
+        finally:
+            node.close()
+    node = Node(tmp_path, identity, [one, two])
+    try:
+        assert isinstance(sign(node, two, block, "precommit"), Accepted)
+        (recorded,) = node.seq.record_stages()
+        node.seq.flush_projection()
+        assert [s["stage"] for s in node.store.block_stages(1)] == ["precommit"]
+        assert node.store.witnessing(100) == [(1, block.id, 1, {})]
+    finally:
+        node.close()
+
+
+def test_a_node_without_witnesses_refuses_signatures(tmp_path: Path) -> None:
+    log = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    try:
+        seq = Sequencer(log, store, Keypair.generate(), clock=lambda: NOW)
+        w = Writer()
+        msg = w.sign(
+            {
+                "type": "block/sign",
+                "block": "%" + "A" * 43 + "=.sha256",
+                "height": 1,
+                "stage": "precommit",
+            }
+        )
+        (result,) = seq.process([ssb.check(msg)])
+        assert isinstance(result, Error) and result.code == "not_admitted"
+        assert seq.record_stages() == []
+    finally:
+        log.close()
+        store.close()
+
+
+def test_a_threshold_must_be_one_to_all_the_witnesses() -> None:
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="threshold"):
+            Stages(["@a", "@b"], bad)
