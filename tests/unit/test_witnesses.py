@@ -136,7 +136,7 @@ def test_witnessing_resumes_after_a_restart_and_a_rebuilt_store(tmp_path: Path) 
     node = Node(tmp_path, identity, [one, two])
     try:
         assert isinstance(sign(node, two, block, "precommit"), Accepted)
-        (recorded,) = node.seq.record_stages()
+        assert len(node.seq.record_stages()) == 1
         node.seq.flush_projection()
         assert [s["stage"] for s in node.store.block_stages(1)] == ["precommit"]
         assert node.store.witnessing(100) == [(1, block.id, 1, {})]
