@@ -126,6 +126,11 @@ class _Pipeline:
         return len(self.leaves) // 32
 
 
+def _is_sign(checked: ssb.Checked | None) -> bool:
+    body = None if checked is None else checked.content
+    return isinstance(body, dict) and body.get("type") == "block/sign"
+
+
 class Auditor:
     """The state of one audit of the node ``node_id``; see the module's docstring."""
 
@@ -285,7 +290,9 @@ class Auditor:
             p.leaves += leaf
             p.tree.append(leaf)
         author = message.get("author") if isinstance(message, dict) else None
-        if author != self.node_id:
+        if author != self.node_id and not _is_sign(checked):
+            # A witness's block/sign is not activity the node must seal: its
+            # stage's block/stage commits to it (``chainmail.witnesses``).
             p.waiting.append((index, msg_id, now))
             if checked is not None:
                 self._follow_tx(checked, now)
@@ -549,6 +556,12 @@ class Auditor:
                     )
                 )
         return found
+
+    def verified(self, pipeline: int, size: int) -> bool:
+        """This audit computed ``pipeline``'s root at ``size`` or beyond from the firehose
+        itself and a block's checkpoint matched it (what a witness signs on)."""
+        p = self._pipelines.get(pipeline)
+        return p is not None and p.whole and p.covered >= size
 
     def firehose_read(self) -> None:
         """The caller has read every pipeline of the firehose to its end once more."""

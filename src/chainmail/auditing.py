@@ -166,6 +166,8 @@ class _Run:
     pool: ThreadPoolExecutor
     summary: AuditSummary
     on_finding: Callable[[Finding], None] | None
+    #: Hears each block read: its height, id, signed message and its findings.
+    on_block: Callable[[int, str, dict[str, Any], list[Finding]], None] | None = None
 
     def report(self, found: list[Finding]) -> None:
         for finding in found:
@@ -220,6 +222,8 @@ class _Run:
                     why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
                     found = _with_proof_failure(found, height, why)
                 self.report(found)
+                if self.on_block is not None:
+                    self.on_block(height, str(block["id"]), block["message"], found)
             if len(page) < _BLOCK_PAGE:
                 return
 

@@ -45,6 +45,7 @@ from chainmail import blocks, checkpoint, merkle, ssb, txs
 from chainmail.errors import InvalidMessage, NotFound, ProofError
 from chainmail.ids import feed_public_key
 from chainmail.log import pipeline_of
+from chainmail.witnesses import STAGES, check_stage
 
 __all__ = [
     "Check",
@@ -139,6 +140,9 @@ class NodeInfo:
     origin: str
     verifier: checkpoint.Verifier
     pipelines: int
+    #: The witnesses that co-sign its blocks, and how many must sign a stage.
+    witnesses: tuple[str, ...] = ()
+    threshold: int = 0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -245,7 +249,13 @@ def node_info(health: Mapping[str, Any], node_id: str | None) -> NodeInfo:
         raise ProofError(f"checkpoint key {vkey} is not the key of node {reported}")
     if verifier.name != origin:
         raise ProofError(f"checkpoint key name: expected origin {origin}, got {verifier.name}")
-    return NodeInfo(reported, origin, verifier, pipelines)
+    witnesses = health.get("witnesses") or []
+    threshold = health.get("threshold") or 0
+    if not isinstance(witnesses, list) or not all(isinstance(w, str) for w in witnesses):
+        raise ProofError(f"healthz witnesses: expected a list of feed ids, got {witnesses!r}")
+    if type(threshold) is not int or (witnesses and not 1 <= threshold <= len(witnesses)):
+        raise ProofError(f"healthz threshold: expected 1 to {len(witnesses)}, got {threshold!r}")
+    return NodeInfo(reported, origin, verifier, pipelines, tuple(witnesses), threshold)
 
 
 def _node_info_flow(checks: _Checks, node_id: str | None) -> Flow[NodeInfo]:
@@ -707,9 +717,55 @@ def block_flow(
 
         checks.run(f"blocks {height - 1}→{height} consistency", consistency)
 
+    if node.witnesses:
+        yield from _stages_flow(checks, node, height, block)
     for entry in block.info.logs:
         yield from _checkpoint_flow(checks, node, entry.pipeline, entry)
     return checks.report
+
+
+def _stages_flow(checks: _Checks, node: NodeInfo, height: int, block: _Block) -> Flow[None]:
+    """Each stage the node recorded for the block: its message, its witnesses' signatures
+    and their root (``witnesses.check_stage``)."""
+    what = f"block {height}"
+    body = _obj((yield from _get(f"/v1/blocks/{height}", what)), what)
+    stages = _field(body, "stages", list, what) if "stages" in body else []
+    for index, raw in enumerate(stages):
+        stage = _obj(raw, f"{what} stage")
+        checks.status(f"fetching stage {index + 1} of block {height}")
+        mid = str(stage.get("id"))
+        message = _obj(
+            (yield from _get(f"/v1/messages/{path_id(mid)}", f"stage {mid}")), f"stage {mid}"
+        )
+        signs: dict[str, dict[str, Any]] = {}
+        for sign_id in stage.get("signs") or []:
+            got = yield from _get(f"/v1/messages/{path_id(str(sign_id))}", f"signature {sign_id}")
+            signs[str(sign_id)] = _obj(_obj(got, "signature").get("message"), "signature")
+
+        def step(
+            stage: dict[str, Any] = stage,
+            message: dict[str, Any] = message,
+            signs: dict[str, dict[str, Any]] = signs,
+            index: int = index,
+        ) -> str:
+            return check_stage(
+                stage,
+                _obj(message.get("message"), "stage message"),
+                signs,
+                node_id=node.id,
+                block_id=block.info.id,
+                height=height,
+                index=index,
+                witnesses=node.witnesses,
+                threshold=node.threshold,
+            )
+
+        checks.run(f"block {height} stage {index + 1}", step)
+    if len(stages) < len(STAGES):
+        checks.run(
+            f"block {height} stages",
+            lambda: f"{len(stages)} of {len(STAGES)} recorded: not sealed by its witnesses yet",
+        )
 
 
 def checkpoint_flow(

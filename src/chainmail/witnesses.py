@@ -231,3 +231,85 @@ class Stages:
         """Stages ``ready`` gave whose messages were not logged: ready again."""
         for r in records:
             self._posting.discard((r.height, STAGES.index(r.stage)))
+
+
+def check_stage(
+    stage: Mapping[str, Any],
+    message: Mapping[str, Any],
+    signs: Mapping[str, Mapping[str, Any]],
+    *,
+    node_id: str,
+    block_id: str,
+    height: int,
+    index: int,
+    witnesses: Iterable[str],
+    threshold: int,
+    hmac_key: bytes | None = None,
+) -> str:
+    """Check stage ``index`` of a block as a reader finds it, trusting the node for nothing.
+
+    ``stage`` is the block's entry in ``GET /v1/blocks/{height}``'s ``stages``,
+    ``message`` the signed ``block/stage`` message it names, ``signs`` the signed
+    ``block/sign`` messages by id. The message must be the node's, for this
+    block, height and stage; its signers witnesses of the node, at least
+    ``threshold``, each with a signature message of its own for this stage;
+    its root the Merkle root of those messages. Returns a summary; raises
+    ``ProofError``.
+    """
+    from chainmail import ssb
+    from chainmail.errors import ProofError
+
+    name = STAGES[index] if index < len(STAGES) else "?"
+    try:
+        checked = ssb.check(dict(message), hmac_key)
+    except InvalidMessage as exc:
+        raise ProofError(f"stage {name}: its message does not verify: {exc.detail}") from exc
+    content = checked.content
+    if checked.author != node_id:
+        raise ProofError(f"stage {name}: signed by {checked.author}, not the node")
+    if checked.id != stage.get("id"):
+        raise ProofError(f"stage {name}: the message is {checked.id}, not {stage.get('id')}")
+    if not isinstance(content, dict) or content.get("type") != "block/stage":
+        raise ProofError(f"stage {name}: not a block/stage message")
+    if (content.get("block"), content.get("height"), content.get("stage")) != (
+        block_id,
+        height,
+        name,
+    ):
+        raise ProofError(
+            f"stage {name}: it is for {content.get('stage')!r} of block {content.get('height')!r}"
+            f" {content.get('block')!r}"
+        )
+    signers, ids = content.get("signers"), content.get("signs")
+    if not isinstance(signers, list) or not isinstance(ids, list) or len(signers) != len(ids):
+        raise ProofError(f"stage {name}: expected one signature message per signer")
+    allowed = frozenset(witnesses)
+    strangers = sorted(set(map(str, signers)) - allowed)
+    if strangers:
+        raise ProofError(f"stage {name}: {', '.join(strangers)} are not witnesses of the node")
+    if len(set(signers)) < threshold:
+        raise ProofError(f"stage {name}: {len(set(signers))} signers, the threshold is {threshold}")
+    for signer, sign_id in zip(signers, ids, strict=True):
+        raw = signs.get(str(sign_id))
+        if raw is None:
+            raise ProofError(f"stage {name}: no signature message {sign_id}")
+        try:
+            sign = ssb.check(dict(raw), hmac_key)
+        except InvalidMessage as exc:
+            raise ProofError(f"stage {name}: {sign_id} does not verify: {exc.detail}") from exc
+        body = sign.content
+        if (
+            sign.id != sign_id
+            or sign.author != signer
+            or not isinstance(body, dict)
+            or (body.get("type"), body.get("block"), body.get("height"), body.get("stage"))
+            != ("block/sign", block_id, height, name)
+        ):
+            raise ProofError(f"stage {name}: {sign_id} is not {signer}'s signature of it")
+    try:
+        root = base64.b64decode(str(content.get("root")), validate=True)
+    except ValueError as exc:
+        raise ProofError(f"stage {name}: its root is not base64") from exc
+    if root != stage_root([str(i) for i in ids]):
+        raise ProofError(f"stage {name}: its root is not the root of its signature messages")
+    return f"{name}: {len(signers)} of the node's witnesses signed"

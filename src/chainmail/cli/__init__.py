@@ -20,6 +20,7 @@ from chainmail.cli import commands as _commands  # noqa: F401  (registers node c
 from chainmail.cli import demo as _demo  # noqa: F401  (registers `demo`)
 from chainmail.cli import keys as _keys  # noqa: F401  (registers `keys`)
 from chainmail.cli import serve as _serve  # noqa: F401  (registers `serve`)
+from chainmail.cli import witness as _witness  # noqa: F401  (registers `witness`)
 from chainmail.cli._app import app
 from chainmail.errors import Error
 

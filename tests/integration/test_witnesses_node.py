@@ -1,0 +1,92 @@
+"""Witnesses against a real node: `serve --witness`, two `chainmail witness` processes, sealed blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chainmail.client import Client
+from chainmail.keys import Keypair
+from support.server import CHAINMAIL, running
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_witnesses_seal_every_block_and_verify_and_audit_see_it(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CHAINMAIL_HOME": str(tmp_path / "home"),
+        "CHAINMAIL_PASSPHRASE": "witness passphrase",
+        "COLUMNS": "200",
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHAINMAIL, *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    ids = []
+    for name in ("one", "two"):
+        assert cli("keys", "new", name).returncode == 0
+        ids.append(json.loads(cli("keys", "show", name, "--json").stdout)["id"])
+    extra = ("--witness", ids[0], "--witness", ids[1], "--threshold", "2")
+    with running(tmp_path / "node", extra=extra) as node:
+        health = httpx.get(f"{node.url}/healthz").json()
+        assert health["witnesses"] == ids and health["threshold"] == 2
+        assert health["stages"] == ["precommit", "commit", "seal"]
+        # Not a witness: refused, and told so in one line.
+        assert cli("keys", "new", "stranger").returncode == 0
+        stranger = cli("witness", "--as", "stranger", "--node", node.url)
+        assert stranger.returncode == 1 and "not_admitted" in stranger.stderr
+
+        witnesses = [
+            subprocess.Popen(
+                [CHAINMAIL, "witness", "--as", name, "--node", node.url, "--interval", "0.2"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in ("one", "two")
+        ]
+        try:
+            a, b = Keypair.generate(), Keypair.generate()
+            with Client(node.url, a) as alice, Client(node.url, b) as bob:
+                tx = alice.open_tx([b.id], deadline=int(time.time() * 1000) + 60_000)
+                alice.finish(tx)
+                bob.finish(tx)
+                deadline = time.monotonic() + 60
+                while (height := alice.tx(tx).get("block")) is None:
+                    assert time.monotonic() < deadline, "the tx was never in a block"
+                    time.sleep(0.1)
+                while not (block := alice.block(height))["sealed"]:
+                    assert time.monotonic() < deadline, f"block {height} was never sealed: {block}"
+                    time.sleep(0.1)
+                assert [s["stage"] for s in block["stages"]] == ["precommit", "commit", "seal"]
+                assert all(sorted(s["signers"]) == sorted(ids) for s in block["stages"])
+                # No block of signatures alone: the node stays quiet once sealed.
+                time.sleep(1.0)
+                top = alice.blocks(0)[-1]["height"]
+                time.sleep(1.0)
+                assert alice.blocks(0)[-1]["height"] == top
+                report = alice.verify_block(height)
+                assert report.ok
+                assert any("witnesses signed" in c.detail for c in report.checks), report
+        finally:
+            for w in witnesses:
+                w.send_signal(signal.SIGINT)
+        for w in witnesses:
+            out, err = w.communicate(timeout=60)
+            assert w.returncode == 0, err
+            assert out == ""
+            assert f"signed seal of block {height}" in err
+            assert err.strip().splitlines()[-1].endswith("no findings")
+        audited = cli("audit", "--node", node.url, "--grace", "2")
+    assert audited.returncode == 0, audited.stdout + audited.stderr
