@@ -616,6 +616,11 @@ class SqliteLog:
         return merkle.MerkleTree(hashes, min_level=_TREE_MIN_LEVEL, leaves=hashes.leaves)
 
     def read(self, pipeline: int, start: int, limit: int) -> list[LogEntry]:
+        if start > _POS_MASK:
+            # Past any index a pipeline can hold. ``_pos`` ORs the index into the
+            # pipeline's bits, so from 2^40 on it named some pipeline's first
+            # entries (``GET /v1/firehose?pipeline=1&from=1099511627776``).
+            return []
         rows = (
             self._reader_for_thread()
             .execute(
