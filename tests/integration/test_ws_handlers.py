@@ -154,7 +154,7 @@ def test_a_firehose_follower_gets_a_message_logged_while_it_was_reading(tmp_path
                         release.wait(10)  # a slow reader thread, its answer already read
                 return entries
 
-            s.node.log.read = held  # type: ignore[method-assign]
+            s.node.log.read = held  # type: ignore[method-assign, assignment]
             w = Writer()
             async with websockets.connect(f"{s.base}/v1/firehose") as ws:
                 await _until("the follower to wait", lambda: reads[0] >= 1)
