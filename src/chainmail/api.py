@@ -781,7 +781,13 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
 
     async def _firehose(pipeline: int, start: int, follow: bool) -> AsyncIterator[bytes]:
         position = start
+        signal = node.log_signal
+        assert signal is not None
         while True:
+            # Marked before the read: a message logged while the reader thread
+            # looks wakes the wait below, which would otherwise begin after its
+            # wake and sleep through it (until the next message or the timeout).
+            fired = signal.mark()
             # Off the event loop, like the inbox streams: followers read the log
             # at once after every wake.
             chunk, position = await node.read(_firehose_chunk, pipeline, position)
@@ -790,8 +796,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 continue
             if not follow:
                 return
-            assert node.log_signal is not None
-            await node.log_signal.wait(15.0)
+            await signal.wait(15.0, since=fired)
 
     @app.get("/v1/firehose", tags=["firehose"], summary="Every message in log order (NDJSON)")
     async def get_firehose(request: Request) -> Response:

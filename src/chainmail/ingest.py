@@ -324,7 +324,11 @@ class Ingest:
             carry = None
             if first is None:
                 return
-            await asyncio.wait([first[1]])
+            try:
+                await asyncio.wait([first[1]])
+            except asyncio.CancelledError:  # stop gave up: taken, never sequenced
+                _resolve(first[0], [_stopped()] * _count(first[0]))
+                raise
             # Group commit: batches whose check finished while the writer was busy
             # go to the sequencer together, so they share one log commit and one
             # projection commit instead of paying for two each. In queue order,
@@ -341,7 +345,12 @@ class Ingest:
                     break
                 group.append(item)
                 size += _count(item[0])
-            await self._sequence_group(group)
+            try:
+                await self._sequence_group(group)
+            except asyncio.CancelledError:
+                if carry is not None:
+                    _resolve(carry[0], [_stopped()] * _count(carry[0]))
+                raise
 
     async def _sequence_group(self, group: list[_Batch]) -> None:
         waiting: list[_Request] = []
@@ -356,13 +365,19 @@ class Ingest:
                 _resolve(requests, [err] * _count(requests))
         if not items:
             return
-        await self._projecting.acquire()
+        try:
+            await self._projecting.acquire()
+        except asyncio.CancelledError:
+            _resolve(waiting, [_stopped()] * len(items))
+            raise
         started = self._clock()
         try:
             results, visible = await self._sequence(items)
         except BaseException as exc:
             self._projecting.release()
             if not isinstance(exc, Exception):
+                # Stop gave up on the sequencer: its callers hear so, not silence.
+                _resolve(waiting, [_unknown()] * len(items))
                 raise
             err = exc if isinstance(exc, Error) else OperationalError(f"ingest failed: {exc}")
             _resolve(waiting, [err] * len(items))
@@ -422,6 +437,13 @@ def _count(requests: list[_Request]) -> int:
 
 def _stopped() -> OperationalError:
     return OperationalError("the node is stopping; nothing of this request was logged")
+
+
+def _unknown() -> OperationalError:
+    return OperationalError(
+        "the node stopped while this request was being logged; whether it was is unknown:"
+        " submit it again (the same message again is answered with its place in the log)"
+    )
 
 
 def _too_large(size: int) -> InvalidMessage:

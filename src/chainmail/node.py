@@ -158,9 +158,17 @@ class _Signal:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float | None = None) -> None:
+    def mark(self) -> asyncio.Event:
+        """What ``wait(since=...)`` takes: a fire from now on ends that wait at once."""
+        return self._event
+
+    async def wait(
+        self, timeout: float | None = None, *, since: asyncio.Event | None = None
+    ) -> None:
+        """Wait for the next fire (or one since ``mark`` gave ``since``), at most ``timeout`` s."""
+        event = self._event if since is None else since
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
 
 
 class Node:

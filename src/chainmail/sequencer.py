@@ -291,6 +291,15 @@ class Sequencer:
         #: (height, id) of the newest block in the log, so building the next one
         #: need not wait for the projector to read it back from the store.
         self._latest_block: tuple[int, str] | None = None
+        #: The latest time the node logged at (``_now``): where the log leaves off.
+        self._last_now = max(
+            (
+                entry.received
+                for p in range(log_.pipelines)
+                if log_.size(p) and (entry := log_.get(p, log_.size(p) - 1)) is not None
+            ),
+            default=0,
+        )
         self.catch_up()
 
     # --- start-up -------------------------------------------------------------------------
@@ -419,6 +428,21 @@ class Sequencer:
                     return True
         return False
 
+    def _now(self) -> int:
+        """The node's clock, held at the latest time it logged at while the wall clock is behind.
+
+        A wall clock stepped back (NTP) must not run the log's times backwards:
+        a replay merges the pipelines by them, so a block logged "before" the
+        finish it seals would leave that tx to be sealed again; and each
+        identity's rate would count the step as a backlog of that many
+        seconds, refusing every feed that had just posted until it passed.
+        """
+        now = self.clock()
+        if now < self._last_now:
+            return self._last_now
+        self._last_now = now
+        return now
+
     def _track(self, tx: txs.Tx) -> None:
         self.open[tx.id] = tx
         heapq.heappush(self._deadlines, (tx.deadline, tx.id))
@@ -438,7 +462,7 @@ class Sequencer:
         ``dispatch_projection``, which the caller runs next. Raises ``LogError`` when the log
         cannot be written: then nothing of the batch was accepted.
         """
-        now = self.clock()
+        now = self._now()
         self.expire(now)
         pending = _Pending()
         results: list[Result] = []
@@ -971,7 +995,7 @@ class Sequencer:
         """
         if self._drafting:
             raise OperationalError("a block is already being built: append or abandon it first")
-        now = self.clock()
+        now = self._now()
         self.expire(now)
         if not self.dirty:
             return None
@@ -1001,7 +1025,7 @@ class Sequencer:
         self._drafting = False
 
     def _block_message(self, sealed: SealedRecords) -> ssb.Checked:
-        now = self.clock()
+        now = self._now()
         latest = self._latest_block
         height = 1 if latest is None else latest[0] + 1
         logs = [

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -645,6 +645,11 @@ class SqliteLog:
         return merkle.MerkleTree(hashes, min_level=_TREE_MIN_LEVEL, leaves=hashes.leaves)
 
     def read(self, pipeline: int, start: int, limit: int) -> list[LogEntry]:
+        if start > _POS_MASK:
+            # Past any index a pipeline can hold. ``_pos`` ORs the index into the
+            # pipeline's bits, so from 2^40 on it named some pipeline's first
+            # entries (``GET /v1/firehose?pipeline=1&from=1099511627776``).
+            return []
         rows = (
             self._reader_for_thread()
             .execute(
@@ -1470,14 +1475,21 @@ class SqliteStore:
         path = self._blob_path(blob_id)
         if path.exists():
             return False
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError:
+                # A full disk leaves a partial file: it would stay for good, as
+                # no later write of the blob has the same temporary name.
+                with suppress(OSError):
+                    tmp.unlink()
+                raise
             # The rename is durable only once the directory is synced: a block
             # naming this blob may be logged right after.
             dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -481,4 +481,9 @@ def test_several_pipelines(tmp_path: Path) -> None:
                 entry = orjson.loads(line)
                 seen[entry["id"]] = entry["pipeline"]
         assert all(seen[mid] == p for mid, p in placed.items())
+        # Past the end is past the end, however far: not a pipeline's first entries again.
+        for p in (0, 1):
+            for start in (2**40, 2**40 + 1, 2**41):
+                past = http.get(f"/v1/firehose?from={start}&pipeline={p}")
+                assert past.status_code == 200 and past.content == b"", (p, start, past.text[:200])
         assert http.get("/v1/log/1/checkpoint").status_code == 200

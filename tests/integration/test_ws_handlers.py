@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import uvicorn
 import websockets
@@ -25,6 +27,7 @@ from chainmail.client import AsyncClient, Receipt
 from chainmail.errors import Error
 from chainmail.keys import Keypair
 from chainmail.node import Node, NodeConfig
+from chainmail.sequencer import Accepted
 from support.feeds import Writer
 from support.server import free_port
 
@@ -126,3 +129,45 @@ def test_the_sdk_streams_to_a_node_at_an_ipv6_address(tmp_path: Path) -> None:
     results, first, tx = asyncio.run(run())
     assert [type(r) for r in results] == [Receipt]
     assert first == tx
+
+
+def test_a_firehose_follower_gets_a_message_logged_while_it_was_reading(tmp_path: Path) -> None:
+    # A follower reads the log on a reader thread, finds nothing new and then
+    # waits for the next wake. A message logged (and its wake sent) after the
+    # read looked but before it came back must still reach the follower at
+    # once, not at the next message or the 15 s idle timeout.
+    async def run() -> tuple[list[int], float]:
+        async with serving(tmp_path) as s:
+            read = s.node.log.read
+            reads = [0]
+            armed = threading.Event()
+            looked = threading.Event()
+            release = threading.Event()
+
+            def held(*args: Any) -> Any:
+                entries = read(*args)
+                if threading.current_thread().name.startswith("reader"):
+                    reads[0] += 1
+                    if not entries and armed.is_set():
+                        armed.clear()
+                        looked.set()
+                        release.wait(10)  # a slow reader thread, its answer already read
+                return entries
+
+            s.node.log.read = held  # type: ignore[method-assign, assignment]
+            w = Writer()
+            async with websockets.connect(f"{s.base}/v1/firehose") as ws:
+                await _until("the follower to wait", lambda: reads[0] >= 1)
+                armed.set()
+                assert isinstance(await s.node.submit(w.raw({"type": "post", "n": 0})), Accepted)
+                got = [orjson.loads(await asyncio.wait_for(ws.recv(), 10))["index"]]
+                await asyncio.to_thread(looked.wait, 10)  # the next read saw nothing yet
+                assert isinstance(await s.node.submit(w.raw({"type": "post", "n": 1})), Accepted)
+                release.set()
+                started = time.monotonic()
+                got.append(orjson.loads(await asyncio.wait_for(ws.recv(), 20))["index"])
+                return got, time.monotonic() - started
+
+    indexes, waited = asyncio.run(run())
+    assert indexes == [0, 1]
+    assert waited < 3.0, f"the follower waited {waited:.1f} s for a message already logged"

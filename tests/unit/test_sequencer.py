@@ -1171,3 +1171,72 @@ def test_a_rebuilt_store_keeps_the_order_of_one_batch_across_pipelines(
     assert attested(store) == live
     log.close()
     store.close()
+
+
+# --------------------------------------------------------------------------- a clock stepped back
+
+
+def test_a_wall_clock_stepped_back_does_not_rate_limit_the_feeds_that_just_posted(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    # NTP steps the node's clock back a minute: a feed that posted a moment ago
+    # is still far within its rate, and must not wait for the minute to pass.
+    h = Harness(tmp_path, clock, node_keys)
+    a = Writer()
+    h.one(a.sign({"type": "post", "n": 1}))
+    clock.now -= 60_000
+    second = h.one(a.sign({"type": "post", "n": 2}))
+    h.close()
+    # ... and the log's times never run backwards, also across a restart.
+    h = Harness(tmp_path, clock, node_keys)
+    try:
+        third = h.one(a.sign({"type": "post", "n": 3}))
+        received = [h.store.message(r.id).received for r in (second, third)]  # type: ignore[union-attr]
+        assert received == [NOW, NOW]
+    finally:
+        h.close()
+
+
+def test_a_wall_clock_stepped_back_does_not_seal_a_tx_twice_from_two_pipelines(
+    tmp_path: Path, clock: Clock
+) -> None:
+    from chainmail.log import pipeline_of
+
+    node = next(k for k in iter(Keypair.generate, None) if pipeline_of(k.id, 2) == 0)
+    log = SqliteLog(tmp_path / "log.sqlite", pipelines=2, synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    seq = Sequencer(log, store, node, clock=clock)
+    opener, other = _writer_in(1, 2), _writer_in(0, 2)
+    opened = opener.sign(
+        {
+            "type": "tx/open",
+            "parties": [opener.id, other.id],
+            "deadline": NOW + 60_000,
+            "finish": "any",
+        }
+    )
+    tx = ssb.message_id(opened)
+    assert isinstance(seq.process([_check(opened)])[0], Accepted)
+    seq.flush_projection()
+    clock.now -= 5_000  # the wall clock steps back; the finish and its block come after
+    assert isinstance(
+        seq.process([_check(other.sign({"type": "tx/finish", "tx": tx}))])[0], Accepted
+    )
+    seq.flush_projection()
+    assert seq.build_block() is not None
+    assert store.tx(tx).block == 1  # type: ignore[union-attr]
+    log.close()
+    store.close()
+    _drop_store(tmp_path)  # the store rebuilt from the log, as after losing it
+    log = SqliteLog(tmp_path / "log.sqlite", pipelines=2, synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    try:
+        rebuilt = Sequencer(log, store, node, clock=clock)
+        rebuilt.flush_projection()
+        row = store.tx(tx)
+        assert row is not None and row.status == "finished" and len(row.messages) == 2, row
+        clock.now += 10_000
+        assert rebuilt.build_block() is None  # nothing left to seal a second time
+    finally:
+        log.close()
+        store.close()

@@ -706,3 +706,37 @@ def test_identities_are_searched_by_their_names_also_in_an_older_store(tmp_path:
             assert store.search_identities(BOB.id.lower(), 10) == []
         finally:
             store.close()
+
+
+_FULL_DISK_BLOB = """
+import resource, signal, sys
+from pathlib import Path
+from chainmail.errors import StorageError
+from chainmail.ids import blob_id
+from chainmail.sqlite import SqliteStore
+
+store = SqliteStore(Path(sys.argv[1]) / "store.sqlite")
+# No room past 4 KiB for a new file: a write beyond it fails (EFBIG), as on a full disk.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+data = b"x" * 100_000
+try:
+    store.put_blob(blob_id(data), data)
+except StorageError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_blob_write_that_fails_leaves_no_partial_file_behind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_BLOB, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.startswith("refused: blob write failed"), (done.stdout, done.stderr)
+    left = [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    assert left == []
