@@ -960,7 +960,7 @@ class Sequencer:
         ready = self.stages.ready()
         if not ready:
             return []
-        now = self.clock()
+        now = self._now()
         head = self.log.head(self.node_id)
         state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
         checked: list[ssb.Checked | Error] = []

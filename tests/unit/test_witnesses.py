@@ -6,6 +6,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from chainmail import ssb
@@ -170,3 +171,55 @@ def test_a_threshold_must_be_one_to_all_the_witnesses() -> None:
     for bad in (0, 3):
         with pytest.raises(ValueError, match="threshold"):
             Stages(["@a", "@b"], bad)
+
+
+def test_a_stage_record_is_checked_against_the_signed_messages(tmp_path: Path) -> None:
+    from chainmail.errors import ProofError
+    from chainmail.witnesses import check_stage
+
+    one, two, alice = Writer(), Writer(), Writer()
+    identity = Keypair.generate()
+    node = Node(tmp_path, identity, [one, two])
+    try:
+        assert isinstance(post(node, alice, {"type": "post"}), Accepted)
+        block = node.seq.build_block()
+        assert block is not None
+        for w in (one, two):
+            assert isinstance(sign(node, w, block, "precommit"), Accepted)
+        node.seq.record_stages()
+        node.seq.flush_projection()
+        (stage,) = node.store.block_stages(1)
+
+        def message(mid: str) -> dict[str, Any]:
+            row = node.store.message(mid)
+            assert row is not None
+            return dict(orjson.loads(row.body))
+
+        signs = {s: message(s) for s in stage["signs"]}
+        args: dict[str, Any] = dict(
+            node_id=identity.id, block_id=block.id, height=1, index=0, threshold=2
+        )
+        witnesses = [one.id, two.id]
+        ok = check_stage(stage, message(stage["id"]), signs, witnesses=witnesses, **args)
+        assert ok == "precommit: 2 of the node's witnesses signed"
+        with pytest.raises(ProofError, match="not witnesses"):
+            check_stage(stage, message(stage["id"]), signs, witnesses=[one.id], **args)
+        with pytest.raises(ProofError, match="threshold is 3"):
+            check_stage(
+                stage, message(stage["id"]), signs, witnesses=witnesses, **{**args, "threshold": 3}
+            )
+        with pytest.raises(ProofError, match="for 'precommit'"):
+            check_stage(
+                stage, message(stage["id"]), signs, witnesses=witnesses, **{**args, "index": 1}
+            )
+        missing = {k: v for k, v in signs.items() if k != stage["signs"][0]}
+        with pytest.raises(ProofError, match="no signature message"):
+            check_stage(stage, message(stage["id"]), missing, witnesses=witnesses, **args)
+        swapped = dict(zip(stage["signs"], reversed(list(signs.values())), strict=True))
+        with pytest.raises(ProofError, match="is not"):
+            check_stage(stage, message(stage["id"]), swapped, witnesses=witnesses, **args)
+        forged = {**message(stage["id"]), "signature": message(stage["signs"][0])["signature"]}
+        with pytest.raises(ProofError, match="does not verify"):
+            check_stage(stage, forged, signs, witnesses=witnesses, **args)
+    finally:
+        node.close()
