@@ -133,6 +133,7 @@ FULL: dict[str, dict[str, Any]] = {
         "height": 7,
         "stage": "commit",
         "signers": [ALICE.id, BOB.id],
+        "signs": [BLOCK, BLOCK],
         "root": ROOT,
     },
     "anchor": {
@@ -317,6 +318,7 @@ BAD_FIELDS: list[tuple[str, str, object, str]] = [
     ("block/stage", "signers", BOB.id, "list of feed ids"),
     ("block/stage", "signers", [BOB.id, BOB.id], "appears twice"),
     ("block/stage", "root", b64(b"\x00" * 31), "base64 of 32 bytes"),
+    ("block/stage", "signs", ["%x"], "list of message ids"),
     ("anchor", "block", None, "message id"),
     ("anchor", "height", -7, "non-negative integer"),
     ("anchor", "chain", "", "non-empty string"),
