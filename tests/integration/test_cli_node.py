@@ -197,3 +197,15 @@ def test_verify_failure_exits_1(cli: Cli) -> None:
 def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
     run = cli(*command, "--help")
     assert "Usage:" in run.out
+
+
+def test_tx_show_prints_a_subject_as_text(cli: Cli) -> None:
+    # A subject is what the opener wrote, not console markup: "[/x]" crashed
+    # every party's `tx show` with a MarkupError traceback, "[bold]" restyled it.
+    bob = cli.key("subject-bob")
+    cli.key("subject-ann")
+    subject = "[/x] [bold]loud[/bold] [link=https://evil.example]x[/link]"
+    tx = cli("tx", "open", "--as", "subject-ann", "--party", bob, "--subject", subject).out.strip()
+    shown = cli("tx", "show", tx, check=False)
+    assert shown.code == 0 and shown.err == "", shown.err
+    assert subject in shown.out

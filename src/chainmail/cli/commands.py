@@ -336,19 +336,25 @@ def tx_show(
     table.add_column()
     status = str(info.get("status"))
     style = {"finished": "bold green", "timed_out": "bold red"}.get(status, "bold yellow")
-    table.add_row("tx", str(info.get("tx")))
-    table.add_row("status", Text(status, style=style))
-    table.add_row("subject", str(info.get("subject") or "—"))
-    table.add_row("finish", str(info.get("finish")))
-    table.add_row("opener", str(info.get("opener")))
+
+    def row(label: str, value: object, style: str = "") -> None:
+        # Text, not a str: a str cell is console markup, and the subject is
+        # what the opener wrote ("[/x]" raised MarkupError), the rest the node's.
+        table.add_row(label, Text(str(value), style=style))
+
+    row("tx", info.get("tx"))
+    row("status", status, style)
+    row("subject", info.get("subject") or "—")
+    row("finish", info.get("finish"))
+    row("opener", info.get("opener"))
     for n, party in enumerate(info.get("parties") or []):
-        table.add_row("parties" if n == 0 else "", str(party))
-    table.add_row("opened", _ms(info.get("opened")))
-    table.add_row("deadline", _ms(info.get("deadline")))
-    table.add_row("closed", _ms(info.get("closed")))
-    table.add_row("block", str(info.get("block") if info.get("block") is not None else "—"))
+        row("parties" if n == 0 else "", party)
+    row("opened", _ms(info.get("opened")))
+    row("deadline", _ms(info.get("deadline")))
+    row("closed", _ms(info.get("closed")))
+    row("block", info.get("block") if info.get("block") is not None else "—")
     for n, mid in enumerate(info.get("messages") or []):
-        table.add_row("messages" if n == 0 else "", str(mid))
+        row("messages" if n == 0 else "", mid)
     _out().print(table)
 
 
