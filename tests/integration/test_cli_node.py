@@ -209,3 +209,10 @@ def test_tx_show_prints_a_subject_as_text(cli: Cli) -> None:
     shown = cli("tx", "show", tx, check=False)
     assert shown.code == 0 and shown.err == "", shown.err
     assert subject in shown.out
+
+
+@pytest.mark.parametrize("command", ["message", "tx"])
+def test_verify_a_bad_id_with_brackets_is_one_line(cli: Cli, command: str) -> None:
+    # The id went into the progress line as console markup: "[/x]" was a
+    # MarkupError traceback before the id was even checked.
+    assert_one_line_error(cli("verify", command, "[/x]", check=False), "invalid_format")

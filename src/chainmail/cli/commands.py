@@ -516,8 +516,9 @@ def _verify(
     err = _err()
     with _client(node, node_id=node_id) as client:
         try:
-            with err.status(f"verifying {what}…") as status:
-                report = run(client, lambda text: status.update(f"verifying {what}: {text}"))
+            # Text: a str status is console markup, and ``what`` is the id as typed.
+            with err.status(Text(f"verifying {what}…")) as status:
+                report = run(client, lambda text: status.update(Text(f"verifying {what}: {text}")))
         except VerificationFailed as exc:
             _print_report(exc.report, as_json)
             err.print(Text(f"chainmail: {exc.diagnostics()}", style="red"))
