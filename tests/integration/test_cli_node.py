@@ -216,3 +216,15 @@ def test_verify_a_bad_id_with_brackets_is_one_line(cli: Cli, command: str) -> No
     # The id went into the progress line as console markup: "[/x]" was a
     # MarkupError traceback before the id was even checked.
     assert_one_line_error(cli("verify", command, "[/x]", check=False), "invalid_format")
+
+
+@pytest.mark.parametrize("option", ["--data", "--content"])
+def test_json_nested_too_deeply_is_one_line(cli: Cli, option: str) -> None:
+    # json.loads raises RecursionError, not JSONDecodeError, past Python's limit.
+    name = f"deep{option}"
+    cli.key(name)
+    deep = "[" * 60_000 + "]" * 60_000
+    args = ["--type", "post", "--data", deep] if option == "--data" else ["--content", deep]
+    run = cli("send", "--as", name, *args, check=False)
+    assert_one_line_error(run, "invalid_format")
+    assert f"{option}: not JSON" in run.err

@@ -116,6 +116,8 @@ def _parse_object(text: str, option: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidMessage(f"{option}: not JSON: {exc}") from exc
+    except RecursionError as exc:  # what json.loads raises past Python's recursion limit
+        raise InvalidMessage(f"{option}: not JSON: nested too deeply") from exc
     if not isinstance(value, dict):
         raise InvalidMessage(f"{option}: expected a JSON object, got {type(value).__name__}")
     return value
