@@ -580,9 +580,13 @@ class _Core:
         try:
             parsed = httpx.URL(url)
             port = parsed.port
-        except (httpx.InvalidURL, ValueError) as exc:
+            host = parsed.host  # decodes IDNA: raises for an invalid A-label
+            # As getaddrinfo will encode it at the first request (an empty label,
+            # one of more than 63 characters).
+            parsed.raw_host.decode("ascii").encode("idna")
+        except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError is a ValueError
             raise Error(f"node URL {url!r}: {exc}", code="invalid_format") from exc
-        if not parsed.host:
+        if not host:
             raise Error(f"node URL {url!r}: no host", code="invalid_format")
         if port is not None and not 0 < port < 65536:
             raise Error(f"node URL {url!r}: port {port} is not 1 to 65535", code="invalid_format")

@@ -228,3 +228,9 @@ def test_json_nested_too_deeply_is_one_line(cli: Cli, option: str) -> None:
     run = cli("send", "--as", name, *args, check=False)
     assert_one_line_error(run, "invalid_format")
     assert f"{option}: not JSON" in run.err
+
+
+@pytest.mark.parametrize("url", ["http://xn--zz", "http://a..b"])
+@pytest.mark.parametrize("command", [["blocks"], ["firehose", "--follow"], ["audit"]])
+def test_a_node_url_no_resolver_takes_is_one_line(cli: Cli, url: str, command: list[str]) -> None:
+    assert_one_line_error(cli(*command, "--node", url, check=False), "invalid_format")
