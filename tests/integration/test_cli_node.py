@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from support.lying import Rewrite, lying
 from support.server import CHAINMAIL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -234,3 +236,64 @@ def test_json_nested_too_deeply_is_one_line(cli: Cli, option: str) -> None:
 @pytest.mark.parametrize("command", [["blocks"], ["firehose", "--follow"], ["audit"]])
 def test_a_node_url_no_resolver_takes_is_one_line(cli: Cli, url: str, command: list[str]) -> None:
     assert_one_line_error(cli(*command, "--node", url, check=False), "invalid_format")
+
+
+#: What a user or a node may write to drive a terminal: clear the screen, set the
+#: window title, a C1 CSI, and a newline that fakes a line of the output.
+CONTROLS = "\x1b[2J\x1b]0;owned\x07\x9b31m\nstatus    finished"
+
+
+def assert_no_controls(text: str) -> None:
+    assert not [c for c in text.replace("\n", "") if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0], text
+
+
+def test_user_text_cannot_drive_the_terminal(cli: Cli) -> None:
+    # A subject or a content type is anyone's text: printed raw, its ESC
+    # sequences reached every reader's terminal, and a newline faked a line.
+    bob = cli.key("ctl-bob")
+    cli.key("ctl-ann")
+    tx = cli("tx", "open", "--as", "ctl-ann", "--party", bob, "--subject", CONTROLS).out.strip()
+    shown = cli("tx", "show", tx).out
+    assert_no_controls(shown)
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\x0astatus    finished" in shown
+    assert [line.split()[0] for line in shown.splitlines()].count("status") == 1
+
+    sent = cli("send", "--as", "ctl-ann", "--type", "po\x1b[2Jst", "--json").json()
+    hose = cli("firehose").out
+    assert_no_controls(hose)
+    assert f"po\\x1b[2Jst {sent['id']}" in " ".join(hose.split())
+
+
+def edit_json(edit: Callable[[Any], None]) -> Rewrite:
+    def rewrite(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        value = json.loads(body)
+        edit(value)
+        return status, ctype, json.dumps(value).encode()
+
+    return rewrite
+
+
+def test_a_lying_node_cannot_drive_the_terminal(cli: Cli, node_url: str) -> None:
+    # What the node says is printed too (inbox, blocks, the verify report):
+    # a node that lies must not reach the terminal with it either.
+    bob = cli.key("lied-to-bob")
+    cli.key("lied-to-ann")
+    cli("tx", "open", "--as", "lied-to-ann", "--party", bob)
+    pinned = cli.key("lied-to-pin")
+    rewrites = {
+        "/v1/inbox": edit_json(lambda v: v["entries"][0]["message"].update(author=CONTROLS)),
+        "/v1/blocks": edit_json(lambda v: v["blocks"][0].update(id=CONTROLS)),
+        "/healthz": edit_json(lambda v: v.update(id=CONTROLS)),
+    }
+    with lying(node_url, rewrites) as url:
+        inbox = cli("inbox", "--as", "lied-to-bob", "--node", url)
+        blocks = cli("blocks", "--node", url)
+        verify = cli("verify", "block", "1", "--node", url, "--node-id", pinned, check=False)
+    for run in (inbox, blocks):
+        assert_no_controls(run.out)
+        assert "\\x1b[2J" in run.out
+        assert not [line for line in run.out.splitlines() if line.startswith("status")]
+    assert verify.code == 1
+    assert_no_controls(verify.out + verify.err)
+    assert verify.out.startswith("✗ node identity: expected node " + pinned), verify.out
+    assert len(verify.out.splitlines()) == 1 and len(verify.err.splitlines()) == 1, verify

@@ -40,6 +40,8 @@ _UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_00
 _DURATION_RE: Final = re.compile(r"(\d+)(ms|s|m|h|d)")
 _OK: Final = "✓"
 _FAIL: Final = "✗"
+#: C0 controls, DEL and C1 controls: what drives a terminal (ESC, CSI) or breaks a line.
+_CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 tx_app = typer.Typer(
     name="tx",
@@ -104,6 +106,16 @@ def _out() -> Console:
 
 def _err() -> Console:
     return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _printable(value: object) -> str:
+    """``str(value)`` with each control character as a visible ``\\xNN`` escape.
+
+    What a node or another user wrote is printed to a terminal: raw, its ESC
+    sequences could clear the screen or retitle the window, and a newline
+    fake a line of the output.
+    """
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m[0]):02x}", str(value))
 
 
 def _echo_json(value: object) -> None:
@@ -342,7 +354,7 @@ def tx_show(
     def row(label: str, value: object, style: str = "") -> None:
         # Text, not a str: a str cell is console markup, and the subject is
         # what the opener wrote ("[/x]" raised MarkupError), the rest the node's.
-        table.add_row(label, Text(str(value), style=style))
+        table.add_row(label, Text(_printable(value), style=style))
 
     row("tx", info.get("tx"))
     row("status", status, style)
@@ -389,8 +401,8 @@ def inbox(
         content = message.get("content")
         kind = content.get("type") if isinstance(content, dict) else "box"
         line = Text(f"{delivery:>6} ", style="dim")
-        line.append(f"{kind:<10} ", style="bold")
-        line.append(f"{mid} from {message.get('author')}")
+        line.append(f"{_printable(kind):<10} ", style="bold")
+        line.append(_printable(f"{mid} from {message.get('author')}"))
         out.print(line)
 
     with _client(node, as_, home) as client:
@@ -439,8 +451,8 @@ def firehose(
             content = entry.message.get("content")
             kind = content.get("type") if isinstance(content, dict) else "box"
             line = Text(f"{entry.pipeline}:{entry.index:<7} ", style="dim")
-            line.append(f"{kind:<10} ", style="bold")
-            line.append(f"{entry.id} by {entry.message.get('author')}")
+            line.append(f"{_printable(kind):<10} ", style="bold")
+            line.append(_printable(f"{entry.id} by {entry.message.get('author')}"))
             out.print(line)
 
 
@@ -453,8 +465,10 @@ def _print_block(out: Console, block: dict[str, Any], as_json: bool) -> None:
     logs = content.get("logs", []) if isinstance(content, dict) else []
     sizes = " ".join(f"{entry.get('pipeline')}:{entry.get('size')}" for entry in logs)
     line = Text(f"{block.get('height'):>6} ", style="bold")
-    line.append(f"{block.get('id')} ")
-    line.append(f"{_ms(content.get('time'))} txs {txs.get('count')} logs {sizes}", style="dim")
+    line.append(f"{_printable(block.get('id'))} ")
+    line.append(
+        _printable(f"{_ms(content.get('time'))} txs {txs.get('count')} logs {sizes}"), style="dim"
+    )
     out.print(line)
 
 
@@ -503,8 +517,8 @@ def _print_report(report: Report, as_json: bool) -> None:
         line = Text(
             f"{_OK if check.ok else _FAIL} ", style="bold green" if check.ok else "bold red"
         )
-        line.append(f"{check.check}: ", style="bold")
-        line.append(check.detail)
+        line.append(f"{_printable(check.check)}: ", style="bold")
+        line.append(_printable(check.detail))
         out.print(line)
 
 
@@ -523,7 +537,7 @@ def _verify(
                 report = run(client, lambda text: status.update(Text(f"verifying {what}: {text}")))
         except VerificationFailed as exc:
             _print_report(exc.report, as_json)
-            err.print(Text(f"chainmail: {exc.diagnostics()}", style="red"))
+            err.print(Text(f"chainmail: {_printable(exc.diagnostics())}", style="red"))
             raise typer.Exit(1) from None
     _print_report(report, as_json)
 
