@@ -297,3 +297,17 @@ def test_a_lying_node_cannot_drive_the_terminal(cli: Cli, node_url: str) -> None
     assert_no_controls(verify.out + verify.err)
     assert verify.out.startswith("✗ node identity: expected node " + pinned), verify.out
     assert len(verify.out.splitlines()) == 1 and len(verify.err.splitlines()) == 1, verify
+
+
+def test_a_node_s_error_detail_is_one_printable_line(cli: Cli, node_url: str) -> None:
+    # The problem's detail went to stderr as it came: its newline made the
+    # error two lines, its ESC sequences reached the terminal.
+    def problem(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        detail = {"code": "invalid_format", "title": "Bad", "detail": f"bad{CONTROLS}"}
+        return 400, "application/problem+json", json.dumps(detail).encode()
+
+    with lying(node_url, {"/v1/blocks": problem}) as url:
+        run = cli("blocks", "--node", url, check=False)
+    assert_one_line_error(run, "invalid_format")
+    assert_no_controls(run.err)
+    assert "bad\\x1b[2J" in run.err
