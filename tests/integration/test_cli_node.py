@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -311,3 +312,29 @@ def test_a_node_s_error_detail_is_one_printable_line(cli: Cli, node_url: str) ->
     assert_one_line_error(run, "invalid_format")
     assert_no_controls(run.err)
     assert "bad\\x1b[2J" in run.err
+
+
+def test_audit_of_a_node_that_lies_about_its_id_prints_what_it_found(
+    cli: Cli, node_url: str
+) -> None:
+    # The node's id went into the summary as console markup ("[/x]": a
+    # MarkupError traceback after the findings, not their exit 1), and into
+    # the findings raw (ESC sequences, a newline faking a line).
+    cli.key("audited-ann")
+    cli("send", "--as", "audited-ann", "--type", "post")
+    deadline = time.monotonic() + 10
+    while not cli("blocks", "--json").out:
+        assert time.monotonic() < deadline, "no block was sealed"
+        time.sleep(0.1)
+    lie = "[/x]" + CONTROLS
+    with lying(node_url, {"/healthz": edit_json(lambda v: v.update(id=lie))}) as url:
+        run = cli("audit", "--grace", "0", "--node", url, check=False)
+    assert run.code == 1, run.err
+    assert "Traceback" not in run.err
+    assert_no_controls(run.out + run.err)
+    lines = run.out.splitlines()
+    assert lines and all(re.match(r"[a-z_]+: ", line) for line in lines), run.out
+    assert "not the node [/x]\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\x0astatus" in run.out
+    summary = run.err.strip().splitlines()[-1]
+    assert summary.startswith("audited ") and "of [/x]\\x1b[2J" in summary, run.err
+    assert summary.endswith(f": {len(lines)} finding(s)"), summary
