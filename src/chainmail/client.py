@@ -1010,7 +1010,12 @@ class _Core:
         body = _dict(
             (yield from self._get_flow("/v1/blocks", {"after": after, "limit": limit})), "blocks"
         )
-        return list(body.get("blocks", []))
+        got = body.get("blocks", [])
+        if not isinstance(got, list) or not all(
+            isinstance(b, dict) and type(b.get("height")) is int for b in got
+        ):
+            raise OperationalError(f"blocks: expected a list of blocks with heights, got {got!r}")
+        return got
 
     def _checkpoint_flow(self, pipeline: int) -> Flow[str]:
         resp = yield Request("GET", f"/v1/log/{pipeline}/checkpoint")

@@ -338,3 +338,36 @@ def test_audit_of_a_node_that_lies_about_its_id_prints_what_it_found(
     summary = run.err.strip().splitlines()[-1]
     assert summary.startswith("audited ") and "of [/x]\\x1b[2J" in summary, run.err
     assert summary.endswith(f": {len(lines)} finding(s)"), summary
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        "abc",
+        [1],
+        [{"id": "%x", "message": {"content": {}}}],
+        [{"height": "1", "id": "%x", "message": {"content": {}}}],
+    ],
+)
+def test_blocks_of_the_wrong_shape_are_one_line(cli: Cli, node_url: str, blocks: Any) -> None:
+    # A "blocks" that was no list of blocks with heights was an AttributeError
+    # or TypeError traceback.
+    with lying(node_url, {"/v1/blocks": edit_json(lambda v: v.update(blocks=blocks))}) as url:
+        run = cli("blocks", "--node", url, check=False)
+    assert_one_line_error(run, "internal")
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"height": 1, "id": "%x", "message": "not a message"},
+        {"height": 1, "id": "%x", "message": {"content": "boxed"}},
+        {"height": 1, "id": "%x", "message": {"content": {"txs": 3, "logs": [5], "time": "x"}}},
+    ],
+)
+def test_a_block_missing_its_fields_still_prints(cli: Cli, node_url: str, block: Any) -> None:
+    # `blocks` is the node's word, unverified: what it lacks prints as such.
+    with lying(node_url, {"/v1/blocks": edit_json(lambda v: v.update(blocks=[block]))}) as url:
+        run = cli("blocks", "--node", url, check=False)
+    assert run.code == 0 and run.err == "", run.err
+    assert run.out.split() == ["1", "%x", "—", "txs", "None", "logs"]

@@ -460,10 +460,18 @@ def _print_block(out: Console, block: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _echo_json(block)
         return
-    content = block.get("message", {}).get("content", {})
-    txs = content.get("txs", {}) if isinstance(content, dict) else {}
-    logs = content.get("logs", []) if isinstance(content, dict) else []
-    sizes = " ".join(f"{entry.get('pipeline')}:{entry.get('size')}" for entry in logs)
+    # The node's word, unverified: a field it lacks prints as such, not a traceback.
+    message = block.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, dict):
+        content = {}
+    txs = content.get("txs")
+    txs = txs if isinstance(txs, dict) else {}
+    logs = content.get("logs")
+    logs = logs if isinstance(logs, list) else []
+    sizes = " ".join(
+        f"{entry.get('pipeline')}:{entry.get('size')}" for entry in logs if isinstance(entry, dict)
+    )
     line = Text(f"{block.get('height'):>6} ", style="bold")
     line.append(f"{_printable(block.get('id'))} ")
     line.append(
