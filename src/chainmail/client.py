@@ -463,12 +463,25 @@ class FileFeed(MemoryFeed):
         for number, line in enumerate(data.splitlines(), start=1):
             try:
                 value = orjson.loads(line)
+                if not isinstance(value, dict):
+                    raise TypeError(f"expected a JSON object, got {type(value).__name__}")
                 if "base" in value:
-                    base = ssb.FeedState(id=value["base"]["id"], sequence=value["base"]["sequence"])
+                    head = value["base"]
+                    if not isinstance(head.get("id"), str) or type(head.get("sequence")) is not int:
+                        raise TypeError(f"expected a base {{id, sequence}}, got {head!r}")
+                    base = ssb.FeedState(id=head["id"], sequence=head["sequence"])
                     messages = []
                 else:
+                    if type(value.get("sequence")) is not int:
+                        raise TypeError("expected a signed message with its sequence")
                     messages.append((ssb.message_id(value), value))
-            except (orjson.JSONDecodeError, InvalidMessage, KeyError, TypeError) as exc:
+            except (
+                orjson.JSONDecodeError,
+                InvalidMessage,
+                KeyError,
+                TypeError,
+                AttributeError,
+            ) as exc:
                 raise StorageError(f"local feed {self.path} line {number}: {exc}") from exc
         self._base, self._messages = base, messages
         self._stamp = self._current_stamp()

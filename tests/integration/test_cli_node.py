@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -9,10 +10,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chainmail.client import FEEDS_DIR, feed_path
 from support.lying import Rewrite, lying
 from support.server import CHAINMAIL
 
@@ -371,3 +374,23 @@ def test_a_block_missing_its_fields_still_prints(cli: Cli, node_url: str, block:
         run = cli("blocks", "--node", url, check=False)
     assert run.code == 0 and run.err == "", run.err
     assert run.out.split() == ["1", "%x", "—", "txs", "None", "logs"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['"str"', "[1]", "{}", '{"type": "post"}', '{"base": {"id": "%x", "sequence": "2"}}'],
+)
+def test_a_local_feed_copy_that_is_not_one_is_one_line(cli: Cli, line: str) -> None:
+    # A line of the feed copy that is JSON but no message (nor base) was a
+    # TypeError or KeyError traceback, not the StorageError FileFeed promises.
+    name = "feed-" + hashlib.sha256(line.encode()).hexdigest()[:12]
+    fid = cli.key(name)
+    cli("send", "--as", name, "--type", "post")
+    path = feed_path(Path(cli.env["CHAINMAIL_HOME"]) / FEEDS_DIR, fid)
+    good = path.read_bytes()
+    path.write_bytes(good + line.encode() + b"\n")
+    run = cli("send", "--as", name, "--type", "post", check=False)
+    assert_one_line_error(run, "storage")
+    assert f"{path} line 2" in run.err
+    path.write_bytes(good)  # nothing was lost: with the line gone, the feed goes on
+    assert cli("send", "--as", name, "--type", "post", "--json").json()["created"] is True
