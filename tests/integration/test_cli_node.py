@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from chainmail.client import FEEDS_DIR, feed_path
+from chainmail.verify import path_id
 from support.lying import Rewrite, lying
 from support.server import CHAINMAIL
 
@@ -394,3 +395,19 @@ def test_a_local_feed_copy_that_is_not_one_is_one_line(cli: Cli, line: str) -> N
     assert f"{path} line 2" in run.err
     path.write_bytes(good)  # nothing was lost: with the line gone, the feed goes on
     assert cli("send", "--as", name, "--type", "post", "--json").json()["created"] is True
+
+
+@pytest.mark.parametrize("field", ["parties", "messages"])
+def test_tx_show_of_a_tx_with_a_field_of_the_wrong_shape_still_prints(
+    cli: Cli, node_url: str, field: str
+) -> None:
+    # `tx show` is the node's word, unverified: parties or messages that are no
+    # list print as they are, where they were a TypeError traceback.
+    bob = cli.key(f"shape-{field}-bob")
+    cli.key(f"shape-{field}-ann")
+    tx = cli("tx", "open", "--as", f"shape-{field}-ann", "--party", bob).out.strip()
+    path = "/v1/transactions/" + path_id(tx)
+    with lying(node_url, {path: edit_json(lambda v: v.update({field: 5}))}) as url:
+        run = cli("tx", "show", tx, "--node", url, check=False)
+    assert run.code == 0 and run.err == "", run.err
+    assert [field, "5"] in [line.split() for line in run.out.splitlines()]

@@ -333,6 +333,13 @@ def _ms(value: object) -> str:
     return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def _listed(value: object) -> list[object]:
+    """A list the node gave, as it is; anything else (unverified) as its one item."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
+
+
 @tx_app.command("show")
 def tx_show(
     tx: Annotated[str, typer.Argument(help="The tx id %….sha256.", show_default=False)],
@@ -361,13 +368,13 @@ def tx_show(
     row("subject", info.get("subject") or "—")
     row("finish", info.get("finish"))
     row("opener", info.get("opener"))
-    for n, party in enumerate(info.get("parties") or []):
+    for n, party in enumerate(_listed(info.get("parties"))):
         row("parties" if n == 0 else "", party)
     row("opened", _ms(info.get("opened")))
     row("deadline", _ms(info.get("deadline")))
     row("closed", _ms(info.get("closed")))
     row("block", info.get("block") if info.get("block") is not None else "—")
-    for n, mid in enumerate(info.get("messages") or []):
+    for n, mid in enumerate(_listed(info.get("messages"))):
         row("messages" if n == 0 else "", mid)
     _out().print(table)
 
