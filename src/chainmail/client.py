@@ -966,7 +966,10 @@ class _Core:
         self._keys()
         body = orjson.dumps({"ids": list(ids)})
         resp = yield Request("POST", "/v1/inbox/ack", content=body, content_type=_JSON, signed=True)
-        return int(_dict(_json(resp), "ack").get("acked", 0))
+        acked = _dict(_json(resp), "ack").get("acked", 0)
+        if type(acked) is not int:
+            raise OperationalError(f"ack: expected a count from the node, got {acked!r}")
+        return acked
 
     # -- flows: blobs ----------------------------------------------------------------------
 

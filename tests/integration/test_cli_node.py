@@ -411,3 +411,14 @@ def test_tx_show_of_a_tx_with_a_field_of_the_wrong_shape_still_prints(
         run = cli("tx", "show", tx, "--node", url, check=False)
     assert run.code == 0 and run.err == "", run.err
     assert [field, "5"] in [line.split() for line in run.out.splitlines()]
+
+
+def test_inbox_ack_answered_with_no_count_is_one_line(cli: Cli, node_url: str) -> None:
+    # {"acked": "x"} was a ValueError traceback after the entries were printed.
+    bob = cli.key("ack-bob")
+    cli.key("ack-ann")
+    tx = cli("tx", "open", "--as", "ack-ann", "--party", bob).out.strip()
+    with lying(node_url, {"/v1/inbox/ack": edit_json(lambda v: v.update(acked="x"))}) as url:
+        run = cli("inbox", "--as", "ack-bob", "--ack", "--node", url, check=False)
+    assert tx in run.out
+    assert_one_line_error(run, "internal")
