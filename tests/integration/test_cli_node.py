@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from chainmail.client import FEEDS_DIR, feed_path
@@ -422,3 +423,16 @@ def test_inbox_ack_answered_with_no_count_is_one_line(cli: Cli, node_url: str) -
         run = cli("inbox", "--as", "ack-bob", "--ack", "--node", url, check=False)
     assert tx in run.out
     assert_one_line_error(run, "internal")
+
+
+def test_audit_of_a_healthz_without_an_id_is_one_line(cli: Cli, node_url: str) -> None:
+    # A URL of something else that answers /healthz, or a node that does not
+    # say who it is: a KeyError traceback; with --node-id it needs no id.
+    with lying(node_url, {"/healthz": edit_json(lambda v: v.pop("id"))}) as url:
+        run = cli("audit", "--grace", "0", "--node", url, check=False)
+        node_id = httpx.get(node_url + "/healthz").json()["id"]
+        pinned = cli("audit", "--grace", "0", "--node", url, "--node-id", node_id, check=False)
+    assert_one_line_error(run, "invalid_proof")
+    assert "Traceback" not in pinned.err and pinned.err.strip().splitlines()[-1].startswith(
+        "audited "
+    ), pinned.err
