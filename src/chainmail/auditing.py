@@ -111,10 +111,17 @@ def audit_node(
         compare = _Compare(
             client, [_Mirror(m) for m in mirrors], _bound(health, auditor.node_id), auditor.hmac_key
         )
-        run.firehose()
-        run.blocks()
-        if auditor.unchecked_roots():
-            run.firehose()  # blocks made since the first read cover messages it had not seen
+        try:
+            run.firehose()
+            run.blocks()
+            if auditor.unchecked_roots():
+                run.firehose()  # blocks made since the first read cover messages it had not seen
+        except KeyboardInterrupt:
+            if not follow:
+                raise
+            # A followed audit ended in its first read (long on a big node): its summary so far.
+            summary.messages, summary.blocks = auditor.messages, auditor.blocks
+            return summary
         if follow:
             if on_caught_up is not None:
                 on_caught_up(auditor.messages, auditor.blocks)

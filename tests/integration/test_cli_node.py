@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -436,3 +438,30 @@ def test_audit_of_a_healthz_without_an_id_is_one_line(cli: Cli, node_url: str) -
     assert "Traceback" not in pinned.err and pinned.err.strip().splitlines()[-1].startswith(
         "audited "
     ), pinned.err
+
+
+def test_audit_follow_interrupted_in_its_first_read_still_sums_up(cli: Cli, node_url: str) -> None:
+    # --help: "with it [--follow], Ctrl-C ends it with the same summary and exit
+    # status"; during the first read (a long one on a big node) Ctrl-C ended it
+    # with 130 and no summary.
+    reading = threading.Event()
+
+    def slow(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        reading.set()
+        time.sleep(5)
+        return status, ctype, body
+
+    with lying(node_url, {"/v1/blocks": slow}) as url:
+        proc = subprocess.Popen(
+            [CHAINMAIL, "audit", "--follow", "--node", url],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert reading.wait(60), "the audit never read the blocks"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("audited "), err
+    assert proc.returncode == (0 if summary.endswith(": no findings") else 1), err
