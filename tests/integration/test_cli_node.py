@@ -465,3 +465,15 @@ def test_audit_follow_interrupted_in_its_first_read_still_sums_up(cli: Cli, node
     summary = err.strip().splitlines()[-1]
     assert summary.startswith("audited "), err
     assert proc.returncode == (0 if summary.endswith(": no findings") else 1), err
+
+
+def test_tx_show_prints_ids_whole_on_a_narrow_terminal(cli: Cli) -> None:
+    # The table cut every id to the terminal's width with "…" (a 60-column
+    # pane): ids that could not be copied, or worse, copied cut.
+    bob = cli.key("narrow-bob")
+    ann = cli.key("narrow-ann")
+    tx = cli("tx", "open", "--as", "narrow-ann", "--party", bob).out.strip()
+    narrow = Cli({**cli.env, "COLUMNS": "40"})
+    lines = [line.split() for line in narrow("tx", "show", tx).out.splitlines()]
+    assert ["tx", tx] in lines and ["opener", ann] in lines
+    assert ["parties", ann] in lines and [bob] in lines

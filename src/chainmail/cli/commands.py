@@ -22,7 +22,6 @@ from typing import Annotated, Any, Final
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from chainmail.cli._app import app
@@ -352,16 +351,17 @@ def tx_show(
     if as_json:
         _echo_json(info)
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="dim")
-    table.add_column()
+    out = _out()
     status = str(info.get("status"))
     style = {"finished": "bold green", "timed_out": "bold red"}.get(status, "bold yellow")
 
     def row(label: str, value: object, style: str = "") -> None:
-        # Text, not a str: a str cell is console markup, and the subject is
-        # what the opener wrote ("[/x]" raised MarkupError), the rest the node's.
-        table.add_row(label, Text(_printable(value), style=style))
+        # Lines, not a table: a table cut ids to the terminal's width with "…".
+        # Text, not a str: a str is console markup, and the subject is what
+        # the opener wrote ("[/x]" raised MarkupError), the rest the node's.
+        line = Text(f"{label:<10}", style="dim")
+        line.append(_printable(value), style=style)
+        out.print(line)
 
     row("tx", info.get("tx"))
     row("status", status, style)
@@ -376,7 +376,6 @@ def tx_show(
     row("block", info.get("block") if info.get("block") is not None else "—")
     for n, mid in enumerate(_listed(info.get("messages"))):
         row("messages" if n == 0 else "", mid)
-    _out().print(table)
 
 
 # --------------------------------------------------------------------------- inbox
