@@ -90,8 +90,9 @@ def audit_node(
     exception. Raises what the client raises when the node cannot be read
     (``NodeUnavailable``, ``NotFound``), except while following: then a node
     that cannot be reached is read again every ``interval`` (``on_outage``
-    hears the error when that starts, and None when the node answers again).
-    ``on_caught_up`` hears the messages and blocks audited by the first full
+    hears the error when that starts, and None when the node answers again),
+    and ``ProofError`` when ``/healthz`` names no pipeline count, or (with no
+    ``node_id``) no node id. ``on_caught_up`` hears the messages and blocks audited by the first full
     read, once, when following starts.
     """
     if grace < 0 or interval <= 0:
@@ -100,17 +101,27 @@ def audit_node(
     pipelines = health.get("pipelines", 1)
     if type(pipelines) is not int or pipelines < 1:
         raise ProofError(f"healthz: expected a pipeline count, got {pipelines!r}")
-    auditor = Auditor(node_id or str(health["id"]), grace_ms=int(grace * 1000), pipelines=pipelines)
+    reported = health.get("id")
+    if node_id is None and not isinstance(reported, str):
+        raise ProofError(f"healthz: expected the node's id, got {reported!r}")
+    auditor = Auditor(node_id or str(reported), grace_ms=int(grace * 1000), pipelines=pipelines)
     summary = AuditSummary(auditor.node_id, mirrors=[m.node for m in mirrors])
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:
         run = _Run(client, auditor, pipelines, pool, summary, on_finding)
         compare = _Compare(
             client, [_Mirror(m) for m in mirrors], _bound(health, auditor.node_id), auditor.hmac_key
         )
-        run.firehose()
-        run.blocks()
-        if auditor.unchecked_roots():
-            run.firehose()  # blocks made since the first read cover messages it had not seen
+        try:
+            run.firehose()
+            run.blocks()
+            if auditor.unchecked_roots():
+                run.firehose()  # blocks made since the first read cover messages it had not seen
+        except KeyboardInterrupt:
+            if not follow:
+                raise
+            # A followed audit ended in its first read (long on a big node): its summary so far.
+            summary.messages, summary.blocks = auditor.messages, auditor.blocks
+            return summary
         if follow:
             if on_caught_up is not None:
                 on_caught_up(auditor.messages, auditor.blocks)

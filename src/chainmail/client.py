@@ -463,12 +463,25 @@ class FileFeed(MemoryFeed):
         for number, line in enumerate(data.splitlines(), start=1):
             try:
                 value = orjson.loads(line)
+                if not isinstance(value, dict):
+                    raise TypeError(f"expected a JSON object, got {type(value).__name__}")
                 if "base" in value:
-                    base = ssb.FeedState(id=value["base"]["id"], sequence=value["base"]["sequence"])
+                    head = value["base"]
+                    if not isinstance(head.get("id"), str) or type(head.get("sequence")) is not int:
+                        raise TypeError(f"expected a base {{id, sequence}}, got {head!r}")
+                    base = ssb.FeedState(id=head["id"], sequence=head["sequence"])
                     messages = []
                 else:
+                    if type(value.get("sequence")) is not int:
+                        raise TypeError("expected a signed message with its sequence")
                     messages.append((ssb.message_id(value), value))
-            except (orjson.JSONDecodeError, InvalidMessage, KeyError, TypeError) as exc:
+            except (
+                orjson.JSONDecodeError,
+                InvalidMessage,
+                KeyError,
+                TypeError,
+                AttributeError,
+            ) as exc:
                 raise StorageError(f"local feed {self.path} line {number}: {exc}") from exc
         self._base, self._messages = base, messages
         self._stamp = self._current_stamp()
@@ -580,9 +593,13 @@ class _Core:
         try:
             parsed = httpx.URL(url)
             port = parsed.port
-        except (httpx.InvalidURL, ValueError) as exc:
+            host = parsed.host  # decodes IDNA: raises for an invalid A-label
+            # As getaddrinfo will encode it at the first request (an empty label,
+            # one of more than 63 characters).
+            parsed.raw_host.decode("ascii").encode("idna")
+        except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError is a ValueError
             raise Error(f"node URL {url!r}: {exc}", code="invalid_format") from exc
-        if not parsed.host:
+        if not host:
             raise Error(f"node URL {url!r}: no host", code="invalid_format")
         if port is not None and not 0 < port < 65536:
             raise Error(f"node URL {url!r}: port {port} is not 1 to 65535", code="invalid_format")
@@ -949,7 +966,10 @@ class _Core:
         self._keys()
         body = orjson.dumps({"ids": list(ids)})
         resp = yield Request("POST", "/v1/inbox/ack", content=body, content_type=_JSON, signed=True)
-        return int(_dict(_json(resp), "ack").get("acked", 0))
+        acked = _dict(_json(resp), "ack").get("acked", 0)
+        if type(acked) is not int:
+            raise OperationalError(f"ack: expected a count from the node, got {acked!r}")
+        return acked
 
     # -- flows: blobs ----------------------------------------------------------------------
 
@@ -1006,7 +1026,12 @@ class _Core:
         body = _dict(
             (yield from self._get_flow("/v1/blocks", {"after": after, "limit": limit})), "blocks"
         )
-        return list(body.get("blocks", []))
+        got = body.get("blocks", [])
+        if not isinstance(got, list) or not all(
+            isinstance(b, dict) and type(b.get("height")) is int for b in got
+        ):
+            raise OperationalError(f"blocks: expected a list of blocks with heights, got {got!r}")
+        return got
 
     def _checkpoint_flow(self, pipeline: int) -> Flow[str]:
         resp = yield Request("GET", f"/v1/log/{pipeline}/checkpoint")

@@ -192,6 +192,15 @@ def test_cli_chan_read_shows_a_members_text_as_text(node: Server, tmp_path: Path
     assert read.returncode == 0 and read.stderr == "", read.stderr
     assert json.dumps({"t": text}) in read.stdout
 
+    # JSON escapes C0 controls but not DEL or C1 (\x9b is CSI): they must not
+    # reach the reader's terminal either.
+    sent = cm("chan", "send", "--as", "ann", "--chan", chan, "--data", '{"t": "\x9b2J\x7f"}')
+    assert sent.returncode == 0, sent.stderr
+    read = cm("chan", "read", "--as", "ben", "--chan", chan)
+    assert read.returncode == 0 and read.stderr == "", read.stderr
+    assert "\x9b" not in read.stdout and "\x7f" not in read.stdout
+    assert '{"t": "\\x9b2J\\x7f"}' in read.stdout
+
 
 class _Prepend(httpx.BaseTransport):
     """The real node, except that a channel's history starts with ``forged`` messages."""

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from chainmail.client import FEEDS_DIR, feed_path
+from chainmail.verify import path_id
+from support.lying import Rewrite, lying
 from support.server import CHAINMAIL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -197,3 +207,273 @@ def test_verify_failure_exits_1(cli: Cli) -> None:
 def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
     run = cli(*command, "--help")
     assert "Usage:" in run.out
+
+
+def test_tx_show_prints_a_subject_as_text(cli: Cli) -> None:
+    # A subject is what the opener wrote, not console markup: "[/x]" crashed
+    # every party's `tx show` with a MarkupError traceback, "[bold]" restyled it.
+    bob = cli.key("subject-bob")
+    cli.key("subject-ann")
+    subject = "[/x] [bold]loud[/bold] [link=https://evil.example]x[/link]"
+    tx = cli("tx", "open", "--as", "subject-ann", "--party", bob, "--subject", subject).out.strip()
+    shown = cli("tx", "show", tx, check=False)
+    assert shown.code == 0 and shown.err == "", shown.err
+    assert subject in shown.out
+
+
+@pytest.mark.parametrize("command", ["message", "tx"])
+def test_verify_a_bad_id_with_brackets_is_one_line(cli: Cli, command: str) -> None:
+    # The id went into the progress line as console markup: "[/x]" was a
+    # MarkupError traceback before the id was even checked.
+    assert_one_line_error(cli("verify", command, "[/x]", check=False), "invalid_format")
+
+
+@pytest.mark.parametrize("option", ["--data", "--content"])
+def test_json_nested_too_deeply_is_one_line(cli: Cli, option: str) -> None:
+    # json.loads raises RecursionError, not JSONDecodeError, past Python's limit.
+    name = f"deep{option}"
+    cli.key(name)
+    deep = "[" * 60_000 + "]" * 60_000
+    args = ["--type", "post", "--data", deep] if option == "--data" else ["--content", deep]
+    run = cli("send", "--as", name, *args, check=False)
+    assert_one_line_error(run, "invalid_format")
+    assert f"{option}: not JSON" in run.err
+
+
+@pytest.mark.parametrize("url", ["http://xn--zz", "http://a..b"])
+@pytest.mark.parametrize("command", [["blocks"], ["firehose", "--follow"], ["audit"]])
+def test_a_node_url_no_resolver_takes_is_one_line(cli: Cli, url: str, command: list[str]) -> None:
+    assert_one_line_error(cli(*command, "--node", url, check=False), "invalid_format")
+
+
+#: What a user or a node may write to drive a terminal: clear the screen, set the
+#: window title, a C1 CSI, and a newline that fakes a line of the output.
+CONTROLS = "\x1b[2J\x1b]0;owned\x07\x9b31m\nstatus    finished"
+
+
+def assert_no_controls(text: str) -> None:
+    assert not [c for c in text.replace("\n", "") if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0], text
+
+
+def test_user_text_cannot_drive_the_terminal(cli: Cli) -> None:
+    # A subject or a content type is anyone's text: printed raw, its ESC
+    # sequences reached every reader's terminal, and a newline faked a line.
+    bob = cli.key("ctl-bob")
+    cli.key("ctl-ann")
+    tx = cli("tx", "open", "--as", "ctl-ann", "--party", bob, "--subject", CONTROLS).out.strip()
+    shown = cli("tx", "show", tx).out
+    assert_no_controls(shown)
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\x0astatus    finished" in shown
+    assert [line.split()[0] for line in shown.splitlines()].count("status") == 1
+
+    sent = cli("send", "--as", "ctl-ann", "--type", "po\x1b[2Jst", "--json").json()
+    hose = cli("firehose").out
+    assert_no_controls(hose)
+    assert f"po\\x1b[2Jst {sent['id']}" in " ".join(hose.split())
+
+
+def edit_json(edit: Callable[[Any], None]) -> Rewrite:
+    def rewrite(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        value = json.loads(body)
+        edit(value)
+        return status, ctype, json.dumps(value).encode()
+
+    return rewrite
+
+
+def test_a_lying_node_cannot_drive_the_terminal(cli: Cli, node_url: str) -> None:
+    # What the node says is printed too (inbox, blocks, the verify report):
+    # a node that lies must not reach the terminal with it either.
+    bob = cli.key("lied-to-bob")
+    cli.key("lied-to-ann")
+    cli("tx", "open", "--as", "lied-to-ann", "--party", bob)
+    pinned = cli.key("lied-to-pin")
+    rewrites = {
+        "/v1/inbox": edit_json(lambda v: v["entries"][0]["message"].update(author=CONTROLS)),
+        "/v1/blocks": edit_json(lambda v: v["blocks"][0].update(id=CONTROLS)),
+        "/healthz": edit_json(lambda v: v.update(id=CONTROLS)),
+    }
+    with lying(node_url, rewrites) as url:
+        inbox = cli("inbox", "--as", "lied-to-bob", "--node", url)
+        blocks = cli("blocks", "--node", url)
+        verify = cli("verify", "block", "1", "--node", url, "--node-id", pinned, check=False)
+    for run in (inbox, blocks):
+        assert_no_controls(run.out)
+        assert "\\x1b[2J" in run.out
+        assert not [line for line in run.out.splitlines() if line.startswith("status")]
+    assert verify.code == 1
+    assert_no_controls(verify.out + verify.err)
+    assert verify.out.startswith("✗ node identity: expected node " + pinned), verify.out
+    assert len(verify.out.splitlines()) == 1 and len(verify.err.splitlines()) == 1, verify
+
+
+def test_a_node_s_error_detail_is_one_printable_line(cli: Cli, node_url: str) -> None:
+    # The problem's detail went to stderr as it came: its newline made the
+    # error two lines, its ESC sequences reached the terminal.
+    def problem(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        detail = {"code": "invalid_format", "title": "Bad", "detail": f"bad{CONTROLS}"}
+        return 400, "application/problem+json", json.dumps(detail).encode()
+
+    with lying(node_url, {"/v1/blocks": problem}) as url:
+        run = cli("blocks", "--node", url, check=False)
+    assert_one_line_error(run, "invalid_format")
+    assert_no_controls(run.err)
+    assert "bad\\x1b[2J" in run.err
+
+
+def test_audit_of_a_node_that_lies_about_its_id_prints_what_it_found(
+    cli: Cli, node_url: str
+) -> None:
+    # The node's id went into the summary as console markup ("[/x]": a
+    # MarkupError traceback after the findings, not their exit 1), and into
+    # the findings raw (ESC sequences, a newline faking a line).
+    cli.key("audited-ann")
+    cli("send", "--as", "audited-ann", "--type", "post")
+    deadline = time.monotonic() + 10
+    while not cli("blocks", "--json").out:
+        assert time.monotonic() < deadline, "no block was sealed"
+        time.sleep(0.1)
+    lie = "[/x]" + CONTROLS
+    with lying(node_url, {"/healthz": edit_json(lambda v: v.update(id=lie))}) as url:
+        run = cli("audit", "--grace", "0", "--node", url, check=False)
+    assert run.code == 1, run.err
+    assert "Traceback" not in run.err
+    assert_no_controls(run.out + run.err)
+    lines = run.out.splitlines()
+    assert lines and all(re.match(r"[a-z_]+: ", line) for line in lines), run.out
+    assert "not the node [/x]\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\x0astatus" in run.out
+    summary = run.err.strip().splitlines()[-1]
+    assert summary.startswith("audited ") and "of [/x]\\x1b[2J" in summary, run.err
+    assert summary.endswith(f": {len(lines)} finding(s)"), summary
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        "abc",
+        [1],
+        [{"id": "%x", "message": {"content": {}}}],
+        [{"height": "1", "id": "%x", "message": {"content": {}}}],
+    ],
+)
+def test_blocks_of_the_wrong_shape_are_one_line(cli: Cli, node_url: str, blocks: Any) -> None:
+    # A "blocks" that was no list of blocks with heights was an AttributeError
+    # or TypeError traceback.
+    with lying(node_url, {"/v1/blocks": edit_json(lambda v: v.update(blocks=blocks))}) as url:
+        run = cli("blocks", "--node", url, check=False)
+    assert_one_line_error(run, "internal")
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"height": 1, "id": "%x", "message": "not a message"},
+        {"height": 1, "id": "%x", "message": {"content": "boxed"}},
+        {"height": 1, "id": "%x", "message": {"content": {"txs": 3, "logs": [5], "time": "x"}}},
+    ],
+)
+def test_a_block_missing_its_fields_still_prints(cli: Cli, node_url: str, block: Any) -> None:
+    # `blocks` is the node's word, unverified: what it lacks prints as such.
+    with lying(node_url, {"/v1/blocks": edit_json(lambda v: v.update(blocks=[block]))}) as url:
+        run = cli("blocks", "--node", url, check=False)
+    assert run.code == 0 and run.err == "", run.err
+    assert run.out.split() == ["1", "%x", "—", "txs", "None", "logs"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['"str"', "[1]", "{}", '{"type": "post"}', '{"base": {"id": "%x", "sequence": "2"}}'],
+)
+def test_a_local_feed_copy_that_is_not_one_is_one_line(cli: Cli, line: str) -> None:
+    # A line of the feed copy that is JSON but no message (nor base) was a
+    # TypeError or KeyError traceback, not the StorageError FileFeed promises.
+    name = "feed-" + hashlib.sha256(line.encode()).hexdigest()[:12]
+    fid = cli.key(name)
+    cli("send", "--as", name, "--type", "post")
+    path = feed_path(Path(cli.env["CHAINMAIL_HOME"]) / FEEDS_DIR, fid)
+    good = path.read_bytes()
+    path.write_bytes(good + line.encode() + b"\n")
+    run = cli("send", "--as", name, "--type", "post", check=False)
+    assert_one_line_error(run, "storage")
+    assert f"{path} line 2" in run.err
+    path.write_bytes(good)  # nothing was lost: with the line gone, the feed goes on
+    assert cli("send", "--as", name, "--type", "post", "--json").json()["created"] is True
+
+
+@pytest.mark.parametrize("field", ["parties", "messages"])
+def test_tx_show_of_a_tx_with_a_field_of_the_wrong_shape_still_prints(
+    cli: Cli, node_url: str, field: str
+) -> None:
+    # `tx show` is the node's word, unverified: parties or messages that are no
+    # list print as they are, where they were a TypeError traceback.
+    bob = cli.key(f"shape-{field}-bob")
+    cli.key(f"shape-{field}-ann")
+    tx = cli("tx", "open", "--as", f"shape-{field}-ann", "--party", bob).out.strip()
+    path = "/v1/transactions/" + path_id(tx)
+    with lying(node_url, {path: edit_json(lambda v: v.update({field: 5}))}) as url:
+        run = cli("tx", "show", tx, "--node", url, check=False)
+    assert run.code == 0 and run.err == "", run.err
+    assert [field, "5"] in [line.split() for line in run.out.splitlines()]
+
+
+def test_inbox_ack_answered_with_no_count_is_one_line(cli: Cli, node_url: str) -> None:
+    # {"acked": "x"} was a ValueError traceback after the entries were printed.
+    bob = cli.key("ack-bob")
+    cli.key("ack-ann")
+    tx = cli("tx", "open", "--as", "ack-ann", "--party", bob).out.strip()
+    with lying(node_url, {"/v1/inbox/ack": edit_json(lambda v: v.update(acked="x"))}) as url:
+        run = cli("inbox", "--as", "ack-bob", "--ack", "--node", url, check=False)
+    assert tx in run.out
+    assert_one_line_error(run, "internal")
+
+
+def test_audit_of_a_healthz_without_an_id_is_one_line(cli: Cli, node_url: str) -> None:
+    # A URL of something else that answers /healthz, or a node that does not
+    # say who it is: a KeyError traceback; with --node-id it needs no id.
+    with lying(node_url, {"/healthz": edit_json(lambda v: v.pop("id"))}) as url:
+        run = cli("audit", "--grace", "0", "--node", url, check=False)
+        node_id = httpx.get(node_url + "/healthz").json()["id"]
+        pinned = cli("audit", "--grace", "0", "--node", url, "--node-id", node_id, check=False)
+    assert_one_line_error(run, "invalid_proof")
+    assert "Traceback" not in pinned.err and pinned.err.strip().splitlines()[-1].startswith(
+        "audited "
+    ), pinned.err
+
+
+def test_audit_follow_interrupted_in_its_first_read_still_sums_up(cli: Cli, node_url: str) -> None:
+    # --help: "with it [--follow], Ctrl-C ends it with the same summary and exit
+    # status"; during the first read (a long one on a big node) Ctrl-C ended it
+    # with 130 and no summary.
+    reading = threading.Event()
+
+    def slow(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        reading.set()
+        time.sleep(5)
+        return status, ctype, body
+
+    with lying(node_url, {"/v1/blocks": slow}) as url:
+        proc = subprocess.Popen(
+            [CHAINMAIL, "audit", "--follow", "--node", url],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert reading.wait(60), "the audit never read the blocks"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("audited "), err
+    assert proc.returncode == (0 if summary.endswith(": no findings") else 1), err
+
+
+def test_tx_show_prints_ids_whole_on_a_narrow_terminal(cli: Cli) -> None:
+    # The table cut every id to the terminal's width with "…" (a 60-column
+    # pane): ids that could not be copied, or worse, copied cut.
+    bob = cli.key("narrow-bob")
+    ann = cli.key("narrow-ann")
+    tx = cli("tx", "open", "--as", "narrow-ann", "--party", bob).out.strip()
+    narrow = Cli({**cli.env, "COLUMNS": "40"})
+    lines = [line.split() for line in narrow("tx", "show", tx).out.splitlines()]
+    assert ["tx", tx] in lines and ["opener", ann] in lines
+    assert ["parties", ann] in lines and [bob] in lines

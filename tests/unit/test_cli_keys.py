@@ -135,6 +135,16 @@ def test_list(home: Path, cli: Cli) -> None:
     ]
 
 
+@pytest.mark.parametrize("folder", ["work [old]", "[/x]"])
+def test_list_names_an_empty_home_as_it_is(tmp_path: Path, cli: Cli, folder: str) -> None:
+    # The path went out as console markup: "[old]" vanished from it (another
+    # path than the real one), "[/x]" was a MarkupError traceback.
+    home = tmp_path / folder
+    empty = cli("keys", "list", "--home", str(home))
+    assert empty.code == 0, empty
+    assert f"No keys in {home / 'keys'}." in empty.out
+
+
 def test_a_broken_key_file_does_not_hide_the_others(home: Path, cli: Cli) -> None:
     cli("keys", "new", "alice")
     (home / "keys" / "broken.json").write_text("garbage")

@@ -16,6 +16,11 @@ from chainmail.errors import Error
         ("http://[::1", "Invalid port"),
         ("http://127.0.0.1:99999", "port 99999 is not 1 to 65535"),
         ("http://:8700", "no host"),
+        # Hosts no resolver takes: httpx's IDNA decoding raised as the client
+        # read the host, the idna codec under getaddrinfo at the first request.
+        ("http://xn--zz", "Invalid A-label"),
+        ("http://a..b:8700", "label empty or too long"),
+        ("http://" + "a" * 64 + ".example", "label empty or too long"),
     ],
 )
 def test_a_bad_node_url_is_refused_at_once(url: str, says: str) -> None:

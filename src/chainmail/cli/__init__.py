@@ -22,6 +22,7 @@ from chainmail.cli import keys as _keys  # noqa: F401  (registers `keys`)
 from chainmail.cli import serve as _serve  # noqa: F401  (registers `serve`)
 from chainmail.cli import witness as _witness  # noqa: F401  (registers `witness`)
 from chainmail.cli._app import app
+from chainmail.cli.commands import _printable
 from chainmail.errors import Error
 
 __all__ = ["app", "main"]
@@ -36,10 +37,11 @@ def main() -> None:
     except typer.TyperException as exc:
         _usage_error(exc)
     except Error as exc:
-        print(f"chainmail: {exc.diagnostics()}", file=sys.stderr)
+        # Printable: the detail may be a node's, with a newline or ESC sequences.
+        print(f"chainmail: {_printable(exc.diagnostics())}", file=sys.stderr)
         sys.exit(1)
     except httpx.TransportError as exc:
-        print(f"chainmail: cannot reach the node: {exc}", file=sys.stderr)
+        print(f"chainmail: cannot reach the node: {_printable(exc)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -52,10 +54,8 @@ def main() -> None:
         sys.exit(1)
     except OSError as exc:
         # A file or stream the command was given failed (a full disk, a path it cannot write).
-        print(
-            f"chainmail: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-            file=sys.stderr,
-        )
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"chainmail: {_printable(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)  # as standalone mode ends, success too
 

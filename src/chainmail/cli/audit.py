@@ -6,6 +6,7 @@ import contextlib
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from chainmail.audit import Finding
 from chainmail.auditing import audit_node
@@ -19,6 +20,7 @@ from chainmail.cli.commands import (
     _echo_json,
     _err,
     _interruptible,
+    _printable,
 )
 from chainmail.client import DEFAULT_NODE, NodeUnavailable
 
@@ -73,26 +75,30 @@ def audit(
     mirror's own firehose is checked by auditing it with --node).
     """
 
+    # What the audited node says (its id, what a finding quotes) is neither
+    # console markup nor terminal control: Text, and printable.
     def show(finding: Finding) -> None:
         if as_json:
             _echo_json(finding.to_json())
         else:
-            typer.echo(str(finding))
+            typer.echo(_printable(finding))
 
     def outage(exc: NodeUnavailable | None) -> None:
         if exc is None:
-            _err().print("chainmail: the node answers again; auditing on", highlight=False)
+            _err().print(Text("chainmail: the node answers again; auditing on"))
         else:
             _err().print(
-                f"chainmail: {exc.diagnostics()}; trying again every {interval:g} s",
-                highlight=False,
+                Text(
+                    f"chainmail: {_printable(exc.diagnostics())}; trying again every {interval:g} s"
+                )
             )
 
     def caught_up(messages: int, blocks: int) -> None:
         _err().print(
-            f"chainmail: audited {messages} messages and {blocks} blocks so far;"
-            f" following, every {interval:g} s (Ctrl-C ends)",
-            highlight=False,
+            Text(
+                f"chainmail: audited {messages} messages and {blocks} blocks so far;"
+                f" following, every {interval:g} s (Ctrl-C ends)"
+            )
         )
 
     with contextlib.ExitStack() as stack:
@@ -114,10 +120,11 @@ def audit(
     outcome = "no findings" if not found else f"{found} finding(s)"
     compared = f", compared with {len(summary.mirrors)} mirror(s)" if summary.mirrors else ""
     _err().print(
-        f"audited {summary.messages} messages and {summary.blocks} blocks of {summary.node_id}"
-        f"{compared}: {outcome}",
-        style="green" if not found else "red",
-        highlight=False,
+        Text(
+            f"audited {summary.messages} messages and {summary.blocks} blocks of"
+            f" {_printable(summary.node_id)}{compared}: {outcome}",
+            style="green" if not found else "red",
+        )
     )
     if found:
         raise typer.Exit(1)

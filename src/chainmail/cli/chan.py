@@ -20,6 +20,7 @@ from chainmail.cli.commands import (
     _out,
     _parse_object,
     _print_receipt,
+    _printable,
 )
 from chainmail.client import DEFAULT_NODE
 
@@ -93,11 +94,12 @@ def chan_read(
     table = Table("id", "author", "data", box=None)
     for item in opened:
         # Text, not a str: a str cell is console markup, and what a member wrote
-        # ("[/x]" raised MarkupError, "[bold]" restyled the table) is data.
+        # ("[/x]" raised MarkupError, "[bold]" restyled the table) is data; and
+        # printable, as JSON leaves DEL and C1 controls (CSI) raw.
         table.add_row(
             item.id[:16] + "…",
             item.author[:16] + "…",
-            Text(json.dumps(item.data, ensure_ascii=False)),
+            Text(_printable(json.dumps(item.data, ensure_ascii=False))),
         )
     _out().print(table)
 

@@ -22,7 +22,6 @@ from typing import Annotated, Any, Final
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from chainmail.cli._app import app
@@ -40,6 +39,8 @@ _UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_00
 _DURATION_RE: Final = re.compile(r"(\d+)(ms|s|m|h|d)")
 _OK: Final = "✓"
 _FAIL: Final = "✗"
+#: C0 controls, DEL and C1 controls: what drives a terminal (ESC, CSI) or breaks a line.
+_CONTROL_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 tx_app = typer.Typer(
     name="tx",
@@ -106,6 +107,16 @@ def _err() -> Console:
     return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
+def _printable(value: object) -> str:
+    """``str(value)`` with each control character as a visible ``\\xNN`` escape.
+
+    What a node or another user wrote is printed to a terminal: raw, its ESC
+    sequences could clear the screen or retitle the window, and a newline
+    fake a line of the output.
+    """
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m[0]):02x}", str(value))
+
+
 def _echo_json(value: object) -> None:
     typer.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
@@ -116,6 +127,8 @@ def _parse_object(text: str, option: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidMessage(f"{option}: not JSON: {exc}") from exc
+    except RecursionError as exc:  # what json.loads raises past Python's recursion limit
+        raise InvalidMessage(f"{option}: not JSON: nested too deeply") from exc
     if not isinstance(value, dict):
         raise InvalidMessage(f"{option}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -319,6 +332,13 @@ def _ms(value: object) -> str:
     return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def _listed(value: object) -> list[object]:
+    """A list the node gave, as it is; anything else (unverified) as its one item."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
+
+
 @tx_app.command("show")
 def tx_show(
     tx: Annotated[str, typer.Argument(help="The tx id %….sha256.", show_default=False)],
@@ -331,25 +351,31 @@ def tx_show(
     if as_json:
         _echo_json(info)
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="dim")
-    table.add_column()
+    out = _out()
     status = str(info.get("status"))
     style = {"finished": "bold green", "timed_out": "bold red"}.get(status, "bold yellow")
-    table.add_row("tx", str(info.get("tx")))
-    table.add_row("status", Text(status, style=style))
-    table.add_row("subject", str(info.get("subject") or "—"))
-    table.add_row("finish", str(info.get("finish")))
-    table.add_row("opener", str(info.get("opener")))
-    for n, party in enumerate(info.get("parties") or []):
-        table.add_row("parties" if n == 0 else "", str(party))
-    table.add_row("opened", _ms(info.get("opened")))
-    table.add_row("deadline", _ms(info.get("deadline")))
-    table.add_row("closed", _ms(info.get("closed")))
-    table.add_row("block", str(info.get("block") if info.get("block") is not None else "—"))
-    for n, mid in enumerate(info.get("messages") or []):
-        table.add_row("messages" if n == 0 else "", str(mid))
-    _out().print(table)
+
+    def row(label: str, value: object, style: str = "") -> None:
+        # Lines, not a table: a table cut ids to the terminal's width with "…".
+        # Text, not a str: a str is console markup, and the subject is what
+        # the opener wrote ("[/x]" raised MarkupError), the rest the node's.
+        line = Text(f"{label:<10}", style="dim")
+        line.append(_printable(value), style=style)
+        out.print(line)
+
+    row("tx", info.get("tx"))
+    row("status", status, style)
+    row("subject", info.get("subject") or "—")
+    row("finish", info.get("finish"))
+    row("opener", info.get("opener"))
+    for n, party in enumerate(_listed(info.get("parties"))):
+        row("parties" if n == 0 else "", party)
+    row("opened", _ms(info.get("opened")))
+    row("deadline", _ms(info.get("deadline")))
+    row("closed", _ms(info.get("closed")))
+    row("block", info.get("block") if info.get("block") is not None else "—")
+    for n, mid in enumerate(_listed(info.get("messages"))):
+        row("messages" if n == 0 else "", mid)
 
 
 # --------------------------------------------------------------------------- inbox
@@ -381,8 +407,8 @@ def inbox(
         content = message.get("content")
         kind = content.get("type") if isinstance(content, dict) else "box"
         line = Text(f"{delivery:>6} ", style="dim")
-        line.append(f"{kind:<10} ", style="bold")
-        line.append(f"{mid} from {message.get('author')}")
+        line.append(f"{_printable(kind):<10} ", style="bold")
+        line.append(_printable(f"{mid} from {message.get('author')}"))
         out.print(line)
 
     with _client(node, as_, home) as client:
@@ -431,8 +457,8 @@ def firehose(
             content = entry.message.get("content")
             kind = content.get("type") if isinstance(content, dict) else "box"
             line = Text(f"{entry.pipeline}:{entry.index:<7} ", style="dim")
-            line.append(f"{kind:<10} ", style="bold")
-            line.append(f"{entry.id} by {entry.message.get('author')}")
+            line.append(f"{_printable(kind):<10} ", style="bold")
+            line.append(_printable(f"{entry.id} by {entry.message.get('author')}"))
             out.print(line)
 
 
@@ -440,13 +466,23 @@ def _print_block(out: Console, block: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _echo_json(block)
         return
-    content = block.get("message", {}).get("content", {})
-    txs = content.get("txs", {}) if isinstance(content, dict) else {}
-    logs = content.get("logs", []) if isinstance(content, dict) else []
-    sizes = " ".join(f"{entry.get('pipeline')}:{entry.get('size')}" for entry in logs)
+    # The node's word, unverified: a field it lacks prints as such, not a traceback.
+    message = block.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, dict):
+        content = {}
+    txs = content.get("txs")
+    txs = txs if isinstance(txs, dict) else {}
+    logs = content.get("logs")
+    logs = logs if isinstance(logs, list) else []
+    sizes = " ".join(
+        f"{entry.get('pipeline')}:{entry.get('size')}" for entry in logs if isinstance(entry, dict)
+    )
     line = Text(f"{block.get('height'):>6} ", style="bold")
-    line.append(f"{block.get('id')} ")
-    line.append(f"{_ms(content.get('time'))} txs {txs.get('count')} logs {sizes}", style="dim")
+    line.append(f"{_printable(block.get('id'))} ")
+    line.append(
+        _printable(f"{_ms(content.get('time'))} txs {txs.get('count')} logs {sizes}"), style="dim"
+    )
     out.print(line)
 
 
@@ -495,8 +531,8 @@ def _print_report(report: Report, as_json: bool) -> None:
         line = Text(
             f"{_OK if check.ok else _FAIL} ", style="bold green" if check.ok else "bold red"
         )
-        line.append(f"{check.check}: ", style="bold")
-        line.append(check.detail)
+        line.append(f"{_printable(check.check)}: ", style="bold")
+        line.append(_printable(check.detail))
         out.print(line)
 
 
@@ -510,11 +546,12 @@ def _verify(
     err = _err()
     with _client(node, node_id=node_id) as client:
         try:
-            with err.status(f"verifying {what}…") as status:
-                report = run(client, lambda text: status.update(f"verifying {what}: {text}"))
+            # Text: a str status is console markup, and ``what`` is the id as typed.
+            with err.status(Text(f"verifying {what}…")) as status:
+                report = run(client, lambda text: status.update(Text(f"verifying {what}: {text}")))
         except VerificationFailed as exc:
             _print_report(exc.report, as_json)
-            err.print(Text(f"chainmail: {exc.diagnostics()}", style="red"))
+            err.print(Text(f"chainmail: {_printable(exc.diagnostics())}", style="red"))
             raise typer.Exit(1) from None
     _print_report(report, as_json)
 

@@ -197,7 +197,10 @@ def list_(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json([{"name": i.name, "id": i.id} for i in infos])
     elif not infos and not bad:
-        _console().print(f"No keys in {store.keys_dir}. Create one with: chainmail keys new NAME")
+        # Text: a str is console markup, and a path may hold "[old]".
+        _console().print(
+            Text(f"No keys in {store.keys_dir}. Create one with: chainmail keys new NAME")
+        )
     elif infos:
         console = _console()
         width = max(len(i.name) for i in infos)
