@@ -18,8 +18,10 @@ signed.
 Rules for a ``block/sign`` (``check_sign``): from a configured witness
 (``not_admitted``); for a block of this node, by height and id
 (``invalid_format``); for the block's current stage (a later stage is
-``out_of_order``; a stage already recorded is accepted and not counted: it
-was late); once per witness and stage (``invalid_format``).
+``invalid_format`` too, not ``out_of_order``: that code says the author's
+feed and the node's diverged, and a client keeps the refused message to send
+again before its next one; a stage already recorded is accepted and not
+counted: it was late); once per witness and stage (``invalid_format``).
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ class Stages:
             raise InvalidMessage(
                 f"block/sign: stage {stage} of block {height} before its stage"
                 f" {STAGES[block.recorded]} is recorded",
-                code="out_of_order",
+                code="invalid_format",
             )
         if index == block.recorded and author in block.signs:
             raise InvalidMessage(
