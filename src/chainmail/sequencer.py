@@ -866,6 +866,10 @@ class Sequencer:
         self.open, self.unsealed, self.channels = {}, {}, {}
         self._deadlines, self._changed, self._pending_records = [], {}, {}
         self._touched = {}
+        if self.stages is not None:
+            # The batch that failed may have held a block (a height the next block
+            # takes under another id), a stage record or signatures: none happened.
+            self.stages = Stages(self.stages.witnesses, self.stages.threshold)
         # What is in the log gets projected, by the projector or by the replay
         # below; both must not write at once.
         with contextlib.suppress(Exception):

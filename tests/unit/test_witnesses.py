@@ -26,11 +26,12 @@ class Node:
     def __init__(self, path: Path, identity: Keypair, witnesses: list[Writer]) -> None:
         self.log = SqliteLog(path / "log.sqlite", synchronous="NORMAL")
         self.store = SqliteStore(path / "store.sqlite", synchronous="NORMAL")
+        self.now = NOW
         self.seq = Sequencer(
             self.log,
             self.store,
             identity,
-            clock=lambda: NOW,
+            clock=lambda: self.now,
             witnesses=[w.id for w in witnesses],
             threshold=2,
         )
@@ -141,6 +142,32 @@ def test_witnessing_resumes_after_a_restart_and_a_rebuilt_store(tmp_path: Path) 
         node.seq.flush_projection()
         assert [s["stage"] for s in node.store.block_stages(1)] == ["precommit"]
         assert node.store.witnessing(100) == [(1, block.id, 1, {})]
+    finally:
+        node.close()
+
+
+def test_a_block_the_log_did_not_take_is_forgotten(tmp_path: Path) -> None:
+    from chainmail.errors import LogError
+
+    one, two, alice = Writer(), Writer(), Writer()
+    node = Node(tmp_path, Keypair.generate(), [one, two])
+    try:
+        assert isinstance(post(node, alice, {"type": "post"}), Accepted)
+        real = node.log.append
+
+        def full(entries: Any) -> Any:
+            raise LogError("disk full")
+
+        node.log.append = full  # type: ignore[method-assign]
+        with pytest.raises(LogError):
+            node.seq.build_block()
+        node.log.append = real  # type: ignore[method-assign]
+        node.now += 1000  # the block built again is another message, at height 1 too
+        block = node.seq.build_block()
+        assert block is not None and node.store.block(1) is not None
+        for w in (one, two):
+            assert isinstance(sign(node, w, block, "precommit"), Accepted)
+        assert len(node.seq.record_stages()) == 1
     finally:
         node.close()
 
