@@ -99,10 +99,16 @@ def test_two_witnesses_seal_every_block_and_verify_and_audit_see_it(tmp_path: Pa
 
 
 @contextlib.asynccontextmanager
-async def _in_process(data: Path, witnesses: list[str], threshold: int) -> AsyncIterator[Node]:
-    """A node in this process with ``witnesses``, blocks every 0.1 s."""
+async def _in_process(
+    data: Path, witnesses: list[str], threshold: int, interval: float = 0.1
+) -> AsyncIterator[Node]:
+    """A node in this process with ``witnesses``, blocks every ``interval`` s."""
     config = NodeConfig(
-        data_dir=data, workers=0, block_interval=0.1, witnesses=tuple(witnesses), threshold=threshold
+        data_dir=data,
+        workers=0,
+        block_interval=interval,
+        witnesses=tuple(witnesses),
+        threshold=threshold,
     )
     node = Node(config)
     await node.start()
@@ -146,3 +152,29 @@ def test_a_premature_stage_signature_leaves_the_witness_able_to_sign(tmp_path: P
                 assert got["message"]["content"] == sign
 
     asyncio.run(run())
+
+
+def test_stages_are_recorded_with_a_block_timer_as_fast_as_its_tick(tmp_path: Path) -> None:
+    """A node building blocks on every tick of its timer records stages too."""
+    witness = Keypair.generate()
+
+    async def run() -> list[dict[str, object]]:
+        async with _in_process(tmp_path / "node", [witness.id], 1, interval=0.01) as node:
+            transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+            async with (
+                AsyncClient("http://node", Keypair.generate(), transport=transport) as alice,
+                AsyncClient("http://node", witness, transport=transport) as w,
+            ):
+                await alice.publish({"type": "post"})
+                block = await _block(node, 1)
+                sign = {"type": "block/sign", "block": block, "height": 1, "stage": "precommit"}
+                await w.publish(sign)
+                for _ in range(60):
+                    stages = node.store.block_stages(1)
+                    if stages:
+                        return stages
+                    await asyncio.sleep(0.05)
+                return []
+
+    stages = asyncio.run(run())
+    assert [s["stage"] for s in stages] == ["precommit"]
