@@ -27,6 +27,7 @@ counted: it was late); once per witness and stage (``invalid_format``).
 from __future__ import annotations
 
 import base64
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -94,6 +95,9 @@ class Stages:
             )
         self.threshold = threshold
         self._blocks: dict[int, _Block] = {}
+        #: Every height taken in, lowest first (sealed ones too, until they fall out of
+        #: the window): what leaves the window is found without a walk of ``_blocks``.
+        self._heights: list[int] = []
         self._top = 0
         #: Stages ready to record and not yet logged, so none is recorded twice.
         self._posting: set[tuple[int, int]] = set()
@@ -111,9 +115,10 @@ class Stages:
         if height <= self._top - WINDOW or height in self._blocks:
             return
         self._blocks[height] = _Block(block_id)
+        heapq.heappush(self._heights, height)
         self._top = max(self._top, height)
-        for old in [h for h in self._blocks if h <= self._top - WINDOW]:
-            del self._blocks[old]
+        while self._heights[0] <= self._top - WINDOW:
+            self._blocks.pop(heapq.heappop(self._heights), None)
 
     def see_sign(self, sign_id: str, author: str, content: Mapping[str, Any]) -> bool:
         """A ``block/sign`` in the log (checked by ``check_sign`` when it was logged; a
