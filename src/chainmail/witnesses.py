@@ -101,6 +101,9 @@ class Stages:
         self._top = 0
         #: Stages ready to record and not yet logged, so none is recorded twice.
         self._posting: set[tuple[int, int]] = set()
+        #: Heights whose current stage has its threshold of signatures: what ``ready``
+        #: looks at on every tick of the block timer, not every unsealed block.
+        self._full: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -118,7 +121,9 @@ class Stages:
         heapq.heappush(self._heights, height)
         self._top = max(self._top, height)
         while self._heights[0] <= self._top - WINDOW:
-            self._blocks.pop(heapq.heappop(self._heights), None)
+            old = heapq.heappop(self._heights)
+            self._blocks.pop(old, None)
+            self._full.discard(old)
 
     def see_sign(self, sign_id: str, author: str, content: Mapping[str, Any]) -> bool:
         """A ``block/sign`` in the log (checked by ``check_sign`` when it was logged; a
@@ -128,6 +133,8 @@ class Stages:
         if block is None or author in block.signs:
             return False
         block.signs[author] = sign_id
+        if len(block.signs) >= self.threshold:
+            self._full.add(int(content["height"]))
         return True
 
     def see_stage(self, content: Mapping[str, Any]) -> None:
@@ -143,6 +150,7 @@ class Stages:
             self._posting.discard((height, block.recorded))
             block.recorded += 1
             block.signs = {}
+            self._full.discard(height)
             if self.sealed(block.recorded):
                 del self._blocks[height]
 
@@ -155,6 +163,10 @@ class Stages:
         if block is not None:
             block.recorded = recorded
             block.signs = {w: s for w, s in signs.items() if w in self.witnesses}
+            if len(block.signs) >= self.threshold:
+                self._full.add(height)
+            else:
+                self._full.discard(height)
 
     # --- ingest ------------------------------------------------------------------------
 
@@ -216,10 +228,10 @@ class Stages:
         (it was not) follows.
         """
         out: list[StageRecord] = []
-        for height in sorted(self._blocks):
+        for height in sorted(self._full):
             block = self._blocks[height]
             key = (height, block.recorded)
-            if len(block.signs) < self.threshold or key in self._posting:
+            if key in self._posting:
                 continue
             self._posting.add(key)
             signers = tuple(sorted(block.signs))

@@ -212,6 +212,34 @@ def test_a_day_of_unsealed_blocks_is_taken_in_without_a_walk_per_block() -> None
     assert stages.see_sign("%s", "@a", {**sign, "block": "%3", "height": 3})
 
 
+def test_ready_looks_only_at_stages_with_their_threshold() -> None:
+    import time
+
+    stages = Stages(["@a", "@b"], 2)
+    for height in range(1, WINDOW + 1):  # witnesses away for a day: nothing sealed
+        stages.see_block(height, f"%{height}")
+    sign = {"type": "block/sign", "block": "%7", "height": 7, "stage": "precommit"}
+    assert stages.see_sign("%s1", "@a", sign)
+    started = time.perf_counter()
+    for _ in range(100):  # five seconds of block-timer ticks
+        assert stages.ready() == []
+    # Each call walked every unsealed block: ~9 ms each, on the writer thread.
+    assert time.perf_counter() - started < 0.1
+    assert stages.see_sign("%s2", "@b", sign)
+    (record,) = stages.ready()
+    assert (record.height, record.stage, record.signs) == (7, "precommit", ("%s1", "%s2"))
+    assert stages.ready() == []  # being posted
+    stages.see_stage({"height": 7, "block": "%7", "stage": "precommit"})
+    assert stages.ready() == []  # the next stage has no signatures yet
+    stages.load(9, "%9", 1, {"@a": "%s3", "@b": "%s4", "@gone": "%s5"})
+    assert [(r.height, r.stage) for r in stages.ready()] == [(9, "commit")]
+    stages.load(10, "%10", 0, {"@a": "%s6", "@gone": "%s7"})  # one of them no longer counts
+    assert stages.ready() == []
+    stages.load(11, "%11", 0, {"@a": "%s8", "@b": "%s9"})
+    stages.see_block(WINDOW + 11, "%new")  # 11 falls out of the window before it is recorded
+    assert stages.ready() == []
+
+
 def test_a_threshold_must_be_one_to_all_the_witnesses() -> None:
     for bad in (0, 3):
         with pytest.raises(ValueError, match="threshold"):
