@@ -296,3 +296,62 @@ def test_a_stage_record_is_checked_against_the_signed_messages(tmp_path: Path) -
             check_stage(stage, forged, signs, witnesses=witnesses, **args)
     finally:
         node.close()
+
+
+class _Node:
+    """What a witness reads of a node: blocks with no stages, and a sign refused for ``lost``."""
+
+    def __init__(self, lost: int, refusal: Error) -> None:
+        self.lost, self.refusal = lost, refusal
+        self.published: list[dict[str, Any]] = []
+
+    def block(self, height: int) -> dict[str, Any]:
+        return {"height": height, "stages": [], "sealed": False}
+
+    def publish(self, content: dict[str, Any]) -> None:
+        if content["height"] == self.lost:
+            raise self.refusal
+        self.published.append(content)
+
+
+class _Verified:
+    node_id = "@node"
+
+    def verified(self, pipeline: int, size: int) -> bool:
+        return True
+
+
+def test_a_witness_goes_on_past_a_signature_the_node_refuses() -> None:
+    from chainmail.errors import InvalidMessage, RateLimited
+    from chainmail.witnessing import _Watched, _Witness
+
+    old = InvalidMessage(f"block/sign: no block 1 to witness (the newest is {WINDOW + 5})")
+    for refusal, kept in ((old, False), (RateLimited("slow down"), True)):
+        node = _Node(1, refusal)
+        refused: list[tuple[int, str, str]] = []
+
+        def tell(h: int, stage: str, exc: Error, refused: list[Any] = refused) -> None:
+            refused.append((h, stage, exc.code))
+
+        w = _Witness(
+            node,  # type: ignore[arg-type]
+            _Verified(),  # type: ignore[arg-type]
+            frozenset({"@w"}),
+            1,
+            None,
+            None,
+            tell,
+        )
+        w.blocks = {1: _Watched("%1", {0: 1}), 2: _Watched("%2", {0: 2})}
+        w.round()  # refused for block 1: block 2 is still signed, and the witness goes on
+        assert [c["height"] for c in node.published] == [2]
+        if kept:  # a refusal that passes: signed in a later round
+            assert refused == [] and 1 in w.blocks
+            node.lost = 0
+            w.round()
+            assert [c["height"] for c in node.published] == [2, 1]
+        else:  # one that stands: the block is no longer signed, and the user is told
+            assert refused == [(1, "precommit", "invalid_format")]
+            assert 1 not in w.blocks and 1 in w.refused
+            w.round()
+            assert [c["height"] for c in node.published] == [2]
