@@ -322,6 +322,8 @@ class Sequencer:
         replayed = self._replay(self.store.cursors())
         latest = self.store.latest_block()
         self._latest_block = None if latest is None else (latest.height, latest.id)
+        if self.stages is not None and latest is not None:
+            self.stages.see_top(latest.height)  # sealed blocks are not loaded into it
         if replayed:
             log.info("projected %d log entries on start", replayed)
         self.dirty = bool(self.unsealed) or self._unsealed_activity(latest)
@@ -615,7 +617,7 @@ class Sequencer:
         if kind == _SIGN:
             if self.stages is None:
                 raise Rejected("this node has no witnesses: block/sign", code="not_admitted")
-            self.stages.check_sign(author, body)
+            self.stages.check_sign(author, body, self._block_id_at)
             return
         tx_id = body.get("tx")
         if kind in _CHAN_POSTS:
@@ -636,6 +638,14 @@ class Sequencer:
             ):
                 self._closed(tx)
             txs.check_post(tx, author, body, now=now)
+
+    def _block_id_at(self, height: int) -> str | None:
+        """The id of the node's block at ``height`` (a late signature's; not the hot path)."""
+        latest = self._latest_block
+        if latest is not None and latest[0] == height:
+            return latest[1]
+        row = self.store.block(height)
+        return None if row is None else row.id
 
     def _parties(self, tx_id: str) -> tuple[str, ...]:
         """The parties of ``tx_id``, open, closed or sealed (``()`` for an unknown tx)."""

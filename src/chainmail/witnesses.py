@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -168,10 +168,23 @@ class Stages:
             else:
                 self._full.discard(height)
 
+    def see_top(self, height: int) -> None:
+        """The newest block in the log (on start), sealed or not: what the window is below."""
+        self._top = max(self._top, height)
+
     # --- ingest ------------------------------------------------------------------------
 
-    def check_sign(self, author: str, content: Mapping[str, Any]) -> None:
-        """Raise ``Rejected``/``InvalidMessage`` for a ``block/sign`` the node must refuse."""
+    def check_sign(
+        self,
+        author: str,
+        content: Mapping[str, Any],
+        logged: Callable[[int], str | None] = lambda height: None,
+    ) -> None:
+        """Raise ``Rejected``/``InvalidMessage`` for a ``block/sign`` the node must refuse.
+
+        ``logged`` gives the id of the node's block at a height this no longer
+        holds (sealed), None for none: a late signature must name that block too.
+        """
         if author not in self.witnesses:
             raise Rejected(f"{author} is not a witness of this node", code="not_admitted")
         height, block_id, stage = content["height"], content["block"], content["stage"]
@@ -186,6 +199,14 @@ class Stages:
                 raise InvalidMessage(
                     f"block/sign: no block {height} to witness (the newest is {self._top};"
                     f" blocks {WINDOW} or more below it are no longer witnessed)",
+                    code="invalid_format",
+                )
+            sealed = logged(height)
+            if sealed != block_id:
+                raise InvalidMessage(
+                    f"block/sign: block {height} is {sealed}, not {block_id}"
+                    if sealed is not None
+                    else f"block/sign: no block {height} to witness",
                     code="invalid_format",
                 )
             return  # sealed already: a late signature, accepted and not counted

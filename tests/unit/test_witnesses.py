@@ -172,6 +172,38 @@ def test_a_block_the_log_did_not_take_is_forgotten(tmp_path: Path) -> None:
         node.close()
 
 
+def test_a_late_signature_names_the_sealed_block_before_and_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    one, two, alice = Writer(), Writer(), Writer()
+    identity = Keypair.generate()
+    node = Node(tmp_path, identity, [one, two])
+    posted = post(node, alice, {"type": "post"})
+    assert isinstance(posted, Accepted)
+    block = node.seq.build_block()
+    assert block is not None
+    for stage in STAGES:
+        for w in (one, two):
+            assert isinstance(sign(node, w, block, stage), Accepted)
+        assert len(node.seq.record_stages()) == 1
+        node.seq.flush_projection()
+    assert node.seq.stages is not None and len(node.seq.stages) == 0  # sealed
+    for restart in (False, True):
+        if restart:
+            node.close()
+            node = Node(tmp_path, identity, [one, two])
+        try:
+            # Late, so not counted; but still of this node's block at that height.
+            forged = {"type": "block/sign", "block": posted.id, "height": 1, "stage": "seal"}
+            assert code(post(node, one, forged)) == "invalid_format"
+            assert isinstance(sign(node, one, block, "seal"), Accepted), restart
+            later = {"type": "block/sign", "block": block.id, "height": 2, "stage": "precommit"}
+            assert code(post(node, one, later)) == "invalid_format"  # no block 2
+        finally:
+            if restart:
+                node.close()
+
+
 def test_a_node_without_witnesses_refuses_signatures(tmp_path: Path) -> None:
     log = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
     store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
