@@ -311,11 +311,12 @@ def check_stage(
         raise ProofError(f"stage {name}: the message is {checked.id}, not {stage.get('id')}")
     if not isinstance(content, dict) or content.get("type") != "block/stage":
         raise ProofError(f"stage {name}: not a block/stage message")
-    if (content.get("block"), content.get("height"), content.get("stage")) != (
-        block_id,
-        height,
-        name,
-    ):
+    # ``type(...) is int``: JSON's true equals 1 in Python, and a height is no boolean.
+    if type(content.get("height")) is not int or (
+        content.get("block"),
+        content.get("height"),
+        content.get("stage"),
+    ) != (block_id, height, name):
         raise ProofError(
             f"stage {name}: it is for {content.get('stage')!r} of block {content.get('height')!r}"
             f" {content.get('block')!r}"
@@ -342,6 +343,7 @@ def check_stage(
             sign.id != sign_id
             or sign.author != signer
             or not isinstance(body, dict)
+            or type(body.get("height")) is not int
             or (body.get("type"), body.get("block"), body.get("height"), body.get("stage"))
             != ("block/sign", block_id, height, name)
         ):

@@ -326,6 +326,16 @@ def test_a_stage_record_is_checked_against_the_signed_messages(tmp_path: Path) -
         forged = {**message(stage["id"]), "signature": message(stage["signs"][0])["signature"]}
         with pytest.raises(ProofError, match="does not verify"):
             check_stage(stage, forged, signs, witnesses=witnesses, **args)
+        # Signed by the node, but for height `true`: JSON's true is not the height 1.
+        content = orjson.loads(node.store.message(stage["id"]).body)["content"]  # type: ignore[union-attr]
+        head = node.log.head(identity.id)
+        assert head is not None
+        state = ssb.FeedState(id=head.id, sequence=head.sequence)
+        odd = ssb.create(identity, {**content, "height": True}, state, NOW)
+        with pytest.raises(ProofError, match="of block True"):
+            check_stage(
+                {**stage, "id": ssb.message_id(odd)}, odd, signs, witnesses=witnesses, **args
+            )
     finally:
         node.close()
 
