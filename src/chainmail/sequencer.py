@@ -978,11 +978,27 @@ class Sequencer:
         head = self.log.head(self.node_id)
         state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
         checked: list[ssb.Checked | Error] = []
-        for record in ready:
-            msg = ssb.create(self.identity, record.content(), state, now, self.hmac_key)
+        making, ready = ready, []
+        for record in making:
+            try:
+                msg = ssb.create(self.identity, record.content(), state, now, self.hmac_key)
+            except InvalidMessage as exc:
+                # Past 8 KiB (some 60 signers and up): no later call makes it fit, so
+                # it is left out (said once, kept from ``ready`` until a restart); raised,
+                # it stranded every other stage of this call the same way.
+                log.error(
+                    "stage %s of block %d cannot be recorded: %s",
+                    record.stage,
+                    record.height,
+                    exc.detail,
+                )
+                continue
             one = ssb.check(msg, self.hmac_key)
             checked.append(one)
+            ready.append(record)
             state = ssb.FeedState(id=one.id, sequence=one.sequence)
+        if not ready:
+            return []
         try:
             results = self.process(checked)
         except BaseException:

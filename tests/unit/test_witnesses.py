@@ -204,6 +204,49 @@ def test_a_late_signature_names_the_sealed_block_before_and_after_a_restart(
                 node.close()
 
 
+def test_a_stage_too_large_to_record_leaves_the_others_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    many, alice = [Writer() for _ in range(61)], Writer()
+    log = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
+    store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
+    try:
+        seq = Sequencer(
+            log,
+            store,
+            Keypair.generate(),
+            clock=lambda: NOW,
+            witnesses=[w.id for w in many],
+            threshold=2,
+        )
+        built = []
+        for _ in range(2):
+            (posted,) = seq.process([ssb.check(alice.sign({"type": "post"}))])
+            assert isinstance(posted, Accepted)
+            block = seq.build_block()
+            assert block is not None
+            built.append(block)
+        # Block 1's precommit has 61 signers: its record is past the 8 KiB a message may be.
+        for height, block, signers in ((1, built[0], many), (2, built[1], many[:2])):
+            for w in signers:
+                content = {
+                    "type": "block/sign",
+                    "block": block.id,
+                    "height": height,
+                    "stage": "precommit",
+                }
+                (result,) = seq.process([ssb.check(w.sign(content))])
+                assert isinstance(result, Accepted), result
+        assert len(seq.record_stages()) == 1
+        seq.flush_projection()
+        assert [s["stage"] for s in store.block_stages(2)] == ["precommit"]
+        assert store.block_stages(1) == [] and "stage precommit of block 1" in caplog.text
+        assert seq.record_stages() == []  # said once, not on every tick
+    finally:
+        log.close()
+        store.close()
+
+
 def test_a_node_without_witnesses_refuses_signatures(tmp_path: Path) -> None:
     log = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
     store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
