@@ -618,7 +618,7 @@ class Sequencer:
             if self.stages is None:
                 raise Rejected("this node has no witnesses: block/sign", code="not_admitted")
             self.stages.check_sign(author, body, self._block_id_at)
-            return
+            # On to the tx rules: a sign naming a tx would otherwise join it unchecked.
         tx_id = body.get("tx")
         if kind in _CHAN_POSTS:
             chan_id = body.get("chan")

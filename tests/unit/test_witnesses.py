@@ -247,6 +247,27 @@ def test_a_stage_too_large_to_record_leaves_the_others_recorded(
         store.close()
 
 
+def test_a_signature_naming_a_tx_is_held_to_the_tx_rules(tmp_path: Path) -> None:
+    one, two, alice, bob = Writer(), Writer(), Writer(), Writer()
+    node = Node(tmp_path, Keypair.generate(), [one, two])
+    try:
+        opened = post(
+            node,
+            alice,
+            {"type": "tx/open", "parties": [alice.id, bob.id], "deadline": NOW + 60_000},
+        )
+        assert isinstance(opened, Accepted)
+        block = node.seq.build_block()
+        assert block is not None
+        signed = {"type": "block/sign", "block": block.id, "height": 1, "stage": "precommit"}
+        # A witness is no party: its signature may not join the trade's messages.
+        assert code(post(node, one, {**signed, "tx": opened.id})) == "not_a_party"
+        assert node.seq.open[opened.id].messages == [opened.id]
+        assert isinstance(post(node, one, signed), Accepted)
+    finally:
+        node.close()
+
+
 def test_a_node_without_witnesses_refuses_signatures(tmp_path: Path) -> None:
     log = SqliteLog(tmp_path / "log.sqlite", synchronous="NORMAL")
     store = SqliteStore(tmp_path / "store.sqlite", synchronous="NORMAL")
