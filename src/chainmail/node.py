@@ -468,6 +468,10 @@ class Node:
                 if time.monotonic() >= next_block:
                     next_block = time.monotonic() + interval
                     await self._build_block(seq)
+                    if seq.stages is not None:
+                        # A block timer as fast as the tick takes this branch every
+                        # time: stages left to the other one were never recorded.
+                        await self._on_writer(seq.record_stages)
                 else:
 
                     def expire() -> None:

@@ -322,6 +322,8 @@ class Sequencer:
         replayed = self._replay(self.store.cursors())
         latest = self.store.latest_block()
         self._latest_block = None if latest is None else (latest.height, latest.id)
+        if self.stages is not None and latest is not None:
+            self.stages.see_top(latest.height)  # sealed blocks are not loaded into it
         if replayed:
             log.info("projected %d log entries on start", replayed)
         self.dirty = bool(self.unsealed) or self._unsealed_activity(latest)
@@ -615,8 +617,8 @@ class Sequencer:
         if kind == _SIGN:
             if self.stages is None:
                 raise Rejected("this node has no witnesses: block/sign", code="not_admitted")
-            self.stages.check_sign(author, body)
-            return
+            self.stages.check_sign(author, body, self._block_id_at)
+            # On to the tx rules: a sign naming a tx would otherwise join it unchecked.
         tx_id = body.get("tx")
         if kind in _CHAN_POSTS:
             chan_id = body.get("chan")
@@ -636,6 +638,14 @@ class Sequencer:
             ):
                 self._closed(tx)
             txs.check_post(tx, author, body, now=now)
+
+    def _block_id_at(self, height: int) -> str | None:
+        """The id of the node's block at ``height`` (a late signature's; not the hot path)."""
+        latest = self._latest_block
+        if latest is not None and latest[0] == height:
+            return latest[1]
+        row = self.store.block(height)
+        return None if row is None else row.id
 
     def _parties(self, tx_id: str) -> tuple[str, ...]:
         """The parties of ``tx_id``, open, closed or sealed (``()`` for an unknown tx)."""
@@ -866,6 +876,10 @@ class Sequencer:
         self.open, self.unsealed, self.channels = {}, {}, {}
         self._deadlines, self._changed, self._pending_records = [], {}, {}
         self._touched = {}
+        if self.stages is not None:
+            # The batch that failed may have held a block (a height the next block
+            # takes under another id), a stage record or signatures: none happened.
+            self.stages = Stages(self.stages.witnesses, self.stages.threshold)
         # What is in the log gets projected, by the projector or by the replay
         # below; both must not write at once.
         with contextlib.suppress(Exception):
@@ -964,11 +978,27 @@ class Sequencer:
         head = self.log.head(self.node_id)
         state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
         checked: list[ssb.Checked | Error] = []
-        for record in ready:
-            msg = ssb.create(self.identity, record.content(), state, now, self.hmac_key)
+        making, ready = ready, []
+        for record in making:
+            try:
+                msg = ssb.create(self.identity, record.content(), state, now, self.hmac_key)
+            except InvalidMessage as exc:
+                # Past 8 KiB (some 60 signers and up): no later call makes it fit, so
+                # it is left out (said once, kept from ``ready`` until a restart); raised,
+                # it stranded every other stage of this call the same way.
+                log.error(
+                    "stage %s of block %d cannot be recorded: %s",
+                    record.stage,
+                    record.height,
+                    exc.detail,
+                )
+                continue
             one = ssb.check(msg, self.hmac_key)
             checked.append(one)
+            ready.append(record)
             state = ssb.FeedState(id=one.id, sequence=one.sequence)
+        if not ready:
+            return []
         try:
             results = self.process(checked)
         except BaseException:

@@ -18,14 +18,17 @@ signed.
 Rules for a ``block/sign`` (``check_sign``): from a configured witness
 (``not_admitted``); for a block of this node, by height and id
 (``invalid_format``); for the block's current stage (a later stage is
-``out_of_order``; a stage already recorded is accepted and not counted: it
-was late); once per witness and stage (``invalid_format``).
+``invalid_format`` too, not ``out_of_order``: that code says the author's
+feed and the node's diverged, and a client keeps the refused message to send
+again before its next one; a stage already recorded is accepted and not
+counted: it was late); once per witness and stage (``invalid_format``).
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -92,9 +95,15 @@ class Stages:
             )
         self.threshold = threshold
         self._blocks: dict[int, _Block] = {}
+        #: Every height taken in, lowest first (sealed ones too, until they fall out of
+        #: the window): what leaves the window is found without a walk of ``_blocks``.
+        self._heights: list[int] = []
         self._top = 0
         #: Stages ready to record and not yet logged, so none is recorded twice.
         self._posting: set[tuple[int, int]] = set()
+        #: Heights whose current stage has its threshold of signatures: what ``ready``
+        #: looks at on every tick of the block timer, not every unsealed block.
+        self._full: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -109,9 +118,12 @@ class Stages:
         if height <= self._top - WINDOW or height in self._blocks:
             return
         self._blocks[height] = _Block(block_id)
+        heapq.heappush(self._heights, height)
         self._top = max(self._top, height)
-        for old in [h for h in self._blocks if h <= self._top - WINDOW]:
-            del self._blocks[old]
+        while self._heights[0] <= self._top - WINDOW:
+            old = heapq.heappop(self._heights)
+            self._blocks.pop(old, None)
+            self._full.discard(old)
 
     def see_sign(self, sign_id: str, author: str, content: Mapping[str, Any]) -> bool:
         """A ``block/sign`` in the log (checked by ``check_sign`` when it was logged; a
@@ -121,6 +133,8 @@ class Stages:
         if block is None or author in block.signs:
             return False
         block.signs[author] = sign_id
+        if len(block.signs) >= self.threshold:
+            self._full.add(int(content["height"]))
         return True
 
     def see_stage(self, content: Mapping[str, Any]) -> None:
@@ -136,6 +150,7 @@ class Stages:
             self._posting.discard((height, block.recorded))
             block.recorded += 1
             block.signs = {}
+            self._full.discard(height)
             if self.sealed(block.recorded):
                 del self._blocks[height]
 
@@ -148,11 +163,28 @@ class Stages:
         if block is not None:
             block.recorded = recorded
             block.signs = {w: s for w, s in signs.items() if w in self.witnesses}
+            if len(block.signs) >= self.threshold:
+                self._full.add(height)
+            else:
+                self._full.discard(height)
+
+    def see_top(self, height: int) -> None:
+        """The newest block in the log (on start), sealed or not: what the window is below."""
+        self._top = max(self._top, height)
 
     # --- ingest ------------------------------------------------------------------------
 
-    def check_sign(self, author: str, content: Mapping[str, Any]) -> None:
-        """Raise ``Rejected``/``InvalidMessage`` for a ``block/sign`` the node must refuse."""
+    def check_sign(
+        self,
+        author: str,
+        content: Mapping[str, Any],
+        logged: Callable[[int], str | None] = lambda height: None,
+    ) -> None:
+        """Raise ``Rejected``/``InvalidMessage`` for a ``block/sign`` the node must refuse.
+
+        ``logged`` gives the id of the node's block at a height this no longer
+        holds (sealed), None for none: a late signature must name that block too.
+        """
         if author not in self.witnesses:
             raise Rejected(f"{author} is not a witness of this node", code="not_admitted")
         height, block_id, stage = content["height"], content["block"], content["stage"]
@@ -169,6 +201,14 @@ class Stages:
                     f" blocks {WINDOW} or more below it are no longer witnessed)",
                     code="invalid_format",
                 )
+            sealed = logged(height)
+            if sealed != block_id:
+                raise InvalidMessage(
+                    f"block/sign: block {height} is {sealed}, not {block_id}"
+                    if sealed is not None
+                    else f"block/sign: no block {height} to witness",
+                    code="invalid_format",
+                )
             return  # sealed already: a late signature, accepted and not counted
         if block.id != block_id:
             raise InvalidMessage(
@@ -179,7 +219,7 @@ class Stages:
             raise InvalidMessage(
                 f"block/sign: stage {stage} of block {height} before its stage"
                 f" {STAGES[block.recorded]} is recorded",
-                code="out_of_order",
+                code="invalid_format",
             )
         if index == block.recorded and author in block.signs:
             raise InvalidMessage(
@@ -209,10 +249,10 @@ class Stages:
         (it was not) follows.
         """
         out: list[StageRecord] = []
-        for height in sorted(self._blocks):
+        for height in sorted(self._full):
             block = self._blocks[height]
             key = (height, block.recorded)
-            if len(block.signs) < self.threshold or key in self._posting:
+            if key in self._posting:
                 continue
             self._posting.add(key)
             signers = tuple(sorted(block.signs))
@@ -271,11 +311,12 @@ def check_stage(
         raise ProofError(f"stage {name}: the message is {checked.id}, not {stage.get('id')}")
     if not isinstance(content, dict) or content.get("type") != "block/stage":
         raise ProofError(f"stage {name}: not a block/stage message")
-    if (content.get("block"), content.get("height"), content.get("stage")) != (
-        block_id,
-        height,
-        name,
-    ):
+    # ``type(...) is int``: JSON's true equals 1 in Python, and a height is no boolean.
+    if type(content.get("height")) is not int or (
+        content.get("block"),
+        content.get("height"),
+        content.get("stage"),
+    ) != (block_id, height, name):
         raise ProofError(
             f"stage {name}: it is for {content.get('stage')!r} of block {content.get('height')!r}"
             f" {content.get('block')!r}"
@@ -302,6 +343,7 @@ def check_stage(
             sign.id != sign_id
             or sign.author != signer
             or not isinstance(body, dict)
+            or type(body.get("height")) is not int
             or (body.get("type"), body.get("block"), body.get("height"), body.get("stage"))
             != ("block/sign", block_id, height, name)
         ):

@@ -11,7 +11,10 @@ verified with the node's proofs) and signs:
   signature messages, their root).
 
 A block with a finding, or a stage record that fails, is never signed
-again. ``chainmail witness`` is the command line.
+again; nor is one whose signature the node refused (a block that left the
+heights it takes signatures for, say), which ``on_refused`` hears of; a
+refusal that passes (rate limited) is tried again in a later round.
+``chainmail witness`` is the command line.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from chainmail import blocks
 from chainmail.audit import Auditor, Finding
 from chainmail.auditing import _WORKERS, AuditSummary, _Run
 from chainmail.client import Client, NodeUnavailable
-from chainmail.errors import Error, ProofError
+from chainmail.errors import Error, OperationalError, ProofError, RateLimited
 from chainmail.witnesses import STAGES, check_stage
 
 __all__ = ["WitnessError", "witness_node"]
@@ -56,6 +59,7 @@ class _Witness:
     threshold: int
     on_signed: Callable[[int, str], None] | None
     on_finding: Callable[[Finding], None] | None
+    on_refused: Callable[[int, str, Error], None] | None = None
     blocks: dict[int, _Watched] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)
 
@@ -99,7 +103,19 @@ class _Witness:
                 continue
             if watched.signed > current:
                 continue  # signed the current stage already; the node records it
-            self._sign(height, watched, current)
+            try:
+                self._sign(height, watched, current)
+            except NodeUnavailable:
+                raise
+            except (RateLimited, OperationalError):
+                continue  # it may pass next round
+            except Error as exc:
+                # The node will not take it: raised, it ended the witness, and a
+                # restart met the same block first, so it could never go on.
+                del self.blocks[height]
+                self.refused.add(height)
+                if self.on_refused is not None:
+                    self.on_refused(height, STAGES[current], exc)
 
     def _check(self, height: int, watched: _Watched, stage: dict[str, Any], index: int) -> None:
         message = self.client.message(str(stage.get("id")))["message"]
@@ -138,6 +154,7 @@ def witness_node(
     grace: float = 10.0,
     on_signed: Callable[[int, str], None] | None = None,
     on_finding: Callable[[Finding], None] | None = None,
+    on_refused: Callable[[int, str, Error], None] | None = None,
     rounds: int | None = None,
 ) -> AuditSummary:
     """Witness the node ``client`` talks to, as ``client``'s identity, until interrupted.
@@ -145,7 +162,9 @@ def witness_node(
     Raises ``WitnessError`` when that identity is not one of the node's
     witnesses (its ``/healthz``), and what the client raises when the node
     cannot be read at the start; later outages are waited out. ``rounds``
-    stops after that many reads (tests). Returns the audit's summary;
+    stops after that many reads (tests). ``on_refused`` hears of a signature
+    the node refused (height, stage, its error): that block is not signed
+    again. Returns the audit's summary;
     ``KeyboardInterrupt`` ends it.
     """
     health = client.health()
@@ -156,7 +175,7 @@ def witness_node(
     pipelines = int(health.get("pipelines", 1))
     auditor = Auditor(str(health["id"]), grace_ms=int(grace * 1000), pipelines=pipelines)
     summary = AuditSummary(auditor.node_id)
-    state = _Witness(client, auditor, witnesses, threshold, on_signed, on_finding)
+    state = _Witness(client, auditor, witnesses, threshold, on_signed, on_finding, on_refused)
 
     def finding(f: Finding) -> None:
         # A finding about a block (a root that does not match, found once the

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from chainmail.client import Client
+from chainmail.api import create_app
+from chainmail.client import AsyncClient, Client
+from chainmail.errors import Error
 from chainmail.keys import Keypair
+from chainmail.node import Node, NodeConfig
 from support.server import CHAINMAIL, running
 
 pytestmark = pytest.mark.integration
@@ -90,3 +96,85 @@ def test_two_witnesses_seal_every_block_and_verify_and_audit_see_it(tmp_path: Pa
             assert err.strip().splitlines()[-1].endswith("no findings")
         audited = cli("audit", "--node", node.url, "--grace", "2")
     assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+@contextlib.asynccontextmanager
+async def _in_process(
+    data: Path, witnesses: list[str], threshold: int, interval: float = 0.1
+) -> AsyncIterator[Node]:
+    """A node in this process with ``witnesses``, blocks every ``interval`` s."""
+    config = NodeConfig(
+        data_dir=data,
+        workers=0,
+        block_interval=interval,
+        witnesses=tuple(witnesses),
+        threshold=threshold,
+    )
+    node = Node(config)
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+async def _block(node: Node, height: int) -> str:
+    for _ in range(100):
+        block = node.store.block(height)
+        if block is not None:
+            return block.id
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no block {height}")
+
+
+def test_a_premature_stage_signature_leaves_the_witness_able_to_sign(tmp_path: Path) -> None:
+    """A later stage signed too early is refused without leaving the witness's feed copy stuck
+    on it: ``out_of_order`` tells a client that its feed and the node's diverged, so it keeps
+    the message and sends it again before every later one."""
+    witness = Keypair.generate()
+
+    async def run() -> None:
+        async with _in_process(tmp_path / "node", [witness.id], 1) as node:
+            transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+            async with (
+                AsyncClient("http://node", Keypair.generate(), transport=transport) as alice,
+                AsyncClient("http://node", witness, transport=transport) as w,
+            ):
+                await alice.publish({"type": "post"})
+                block = await _block(node, 1)
+                early = {"type": "block/sign", "block": block, "height": 1, "stage": "commit"}
+                with pytest.raises(Error) as refused:
+                    await w.publish(early)
+                assert refused.value.code == "invalid_format", refused.value
+                sign = {**early, "stage": "precommit"}
+                receipt = await w.publish(sign)  # not the early one again
+                got = await w.message(receipt.id)
+                assert got["message"]["content"] == sign
+
+    asyncio.run(run())
+
+
+def test_stages_are_recorded_with_a_block_timer_as_fast_as_its_tick(tmp_path: Path) -> None:
+    """A node building blocks on every tick of its timer records stages too."""
+    witness = Keypair.generate()
+
+    async def run() -> list[dict[str, object]]:
+        async with _in_process(tmp_path / "node", [witness.id], 1, interval=0.01) as node:
+            transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+            async with (
+                AsyncClient("http://node", Keypair.generate(), transport=transport) as alice,
+                AsyncClient("http://node", witness, transport=transport) as w,
+            ):
+                await alice.publish({"type": "post"})
+                block = await _block(node, 1)
+                sign = {"type": "block/sign", "block": block, "height": 1, "stage": "precommit"}
+                await w.publish(sign)
+                for _ in range(60):
+                    stages = node.store.block_stages(1)
+                    if stages:
+                        return stages
+                    await asyncio.sleep(0.05)
+                return []
+
+    stages = asyncio.run(run())
+    assert [s["stage"] for s in stages] == ["precommit"]

@@ -21,6 +21,7 @@ from chainmail.cli.commands import (
     _interruptible,
 )
 from chainmail.client import DEFAULT_NODE
+from chainmail.errors import Error
 from chainmail.witnessing import witness_node
 
 
@@ -42,7 +43,8 @@ def witness(
     finding and every root in it was recomputed here from the firehose, and
     for each later stage (commit, seal) once the node's record of the one
     before checks out. Prints each finding (a block with one is never
-    signed), a line on stderr for each signature, and a summary when Ctrl-C
+    signed), a line on stderr for each signature and for each the node
+    refused (that block is not signed again), and a summary when Ctrl-C
     ends it; exits 1 if there was any finding.
     """
     found: list[Finding] = []
@@ -57,10 +59,20 @@ def witness(
     def signed(height: int, stage: str) -> None:
         _err().print(f"signed {stage} of block {height}", style="dim", highlight=False)
 
+    def refused(height: int, stage: str, exc: Error) -> None:
+        _err().print(
+            f"not signing block {height}: the node refused its {stage} signature ({exc.code}:"
+            f" {exc.detail})",
+            style="yellow",
+            highlight=False,
+        )
+
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_client(node, as_, home))
         stack.enter_context(_interruptible())
-        summary = witness_node(client, interval=interval, on_signed=signed, on_finding=show)
+        summary = witness_node(
+            client, interval=interval, on_signed=signed, on_finding=show, on_refused=refused
+        )
     outcome = "no findings" if not found else f"{len(found)} finding(s)"
     _err().print(
         f"witnessed {summary.messages} messages and {summary.blocks} blocks of"
