@@ -61,15 +61,18 @@ class _Witness:
     on_finding: Callable[[Finding], None] | None
     on_refused: Callable[[int, str, Error], None] | None = None
     blocks: dict[int, _Watched] = field(default_factory=dict)
+    refused: set[int] = field(default_factory=set)
 
     def see_block(
         self, height: int, block_id: str, message: dict[str, Any], found: list[Finding]
     ) -> None:
         if found:
-            return  # never signed: it is not watched
+            self.refused.add(height)
+            return
         try:
             info = blocks.parse_block_content(message.get("content"), block_id)
         except ProofError:
+            self.refused.add(height)
             return
         self.blocks[height] = _Watched(block_id, {log.pipeline: log.size for log in info.logs})
 
@@ -92,6 +95,7 @@ class _Witness:
             except ProofError as exc:
                 self.report(Finding.block(height, exc.detail))
                 del self.blocks[height]
+                self.refused.add(height)
                 continue
             current = len(stages)
             if info.get("sealed") or current >= len(STAGES):
@@ -109,6 +113,7 @@ class _Witness:
                 # The node will not take it: raised, it ended the witness, and a
                 # restart met the same block first, so it could never go on.
                 del self.blocks[height]
+                self.refused.add(height)
                 if self.on_refused is not None:
                     self.on_refused(height, STAGES[current], exc)
 
@@ -175,8 +180,9 @@ def witness_node(
     def finding(f: Finding) -> None:
         # A finding about a block (a root that does not match, found once the
         # firehose reached it) means it is never signed.
-        if f.height is not None:
-            state.blocks.pop(f.height, None)
+        if f.height is not None and f.height in state.blocks:
+            del state.blocks[f.height]
+            state.refused.add(f.height)
         state.report(f)
 
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="witness") as pool:
