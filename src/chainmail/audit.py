@@ -40,6 +40,7 @@ import orjson
 from chainmail import blocks, merkle, ssb, txs
 from chainmail.errors import InvalidMessage, ProofError
 from chainmail.log import pipeline_of
+from chainmail.witnesses import is_signature
 
 __all__ = ["Auditor", "Checked", "Finding", "FindingKind"]
 
@@ -124,11 +125,6 @@ class _Pipeline:
     @property
     def size(self) -> int:
         return len(self.leaves) // 32
-
-
-def _is_sign(checked: ssb.Checked | None) -> bool:
-    body = None if checked is None else checked.content
-    return isinstance(body, dict) and body.get("type") == "block/sign"
 
 
 class Auditor:
@@ -290,7 +286,7 @@ class Auditor:
             p.leaves += leaf
             p.tree.append(leaf)
         author = message.get("author") if isinstance(message, dict) else None
-        if author != self.node_id and not _is_sign(checked):
+        if author != self.node_id and not (checked is not None and is_signature(checked.content)):
             # A witness's block/sign is not activity the node must seal: its
             # stage's block/stage commits to it (``chainmail.witnesses``).
             p.waiting.append((index, msg_id, now))

@@ -41,7 +41,7 @@ from chainmail.log import Head, Log, LogEntry, NewEntry, new_entry, pipeline_of
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
 from chainmail.registry import APPLIED_TYPES, Admission, Registry
 from chainmail.store import BlockRow, Delivery, Projection, Store, TxRow, message_row
-from chainmail.witnesses import WINDOW, Stages
+from chainmail.witnesses import SIGN, WINDOW, Stages, is_signature
 
 __all__ = ["Accepted", "BlockDraft", "SealedRecords", "Sequencer"]
 
@@ -50,8 +50,6 @@ log = logging.getLogger("chainmail.sequencer")
 _REPLAY_BATCH: Final = 2000
 #: Closed txs' entries the deadline heap may carry before it is rebuilt.
 _DEADLINE_SLACK: Final = 1024
-#: A witness's signature on a block stage (``chainmail.witnesses``).
-_SIGN: Final = "block/sign"
 #: The types posted into an existing channel (``chan`` names it).
 _CHAN_POSTS: Final = ("chan/msg", "chan/share")
 
@@ -162,10 +160,7 @@ def tx_from_row(row: TxRow) -> txs.Tx:
 
 def _witnessing(body: bytes) -> bool:
     """A logged message (its 2-space JSON) is a witness's ``block/sign``."""
-    if b'"block/sign"' not in body:
-        return False
-    content = orjson.loads(body).get("content")
-    return isinstance(content, dict) and content.get("type") == _SIGN
+    return b'"block/sign"' in body and is_signature(orjson.loads(body).get("content"))
 
 
 def _kind(content: object) -> object:
@@ -537,7 +532,7 @@ class Sequencer:
             replay=False,
         )
         projection.cursors[pipeline] = index + 1
-        if not own and not (type(body_content) is dict and body_content.get("type") == _SIGN):
+        if not own and not (type(body_content) is dict and body_content.get("type") == SIGN):
             # A witness's signature is not activity that needs a block: one block
             # per signed block would never end.
             self.dirty = True
@@ -614,7 +609,7 @@ class Sequencer:
         if not isinstance(body, dict):
             return  # an encrypted SSB private box: stored, never routed
         kind = body.get("type")
-        if kind == _SIGN:
+        if kind == SIGN:
             if self.stages is None:
                 raise Rejected("this node has no witnesses: block/sign", code="not_admitted")
             self.stages.check_sign(author, body, self._block_id_at)
@@ -772,7 +767,7 @@ class Sequencer:
             self._project_block(projection, msg_id, body_content, body)
             if self.stages is not None:
                 self.stages.see_block(int(body_content["height"]), msg_id)
-        elif kind == _SIGN:
+        elif kind == SIGN:
             if self.stages is not None and self.stages.see_sign(msg_id, author, body_content):
                 projection.block_signs.append(
                     (int(body_content["height"]), str(body_content["stage"]), author, msg_id)

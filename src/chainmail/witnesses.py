@@ -32,16 +32,33 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from chainmail import merkle
+from chainmail import merkle, ssb
 from chainmail.blocks import message_leaf
-from chainmail.errors import InvalidMessage, Rejected
+from chainmail.errors import InvalidMessage, ProofError, Rejected
 
-__all__ = ["STAGES", "WINDOW", "StageRecord", "Stages", "stage_root"]
+__all__ = [
+    "SIGN",
+    "STAGES",
+    "WINDOW",
+    "StageRecord",
+    "Stages",
+    "check_stage",
+    "is_signature",
+    "stage_root",
+]
 
 #: The stages of every block, in order (DESIGN §7's default).
 STAGES: Final = ("precommit", "commit", "seal")
 #: Unsealed blocks the node keeps taking signatures for: a day of blocks at 1 s.
 WINDOW: Final = 86_400
+#: The content type of a witness's signature on a block stage.
+SIGN: Final = "block/sign"
+
+
+def is_signature(content: object) -> bool:
+    """``content`` is a witness's ``block/sign``: not activity a block must cover (the
+    node builds none for it, and an auditor does not wait for one)."""
+    return isinstance(content, dict) and content.get("type") == SIGN
 
 
 def stage_root(signs: Sequence[str]) -> bytes:
@@ -296,9 +313,6 @@ def check_stage(
     its root the Merkle root of those messages. Returns a summary; raises
     ``ProofError``.
     """
-    from chainmail import ssb
-    from chainmail.errors import ProofError
-
     name = STAGES[index] if index < len(STAGES) else "?"
     try:
         checked = ssb.check(dict(message), hmac_key)
@@ -345,7 +359,7 @@ def check_stage(
             or not isinstance(body, dict)
             or type(body.get("height")) is not int
             or (body.get("type"), body.get("block"), body.get("height"), body.get("stage"))
-            != ("block/sign", block_id, height, name)
+            != (SIGN, block_id, height, name)
         ):
             raise ProofError(f"stage {name}: {sign_id} is not {signer}'s signature of it")
     try:
