@@ -970,8 +970,7 @@ class Sequencer:
         if not ready:
             return []
         now = self._now()
-        head = self.log.head(self.node_id)
-        state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+        state = self._own_state()
         checked: list[ssb.Checked | Error] = []
         making, ready = ready, []
         for record in making:
@@ -1049,6 +1048,11 @@ class Sequencer:
         self.dirty = True
         self._drafting = False
 
+    def _own_state(self) -> ssb.FeedState | None:
+        """Where the node's own feed stands in the log: what its next message follows."""
+        head = self.log.head(self.node_id)
+        return None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+
     def _block_message(self, sealed: SealedRecords) -> ssb.Checked:
         now = self._now()
         latest = self._latest_block
@@ -1066,8 +1070,7 @@ class Sequencer:
             records_blob_id=sealed.records_id,
             records_root=sealed.records_root,
         )
-        head = self.log.head(self.node_id)
-        state = None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
+        state = self._own_state()
         msg = ssb.create(self.identity, block, state, now, self.hmac_key)
         return ssb.check(msg, self.hmac_key)
 
