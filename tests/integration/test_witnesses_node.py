@@ -118,6 +118,22 @@ async def _in_process(
         await node.stop()
 
 
+@contextlib.asynccontextmanager
+async def _first_block(
+    data: Path, witness: Keypair, interval: float = 0.1
+) -> AsyncIterator[tuple[Node, AsyncClient, str]]:
+    """A node in this process witnessed by ``witness`` alone, its first block made (by a
+    post of someone else's): the node, the witness's client and the block's id."""
+    async with _in_process(data, [witness.id], 1, interval=interval) as node:
+        transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+        async with (
+            AsyncClient("http://node", Keypair.generate(), transport=transport) as alice,
+            AsyncClient("http://node", witness, transport=transport) as w,
+        ):
+            await alice.publish({"type": "post"})
+            yield node, w, await _block(node, 1)
+
+
 async def _block(node: Node, height: int) -> str:
     for _ in range(100):
         block = node.store.block(height)
@@ -134,22 +150,15 @@ def test_a_premature_stage_signature_leaves_the_witness_able_to_sign(tmp_path: P
     witness = Keypair.generate()
 
     async def run() -> None:
-        async with _in_process(tmp_path / "node", [witness.id], 1) as node:
-            transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
-            async with (
-                AsyncClient("http://node", Keypair.generate(), transport=transport) as alice,
-                AsyncClient("http://node", witness, transport=transport) as w,
-            ):
-                await alice.publish({"type": "post"})
-                block = await _block(node, 1)
-                early = {"type": "block/sign", "block": block, "height": 1, "stage": "commit"}
-                with pytest.raises(Error) as refused:
-                    await w.publish(early)
-                assert refused.value.code == "invalid_format", refused.value
-                sign = {**early, "stage": "precommit"}
-                receipt = await w.publish(sign)  # not the early one again
-                got = await w.message(receipt.id)
-                assert got["message"]["content"] == sign
+        async with _first_block(tmp_path / "node", witness) as (_, w, block):
+            early = {"type": "block/sign", "block": block, "height": 1, "stage": "commit"}
+            with pytest.raises(Error) as refused:
+                await w.publish(early)
+            assert refused.value.code == "invalid_format", refused.value
+            sign = {**early, "stage": "precommit"}
+            receipt = await w.publish(sign)  # not the early one again
+            got = await w.message(receipt.id)
+            assert got["message"]["content"] == sign
 
     asyncio.run(run())
 
@@ -159,22 +168,15 @@ def test_stages_are_recorded_with_a_block_timer_as_fast_as_its_tick(tmp_path: Pa
     witness = Keypair.generate()
 
     async def run() -> list[dict[str, object]]:
-        async with _in_process(tmp_path / "node", [witness.id], 1, interval=0.01) as node:
-            transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
-            async with (
-                AsyncClient("http://node", Keypair.generate(), transport=transport) as alice,
-                AsyncClient("http://node", witness, transport=transport) as w,
-            ):
-                await alice.publish({"type": "post"})
-                block = await _block(node, 1)
-                sign = {"type": "block/sign", "block": block, "height": 1, "stage": "precommit"}
-                await w.publish(sign)
-                for _ in range(60):
-                    stages = node.store.block_stages(1)
-                    if stages:
-                        return stages
-                    await asyncio.sleep(0.05)
-                return []
+        async with _first_block(tmp_path / "node", witness, interval=0.01) as (node, w, block):
+            sign = {"type": "block/sign", "block": block, "height": 1, "stage": "precommit"}
+            await w.publish(sign)
+            for _ in range(60):
+                stages = node.store.block_stages(1)
+                if stages:
+                    return stages
+                await asyncio.sleep(0.05)
+            return []
 
     stages = asyncio.run(run())
     assert [s["stage"] for s in stages] == ["precommit"]
