@@ -281,6 +281,8 @@ class _Block:
     info: blocks.BlockInfo
     message: dict[str, Any]
     records: list[dict[str, Any]]
+    #: ``stages`` of the node's answer as it came ([] if none): ``_stages_flow`` checks it.
+    stages: object
 
     @property
     def content(self) -> dict[str, Any]:
@@ -288,12 +290,15 @@ class _Block:
         return content
 
 
-def _fetch_block(height: int) -> Flow[tuple[dict[str, Any], list[dict[str, Any]]]]:
+def _fetch_block(
+    height: int,
+) -> Flow[tuple[dict[str, Any], list[dict[str, Any]], object]]:
+    """Block ``height`` as the node serves it: its message, records and (unchecked) stages."""
     what = f"block {height}"
     body = _obj((yield from _get(f"/v1/blocks/{height}", what)), what)
     message = _obj(body.get("message"), f"{what} message")
     records = _field(body, "records", list, what)
-    return message, [_obj(r, f"{what} record") for r in records]
+    return message, [_obj(r, f"{what} record") for r in records], body.get("stages", [])
 
 
 def _block_flow(
@@ -303,10 +308,10 @@ def _block_flow(
     if height in cache:
         return cache[height]
     checks.status(f"fetching block {height}")
-    message, records = yield from _fetch_block(height)
+    message, records, stages = yield from _fetch_block(height)
     previous: dict[str, Any] | None = None
     if height > blocks.FIRST_HEIGHT:
-        previous, _ = yield from _fetch_block(height - 1)
+        previous, _, _ = yield from _fetch_block(height - 1)
 
     def signature() -> str:
         checked = ssb.check(message)
@@ -333,7 +338,7 @@ def _block_flow(
         return f"{len(records)} tx record(s) match txs.root and txs.records"
 
     checks.run(f"block {height} records", records_step)
-    block = _Block(verified[0], message, records)
+    block = _Block(verified[0], message, records, stages)
     cache[height] = block
     return block
 
@@ -728,8 +733,8 @@ def _stages_flow(checks: _Checks, node: NodeInfo, height: int, block: _Block) ->
     """Each stage the node recorded for the block: its message, its witnesses' signatures
     and their root (``witnesses.check_stage``)."""
     what = f"block {height}"
-    body = _obj((yield from _get(f"/v1/blocks/{height}", what)), what)
-    stages = _field(body, "stages", list, what) if "stages" in body else []
+    # From the answer ``_block_flow`` already read: not fetched again.
+    stages = _field({"stages": block.stages}, "stages", list, what)
     for index, raw in enumerate(stages):
         stage = _obj(raw, f"{what} stage")
         checks.status(f"fetching stage {index + 1} of block {height}")
