@@ -37,6 +37,7 @@ from chainmail.sequencer import Result, Sequencer
 from chainmail.sqlite import DEFAULT_SYNCHRONOUS, STORE_SYNCHRONOUS, SqliteLog, SqliteStore
 from chainmail.stages import StageHistograms
 from chainmail.store import Delivery, Projection, Store
+from chainmail.witnesses import threshold_of
 
 __all__ = [
     "DEFAULT_BLOCK_INTERVAL",
@@ -503,7 +504,7 @@ class Node:
         witnesses = self.config.witnesses
         if not witnesses:
             return None
-        return len(set(witnesses)) if self.config.threshold is None else self.config.threshold
+        return threshold_of(witnesses, self.config.threshold)
 
     def verifier_key(self) -> str:
         """The C2SP verifier key string of the node's checkpoints."""

@@ -41,7 +41,7 @@ from chainmail.log import Head, Log, LogEntry, NewEntry, new_entry, pipeline_of
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE, RateLimiter
 from chainmail.registry import APPLIED_TYPES, Admission, Registry
 from chainmail.store import BlockRow, Delivery, Projection, Store, TxRow, message_row
-from chainmail.witnesses import SIGN, WINDOW, Stages, is_signature
+from chainmail.witnesses import SIGN, WINDOW, Stages, is_signature, threshold_of
 
 __all__ = ["Accepted", "BlockDraft", "SealedRecords", "Sequencer"]
 
@@ -279,9 +279,7 @@ class Sequencer:
         self.limiter = RateLimiter(identity_rate, identity_burst, label="identity")
         #: The stages of unsealed blocks, with witnesses configured (DESIGN §7).
         self.stages: Stages | None = (
-            Stages(witnesses, len(set(witnesses)) if threshold is None else threshold)
-            if witnesses
-            else None
+            Stages(witnesses, threshold_of(witnesses, threshold)) if witnesses else None
         )
         #: (height, id) of the newest block in the log, so building the next one
         #: need not wait for the projector to read it back from the store.

@@ -45,6 +45,7 @@ __all__ = [
     "check_stage",
     "is_signature",
     "stage_root",
+    "threshold_of",
 ]
 
 #: The stages of every block, in order (DESIGN §7's default).
@@ -99,6 +100,11 @@ class _Block:
     recorded: int = 0
     #: The current stage's signatures: witness → its block/sign message id.
     signs: dict[str, str] = field(default_factory=dict)
+
+
+def threshold_of(witnesses: Iterable[str], threshold: int | None) -> int:
+    """The witnesses that must sign a stage: ``threshold``, or all of them (the default)."""
+    return len(frozenset(witnesses)) if threshold is None else threshold
 
 
 class Stages:
