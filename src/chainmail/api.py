@@ -260,6 +260,20 @@ def validation_detail(errors: Sequence[Any]) -> str:
     return "invalid request: " + ("; ".join(parts) or "it does not match the API")
 
 
+def _anchor_health(node: Node) -> dict[str, Any] | None:
+    anchorer = node.anchorer
+    if anchorer is None:
+        return None
+    pending = anchorer.pending
+    return {
+        "chain": anchorer.chain,
+        "interval": anchorer.config.interval,
+        "confirmations": anchorer.config.confirmations,
+        "pending": None if pending is None else {"height": pending.height, "txid": pending.txid},
+        "anchored": node.store.latest_anchored(),
+    }
+
+
 def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool = True) -> FastAPI:
     """The FastAPI application serving ``node``. With ``manage_node`` it starts and stops it."""
     metrics = _Metrics()
@@ -596,7 +610,11 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         description="The block's signed message and its tx records; `stages`: the node's "
         "`block/stage` messages for it (each stage's witnesses, their `block/sign` messages "
         "and the Merkle root of those), in stage order; `sealed`: every stage of "
-        "`/healthz`'s `stages` is recorded (true on a node without witnesses).",
+        "`/healthz`'s `stages` is recorded (true on a node without witnesses); "
+        "`anchored`: the first block at this height or above that is anchored in Bitcoin "
+        "(`height`, and its `anchor` messages: `id`, `block`, `height`, `chain`, `txid`, "
+        "`ots`, the blob of the OpenTimestamps proof), or null. An anchor of a later block "
+        "covers this one through the blocks' `prev` links.",
     )
     async def get_block(height: str) -> Response:
         block = node.store.block(_int_param(height, "height", 0))
@@ -606,6 +624,15 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         out["stages"] = node.store.block_stages(block.height)
         witnessed = bool(node.config.witnesses)
         out["sealed"] = not witnessed or len(out["stages"]) >= len(STAGES)
+        anchored = node.store.anchored(block.height)
+        out["anchored"] = (
+            None
+            if anchored is None
+            else {
+                "height": anchored[0],
+                "anchors": [{k: v for k, v in a.items() if k != "type"} for a in anchored[1]],
+            }
+        )
         return _json(out)
 
     @app.get(
@@ -913,7 +940,15 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
     async def docs() -> Response:
         return Response(_DOCS_PAGE, media_type="text/html; charset=utf-8")
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and the node's identity")
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Liveness and the node's identity",
+        description="`anchor`: null on a node that does not anchor in Bitcoin; else its "
+        "`chain` (null until the Bitcoin node answered), `interval` (s), `confirmations`, "
+        "`pending` (the block height and Bitcoin txid sent and not yet posted, or null) and "
+        "`anchored` (the newest anchored block height, or null).",
+    )
     @app.head("/healthz", include_in_schema=False)  # load balancers and monitors ask so
     async def healthz() -> Response:
         return _json(
@@ -928,6 +963,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 "witnesses": list(node.config.witnesses),
                 "threshold": node.witness_threshold,
                 "stages": list(STAGES) if node.config.witnesses else [],
+                "anchor": _anchor_health(node),
             }
         )
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
 from chainmail import checkpoint
+from chainmail.anchoring import AnchorConfig, Anchorer
 from chainmail.errors import Error, NotFound, OperationalError, ProofError, StorageError
 from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
@@ -88,6 +89,8 @@ class NodeConfig:
     threshold: int | None = None
     identity_rate: float = IDENTITY_RATE
     identity_burst: float = IDENTITY_BURST
+    #: Where and how often blocks are anchored in Bitcoin (None: not at all).
+    anchor: AnchorConfig | None = None
 
 
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:
@@ -228,6 +231,7 @@ class Node:
         self._sequencer: Sequencer | None = None
         self._ingest: Ingest | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.anchorer: Anchorer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox_feeds: dict[str, set[InboxFeed]] = {}
         self.log_signal: _Signal | None = None
@@ -271,6 +275,16 @@ class Node:
         await self._ingest.start()
         tune_gc()
         self._tasks = [asyncio.create_task(self._ticker(), name="block-builder")]
+        if self.config.anchor is not None:
+            seq = self._sequencer
+
+            async def post(content: dict[str, Any]) -> object:
+                return await self._on_writer(lambda: seq.post_own(content))
+
+            self.anchorer = Anchorer(
+                self.config.anchor, self.config.data_dir, self.store, post, self.clock
+            )
+            self._tasks.append(asyncio.create_task(self.anchorer.run(), name="anchorer"))
         self.started = True
         log.info("node %s up: %s", self.id, self.config.data_dir)
 
@@ -280,6 +294,8 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.anchorer is not None:
+            self.anchorer.close()
         if self._ingest is not None:
             await self._ingest.stop()
         if self._sequencer is not None:

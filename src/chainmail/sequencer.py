@@ -26,6 +26,7 @@ from typing import Any, Final
 import orjson
 
 from chainmail import blocks, content, ssb, txs
+from chainmail.anchors import ANCHOR
 from chainmail.errors import (
     Error,
     InvalidMessage,
@@ -776,6 +777,8 @@ class Sequencer:
             projection.block_stages.append(
                 (int(body_content["height"]), str(body_content["stage"]), msg_id, body_content)
             )
+        elif kind == ANCHOR and author == self.node_id:
+            projection.anchors.append((int(body_content["height"]), msg_id, body_content))
         # Shared readers hold the key too, so a chan/msg reaches every holder.
         members = channel.holders if kind == "chan/msg" and channel is not None else None
         inbox = projection.inbox
@@ -1007,6 +1010,20 @@ class Sequencer:
                 )
                 self.stages.abandon([record])
         return logged
+
+    def post_own(self, content: dict[str, Any]) -> Accepted:
+        """Sign ``content`` into the node's own feed and log it (writer thread).
+
+        The projection is dispatched, not waited for. Raises the message's
+        ``Error`` when it is refused, ``LogError`` when the log cannot be written.
+        """
+        now = self._now()
+        msg = ssb.create(self.identity, content, self._own_state(), now, self.hmac_key)
+        result = self.process([ssb.check(msg, self.hmac_key)])[0]
+        self.dispatch_projection()
+        if isinstance(result, Error):
+            raise result
+        return result
 
     def draft_block(self) -> BlockDraft | None:
         """The records of the next block, or None when nothing happened (writer thread).

@@ -222,6 +222,10 @@ CREATE TABLE IF NOT EXISTS block_signs (
 CREATE TABLE IF NOT EXISTS block_stages (
     height INTEGER NOT NULL, stage TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (height, stage)) WITHOUT ROWID;
+-- The node's anchor messages (chainmail.anchors), by the height of the block they anchor.
+CREATE TABLE IF NOT EXISTS anchors (
+    height INTEGER NOT NULL, id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS anchors_height ON anchors (height);
 """
 
 #: Each tx's messages, in its order (``n`` from 0, the tx/open), by log position:
@@ -1232,6 +1236,14 @@ class SqliteStore:
                                 for height, stage, mid, data in projection.block_stages
                             ],
                         )
+                    if projection.anchors:
+                        w.executemany(
+                            "INSERT OR IGNORE INTO anchors (height, id, data) VALUES (?, ?, ?)",
+                            [
+                                (height, mid, orjson.dumps(data))
+                                for height, mid, data in projection.anchors
+                            ],
+                        )
                     w.executemany(
                         "INSERT INTO cursors (pipeline, next) VALUES (?, ?) ON CONFLICT (pipeline)"
                         " DO UPDATE SET next=excluded.next WHERE excluded.next > cursors.next",
@@ -1590,6 +1602,26 @@ class SqliteStore:
                 }
             )
         return out
+
+    def anchors(self, height: int) -> list[dict[str, Any]]:
+        rows = self._r().execute(
+            "SELECT id, data FROM anchors WHERE height=? ORDER BY rowid", (height,)
+        )
+        return [{"id": mid, **orjson.loads(data)} for mid, data in rows.fetchall()]
+
+    def anchored(self, at_least: int) -> tuple[int, list[dict[str, Any]]] | None:
+        row = (
+            self._r()
+            .execute("SELECT MIN(height) FROM anchors WHERE height >= ?", (at_least,))
+            .fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return int(row[0]), self.anchors(int(row[0]))
+
+    def latest_anchored(self) -> int | None:
+        row = self._r().execute("SELECT MAX(height) FROM anchors").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def witnessing(self, window: int) -> list[tuple[int, str, int, dict[str, str]]]:
         r = self._r()

@@ -167,6 +167,8 @@ class Projection:
     block_signs: list[tuple[int, str, str, str]] = field(default_factory=list)
     #: The node's ``block/stage`` messages: (height, stage, message id, content).
     block_stages: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
+    #: The node's ``anchor`` messages: (height of the anchored block, message id, content).
+    anchors: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     cursors: dict[int, int] = field(default_factory=dict)  # pipeline -> next index
 
     def __bool__(self) -> bool:
@@ -179,6 +181,7 @@ class Projection:
             or self.identities
             or self.block_signs
             or self.block_stages
+            or self.anchors
             or self.cursors
         )
 
@@ -261,6 +264,19 @@ class Store(Protocol):
     def block_stages(self, height: int) -> list[dict[str, Any]]:
         """The ``block/stage`` messages of block ``height``, in stage order: each
         ``{"stage", "id", "signers", "signs", "root"}``."""
+        ...
+
+    def anchors(self, height: int) -> list[dict[str, Any]]:
+        """The ``anchor`` messages of block ``height``, oldest first: each its content
+        (``block``, ``height``, ``chain``, ``txid``, ``ots``) and its message ``id``."""
+        ...
+
+    def anchored(self, at_least: int) -> tuple[int, list[dict[str, Any]]] | None:
+        """The lowest anchored block height ≥ ``at_least`` and its anchors, or None."""
+        ...
+
+    def latest_anchored(self) -> int | None:
+        """The height of the newest anchored block, or None."""
         ...
 
     def witnessing(self, window: int) -> list[tuple[int, str, int, dict[str, str]]]:

@@ -6,9 +6,14 @@ import logging
 import socket
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
+from chainmail.anchoring import AnchorConfig
+from chainmail.anchors import DEFAULT_CONFIRMATIONS
+from chainmail.anchors import DEFAULT_INTERVAL as DEFAULT_ANCHOR_INTERVAL
+from chainmail.bitcoinrpc import redact
 from chainmail.cli._app import app
 from chainmail.errors import Error
 from chainmail.ids import is_feed_id
@@ -27,6 +32,37 @@ def _sqlite_path(url: str | None, what: str) -> None:
         f"--{what} {url}: only the embedded SQLite backend is available in this version",
         code="invalid_format",
     )
+
+
+def _anchor_config(
+    bitcoin: str | None, wallet: str | None, interval: float, confirmations: int
+) -> AnchorConfig | None:
+    if bitcoin is None and wallet is None:
+        return None
+    if bitcoin is None or wallet is None:
+        raise Error(
+            "--anchor-bitcoin and --anchor-wallet go together: give both or neither",
+            code="invalid_format",
+        )
+    for name, url in (("anchor-bitcoin", bitcoin), ("anchor-wallet", wallet)):
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise Error(f"--{name}: bad port in {redact(url)}", code="invalid_format") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Error(f"--{name}: not an http(s) URL: {redact(url)}", code="invalid_format")
+    if not interval > 0:
+        raise Error(
+            f"--anchor-interval: expected a positive number of seconds, got {interval}",
+            code="invalid_format",
+        )
+    if confirmations < 1:
+        raise Error(
+            f"--anchor-confirmations: expected 1 or more, got {confirmations}",
+            code="invalid_format",
+        )
+    return AnchorConfig(bitcoin, wallet, interval=interval, confirmations=confirmations)
 
 
 #: Connections the kernel queues before the server accepts them (uvicorn's default).
@@ -118,6 +154,30 @@ def serve(
         int | None,
         typer.Option(help="Witnesses that must sign each stage (default: all of them)."),
     ] = None,
+    anchor_bitcoin: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHAINMAIL_ANCHOR_BITCOIN",
+            help="Anchor blocks in Bitcoin through this node's JSON-RPC"
+            " (http://user:password@host:port; Bitcoin Core or bcoin). Needs --anchor-wallet.",
+        ),
+    ] = None,
+    anchor_wallet: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHAINMAIL_ANCHOR_WALLET",
+            help="The bcoin wallet that pays for anchors"
+            " (http://x:API_KEY@host:port/wallet/ID; ID primary when left out).",
+        ),
+    ] = None,
+    anchor_interval: Annotated[
+        float,
+        typer.Option(help="Seconds between anchors: the latest block then, if it is new."),
+    ] = DEFAULT_ANCHOR_INTERVAL,
+    anchor_confirmations: Annotated[
+        int,
+        typer.Option(help="Bitcoin confirmations an anchor transaction needs before it is posted."),
+    ] = DEFAULT_CONFIRMATIONS,
     identity_rate: Annotated[
         float, typer.Option(help="Messages per second one identity may sustain.")
     ] = IDENTITY_RATE,
@@ -186,6 +246,7 @@ def serve(
     ):
         if value <= 0:
             raise Error(f"--{name}: expected a positive number, got {value}", code="invalid_format")
+    anchor = _anchor_config(anchor_bitcoin, anchor_wallet, anchor_interval, anchor_confirmations)
     listener = _listen(host, port)
     with listener:
         node = Node(
@@ -202,6 +263,7 @@ def serve(
                 threshold=threshold,
                 identity_rate=identity_rate,
                 identity_burst=identity_burst,
+                anchor=anchor,
             )
         )
         typer.echo(f"chainmail node {node.id}\n  data {data.resolve()}\n  http://{host}:{port}")

@@ -1,0 +1,194 @@
+"""The node's anchorer (I/O): writes block ids into Bitcoin and posts ``anchor`` messages.
+
+``chainmail.anchors`` holds the rules and the proof; this runs them against a
+Bitcoin node and wallet (``chainmail.bitcoinrpc``) as one task of the node.
+Each step:
+
+1. With an anchor transaction pending: once it has its confirmations, fetch
+   its Bitcoin block, build the ``.ots`` proof, store it as a blob and post
+   the ``anchor`` message through the writer; the pending record goes.
+2. Otherwise, when ``anchors.due``: send the latest block's digest and
+   record the pending transaction.
+
+The pending transaction is kept in ``<data>/anchor.json`` (written atomically
+after the wallet answers), so a restart finishes what it started. A crash
+between the wallet's answer and that write costs one transaction's fee: the
+next step sends another. Bitcoin failures are logged (once per distinct
+message) and retried at the next step; they never stop the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chainmail import anchors
+from chainmail.anchors import Pending
+from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode
+from chainmail.errors import Error
+from chainmail.ids import blob_id
+from chainmail.store import Store
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "anchor.json"
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Where the anchorer writes: a Bitcoin node's JSON-RPC and a bcoin wallet (URLs with
+    their credentials), how often (s) and after how many confirmations it posts."""
+
+    bitcoin: str
+    wallet: str
+    interval: float = anchors.DEFAULT_INTERVAL
+    confirmations: int = anchors.DEFAULT_CONFIRMATIONS
+
+
+def _load(path: Path) -> tuple[Pending | None, int | None]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        log.error("anchorer: %s is unreadable (%s); starting afresh", path, exc)
+        return None, None
+    pending = data.get("pending")
+    last_sent = data.get("last_sent")
+    try:
+        return (
+            None if pending is None else Pending.from_json(pending),
+            None if last_sent is None else int(last_sent),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        log.error("anchorer: %s is malformed (%s); starting afresh", path, exc)
+        return None, None
+
+
+def _save(path: Path, pending: Pending | None, last_sent: int | None) -> None:
+    body = json.dumps(
+        {"pending": None if pending is None else pending.to_json(), "last_sent": last_sent}
+    )
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Anchorer:
+    """One node's anchoring, step by step (``step``), or forever (``run``)."""
+
+    def __init__(
+        self,
+        config: AnchorConfig,
+        data_dir: Path,
+        store: Store,
+        post: Callable[[dict[str, Any]], Awaitable[object]],
+        clock: Callable[[], int],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._post = post
+        self._clock = clock
+        self._path = data_dir / STATE_FILE
+        self.pending, self.last_sent = _load(self._path)
+        self.node = BitcoinNode(config.bitcoin)
+        self.wallet = BcoinWallet(config.wallet)
+        self._chain: str | None = None
+        self._last_error: str | None = None
+        #: The newest anchor posted by this process: (block height, Bitcoin txid).
+        self.posted: tuple[int, str] | None = None
+
+    def close(self) -> None:
+        self.node.close()
+        self.wallet.close()
+
+    @property
+    def chain(self) -> str | None:
+        """The anchor chain's name (``bitcoin``, ``bitcoin-regtest``, …) once known."""
+        return self._chain
+
+    async def run(self) -> None:
+        poll = min(self.config.interval, 5.0)
+        while True:
+            await self.step()
+            await asyncio.sleep(poll)
+
+    async def step(self) -> None:
+        """One round; Bitcoin failures are logged and left for the next round."""
+        try:
+            if self._chain is None:
+                self._chain = anchors.chain_name(await asyncio.to_thread(self.node.chain))
+            if self.pending is not None:
+                await self._settle(self.pending)
+            else:
+                await self._send()
+            self._last_error = None
+        except (BitcoinError, Error) as exc:
+            text = exc.diagnostics()
+            if text != self._last_error:
+                log.error("anchorer: %s", text)
+                self._last_error = text
+
+    async def _send(self) -> None:
+        latest = await asyncio.to_thread(self.store.latest_block)
+        anchored = await asyncio.to_thread(self.store.latest_anchored)
+        now = self._clock()
+        interval_ms = int(self.config.interval * 1000)
+        if latest is None or not anchors.due(
+            latest.height, anchored, self.last_sent, now, interval_ms
+        ):
+            return
+        digest = anchors.block_digest(latest.id)
+        txid = await asyncio.to_thread(self.wallet.send_data, digest)
+        self.pending = Pending(latest.height, latest.id, txid, now)
+        self.last_sent = now
+        await asyncio.to_thread(_save, self._path, self.pending, self.last_sent)
+        log.info("anchorer: block %d sent in Bitcoin tx %s", latest.height, txid)
+
+    async def _settle(self, pending: Pending) -> None:
+        status = await asyncio.to_thread(self.wallet.status, pending.txid)
+        if status is None:
+            # The wallet forgot it (a new wallet, a dropped tx): anchor afresh.
+            log.error(
+                "anchorer: the wallet does not know tx %s (block %d); sending a new one",
+                pending.txid,
+                pending.height,
+            )
+            self.pending = None
+            self.last_sent = None
+            await asyncio.to_thread(_save, self._path, None, None)
+            return
+        if status.block is None or status.confirmations < self.config.confirmations:
+            return
+        block_hash = status.block
+        raw = await asyncio.to_thread(self.node.block, block_hash)
+        height = await asyncio.to_thread(self.node.block_height, block_hash)
+        if any(a.get("txid") == pending.txid for a in self.store.anchors(pending.height)):
+            # Posted before a crash that left the pending record: do not post twice.
+            self.pending = None
+            await asyncio.to_thread(_save, self._path, None, self.last_sent)
+            return
+        proof = anchors.build_proof(pending.block, pending.txid, raw, height)
+        ots_id = blob_id(proof)
+        await asyncio.to_thread(self.store.put_blob, ots_id, proof)
+        chain = self._chain or anchors.chain_name(await asyncio.to_thread(self.node.chain))
+        content = anchors.content(pending.height, pending.block, chain, pending.txid, ots_id)
+        await self._post(content)
+        self.pending = None
+        self.posted = (pending.height, pending.txid)
+        await asyncio.to_thread(_save, self._path, None, self.last_sent)
+        log.info(
+            "anchorer: block %d anchored in Bitcoin block %d (tx %s)",
+            pending.height,
+            height,
+            pending.txid,
+        )

@@ -1,0 +1,159 @@
+"""Bitcoin anchors of blocks (DESIGN §7): what to anchor, the proof, and its check (pure code).
+
+Every ``interval`` the anchorer writes the latest block's id digest into a
+Bitcoin transaction (``OP_RETURN <32 bytes>``). Once that transaction has
+its confirmations, it builds an OpenTimestamps proof from the digest through
+the transaction to the Bitcoin block's Merkle root, stores it as a blob and
+posts an ``anchor`` message in the node's own feed. Blocks link by ``prev``,
+so an anchor of block *h* also fixes every block before it.
+
+Anyone checks an anchor without trusting the node: the ``.ots`` blob hashes
+to the message's ``ots``, starts from the block id's digest, passes through
+``txid``, and ends at a Merkle root that must be the header's at the
+attested height on a Bitcoin node of one's own (``ots verify`` does the last
+step; so does ``chainmail verify block --bitcoin URL``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from chainmail import bitcoin, ots
+from chainmail.errors import InvalidMessage, ProofError
+from chainmail.ids import blob_id, msg_digest
+
+ANCHOR: Final = "anchor"
+#: Seconds between anchors by default: one Bitcoin block's worth.
+DEFAULT_INTERVAL: Final = 600.0
+DEFAULT_CONFIRMATIONS: Final = 1
+
+#: ``getblockchaininfo``'s ``chain`` → the ``chain`` an anchor names.
+CHAINS: Final = {
+    "main": "bitcoin",
+    "test": "bitcoin-testnet",
+    "testnet4": "bitcoin-testnet4",
+    "signet": "bitcoin-signet",
+    "regtest": "bitcoin-regtest",
+}
+#: The flag ``ots`` needs for each chain (mainnet needs none).
+OTS_FLAGS: Final = {
+    "bitcoin": "",
+    "bitcoin-testnet": "--btc-testnet",
+    "bitcoin-regtest": "--btc-regtest",
+}
+
+
+def chain_name(rpc_chain: str) -> str:
+    """The anchor's ``chain`` for what a Bitcoin node calls its chain."""
+    return CHAINS.get(rpc_chain, f"bitcoin-{rpc_chain}")
+
+
+def block_digest(block_id: str) -> bytes:
+    """The 32 bytes an anchor writes: the SHA-256 inside a ``%…sha256`` block id."""
+    return msg_digest(block_id)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An anchor transaction sent and not yet posted: which block, which tx, since when (ms)."""
+
+    height: int
+    block: str
+    txid: str
+    sent: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"height": self.height, "block": self.block, "txid": self.txid, "sent": self.sent}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pending:
+        return cls(int(data["height"]), str(data["block"]), str(data["txid"]), int(data["sent"]))
+
+
+def due(
+    latest: int | None, anchored: int | None, last_sent: int | None, now: int, interval_ms: int
+) -> bool:
+    """Whether to anchor the latest block now: there is one newer than the last anchored,
+    and ``interval_ms`` passed since the last anchor was sent (ms, the node's clock)."""
+    if latest is None or (anchored is not None and latest <= anchored):
+        return False
+    return last_sent is None or now - last_sent >= interval_ms
+
+
+def build_proof(block_id: str, txid: str, raw_block: bytes, bitcoin_height: int) -> bytes:
+    """The ``.ots`` proof that ``txid`` in ``raw_block`` (mined at ``bitcoin_height``)
+    carries ``block_id``. ``ProofError`` if the block does not hold such a tx."""
+    digest = block_digest(block_id)
+    block = bitcoin.parse_block(raw_block)
+    want = bitcoin.internal(txid)
+    for tx in block.transactions:
+        if tx.hash == want:
+            return ots.detached(digest, ots.bitcoin_path(digest, tx, block, bitcoin_height))
+    raise ProofError(f"transaction {txid} is not in the Bitcoin block")
+
+
+def content(height: int, block_id: str, chain: str, txid: str, ots_id: str) -> dict[str, Any]:
+    """The ``anchor`` message's content (DESIGN §3)."""
+    return {
+        "type": ANCHOR,
+        "block": block_id,
+        "height": height,
+        "chain": chain,
+        "txid": txid,
+        "ots": ots_id,
+    }
+
+
+@dataclass(frozen=True)
+class Attested:
+    """What an anchor's proof comes to: the Bitcoin block height and the Merkle root
+    (internal byte order) the header there must have."""
+
+    bitcoin_height: int
+    merkle_root: bytes
+
+    @property
+    def merkle_root_hex(self) -> str:
+        """As ``getblockheader`` shows ``merkleroot``."""
+        return bitcoin.display(self.merkle_root)
+
+
+def _values(msg: bytes, stamp: ots.Timestamp) -> Iterator[bytes]:
+    yield msg
+    for op, child in stamp.ops:
+        yield from _values(op(msg), child)
+
+
+def check(anchor: dict[str, Any], block_id: str, proof: bytes) -> list[Attested]:
+    """Check an ``anchor`` message's content against the block it names and its ``.ots``
+    blob; returns the Bitcoin attestations to hold against headers. ``ProofError`` when
+    the blob is not the one named, is not of this block, skips ``txid`` or attests
+    nothing in Bitcoin."""
+    if anchor.get("block") != block_id:
+        raise ProofError(f"the anchor is of block {anchor.get('block')}, not {block_id}")
+    if blob_id(proof) != anchor.get("ots"):
+        raise ProofError("the anchor's proof blob does not hash to its ots id")
+    parsed = ots.parse(proof)
+    try:
+        digest = block_digest(block_id)
+    except InvalidMessage as exc:
+        raise ProofError(exc.detail) from None
+    if parsed.digest != digest:
+        raise ProofError("the anchor's proof does not start from the block id")
+    txid = bitcoin.internal(str(anchor.get("txid", "")))
+    if txid not in _values(parsed.digest, parsed.timestamp):
+        raise ProofError(f"the anchor's proof does not pass through transaction {anchor['txid']}")
+    found = [Attested(h, root) for h, root in ots.attested(parsed.digest, parsed.timestamp)]
+    if not found:
+        raise ProofError("the anchor's proof attests nothing in Bitcoin")
+    return found
+
+
+def check_header(attested: Attested, header: bytes) -> None:
+    """``ProofError`` unless ``header`` (80 raw bytes) has the attested Merkle root."""
+    if bitcoin.header_merkle_root(header) != attested.merkle_root:
+        raise ProofError(
+            f"the Bitcoin header at height {attested.bitcoin_height} has another Merkle root"
+        )

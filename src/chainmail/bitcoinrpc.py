@@ -1,0 +1,195 @@
+"""Talking to Bitcoin for anchors (I/O): a node's JSON-RPC, and a bcoin wallet's HTTP API.
+
+Reads use the JSON-RPC calls Bitcoin Core and bcoin share (``getblockchaininfo``,
+``getblockhash``, ``getblockheader``, ``getblock``), so ``chainmail verify`` and
+``ots verify`` can check headers against either. Sending uses bcoin's wallet
+HTTP API (``POST /wallet/{id}/send`` with a script output, ``GET
+/wallet/{id}/tx/{hash}``): the wallet picks the coins, pays the fee and signs.
+
+URLs carry their credentials: ``http://x:API_KEY@127.0.0.1:48332`` for a node,
+``http://x:API_KEY@127.0.0.1:48334/wallet/primary`` for a wallet (``primary``
+when the path names none). Every failure is a ``BitcoinError`` with one line
+saying what and where, never the credentials.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from chainmail import bitcoin
+from chainmail.errors import OperationalError
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class BitcoinError(OperationalError):
+    """The Bitcoin node or wallet could not be reached, or refused the call."""
+
+    code = "unavailable"
+    title = "Bitcoin unavailable"
+
+
+def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str]:
+    """(base URL without credentials, their basic auth, path) of ``url``."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise BitcoinError(f"not an http(s) URL: {redact(url)}")
+    auth = None
+    if parts.username is not None or parts.password is not None:
+        auth = httpx.BasicAuth(parts.username or "", parts.password or "")
+    netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    if ":" in parts.hostname:  # IPv6
+        netloc = f"[{parts.hostname}]" + ("" if parts.port is None else f":{parts.port}")
+    return urlunsplit((parts.scheme, netloc, "", "", "")), auth, parts.path
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", *parts[2:]))
+
+
+class BitcoinNode:
+    """A Bitcoin node's JSON-RPC (Bitcoin Core or bcoin)."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        base, auth, path = _split(url)
+        self.url = redact(url)
+        self._client = httpx.Client(base_url=base, auth=auth, timeout=timeout)
+        self._path = path or "/"
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def call(self, method: str, *params: Any) -> Any:
+        body = {"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)}
+        try:
+            r = self._client.post(self._path, json=body)
+        except httpx.HTTPError as exc:
+            raise BitcoinError(f"Bitcoin node {self.url}: {method}: {exc}") from None
+        try:
+            answer = r.json()
+        except ValueError:
+            raise BitcoinError(
+                f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}, not JSON-RPC"
+            ) from None
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if error:
+            text = error.get("message", error) if isinstance(error, dict) else error
+            raise BitcoinError(f"Bitcoin node {self.url}: {method}: {text}")
+        if not isinstance(answer, dict) or "result" not in answer:
+            raise BitcoinError(f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}")
+        return answer["result"]
+
+    def chain(self) -> str:
+        """What the node calls its chain: ``main``, ``test``, ``regtest``, …"""
+        return str(self.call("getblockchaininfo")["chain"])
+
+    def block_count(self) -> int:
+        return int(self.call("getblockcount"))
+
+    def block_hash(self, height: int) -> str:
+        return str(self.call("getblockhash", height))
+
+    def header(self, block_hash: str) -> bytes:
+        """The raw 80-byte header of a block."""
+        raw = _hex(self.call("getblockheader", block_hash, False), f"header {block_hash}")
+        if len(raw) != bitcoin.HEADER_SIZE:
+            raise BitcoinError(f"Bitcoin node {self.url}: header {block_hash} is not 80 bytes")
+        return raw
+
+    def header_at(self, height: int) -> bytes:
+        return self.header(self.block_hash(height))
+
+    def block(self, block_hash: str) -> bytes:
+        """The raw block."""
+        return _hex(self.call("getblock", block_hash, False), f"block {block_hash}")
+
+    def block_height(self, block_hash: str) -> int:
+        return int(self.call("getblockheader", block_hash, True)["height"])
+
+
+def _hex(value: object, what: str) -> bytes:
+    try:
+        return bytes.fromhex(str(value))
+    except ValueError:
+        raise BitcoinError(f"the Bitcoin node sent a {what} that is not hex") from None
+
+
+@dataclass(frozen=True)
+class TxStatus:
+    """Where a wallet's transaction stands: mined in ``block`` (None: not yet)."""
+
+    block: str | None
+    confirmations: int
+
+
+class BcoinWallet:
+    """One bcoin wallet, over its HTTP API: sends ``OP_RETURN`` outputs."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        base, auth, path = _split(url)
+        self.url = redact(url)
+        self._client = httpx.Client(base_url=base, auth=auth, timeout=timeout)
+        path = path.rstrip("/")
+        self._path = path if path.startswith("/wallet/") else "/wallet/primary"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._client.request(method, self._path + path, **kw)
+        except httpx.HTTPError as exc:
+            raise BitcoinError(f"Bitcoin wallet {self.url}: {exc}") from None
+        if r.status_code == 404:
+            return None
+        try:
+            answer = r.json()
+        except ValueError:
+            answer = None
+        if r.status_code >= 400 or not isinstance(answer, dict):
+            error = answer.get("error") if isinstance(answer, dict) else None
+            text = error.get("message") if isinstance(error, dict) else r.text[:200]
+            raise BitcoinError(f"Bitcoin wallet {self.url}: HTTP {r.status_code}: {text}")
+        return answer
+
+    def send_data(self, data: bytes) -> str:
+        """Send a transaction with one ``OP_RETURN <data>`` output; returns its txid."""
+        script = bitcoin.op_return_script(data).hex()
+        answer = self._request("POST", "/send", json={"outputs": [{"script": script, "value": 0}]})
+        if answer is None or not isinstance(answer.get("hash"), str):
+            raise BitcoinError(f"Bitcoin wallet {self.url}: the send answered no transaction")
+        return str(answer["hash"])
+
+    def status(self, txid: str) -> TxStatus | None:
+        """Where ``txid`` stands, or None when the wallet does not know it."""
+        answer = self._request("GET", f"/tx/{txid}")
+        if answer is None:
+            return None
+        block = answer.get("block")
+        return TxStatus(
+            block if isinstance(block, str) and block else None,
+            max(0, int(answer.get("confirmations") or 0)),
+        )
+
+    def receive_address(self) -> str:
+        """A fresh receiving address of the wallet's default account (to fund it)."""
+        answer = self._request("POST", "/address", json={"account": "default"})
+        if answer is None or not isinstance(answer.get("address"), str):
+            raise BitcoinError(f"Bitcoin wallet {self.url}: no address answered")
+        return str(answer["address"])
+
+    def balance(self) -> int:
+        """Confirmed balance in satoshis."""
+        answer = self._request("GET", "/balance")
+        return 0 if answer is None else int(answer.get("confirmed") or 0)
