@@ -149,9 +149,10 @@ class Anchorer:
             return
         digest = anchors.block_digest(latest.id)
         txid = await asyncio.to_thread(self.wallet.send_data, digest)
-        self.pending = Pending(latest.height, latest.id, txid, now)
-        self.last_sent = now
-        await asyncio.to_thread(_save, self._path, self.pending, self.last_sent)
+        pending = Pending(latest.height, latest.id, txid, now)
+        # On disk before it shows anywhere: a crash after this finishes this tx.
+        await asyncio.to_thread(_save, self._path, pending, now)
+        self.pending, self.last_sent = pending, now
         log.info("anchorer: block %d sent in Bitcoin tx %s", latest.height, txid)
 
     async def _settle(self, pending: Pending) -> None:

@@ -77,6 +77,7 @@ import websockets.sync.client
 
 from chainmail import channels, httpsig, ssb
 from chainmail import content as content_rules
+from chainmail.bitcoinrpc import BitcoinNode
 from chainmail.errors import (
     DecryptionError,
     DeliveryError,
@@ -1447,13 +1448,30 @@ class Client(_Core):
         return self._run(flow)
 
     def verify_block(
-        self, height: int, *, node_id: str | None = None, progress: Progress | None = None
+        self,
+        height: int,
+        *,
+        node_id: str | None = None,
+        progress: Progress | None = None,
+        bitcoin: str | None = None,
+        anchor: bool = True,
     ) -> Report:
-        """Verify block ``height``: signature, chain, records, log consistency, checkpoints.
+        """Verify block ``height``: signature, chain, records, log consistency, checkpoints,
+        and (with ``anchor``) its Bitcoin anchor; ``bitcoin``, the JSON-RPC URL of a
+        Bitcoin node of your own, checks the anchor's Merkle root in the Bitcoin header.
 
         Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
         """
-        return self._run(block_flow(height, node_id=node_id or self.node_id, progress=progress))
+        with _headers(bitcoin) as headers:
+            return self._run(
+                block_flow(
+                    height,
+                    node_id=node_id or self.node_id,
+                    progress=progress,
+                    bitcoin=headers,
+                    anchor=anchor,
+                )
+            )
 
     def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
         """Verify ``pipeline``'s current signed checkpoint with the node's key.
@@ -1805,13 +1823,37 @@ class AsyncClient(_Core):
             tx_flow(tx_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
         )
 
-    async def verify_block(self, height: int, *, node_id: str | None = None) -> Report:
-        """Verify a block; raises like ``Client.verify_block``."""
-        return await self._run(block_flow(height, node_id=node_id or self.node_id))
+    async def verify_block(
+        self,
+        height: int,
+        *,
+        node_id: str | None = None,
+        bitcoin: str | None = None,
+        anchor: bool = True,
+    ) -> Report:
+        """Verify a block; raises like ``Client.verify_block``. (The Bitcoin headers, with
+        ``bitcoin``, are fetched synchronously: one short call per anchor.)"""
+        with _headers(bitcoin) as headers:
+            return await self._run(
+                block_flow(height, node_id=node_id or self.node_id, bitcoin=headers, anchor=anchor)
+            )
 
     async def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
         """Verify a pipeline's current checkpoint; raises like ``Client.verify_checkpoint``."""
         return await self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
+
+
+@contextlib.contextmanager
+def _headers(url: str | None) -> Iterator[Callable[[int], bytes] | None]:
+    """The header look-up of the Bitcoin node at ``url`` for ``block_flow``, or None."""
+    if url is None:
+        yield None
+        return
+    node = BitcoinNode(url)
+    try:
+        yield node.header_at
+    finally:
+        node.close()
 
 
 def _as_bytes(frame: str | bytes) -> bytes:

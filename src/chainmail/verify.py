@@ -25,8 +25,12 @@ What is checked, and against what (DESIGN §4, §6):
   every message of the record (id, signature, inclusion in the log) and the
   record against the messages (``blocks.verify_tx_record``).
 - block — signature, ``prev`` link to block h−1, the records blob and root,
-  the consistency of every pipeline's log between blocks h−1 and h, and the
-  current signed checkpoint's consistency with block h.
+  the consistency of every pipeline's log between blocks h−1 and h, the
+  current signed checkpoint's consistency with block h, and its Bitcoin
+  anchor (``chainmail.anchors``): the first anchored block at h or above,
+  linked down to h by ``prev``, its ``.ots`` proof replayed from the block
+  id through the anchor's transaction, and — given a Bitcoin node of one's
+  own — the Merkle root it reaches in that Bitcoin block's header.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from chainmail import blocks, checkpoint, merkle, ssb, txs
-from chainmail.errors import InvalidMessage, NotFound, ProofError
+from chainmail import anchors, blocks, checkpoint, merkle, ssb, txs
+from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
 from chainmail.ids import feed_public_key
 from chainmail.log import pipeline_of
 from chainmail.witnesses import STAGES, check_stage
@@ -283,6 +287,8 @@ class _Block:
     records: list[dict[str, Any]]
     #: ``stages`` of the node's answer as it came ([] if none): ``_stages_flow`` checks it.
     stages: object
+    #: ``anchored`` of the node's answer as it came (None if none): ``_anchor_flow`` checks it.
+    anchored: object = None
 
     @property
     def content(self) -> dict[str, Any]:
@@ -292,13 +298,19 @@ class _Block:
 
 def _fetch_block(
     height: int,
-) -> Flow[tuple[dict[str, Any], list[dict[str, Any]], object]]:
-    """Block ``height`` as the node serves it: its message, records and (unchecked) stages."""
+) -> Flow[tuple[dict[str, Any], list[dict[str, Any]], object, object]]:
+    """Block ``height`` as the node serves it: its message, records and (unchecked)
+    stages and anchors."""
     what = f"block {height}"
     body = _obj((yield from _get(f"/v1/blocks/{height}", what)), what)
     message = _obj(body.get("message"), f"{what} message")
     records = _field(body, "records", list, what)
-    return message, [_obj(r, f"{what} record") for r in records], body.get("stages", [])
+    return (
+        message,
+        [_obj(r, f"{what} record") for r in records],
+        body.get("stages", []),
+        body.get("anchored"),
+    )
 
 
 def _block_flow(
@@ -308,10 +320,10 @@ def _block_flow(
     if height in cache:
         return cache[height]
     checks.status(f"fetching block {height}")
-    message, records, stages = yield from _fetch_block(height)
+    message, records, stages, anchored = yield from _fetch_block(height)
     previous: dict[str, Any] | None = None
     if height > blocks.FIRST_HEIGHT:
-        previous, _, _ = yield from _fetch_block(height - 1)
+        previous, _, _, _ = yield from _fetch_block(height - 1)
 
     def signature() -> str:
         checked = ssb.check(message)
@@ -338,7 +350,7 @@ def _block_flow(
         return f"{len(records)} tx record(s) match txs.root and txs.records"
 
     checks.run(f"block {height} records", records_step)
-    block = _Block(verified[0], message, records, stages)
+    block = _Block(verified[0], message, records, stages, anchored)
     cache[height] = block
     return block
 
@@ -670,8 +682,12 @@ def block_flow(
     *,
     node_id: str | None = None,
     progress: Progress | None = None,
+    bitcoin: Headers | None = None,
+    anchor: bool = True,
 ) -> Flow[Report]:
-    """Verify block ``height``: signature, prev link, records blob, consistency, checkpoints.
+    """Verify block ``height``: signature, prev link, records blob, consistency, checkpoints,
+    and, with ``anchor``, its Bitcoin anchor (against the headers ``bitcoin`` gives,
+    when given; without them the Merkle root the proof reaches is reported, unchecked).
 
     Raises ``VerificationFailed`` (a ``ProofError``) when a check fails, and
     the node's errors as they come (``NotFound`` for no such block).
@@ -726,7 +742,110 @@ def block_flow(
         yield from _stages_flow(checks, node, height, block)
     for entry in block.info.logs:
         yield from _checkpoint_flow(checks, node, entry.pipeline, entry)
+    if anchor:
+        yield from _anchor_flow(checks, node, height, block, bitcoin)
     return checks.report
+
+
+#: A Bitcoin node of the verifier's own: the raw 80-byte block header at a height.
+Headers = Callable[[int], bytes]
+#: Blocks a page when an anchor of a later block is followed down its ``prev`` links.
+_LINK_PAGE: Final = 1000
+
+
+def _linked_flow(
+    checks: _Checks, node: NodeInfo, block: _Block, top: int, what: str
+) -> Flow[blocks.BlockInfo]:
+    """Block ``top``, checked to descend from ``block`` by ``prev`` links, every block
+    between signed by the node (``GET /v1/blocks`` a page at a time)."""
+    previous = block.message
+    info = block.info
+    while info.height < top:
+        checks.status(f"following blocks {info.height + 1}–{top} to the anchored one")
+        page = _obj(
+            (
+                yield from _get(
+                    "/v1/blocks",
+                    what,
+                    {"after": info.height, "limit": min(_LINK_PAGE, top - info.height)},
+                )
+            ),
+            what,
+        )
+        listed = _field(page, "blocks", list, what)
+        if not listed:
+            checks.fail(what, f"the node lists no block after {info.height}, below {top}")
+        for entry in listed:
+            message = _obj(_obj(entry, what).get("message"), what)
+            try:
+                info = blocks.verify_block(message, node.id, previous=previous)
+            except ProofError as exc:
+                checks.fail(what, exc.detail)
+            previous = message
+            if info.height >= top:
+                break
+    return info
+
+
+def _anchor_flow(
+    checks: _Checks, node: NodeInfo, height: int, block: _Block, headers: Headers | None
+) -> Flow[None]:
+    """The Bitcoin anchor of the block, or of the first anchored block after it (which
+    fixes this one by the ``prev`` links between): each ``anchor`` message, its ``.ots``
+    proof from the block id through the Bitcoin transaction to a Merkle root, and, with
+    ``headers``, that root in the Bitcoin header at the attested height."""
+    what = f"block {height} anchor"
+    if block.anchored is None:
+        checks.run(what, lambda: "not anchored in Bitcoin yet (no anchor of it or a later block)")
+        return
+    anchored = _obj(block.anchored, what)
+    top = _field(anchored, "height", int, what)
+    listed = _field(anchored, "anchors", list, what)
+    if top < height or not listed:
+        checks.fail(what, f"the node names anchored block {top} with {len(listed)} anchor(s)")
+    info = yield from _linked_flow(checks, node, block, top, what)
+    if top > height:
+        checks.run(
+            f"blocks {height}→{top} links",
+            lambda: f"block {top} descends from block {height} by prev links",
+        )
+    for raw in listed:
+        entry = _obj(raw, what)
+        mid = str(entry.get("id"))
+        checks.status(f"fetching anchor {_short(mid)}")
+        got = _obj((yield from _get(f"/v1/messages/{path_id(mid)}", f"anchor {mid}")), what)
+        message = _obj(got.get("message"), f"anchor {mid}")
+        ots_id = str(_obj(message.get("content"), f"anchor {mid}").get("ots"))
+        proof = (yield Request("GET", f"/v1/blobs/{path_id(ots_id)}")).content
+
+        def step(message: dict[str, Any] = message, proof: bytes = proof) -> str:
+            checked = ssb.check(message)
+            if checked.author != node.id:
+                raise ProofError(f"anchor {checked.id}: expected author {node.id}")
+            content = _obj(checked.content, "anchor")
+            if content.get("type") != anchors.ANCHOR or content.get("height") != top:
+                raise ProofError(f"{checked.id} is not an anchor of block {top}")
+            found = anchors.check(content, info.id, proof)
+            where = []
+            for one in found:
+                if headers is None:
+                    where.append(
+                        f"Bitcoin block {one.bitcoin_height} must have Merkle root "
+                        f"{one.merkle_root_hex[:_SHORT_ID]}… (no Bitcoin node given: not checked)"
+                    )
+                    continue
+                try:
+                    header = headers(one.bitcoin_height)
+                except Error as exc:
+                    raise ProofError(f"Bitcoin block {one.bitcoin_height}: {exc.detail}") from None
+                anchors.check_header(one, header)
+                where.append(f"in Bitcoin block {one.bitcoin_height}'s header")
+            return (
+                f"tx {str(content['txid'])[:_SHORT_ID]}… on {content.get('chain')} carries "
+                f"block {top}: " + "; ".join(where)
+            )
+
+        checks.run(f"block {top} anchor", step)
 
 
 def _stages_flow(checks: _Checks, node: NodeInfo, height: int, block: _Block) -> Flow[None]:

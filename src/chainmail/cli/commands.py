@@ -24,10 +24,11 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from chainmail import ssb
 from chainmail.cli._app import app
 from chainmail.client import DEFAULT_NODE, NODE_ENV, Client, Receipt, Report, VerificationFailed
 from chainmail.content import MAX_SAFE_INTEGER
-from chainmail.errors import InvalidMessage
+from chainmail.errors import Error, InvalidMessage
 from chainmail.keystore import HOME_ENV
 from chainmail.verify import Progress
 
@@ -583,9 +584,59 @@ def verify_block(
     height: Annotated[int, typer.Argument(metavar="H", help="Block height (from 1).", min=1)],
     node: NodeOpt = DEFAULT_NODE,
     node_id: NodeIdOpt = None,
+    bitcoin: Annotated[
+        str | None,
+        typer.Option(
+            "--bitcoin",
+            envvar="CHAINMAIL_BITCOIN",
+            help="JSON-RPC URL of a Bitcoin node of your own (http://user:password@host:port):"
+            " the anchor's Merkle root is checked in its block header.",
+        ),
+    ] = None,
+    ots_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--ots-out",
+            help="Write the anchored block's message and its OpenTimestamps proof into this"
+            " directory (block-N.json, block-N.json.ots) for `ots verify`.",
+            file_okay=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify a block: signature, link to H-1, records, log consistency, checkpoints."""
+    """Verify a block: signature, link to H-1, records, log consistency, checkpoints,
+    and its Bitcoin anchor."""
     _verify(
-        node, node_id, as_json, f"block {height}", lambda c, p: c.verify_block(height, progress=p)
+        node,
+        node_id,
+        as_json,
+        f"block {height}",
+        lambda c, p: c.verify_block(height, progress=p, bitcoin=bitcoin),
     )
+    if ots_out is not None:
+        with _client(node, node_id=node_id) as client:
+            written = _write_ots(client, height, ots_out)
+        typer.echo(f"wrote {written} and {written}.ots", err=True)
+        typer.echo(f"  check them with: ots verify {written}.ots", err=True)
+
+
+def _write_ots(client: Client, height: int, directory: Path) -> Path:
+    """The anchored block's message (the bytes its id hashes) and its first anchor's
+    ``.ots`` proof, as ``ots verify`` takes them; ``Error`` when there is no anchor."""
+    anchored = client.block(height).get("anchored")
+    if not isinstance(anchored, dict) or not anchored.get("anchors"):
+        raise Error(f"block {height} is not anchored in Bitcoin yet", code="not_found")
+    top = int(anchored["height"])
+    block = client.block(top)
+    text = ssb.stringify(block["message"], 2).encode("utf-8")
+    if not text.isascii() or ssb.message_id(block["message"]) != block["id"]:
+        raise Error(f"block {top}: its message does not hash to its id", code="invalid_proof")
+    proof = client.get_blob(str(anchored["anchors"][0]["ots"]))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"block-{top}.json"
+        path.write_bytes(text)
+        path.with_name(path.name + ".ots").write_bytes(proof)
+    except OSError as exc:
+        raise Error(f"--ots-out {directory}: {exc.strerror or exc}", code="invalid_format") from exc
+    return path

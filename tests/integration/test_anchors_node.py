@@ -1,0 +1,266 @@
+"""Bitcoin anchors against real things: a bcoin regtest node, a real `chainmail serve`,
+`chainmail verify block --bitcoin`, and the OpenTimestamps client's `ots verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from chainmail import anchors, bitcoin
+from chainmail.client import Client
+from chainmail.keys import Keypair
+from support.bcoin import Bcoin, regtest
+from support.server import CHAINMAIL, Server, free_port, running
+
+pytestmark = pytest.mark.integration
+
+OTS = str(Path(CHAINMAIL).parent / "ots")
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CHAINMAIL_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run([CHAINMAIL, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _anchor_health(url: str) -> dict[str, Any]:
+    health: dict[str, Any] = httpx.get(f"{url}/healthz", timeout=10).json()["anchor"]
+    return health
+
+
+def _until(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (got := probe()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return got
+
+
+def _settle_a_trade(url: str) -> int:
+    """A tx opened and finished by both parties; the height of its block."""
+    a, b = Keypair.generate(), Keypair.generate()
+    with Client(url, a) as alice, Client(url, b) as bob:
+        tx = alice.open_tx([b.id], deadline=int(time.time() * 1000) + 60_000)
+        alice.finish(tx)
+        bob.finish(tx)
+        return int(_until("the tx's block", lambda: alice.tx(tx).get("block")))
+
+
+def _mine_until_anchored(btc: Bcoin, url: str, height: int) -> dict[str, Any]:
+    """Mine a Bitcoin block whenever the node has an anchor pending, until block
+    ``height`` (or a later one) is anchored; the block's ``anchored``."""
+
+    def probe() -> dict[str, Any] | None:
+        if _anchor_health(url)["pending"] is not None:
+            btc.mine(1)
+        anchored: dict[str, Any] | None = httpx.get(f"{url}/v1/blocks/{height}").json()["anchored"]
+        return anchored
+
+    got: dict[str, Any] = _until(f"an anchor of block {height}", probe)
+    return got
+
+
+def _serve_args(btc: Bcoin, interval: float = 0.3) -> tuple[str, ...]:
+    return (
+        "--anchor-bitcoin",
+        btc.node_url,
+        "--anchor-wallet",
+        btc.wallet_url,
+        "--anchor-interval",
+        str(interval),
+    )
+
+
+def test_a_block_is_anchored_and_verify_and_ots_verify_accept_it(tmp_path: Path) -> None:
+    with regtest(tmp_path / "bitcoin") as btc:
+        btc.fund()
+        with running(tmp_path / "node", extra=_serve_args(btc)) as node:
+            health = _anchor_health(node.url)
+            assert health["chain"] in (None, "bitcoin-regtest")
+            assert health["confirmations"] == anchors.DEFAULT_CONFIRMATIONS
+            height = _settle_a_trade(node.url)
+            anchored = _mine_until_anchored(btc, node.url, height)
+            assert anchored["height"] >= height
+            (anchor,) = anchored["anchors"]
+            assert anchor["chain"] == "bitcoin-regtest"
+            assert _anchor_health(node.url)["anchored"] == anchored["height"]
+
+            # The anchor message is the node's own, in its feed, with the fields of DESIGN §3.
+            with Client(node.url, Keypair.generate()) as reader:
+                got = reader.message(anchor["id"])["message"]
+                assert got["author"] == httpx.get(f"{node.url}/healthz").json()["id"]
+                assert got["content"] == {
+                    "type": "anchor",
+                    **{k: anchor[k] for k in ("block", "height", "chain", "txid", "ots")},
+                }
+                # The txid is in the Bitcoin block the proof attests, and carries the block id.
+                proof = reader.get_blob(anchor["ots"])
+            (attested,) = anchors.check(anchor, anchor["block"], proof)
+            header = btc.node.header_at(attested.bitcoin_height)
+            anchors.check_header(attested, header)
+            raw = btc.node.block(btc.node.block_hash(attested.bitcoin_height))
+            block = bitcoin.parse_block(raw)
+            (tx,) = [t for t in block.transactions if t.txid == anchor["txid"]]
+            assert any(
+                bitcoin.op_return_data(o.script) == anchors.block_digest(anchor["block"])
+                for o in tx.outputs
+            )
+
+            home = tmp_path / "home"
+            out = tmp_path / "ots"
+            checked = _cli(
+                "verify",
+                "block",
+                str(height),
+                "--node",
+                node.url,
+                "--bitcoin",
+                btc.node_url,
+                "--ots-out",
+                str(out),
+                "--json",
+                home=home,
+            )
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            report = json.loads(checked.stdout)
+            assert report["ok"]
+            names = [c["check"] for c in report["checks"]]
+            assert f"block {anchored['height']} anchor" in names
+            detail = next(c["detail"] for c in report["checks"] if c["check"].endswith("anchor"))
+            assert f"in Bitcoin block {attested.bitcoin_height}'s header" in detail
+
+            # Without a Bitcoin node of one's own: the root is shown, not claimed checked.
+            unchecked = _cli("verify", "block", str(height), "--node", node.url, home=home)
+            assert unchecked.returncode == 0, unchecked.stderr
+            assert "not checked" in unchecked.stdout
+
+            # The OpenTimestamps reference client accepts the proof against the same chain.
+            ots_file = out / f"block-{anchored['height']}.json.ots"
+            verified = subprocess.run(
+                [
+                    OTS,
+                    "--no-cache",
+                    "--btc-regtest",
+                    "--bitcoin-node",
+                    btc.node_url + "/",
+                    "verify",
+                    str(ots_file),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            assert f"Bitcoin block {attested.bitcoin_height} attests" in verified.stderr
+
+            # ... and refuses it for any other file.
+            other = out / "other.json"
+            other.write_bytes(ots_file.with_suffix("").read_bytes() + b" ")
+            refused = subprocess.run(
+                [
+                    OTS,
+                    "--no-cache",
+                    "--btc-regtest",
+                    "--bitcoin-node",
+                    btc.node_url + "/",
+                    "verify",
+                    "-f",
+                    str(other),
+                    str(ots_file),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert refused.returncode != 0
+
+
+def test_a_node_killed_with_an_anchor_pending_posts_it_once_after_restart(tmp_path: Path) -> None:
+    with regtest(tmp_path / "bitcoin") as btc:
+        btc.fund()
+        data = tmp_path / "node"
+        server = Server(data, extra=_serve_args(btc, interval=0.2))
+        server.start()
+        try:
+            height = _settle_a_trade(server.url)
+            pending = _until("an anchor tx", lambda: _anchor_health(server.url)["pending"])
+            server.kill()
+            server = Server(data, port=server.port, extra=_serve_args(btc, interval=0.2))
+            server.start()
+            # The same tx, not a second one: it was recorded before the wallet's answer returned.
+            assert _anchor_health(server.url)["pending"] == pending
+            btc.mine(1)
+            anchored = _mine_until_anchored(btc, server.url, pending["height"])
+            assert anchored["height"] == pending["height"] >= 1
+            assert [a["txid"] for a in anchored["anchors"]] == [pending["txid"]]
+            assert height >= 1
+        finally:
+            server.stop()
+
+
+def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> None:
+    dead = f"http://x:key@127.0.0.1:{free_port()}"
+    extra = ("--anchor-bitcoin", dead, "--anchor-wallet", dead + "/wallet/primary")
+    with running(tmp_path / "node", extra=(*extra, "--anchor-interval", "0.1")) as node:
+        height = _settle_a_trade(node.url)
+        assert height >= 1
+        health = _anchor_health(node.url)
+        assert health["pending"] is None and health["anchored"] is None
+        assert httpx.get(f"{node.url}/v1/blocks/{height}").json()["anchored"] is None
+        log = node.log_path.read_text()
+        assert "anchorer:" in log and "key@" not in log  # the failure is told, the key is not
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--anchor-bitcoin", "http://127.0.0.1:1"), "give both or neither"),
+        (("--anchor-wallet", "http://127.0.0.1:1"), "give both or neither"),
+        (("--anchor-bitcoin", "ftp://h", "--anchor-wallet", "http://h:1"), "not an http(s) URL"),
+        (("--anchor-bitcoin", "http://h:x", "--anchor-wallet", "http://h:1"), "bad port"),
+        (
+            (
+                "--anchor-bitcoin",
+                "http://h:1",
+                "--anchor-wallet",
+                "http://h:1",
+                "--anchor-interval",
+                "0",
+            ),
+            "--anchor-interval",
+        ),
+        (
+            (
+                "--anchor-bitcoin",
+                "http://h:1",
+                "--anchor-wallet",
+                "http://h:1",
+                "--anchor-confirmations",
+                "0",
+            ),
+            "--anchor-confirmations",
+        ),
+    ],
+)
+def test_bad_anchor_options_are_refused_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    got = _cli(
+        "serve",
+        "--data",
+        str(tmp_path / "node"),
+        "--port",
+        str(free_port()),
+        *args,
+        home=tmp_path / "home",
+    )
+    assert got.returncode != 0
+    assert said in got.stderr and len(got.stderr.strip().splitlines()) == 1, got.stderr
+    assert not (tmp_path / "node").exists()
