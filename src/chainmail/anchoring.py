@@ -31,7 +31,7 @@ from typing import Any
 from chainmail import anchors
 from chainmail.anchors import Pending
 from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode
-from chainmail.errors import Error
+from chainmail.errors import Error, ProofError
 from chainmail.ids import blob_id
 from chainmail.store import Store
 
@@ -178,7 +178,18 @@ class Anchorer:
             self.pending = None
             await asyncio.to_thread(_save, self._path, None, self.last_sent)
             return
-        proof = anchors.build_proof(pending.block, pending.txid, raw, height)
+        try:
+            proof = anchors.build_proof(pending.block, pending.txid, raw, height)
+        except ProofError as exc:
+            # No later round makes this tx provable (past 4,096 bytes, say): drop it, so the
+            # next round sends another rather than retrying this one for ever.
+            log.error(
+                "anchorer: tx %s cannot be proved (%s); sending a new one", pending.txid, exc.detail
+            )
+            self.pending = None
+            self.last_sent = None
+            await asyncio.to_thread(_save, self._path, None, None)
+            return
         ots_id = blob_id(proof)
         await asyncio.to_thread(self.store.put_blob, ots_id, proof)
         chain = self._chain or anchors.chain_name(await asyncio.to_thread(self.node.chain))

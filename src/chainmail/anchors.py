@@ -85,7 +85,10 @@ def due(
 def build_proof(block_id: str, txid: str, raw_block: bytes, bitcoin_height: int) -> bytes:
     """The ``.ots`` proof that ``txid`` in ``raw_block`` (mined at ``bitcoin_height``)
     carries ``block_id``. ``ProofError`` if the block does not hold such a tx."""
-    digest = block_digest(block_id)
+    try:
+        digest = block_digest(block_id)
+    except InvalidMessage as exc:
+        raise ProofError(exc.detail) from None
     block = bitcoin.parse_block(raw_block)
     want = bitcoin.internal(txid)
     for tx in block.transactions:
@@ -120,17 +123,20 @@ class Attested:
         return bitcoin.display(self.merkle_root)
 
 
-def _values(msg: bytes, stamp: ots.Timestamp) -> Iterator[bytes]:
-    yield msg
+def _through(msg: bytes, stamp: ots.Timestamp, target: bytes) -> Iterator[ots.Timestamp]:
+    """The subtrees whose message is ``target``: only what they attest goes through it."""
+    if msg == target:
+        yield stamp
+        return
     for op, child in stamp.ops:
-        yield from _values(op(msg), child)
+        yield from _through(op(msg), child, target)
 
 
 def check(anchor: dict[str, Any], block_id: str, proof: bytes) -> list[Attested]:
     """Check an ``anchor`` message's content against the block it names and its ``.ots``
     blob; returns the Bitcoin attestations to hold against headers. ``ProofError`` when
     the blob is not the one named, is not of this block, skips ``txid`` or attests
-    nothing in Bitcoin."""
+    nothing in Bitcoin past it."""
     if anchor.get("block") != block_id:
         raise ProofError(f"the anchor is of block {anchor.get('block')}, not {block_id}")
     if blob_id(proof) != anchor.get("ots"):
@@ -143,11 +149,13 @@ def check(anchor: dict[str, Any], block_id: str, proof: bytes) -> list[Attested]
     if parsed.digest != digest:
         raise ProofError("the anchor's proof does not start from the block id")
     txid = bitcoin.internal(str(anchor.get("txid", "")))
-    if txid not in _values(parsed.digest, parsed.timestamp):
+    subtrees = list(_through(parsed.digest, parsed.timestamp, txid))
+    if not subtrees:
         raise ProofError(f"the anchor's proof does not pass through transaction {anchor['txid']}")
-    found = [Attested(h, root) for h, root in ots.attested(parsed.digest, parsed.timestamp)]
+    # An attestation on a branch that skips the txid says nothing about that tx.
+    found = [Attested(h, root) for sub in subtrees for h, root in ots.attested(txid, sub)]
     if not found:
-        raise ProofError("the anchor's proof attests nothing in Bitcoin")
+        raise ProofError("the anchor's proof attests nothing in Bitcoin through its txid")
     return found
 
 

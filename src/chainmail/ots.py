@@ -32,7 +32,8 @@ PENDING_TAG: Final = bytes.fromhex("83dfe30d2ef90c8e")
 #: python-opentimestamps' bounds on an operation's argument and result.
 MAX_ARGUMENT: Final = 4096
 MAX_RESULT: Final = 4096
-#: Past this depth a proof is refused rather than replayed (a real one is ~30 deep).
+#: A node this deep is refused rather than replayed, as python-opentimestamps refuses it
+#: (its recursion limit); a real proof is ~30 deep.
 MAX_DEPTH: Final = 256
 
 SHA256: Final = 0x08
@@ -121,11 +122,25 @@ def _op_bytes(op: Op) -> bytes:
     return bytes([op.tag]) + (_varbytes(op.arg) if op.tag in _BINARY else b"")
 
 
+def _attestation_order(a: Attestation) -> tuple[bytes, int, bytes]:
+    """python-opentimestamps' order: by tag; a kind's own by height (Bitcoin), by URI
+    (pending, whose payload is the URI's varbytes) or by payload."""
+    if a.tag == BITCOIN_TAG:
+        return a.tag, a.bitcoin_height or 0, b""
+    if a.tag == PENDING_TAG:
+        r = _Reader(a.payload)
+        try:
+            return a.tag, 0, r.varbytes(len(a.payload))
+        except ProofError:
+            return a.tag, 0, a.payload
+    return a.tag, 0, a.payload
+
+
 def _timestamp_bytes(stamp: Timestamp, out: bytearray) -> None:
     # python-opentimestamps writes attestations, then operations, each sorted.
     items: list[tuple[bytes, Timestamp | None]] = [
         (b"\x00" + a.tag + _varbytes(a.payload), None)
-        for a in sorted(stamp.attestations, key=lambda a: (a.tag, a.payload))
+        for a in sorted(stamp.attestations, key=_attestation_order)
     ]
     items += [
         (_op_bytes(op), child)
@@ -158,16 +173,12 @@ def chain(ops: list[Op], attestation: Attestation) -> Timestamp:
     return stamp
 
 
-def _chunks(data: bytes) -> list[bytes]:
-    return [data[i : i + MAX_ARGUMENT] for i in range(0, len(data), MAX_ARGUMENT)]
-
-
 def bitcoin_path(
     digest: bytes, tx: bitcoin.Transaction, block: bitcoin.Block, height: int
 ) -> Timestamp:
     """The operations from ``digest`` (inside ``tx``'s ``OP_RETURN``) to ``block``'s
     Merkle root, attested at ``height``. ``ProofError`` if the tx does not carry
-    the digest or is not in the block."""
+    the digest, is not in the block, or is too big to hash in a proof."""
     raw = tx.stripped
     at = raw.find(digest)
     if at < 0 or not any(bitcoin.op_return_data(o.script) == digest for o in tx.outputs):
@@ -177,12 +188,16 @@ def bitcoin_path(
         index = hashes.index(tx.hash)
     except ValueError:
         raise ProofError(f"transaction {tx.txid} is not in the block") from None
-    ops: list[Op] = []
-    # Prepend from the digest outwards: the chunk next to it first.
-    for chunk in reversed(_chunks(raw[:at])):
-        ops.append(Op(PREPEND, chunk))
-    for chunk in _chunks(raw[at + len(digest) :]):
-        ops.append(Op(APPEND, chunk))
+    if len(raw) > MAX_RESULT:
+        # The txid hashes the whole tx as one message, and no message may exceed this.
+        raise ProofError(
+            f"transaction {tx.txid} is {len(raw)} bytes; an OpenTimestamps proof "
+            f"hashes at most {MAX_RESULT}"
+        )
+    # The tx is at most 4,096 bytes, so each side of the digest is one argument.
+    ops = [Op(PREPEND, raw[:at])] if at else []
+    if at + len(digest) < len(raw):
+        ops.append(Op(APPEND, raw[at + len(digest) :]))
     ops += [Op(SHA256), Op(SHA256)]
     for right, sibling in bitcoin.merkle_branch(hashes, index):
         ops += [Op(APPEND if right else PREPEND, sibling), Op(SHA256), Op(SHA256)]
@@ -240,7 +255,7 @@ def _read_op(r: _Reader, tag: int) -> Op:
 
 
 def _read_timestamp(r: _Reader, depth: int) -> Timestamp:
-    if depth > MAX_DEPTH:
+    if depth >= MAX_DEPTH:
         raise ProofError("the OpenTimestamps proof is nested too deep")
     stamp = Timestamp()
 
