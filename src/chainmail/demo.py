@@ -24,6 +24,7 @@ from typing import Final
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from chainmail.client import Client
 from chainmail.errors import DecryptionError, Error, OperationalError
@@ -180,7 +181,9 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
         say("   seller (in public): “Confirmed: we sell 1,000 MEGA at the agreed price.”")
         for client in (seller, buyer, bbank, sbank):
             client.finish(trade)
-        say(f"   all four parties finish → status [green]{buyer.tx(trade)['status']}[/]")
+        say(
+            f"   all four parties finish → status [green]{escape(str(buyer.tx(trade)['status']))}[/]"
+        )
 
         say("\n[bold]3. Settlement[/] — the banks negotiate delivery versus payment")
         dvp = bbank.open_tx(
@@ -208,7 +211,7 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
             say(f"   {who}: “{text}”")
         sbank.finish(dvp)
         bbank.finish(dvp)
-        say(f"   both banks finish → status [green]{bbank.tx(dvp)['status']}[/]")
+        say(f"   both banks finish → status [green]{escape(str(bbank.tx(dvp)['status']))}[/]")
 
         say("\n[bold]4. A request for quote nobody answers[/] — it times out")
         quote = buyer.open_tx(
@@ -223,7 +226,7 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
         try:
             seller.note(quote, {"text": "Sorry, late: 12.60?"})
         except Error as exc:
-            say(f"   a late answer is refused: [red]{exc.code}[/]")
+            say(f"   a late answer is refused: [red]{escape(exc.code)}[/]")
 
         say("\n[bold]5. Notarising the NDA[/] — a message to the future")
         nda = buyer.notarise(NDA, name="nda-acme-northwind.txt", mime="text/plain")
@@ -247,7 +250,7 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
             for opened in regulator.channel_read(chan):
                 who = next(r for r, k in keys.items() if k.id == opened.author)
                 say(
-                    f"   regulator reads {label} ({names[who].split(' (')[0]}): {json.dumps(opened.data, ensure_ascii=False)}"
+                    f"   regulator reads {label} ({names[who].split(' (')[0]}): {escape(json.dumps(opened.data, ensure_ascii=False))}"
                 )
 
         say("\n[bold]8. Verifying locally[/] — nothing the node says is taken on trust")
@@ -265,7 +268,7 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
             say(f"   [green]✓[/] {label}: {len(report)} checks")
             if verbose:
                 for check in report:
-                    say(f"       [dim]✓ {check.check}: {check.detail}[/]")
+                    say(f"       [dim]✓ {escape(check.check)}: {escape(check.detail)}[/]")
         nda_back = buyer.get_blob(nda_blob_id(buyer, nda.id))
         assert nda_back == NDA
         say(f"\n[bold green]Settled and proven.[/] {checks} independent checks passed.")

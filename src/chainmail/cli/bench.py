@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from chainmail.bench import (
     DEFAULT_BATCH,
@@ -116,7 +117,7 @@ def bench(
 
         report = run(
             config,
-            on_stage=lambda text: progress.console.print(f"[dim]… {text}[/dim]"),
+            on_stage=lambda text: progress.console.print(Text(f"… {text}", style="dim")),
             on_generate=on_generate,
             on_progress=on_progress,
         )
@@ -168,5 +169,6 @@ def _table(r: dict[str, Any]) -> Table:
         rows.append(("rejected by code", str(r["rejected_codes"])))
         rows.append(("first problem", str(r["first_problem"])))
     for name, value in rows:
-        table.add_row(name, value)
+        # Text, not markup: the rejected codes and the first problem are the node's words.
+        table.add_row(name, Text(value))
     return table
