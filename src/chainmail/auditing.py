@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from chainmail import ssb
+from chainmail.anchors import ANCHOR
 from chainmail.audit import Auditor, Checked, Finding
 from chainmail.checkpoint import Checkpoint, verify_checkpoint
 from chainmail.client import Client, NodeUnavailable, VerificationFailed
-from chainmail.errors import Error, InvalidMessage, ProofError
+from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
 from chainmail.mirrors import compare_block_ids, compare_checkpoints, needs_proof
 from chainmail.verify import NodeInfo, node_info
 
@@ -74,6 +75,7 @@ def audit_node(
     mirrors: Sequence[Client] = (),
     on_outage: Callable[[NodeUnavailable | None], None] | None = None,
     on_caught_up: Callable[[int, int], None] | None = None,
+    bitcoin: str | None = None,
 ) -> AuditSummary:
     """Audit the node ``client`` talks to (see ``chainmail.audit``).
 
@@ -93,7 +95,9 @@ def audit_node(
     hears the error when that starts, and None when the node answers again),
     and ``ProofError`` when ``/healthz`` names no pipeline count, or (with no
     ``node_id``) no node id. ``on_caught_up`` hears the messages and blocks audited by the first full
-    read, once, when following starts.
+    read, once, when following starts. Each ``anchor`` the node posted is checked
+    once its block is read; ``bitcoin``, the JSON-RPC URL of a Bitcoin node of your
+    own, checks the Merkle roots its proofs reach in the Bitcoin headers too.
     """
     if grace < 0 or interval <= 0:
         raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
@@ -107,7 +111,7 @@ def audit_node(
     auditor = Auditor(node_id or str(reported), grace_ms=int(grace * 1000), pipelines=pipelines)
     summary = AuditSummary(auditor.node_id, mirrors=[m.node for m in mirrors])
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:
-        run = _Run(client, auditor, pipelines, pool, summary, on_finding)
+        run = _Run(client, auditor, pipelines, pool, summary, on_finding, bitcoin=bitcoin)
         compare = _Compare(
             client, [_Mirror(m) for m in mirrors], _bound(health, auditor.node_id), auditor.hmac_key
         )
@@ -179,6 +183,11 @@ class _Run:
     on_finding: Callable[[Finding], None] | None
     #: Hears each block read: its height, id, signed message and its findings.
     on_block: Callable[[int, str, dict[str, Any], list[Finding]], None] | None = None
+    #: JSON-RPC URL of a Bitcoin node of the auditor's own: anchors' headers are checked there.
+    bitcoin: str | None = None
+    #: Heights of blocks the node posted an ``anchor`` for (seen on the firehose), to check
+    #: once the block itself is read.
+    anchored: list[int] = field(default_factory=list)
 
     def report(self, found: list[Finding]) -> None:
         for finding in found:
@@ -214,6 +223,16 @@ class _Run:
         self.report(
             self.auditor.see_messages(pipeline, chunk, now=_now(), checked=checked.result())
         )
+        node_id = self.auditor.node_id
+        for _, _, message in chunk:
+            content = message.get("content") if isinstance(message, dict) else None
+            if (
+                isinstance(content, dict)
+                and content.get("type") == ANCHOR
+                and message.get("author") == node_id
+                and type(content.get("height")) is int
+            ):
+                self.anchored.append(content["height"])
 
     def blocks(self) -> None:
         """Every block since the last read: checked against the firehose, and verified
@@ -236,7 +255,27 @@ class _Run:
                 if self.on_block is not None:
                     self.on_block(height, str(block["id"]), block["message"], found)
             if len(page) < _BLOCK_PAGE:
+                self.anchors()
                 return
+
+    def anchors(self) -> None:
+        """Each anchor seen, once its block was read: its proof replayed from the block id
+        through its Bitcoin tx (``Client.verify_block``; the headers too with ``bitcoin``).
+        One that fails is a ``block`` finding."""
+        later = []
+        for height in dict.fromkeys(self.anchored):
+            if height > self.auditor.height:
+                later.append(height)
+                continue
+            try:
+                self.client.verify_block(height, node_id=self.auditor.node_id, bitcoin=self.bitcoin)
+            except VerificationFailed as exc:
+                failed = next((c for c in exc.report if not c.ok), None)
+                why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
+                self.report([Finding.block(height, f"its anchor does not hold: {why}")])
+            except NotFound as exc:
+                self.report([Finding.block(height, f"its anchor does not hold: {exc.detail}")])
+        self.anchored = later
 
     def overdue(self) -> None:
         self.report(self.auditor.overdue(now=_now()))

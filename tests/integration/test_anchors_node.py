@@ -17,7 +17,9 @@ import pytest
 from chainmail import anchors, bitcoin
 from chainmail.client import Client
 from chainmail.keys import Keypair
+from chainmail.verify import path_id
 from support.bcoin import Bcoin, regtest
+from support.lying import lying
 from support.server import CHAINMAIL, Server, free_port, running
 
 pytestmark = pytest.mark.integration
@@ -180,6 +182,35 @@ def test_a_block_is_anchored_and_verify_and_ots_verify_accept_it(tmp_path: Path)
                 timeout=60,
             )
             assert refused.returncode != 0
+
+            # An audit checks each anchor too (against this Bitcoin node's headers) ...
+            audited = _cli(
+                "audit",
+                "--node",
+                node.url,
+                "--bitcoin",
+                btc.node_url,
+                "--grace",
+                "2",
+                "--json",
+                home=home,
+            )
+            assert audited.returncode == 0, audited.stdout + audited.stderr
+
+            # ... and a node that serves another proof for the anchor is caught by both.
+            def flipped(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+                return status, ctype, body[:-1] + bytes([body[-1] ^ 1])
+
+            with lying(node.url, {f"/v1/blobs/{path_id(anchor['ots'])}": flipped}) as url:
+                lied = _cli("audit", "--node", url, "--grace", "2", "--json", home=home)
+                assert lied.returncode == 1, lied.stdout + lied.stderr
+                (finding,) = [json.loads(line) for line in lied.stdout.splitlines()]
+                assert (
+                    finding["kind"] == "block" and "its anchor does not hold" in finding["detail"]
+                )
+                assert finding["height"] == anchored["height"]
+                tricked = _cli("verify", "block", str(height), "--node", url, home=home)
+                assert tricked.returncode == 1 and "ots id" in tricked.stderr
 
 
 def test_a_node_killed_with_an_anchor_pending_posts_it_once_after_restart(tmp_path: Path) -> None:

@@ -56,6 +56,15 @@ def audit(
             " the node showed two histories.",
         ),
     ] = None,
+    bitcoin: Annotated[
+        str | None,
+        typer.Option(
+            "--bitcoin",
+            envvar="CHAINMAIL_BITCOIN",
+            help="JSON-RPC URL of a Bitcoin node of your own (http://user:password@host:port):"
+            " each anchor's Merkle root is checked in its Bitcoin block header.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Audit a node from what it publishes, trusting none of it.
@@ -72,7 +81,9 @@ def audit(
     Ctrl-C ends it with the same summary and exit status, and a node that
     cannot be reached for a while is tried again every --interval. With --mirror it
     also compares what each mirror serves with what --node serves (each
-    mirror's own firehose is checked by auditing it with --node).
+    mirror's own firehose is checked by auditing it with --node). Each Bitcoin
+    anchor the node posted is checked once its block is read: its proof from the
+    block id through its Bitcoin transaction, and with --bitcoin the header.
     """
 
     # What the audited node says (its id, what a finding quotes) is neither
@@ -115,6 +126,7 @@ def audit(
             mirrors=others,
             on_outage=outage,
             on_caught_up=caught_up,
+            bitcoin=bitcoin,
         )
     found = len(summary.findings)
     outcome = "no findings" if not found else f"{found} finding(s)"
