@@ -973,7 +973,8 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         response_class=PlainTextResponse,
         summary="Prometheus metrics",
         description="Messages accepted, duplicated and refused (by code), each pipeline's log "
-        "size, the block height, and `chainmail_ingest_stage_seconds`: a histogram per ingest "
+        "size, the block height (with anchoring on, the newest anchored height and whether an "
+        "anchor is pending), and `chainmail_ingest_stage_seconds`: a histogram per ingest "
         "stage (`queued`, `verify`, `wait`, `log`, `project`, and `total` from arrival to reply), "
         "counting messages.",
     )
@@ -1006,6 +1007,17 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             "# TYPE chainmail_block_height gauge",
             f"chainmail_block_height {0 if latest is None else latest.height}",
         ]
+        if node.anchorer is not None:
+            anchored = node.store.latest_anchored()
+            lines += [
+                "# HELP chainmail_anchored_height Height of the newest block anchored in Bitcoin.",
+                "# TYPE chainmail_anchored_height gauge",
+                f"chainmail_anchored_height {0 if anchored is None else anchored}",
+                "# HELP chainmail_anchor_pending 1 while an anchor transaction waits for its"
+                " confirmations.",
+                "# TYPE chainmail_anchor_pending gauge",
+                f"chainmail_anchor_pending {0 if node.anchorer.pending is None else 1}",
+            ]
         if node.ingest_stages is not None:
             lines += node.ingest_stages.render()
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

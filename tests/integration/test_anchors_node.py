@@ -93,6 +93,8 @@ def test_a_block_is_anchored_and_verify_and_ots_verify_accept_it(tmp_path: Path)
             (anchor,) = anchored["anchors"]
             assert anchor["chain"] == "bitcoin-regtest"
             assert _anchor_health(node.url)["anchored"] == anchored["height"]
+            metrics = httpx.get(f"{node.url}/metrics").text
+            assert f"chainmail_anchored_height {anchored['height']}" in metrics
 
             # The anchor message is the node's own, in its feed, with the fields of DESIGN §3.
             with Client(node.url, Keypair.generate()) as reader:
