@@ -15,8 +15,9 @@ saying what and where, never the credentials.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -36,9 +37,16 @@ class BitcoinError(OperationalError):
 
 def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str]:
     """(base URL without credentials, their basic auth, path) of ``url``."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        # urlsplit's own words (a bad port, an unclosed IPv6 bracket) hold no credential.
+        raise BitcoinError(
+            f"not a valid URL ({exc}): {redact(url)}", code="invalid_format"
+        ) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise BitcoinError(f"not an http(s) URL: {redact(url)}")
+        raise BitcoinError(f"not an http(s) URL: {redact(url)}", code="invalid_format")
     auth = None
     if parts.username is not None or parts.password is not None:
         auth = httpx.BasicAuth(parts.username or "", parts.password or "")
@@ -48,9 +56,16 @@ def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str]:
     return urlunsplit((parts.scheme, netloc, "", "", "")), auth, parts.path
 
 
+#: The user info of a URL that ``urlsplit`` cannot read: all of it is hidden.
+_USERINFO: Final = re.compile(r"(?<=//)[^/?#]*@")
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
+    """``url`` without its password, for messages and logs (never raises)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _USERINFO.sub("***@", url)
     if parts.password is None:
         return url
     host = parts.netloc.rsplit("@", 1)[-1]

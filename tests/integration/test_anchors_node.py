@@ -226,6 +226,10 @@ def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> 
         (("--anchor-bitcoin", "ftp://h", "--anchor-wallet", "http://h:1"), "not an http(s) URL"),
         (("--anchor-bitcoin", "http://h:x", "--anchor-wallet", "http://h:1"), "bad port"),
         (
+            ("--anchor-bitcoin", "http://x:secret@[::1", "--anchor-wallet", "http://h:1"),
+            "Invalid IPv6 URL: http://***@[::1",
+        ),
+        (
             (
                 "--anchor-bitcoin",
                 "http://h:1",
@@ -264,3 +268,21 @@ def test_bad_anchor_options_are_refused_in_one_line(
     assert got.returncode != 0
     assert said in got.stderr and len(got.stderr.strip().splitlines()) == 1, got.stderr
     assert not (tmp_path / "node").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://x:secret@h:port", "not a valid URL"),
+        ("http://x:secret@[::1", "not a valid URL"),
+        ("ftp://x:secret@h:1", "not an http(s) URL"),
+    ],
+)
+def test_verify_block_refuses_a_malformed_bitcoin_url_in_one_line(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    got = _cli("verify", "block", "1", "--node", dead, "--bitcoin", url, home=tmp_path / "home")
+    assert got.returncode == 1, got.stderr
+    assert said in got.stderr and len(got.stderr.strip().splitlines()) == 1, got.stderr
+    assert "secret" not in got.stderr

@@ -45,7 +45,10 @@ def _anchor_config(
             code="invalid_format",
         )
     for name, url in (("anchor-bitcoin", bitcoin), ("anchor-wallet", wallet)):
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket, say
+            raise Error(f"--{name}: {exc}: {redact(url)}", code="invalid_format") from None
         try:
             parts.port  # noqa: B018 - raises on a port that is not a number
         except ValueError:
