@@ -8,8 +8,9 @@ HTTP API (``POST /wallet/{id}/send`` with a script output, ``GET
 
 URLs carry their credentials: ``http://x:API_KEY@127.0.0.1:48332`` for a node,
 ``http://x:API_KEY@127.0.0.1:48334/wallet/primary`` for a wallet (``primary``
-when the path names none). Every failure is a ``BitcoinError`` with one line
-saying what and where, never the credentials.
+when the path names none); a query (a bcoin wallet's ``?token=``) goes with every
+request. Every failure is a ``BitcoinError`` with one line saying what and where,
+never the credentials.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
@@ -35,8 +36,9 @@ class BitcoinError(OperationalError):
     title = "Bitcoin unavailable"
 
 
-def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str]:
-    """(base URL without credentials, their basic auth, path) of ``url``."""
+def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str, httpx.QueryParams]:
+    """(base URL without credentials, their basic auth, path, query parameters: a bcoin
+    wallet's ``token``, say) of ``url``."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number in range
@@ -53,7 +55,8 @@ def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str]:
     netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
     if ":" in parts.hostname:  # IPv6
         netloc = f"[{parts.hostname}]" + ("" if parts.port is None else f":{parts.port}")
-    return urlunsplit((parts.scheme, netloc, "", "", "")), auth, parts.path
+    params = httpx.QueryParams(parts.query)
+    return urlunsplit((parts.scheme, netloc, "", "", "")), auth, parts.path, params
 
 
 #: The user info of a URL that ``urlsplit`` cannot read: all of it is hidden.
@@ -61,24 +64,31 @@ _USERINFO: Final = re.compile(r"(?<=//)[^/?#]*@")
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs (never raises)."""
+    """``url`` without its credentials, for messages and logs (never raises): the password,
+    a user name given alone (``http://KEY@host``) and the query's values (a bcoin wallet's
+    ``?token=``) become ``***``."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return _USERINFO.sub("***@", url)
-    if parts.password is None:
-        return url
+        return _USERINFO.sub("***@", url.partition("?")[0])
     host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", *parts[2:]))
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{host}"
+    elif parts.username is not None:
+        netloc = f"***@{host}"
+    else:
+        netloc = host
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class BitcoinNode:
     """A Bitcoin node's JSON-RPC (Bitcoin Core or bcoin)."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        base, auth, path = _split(url)
+        base, auth, path, params = _split(url)
         self.url = redact(url)
-        self._client = httpx.Client(base_url=base, auth=auth, timeout=timeout)
+        self._client = httpx.Client(base_url=base, auth=auth, params=params, timeout=timeout)
         self._path = path or "/"
         self._ids = itertools.count(1)
 
@@ -152,9 +162,9 @@ class BcoinWallet:
     """One bcoin wallet, over its HTTP API: sends ``OP_RETURN`` outputs."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        base, auth, path = _split(url)
+        base, auth, path, params = _split(url)
         self.url = redact(url)
-        self._client = httpx.Client(base_url=base, auth=auth, timeout=timeout)
+        self._client = httpx.Client(base_url=base, auth=auth, params=params, timeout=timeout)
         path = path.rstrip("/")
         self._path = path if path.startswith("/wallet/") else "/wallet/primary"
 
