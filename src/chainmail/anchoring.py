@@ -13,8 +13,9 @@ Each step:
 The pending transaction is kept in ``<data>/anchor.json`` (written atomically
 after the wallet answers), so a restart finishes what it started. A crash
 between the wallet's answer and that write costs one transaction's fee: the
-next step sends another. Bitcoin failures are logged (once per distinct
-message) and retried at the next step; they never stop the node.
+next step sends another. Failures (Bitcoin, the store, ``anchor.json``) are
+logged (once per distinct message) and retried at the next step; they never
+stop the node or the anchorer.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from chainmail import anchors
 from chainmail.anchors import Pending
 from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode
-from chainmail.errors import Error, ProofError
+from chainmail.errors import Error, ProofError, StorageError
 from chainmail.ids import blob_id
 from chainmail.store import Store
 
@@ -58,6 +59,9 @@ def _load(path: Path) -> tuple[Pending | None, int | None]:
         return None, None
     except (OSError, ValueError) as exc:
         log.error("anchorer: %s is unreadable (%s); starting afresh", path, exc)
+        return None, None
+    if not isinstance(data, dict):
+        log.error("anchorer: %s is not a JSON object; starting afresh", path)
         return None, None
     pending = data.get("pending")
     last_sent = data.get("last_sent")
@@ -123,7 +127,8 @@ class Anchorer:
             await asyncio.sleep(poll)
 
     async def step(self) -> None:
-        """One round; Bitcoin failures are logged and left for the next round."""
+        """One round; failures are logged and left for the next round (never raised:
+        the task must outlive a Bitcoin node's odd answer or a full disk)."""
         try:
             if self._chain is None:
                 self._chain = anchors.chain_name(await asyncio.to_thread(self.node.chain))
@@ -133,10 +138,14 @@ class Anchorer:
                 await self._send()
             self._last_error = None
         except (BitcoinError, Error) as exc:
-            text = exc.diagnostics()
-            if text != self._last_error:
-                log.error("anchorer: %s", text)
-                self._last_error = text
+            self._failed(exc.diagnostics())
+        except Exception as exc:
+            self._failed(f"unexpected {type(exc).__name__}: {exc}", trace=True)
+
+    def _failed(self, text: str, *, trace: bool = False) -> None:
+        if text != self._last_error:
+            log.error("anchorer: %s", text, exc_info=trace)
+            self._last_error = text
 
     async def _send(self) -> None:
         latest = await asyncio.to_thread(self.store.latest_block)
@@ -151,7 +160,15 @@ class Anchorer:
         txid = await asyncio.to_thread(self.wallet.send_data, digest)
         pending = Pending(latest.height, latest.id, txid, now)
         # On disk before it shows anywhere: a crash after this finishes this tx.
-        await asyncio.to_thread(_save, self._path, pending, now)
+        try:
+            await asyncio.to_thread(_save, self._path, pending, now)
+        except OSError as exc:
+            # Kept in memory all the same: else every round sent another tx (and paid).
+            self.pending, self.last_sent = pending, now
+            raise StorageError(
+                f"tx {txid} (block {latest.height}) sent, but {self._path} cannot be "
+                f"written: {exc.strerror or exc}"
+            ) from exc
         self.pending, self.last_sent = pending, now
         log.info("anchorer: block %d sent in Bitcoin tx %s", latest.height, txid)
 

@@ -115,12 +115,19 @@ class BitcoinNode:
             raise BitcoinError(f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}")
         return answer["result"]
 
+    def _answer(self, method: str, value: object, kind: type[Any]) -> Any:
+        # bool is an int in Python, not in JSON.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise BitcoinError(f"Bitcoin node {self.url}: {method}: unexpected answer")
+        return value
+
     def chain(self) -> str:
         """What the node calls its chain: ``main``, ``test``, ``regtest``, …"""
-        return str(self.call("getblockchaininfo")["chain"])
+        info = self._answer("getblockchaininfo", self.call("getblockchaininfo"), dict)
+        return str(self._answer("getblockchaininfo", info.get("chain"), str))
 
     def block_count(self) -> int:
-        return int(self.call("getblockcount"))
+        return int(self._answer("getblockcount", self.call("getblockcount"), int))
 
     def block_hash(self, height: int) -> str:
         return str(self.call("getblockhash", height))
@@ -140,7 +147,8 @@ class BitcoinNode:
         return _hex(self.call("getblock", block_hash, False), f"block {block_hash}")
 
     def block_height(self, block_hash: str) -> int:
-        return int(self.call("getblockheader", block_hash, True)["height"])
+        header = self._answer("getblockheader", self.call("getblockheader", block_hash, True), dict)
+        return int(self._answer("getblockheader", header.get("height"), int))
 
 
 def _hex(value: object, what: str) -> bytes:
@@ -202,10 +210,10 @@ class BcoinWallet:
         if answer is None:
             return None
         block = answer.get("block")
-        return TxStatus(
-            block if isinstance(block, str) and block else None,
-            max(0, int(answer.get("confirmations") or 0)),
-        )
+        confirmations = answer.get("confirmations") or 0
+        if not isinstance(confirmations, int):
+            raise BitcoinError(f"Bitcoin wallet {self.url}: tx {txid}: unexpected answer")
+        return TxStatus(block if isinstance(block, str) and block else None, max(0, confirmations))
 
     def receive_address(self) -> str:
         """A fresh receiving address of the wallet's default account (to fund it)."""
