@@ -246,6 +246,17 @@ def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> 
                 "http://h:1",
                 "--anchor-wallet",
                 "http://h:1",
+                "--anchor-interval",
+                "inf",
+            ),
+            "--anchor-interval: expected a positive number of seconds, got inf",
+        ),
+        (
+            (
+                "--anchor-bitcoin",
+                "http://h:1",
+                "--anchor-wallet",
+                "http://h:1",
                 "--anchor-confirmations",
                 "0",
             ),

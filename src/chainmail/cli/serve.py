@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -55,7 +56,7 @@ def _anchor_config(
             raise Error(f"--{name}: bad port in {redact(url)}", code="invalid_format") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Error(f"--{name}: not an http(s) URL: {redact(url)}", code="invalid_format")
-    if not interval > 0:
+    if not 0 < interval < math.inf:  # inf overflowed the anchorer's ms arithmetic
         raise Error(
             f"--anchor-interval: expected a positive number of seconds, got {interval}",
             code="invalid_format",
