@@ -4,9 +4,10 @@
 Bitcoin node and wallet (``chainmail.bitcoinrpc``) as one task of the node.
 Each step:
 
-1. With an anchor transaction pending: once it has its confirmations, fetch
-   its Bitcoin block, build the ``.ots`` proof, store it as a blob and post
-   the ``anchor`` message through the writer; the pending record goes.
+1. With an anchor transaction pending: once it has its confirmations in a
+   block of the Bitcoin node's best chain, fetch that block, build the ``.ots``
+   proof, store it as a blob and post the ``anchor`` message through the
+   writer; the pending record goes.
 2. Otherwise, when ``anchors.due``: send the latest block's digest and
    record the pending transaction.
 
@@ -190,6 +191,13 @@ class Anchorer:
         block_hash = status.block
         raw = await asyncio.to_thread(self.node.block, block_hash)
         height = await asyncio.to_thread(self.node.block_height, block_hash)
+        if await asyncio.to_thread(self.node.block_hash, height) != block_hash:
+            # The wallet's view lags a reorg (or is another node's): a proof of a block off
+            # the best chain names a header no one finds at that height. Wait for the wallet.
+            raise BitcoinError(
+                f"tx {pending.txid} (block {pending.height}): the wallet has it in Bitcoin "
+                f"block {block_hash}, which is not the node's at height {height}; waiting"
+            )
         if any(a.get("txid") == pending.txid for a in self.store.anchors(pending.height)):
             # Posted before a crash that left the pending record: do not post twice.
             self.pending = None

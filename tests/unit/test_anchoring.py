@@ -59,6 +59,7 @@ class FakeNode(BitcoinNode):
         self.url = "http://fake-node"
         self.raw = raw
         self.hash = block_hash
+        self.best = block_hash  # the best chain's block at BITCOIN_HEIGHT
         self.info: object = {"chain": "regtest"}
 
     def close(self) -> None:
@@ -70,7 +71,7 @@ class FakeNode(BitcoinNode):
         if method == "getblockheader":
             return {"height": BITCOIN_HEIGHT}
         if method == "getblockhash":
-            return self.hash
+            return self.best
         raise AssertionError(method)
 
     def block(self, block_hash: str) -> bytes:
@@ -201,3 +202,19 @@ def test_an_unexpected_error_is_logged_once_and_the_anchorer_goes_on(
     rig.store.latest_block = healthy  # type: ignore[method-assign]
     rig.step()
     assert rig.wallet.sent == [DIGEST]
+
+
+def test_no_anchor_is_posted_of_a_bitcoin_block_off_the_best_chain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    rig.wallet.mined = True
+    rig.node.best = "00" * 32  # a reorg the wallet has not seen yet
+    rig.step()
+    rig.step()
+    assert rig.store.posted == [] and rig.anchorer.pending is not None
+    assert caplog.text.count(f"which is not the node's at height {BITCOIN_HEIGHT}") == 1
+    rig.node.best = rig.node.hash  # back on the best chain (or the wallet caught up)
+    rig.step()
+    assert [a["txid"] for a in rig.store.posted] == [rig.txid]
