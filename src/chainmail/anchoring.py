@@ -14,7 +14,7 @@ Each step:
 The pending transaction is kept in ``<data>/anchor.json`` (written atomically
 after the wallet answers), so a restart finishes what it started. A crash
 between the wallet's answer and that write costs one transaction's fee: the
-next step sends another. Failures (Bitcoin, the store, ``anchor.json``) are
+next step sends another. A stop does not: it waits for the write. Failures (Bitcoin, the store, ``anchor.json``) are
 logged (once per distinct message) and retried at the next step; they never
 stop the node or the anchorer.
 """
@@ -22,6 +22,7 @@ stop the node or the anchorer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -111,10 +112,19 @@ class Anchorer:
         self._last_error: str | None = None
         #: The newest anchor posted by this process: (block height, Bitcoin txid).
         self.posted: tuple[int, str] | None = None
+        #: The wallet's send and the write of its record, while in flight (``aclose``).
+        self._sending: asyncio.Future[tuple[Pending, OSError | None]] | None = None
 
     def close(self) -> None:
         self.node.close()
         self.wallet.close()
+
+    async def aclose(self) -> None:
+        """Once a send in flight is recorded (its task may be cancelled already), close."""
+        if self._sending is not None:
+            with contextlib.suppress(Exception):
+                await self._sending
+        self.close()
 
     @property
     def chain(self) -> str | None:
@@ -157,21 +167,33 @@ class Anchorer:
             latest.height, anchored, self.last_sent, now, interval_ms
         ):
             return
-        digest = anchors.block_digest(latest.id)
-        txid = await asyncio.to_thread(self.wallet.send_data, digest)
-        pending = Pending(latest.height, latest.id, txid, now)
-        # On disk before it shows anywhere: a crash after this finishes this tx.
-        try:
-            await asyncio.to_thread(_save, self._path, pending, now)
-        except OSError as exc:
-            # Kept in memory all the same: else every round sent another tx (and paid).
-            self.pending, self.last_sent = pending, now
-            raise StorageError(
-                f"tx {txid} (block {latest.height}) sent, but {self._path} cannot be "
-                f"written: {exc.strerror or exc}"
-            ) from exc
+        # One thread job, shielded: a stop (this task cancelled) while the wallet sends
+        # cannot part its answer from the record of it; Node.stop waits for it (aclose).
+        self._sending = asyncio.ensure_future(
+            asyncio.to_thread(self._send_and_record, latest.height, latest.id, now)
+        )
+        pending, unsaved = await asyncio.shield(self._sending)
         self.pending, self.last_sent = pending, now
-        log.info("anchorer: block %d sent in Bitcoin tx %s", latest.height, txid)
+        if unsaved is not None:
+            # Kept in memory all the same: else every round sent another tx (and paid).
+            raise StorageError(
+                f"tx {pending.txid} (block {pending.height}) sent, but {self._path} cannot "
+                f"be written: {unsaved.strerror or unsaved}"
+            ) from unsaved
+        log.info("anchorer: block %d sent in Bitcoin tx %s", pending.height, pending.txid)
+
+    def _send_and_record(
+        self, height: int, block_id: str, now: int
+    ) -> tuple[Pending, OSError | None]:
+        """Send the block's digest and write ``anchor.json`` (on disk before it shows
+        anywhere: a crash after this finishes this tx); the write's error, if any."""
+        txid = self.wallet.send_data(anchors.block_digest(block_id))
+        pending = Pending(height, block_id, txid, now)
+        try:
+            _save(self._path, pending, now)
+        except OSError as exc:
+            return pending, exc
+        return pending, None
 
     async def _settle(self, pending: Pending) -> None:
         status = await asyncio.to_thread(self.wallet.status, pending.txid)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -218,3 +220,37 @@ def test_no_anchor_is_posted_of_a_bitcoin_block_off_the_best_chain(
     rig.node.best = rig.node.hash  # back on the best chain (or the wallet caught up)
     rig.step()
     assert [a["txid"] for a in rig.store.posted] == [rig.txid]
+
+
+def test_a_stop_while_the_wallet_sends_still_records_the_tx(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    sending, answer = threading.Event(), threading.Event()
+    send = rig.wallet.send_data
+
+    def slow(data: bytes) -> str:
+        sending.set()
+        answer.wait(10)
+        return send(data)
+
+    rig.wallet.send_data = slow  # type: ignore[method-assign]
+    state = tmp_path / anchoring.STATE_FILE
+
+    async def stop_while_sending() -> None:
+        task = asyncio.create_task(rig.anchorer.run())
+        await asyncio.to_thread(sending.wait, 10)
+        task.cancel()  # as Node.stop does
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        answer.set()  # the wallet answers after the task is gone
+        for _ in range(100):
+            if state.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert state.exists(), "the wallet sent a tx that is recorded nowhere"
+        await rig.anchorer.aclose()
+
+    asyncio.run(stop_while_sending())
+    assert rig.wallet.sent == [DIGEST]
+    # The tx the wallet sent is recorded, so a restart settles it rather than paying again.
+    assert json.loads(state.read_text())["pending"]["txid"] == rig.txid
+    assert Rig(tmp_path).anchorer.pending == anchors.Pending(3, BLOCK_ID, rig.txid, rig.now)
