@@ -205,9 +205,13 @@ class BcoinWallet:
         return str(answer["hash"])
 
     def status(self, txid: str) -> TxStatus | None:
-        """Where ``txid`` stands, or None when the wallet does not know it."""
+        """Where ``txid`` stands, or None when the wallet does not know it; ``BitcoinError``
+        when there is no such wallet (bcoin answers 404 for both)."""
         answer = self._request("GET", f"/tx/{txid}")
         if answer is None:
+            if self._request("GET", "") is None:
+                # Not "the wallet forgot the tx": a mistyped wallet id must not drop it.
+                raise BitcoinError(f"Bitcoin wallet {self.url}: no such wallet")
             return None
         block = answer.get("block")
         confirmations = answer.get("confirmations") or 0

@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from chainmail import anchors, bitcoin
+from chainmail.bitcoinrpc import BcoinWallet, BitcoinError
 from chainmail.client import Client
 from chainmail.keys import Keypair
-from support.bcoin import Bcoin, regtest
+from support.bcoin import API_KEY, Bcoin, regtest
 from support.server import CHAINMAIL, Server, free_port, running
 
 pytestmark = pytest.mark.integration
@@ -297,3 +298,17 @@ def test_verify_block_refuses_a_malformed_bitcoin_url_in_one_line(
     assert got.returncode == 1, got.stderr
     assert said in got.stderr and len(got.stderr.strip().splitlines()) == 1, got.stderr
     assert "secret" not in got.stderr
+
+
+def test_a_wallet_that_is_not_there_is_an_error_not_a_forgotten_tx(tmp_path: Path) -> None:
+    unknown = "ab" * 32
+    with regtest(tmp_path / "bitcoin") as btc:
+        assert btc.wallet.status(unknown) is None  # the wallet is there; the tx is not
+        mistyped = BcoinWallet(btc.wallet_url.replace("/wallet/primary", "/wallet/primray"))
+        try:
+            # Taken for "the wallet forgot it", this dropped the pending anchor tx for good.
+            with pytest.raises(BitcoinError, match="no such wallet") as raised:
+                mistyped.status(unknown)
+            assert API_KEY not in raised.value.diagnostics()
+        finally:
+            mistyped.close()
