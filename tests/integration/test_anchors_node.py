@@ -195,7 +195,7 @@ def test_a_node_killed_with_an_anchor_pending_posts_it_once_after_restart(tmp_pa
             server.kill()
             server = Server(data, port=server.port, extra=_serve_args(btc, interval=0.2))
             server.start()
-            # The same tx, not a second one: it was recorded before the wallet's answer returned.
+            # The same tx, not a second one: anchor.json had it before /healthz showed it.
             assert _anchor_health(server.url)["pending"] == pending
             btc.mine(1)
             anchored = _mine_until_anchored(btc, server.url, pending["height"])
