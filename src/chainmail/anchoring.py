@@ -4,22 +4,25 @@
 Bitcoin node and wallet (``chainmail.bitcoinrpc``) as one task of the node.
 Each step:
 
-1. With an anchor transaction pending: once it has its confirmations, fetch
-   its Bitcoin block, build the ``.ots`` proof, store it as a blob and post
-   the ``anchor`` message through the writer; the pending record goes.
+1. With an anchor transaction pending: once it has its confirmations in a
+   block of the Bitcoin node's best chain, fetch that block, build the ``.ots``
+   proof, store it as a blob and post the ``anchor`` message through the
+   writer; the pending record goes.
 2. Otherwise, when ``anchors.due``: send the latest block's digest and
    record the pending transaction.
 
 The pending transaction is kept in ``<data>/anchor.json`` (written atomically
 after the wallet answers), so a restart finishes what it started. A crash
 between the wallet's answer and that write costs one transaction's fee: the
-next step sends another. Bitcoin failures are logged (once per distinct
-message) and retried at the next step; they never stop the node.
+next step sends another. A stop does not: it waits for the write. Failures (Bitcoin, the store, ``anchor.json``) are
+logged (once per distinct message) and retried at the next step; they never
+stop the node or the anchorer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ from typing import Any
 from chainmail import anchors
 from chainmail.anchors import Pending
 from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode
-from chainmail.errors import Error, ProofError
+from chainmail.errors import Error, ProofError, StorageError
 from chainmail.ids import blob_id
 from chainmail.store import Store
 
@@ -58,6 +61,9 @@ def _load(path: Path) -> tuple[Pending | None, int | None]:
         return None, None
     except (OSError, ValueError) as exc:
         log.error("anchorer: %s is unreadable (%s); starting afresh", path, exc)
+        return None, None
+    if not isinstance(data, dict):
+        log.error("anchorer: %s is not a JSON object; starting afresh", path)
         return None, None
     pending = data.get("pending")
     last_sent = data.get("last_sent")
@@ -106,10 +112,19 @@ class Anchorer:
         self._last_error: str | None = None
         #: The newest anchor posted by this process: (block height, Bitcoin txid).
         self.posted: tuple[int, str] | None = None
+        #: The wallet's send and the write of its record, while in flight (``aclose``).
+        self._sending: asyncio.Future[tuple[Pending, OSError | None]] | None = None
 
     def close(self) -> None:
         self.node.close()
         self.wallet.close()
+
+    async def aclose(self) -> None:
+        """Once a send in flight is recorded (its task may be cancelled already), close."""
+        if self._sending is not None:
+            with contextlib.suppress(Exception):
+                await self._sending
+        self.close()
 
     @property
     def chain(self) -> str | None:
@@ -123,7 +138,8 @@ class Anchorer:
             await asyncio.sleep(poll)
 
     async def step(self) -> None:
-        """One round; Bitcoin failures are logged and left for the next round."""
+        """One round; failures are logged and left for the next round (never raised:
+        the task must outlive a Bitcoin node's odd answer or a full disk)."""
         try:
             if self._chain is None:
                 self._chain = anchors.chain_name(await asyncio.to_thread(self.node.chain))
@@ -133,10 +149,14 @@ class Anchorer:
                 await self._send()
             self._last_error = None
         except (BitcoinError, Error) as exc:
-            text = exc.diagnostics()
-            if text != self._last_error:
-                log.error("anchorer: %s", text)
-                self._last_error = text
+            self._failed(exc.diagnostics())
+        except Exception as exc:
+            self._failed(f"unexpected {type(exc).__name__}: {exc}", trace=True)
+
+    def _failed(self, text: str, *, trace: bool = False) -> None:
+        if text != self._last_error:
+            log.error("anchorer: %s", text, exc_info=trace)
+            self._last_error = text
 
     async def _send(self) -> None:
         latest = await asyncio.to_thread(self.store.latest_block)
@@ -147,13 +167,33 @@ class Anchorer:
             latest.height, anchored, self.last_sent, now, interval_ms
         ):
             return
-        digest = anchors.block_digest(latest.id)
-        txid = await asyncio.to_thread(self.wallet.send_data, digest)
-        pending = Pending(latest.height, latest.id, txid, now)
-        # On disk before it shows anywhere: a crash after this finishes this tx.
-        await asyncio.to_thread(_save, self._path, pending, now)
+        # One thread job, shielded: a stop (this task cancelled) while the wallet sends
+        # cannot part its answer from the record of it; Node.stop waits for it (aclose).
+        self._sending = asyncio.ensure_future(
+            asyncio.to_thread(self._send_and_record, latest.height, latest.id, now)
+        )
+        pending, unsaved = await asyncio.shield(self._sending)
         self.pending, self.last_sent = pending, now
-        log.info("anchorer: block %d sent in Bitcoin tx %s", latest.height, txid)
+        if unsaved is not None:
+            # Kept in memory all the same: else every round sent another tx (and paid).
+            raise StorageError(
+                f"tx {pending.txid} (block {pending.height}) sent, but {self._path} cannot "
+                f"be written: {unsaved.strerror or unsaved}"
+            ) from unsaved
+        log.info("anchorer: block %d sent in Bitcoin tx %s", pending.height, pending.txid)
+
+    def _send_and_record(
+        self, height: int, block_id: str, now: int
+    ) -> tuple[Pending, OSError | None]:
+        """Send the block's digest and write ``anchor.json`` (on disk before it shows
+        anywhere: a crash after this finishes this tx); the write's error, if any."""
+        txid = self.wallet.send_data(anchors.block_digest(block_id))
+        pending = Pending(height, block_id, txid, now)
+        try:
+            _save(self._path, pending, now)
+        except OSError as exc:
+            return pending, exc
+        return pending, None
 
     async def _settle(self, pending: Pending) -> None:
         status = await asyncio.to_thread(self.wallet.status, pending.txid)
@@ -173,6 +213,13 @@ class Anchorer:
         block_hash = status.block
         raw = await asyncio.to_thread(self.node.block, block_hash)
         height = await asyncio.to_thread(self.node.block_height, block_hash)
+        if await asyncio.to_thread(self.node.block_hash, height) != block_hash:
+            # The wallet's view lags a reorg (or is another node's): a proof of a block off
+            # the best chain names a header no one finds at that height. Wait for the wallet.
+            raise BitcoinError(
+                f"tx {pending.txid} (block {pending.height}): the wallet has it in Bitcoin "
+                f"block {block_hash}, which is not the node's at height {height}; waiting"
+            )
         if any(a.get("txid") == pending.txid for a in self.store.anchors(pending.height)):
             # Posted before a crash that left the pending record: do not post twice.
             self.pending = None

@@ -8,16 +8,18 @@ HTTP API (``POST /wallet/{id}/send`` with a script output, ``GET
 
 URLs carry their credentials: ``http://x:API_KEY@127.0.0.1:48332`` for a node,
 ``http://x:API_KEY@127.0.0.1:48334/wallet/primary`` for a wallet (``primary``
-when the path names none). Every failure is a ``BitcoinError`` with one line
-saying what and where, never the credentials.
+when the path names none); a query (a bcoin wallet's ``?token=``) goes with every
+request. Every failure is a ``BitcoinError`` with one line saying what and where,
+never the credentials.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
@@ -34,36 +36,59 @@ class BitcoinError(OperationalError):
     title = "Bitcoin unavailable"
 
 
-def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str]:
-    """(base URL without credentials, their basic auth, path) of ``url``."""
-    parts = urlsplit(url)
+def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str, httpx.QueryParams]:
+    """(base URL without credentials, their basic auth, path, query parameters: a bcoin
+    wallet's ``token``, say) of ``url``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError as exc:
+        # urlsplit's own words (a bad port, an unclosed IPv6 bracket) hold no credential.
+        raise BitcoinError(
+            f"not a valid URL ({exc}): {redact(url)}", code="invalid_format"
+        ) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise BitcoinError(f"not an http(s) URL: {redact(url)}")
+        raise BitcoinError(f"not an http(s) URL: {redact(url)}", code="invalid_format")
     auth = None
     if parts.username is not None or parts.password is not None:
         auth = httpx.BasicAuth(parts.username or "", parts.password or "")
     netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
     if ":" in parts.hostname:  # IPv6
         netloc = f"[{parts.hostname}]" + ("" if parts.port is None else f":{parts.port}")
-    return urlunsplit((parts.scheme, netloc, "", "", "")), auth, parts.path
+    params = httpx.QueryParams(parts.query)
+    return urlunsplit((parts.scheme, netloc, "", "", "")), auth, parts.path, params
+
+
+#: The user info of a URL that ``urlsplit`` cannot read: all of it is hidden.
+_USERINFO: Final = re.compile(r"(?<=//)[^/?#]*@")
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    """``url`` without its credentials, for messages and logs (never raises): the password,
+    a user name given alone (``http://KEY@host``) and the query's values (a bcoin wallet's
+    ``?token=``) become ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _USERINFO.sub("***@", url.partition("?")[0])
     host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", *parts[2:]))
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{host}"
+    elif parts.username is not None:
+        netloc = f"***@{host}"
+    else:
+        netloc = host
+    query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class BitcoinNode:
     """A Bitcoin node's JSON-RPC (Bitcoin Core or bcoin)."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        base, auth, path = _split(url)
+        base, auth, path, params = _split(url)
         self.url = redact(url)
-        self._client = httpx.Client(base_url=base, auth=auth, timeout=timeout)
+        self._client = httpx.Client(base_url=base, auth=auth, params=params, timeout=timeout)
         self._path = path or "/"
         self._ids = itertools.count(1)
 
@@ -90,12 +115,19 @@ class BitcoinNode:
             raise BitcoinError(f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}")
         return answer["result"]
 
+    def _answer(self, method: str, value: object, kind: type[Any]) -> Any:
+        # bool is an int in Python, not in JSON.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise BitcoinError(f"Bitcoin node {self.url}: {method}: unexpected answer")
+        return value
+
     def chain(self) -> str:
         """What the node calls its chain: ``main``, ``test``, ``regtest``, …"""
-        return str(self.call("getblockchaininfo")["chain"])
+        info = self._answer("getblockchaininfo", self.call("getblockchaininfo"), dict)
+        return str(self._answer("getblockchaininfo", info.get("chain"), str))
 
     def block_count(self) -> int:
-        return int(self.call("getblockcount"))
+        return int(self._answer("getblockcount", self.call("getblockcount"), int))
 
     def block_hash(self, height: int) -> str:
         return str(self.call("getblockhash", height))
@@ -115,7 +147,8 @@ class BitcoinNode:
         return _hex(self.call("getblock", block_hash, False), f"block {block_hash}")
 
     def block_height(self, block_hash: str) -> int:
-        return int(self.call("getblockheader", block_hash, True)["height"])
+        header = self._answer("getblockheader", self.call("getblockheader", block_hash, True), dict)
+        return int(self._answer("getblockheader", header.get("height"), int))
 
 
 def _hex(value: object, what: str) -> bytes:
@@ -137,9 +170,9 @@ class BcoinWallet:
     """One bcoin wallet, over its HTTP API: sends ``OP_RETURN`` outputs."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        base, auth, path = _split(url)
+        base, auth, path, params = _split(url)
         self.url = redact(url)
-        self._client = httpx.Client(base_url=base, auth=auth, timeout=timeout)
+        self._client = httpx.Client(base_url=base, auth=auth, params=params, timeout=timeout)
         path = path.rstrip("/")
         self._path = path if path.startswith("/wallet/") else "/wallet/primary"
 
@@ -172,15 +205,19 @@ class BcoinWallet:
         return str(answer["hash"])
 
     def status(self, txid: str) -> TxStatus | None:
-        """Where ``txid`` stands, or None when the wallet does not know it."""
+        """Where ``txid`` stands, or None when the wallet does not know it; ``BitcoinError``
+        when there is no such wallet (bcoin answers 404 for both)."""
         answer = self._request("GET", f"/tx/{txid}")
         if answer is None:
+            if self._request("GET", "") is None:
+                # Not "the wallet forgot the tx": a mistyped wallet id must not drop it.
+                raise BitcoinError(f"Bitcoin wallet {self.url}: no such wallet")
             return None
         block = answer.get("block")
-        return TxStatus(
-            block if isinstance(block, str) and block else None,
-            max(0, int(answer.get("confirmations") or 0)),
-        )
+        confirmations = answer.get("confirmations") or 0
+        if not isinstance(confirmations, int):
+            raise BitcoinError(f"Bitcoin wallet {self.url}: tx {txid}: unexpected answer")
+        return TxStatus(block if isinstance(block, str) and block else None, max(0, confirmations))
 
     def receive_address(self) -> str:
         """A fresh receiving address of the wallet's default account (to fund it)."""

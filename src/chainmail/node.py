@@ -295,7 +295,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.anchorer is not None:
-            self.anchorer.close()
+            await self.anchorer.aclose()
         if self._ingest is not None:
             await self._ingest.stop()
         if self._sequencer is not None:

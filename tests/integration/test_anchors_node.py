@@ -15,10 +15,11 @@ import httpx
 import pytest
 
 from chainmail import anchors, bitcoin
+from chainmail.bitcoinrpc import BcoinWallet, BitcoinError
 from chainmail.client import Client
 from chainmail.keys import Keypair
 from chainmail.verify import path_id
-from support.bcoin import Bcoin, regtest
+from support.bcoin import API_KEY, Bcoin, regtest
 from support.lying import lying
 from support.server import CHAINMAIL, Server, free_port, running
 
@@ -227,7 +228,7 @@ def test_a_node_killed_with_an_anchor_pending_posts_it_once_after_restart(tmp_pa
             server.kill()
             server = Server(data, port=server.port, extra=_serve_args(btc, interval=0.2))
             server.start()
-            # The same tx, not a second one: it was recorded before the wallet's answer returned.
+            # The same tx, not a second one: anchor.json had it before /healthz showed it.
             assert _anchor_health(server.url)["pending"] == pending
             btc.mine(1)
             anchored = _mine_until_anchored(btc, server.url, pending["height"])
@@ -259,6 +260,10 @@ def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> 
         (("--anchor-bitcoin", "ftp://h", "--anchor-wallet", "http://h:1"), "not an http(s) URL"),
         (("--anchor-bitcoin", "http://h:x", "--anchor-wallet", "http://h:1"), "bad port"),
         (
+            ("--anchor-bitcoin", "http://x:secret@[::1", "--anchor-wallet", "http://h:1"),
+            "Invalid IPv6 URL: http://***@[::1",
+        ),
+        (
             (
                 "--anchor-bitcoin",
                 "http://h:1",
@@ -268,6 +273,17 @@ def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> 
                 "0",
             ),
             "--anchor-interval",
+        ),
+        (
+            (
+                "--anchor-bitcoin",
+                "http://h:1",
+                "--anchor-wallet",
+                "http://h:1",
+                "--anchor-interval",
+                "inf",
+            ),
+            "--anchor-interval: expected a positive number of seconds, got inf",
         ),
         (
             (
@@ -297,3 +313,35 @@ def test_bad_anchor_options_are_refused_in_one_line(
     assert got.returncode != 0
     assert said in got.stderr and len(got.stderr.strip().splitlines()) == 1, got.stderr
     assert not (tmp_path / "node").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://x:secret@h:port", "not a valid URL"),
+        ("http://x:secret@[::1", "not a valid URL"),
+        ("ftp://x:secret@h:1", "not an http(s) URL"),
+    ],
+)
+def test_verify_block_refuses_a_malformed_bitcoin_url_in_one_line(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    got = _cli("verify", "block", "1", "--node", dead, "--bitcoin", url, home=tmp_path / "home")
+    assert got.returncode == 1, got.stderr
+    assert said in got.stderr and len(got.stderr.strip().splitlines()) == 1, got.stderr
+    assert "secret" not in got.stderr
+
+
+def test_a_wallet_that_is_not_there_is_an_error_not_a_forgotten_tx(tmp_path: Path) -> None:
+    unknown = "ab" * 32
+    with regtest(tmp_path / "bitcoin") as btc:
+        assert btc.wallet.status(unknown) is None  # the wallet is there; the tx is not
+        mistyped = BcoinWallet(btc.wallet_url.replace("/wallet/primary", "/wallet/primray"))
+        try:
+            # Taken for "the wallet forgot it", this dropped the pending anchor tx for good.
+            with pytest.raises(BitcoinError, match="no such wallet") as raised:
+                mistyped.status(unknown)
+            assert API_KEY not in raised.value.diagnostics()
+        finally:
+            mistyped.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -45,14 +46,17 @@ def _anchor_config(
             code="invalid_format",
         )
     for name, url in (("anchor-bitcoin", bitcoin), ("anchor-wallet", wallet)):
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket, say
+            raise Error(f"--{name}: {exc}: {redact(url)}", code="invalid_format") from None
         try:
             parts.port  # noqa: B018 - raises on a port that is not a number
         except ValueError:
             raise Error(f"--{name}: bad port in {redact(url)}", code="invalid_format") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Error(f"--{name}: not an http(s) URL: {redact(url)}", code="invalid_format")
-    if not interval > 0:
+    if not 0 < interval < math.inf:  # inf overflowed the anchorer's ms arithmetic
         raise Error(
             f"--anchor-interval: expected a positive number of seconds, got {interval}",
             code="invalid_format",

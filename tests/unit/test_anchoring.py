@@ -1,0 +1,256 @@
+"""The node's ``Anchorer`` round by round, against a fake Bitcoin node, wallet and store
+(the real ones: ``tests/integration/test_anchors_node.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from bitcoin.core import b2lx  # type: ignore[import-untyped]
+
+from chainmail import anchoring, anchors
+from chainmail.anchoring import AnchorConfig, Anchorer
+from chainmail.bitcoinrpc import BcoinWallet, BitcoinNode, TxStatus
+from chainmail.store import Store
+from support.btcbuild import anchor_tx, block_of, placed
+
+DIGEST = hashlib.sha256(b"chainmail block 3").digest()
+BLOCK_ID = "%" + base64.b64encode(DIGEST).decode() + ".sha256"
+BITCOIN_HEIGHT = 120
+INTERVAL = 60.0
+
+
+class Block:
+    def __init__(self, height: int, id_: str) -> None:
+        self.height = height
+        self.id = id_
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.latest: Block | None = Block(3, BLOCK_ID)
+        self.blobs: dict[str, bytes] = {}
+        self.posted: list[dict[str, Any]] = []
+
+    def latest_block(self) -> Block | None:
+        return self.latest
+
+    def latest_anchored(self) -> int | None:
+        return max((int(a["height"]) for a in self.posted), default=None)
+
+    def anchors(self, height: int) -> list[dict[str, Any]]:
+        return [a for a in self.posted if a["height"] == height]
+
+    def put_blob(self, blob_id: str, data: bytes) -> None:
+        self.blobs[blob_id] = data
+
+
+class FakeNode(BitcoinNode):
+    """A Bitcoin node whose best chain holds ``raw`` at BITCOIN_HEIGHT."""
+
+    def __init__(self, raw: bytes, block_hash: str) -> None:
+        self.url = "http://fake-node"
+        self.raw = raw
+        self.hash = block_hash
+        self.best = block_hash  # the best chain's block at BITCOIN_HEIGHT
+        self.info: object = {"chain": "regtest"}
+
+    def close(self) -> None:
+        pass
+
+    def call(self, method: str, *params: Any) -> Any:
+        if method == "getblockchaininfo":
+            return self.info
+        if method == "getblockheader":
+            return {"height": BITCOIN_HEIGHT}
+        if method == "getblockhash":
+            return self.best
+        raise AssertionError(method)
+
+    def block(self, block_hash: str) -> bytes:
+        assert block_hash == self.hash
+        return self.raw
+
+
+class FakeWallet(BcoinWallet):
+    def __init__(self, txid: str, block_hash: str) -> None:
+        self.url = "http://fake-wallet"
+        self.txid = txid
+        self.block_hash = block_hash
+        self.sent: list[bytes] = []
+        self.mined = False
+
+    def close(self) -> None:
+        pass
+
+    def send_data(self, data: bytes) -> str:
+        self.sent.append(data)
+        return self.txid
+
+    def status(self, txid: str) -> TxStatus | None:
+        if txid != self.txid:
+            return None
+        return TxStatus(self.block_hash, 1) if self.mined else TxStatus(None, 0)
+
+
+class Rig:
+    def __init__(self, data: Path) -> None:
+        tx = anchor_tx(DIGEST)
+        block = block_of(placed(4, 2, tx))
+        self.txid = b2lx(tx.GetTxid())
+        block_hash = b2lx(block.GetHash())
+        self.store = FakeStore()
+        self.now = 1_000_000
+        self.anchorer = Anchorer(
+            AnchorConfig("http://x:k@127.0.0.1:1", "http://x:k@127.0.0.1:1", interval=INTERVAL),
+            data,
+            cast(Store, self.store),
+            self._post,
+            lambda: self.now,
+        )
+        self.anchorer.node.close()
+        self.anchorer.wallet.close()
+        self.node = FakeNode(bytes(block.serialize()), block_hash)
+        self.wallet = FakeWallet(self.txid, block_hash)
+        self.anchorer.node = self.node
+        self.anchorer.wallet = self.wallet
+
+    async def _post(self, content: dict[str, Any]) -> object:
+        self.store.posted.append(content)
+        return content
+
+    def step(self) -> None:
+        asyncio.run(self.anchorer.step())
+
+
+def test_a_round_sends_then_posts_the_anchor(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    assert rig.wallet.sent == [DIGEST]
+    assert json.loads((tmp_path / anchoring.STATE_FILE).read_text())["pending"]["txid"] == rig.txid
+    rig.wallet.mined = True
+    rig.step()
+    (posted,) = rig.store.posted
+    assert posted["txid"] == rig.txid and posted["chain"] == "bitcoin-regtest"
+    assert anchors.check(posted, BLOCK_ID, rig.store.blobs[posted["ots"]])
+    assert rig.anchorer.pending is None
+
+
+@pytest.mark.parametrize("answer", [None, [], {"chain": None}, "regtest"])
+def test_an_odd_bitcoin_answer_is_logged_and_the_anchorer_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, answer: object
+) -> None:
+    rig = Rig(tmp_path)
+    rig.node.info = answer
+    rig.step()  # raised (TypeError, KeyError), and the anchorer's task died with it
+    assert "getblockchaininfo: unexpected answer" in caplog.text
+    rig.node.info = {"chain": "regtest"}
+    rig.step()
+    assert rig.wallet.sent == [DIGEST]
+
+
+def test_a_state_file_that_cannot_be_written_is_logged_and_no_second_tx_is_sent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path)
+
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(anchoring, "_save", full)
+    with caplog.at_level(logging.ERROR):
+        rig.step()  # raised OSError: the task died, with the tx sent and recorded nowhere
+        rig.now += int(INTERVAL * 1000) * 2
+        rig.step()
+    assert f"tx {rig.txid} (block 3) sent" in caplog.text and "No space left" in caplog.text
+    assert rig.wallet.sent == [DIGEST]  # not one more a round
+    assert rig.anchorer.pending is not None and rig.anchorer.pending.txid == rig.txid
+    rig.wallet.mined = True
+    rig.step()
+    assert [a["txid"] for a in rig.store.posted] == [rig.txid]
+
+
+@pytest.mark.parametrize("text", ["null", "[]", '"x"'])
+def test_a_state_file_that_is_not_an_object_starts_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    (tmp_path / anchoring.STATE_FILE).write_text(text)
+    rig = Rig(tmp_path)  # raised AttributeError: the node did not start
+    assert rig.anchorer.pending is None and "not a JSON object" in caplog.text
+
+
+def test_an_unexpected_error_is_logged_once_and_the_anchorer_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    healthy = rig.store.latest_block
+
+    def locked() -> Block | None:
+        raise sqlite3.OperationalError("database is locked")
+
+    rig.store.latest_block = locked  # type: ignore[method-assign]
+    rig.step()
+    rig.step()
+    assert caplog.text.count("unexpected OperationalError: database is locked") == 1
+    rig.store.latest_block = healthy  # type: ignore[method-assign]
+    rig.step()
+    assert rig.wallet.sent == [DIGEST]
+
+
+def test_no_anchor_is_posted_of_a_bitcoin_block_off_the_best_chain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    rig.wallet.mined = True
+    rig.node.best = "00" * 32  # a reorg the wallet has not seen yet
+    rig.step()
+    rig.step()
+    assert rig.store.posted == [] and rig.anchorer.pending is not None
+    assert caplog.text.count(f"which is not the node's at height {BITCOIN_HEIGHT}") == 1
+    rig.node.best = rig.node.hash  # back on the best chain (or the wallet caught up)
+    rig.step()
+    assert [a["txid"] for a in rig.store.posted] == [rig.txid]
+
+
+def test_a_stop_while_the_wallet_sends_still_records_the_tx(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    sending, answer = threading.Event(), threading.Event()
+    send = rig.wallet.send_data
+
+    def slow(data: bytes) -> str:
+        sending.set()
+        answer.wait(10)
+        return send(data)
+
+    rig.wallet.send_data = slow  # type: ignore[method-assign]
+    state = tmp_path / anchoring.STATE_FILE
+
+    async def stop_while_sending() -> None:
+        task = asyncio.create_task(rig.anchorer.run())
+        await asyncio.to_thread(sending.wait, 10)
+        task.cancel()  # as Node.stop does
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        answer.set()  # the wallet answers after the task is gone
+        for _ in range(100):
+            if state.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert state.exists(), "the wallet sent a tx that is recorded nowhere"
+        await rig.anchorer.aclose()
+
+    asyncio.run(stop_while_sending())
+    assert rig.wallet.sent == [DIGEST]
+    # The tx the wallet sent is recorded, so a restart settles it rather than paying again.
+    assert json.loads(state.read_text())["pending"]["txid"] == rig.txid
+    assert Rig(tmp_path).anchorer.pending == anchors.Pending(3, BLOCK_ID, rig.txid, rig.now)
