@@ -89,6 +89,11 @@ def _save(path: Path, pending: Pending | None, last_sent: int | None) -> None:
     os.replace(tmp, path)
 
 
+def _stuck_ms(interval: float) -> int:
+    """How long an anchor tx may wait for its confirmations before that is logged."""
+    return int(max(3600.0, 6 * interval) * 1000)
+
+
 class Anchorer:
     """One node's anchoring, step by step (``step``), or forever (``run``)."""
 
@@ -110,8 +115,8 @@ class Anchorer:
         self.wallet = BcoinWallet(config.wallet)
         self._chain: str | None = None
         self._last_error: str | None = None
-        #: The newest anchor posted by this process: (block height, Bitcoin txid).
-        self.posted: tuple[int, str] | None = None
+        #: The pending tx last logged as waiting too long for its confirmations.
+        self._stuck: str | None = None
         #: The wallet's send and the write of its record, while in flight (``aclose``).
         self._sending: asyncio.Future[tuple[Pending, OSError | None]] | None = None
 
@@ -209,6 +214,19 @@ class Anchorer:
             await asyncio.to_thread(_save, self._path, None, None)
             return
         if status.block is None or status.confirmations < self.config.confirmations:
+            waited = self._clock() - pending.sent
+            if waited > _stuck_ms(self.config.interval) and self._stuck != pending.txid:
+                # Said once a tx: a fee too low for the chain's traffic stalls every anchor.
+                log.warning(
+                    "anchorer: tx %s (block %d) has %d of %d confirmations after %d min;"
+                    " the wallet may need to bump its fee",
+                    pending.txid,
+                    pending.height,
+                    status.confirmations,
+                    self.config.confirmations,
+                    waited // 60_000,
+                )
+                self._stuck = pending.txid
             return
         block_hash = status.block
         raw = await asyncio.to_thread(self.node.block, block_hash)
@@ -243,7 +261,6 @@ class Anchorer:
         content = anchors.content(pending.height, pending.block, chain, pending.txid, ots_id)
         await self._post(content)
         self.pending = None
-        self.posted = (pending.height, pending.txid)
         await asyncio.to_thread(_save, self._path, None, self.last_sent)
         log.info(
             "anchorer: block %d anchored in Bitcoin block %d (tx %s)",

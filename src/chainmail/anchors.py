@@ -37,12 +37,6 @@ CHAINS: Final = {
     "signet": "bitcoin-signet",
     "regtest": "bitcoin-regtest",
 }
-#: The flag ``ots`` needs for each chain (mainnet needs none).
-OTS_FLAGS: Final = {
-    "bitcoin": "",
-    "bitcoin-testnet": "--btc-testnet",
-    "bitcoin-regtest": "--btc-regtest",
-}
 
 
 def chain_name(rpc_chain: str) -> str:

@@ -36,6 +36,11 @@ class BitcoinError(OperationalError):
     title = "Bitcoin unavailable"
 
 
+class BitcoinUnreachable(BitcoinError):
+    """The Bitcoin node did not answer as a JSON-RPC server at all (down, refused, not
+    JSON-RPC, or the credentials refused): nothing was learnt about what was asked."""
+
+
 def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str, httpx.QueryParams]:
     """(base URL without credentials, their basic auth, path, query parameters: a bcoin
     wallet's ``token``, say) of ``url``."""
@@ -100,11 +105,11 @@ class BitcoinNode:
         try:
             r = self._client.post(self._path, json=body)
         except httpx.HTTPError as exc:
-            raise BitcoinError(f"Bitcoin node {self.url}: {method}: {exc}") from None
+            raise BitcoinUnreachable(f"Bitcoin node {self.url}: {method}: {exc}") from None
         try:
             answer = r.json()
         except ValueError:
-            raise BitcoinError(
+            raise BitcoinUnreachable(
                 f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}, not JSON-RPC"
             ) from None
         error = answer.get("error") if isinstance(answer, dict) else None
@@ -112,7 +117,7 @@ class BitcoinNode:
             text = error.get("message", error) if isinstance(error, dict) else error
             raise BitcoinError(f"Bitcoin node {self.url}: {method}: {text}")
         if not isinstance(answer, dict) or "result" not in answer:
-            raise BitcoinError(f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}")
+            raise BitcoinUnreachable(f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}")
         return answer["result"]
 
     def _answer(self, method: str, value: object, kind: type[Any]) -> Any:

@@ -46,8 +46,9 @@ import httpx
 import orjson
 
 from chainmail import anchors, blocks, checkpoint, merkle, ssb, txs
+from chainmail.bitcoinrpc import BitcoinUnreachable
 from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
-from chainmail.ids import feed_public_key
+from chainmail.ids import feed_public_key, is_blob_id
 from chainmail.log import pipeline_of
 from chainmail.witnesses import STAGES, check_stage
 
@@ -815,8 +816,10 @@ def _anchor_flow(
         checks.status(f"fetching anchor {_short(mid)}")
         got = _obj((yield from _get(f"/v1/messages/{path_id(mid)}", f"anchor {mid}")), what)
         message = _obj(got.get("message"), f"anchor {mid}")
-        ots_id = str(_obj(message.get("content"), f"anchor {mid}").get("ots"))
-        proof = (yield Request("GET", f"/v1/blobs/{path_id(ots_id)}")).content
+        ots_id = _obj(message.get("content"), f"anchor {mid}").get("ots")
+        if not is_blob_id(ots_id):
+            checks.fail(f"block {top} anchor", f"anchor {mid} names no proof blob: {ots_id!r}")
+        proof = (yield Request("GET", f"/v1/blobs/{path_id(str(ots_id))}")).content
 
         def step(message: dict[str, Any] = message, proof: bytes = proof) -> str:
             checked = ssb.check(message)
@@ -836,6 +839,8 @@ def _anchor_flow(
                     continue
                 try:
                     header = headers(one.bitcoin_height)
+                except BitcoinUnreachable:
+                    raise  # your own Bitcoin node is down: nothing is known about the anchor
                 except Error as exc:
                     raise ProofError(f"Bitcoin block {one.bitcoin_height}: {exc.detail}") from None
                 anchors.check_header(one, header)

@@ -215,6 +215,40 @@ def test_a_block_is_anchored_and_verify_and_ots_verify_accept_it(tmp_path: Path)
                 tricked = _cli("verify", "block", str(height), "--node", url, home=home)
                 assert tricked.returncode == 1 and "ots id" in tricked.stderr
 
+            # A node that answers the export's second look-up with another proof: nothing
+            # is written that was not checked.
+            asked: list[int] = []
+
+            def second_time(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+                asked.append(status)
+                return (status, ctype, body) if len(asked) == 1 else flipped(status, ctype, body)
+
+            swapped = tmp_path / "swapped"
+            with lying(node.url, {f"/v1/blobs/{path_id(anchor['ots'])}": second_time}) as url:
+                late = _cli(
+                    "verify",
+                    "block",
+                    str(height),
+                    "--node",
+                    url,
+                    "--ots-out",
+                    str(swapped),
+                    home=home,
+                )
+            assert late.returncode == 1, late.stdout + late.stderr
+            assert "invalid_proof: --ots-out" in late.stderr
+            assert len(late.stderr.strip().splitlines()) == 1
+            assert not list(swapped.glob("*.ots"))
+
+            # Your own Bitcoin node down is not the anchor failing: told as unavailable.
+            down = f"http://x:k@127.0.0.1:{free_port()}"
+            unreachable = _cli(
+                "verify", "block", str(height), "--node", node.url, "--bitcoin", down, home=home
+            )
+            assert unreachable.returncode != 0
+            assert "unavailable" in unreachable.stderr and "x:k@" not in unreachable.stderr
+            assert "✗" not in unreachable.stdout
+
 
 def test_a_node_killed_with_an_anchor_pending_posts_it_once_after_restart(tmp_path: Path) -> None:
     with regtest(tmp_path / "bitcoin") as btc:

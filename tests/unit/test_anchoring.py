@@ -254,3 +254,18 @@ def test_a_stop_while_the_wallet_sends_still_records_the_tx(tmp_path: Path) -> N
     # The tx the wallet sent is recorded, so a restart settles it rather than paying again.
     assert json.loads(state.read_text())["pending"]["txid"] == rig.txid
     assert Rig(tmp_path).anchorer.pending == anchors.Pending(3, BLOCK_ID, rig.txid, rig.now)
+
+
+def test_a_tx_that_waits_too_long_for_its_confirmations_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    rig.now += anchoring._stuck_ms(INTERVAL) - 1
+    rig.step()
+    assert "bump its fee" not in caplog.text
+    rig.now += 2
+    rig.step()
+    rig.step()
+    assert caplog.text.count("bump its fee") == 1 and rig.txid in caplog.text
+    assert rig.wallet.sent == [DIGEST]  # waited for, never sent again

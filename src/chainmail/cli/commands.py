@@ -24,11 +24,11 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from chainmail import ssb
+from chainmail import anchors, ssb
 from chainmail.cli._app import app
 from chainmail.client import DEFAULT_NODE, NODE_ENV, Client, Receipt, Report, VerificationFailed
 from chainmail.content import MAX_SAFE_INTEGER
-from chainmail.errors import Error, InvalidMessage
+from chainmail.errors import Error, InvalidMessage, ProofError
 from chainmail.keystore import HOME_ENV
 from chainmail.verify import Progress
 
@@ -622,16 +622,33 @@ def verify_block(
 
 def _write_ots(client: Client, height: int, directory: Path) -> Path:
     """The anchored block's message (the bytes its id hashes) and its first anchor's
-    ``.ots`` proof, as ``ots verify`` takes them; ``Error`` when there is no anchor."""
-    anchored = client.block(height).get("anchored")
-    if not isinstance(anchored, dict) or not anchored.get("anchors"):
-        raise Error(f"block {height} is not anchored in Bitcoin yet", code="not_found")
-    top = int(anchored["height"])
-    block = client.block(top)
-    text = ssb.stringify(block["message"], 2).encode("utf-8")
-    if not text.isascii() or ssb.message_id(block["message"]) != block["id"]:
-        raise Error(f"block {top}: its message does not hash to its id", code="invalid_proof")
-    proof = client.get_blob(str(anchored["anchors"][0]["ots"]))
+    ``.ots`` proof, as ``ots verify`` takes them, each checked again as it is written
+    (the node is asked twice: what it answers now is what goes on disk). ``Error``
+    when there is no anchor or the answers do not hold."""
+    try:
+        anchored = client.block(height).get("anchored")
+        if not isinstance(anchored, dict) or not anchored.get("anchors"):
+            raise Error(f"block {height} is not anchored in Bitcoin yet", code="not_found")
+        top = int(anchored["height"])
+        first = anchored["anchors"][0]
+        block = client.block(top)
+        checked = ssb.check(block["message"])
+        anchor = ssb.check(client.message(str(first["id"]))["message"])
+        if anchor.author != checked.author or not isinstance(anchor.content, dict):
+            raise ProofError(f"anchor {anchor.id} is not signed by the block's node")
+        if checked.id != anchor.content.get("block") or anchor.content.get("height") != top:
+            raise ProofError(f"anchor {anchor.id} is not of block {top}")
+        proof = client.get_blob(str(anchor.content.get("ots")))
+        anchors.check(anchor.content, checked.id, proof)
+        text = ssb.stringify(block["message"], 2).encode("utf-8")
+        if not text.isascii() or ssb.message_id(block["message"]) != checked.id:
+            raise ProofError(f"block {top}: its message does not hash to its id")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Error(
+            f"--ots-out: the node's answer is malformed: {exc}", code="invalid_proof"
+        ) from None
+    except (ProofError, InvalidMessage) as exc:
+        raise Error(f"--ots-out: {exc.detail}", code="invalid_proof") from None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"block-{top}.json"
