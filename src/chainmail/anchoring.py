@@ -41,6 +41,8 @@ from chainmail.store import Store
 log = logging.getLogger(__name__)
 
 STATE_FILE = "anchor.json"
+#: Seconds between rounds, at least, whatever the interval.
+_MIN_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class Anchorer:
         self._last_error: str | None = None
         #: The pending tx last logged as waiting too long for its confirmations.
         self._stuck: str | None = None
+        #: The height of the last block this process posted an anchor of.
+        self._posted: int | None = None
         #: The wallet's send and the write of its record, while in flight (``aclose``).
         self._sending: asyncio.Future[tuple[Pending, OSError | None]] | None = None
 
@@ -137,7 +141,8 @@ class Anchorer:
         return self._chain
 
     async def run(self) -> None:
-        poll = min(self.config.interval, 5.0)
+        # Never faster than 10 rounds a second: each round asks the Bitcoin node or wallet.
+        poll = max(_MIN_POLL, min(self.config.interval, 5.0))
         while True:
             await self.step()
             await asyncio.sleep(poll)
@@ -166,6 +171,8 @@ class Anchorer:
     async def _send(self) -> None:
         latest = await asyncio.to_thread(self.store.latest_block)
         anchored = await asyncio.to_thread(self.store.latest_anchored)
+        if self._posted is not None and (anchored is None or anchored < self._posted):
+            anchored = self._posted  # posted, and its projection not in the store yet
         now = self._clock()
         interval_ms = int(self.config.interval * 1000)
         if latest is None or not anchors.due(
@@ -261,6 +268,7 @@ class Anchorer:
         content = anchors.content(pending.height, pending.block, chain, pending.txid, ots_id)
         await self._post(content)
         self.pending = None
+        self._posted = pending.height
         await asyncio.to_thread(_save, self._path, None, self.last_sent)
         log.info(
             "anchorer: block %d anchored in Bitcoin block %d (tx %s)",

@@ -40,11 +40,15 @@ class FakeStore:
         self.latest: Block | None = Block(3, BLOCK_ID)
         self.blobs: dict[str, bytes] = {}
         self.posted: list[dict[str, Any]] = []
+        #: Posted anchors not in the store yet (their projection behind the log).
+        self.lagging = False
 
     def latest_block(self) -> Block | None:
         return self.latest
 
     def latest_anchored(self) -> int | None:
+        if self.lagging:
+            return None
         return max((int(a["height"]) for a in self.posted), default=None)
 
     def anchors(self, height: int) -> list[dict[str, Any]]:
@@ -269,3 +273,15 @@ def test_a_tx_that_waits_too_long_for_its_confirmations_is_logged_once(
     rig.step()
     assert caplog.text.count("bump its fee") == 1 and rig.txid in caplog.text
     assert rig.wallet.sent == [DIGEST]  # waited for, never sent again
+
+
+def test_a_block_just_anchored_is_not_anchored_again_while_the_store_lags(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.store.lagging = True
+    rig.step()
+    rig.wallet.mined = True
+    rig.step()
+    assert len(rig.store.posted) == 1
+    rig.now += int(INTERVAL * 1000) + 1
+    rig.step()
+    assert rig.wallet.sent == [DIGEST]  # the same latest block: no second tx
