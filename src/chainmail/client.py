@@ -1455,10 +1455,13 @@ class Client(_Core):
         progress: Progress | None = None,
         bitcoin: str | None = None,
         anchor: bool = True,
+        witnesses: Sequence[str] | None = None,
+        threshold: int | None = None,
     ) -> Report:
         """Verify block ``height``: signature, chain, records, log consistency, checkpoints,
         and (with ``anchor``) its Bitcoin anchor; ``bitcoin``, the JSON-RPC URL of a
         Bitcoin node of your own, checks the anchor's Merkle root in the Bitcoin header.
+        ``witnesses`` and ``threshold`` pin the node's witnesses as ``node_id`` pins the node.
 
         Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
         """
@@ -1470,6 +1473,8 @@ class Client(_Core):
                     progress=progress,
                     bitcoin=headers,
                     anchor=anchor,
+                    witnesses=witnesses,
+                    threshold=threshold,
                 )
             )
 
@@ -1830,12 +1835,21 @@ class AsyncClient(_Core):
         node_id: str | None = None,
         bitcoin: str | None = None,
         anchor: bool = True,
+        witnesses: Sequence[str] | None = None,
+        threshold: int | None = None,
     ) -> Report:
         """Verify a block; raises like ``Client.verify_block``. (The Bitcoin headers, with
         ``bitcoin``, are fetched synchronously: one short call per anchor.)"""
         with _headers(bitcoin) as headers:
             return await self._run(
-                block_flow(height, node_id=node_id or self.node_id, bitcoin=headers, anchor=anchor)
+                block_flow(
+                    height,
+                    node_id=node_id or self.node_id,
+                    bitcoin=headers,
+                    anchor=anchor,
+                    witnesses=witnesses,
+                    threshold=threshold,
+                )
             )
 
     async def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:

@@ -232,12 +232,20 @@ class _Checks:
 # --------------------------------------------------------------------------- node identity
 
 
-def node_info(health: Mapping[str, Any], node_id: str | None) -> NodeInfo:
+def node_info(
+    health: Mapping[str, Any],
+    node_id: str | None,
+    *,
+    witnesses: Sequence[str] | None = None,
+    threshold: int | None = None,
+) -> NodeInfo:
     """The node as ``/healthz`` describes it, its checkpoint key bound to its feed id.
 
-    With ``node_id`` (pinned) the health must name that node. Raises
-    ``ProofError`` when a field is missing, the checkpoint key is not the
-    node's own key or not named after its log origin.
+    With ``node_id`` (pinned) the health must name that node; with
+    ``witnesses`` (pinned, in any order) it must name exactly those, and with
+    ``threshold`` that threshold. Raises ``ProofError`` when a field is
+    missing or differs from a pin, or the checkpoint key is not the node's own
+    key or not named after its log origin.
     """
     reported = _field(health, "id", str, "healthz")
     origin = _field(health, "origin", str, "healthz")
@@ -254,25 +262,42 @@ def node_info(health: Mapping[str, Any], node_id: str | None) -> NodeInfo:
         raise ProofError(f"checkpoint key {vkey} is not the key of node {reported}")
     if verifier.name != origin:
         raise ProofError(f"checkpoint key name: expected origin {origin}, got {verifier.name}")
-    witnesses = health.get("witnesses") or []
-    threshold = health.get("threshold") or 0
-    if not isinstance(witnesses, list) or not all(isinstance(w, str) for w in witnesses):
-        raise ProofError(f"healthz witnesses: expected a list of feed ids, got {witnesses!r}")
-    if type(threshold) is not int or (witnesses and not 1 <= threshold <= len(witnesses)):
-        raise ProofError(f"healthz threshold: expected 1 to {len(witnesses)}, got {threshold!r}")
-    return NodeInfo(reported, origin, verifier, pipelines, tuple(witnesses), threshold)
+    listed = health.get("witnesses") or []
+    got = health.get("threshold") or 0
+    if not isinstance(listed, list) or not all(isinstance(w, str) for w in listed):
+        raise ProofError(f"healthz witnesses: expected a list of feed ids, got {listed!r}")
+    if type(got) is not int or (listed and not 1 <= got <= len(listed)):
+        raise ProofError(f"healthz threshold: expected 1 to {len(listed)}, got {got!r}")
+    if witnesses is not None and sorted(set(witnesses)) != sorted(set(listed)):
+        raise ProofError(
+            f"expected witnesses {sorted(set(witnesses))} (pinned), got {sorted(set(listed))}"
+        )
+    if threshold is not None and got != threshold:
+        raise ProofError(f"expected threshold {threshold} (pinned), got {got}")
+    return NodeInfo(reported, origin, verifier, pipelines, tuple(listed), got)
 
 
-def _node_info_flow(checks: _Checks, node_id: str | None) -> Flow[NodeInfo]:
-    """Fetch ``/healthz`` and bind its checkpoint key to the node id (pinned or reported)."""
+def _node_info_flow(
+    checks: _Checks,
+    node_id: str | None,
+    *,
+    witnesses: Sequence[str] | None = None,
+    threshold: int | None = None,
+) -> Flow[NodeInfo]:
+    """Fetch ``/healthz`` and bind its checkpoint key to the node id (pinned or reported),
+    its witnesses and threshold held to the pins given."""
     health = _obj((yield from _get("/healthz", "healthz")), "healthz")
     info: list[NodeInfo] = []
 
     def step() -> str:
-        found = node_info(health, node_id)
+        found = node_info(health, node_id, witnesses=witnesses, threshold=threshold)
         info.append(found)
         how = "pinned" if node_id is not None else "as /healthz reports it: pin it to be sure"
-        return f"{found.id} ({how}); checkpoint key {found.verifier.key_id.hex()}"
+        said = f"{found.id} ({how}); checkpoint key {found.verifier.key_id.hex()}"
+        if found.witnesses:
+            pinned = "pinned" if witnesses is not None else "as /healthz reports them"
+            said += f"; {len(found.witnesses)} witness(es), threshold {found.threshold} ({pinned})"
+        return said
 
     checks.run("node identity", step)
     return info[0]
@@ -685,16 +710,20 @@ def block_flow(
     progress: Progress | None = None,
     bitcoin: Headers | None = None,
     anchor: bool = True,
+    witnesses: Sequence[str] | None = None,
+    threshold: int | None = None,
 ) -> Flow[Report]:
     """Verify block ``height``: signature, prev link, records blob, consistency, checkpoints,
     and, with ``anchor``, its Bitcoin anchor (against the headers ``bitcoin`` gives,
     when given; without them the Merkle root the proof reaches is reported, unchecked).
+    ``witnesses`` and ``threshold`` pin what ``/healthz`` must name: without them its
+    word is taken for which stages to check.
 
     Raises ``VerificationFailed`` (a ``ProofError``) when a check fails, and
     the node's errors as they come (``NotFound`` for no such block).
     """
     checks = _Checks(f"block {height}", progress)
-    node = yield from _node_info_flow(checks, node_id)
+    node = yield from _node_info_flow(checks, node_id, witnesses=witnesses, threshold=threshold)
     cache: dict[int, _Block] = {}
     block = yield from _block_flow(checks, node, height, cache)
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from chainmail.api import create_app
-from chainmail.client import AsyncClient, Client
+from chainmail.client import AsyncClient, Client, VerificationFailed
 from chainmail.errors import Error
 from chainmail.keys import Keypair
 from chainmail.node import Node, NodeConfig
@@ -85,6 +85,16 @@ def test_two_witnesses_seal_every_block_and_verify_and_audit_see_it(tmp_path: Pa
                 report = alice.verify_block(height)
                 assert report.ok
                 assert any("witnesses signed" in c.detail for c in report.checks), report
+                # The witnesses pinned: the node's word for them is checked, not believed.
+                pinned = alice.verify_block(height, witnesses=ids[::-1], threshold=2)
+                assert "threshold 2 (pinned)" in pinned.checks[0].detail
+                for pins in ({"witnesses": ids[:1]}, {"witnesses": ids, "threshold": 1}):
+                    with pytest.raises(VerificationFailed, match="pinned"):
+                        alice.verify_block(height, **pins)
+                refused = cli(
+                    "verify", "block", str(height), "--node", node.url, "--witness", ids[0]
+                )
+                assert refused.returncode == 1 and "pinned" in refused.stderr
         finally:
             for w in witnesses:
                 w.send_signal(signal.SIGINT)

@@ -593,6 +593,19 @@ def verify_block(
             " the anchor's Merkle root is checked in its block header.",
         ),
     ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness",
+            metavar="@ID",
+            help="Pin a witness the node must name (repeat for each): /healthz listing others"
+            " fails the node identity check, instead of being believed.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        int | None,
+        typer.Option("--threshold", help="Pin the witness threshold /healthz must name."),
+    ] = None,
     ots_out: Annotated[
         Path | None,
         typer.Option(
@@ -611,7 +624,13 @@ def verify_block(
         node_id,
         as_json,
         f"block {height}",
-        lambda c, p: c.verify_block(height, progress=p, bitcoin=bitcoin),
+        lambda c, p: c.verify_block(
+            height,
+            progress=p,
+            bitcoin=bitcoin,
+            witnesses=None if witness is None else tuple(witness),
+            threshold=threshold,
+        ),
     )
     if ots_out is not None:
         with _client(node, node_id=node_id) as client:
