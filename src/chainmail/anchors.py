@@ -27,7 +27,10 @@ from chainmail.ids import blob_id, msg_digest
 ANCHOR: Final = "anchor"
 #: Seconds between anchors by default: one Bitcoin block's worth.
 DEFAULT_INTERVAL: Final = 600.0
-DEFAULT_CONFIRMATIONS: Final = 1
+#: Confirmations before an anchor is posted: Bitcoin's customary six, so that the block
+#: it names is not orphaned afterwards (a posted anchor is never re-made; on regtest,
+#: where the tests mine at will, ``--anchor-confirmations 1``).
+DEFAULT_CONFIRMATIONS: Final = 6
 
 #: ``getblockchaininfo``'s ``chain`` → the ``chain`` an anchor names.
 CHAINS: Final = {

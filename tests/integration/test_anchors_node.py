@@ -78,6 +78,8 @@ def _serve_args(btc: Bcoin, interval: float = 0.3) -> tuple[str, ...]:
         btc.wallet_url,
         "--anchor-interval",
         str(interval),
+        "--anchor-confirmations",  # regtest: each mine() confirms at once
+        "1",
     )
 
 
@@ -87,7 +89,7 @@ def test_a_block_is_anchored_and_verify_and_ots_verify_accept_it(tmp_path: Path)
         with running(tmp_path / "node", extra=_serve_args(btc)) as node:
             health = _anchor_health(node.url)
             assert health["chain"] in (None, "bitcoin-regtest")
-            assert health["confirmations"] == anchors.DEFAULT_CONFIRMATIONS
+            assert health["confirmations"] == 1
             height = _settle_a_trade(node.url)
             anchored = _mine_until_anchored(btc, node.url, height)
             assert anchored["height"] >= height

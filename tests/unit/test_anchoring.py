@@ -115,7 +115,12 @@ class Rig:
         self.store = FakeStore()
         self.now = 1_000_000
         self.anchorer = Anchorer(
-            AnchorConfig("http://x:k@127.0.0.1:1", "http://x:k@127.0.0.1:1", interval=INTERVAL),
+            AnchorConfig(
+                "http://x:k@127.0.0.1:1",
+                "http://x:k@127.0.0.1:1",
+                interval=INTERVAL,
+                confirmations=1,
+            ),
             data,
             cast(Store, self.store),
             self._post,

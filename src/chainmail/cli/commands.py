@@ -634,16 +634,24 @@ def verify_block(
     )
     if ots_out is not None:
         with _client(node, node_id=node_id) as client:
-            written = _write_ots(client, height, ots_out)
+            written, chain = _write_ots(client, height, ots_out)
         typer.echo(f"wrote {written} and {written}.ots", err=True)
-        typer.echo(f"  check them with: ots verify {written}.ots", err=True)
+        flag = {"bitcoin-testnet": "--btc-testnet ", "bitcoin-regtest": "--btc-regtest "}.get(
+            chain, ""
+        )
+        typer.echo(
+            f"  check them with: ots {flag}--bitcoin-node URL verify {written}.ots"
+            " (URL: your Bitcoin node's JSON-RPC)",
+            err=True,
+        )
 
 
-def _write_ots(client: Client, height: int, directory: Path) -> Path:
+def _write_ots(client: Client, height: int, directory: Path) -> tuple[Path, str]:
     """The anchored block's message (the bytes its id hashes) and its first anchor's
     ``.ots`` proof, as ``ots verify`` takes them, each checked again as it is written
-    (the node is asked twice: what it answers now is what goes on disk). ``Error``
-    when there is no anchor or the answers do not hold."""
+    (the node is asked twice: what it answers now is what goes on disk); returns the
+    message's path and the anchor's chain. ``Error`` when there is no anchor or the
+    answers do not hold."""
     try:
         anchored = client.block(height).get("anchored")
         if not isinstance(anchored, dict) or not anchored.get("anchors"):
@@ -675,4 +683,4 @@ def _write_ots(client: Client, height: int, directory: Path) -> Path:
         path.with_name(path.name + ".ots").write_bytes(proof)
     except OSError as exc:
         raise Error(f"--ots-out {directory}: {exc.strerror or exc}", code="invalid_format") from exc
-    return path
+    return path, _printable(anchor.content.get("chain"))
