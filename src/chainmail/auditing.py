@@ -26,6 +26,7 @@ from typing import Any, Final
 from chainmail import ssb
 from chainmail.anchors import ANCHOR
 from chainmail.audit import Auditor, Checked, Finding
+from chainmail.bitcoinrpc import BitcoinNode, BitcoinUnreachable
 from chainmail.checkpoint import Checkpoint, verify_checkpoint
 from chainmail.client import Client, NodeUnavailable, VerificationFailed
 from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
@@ -76,6 +77,7 @@ def audit_node(
     on_outage: Callable[[NodeUnavailable | None], None] | None = None,
     on_caught_up: Callable[[int, int], None] | None = None,
     bitcoin: str | None = None,
+    on_bitcoin_outage: Callable[[BitcoinUnreachable | None], None] | None = None,
 ) -> AuditSummary:
     """Audit the node ``client`` talks to (see ``chainmail.audit``).
 
@@ -97,10 +99,17 @@ def audit_node(
     ``node_id``) no node id. ``on_caught_up`` hears the messages and blocks audited by the first full
     read, once, when following starts. Each ``anchor`` the node posted is checked
     once its block is read; ``bitcoin``, the JSON-RPC URL of a Bitcoin node of your
-    own, checks the Merkle roots its proofs reach in the Bitcoin headers too.
+    own, checks the Merkle roots its proofs reach in the Bitcoin headers too
+    (``BitcoinError`` at once for a malformed URL). That node not answering
+    (``BitcoinUnreachable``) says nothing about the audited node: it is raised,
+    except while following: then the anchors wait for the next read
+    (``on_bitcoin_outage`` hears the error when that starts, and None when it
+    answers again).
     """
     if grace < 0 or interval <= 0:
         raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
+    if bitcoin is not None:
+        BitcoinNode(bitcoin).close()  # a malformed URL is said now, not at the first anchor
     health = client.health()
     pipelines = health.get("pipelines", 1)
     if type(pipelines) is not int or pipelines < 1:
@@ -112,6 +121,8 @@ def audit_node(
     summary = AuditSummary(auditor.node_id, mirrors=[m.node for m in mirrors])
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:
         run = _Run(client, auditor, pipelines, pool, summary, on_finding, bitcoin=bitcoin)
+        if follow:
+            run.on_bitcoin_outage = on_bitcoin_outage or (lambda _: None)
         compare = _Compare(
             client, [_Mirror(m) for m in mirrors], _bound(health, auditor.node_id), auditor.hmac_key
         )
@@ -188,6 +199,11 @@ class _Run:
     #: Heights of blocks the node posted an ``anchor`` for (seen on the firehose), to check
     #: once the block itself is read.
     anchored: list[int] = field(default_factory=list)
+    #: Hears of the ``bitcoin`` node not answering (the error) and answering again (None);
+    #: without it, that error is raised.
+    on_bitcoin_outage: Callable[[BitcoinUnreachable | None], None] | None = None
+    #: The ``bitcoin`` node did not answer at the last anchor checked.
+    bitcoin_down: bool = False
 
     def report(self, found: list[Finding]) -> None:
         for finding in found:
@@ -261,21 +277,33 @@ class _Run:
     def anchors(self) -> None:
         """Each anchor seen, once its block was read: its proof replayed from the block id
         through its Bitcoin tx (``Client.verify_block``; the headers too with ``bitcoin``).
-        One that fails is a ``block`` finding."""
-        later = []
+        One that fails is a ``block`` finding. Each height leaves ``anchored`` as soon as
+        it is checked, so an error part way (the node down) checks none twice."""
         for height in dict.fromkeys(self.anchored):
             if height > self.auditor.height:
-                later.append(height)
                 continue
             try:
                 self.client.verify_block(height, node_id=self.auditor.node_id, bitcoin=self.bitcoin)
+            except BitcoinUnreachable as exc:
+                # The auditor's own Bitcoin node: nothing is known of the anchor, nor of
+                # the audited node. Checked again at the next read.
+                if self.on_bitcoin_outage is None:
+                    raise
+                if not self.bitcoin_down:
+                    self.bitcoin_down = True
+                    self.on_bitcoin_outage(exc)
+                return
             except VerificationFailed as exc:
                 failed = next((c for c in exc.report if not c.ok), None)
                 why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
                 self.report([Finding.block(height, f"its anchor does not hold: {why}")])
             except NotFound as exc:
                 self.report([Finding.block(height, f"its anchor does not hold: {exc.detail}")])
-        self.anchored = later
+            self.anchored = [h for h in self.anchored if h != height]
+            if self.bitcoin_down:
+                self.bitcoin_down = False
+                if self.on_bitcoin_outage is not None:
+                    self.on_bitcoin_outage(None)
 
     def overdue(self) -> None:
         self.report(self.auditor.overdue(now=_now()))

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from chainmail.audit import Finding
 from chainmail.auditing import audit_node
+from chainmail.bitcoinrpc import BitcoinUnreachable
 from chainmail.cli._app import app
 from chainmail.cli.commands import (
     DEFAULT_POLL,
@@ -104,6 +105,17 @@ def audit(
                 )
             )
 
+    def bitcoin_outage(exc: BitcoinUnreachable | None) -> None:
+        if exc is None:
+            _err().print(Text("chainmail: the Bitcoin node answers again; checking anchors on"))
+        else:
+            _err().print(
+                Text(
+                    f"chainmail: {_printable(exc.diagnostics())}; anchors are checked"
+                    " when it answers"
+                )
+            )
+
     def caught_up(messages: int, blocks: int) -> None:
         _err().print(
             Text(
@@ -127,6 +139,7 @@ def audit(
             on_outage=outage,
             on_caught_up=caught_up,
             bitcoin=bitcoin,
+            on_bitcoin_outage=bitcoin_outage,
         )
     found = len(summary.findings)
     outcome = "no findings" if not found else f"{found} finding(s)"

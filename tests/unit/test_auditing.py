@@ -1,0 +1,115 @@
+"""``auditing._Run``'s checks of the node's anchors, against a stub client (the real
+thing, against bcoin: ``tests/integration/test_anchors_node.py``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from chainmail.audit import Auditor, Finding
+from chainmail.auditing import AuditSummary, _Run, audit_node
+from chainmail.bitcoinrpc import BitcoinError, BitcoinUnreachable
+from chainmail.client import Client, NodeUnavailable
+from chainmail.verify import Check, Report, VerificationFailed
+
+NODE = "@" + "A" * 43 + "=.ed25519"
+
+
+class StubClient:
+    """``verify_block`` answers from ``answers`` (height → an error to raise, or None)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, BaseException | None] = {}
+        self.asked: list[int] = []
+
+    def verify_block(self, height: int, **_: Any) -> Report:
+        self.asked.append(height)
+        error = self.answers.get(height)
+        if error is not None:
+            raise error
+        return Report(f"block {height}")
+
+
+def _failed(height: int) -> VerificationFailed:
+    report = Report(f"block {height}", [Check(f"block {height} anchor", False, "ots id")])
+    return VerificationFailed("ots id", report)
+
+
+def _run(
+    client: StubClient, height: int, outages: list[BitcoinUnreachable | None] | None = None
+) -> tuple[_Run, list[Finding]]:
+    found: list[Finding] = []
+    run = _Run(
+        cast(Client, client),
+        cast(Auditor, SimpleNamespace(node_id=NODE, height=height)),
+        1,
+        cast(ThreadPoolExecutor, None),
+        AuditSummary(NODE),
+        found.append,
+        bitcoin="http://x:k@127.0.0.1:1",
+        on_bitcoin_outage=None if outages is None else outages.append,
+    )
+    return run, found
+
+
+def test_an_unreachable_bitcoin_node_is_no_finding_and_its_anchors_wait() -> None:
+    client = StubClient()
+    outages: list[BitcoinUnreachable | None] = []
+    run, found = _run(client, 5, outages)
+    run.anchored = [3, 4]
+    down = BitcoinUnreachable("Bitcoin node http://x:***@127.0.0.1:1: getblockhash: refused")
+    client.answers = {3: down}
+    run.anchors()  # raised BitcoinUnreachable: it ended a followed audit
+    run.anchors()
+    assert found == [] and outages == [down]  # told once
+    assert run.anchored == [3, 4]
+    client.answers = {}
+    run.anchors()
+    assert found == [] and outages == [down, None]
+    assert run.anchored == []
+
+
+def test_an_unreachable_bitcoin_node_is_raised_without_an_outage_callback() -> None:
+    client = StubClient()
+    run, found = _run(client, 5)
+    run.anchored = [3]
+    client.answers = {3: BitcoinUnreachable("down")}
+    with pytest.raises(BitcoinUnreachable):
+        run.anchors()
+    assert found == []
+
+
+def test_an_anchor_is_reported_once_when_a_later_check_fails_part_way() -> None:
+    client = StubClient()
+    run, found = _run(client, 5, [])
+    run.anchored = [3, 4]
+    client.answers = {3: _failed(3), 4: NodeUnavailable("the node hung up")}
+    with pytest.raises(NodeUnavailable):
+        run.anchors()
+    client.answers = {3: _failed(3)}
+    run.anchors()  # block 3 was checked, and reported, again
+    assert [f.height for f in found] == [3]
+    assert client.asked == [3, 4, 4]
+
+
+def test_an_anchor_of_a_block_not_read_yet_is_checked_once_it_is() -> None:
+    client = StubClient()
+    run, found = _run(client, 2, [])
+    run.anchored = [3]
+    run.anchors()
+    assert client.asked == [] and run.anchored == [3]
+    cast(SimpleNamespace, run.auditor).height = 3
+    run.anchors()
+    assert client.asked == [3] and run.anchored == [] and found == []
+
+
+def test_a_malformed_bitcoin_url_is_refused_before_the_audit_reads() -> None:
+    class Unread:
+        def health(self) -> dict[str, Any]:
+            raise AssertionError("read the node before checking --bitcoin")
+
+    with pytest.raises(BitcoinError, match="not an http"):
+        audit_node(cast(Client, Unread()), bitcoin="ftp://host")
