@@ -92,7 +92,7 @@ def _save(path: Path, pending: Pending | None, last_sent: int | None) -> None:
 
 
 def _stuck_ms(interval: float) -> int:
-    """How long an anchor tx may wait for its confirmations before that is logged."""
+    """How long an anchor tx may wait unmined before that is logged."""
     return int(max(3600.0, 6 * interval) * 1000)
 
 
@@ -222,8 +222,14 @@ class Anchorer:
             return
         if status.block is None or status.confirmations < self.config.confirmations:
             waited = self._clock() - pending.sent
-            if waited > _stuck_ms(self.config.interval) and self._stuck != pending.txid:
+            if (
+                status.block is None
+                and waited > _stuck_ms(self.config.interval)
+                and self._stuck != pending.txid
+            ):
                 # Said once a tx: a fee too low for the chain's traffic stalls every anchor.
+                # Only while unmined: once in a block the fee did its work, and six
+                # confirmations take an hour as a rule.
                 log.warning(
                     "anchorer: tx %s (block %d) has %d of %d confirmations after %d min;"
                     " the wallet may need to bump its fee",

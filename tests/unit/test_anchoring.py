@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -278,6 +279,20 @@ def test_a_tx_that_waits_too_long_for_its_confirmations_is_logged_once(
     rig.step()
     assert caplog.text.count("bump its fee") == 1 and rig.txid in caplog.text
     assert rig.wallet.sent == [DIGEST]  # waited for, never sent again
+
+
+def test_a_mined_tx_waiting_for_more_confirmations_is_not_told_to_bump_its_fee(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.anchorer.config = dataclasses.replace(rig.anchorer.config, confirmations=6)
+    rig.step()
+    # Mined, 3 of 6 confirmations after an hour and more: Bitcoin's pace, not a low fee.
+    rig.wallet.status = lambda txid: TxStatus(rig.wallet.block_hash, 3)  # type: ignore[method-assign]
+    rig.now += anchoring._stuck_ms(INTERVAL) + 1
+    rig.step()
+    assert "bump its fee" not in caplog.text
+    assert rig.store.posted == [] and rig.anchorer.pending is not None
 
 
 def test_a_block_just_anchored_is_not_anchored_again_while_the_store_lags(tmp_path: Path) -> None:
