@@ -295,8 +295,13 @@ def _node_info_flow(
         how = "pinned" if node_id is not None else "as /healthz reports it: pin it to be sure"
         said = f"{found.id} ({how}); checkpoint key {found.verifier.key_id.hex()}"
         if found.witnesses:
-            pinned = "pinned" if witnesses is not None else "as /healthz reports them"
-            said += f"; {len(found.witnesses)} witness(es), threshold {found.threshold} ({pinned})"
+            # Each pin said apart: one given alone leaves the other to /healthz's word.
+            listed = "pinned" if witnesses is not None else "as /healthz reports them"
+            needed = "pinned" if threshold is not None else "as /healthz reports it"
+            said += (
+                f"; {len(found.witnesses)} witness(es) ({listed}),"
+                f" threshold {found.threshold} ({needed})"
+            )
         return said
 
     checks.run("node identity", step)

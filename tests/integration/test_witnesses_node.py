@@ -87,7 +87,7 @@ def test_two_witnesses_seal_every_block_and_verify_and_audit_see_it(tmp_path: Pa
                 assert any("witnesses signed" in c.detail for c in report.checks), report
                 # The witnesses pinned: the node's word for them is checked, not believed.
                 pinned = alice.verify_block(height, witnesses=ids[::-1], threshold=2)
-                assert "threshold 2 (pinned)" in pinned.checks[0].detail
+                assert "witness(es) (pinned), threshold 2 (pinned)" in pinned.checks[0].detail
                 for pins in ({"witnesses": ids[:1]}, {"witnesses": ids, "threshold": 1}):
                     with pytest.raises(VerificationFailed, match="pinned"):
                         alice.verify_block(height, **pins)
