@@ -24,6 +24,14 @@ class StubClient:
     def __init__(self) -> None:
         self.answers: dict[int, BaseException | None] = {}
         self.asked: list[int] = []
+        #: The anchor ids ``block(h)`` lists for each height.
+        self.listed: dict[int, list[str]] = {}
+
+    def block(self, height: int) -> dict[str, Any]:
+        ids = self.listed.get(height)
+        if ids is None:
+            return {"height": height, "anchored": None}
+        return {"anchored": {"height": height, "anchors": [{"id": i} for i in ids]}}
 
     def verify_block(self, height: int, **_: Any) -> Report:
         self.asked.append(height)
@@ -113,3 +121,30 @@ def test_a_malformed_bitcoin_url_is_refused_before_the_audit_reads() -> None:
 
     with pytest.raises(BitcoinError, match="not an http"):
         audit_node(cast(Client, Unread()), bitcoin="ftp://host")
+
+
+def test_an_anchor_seen_but_not_listed_is_given_a_read_then_is_a_finding() -> None:
+    client = StubClient()
+    run, found = _run(client, 5, [])
+    run.anchored, run.seen_anchors = [3, 4], {3: {"%a": 0}, 4: {"%b": 0}}
+    client.listed = {4: ["%b"]}
+    run.anchors()
+    assert client.asked == [4] and run.anchored == [3] and found == []
+    client.listed = {3: ["%a"], 4: ["%b"]}  # it lagged: listed now, and checked
+    run.anchors()
+    assert client.asked == [4, 3] and run.anchored == [] and found == []
+
+    run.anchored, run.seen_anchors = [2], {2: {"%c": 0}}
+    run.anchors()
+    run.anchors()
+    assert [(f.height, "does not list it" in f.detail) for f in found] == [(2, True)]
+    assert run.anchored == [] and 2 not in client.asked
+
+
+def test_an_anchor_of_a_block_never_served_is_a_finding_at_the_end() -> None:
+    client = StubClient()
+    run, _ = _run(client, 5, [])
+    run.anchored = [9]
+    run.anchors()
+    (finding,) = run.unserved_anchors()
+    assert finding.height == 9 and "never served" in finding.detail

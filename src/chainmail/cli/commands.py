@@ -604,7 +604,7 @@ def verify_block(
     ] = None,
     threshold: Annotated[
         int | None,
-        typer.Option("--threshold", help="Pin the witness threshold /healthz must name."),
+        typer.Option("--threshold", min=1, help="Pin the witness threshold /healthz must name."),
     ] = None,
     ots_out: Annotated[
         Path | None,
@@ -639,11 +639,18 @@ def verify_block(
         flag = {"bitcoin-testnet": "--btc-testnet ", "bitcoin-regtest": "--btc-regtest "}.get(
             chain, ""
         )
-        typer.echo(
-            f"  check them with: ots {flag}--bitcoin-node URL verify {written}.ots"
-            " (URL: your Bitcoin node's JSON-RPC)",
-            err=True,
-        )
+        if chain in ("bitcoin", "bitcoin-testnet", "bitcoin-regtest"):
+            typer.echo(
+                f"  check them with: ots {flag}--bitcoin-node URL verify {written}.ots"
+                " (URL: your Bitcoin node's JSON-RPC)",
+                err=True,
+            )
+        else:
+            typer.echo(
+                f"  the anchor is on {chain}, which the ots client has no flag for:"
+                " verify block --bitcoin checks it",
+                err=True,
+            )
 
 
 def _write_ots(client: Client, height: int, directory: Path) -> tuple[Path, str]:
