@@ -41,6 +41,11 @@ class BitcoinUnreachable(BitcoinError):
     JSON-RPC, or the credentials refused): nothing was learnt about what was asked."""
 
 
+class BitcoinBehind(BitcoinUnreachable):
+    """The Bitcoin node's chain does not reach the height asked for yet (still syncing):
+    nothing is known about that height from it."""
+
+
 def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str, httpx.QueryParams]:
     """(base URL without credentials, their basic auth, path, query parameters: a bcoin
     wallet's ``token``, say) of ``url``."""
@@ -143,6 +148,16 @@ class BitcoinNode:
         if len(raw) != bitcoin.HEADER_SIZE:
             raise BitcoinError(f"Bitcoin node {self.url}: header {block_hash} is not 80 bytes")
         return raw
+
+    def header_at_synced(self, height: int) -> bytes:
+        """``header_at``, but ``BitcoinBehind`` when the node's chain is shorter than
+        ``height``: a node still syncing says nothing about the block there."""
+        tip = self.block_count()
+        if height > tip:
+            raise BitcoinBehind(
+                f"Bitcoin node {self.url} is at height {tip}, below {height}: let it sync"
+            )
+        return self.header_at(height)
 
     def header_at(self, height: int) -> bytes:
         return self.header(self.block_hash(height))

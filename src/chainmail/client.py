@@ -1865,7 +1865,7 @@ def _headers(url: str | None) -> Iterator[Callable[[int], bytes] | None]:
         return
     node = BitcoinNode(url)
     try:
-        yield node.header_at
+        yield node.header_at_synced
     finally:
         node.close()
 

@@ -250,6 +250,20 @@ def test_a_block_is_anchored_and_verify_and_ots_verify_accept_it(tmp_path: Path)
             assert unreachable.returncode != 0
             assert "unavailable" in unreachable.stderr and "x:k@" not in unreachable.stderr
             assert "✗" not in unreachable.stdout
+            # ... and so is one that has not synced up to the anchor's block yet.
+            with regtest(tmp_path / "syncing") as syncing:
+                behind = _cli(
+                    "verify",
+                    "block",
+                    str(height),
+                    "--node",
+                    node.url,
+                    "--bitcoin",
+                    syncing.node_url,
+                    home=home,
+                )
+            assert behind.returncode != 0 and "let it sync" in behind.stderr, behind.stderr
+            assert "✗" not in behind.stdout
 
 
 def test_a_node_killed_with_an_anchor_pending_posts_it_once_after_restart(tmp_path: Path) -> None:
