@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from chainmail import bitcoin, ots
+from chainmail import bitcoin, ots, ssb
 from chainmail.errors import InvalidMessage, ProofError
 from chainmail.ids import blob_id, msg_digest
 
@@ -154,6 +154,24 @@ def check(anchor: dict[str, Any], block_id: str, proof: bytes) -> list[Attested]
     if not found:
         raise ProofError("the anchor's proof attests nothing in Bitcoin through its txid")
     return found
+
+
+def check_message(
+    message: dict[str, Any], node_id: str, height: int, block_id: str, proof: bytes
+) -> tuple[dict[str, Any], list[Attested]]:
+    """A signed ``anchor`` message held to its block and proof: signed by ``node_id``, of
+    block ``height`` (whose id is ``block_id``), ``proof`` its ``.ots`` blob (``check``).
+    Returns its content and the attestations. ``ProofError`` when it does not hold,
+    ``InvalidMessage`` when the message does not verify at all."""
+    checked = ssb.check(message)
+    if checked.author != node_id:
+        raise ProofError(f"anchor {checked.id}: expected author {node_id}, got {checked.author}")
+    content = checked.content
+    if not isinstance(content, dict) or content.get("type") != ANCHOR:
+        raise ProofError(f"{checked.id} is not an anchor")
+    if content.get("height") != height:
+        raise ProofError(f"{checked.id} is not an anchor of block {height}")
+    return content, check(content, block_id, proof)
 
 
 def check_header(attested: Attested, header: bytes) -> None:

@@ -273,9 +273,7 @@ class _Run:
                 try:
                     self.client.verify_block(height, node_id=self.auditor.node_id, anchor=False)
                 except VerificationFailed as exc:
-                    failed = next((c for c in exc.report if not c.ok), None)
-                    why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
-                    found = _with_proof_failure(found, height, why)
+                    found = _with_proof_failure(found, height, _failure(exc))
                 self.report(found)
                 if self.on_block is not None:
                     self.on_block(height, str(block["id"]), block["message"], found)
@@ -305,13 +303,10 @@ class _Run:
                     self.on_bitcoin_outage(exc)
                 return
             except VerificationFailed as exc:
-                failed = next((c for c in exc.report if not c.ok), None)
-                why = exc.detail if failed is None else f"{failed.check}: {failed.detail}"
-                self.report([Finding.block(height, f"its anchor does not hold: {why}")])
+                self.report([Finding.block(height, f"its anchor does not hold: {_failure(exc)}")])
             except NotFound as exc:
                 self.report([Finding.block(height, f"its anchor does not hold: {exc.detail}")])
-            self.anchored = [h for h in self.anchored if h != height]
-            self.seen_anchors.pop(height, None)
+            self._forget(height)
             if self.bitcoin_down:
                 self.bitcoin_down = False
                 if self.on_bitcoin_outage is not None:
@@ -349,10 +344,14 @@ class _Run:
             return False  # given another read
         if not seen:
             # Every anchor seen for it was reported above: nothing left to check.
-            self.anchored = [h for h in self.anchored if h != height]
-            self.seen_anchors.pop(height, None)
+            self._forget(height)
             return False
         return True
+
+    def _forget(self, height: int) -> None:
+        """Block ``height``'s anchors are done with: checked, or reported."""
+        self.anchored = [h for h in self.anchored if h != height]
+        self.seen_anchors.pop(height, None)
 
     def unserved_anchors(self) -> list[Finding]:
         """Anchors seen of blocks the node never served (end of a one-shot audit)."""
@@ -368,6 +367,12 @@ class _Run:
 
     def overdue(self) -> None:
         self.report(self.auditor.overdue(now=_now()))
+
+
+def _failure(exc: VerificationFailed) -> str:
+    """What a failed verification says: its failed check and why, else its detail."""
+    failed = next((c for c in exc.report if not c.ok), None)
+    return exc.detail if failed is None else f"{failed.check}: {failed.detail}"
 
 
 def _with_proof_failure(found: list[Finding], height: int, why: str) -> list[Finding]:

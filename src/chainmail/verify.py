@@ -856,13 +856,7 @@ def _anchor_flow(
         proof = (yield Request("GET", f"/v1/blobs/{path_id(str(ots_id))}")).content
 
         def step(message: dict[str, Any] = message, proof: bytes = proof) -> str:
-            checked = ssb.check(message)
-            if checked.author != node.id:
-                raise ProofError(f"anchor {checked.id}: expected author {node.id}")
-            content = _obj(checked.content, "anchor")
-            if content.get("type") != anchors.ANCHOR or content.get("height") != top:
-                raise ProofError(f"{checked.id} is not an anchor of block {top}")
-            found = anchors.check(content, info.id, proof)
+            content, found = anchors.check_message(message, node.id, top, info.id, proof)
             where = []
             for one in found:
                 if headers is None:

@@ -14,6 +14,7 @@ from chainmail.bitcoinrpc import BitcoinUnreachable
 from chainmail.cli._app import app
 from chainmail.cli.commands import (
     DEFAULT_POLL,
+    BitcoinOpt,
     JsonOpt,
     NodeIdOpt,
     NodeOpt,
@@ -57,15 +58,7 @@ def audit(
             " the node showed two histories.",
         ),
     ] = None,
-    bitcoin: Annotated[
-        str | None,
-        typer.Option(
-            "--bitcoin",
-            envvar="CHAINMAIL_BITCOIN",
-            help="JSON-RPC URL of a Bitcoin node of your own (http://user:password@host:port):"
-            " each anchor's Merkle root is checked in its Bitcoin block header.",
-        ),
-    ] = None,
+    bitcoin: BitcoinOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Audit a node from what it publishes, trusting none of it.
