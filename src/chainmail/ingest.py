@@ -34,7 +34,15 @@ __all__ = ["DEFAULT_MAX_BATCH", "Ingest", "Sequenced"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH: Final = 2048
+#: Messages a collected batch holds at most. With 2,048, the few batches of a
+#: full load (32 connections × 256 in flight: four) went through the verify
+#: threads and the writer nearly in step, so one side often waited for the
+#: other: the cores were busy 83-86% of the time; with 1,024 (eight batches
+#: in flight) 88-93%, for the same CPU a message, and the default bench's
+#: ratio went 0.439 → 0.456 at the median of five alternated pairs (higher in
+#: 4 of 5); 512 cost more a message than it gained (benchmarks/README.md,
+#: session 18).
+DEFAULT_MAX_BATCH: Final = 1024
 #: Below this many messages a batch is checked on the event loop's thread
 #: (~3 ms of ed25519 at most, the GIL released): the hand-off to the verify
 #: threads (a thread's wake-up, the GIL taken twice, the loop's wake-up) cost
