@@ -35,7 +35,7 @@ from chainmail.errors import (
     RateLimited,
     Unauthorized,
 )
-from chainmail.ids import blob_id, is_blob_id, is_feed_id, is_msg_id
+from chainmail.ids import is_blob_id, is_feed_id, is_msg_id
 from chainmail.ingest_http import (
     JSON_TYPES,
     ClientGone,
@@ -918,11 +918,20 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
 
     # --- blobs --------------------------------------------------------------------------
 
-    @app.put("/v1/blobs", tags=["blobs"], summary="Store content-addressed bytes")
+    @app.put(
+        "/v1/blobs",
+        tags=["blobs"],
+        summary="Store content-addressed bytes",
+        description="The body's bytes, stored under their SHA-256 (`&….sha256`): 201 when new, "
+        "200 when stored already. A blob is kept for good once a logged message names it (a "
+        "`doc`'s `blob`); one still named by none after the node's grace (`serve --blob-grace`, "
+        "24 h by default) is deleted, and storing it again restarts the grace. While the "
+        "unnamed blobs reach `serve --blob-pending-limit` bytes (1 GiB), more are refused with "
+        "429 `rate_limited` and a `Retry-After`. Bodies up to 16 MiB (413 `too_large`).",
+    )
     async def put_blob(request: Request) -> Response:
         data = await _read_body(request, limits.blob_bytes)
-        bid = blob_id(data)
-        created = await asyncio.to_thread(node.store.put_blob, bid, data)
+        bid, created = await node.put_blob(data)
         return _json({"id": bid, "size": len(data)}, 201 if created else 200)
 
     @app.get("/v1/blobs/{bid:path}", tags=["blobs"], summary="The bytes of a blob")
@@ -974,7 +983,8 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         summary="Prometheus metrics",
         description="Messages accepted, duplicated and refused (by code), each pipeline's log "
         "size, the block height (with anchoring on, the newest anchored height and whether an "
-        "anchor is pending), and `chainmail_ingest_stage_seconds`: a histogram per ingest "
+        "anchor is pending), the bytes of blobs no message names yet and how many such blobs "
+        "were swept, and `chainmail_ingest_stage_seconds`: a histogram per ingest "
         "stage (`queued`, `verify`, `wait`, `log`, `project`, and `total` from arrival to reply), "
         "counting messages.",
     )
@@ -1018,6 +1028,16 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
                 "# TYPE chainmail_anchor_pending gauge",
                 f"chainmail_anchor_pending {0 if node.anchorer.pending is None else 1}",
             ]
+        pending_bytes, _ = await asyncio.to_thread(node.store.pending_blobs)
+        lines += [
+            "# HELP chainmail_blob_pending_bytes Bytes of stored blobs no logged message names yet.",
+            "# TYPE chainmail_blob_pending_bytes gauge",
+            f"chainmail_blob_pending_bytes {pending_bytes}",
+            "# HELP chainmail_blobs_swept_total Blobs deleted because no message named them in"
+            " time.",
+            "# TYPE chainmail_blobs_swept_total counter",
+            f"chainmail_blobs_swept_total {node.blobs_swept}",
+        ]
         if node.ingest_stages is not None:
             lines += node.ingest_stages.render()
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

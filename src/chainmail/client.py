@@ -1355,8 +1355,11 @@ class Client(_Core):
     def put_blob(self, data: bytes) -> BlobId:
         """Store ``data``; its id ``&…sha256`` (checked against the node's answer).
 
-        Raises ``ProofError`` when the node names another id, ``InvalidMessage``
-        (``too_large``), ``NodeUnavailable``.
+        The node keeps it for good once a logged message names it (``notarise``
+        posts the ``doc`` that does); unnamed, it is deleted after the node's
+        grace (24 h by default). Raises ``ProofError`` when the node names
+        another id, ``InvalidMessage`` (``too_large``), ``RateLimited`` when the
+        node holds as many unnamed blob bytes as it takes, ``NodeUnavailable``.
         """
         return self._run(self._put_blob_flow(data))
 

@@ -45,6 +45,7 @@ __all__ = [
     "NODE_ONLY_TYPES",
     "SCHEMAS",
     "TX_TYPES",
+    "blob_refs",
     "check_policy",
     "is_mapping",
     "is_valid_lei",
@@ -426,6 +427,37 @@ def _fields(value: object, schema: _Schema) -> None:
         except _BadValueError as exc:
             got = "" if exc.shows_value else f", got {_show(value[name])}"
             raise _FieldError(f"field {name!r} must be {exc.what}{got}") from None
+
+
+#: The blob fields of each content type that names blobs: a path of keys each.
+_BLOB_FIELDS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
+    "doc": (("blob",),),
+    "block": (("txs", "records"),),
+    "anchor": (("ots",),),
+}
+
+
+def blob_refs(body: object) -> list[str]:
+    """The blob ids a message's content names: what keeps a stored blob (DESIGN §8).
+
+    A ``doc``'s ``blob``, a ``block``'s records blob (``txs.records``) and an
+    ``anchor``'s ``ots``. Anything else (an encrypted box, other types, a
+    field that is not a blob id) names none. Pure; never raises.
+    """
+    if not isinstance(body, dict):
+        return []
+    kind = body.get("type")
+    paths = _BLOB_FIELDS.get(kind) if isinstance(kind, str) else None
+    if paths is None:
+        return []
+    found: list[str] = []
+    for path in paths:
+        value: object = body
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and is_blob_id(value):
+            found.append(value)
+    return found
 
 
 # --- policy ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
     "MsgId",
     "blob_digest",
     "blob_id",
+    "blob_id_from_digest",
     "feed_id",
     "feed_public_key",
     "is_blob_id",
@@ -124,9 +125,14 @@ def is_msg_id(value: object) -> bool:
 
 def blob_id(data: bytes) -> BlobId:
     """The content address ``&…sha256`` of ``data``."""
-    return BlobId(
-        "&" + base64.b64encode(hashlib.sha256(data).digest()).decode("ascii") + _HASH_SUFFIX
-    )
+    return blob_id_from_digest(hashlib.sha256(data).digest())
+
+
+def blob_id_from_digest(digest: bytes) -> BlobId:
+    """The ``&…sha256`` id of a blob whose SHA-256 is ``digest`` (32 bytes)."""
+    if len(digest) != 32:
+        raise ValueError(f"a blob digest is 32 bytes, got {len(digest)}")
+    return BlobId("&" + base64.b64encode(digest).decode("ascii") + _HASH_SUFFIX)
 
 
 def blob_digest(bid: str) -> bytes:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
-from chainmail import checkpoint
+from chainmail import blobkeeping, checkpoint
 from chainmail.anchoring import AnchorConfig, Anchorer
 from chainmail.errors import Error, NotFound, OperationalError, ProofError, StorageError
+from chainmail.ids import BlobId, blob_id
 from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
@@ -91,6 +92,10 @@ class NodeConfig:
     identity_burst: float = IDENTITY_BURST
     #: Where and how often blocks are anchored in Bitcoin (None: not at all).
     anchor: AnchorConfig | None = None
+    #: Seconds a stored blob no logged message names is kept, and the bytes of
+    #: such blobs held at most (``chainmail.blobkeeping``).
+    blob_grace: float = blobkeeping.DEFAULT_GRACE_S
+    blob_pending_limit: int = blobkeeping.DEFAULT_PENDING_LIMIT
 
 
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:
@@ -228,6 +233,9 @@ class Node:
         )
         self._acking: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Bytes of blobs being stored now (``put_blob``), and blobs swept so far.
+        self._blob_reserved = 0
+        self.blobs_swept = 0
         self._sequencer: Sequencer | None = None
         self._ingest: Ingest | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -274,7 +282,11 @@ class Node:
         )
         await self._ingest.start()
         tune_gc()
-        self._tasks = [asyncio.create_task(self._ticker(), name="block-builder")]
+        self._tasks = [
+            asyncio.create_task(self._ticker(), name="block-builder"),
+            # After the start-up replay above: a blob only it references is kept.
+            asyncio.create_task(self._blob_sweeper(), name="blob-sweeper"),
+        ]
         if self.config.anchor is not None:
             seq = self._sequencer
 
@@ -371,6 +383,65 @@ class Node:
         if self._ingest is None:
             raise RuntimeError("node not started")
         return self._ingest.enqueue(raws)
+
+    # --- blobs ----------------------------------------------------------------------------
+
+    async def put_blob(self, data: bytes) -> tuple[BlobId, bool]:
+        """Store ``data`` as a blob; its id, and whether it is new.
+
+        Raises ``RateLimited`` when the blobs no logged message names yet would
+        pass ``blob_pending_limit`` with it (``chainmail.blobkeeping``), and
+        ``StorageError`` when it cannot be written.
+        """
+        bid = blob_id(data)
+        size = 0 if self.store.has_blob(bid) else len(data)  # stored again: no new bytes
+        # Counted, checked and reserved at one instant on the event loop, so
+        # concurrent uploads cannot all pass the limit while they are written:
+        # a blob's bytes are in the store's count before its reservation ends.
+        pending = self.store.pending_blob_bytes() + self._blob_reserved
+        limit = self.config.blob_pending_limit
+        if pending + size > limit:
+            _, oldest = await asyncio.to_thread(self.store.pending_blobs)
+            blobkeeping.check_room(
+                size,
+                pending=pending,
+                limit=limit,
+                oldest=oldest,
+                grace=self.config.blob_grace,
+                now=self.clock(),
+            )
+        self._blob_reserved += size
+        try:
+            created = await asyncio.to_thread(
+                functools.partial(self.store.put_blob, bid, data, stored=self.clock())
+            )
+        finally:
+            self._blob_reserved -= size
+        return bid, created
+
+    async def sweep_blobs(self) -> tuple[int, int]:
+        """Delete the blobs still named by no message ``blob_grace`` after they were stored.
+
+        Returns (blobs, bytes) deleted. The sweeper task calls it every
+        ``blobkeeping.sweep_every(blob_grace)`` seconds.
+        """
+        before = blobkeeping.cutoff(self.clock(), self.config.blob_grace)
+        count, size = await asyncio.to_thread(self.store.sweep_blobs, before)
+        self.blobs_swept += count
+        if count:
+            log.info("swept %d blobs (%d bytes) that no message named", count, size)
+        return count, size
+
+    async def _blob_sweeper(self) -> None:
+        every = blobkeeping.sweep_every(self.config.blob_grace)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.sweep_blobs()
+            except Error as exc:
+                log.error("blob sweep: %s", exc.diagnostics())
+            except Exception:
+                log.exception("blob sweep failed")
 
     # --- reads and acks -------------------------------------------------------------------
 

@@ -762,8 +762,12 @@ class Sequencer:
             if kind == "chan/share" and channel is not None:
                 txs.share_channel(channel, {"author": author, "content": body_content})
                 projection.channels[channel.id] = channel.to_dict()
+        elif kind == "doc":
+            # Named by a logged message: the blob is kept (``Store.put_blob``).
+            projection.blob_refs.extend(content.blob_refs(body_content))
         elif kind == "block" and author == self.node_id:
             self._project_block(projection, msg_id, body_content, body)
+            projection.blob_refs.extend(content.blob_refs(body_content))
             if self.stages is not None:
                 self.stages.see_block(int(body_content["height"]), msg_id)
         elif kind == SIGN:
@@ -779,6 +783,7 @@ class Sequencer:
             )
         elif kind == ANCHOR and author == self.node_id:
             projection.anchors.append((int(body_content["height"]), msg_id, body_content))
+            projection.blob_refs.extend(content.blob_refs(body_content))
         # Shared readers hold the key too, so a chan/msg reaches every holder.
         members = channel.holders if kind == "chan/msg" and channel is not None else None
         inbox = projection.inbox
@@ -1055,7 +1060,7 @@ class Sequencer:
         """
         blob, records_root = blocks.encode_records(draft.records)
         records_id = blob_id(blob)
-        self.store.put_blob(records_id, blob)
+        self.store.put_blob(records_id, blob, stored=self.clock())
         return SealedRecords(draft.records, records_id, records_root)
 
     def abandon_block(self) -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -28,9 +29,9 @@ from typing import Any, Final, Literal, cast
 
 import orjson
 
-from chainmail import merkle
+from chainmail import content, merkle
 from chainmail.errors import InvalidMessage, LogError, NotFound, StorageError
-from chainmail.ids import blob_digest, msg_digest
+from chainmail.ids import blob_digest, blob_id_from_digest, msg_digest
 from chainmail.log import Head, LogEntry, NewEntry, head, pipeline_of
 from chainmail.registry import search_text
 from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
@@ -251,6 +252,21 @@ _TX_PARTIES_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS tx_parties (
     party INTEGER NOT NULL, opened INTEGER NOT NULL, tx_pos INTEGER NOT NULL,
     PRIMARY KEY (party, opened, tx_pos)) WITHOUT ROWID"""
+
+#: Blobs and what keeps them (``Store.put_blob``): ``blob_refs`` holds every
+#: blob id a logged message names (``content.blob_refs``), for good;
+#: ``blob_pending`` the blobs stored that none names yet, with their size and
+#: when they were stored (ms), which ``sweep_blobs`` deletes past the node's
+#: grace. Apart from ``_STORE_SCHEMA`` so that an older store creates them in
+#: the transaction that fills them (``_migrate_blobs``).
+_BLOBS_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS blob_refs (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS blob_pending ("
+    " id TEXT PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS blob_pending_stored ON blob_pending (stored)",
+)
+#: Content types whose messages name blobs (``content.blob_refs``), for ``_migrate_blobs``.
+_BLOB_NAMING_TYPES: Final = ("doc", "block", "anchor")
 
 #: SQLite page cache a connection may hold (negative: KiB, as PRAGMA cache_size takes it).
 _WRITER_CACHE_KIB: Final = -65536
@@ -947,6 +963,15 @@ class SqliteStore:
             else:
                 self._w.execute(_TX_PARTIES_SCHEMA)
             self._migrate_identity_search()
+            #: Blobs are files, apart from the projections, so the store can be
+            #: dropped and rebuilt from the log without losing them.
+            self.blobs_dir = path.parent / "blobs"
+            if not _columns(self._w, "blob_refs"):
+                self._migrate_blobs()
+            #: Bytes of the pending blobs (``pending_blobs``), kept under ``_lock``.
+            self._pending_bytes = int(
+                self._w.execute("SELECT COALESCE(SUM(size), 0) FROM blob_pending").fetchone()[0]
+            )
             #: Recipient numbers; as many as identities ever delivered to.
             self._recipients: dict[str, int] = dict(
                 self._w.execute("SELECT id, no FROM recipients")
@@ -960,9 +985,6 @@ class SqliteStore:
             self._checkpointer = _Checkpointer(path, synchronous, checkpoint_interval)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path}: {exc}") from exc
-        #: Blobs are files, apart from the projections, so the store can be
-        #: dropped and rebuilt from the log without losing them.
-        self.blobs_dir = path.parent / "blobs"
 
     @contextmanager
     def _migrating(self) -> Iterator[sqlite3.Connection]:
@@ -1012,6 +1034,57 @@ class SqliteStore:
                     "UPDATE identities SET search=? WHERE id=?",
                     [(search_text(orjson.loads(record)), ident) for ident, record in old],
                 )
+
+    def _migrate_blobs(self) -> None:
+        """Create the blob tables, filled from what is there: a store of an older
+        version, or one being rebuilt beside the blobs of the store it replaces.
+
+        Every blob a projected message names is referenced; every other blob
+        file is pending from its modification time. A store rebuilt from the log
+        projects no message before this, so all its files start pending, and
+        the replay that follows (``Sequencer.catch_up``, before the node serves
+        or sweeps) references those its messages name. One transaction: a crash
+        before its commit leaves no tables, and the next open migrates again.
+        """
+        projected = self._w.execute("SELECT 1 FROM message_info LIMIT 1").fetchone()
+        with self._migrating() if projected else _transaction(self._w, StorageError):
+            w = self._w
+            for statement in _BLOBS_SCHEMA:
+                w.execute(statement)
+            refs: set[str] = set()
+            if projected:  # the log is attached
+                marks = ",".join("?" * len(_BLOB_NAMING_TYPES))
+                for (body,) in w.execute(
+                    "SELECT e.body FROM message_info m JOIN log.entries e ON e.pos = m.pos"
+                    f" WHERE m.type IN ({marks})",
+                    _BLOB_NAMING_TYPES,
+                ):
+                    refs.update(content.blob_refs(orjson.loads(body).get("content")))
+            w.executemany("INSERT OR IGNORE INTO blob_refs (id) VALUES (?)", [(r,) for r in refs])
+            w.executemany(
+                "INSERT OR IGNORE INTO blob_pending (id, size, stored) VALUES (?, ?, ?)",
+                [row for row in self._blob_files() if row[0] not in refs],
+            )
+
+    def _blob_files(self) -> Iterator[tuple[str, int, int]]:
+        """(id, size, modified ms) of every blob file (temporary files left out)."""
+        try:
+            shards = sorted(self.blobs_dir.iterdir())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list the blobs in {self.blobs_dir}: {exc}") from exc
+        for shard in shards:
+            if not shard.is_dir():
+                continue
+            for path in sorted(shard.iterdir()):
+                try:
+                    digest = bytes.fromhex(path.name)
+                    bid = blob_id_from_digest(digest)
+                except ValueError:
+                    continue  # a temporary file, or not ours
+                info = path.stat()
+                yield bid, info.st_size, info.st_mtime_ns // 1_000_000
 
     def _migrate_tx_messages(self, layout: Literal["json", "by_id"]) -> None:
         """Key an older store's tx messages by the tx/open's log position.
@@ -1244,6 +1317,7 @@ class SqliteStore:
                                 for height, mid, data in projection.anchors
                             ],
                         )
+                    kept = self._reference(projection.blob_refs) if projection.blob_refs else 0
                     w.executemany(
                         "INSERT INTO cursors (pipeline, next) VALUES (?, ?) ON CONFLICT (pipeline)"
                         " DO UPDATE SET next=excluded.next WHERE excluded.next > cursors.next",
@@ -1254,6 +1328,8 @@ class SqliteStore:
             finally:
                 new, self._new_recipients = self._new_recipients, {}
             self._recipients.update(new)
+            if projection.blob_refs:
+                self._pending_bytes -= kept
         self._checkpointer.committed()
         # After the commit: a follower that starts after this ``wanted`` check
         # reads these entries from the store instead.
@@ -1264,6 +1340,18 @@ class SqliteStore:
                 msg = what[pos]
                 deliveries.append((recipient, Delivery(int(d), msg.id, msg.body)))
         return deliveries
+
+    def _reference(self, refs: list[str]) -> int:
+        """Record ``refs`` as named, in the projection's transaction; bytes no longer pending."""
+        w = self._w
+        unique = list(dict.fromkeys(refs))
+        w.executemany("INSERT OR IGNORE INTO blob_refs (id) VALUES (?)", [(r,) for r in unique])
+        marks, params = _in_list(unique)
+        (size,) = w.execute(
+            f"SELECT COALESCE(SUM(size), 0) FROM blob_pending WHERE id IN {marks}", params
+        ).fetchone()
+        w.execute(f"DELETE FROM blob_pending WHERE id IN {marks}", params)
+        return int(size)
 
     def _recipient(self, recipient: str) -> int:
         """The number of ``recipient``, given one on its first delivery (writer only)."""
@@ -1482,11 +1570,104 @@ class SqliteStore:
         digest = blob_digest(blob_id).hex()
         return self.blobs_dir / digest[:2] / digest
 
-    def put_blob(self, blob_id: str, data: bytes) -> bool:
-        """Store bytes under their id, durably (temp file, fsync, rename); False if present."""
+    def put_blob(self, blob_id: str, data: bytes, *, stored: int | None = None) -> bool:
+        """Store bytes under their id, durably (temp file, fsync, rename); False if present.
+
+        Pending from ``stored`` (ms; default: the wall clock) unless a logged
+        message names it; storing a pending blob again restarts that.
+        """
         path = self._blob_path(blob_id)
+        when = stored if stored is not None else time.time_ns() // 1_000_000
         if path.exists():
-            return False
+            # Under the lock ``sweep_blobs`` deletes under: either it deleted the
+            # file before this look (and the blob is written again below), or
+            # the blob is pending from now and the sweep leaves it.
+            with self._lock:
+                if path.exists():
+                    self._pend(blob_id, len(data), when, again=True)
+                    return False
+        self._write_blob(path, data)
+        with self._lock:
+            self._pend(blob_id, len(data), when, again=False)
+        return True
+
+    def _pend(self, blob_id: str, size: int, stored: int, *, again: bool) -> None:
+        """Mark a stored blob pending from ``stored``, unless a message names it (under ``_lock``)."""
+        w = self._w
+        try:
+            with _transaction(w, StorageError):
+                if w.execute("SELECT 1 FROM blob_refs WHERE id=?", (blob_id,)).fetchone():
+                    return
+                if again:
+                    w.execute(
+                        "UPDATE blob_pending SET stored=MAX(stored, ?) WHERE id=?",
+                        (stored, blob_id),
+                    )
+                    if w.execute("SELECT changes()").fetchone()[0]:
+                        return
+                w.execute(
+                    "INSERT OR IGNORE INTO blob_pending (id, size, stored) VALUES (?, ?, ?)",
+                    (blob_id, size, stored),
+                )
+                added = w.execute("SELECT changes()").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StorageError(f"blob bookkeeping failed: {exc}") from exc
+        if added:
+            self._pending_bytes += size
+        self._checkpointer.committed()
+
+    def has_blob(self, blob_id: str) -> bool:
+        return self._blob_path(blob_id).exists()
+
+    def pending_blob_bytes(self) -> int:
+        return self._pending_bytes
+
+    def pending_blobs(self) -> tuple[int, int | None]:
+        try:
+            (oldest,) = self._r().execute("SELECT MIN(stored) FROM blob_pending").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"blob read failed: {exc}") from exc
+        return self._pending_bytes, None if oldest is None else int(oldest)
+
+    def sweep_blobs(self, stored_before: int) -> tuple[int, int]:
+        count = size = 0
+        try:
+            old = (
+                self._r()
+                .execute(
+                    "SELECT id FROM blob_pending WHERE stored < ? ORDER BY stored", (stored_before,)
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"blob read failed: {exc}") from exc
+        for (bid,) in old:
+            # One at a time under the store's lock, the pending row checked again:
+            # a message naming the blob, or the blob stored again, may have come
+            # since the read above (both take this lock).
+            with self._lock:
+                w = self._w
+                try:
+                    row = w.execute(
+                        "SELECT size FROM blob_pending WHERE id=? AND stored < ?",
+                        (bid, stored_before),
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    with suppress(FileNotFoundError):
+                        self._blob_path(bid).unlink()
+                    with _transaction(w, StorageError):
+                        w.execute("DELETE FROM blob_pending WHERE id=?", (bid,))
+                except (sqlite3.Error, OSError) as exc:
+                    raise StorageError(f"blob sweep failed at {bid}: {exc}") from exc
+                self._pending_bytes -= int(row[0])
+            count += 1
+            size += int(row[0])
+        if count:
+            self._checkpointer.committed()
+        return count, size
+
+    def _write_blob(self, path: Path, data: bytes) -> None:
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -1511,7 +1692,6 @@ class SqliteStore:
                 os.close(dir_fd)
         except OSError as exc:
             raise StorageError(f"blob write failed: {exc}") from exc
-        return True
 
     def get_blob(self, blob_id: str) -> bytes | None:
         try:

@@ -169,6 +169,8 @@ class Projection:
     block_stages: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
     #: The node's ``anchor`` messages: (height of the anchored block, message id, content).
     anchors: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    #: Blob ids the batch's messages name (``content.blob_refs``): kept for good.
+    blob_refs: list[str] = field(default_factory=list)
     cursors: dict[int, int] = field(default_factory=dict)  # pipeline -> next index
 
     def __bool__(self) -> bool:
@@ -182,6 +184,7 @@ class Projection:
             or self.block_signs
             or self.block_stages
             or self.anchors
+            or self.blob_refs
             or self.cursors
         )
 
@@ -251,7 +254,28 @@ class Store(Protocol):
         """``ack`` for several (recipient, ids) at once, in one write; the counts in order."""
         ...
 
-    def put_blob(self, blob_id: str, data: bytes) -> bool: ...
+    def put_blob(self, blob_id: str, data: bytes, *, stored: int | None = None) -> bool:
+        """Store bytes under their id, durably; False if they were there already.
+
+        A blob no logged message names yet (``Projection.blob_refs``) is
+        *pending* from ``stored`` (ms since the epoch; default: now): storing
+        it again restarts that. ``sweep_blobs`` removes pending ones.
+        """
+        ...
+
+    def has_blob(self, blob_id: str) -> bool: ...
+
+    def pending_blob_bytes(self) -> int:
+        """Bytes of pending blobs, from a count kept as they change (no I/O: any thread)."""
+        ...
+
+    def pending_blobs(self) -> tuple[int, int | None]:
+        """Bytes of pending blobs, and when the oldest of them was stored (ms; None: none)."""
+        ...
+
+    def sweep_blobs(self, stored_before: int) -> tuple[int, int]:
+        """Delete the pending blobs stored before ``stored_before`` (ms); (count, bytes) deleted."""
+        ...
 
     def get_blob(self, blob_id: str) -> bytes | None: ...
 

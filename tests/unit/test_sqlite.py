@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from chainmail import merkle, ssb
 from chainmail import sqlite as sqlite_module
 from chainmail.errors import LogError, ProofError, StorageError
-from chainmail.ids import msg_digest
+from chainmail.ids import blob_id, msg_digest
 from chainmail.keys import Keypair
 from chainmail.log import NewEntry
 from chainmail.sequencer import Accepted, Sequencer
@@ -740,3 +740,108 @@ def test_a_blob_write_that_fails_leaves_no_partial_file_behind(tmp_path: Path) -
     assert done.stdout.startswith("refused: blob write failed"), (done.stdout, done.stderr)
     left = [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
     assert left == []
+
+
+# --- blobs: named, pending, swept ------------------------------------------------------
+
+
+def _blob(text: str) -> tuple[str, bytes]:
+    data = text.encode()
+    return blob_id(data), data
+
+
+def test_a_blob_is_pending_until_a_message_names_it(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        (a, a_data), (b, b_data) = _blob("contract A"), _blob("contract BB")
+        assert store.pending_blobs() == (0, None)
+        assert store.put_blob(a, a_data, stored=NOW)
+        assert store.put_blob(b, b_data, stored=NOW + 5)
+        assert store.pending_blobs() == (len(a_data) + len(b_data), NOW)
+        store.apply(Projection(blob_refs=[a, a]))
+        assert store.pending_blobs() == (len(b_data), NOW + 5)
+        # Named for good: stored again it is not pending, and no sweep takes it.
+        assert not store.put_blob(a, a_data, stored=NOW + 10)
+        assert store.sweep_blobs(NOW + 10**9) == (1, len(b_data))
+        assert store.get_blob(a) == a_data and store.get_blob(b) is None
+        assert store.pending_blobs() == (0, None)
+        # Named before it is stored: never pending.
+        c, c_data = _blob("named first")
+        store.apply(Projection(blob_refs=[c]))
+        assert store.put_blob(c, c_data, stored=NOW)
+        assert store.pending_blobs() == (0, None)
+    finally:
+        store.close()
+    # The counts are the tables', after a restart too.
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        assert store.pending_blobs() == (0, None)
+        assert store.sweep_blobs(NOW + 10**9) == (0, 0)
+        assert store.get_blob(a) == a_data and store.get_blob(c) == c_data
+    finally:
+        store.close()
+
+
+def test_only_blobs_pending_since_before_the_cutoff_are_swept(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        (old, old_data), (new, new_data) = _blob("old"), _blob("new")
+        store.put_blob(old, old_data, stored=NOW)
+        store.put_blob(new, new_data, stored=NOW + 1_000)
+        assert store.sweep_blobs(NOW) == (0, 0)  # strictly before
+        assert store.sweep_blobs(NOW + 1) == (1, len(old_data))
+        assert store.get_blob(old) is None and store.get_blob(new) == new_data
+        # Stored again, a pending blob's time restarts (and is never moved back).
+        assert not store.put_blob(new, new_data, stored=NOW + 5_000)
+        assert not store.put_blob(new, new_data, stored=NOW + 2_000)
+        assert store.pending_blobs() == (len(new_data), NOW + 5_000)
+        assert store.sweep_blobs(NOW + 5_000) == (0, 0)
+        # A swept blob stored again is new, and pending again.
+        assert store.put_blob(old, old_data, stored=NOW + 6_000)
+        assert store.pending_blobs() == (len(old_data) + len(new_data), NOW + 5_000)
+    finally:
+        store.close()
+
+
+def test_an_older_store_learns_which_of_its_blobs_are_named(tmp_path: Path) -> None:
+    """The version-1 fixture holds a block whose records blob is on disk, and
+    no blob tables: opened, that blob is named, and a stray file is pending
+    from its modification time."""
+    data = _copy(tmp_path)
+    (records,) = [p for p in (data / "blobs").rglob("*") if p.is_file()]
+    stray, stray_data = _blob("uploaded, never named")
+    assert stray == blob_id(stray_data)
+    digest = hashlib.sha256(stray_data).hexdigest()
+    (data / "blobs" / digest[:2]).mkdir(exist_ok=True)
+    (data / "blobs" / digest[:2] / digest).write_bytes(stray_data)
+    (data / "blobs" / digest[:2] / f"{digest}.1.2.tmp").write_bytes(b"half")
+    mtime = (data / "blobs" / digest[:2] / digest).stat().st_mtime_ns // 1_000_000
+    log = SqliteLog(data / "log.sqlite")
+    store = SqliteStore(data / "store.sqlite")
+    try:
+        assert store.pending_blobs() == (len(stray_data), mtime)
+        assert store.sweep_blobs(mtime + 1) == (1, len(stray_data))
+        assert records.exists()
+    finally:
+        store.close()
+        log.close()
+
+
+def test_a_rebuilt_store_keeps_the_blobs_its_replay_names(tmp_path: Path) -> None:
+    """The store dropped and rebuilt from the log, beside the old blobs: they
+    start pending, and the replay names the block's records blob again."""
+    data = _copy(tmp_path)
+    (data / "store.sqlite").unlink()
+    for side in ("store.sqlite-wal", "store.sqlite-shm"):
+        (data / side).unlink(missing_ok=True)
+    log = SqliteLog(data / "log.sqlite")
+    store = SqliteStore(data / "store.sqlite")
+    try:
+        pending, _ = store.pending_blobs()
+        assert pending > 0
+        Sequencer(log, store, NODE, clock=lambda: NOW)  # replays the log into the store
+        assert store.pending_blobs() == (0, None)
+        assert store.sweep_blobs(NOW + 10**12) == (0, 0)
+    finally:
+        store.close()
+        log.close()

@@ -15,6 +15,7 @@ from chainmail.anchoring import AnchorConfig
 from chainmail.anchors import DEFAULT_CONFIRMATIONS
 from chainmail.anchors import DEFAULT_INTERVAL as DEFAULT_ANCHOR_INTERVAL
 from chainmail.bitcoinrpc import redact
+from chainmail.blobkeeping import DEFAULT_GRACE_S, DEFAULT_PENDING_LIMIT
 from chainmail.cli._app import app
 from chainmail.errors import Error
 from chainmail.ids import is_feed_id
@@ -122,7 +123,7 @@ def serve(
         int,
         typer.Option(
             help="Niceness, 0 to 19 (Linux), of the verification threads that check backlog "
-            "(a whole batch of 2,048 messages queued at once, as at full load). They run "
+            "(a whole batch of 1,024 messages queued at once, as at full load). They run "
             "ed25519 without Python's lock; at 19 they take only the CPU the event loop and "
             "the writer leave, which the whole node waits on. Smaller batches keep the "
             "node's priority. 0: all do."
@@ -194,6 +195,20 @@ def serve(
     connection_burst: Annotated[
         float, typer.Option(help="Messages one connection may send at once above its rate.")
     ] = CONNECTION_BURST,
+    blob_grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a stored blob that no logged message names (a doc's `blob`) is kept;"
+            " storing it again restarts them."
+        ),
+    ] = DEFAULT_GRACE_S,
+    blob_pending_limit: Annotated[
+        int,
+        typer.Option(
+            help="Bytes of such unnamed blobs held at once; more are refused (429) until"
+            " some are named or swept."
+        ),
+    ] = DEFAULT_PENDING_LIMIT,
     quiet: Annotated[bool, typer.Option(help="Log warnings only.")] = False,
 ) -> None:
     """Run a node: HTTP API on HOST:PORT, data in DATA (embedded SQLite by default)."""
@@ -250,6 +265,16 @@ def serve(
     ):
         if value <= 0:
             raise Error(f"--{name}: expected a positive number, got {value}", code="invalid_format")
+    if not 0 < blob_grace < math.inf:
+        raise Error(
+            f"--blob-grace: expected a positive number of seconds, got {blob_grace}",
+            code="invalid_format",
+        )
+    if blob_pending_limit < 0:
+        raise Error(
+            f"--blob-pending-limit: expected 0 or more bytes, got {blob_pending_limit}",
+            code="invalid_format",
+        )
     anchor = _anchor_config(anchor_bitcoin, anchor_wallet, anchor_interval, anchor_confirmations)
     listener = _listen(host, port)
     with listener:
@@ -268,6 +293,8 @@ def serve(
                 identity_rate=identity_rate,
                 identity_burst=identity_burst,
                 anchor=anchor,
+                blob_grace=blob_grace,
+                blob_pending_limit=blob_pending_limit,
             )
         )
         typer.echo(f"chainmail node {node.id}\n  data {data.resolve()}\n  http://{host}:{port}")

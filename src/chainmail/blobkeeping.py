@@ -1,0 +1,78 @@
+"""Which stored blobs a node keeps, and how many bytes may wait to be named (pure rules).
+
+``PUT /v1/blobs`` takes bytes from anyone: nothing about a blob says who
+wants it kept. A blob is kept for good once a logged message names it (a
+``doc``'s ``blob``, a block's records, an anchor's proof:
+``content.blob_refs``); until then it is *pending*. Pending blobs are
+bounded twice, so that nobody can fill the node's disk with bytes no message
+will ever name:
+
+* by bytes: at most ``pending_limit`` wait at once; a blob that would pass
+  it is refused (``rate_limited``, with how long until the oldest pending
+  blob is swept), and nothing stored before is touched;
+* by time: a blob still pending ``grace`` seconds after it was stored (or
+  last stored again) is deleted by the node's sweeper.
+
+So the way to keep a document is what ``Client.notarise`` does: store it,
+then post the ``doc`` message naming it within the grace.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+from chainmail.errors import RateLimited
+
+__all__ = [
+    "DEFAULT_GRACE_S",
+    "DEFAULT_PENDING_LIMIT",
+    "check_room",
+    "cutoff",
+    "sweep_every",
+]
+
+#: Seconds a blob may stay pending (stored, named by no logged message).
+DEFAULT_GRACE_S: Final = 24 * 3600.0
+#: Bytes of pending blobs a node holds at most: 64 of the largest blobs.
+DEFAULT_PENDING_LIMIT: Final = 1024 * 1024 * 1024
+#: The sweeper's period, whatever the grace: at least this, at most the next.
+_SWEEP_MIN_S: Final = 1.0
+_SWEEP_MAX_S: Final = 600.0
+
+
+def check_room(
+    size: int,
+    *,
+    pending: int,
+    limit: int,
+    oldest: int | None,
+    grace: float,
+    now: int,
+) -> None:
+    """Refuse a new blob of ``size`` bytes when ``pending`` plus it would pass ``limit``.
+
+    ``pending`` counts the pending bytes and those of blobs being stored;
+    ``oldest`` is when the oldest pending blob was stored (ms; None: none),
+    ``now`` the node's clock (ms). Raises ``RateLimited`` with ``retry_after``
+    the seconds until the sweeper may free that oldest blob.
+    """
+    if pending + size <= limit:
+        return
+    wait = grace if oldest is None else max(0.0, (oldest + grace * 1000 - now) / 1000)
+    raise RateLimited(
+        f"blob of {size} bytes refused: {pending} bytes of blobs wait to be named by a"
+        f" message (at most {limit}); post the doc message for what you stored, or retry"
+        " once older unnamed blobs are swept",
+        retry_after=max(1.0, math.ceil(wait)),
+    )
+
+
+def cutoff(now: int, grace: float) -> int:
+    """The ``stored`` time (ms) before which a pending blob is swept at ``now`` (ms)."""
+    return now - math.ceil(grace * 1000)
+
+
+def sweep_every(grace: float) -> float:
+    """Seconds between sweeps: a tenth of the grace, from 1 s to 10 min."""
+    return min(_SWEEP_MAX_S, max(_SWEEP_MIN_S, grace / 10))

@@ -1,0 +1,166 @@
+"""Blobs on a node: unnamed ones are bounded in bytes and swept after the grace;
+named ones (a doc, a block's records) are kept; a refusal loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chainmail.api import create_app
+from chainmail.ids import blob_id
+from chainmail.node import Node, NodeConfig
+from chainmail.sequencer import Accepted
+from support.feeds import Writer
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_800_000_000_000
+GRACE_S = 60.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_unnamed_blobs_are_bounded_then_swept_and_named_ones_kept(tmp_path: Path) -> None:
+    clock = Clock()
+    kept, spare, lost, big = (
+        b"the NDA, signed" * 4,
+        b"a draft" * 2,
+        b"uploaded, forgotten",
+        b"x" * 81,
+    )
+
+    async def run() -> None:
+        config = NodeConfig(
+            data_dir=tmp_path / "node",
+            workers=0,
+            block_interval=3600.0,
+            blob_grace=GRACE_S,
+            blob_pending_limit=100,
+        )
+        node = Node(config, clock=clock)
+        await node.start()
+        transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+                put = await http.put("/v1/blobs", content=kept)
+                assert put.status_code == 201 and put.json() == {
+                    "id": blob_id(kept),
+                    "size": len(kept),
+                }
+                assert (await http.put("/v1/blobs", content=kept)).status_code == 200
+                assert (await http.put("/v1/blobs", content=lost)).status_code == 201
+                # 60 + 19 bytes wait to be named: 81 more would pass the 100.
+                refused = await http.put("/v1/blobs", content=big)
+                assert refused.status_code == 429, refused.text
+                problem = refused.json()
+                assert problem["code"] == "rate_limited" and "79 bytes" in problem["detail"]
+                assert refused.headers["retry-after"] == "60"
+                assert refused.headers["content-type"].startswith("application/problem+json")
+                assert (await http.get(f"/v1/blobs/{blob_id(big)}")).status_code == 404
+                # Nothing stored before was touched by the refusal.
+                assert (await http.get(f"/v1/blobs/{blob_id(kept)}")).content == kept
+                metrics = (await http.get("/metrics")).text
+                assert "chainmail_blob_pending_bytes 79\n" in metrics
+
+                # A doc names ``kept``: it no longer counts, and the big one fits.
+                writer = Writer()
+                doc = {"type": "doc", "blob": blob_id(kept), "size": len(kept), "name": "NDA"}
+                (result,) = await node.submit_many([writer.raw(doc)])
+                assert isinstance(result, Accepted), result
+                assert node.store.pending_blobs() == (len(lost), T0)
+                clock.now = T0 + 30_000
+                assert (await http.put("/v1/blobs", content=spare)).status_code == 201
+                refused = await http.put("/v1/blobs", content=big)
+                assert refused.headers["retry-after"] == "30"  # when ``lost`` goes
+
+                # Before the grace nothing goes; after it, only what no message names.
+                assert await node.sweep_blobs() == (0, 0)
+                clock.now = T0 + 60_001
+                assert await node.sweep_blobs() == (1, len(lost))
+                assert (await http.get(f"/v1/blobs/{blob_id(lost)}")).status_code == 404
+                assert (await http.get(f"/v1/blobs/{blob_id(kept)}")).content == kept
+                assert (await http.get(f"/v1/blobs/{blob_id(spare)}")).content == spare
+                assert (await http.put("/v1/blobs", content=big)).status_code == 201
+                assert "chainmail_blobs_swept_total 1\n" in (await http.get("/metrics")).text
+
+                # A block's records blob is named by the block that commits to it.
+                tx = {"type": "tx/open", "parties": [writer.id], "deadline": T0 + 10**9}
+                (opened,) = await node.submit_many([writer.raw(tx)])
+                assert isinstance(opened, Accepted)
+                finish = {"type": "tx/finish", "tx": opened.id}
+                assert isinstance((await node.submit_many([writer.raw(finish)]))[0], Accepted)
+                await node._build_block(node.sequencer)
+                block = (await http.get("/v1/blocks/1")).json()
+                records = block["message"]["content"]["txs"]["records"]
+                clock.now += 10 * 60_000
+                swept, _ = await node.sweep_blobs()
+                assert swept == 2  # ``spare`` and ``big``, never named
+                assert (await http.get(f"/v1/blobs/{records}")).status_code == 200
+                assert (await http.get(f"/v1/blobs/{blob_id(kept)}")).content == kept
+        finally:
+            await node.stop()
+
+        # After a restart the same: what was named stays named.
+        node = Node(config, clock=clock)
+        await node.start()
+        try:
+            assert node.store.pending_blobs() == (0, None)
+            clock.now += 10**9
+            assert await node.sweep_blobs() == (0, 0)
+            assert node.store.get_blob(blob_id(kept)) == kept
+        finally:
+            await node.stop()
+
+    asyncio.run(run())
+
+
+def test_concurrent_uploads_cannot_pass_the_limit_together(tmp_path: Path) -> None:
+    async def run() -> list[int]:
+        config = NodeConfig(
+            data_dir=tmp_path / "node", workers=0, block_interval=3600.0, blob_pending_limit=100
+        )
+        node = Node(config)
+        await node.start()
+        transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+                puts = await asyncio.gather(
+                    *(http.put("/v1/blobs", content=bytes([i]) * 30) for i in range(8))
+                )
+                pending, _ = node.store.pending_blobs()
+                assert pending <= 100
+                return sorted(p.status_code for p in puts)
+        finally:
+            await node.stop()
+
+    statuses = asyncio.run(run())
+    assert statuses == [201, 201, 201, 429, 429, 429, 429, 429]
+
+
+def test_a_bad_blob_option_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for args, said in (
+        (["--blob-grace", "0"], "--blob-grace: expected a positive number of seconds"),
+        (["--blob-grace", "inf"], "--blob-grace: expected a positive number of seconds"),
+        (["--blob-pending-limit", "-1"], "--blob-pending-limit: expected 0 or more bytes"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "chainmail", "serve", "--data", str(tmp_path / "d"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        assert said in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
