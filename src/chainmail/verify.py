@@ -327,11 +327,29 @@ class _Block:
         return content
 
 
-def _fetch_block(
-    height: int,
-) -> Flow[tuple[dict[str, Any], list[dict[str, Any]], object, object]]:
-    """Block ``height`` as the node serves it: its message, records and (unchecked)
-    stages and anchors."""
+#: A block as the node serves it: its message, records and (unchecked) stages and anchors.
+_Fetched = tuple[dict[str, Any], list[dict[str, Any]], object, object]
+
+
+@dataclass
+class _BlockCache:
+    """The blocks one verification has checked, and those it has fetched: block h's
+    ``prev`` link needs block h−1's message, which is then checked in turn."""
+
+    checked: dict[int, _Block] = field(default_factory=dict)
+    fetched: dict[int, _Fetched] = field(default_factory=dict)
+
+
+def _fetch_block(height: int, cache: _BlockCache) -> Flow[_Fetched]:
+    """Block ``height`` as the node serves it (once per ``cache``)."""
+    if height in cache.fetched:
+        return cache.fetched[height]
+    fetched = yield from _fetch_block_once(height)
+    cache.fetched[height] = fetched
+    return fetched
+
+
+def _fetch_block_once(height: int) -> Flow[_Fetched]:
     what = f"block {height}"
     body = _obj((yield from _get(f"/v1/blocks/{height}", what)), what)
     message = _obj(body.get("message"), f"{what} message")
@@ -344,17 +362,15 @@ def _fetch_block(
     )
 
 
-def _block_flow(
-    checks: _Checks, node: NodeInfo, height: int, cache: dict[int, _Block]
-) -> Flow[_Block]:
+def _block_flow(checks: _Checks, node: NodeInfo, height: int, cache: _BlockCache) -> Flow[_Block]:
     """Block ``height`` with its signature, prev link and records checked (memoised)."""
-    if height in cache:
-        return cache[height]
+    if height in cache.checked:
+        return cache.checked[height]
     checks.status(f"fetching block {height}")
-    message, records, stages, anchored = yield from _fetch_block(height)
+    message, records, stages, anchored = yield from _fetch_block(height, cache)
     previous: dict[str, Any] | None = None
     if height > blocks.FIRST_HEIGHT:
-        previous, _, _, _ = yield from _fetch_block(height - 1)
+        previous, _, _, _ = yield from _fetch_block(height - 1, cache)
 
     def signature() -> str:
         checked = ssb.check(message)
@@ -382,7 +398,7 @@ def _block_flow(
 
     checks.run(f"block {height} records", records_step)
     block = _Block(verified[0], message, records, stages, anchored)
-    cache[height] = block
+    cache.checked[height] = block
     return block
 
 
@@ -462,7 +478,7 @@ def _inclusion_flow(
     node: NodeInfo,
     msg_id: str,
     name: str,
-    cache: dict[int, _Block],
+    cache: _BlockCache,
     author: object,
 ) -> Flow[_Included]:
     """Fetch the message's proof, verify its block, then the inclusion under it.
@@ -580,7 +596,7 @@ def message_flow(
     node = yield from _node_info_flow(checks, node_id)
     message = yield from _signed_message_flow(checks, msg_id, "message", hmac_key)
     included = yield from _inclusion_flow(
-        checks, node, msg_id, "log inclusion", {}, message.get("author")
+        checks, node, msg_id, "log inclusion", _BlockCache(), message.get("author")
     )
     since = included.block.info.log(included.pipeline)
     yield from _checkpoint_flow(checks, node, included.pipeline, since)
@@ -614,7 +630,7 @@ def tx_flow(
             " until a block seals it"
         )
     checks.passed("tx sealed", f"{summary.get('status')} in block {height}, as the node says")
-    cache: dict[int, _Block] = {}
+    cache = _BlockCache()
     block = yield from _block_flow(checks, node, height, cache)
 
     what = f"record proof of {tx_id}"
@@ -729,7 +745,7 @@ def block_flow(
     """
     checks = _Checks(f"block {height}", progress)
     node = yield from _node_info_flow(checks, node_id, witnesses=witnesses, threshold=threshold)
-    cache: dict[int, _Block] = {}
+    cache = _BlockCache()
     block = yield from _block_flow(checks, node, height, cache)
 
     checks.status(f"fetching the records blob of block {height}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hashlib
 import threading
 import time
@@ -190,6 +191,36 @@ def test_verify_message_and_block(node_url: str, settled: Settled) -> None:
         merkle.verify_consistency(old_size, cp.size, proof, old_root, cp.root)
         with pytest.raises(ProofError):
             merkle.verify_consistency(old_size, cp.size, proof, old_root[::-1], cp.root)
+
+
+class Counting(httpx.BaseTransport):
+    """Forwards to the real node; counts the GETs of each path."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.gets: collections.Counter[str] = collections.Counter()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.gets[request.url.raw_path.decode("ascii").split("?")[0]] += 1
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_verifying_a_block_fetches_each_block_once(node_url: str, settled: Settled) -> None:
+    """Block h's prev link needs block h−1's message, and h−1 is checked in turn
+    (its own link needs h−2): each is fetched once all the same."""
+    transport = Counting()
+    with Client(node_url, transport=transport) as client:
+        latest = client.blocks(settled.block)[-1]["height"]
+        assert latest >= 2
+        transport.gets.clear()
+        assert client.verify_block(latest).ok
+    fetched = {p: n for p, n in transport.gets.items() if p.startswith("/v1/blocks/")}
+    heights = [h for h in (latest, latest - 1, latest - 2) if h >= 1]
+    assert fetched == {f"/v1/blocks/{h}": 1 for h in heights}
 
 
 def test_verification_pins_the_node(node_url: str, settled: Settled) -> None:
