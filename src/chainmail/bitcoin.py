@@ -16,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
+from chainmail.bytereader import ByteReader
 from chainmail.errors import ProofError
 
 OP_RETURN: Final = 0x6A
@@ -66,20 +67,9 @@ def op_return_data(script: bytes) -> bytes | None:
     return None
 
 
-class _Reader:
+class _Reader(ByteReader):
     def __init__(self, data: bytes, offset: int = 0) -> None:
-        self.data = data
-        self.pos = offset
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise ProofError(f"truncated Bitcoin data at byte {self.pos}")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
+        super().__init__(data, offset, truncated="truncated Bitcoin data at byte {pos}")
 
     def compact(self) -> int:
         first = self.u8()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from chainmail import bitcoin
+from chainmail.bytereader import ByteReader
 from chainmail.errors import ProofError
 
 MAGIC: Final = b"\x00OpenTimestamps\x00\x00Proof\x00\xbf\x89\xe2\xe8\x84\xe8\x92\x94"
@@ -210,20 +211,9 @@ def bitcoin_path(
 # --- reading -----------------------------------------------------------------------------
 
 
-class _Reader:
+class _Reader(ByteReader):
     def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ProofError("the OpenTimestamps proof is truncated")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
+        super().__init__(data, truncated="the OpenTimestamps proof is truncated")
 
     def varuint(self) -> int:
         n = shift = 0
