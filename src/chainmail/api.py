@@ -274,8 +274,18 @@ def _anchor_health(node: Node) -> dict[str, Any] | None:
     }
 
 
-def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool = True) -> FastAPI:
-    """The FastAPI application serving ``node``. With ``manage_node`` it starts and stops it."""
+def create_app(
+    node: Node,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    manage_node: bool = True,
+    require_content_digest: bool = False,
+) -> FastAPI:
+    """The FastAPI application serving ``node``. With ``manage_node`` it starts and stops it.
+
+    With ``require_content_digest`` a signed request with a body (an ack) must
+    sign its ``Content-Digest`` too (``httpsig.COVERED_WITH_DIGEST``).
+    """
     metrics = _Metrics()
     nonces = httpsig.NonceCache()
     # Per client connection (address and port), before any signature is checked,
@@ -335,7 +345,7 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
         # after this answer), and the client still gets a problem document.
         return _problem(OperationalError(f"internal error: {type(exc).__name__}"))
 
-    def authenticate(request: Request) -> str:
+    def authenticate(request: Request, body: bytes = b"") -> str:
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         return httpsig.verify_request(
             request.method,
@@ -344,6 +354,8 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             request.headers,
             now=int(time.time()),
             nonces=nonces,
+            body=body,
+            require_digest=require_content_digest,
         )
 
     # --- ingest -------------------------------------------------------------------------
@@ -699,11 +711,21 @@ def create_app(node: Node, *, limits: Limits = DEFAULT_LIMITS, manage_node: bool
             media_type="application/json",
         )
 
-    @app.post("/v1/inbox/ack", tags=["inbox"], summary="Acknowledge deliveries (signed request)")
+    @app.post(
+        "/v1/inbox/ack",
+        tags=["inbox"],
+        summary="Acknowledge deliveries (signed request)",
+        description='Body `{"ids": ["%…"]}` → `{"acked": n}`. Signed as every inbox '
+        "request (RFC 9421); the SDK also sends the body's RFC 9530 `Content-Digest` "
+        '(`sha-256=:…:`) and covers `"content-digest"`, so the ids cannot be changed on the '
+        "way. A node started with `serve --require-content-digest` refuses an ack signed "
+        "without it (401 `unauthorized`).",
+    )
     async def post_ack(request: Request) -> Response:
-        me = authenticate(request)
         check_media(request.scope, JSON_TYPES)
+        # Read before the signature is checked: it may cover the body's digest.
         body = await _read_body(request, 4 * 1024 * 1024)
+        me = authenticate(request, body)
         ids = _parse_ack(body)
         acked = await node.ack(me, ids)
         return _json({"acked": acked})

@@ -13,6 +13,10 @@ The signature covers the signature base of RFC 9421 §2.5, for example::
     "@query": ?limit=10
     "@signature-params": ("@method" "@path" "@query");created=1700000000;keyid="@…"…
 
+A request with a body (an ack) may also sign its RFC 9530 digest, covering
+``("@method" "@path" "@query" "content-digest")`` with a ``Content-Digest:
+sha-256=:<base64>:`` header; the SDK always does, and a node may require it.
+
 ``keyid`` is the caller's feed id, so the key needs no lookup: the feed id *is*
 the ed25519 public key. ``created`` must lie within ``window_s`` of the node's
 clock and each ``(keyid, nonce)`` is accepted once.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -46,11 +51,13 @@ from chainmail.keys import Keypair, verify_signature
 __all__ = [
     "ALGORITHM",
     "COVERED_COMPONENTS",
+    "COVERED_WITH_DIGEST",
     "DEFAULT_MAX_NONCES",
     "DEFAULT_WINDOW_S",
     "LABEL",
     "HttpSigAuth",
     "NonceCache",
+    "content_digest",
     "sign_request",
     "signature_base",
     "verify_request",
@@ -62,6 +69,9 @@ ALGORITHM: Final = "ed25519"
 LABEL: Final = "sig1"
 #: The covered components, in this order and with no component parameters.
 COVERED_COMPONENTS: Final[tuple[str, ...]] = ("@method", "@path", "@query")
+#: ... and, for a request with a body, its RFC 9530 ``Content-Digest`` too: the
+#: profile above signs no body, so anyone on the path could change an ack's ids.
+COVERED_WITH_DIGEST: Final[tuple[str, ...]] = (*COVERED_COMPONENTS, "content-digest")
 #: How far ``created`` may be from the node's clock, either way (DESIGN §8).
 DEFAULT_WINDOW_S: Final = 60
 #: Bound on the replay cache; beyond it new requests are refused, not old nonces forgotten.
@@ -79,7 +89,10 @@ _MAX_HEADER_CHARS: Final = 8192
 _SIG_BYTES: Final = 64
 _SIGNATURE_INPUT: Final = "signature-input"
 _SIGNATURE: Final = "signature"
-_PROFILE_TEXT: Final = '("@method" "@path" "@query")'
+_PROFILE_TEXT: Final = '("@method" "@path" "@query"), optionally followed by "content-digest"'
+_CONTENT_DIGEST: Final = "content-digest"
+#: RFC 9530's active algorithms, by their Content-Digest keys.
+_DIGESTS: Final = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 # Parameters a signer may add beyond the required ones; anything else is refused
 # so that every accepted parameter has a meaning here.
 _REQUIRED_PARAMS: Final = frozenset({"created", "keyid", "nonce"})
@@ -373,6 +386,11 @@ def _profile_components(method: str, path: str, query: str) -> list[tuple[str, s
     return [("@method", method), ("@path", path or "/"), ("@query", "?" + query)]
 
 
+def content_digest(body: bytes) -> str:
+    """The RFC 9530 ``Content-Digest`` field value of ``body``: ``sha-256=:<base64>:``."""
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode('ascii')}:"
+
+
 # --- Signing -------------------------------------------------------------------------
 
 
@@ -384,13 +402,16 @@ def sign_request(
     *,
     created: int,
     nonce: str | None = None,
+    body: bytes | None = None,
 ) -> dict[str, str]:
     """The ``Signature-Input`` and ``Signature`` headers for one request.
 
     ``path`` is the percent-encoded path as it goes on the wire, ``query`` the
     raw query string without its leading ``?`` (``""`` when there is none),
     ``created`` the UNIX time in whole seconds. ``nonce`` defaults to 128
-    random bits; pass one only to make a signature reproducible.
+    random bits; pass one only to make a signature reproducible. With
+    ``body``, its ``Content-Digest`` header comes too, and is signed
+    (``COVERED_WITH_DIGEST``).
 
     Raises ``ValueError`` when the method, path, query or nonce is not
     printable ASCII or the nonce is empty or longer than 128 characters,
@@ -410,10 +431,17 @@ def sign_request(
         ("alg", ALGORITHM),
         ("nonce", nonce),
     ]
-    base = signature_base(_profile_components(method, path, query), params)
+    components = _profile_components(method, path, query)
+    extra: dict[str, str] = {}
+    if body is not None:
+        extra["Content-Digest"] = content_digest(body)
+        components.append((_CONTENT_DIGEST, extra["Content-Digest"]))
+    base = signature_base(components, params)
     signature = base64.b64encode(keys.sign(base)).decode("ascii")
+    covered = [name for name, _ in components]
     return {
-        "Signature-Input": f"{LABEL}={_serialize_signature_params(COVERED_COMPONENTS, params)}",
+        **extra,
+        "Signature-Input": f"{LABEL}={_serialize_signature_params(covered, params)}",
         "Signature": f"{LABEL}=:{signature}:",
     }
 
@@ -491,7 +519,8 @@ def _header(headers: Mapping[str, str], name: str, display: str) -> str:
         raise Unauthorized(f"missing {display} header")
     if not all(isinstance(value, str) for value in found):
         raise Unauthorized(f"{display} header is not text")
-    field = ", ".join(found)
+    # RFC 9421 §2.1: each line's value without its surrounding whitespace.
+    field = ", ".join(value.strip(" \t") for value in found)
     if len(field) > _MAX_HEADER_CHARS:
         raise Unauthorized(
             f"{display} header of {len(field)} characters, at most {_MAX_HEADER_CHARS}"
@@ -517,16 +546,20 @@ def _is_sf_integer(value: BareItem) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_profile(member: _Member) -> bool:
+def _covered(member: _Member) -> tuple[str, ...] | None:
+    """The member's covered components if they are one of the profile's, else None."""
     if not isinstance(member, _InnerList):
-        return False
+        return None
     # Component parameters (;sf, ;req, …) change what a component means, so an
     # item carrying any does not match the profile.
     names = tuple(
-        item.value if _is_sf_string(item.value) and not item.params else None
-        for item in member.items
+        item.value if _is_sf_string(item.value) and not item.params else "" for item in member.items
     )
-    return names == COVERED_COMPONENTS
+    return names if names in (COVERED_COMPONENTS, COVERED_WITH_DIGEST) else None
+
+
+def _is_profile(member: _Member) -> bool:
+    return _covered(member) is not None
 
 
 def _choose_label(inputs: dict[str, _Member]) -> str:
@@ -593,8 +626,15 @@ def verify_request(
     now: int,
     nonces: NonceCache,
     window_s: int = DEFAULT_WINDOW_S,
+    body: bytes | None = None,
+    require_digest: bool = False,
 ) -> FeedId:
     """The feed id that signed this request, after checking the whole profile.
+
+    ``body`` is the request's body (None or empty: none). When the signature
+    covers ``content-digest``, the ``Content-Digest`` header must hold a
+    ``sha-256`` or ``sha-512`` digest, and every one it holds must be the
+    body's; with ``require_digest`` a request with a body must be signed so.
 
     ``path`` must be the path as received, still percent-encoded (ASGI
     ``raw_path``, not the decoded ``path``), and ``query`` the raw query
@@ -604,7 +644,8 @@ def verify_request(
 
     Checks, in order: both headers are at most 8,192 characters and parse
     (RFC 8941); the covered components are exactly
-    ``("@method" "@path" "@query")``; ``created``, ``keyid`` and ``nonce``
+    ``("@method" "@path" "@query")``, or those and ``"content-digest"``
+    (whose digests must then match ``body``); ``created``, ``keyid`` and ``nonce``
     are present and well-typed, the nonce is 1 to 128 characters, ``alg``
     (if given) is ``ed25519`` and no other parameter than ``expires`` or
     ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
@@ -621,8 +662,17 @@ def verify_request(
     member = inputs[label]
     if not isinstance(member, _InnerList):
         raise Unauthorized(f"Signature-Input member {label!r} is not an inner list")
-    if not _is_profile(member):
+    covered = _covered(member)
+    if covered is None:
         raise Unauthorized(f"covered components must be {_PROFILE_TEXT}")
+    digest_field = None
+    if covered == COVERED_WITH_DIGEST:
+        digest_field = _header(headers, _CONTENT_DIGEST, "Content-Digest")
+        _check_digests(digest_field, body or b"")
+    elif require_digest and body:
+        raise Unauthorized(
+            'this node needs a request body\'s Content-Digest signed: cover "content-digest"'
+        )
     params = _profile_params(member.params)
     signed = signatures.get(label)
     if signed is None:
@@ -640,8 +690,11 @@ def verify_request(
     if params.expires is not None and now > params.expires:
         raise Unauthorized(f"signature expired {now - params.expires} s ago")
 
+    components = _profile_components(method, path, query)
+    if digest_field is not None:
+        components.append((_CONTENT_DIGEST, digest_field))
     try:
-        base = signature_base(_profile_components(method, path, query), params.ordered)
+        base = signature_base(components, params.ordered)
     except ValueError as exc:
         raise Unauthorized(f"request target cannot be signed: {exc}") from exc
     if len(signed.value) != _SIG_BYTES or not verify_signature(public, base, signed.value):
@@ -649,6 +702,23 @@ def verify_request(
     if nonces.seen(params.keyid, params.nonce, now):
         raise Unauthorized("nonce replayed")
     return FeedId(params.keyid)
+
+
+def _check_digests(field: str, body: bytes) -> None:
+    """Every known digest in the ``Content-Digest`` ``field`` is ``body``'s, and there is one."""
+    members = _dictionary(field, "Content-Digest")
+    known = 0
+    for name, member in members.items():
+        algorithm = _DIGESTS.get(name)
+        if algorithm is None:
+            continue  # RFC 9530 §2: a digest of an unknown algorithm is ignored
+        if not isinstance(member, _Item) or not isinstance(member.value, bytes):
+            raise Unauthorized(f"Content-Digest {name} is not a byte sequence")
+        if member.value != algorithm(body).digest():
+            raise Unauthorized(f"Content-Digest {name} is not the digest of the body")
+        known += 1
+    if not known:
+        raise Unauthorized("Content-Digest holds no sha-256 or sha-512 digest")
 
 
 # --- httpx hook ----------------------------------------------------------------------
@@ -661,13 +731,18 @@ class HttpSigAuth(httpx.Auth):
     as sent. ``clock`` returns UNIX seconds; it is read once per request.
     """
 
+    #: httpx reads a streamed body before ``auth_flow``, which signs its digest.
+    requires_request_body = True
+
     def __init__(self, keys: Keypair, clock: Callable[[], float] = time.time) -> None:
         self._keys = keys
         self._clock = clock
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Adds ``Signature-Input`` and ``Signature``; raises what ``sign_request`` raises."""
+        """Adds ``Signature-Input`` and ``Signature`` (and, for a body, its signed
+        ``Content-Digest``); raises what ``sign_request`` raises."""
         path, _, query = request.url.raw_path.partition(b"?")
+        body = request.content
         request.headers.update(
             sign_request(
                 self._keys,
@@ -675,6 +750,7 @@ class HttpSigAuth(httpx.Auth):
                 path.decode("ascii"),
                 query.decode("ascii"),
                 created=int(self._clock()),
+                body=body if body else None,
             )
         )
         yield request

@@ -487,3 +487,42 @@ def test_several_pipelines(tmp_path: Path) -> None:
                 past = http.get(f"/v1/firehose?from={start}&pipeline={p}")
                 assert past.status_code == 200 and past.content == b"", (p, start, past.text[:200])
         assert http.get("/v1/log/1/checkpoint").status_code == 200
+
+
+def test_a_node_that_requires_the_body_digest_refuses_an_ack_without_it(
+    tmp_path: Path,
+) -> None:
+    """``serve --require-content-digest``: the SDK's acks (which sign the body's
+    Content-Digest) pass; one signed by DESIGN §8's components alone, or whose
+    body was changed on the way, is refused and acks nothing."""
+    from chainmail.client import Client
+
+    a, b = Writer(), Writer()
+    with (
+        running(tmp_path / "node", extra=("--require-content-digest",)) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        post(
+            http,
+            a.sign({"type": "tx/open", "parties": [a.id, b.id], "deadline": now_ms() + 60_000}),
+        )
+        deadline = time.monotonic() + 5
+        while not (entries := signed_get(http, b.keys, "/v1/inbox").json()["entries"]):
+            assert time.monotonic() < deadline, "delivery never arrived"
+            time.sleep(0.02)
+        ids = [entries[0]["id"]]
+        path = "/v1/inbox/ack"
+        body = orjson.dumps({"ids": ids})
+        plain = httpsig.sign_request(b.keys, "POST", path, "", created=int(time.time()))
+        refused = problem(http.post(path, content=body, headers=plain), 401, "unauthorized")
+        assert "content-digest" in refused["detail"]
+        signed = httpsig.sign_request(b.keys, "POST", path, "", created=int(time.time()), body=body)
+        changed = orjson.dumps({"ids": [*ids, ids[0]]})
+        refused = problem(http.post(path, content=changed, headers=signed), 401, "unauthorized")
+        assert "not the digest of the body" in refused["detail"]
+        assert len(signed_get(http, b.keys, "/v1/inbox").json()["entries"]) == 1
+        # GETs have no body: the plain profile is still enough for them.
+        assert signed_get(http, b.keys, "/v1/inbox").status_code == 200
+        with Client(server.url, keys=b.keys) as client:
+            assert client.ack(ids) == 1
+        assert signed_get(http, b.keys, "/v1/inbox").json()["entries"] == []

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from chainmail.httpsig import (
     NonceCache,
     _Parser,
     _serialize_signature_params,
+    content_digest,
     sign_request,
     signature_base,
     verify_request,
@@ -460,6 +463,8 @@ def _node(nonces: NonceCache) -> httpx.MockTransport:
                 request.headers,
                 now=NOW + 3,  # the node's clock runs a little ahead
                 nonces=nonces,
+                body=request.content,
+                require_digest=True,
             )
         except Unauthorized as exc:
             return httpx.Response(exc.status, json=exc.problem())
@@ -504,3 +509,99 @@ def test_httpsig_auth_works_with_the_async_client() -> None:
     response = asyncio.run(main())
     assert response.status_code == 200, response.text
     assert response.json()["caller"] == KEYS.id
+
+
+# --- the body, by its Content-Digest (RFC 9530) ------------------------------------------
+
+ACK = b'{"ids":["%abc=.sha256"]}'
+
+
+def _signed_ack(body: bytes | None = ACK, **kwargs: object) -> dict[str, str]:
+    return sign_request(
+        KEYS, "POST", "/v1/inbox/ack", "", created=NOW, nonce="n-digest", body=body, **kwargs
+    )
+
+
+def _verify_ack(headers: dict[str, str], body: bytes, **kwargs: Any) -> str:
+    return verify_request(
+        "POST", "/v1/inbox/ack", "", headers, now=NOW, nonces=NonceCache(), body=body, **kwargs
+    )
+
+
+def test_a_signed_body_digest_holds_the_body() -> None:
+    headers = _signed_ack()
+    digest = base64.b64encode(hashlib.sha256(ACK).digest()).decode()
+    assert headers["Content-Digest"] == f"sha-256=:{digest}:" == content_digest(ACK)
+    assert headers["Signature-Input"].startswith(
+        'sig1=("@method" "@path" "@query" "content-digest");created='
+    )
+    assert _verify_ack(headers, ACK, require_digest=True) == KEYS.id
+    # Anyone on the path who changes the ids is caught, with or without the rule.
+    other = b'{"ids":["%xyz=.sha256"]}'
+    with pytest.raises(Unauthorized, match="not the digest of the body"):
+        _verify_ack(headers, other)
+    # ... and so is one who changes the digest to the new body's: it is signed.
+    forged = {**headers, "Content-Digest": content_digest(other)}
+    with pytest.raises(Unauthorized, match="signature does not verify"):
+        _verify_ack(forged, other)
+
+
+def test_a_covered_digest_must_be_there_and_known() -> None:
+    headers = _signed_ack()
+    without = {k: v for k, v in headers.items() if k != "Content-Digest"}
+    with pytest.raises(Unauthorized, match="missing Content-Digest header"):
+        _verify_ack(without, ACK)
+    for field, said in (
+        ("md5=:AAAA:", "holds no sha-256 or sha-512"),
+        ("sha-256=AAAA", "sha-256 is not a byte sequence"),
+        ("sha-256=:AAAA", "malformed Content-Digest"),
+    ):
+        with pytest.raises(Unauthorized, match=said):
+            _verify_ack({**headers, "Content-Digest": field}, ACK)
+
+
+def test_sha_512_and_unknown_algorithms_beside_it() -> None:
+    sha512 = base64.b64encode(hashlib.sha512(ACK).digest()).decode()
+    field = f"unknown=:AAAA:, sha-512=:{sha512}:"
+    params: list[tuple[str, int | str]] = [
+        ("created", NOW),
+        ("keyid", KEYS.id),
+        ("alg", "ed25519"),
+        ("nonce", "n-512"),
+    ]
+    components = [
+        ("@method", "POST"),
+        ("@path", "/v1/inbox/ack"),
+        ("@query", "?"),
+        ("content-digest", field),
+    ]
+    signature = base64.b64encode(KEYS.sign(signature_base(components, params))).decode()
+    headers = {
+        "Content-Digest": field,
+        "Signature-Input": 'sig1=("@method" "@path" "@query" "content-digest")'
+        f';created={NOW};keyid="{KEYS.id}";alg="ed25519";nonce="n-512"',
+        "Signature": f"sig1=:{signature}:",
+    }
+    assert _verify_ack(headers, ACK) == KEYS.id
+    with pytest.raises(Unauthorized, match="sha-512 is not the digest"):
+        _verify_ack(headers, ACK + b" ")
+
+
+def test_the_designs_profile_still_signs_a_body_unless_the_node_requires_the_digest() -> None:
+    plain = _signed_ack(body=None)
+    assert "Content-Digest" not in plain
+    assert _verify_ack(plain, ACK) == KEYS.id  # DESIGN §8's covered components
+    with pytest.raises(Unauthorized, match='cover "content-digest"'):
+        _verify_ack(plain, ACK, require_digest=True)
+    # Without a body there is nothing to digest: the plain profile stays enough.
+    got = verify_request(
+        "GET",
+        "/v1/inbox",
+        "",
+        sign_request(KEYS, "GET", "/v1/inbox", "", created=NOW),
+        now=NOW,
+        nonces=NonceCache(),
+        body=b"",
+        require_digest=True,
+    )
+    assert got == KEYS.id

@@ -209,6 +209,14 @@ def serve(
             " some are named or swept."
         ),
     ] = DEFAULT_PENDING_LIMIT,
+    require_content_digest: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse a signed request with a body (an inbox ack) whose signature does not"
+            " cover its Content-Digest (RFC 9530; the SDK always signs it). Off: the signature"
+            ' may cover ("@method" "@path" "@query") alone, as DESIGN §8 has it.'
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="Log warnings only.")] = False,
 ) -> None:
     """Run a node: HTTP API on HOST:PORT, data in DATA (embedded SQLite by default)."""
@@ -302,6 +310,7 @@ def serve(
             create_app(
                 node,
                 limits=Limits(connection_rate=connection_rate, connection_burst=connection_burst),
+                require_content_digest=require_content_digest,
             ),
             host=host,
             port=port,
