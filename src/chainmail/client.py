@@ -105,6 +105,7 @@ from chainmail.verify import (
     VerificationFailed,
     block_flow,
     checkpoint_flow,
+    document_flow,
     message_flow,
     path_id,
     proof_hashes,
@@ -1000,14 +1001,9 @@ class _Core:
         mime: str | None,
         tx: str | None,
     ) -> Flow[Receipt]:
-        if isinstance(document, bytes):
-            data = document
-        else:
+        data = _document_bytes(document, "notarise")
+        if not isinstance(document, bytes):
             path = Path(document)
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise Error(f"notarise: cannot read {path}: {exc}", code="invalid_format") from exc
             name = path.name if name is None else name
             if mime is None:
                 mime = mimetypes.guess_type(path.name)[0]
@@ -1437,6 +1433,31 @@ class Client(_Core):
         )
         return self._run(flow)
 
+    def verify_document(
+        self,
+        document: Path | str | bytes,
+        msg_id: str,
+        *,
+        node_id: str | None = None,
+        progress: Progress | None = None,
+    ) -> Report:
+        """Verify that the ``doc`` message ``msg_id`` notarised ``document`` (a path or bytes):
+        the message's checks (``verify_message``) and the document's SHA-256 and size
+        against what it signed. Your own copy is checked; the node's is not asked for.
+
+        Raises ``VerificationFailed`` (a ``ProofError``) with the report, ``NotFound``
+        until a block covers the message, ``NodeUnavailable``, ``Error`` (``invalid_format``)
+        when the file cannot be read.
+        """
+        flow = document_flow(
+            msg_id,
+            _document_bytes(document, "verify_document"),
+            node_id=node_id or self.node_id,
+            hmac_key=self.hmac_key,
+            progress=progress,
+        )
+        return self._run(flow)
+
     def verify_tx(
         self, tx_id: str, *, node_id: str | None = None, progress: Progress | None = None
     ) -> Report:
@@ -1487,6 +1508,17 @@ class Client(_Core):
         Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
         """
         return self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
+
+
+def _document_bytes(document: Path | str | bytes, what: str) -> bytes:
+    """A document given as bytes or as a path to read; ``Error`` (``invalid_format``) if unreadable."""
+    if isinstance(document, bytes):
+        return document
+    path = Path(document)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise Error(f"{what}: cannot read {path}: {exc}", code="invalid_format") from exc
 
 
 def _inbox_frame(frame: str | bytes) -> InboxEntry | None:
@@ -1823,6 +1855,15 @@ class AsyncClient(_Core):
         """Verify a message; raises like ``Client.verify_message``."""
         return await self._run(
             message_flow(msg_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
+        )
+
+    async def verify_document(
+        self, document: Path | str | bytes, msg_id: str, *, node_id: str | None = None
+    ) -> Report:
+        """Verify a notarised document; raises like ``Client.verify_document``."""
+        data = _document_bytes(document, "verify_document")
+        return await self._run(
+            document_flow(msg_id, data, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
         )
 
     async def verify_tx(self, tx_id: str, *, node_id: str | None = None) -> Report:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, NoReturn, TypeVar
@@ -48,7 +49,7 @@ import orjson
 from chainmail import anchors, blocks, checkpoint, merkle, ssb, txs
 from chainmail.bitcoinrpc import BitcoinUnreachable
 from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
-from chainmail.ids import feed_public_key, is_blob_id
+from chainmail.ids import blob_digest, blob_id, feed_public_key, is_blob_id
 from chainmail.log import pipeline_of
 from chainmail.witnesses import STAGES, check_stage
 
@@ -62,6 +63,7 @@ __all__ = [
     "VerificationFailed",
     "block_flow",
     "checkpoint_flow",
+    "document_flow",
     "message_flow",
     "node_info",
     "path_id",
@@ -595,12 +597,72 @@ def message_flow(
     checks = _Checks(f"message {msg_id}", progress)
     node = yield from _node_info_flow(checks, node_id)
     message = yield from _signed_message_flow(checks, msg_id, "message", hmac_key)
+    yield from _included_flow(checks, node, msg_id, message)
+    return checks.report
+
+
+def _included_flow(
+    checks: _Checks, node: NodeInfo, msg_id: str, message: dict[str, Any]
+) -> Flow[None]:
+    """A checked message's inclusion under its block, and the log's current checkpoint."""
     included = yield from _inclusion_flow(
         checks, node, msg_id, "log inclusion", _BlockCache(), message.get("author")
     )
     since = included.block.info.log(included.pipeline)
     yield from _checkpoint_flow(checks, node, included.pipeline, since)
+
+
+def document_flow(
+    msg_id: str,
+    document: bytes,
+    *,
+    node_id: str | None = None,
+    hmac_key: bytes | None = None,
+    progress: Progress | None = None,
+) -> Flow[Report]:
+    """Verify that the ``doc`` message ``msg_id`` notarised ``document`` (its bytes).
+
+    ``message_flow``'s checks, and between them: the signed content is a
+    ``doc`` whose ``blob`` is SHA-256(``document``) and whose ``size`` is its
+    length. The bytes are the caller's own: the node's copy is not asked for.
+    Raises like ``message_flow``.
+    """
+    checks = _Checks(f"document {msg_id}", progress)
+    node = yield from _node_info_flow(checks, node_id)
+    message = yield from _signed_message_flow(checks, msg_id, "doc message", hmac_key)
+
+    def same() -> str:
+        content = message.get("content")
+        if not isinstance(content, dict) or content.get("type") != "doc":
+            kind = content.get("type") if isinstance(content, dict) else "box"
+            raise ProofError(f"message {msg_id} is a {kind!r} message, not a doc")
+        digest = hashlib.sha256(document).digest()
+        named = content.get("blob")
+        try:
+            notarised = blob_digest(named) if isinstance(named, str) else None
+        except InvalidMessage:
+            notarised = None
+        if notarised != digest:
+            raise ProofError(
+                f"the document hashes to {blob_id(document)}, the doc message names {named!r}"
+            )
+        if content.get("size") != len(document):
+            raise ProofError(
+                f"the document is {len(document)} bytes, the doc message says {content.get('size')!r}"
+            )
+        name = content.get("name")
+        called = f" ({_printable_name(name)})" if isinstance(name, str) else ""
+        return f"{len(document)} bytes hashing to {_short(blob_id(document))}{called}, as signed"
+
+    checks.run("document", same)
+    yield from _included_flow(checks, node, msg_id, message)
     return checks.report
+
+
+def _printable_name(name: str) -> str:
+    """A document name for a check's detail: no control characters, at most 60 of them."""
+    shown = "".join(c if c.isprintable() else "?" for c in name)
+    return shown if len(shown) <= 60 else shown[:59] + "…"
 
 
 # --------------------------------------------------------------------------- transactions

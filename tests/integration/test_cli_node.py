@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -202,6 +203,10 @@ def test_verify_failure_exits_1(cli: Cli) -> None:
         ["verify", "tx"],
         ["verify", "block"],
         ["audit"],
+        ["doc"],
+        ["doc", "notarise"],
+        ["doc", "get"],
+        ["doc", "check"],
     ],
 )
 def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
@@ -477,3 +482,56 @@ def test_tx_show_prints_ids_whole_on_a_narrow_terminal(cli: Cli) -> None:
     lines = [line.split() for line in narrow("tx", "show", tx).out.splitlines()]
     assert ["tx", tx] in lines and ["opener", ann] in lines
     assert ["parties", ann] in lines and [bob] in lines
+
+
+def test_a_document_is_notarised_fetched_and_checked(cli: Cli, tmp_path: Path) -> None:
+    cli.key("counsel")
+    nda = tmp_path / "nda.txt"
+    nda.write_bytes(b"Mutual NDA between Acme and Northwind, signed 2026-12-03.\n")
+    receipt = cli("doc", "notarise", str(nda), "--as", "counsel", "--json").json()
+    doc_id = receipt["id"]
+    assert receipt["created"] is True
+    blob = "&" + base64.b64encode(hashlib.sha256(nda.read_bytes()).digest()).decode() + ".sha256"
+    # Fetched, to a file and to a pipe: the bytes, checked against their id.
+    out = tmp_path / "fetched.txt"
+    cli("doc", "get", blob, "--out", str(out))
+    assert out.read_bytes() == nda.read_bytes()
+    piped = subprocess.run(
+        [CHAINMAIL, "doc", "get", blob], env=cli.env, capture_output=True, timeout=60
+    )
+    assert piped.returncode == 0 and piped.stdout == nda.read_bytes()
+    # Checked once a block covers the doc message: the file is what was signed.
+    deadline = time.monotonic() + 30
+    while True:
+        run = cli("doc", "check", str(nda), doc_id, "--json", check=False)
+        if run.code == 0 or time.monotonic() > deadline:
+            break
+        assert "not_found" in run.err, run.err  # no block covers it yet
+        time.sleep(0.2)
+    report = run.json()
+    assert report["ok"], report
+    checks = {c["check"]: c for c in report["checks"]}
+    assert "nda.txt" in checks["document"]["detail"] and checks["log inclusion"]["ok"]
+    # One byte changed: the check fails, and says which.
+    forged = tmp_path / "forged.txt"
+    forged.write_bytes(nda.read_bytes().replace(b"Acme", b"Acne"))
+    failed = cli("doc", "check", str(forged), doc_id, check=False)
+    assert failed.code == 1
+    assert "✗ document: the document hashes to" in failed.out
+    assert failed.err.strip().splitlines()[-1].startswith("chainmail: invalid_proof: document")
+    # A message that is not a doc.
+    other = cli("send", "--as", "counsel", "--type", "post", "--data", '{"text": "hi"}').out
+    deadline = time.monotonic() + 30
+    while (run := cli("doc", "check", str(nda), other.strip(), check=False)).code != 1:
+        assert time.monotonic() < deadline, run.err
+        time.sleep(0.2)
+    assert "is a 'post' message, not a doc" in run.out
+
+
+def test_doc_input_errors_are_one_line(cli: Cli, tmp_path: Path) -> None:
+    assert_one_line_error(cli("doc", "get", "&nope.sha256", check=False), "invalid_format")
+    missing = str(tmp_path / "no-such-file")
+    assert_one_line_error(cli("doc", "check", missing, UNKNOWN_TX, check=False), "invalid_format")
+    cli.key("clerk")
+    run = cli("doc", "notarise", missing, "--as", "clerk", check=False)
+    assert run.code != 0 and "Traceback" not in run.err

@@ -1,0 +1,123 @@
+"""`chainmail doc` — notarise a document, fetch one, and prove later what was notarised."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from chainmail.cli._app import app
+from chainmail.cli.commands import (
+    AsOpt,
+    HomeOpt,
+    JsonOpt,
+    NodeIdOpt,
+    NodeOpt,
+    _client,
+    _err,
+    _print_receipt,
+    _verify,
+)
+from chainmail.client import DEFAULT_NODE
+from chainmail.errors import Error
+from chainmail.ids import is_blob_id
+
+doc_app = typer.Typer(
+    help="Documents: notarise one (its bytes stored as a blob, a signed `doc` message naming "
+    "their SHA-256), fetch one, and check later that a file is what a doc message notarised.",
+    no_args_is_help=True,
+)
+app.add_typer(doc_app, name="doc")
+
+FileArg = Annotated[
+    Path,
+    typer.Argument(metavar="FILE", help="The document.", dir_okay=False, show_default=False),
+]
+
+
+@doc_app.command("notarise")
+def doc_notarise(
+    file: FileArg,
+    as_: AsOpt,
+    tx: Annotated[
+        str | None, typer.Option("--tx", help="The transaction the document belongs to.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Its name (default: the file's).")
+    ] = None,
+    mime: Annotated[
+        str | None, typer.Option("--mime", help="Its media type (default: guessed from the name).")
+    ] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store FILE as a blob and post the `doc` message naming it; prints the message's id.
+
+    The node keeps the blob for good once that message is logged. Later, `chainmail doc
+    check FILE ID` proves the file is what was notarised, and when.
+    """
+    with _client(node, as_, home) as client:
+        receipt = client.notarise(file, name=name, mime=mime, tx=tx)
+    _print_receipt(receipt, as_json, "doc message")
+
+
+@doc_app.command("get")
+def doc_get(
+    blob: Annotated[str, typer.Argument(metavar="BLOB", help="The blob id &….sha256.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write the bytes here (default: standard output, if not a terminal)."
+        ),
+    ] = None,
+    node: NodeOpt = DEFAULT_NODE,
+) -> None:
+    """Fetch a blob; its bytes are checked against its id before anything is written."""
+    if not is_blob_id(blob):
+        raise Error(f"not a blob id (&….sha256): {blob!r}", code="invalid_format")
+    if out is None and sys.stdout.isatty():
+        raise Error("doc get: the bytes would go to the terminal; give --out FILE or a pipe")
+    with _client(node) as client:
+        data = client.get_blob(blob)
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise Error(f"--out: cannot write {out}: {exc}", code="invalid_format") from exc
+    _err().print(Text(f"{len(data)} bytes written to {out}", style="dim"))
+
+
+@doc_app.command("check")
+def doc_check(
+    file: FileArg,
+    msg_id: Annotated[
+        str,
+        typer.Argument(metavar="ID", help="The doc message id %….sha256 (notarise printed it)."),
+    ],
+    node: NodeOpt = DEFAULT_NODE,
+    node_id: NodeIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prove FILE is what doc message ID notarised; exit 1 if not.
+
+    Checks its SHA-256 and size against the signed message, and the message's inclusion
+    in a signed block; the node's copy of the file is not used.
+    """
+    data = _read(file)
+    _verify(
+        node, node_id, as_json, msg_id, lambda c, p: c.verify_document(data, msg_id, progress=p)
+    )
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise Error(f"cannot read {file}: {exc}", code="invalid_format") from exc
