@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -269,7 +270,9 @@ class Anchorer:
             await asyncio.to_thread(_save, self._path, None, None)
             return
         ots_id = blob_id(proof)
-        await asyncio.to_thread(self.store.put_blob, ots_id, proof)
+        await asyncio.to_thread(
+            functools.partial(self.store.put_blob, ots_id, proof, stored=self._clock())
+        )
         chain = self._chain or anchors.chain_name(await asyncio.to_thread(self.node.chain))
         content = anchors.content(pending.height, pending.block, chain, pending.txid, ots_id)
         await self._post(content)

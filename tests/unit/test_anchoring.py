@@ -55,7 +55,8 @@ class FakeStore:
     def anchors(self, height: int) -> list[dict[str, Any]]:
         return [a for a in self.posted if a["height"] == height]
 
-    def put_blob(self, blob_id: str, data: bytes) -> None:
+    def put_blob(self, blob_id: str, data: bytes, *, stored: int | None = None) -> None:
+        assert stored is not None, "the anchorer stores its proofs at its own clock's time"
         self.blobs[blob_id] = data
 
 
