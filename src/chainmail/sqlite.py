@@ -195,7 +195,11 @@ CREATE TABLE IF NOT EXISTS txs (
     opened INTEGER NOT NULL, closed INTEGER, block INTEGER,
     parties TEXT NOT NULL, finished_by TEXT NOT NULL, messages TEXT NOT NULL, pos INTEGER);
 CREATE UNIQUE INDEX IF NOT EXISTS txs_id ON txs (id);
-CREATE INDEX IF NOT EXISTS txs_open ON txs (status, block);
+-- Only the txs no block holds yet (open, or closed and waiting for a block):
+-- what a start-up reads. Sealing a tx drops its entry, so the index stays as
+-- small as that set (it was (status, block) over every tx: a block moved each
+-- of its txs' entries; 12% of a block's append, session 18).
+CREATE INDEX IF NOT EXISTS txs_unsealed ON txs (status) WHERE block IS NULL;
 -- Recipients by number and messages by log position: the inbox's unique index
 -- is two small integers instead of two long ids (see ``entries``).
 CREATE TABLE IF NOT EXISTS recipients (no INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
@@ -943,6 +947,8 @@ class SqliteStore:
             if old_info:
                 self._w.execute("ALTER TABLE message_info RENAME TO message_info_v1")
                 self._w.execute("DROP INDEX IF EXISTS message_info_chan")
+            # Replaced by ``txs_unsealed`` (the schema creates it).
+            self._w.execute("DROP INDEX IF EXISTS txs_open")
             self._w.executescript(_STORE_SCHEMA)
             if old_info or info_left:
                 with _transaction(self._w, StorageError):

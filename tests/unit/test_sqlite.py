@@ -845,3 +845,29 @@ def test_a_rebuilt_store_keeps_the_blobs_its_replay_names(tmp_path: Path) -> Non
     finally:
         store.close()
         log.close()
+
+
+def test_an_older_store_indexes_only_the_txs_no_block_holds(tmp_path: Path) -> None:
+    data = _copy(tmp_path)
+    with sqlite3.connect(data / "store.sqlite") as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "txs_open" in names  # the fixture's index over every tx
+    log = SqliteLog(data / "log.sqlite")
+    store = SqliteStore(data / "store.sqlite")
+    try:
+        names = {
+            r[0] for r in store._w.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+        assert "txs_open" not in names and "txs_unsealed" in names
+        plan = " ".join(
+            str(r[-1])
+            for r in store._w.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM txs WHERE status!='open' AND block IS NULL"
+            )
+        )
+        assert "txs_unsealed" in plan
+        (unsealed,) = store._w.execute("SELECT COUNT(*) FROM txs WHERE block IS NULL").fetchone()
+        assert len(store.open_txs()) + len(store.closed_unblocked_txs()) == unsealed
+    finally:
+        store.close()
+        log.close()
