@@ -30,7 +30,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -44,9 +44,13 @@ __all__ = [
     "RECORD_KEYS",
     "RECORD_STATUSES",
     "BlockInfo",
+    "EncodedRecord",
     "LogCheckpoint",
     "block_content",
     "check_record",
+    "encode_record",
+    "encode_records",
+    "join_records",
     "message_leaf",
     "parse_block_content",
     "parse_records_blob",
@@ -419,9 +423,27 @@ def encode_records(records: Sequence[Mapping[str, Any]]) -> tuple[bytes, bytes]:
 
     Raises ``ProofError`` like ``record_bytes``.
     """
-    encoded = [record_bytes(record) for record in records]
-    root = merkle.root([_leaf_of(data) for data in encoded])
-    return b"".join(data + b"\n" for data in encoded), root
+    return join_records([encode_record(record) for record in records])
+
+
+def encode_record(record: Mapping[str, Any]) -> EncodedRecord:
+    """A record's canonical bytes and Merkle leaf, for ``join_records``; raises like
+    ``record_bytes``."""
+    data = record_bytes(record)
+    return EncodedRecord(data, _leaf_of(data))
+
+
+class EncodedRecord(NamedTuple):
+    """A record as its block holds it: ``record_bytes`` and ``record_leaf`` of it."""
+
+    data: bytes
+    leaf: bytes
+
+
+def join_records(encoded: Sequence[EncodedRecord]) -> tuple[bytes, bytes]:
+    """``encode_records`` of records encoded already (``encode_record``), in block order."""
+    root = merkle.root([e.leaf for e in encoded])
+    return b"".join([e.data + b"\n" for e in encoded]), root
 
 
 def record_proof(records: Sequence[Mapping[str, Any]], index: int) -> list[bytes]:

@@ -76,9 +76,11 @@ _accepted: Final = constructor(Accepted, "_accepted")
 
 @dataclass(frozen=True, slots=True)
 class BlockDraft:
-    """The records of a block being built (``Sequencer.draft_block``)."""
+    """The records of a block being built (``Sequencer.draft_block``), and each
+    one's canonical bytes and leaf where they were made when its tx closed."""
 
     records: list[dict[str, Any]]
+    encoded: list[blocks.EncodedRecord | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,8 @@ class Sequencer:
         self.deliveries_for = deliveries_for
         self.open: dict[str, txs.Tx] = {}
         self.unsealed: dict[str, txs.Tx] = {}
+        #: Each unsealed tx's block record and its encoding, made when it closed.
+        self._encoded: dict[str, tuple[dict[str, Any], blocks.EncodedRecord]] = {}
         self.channels: dict[str, txs.Channel] = {}
         self._deadlines: list[tuple[int, str]] = []
         self.dirty = False
@@ -809,6 +813,7 @@ class Sequencer:
             # Also from ``open``: timeouts are not in the log, so a store rebuilt
             # from it knows a timed-out tx as open until its block says otherwise.
             tx = self.unsealed.pop(record["tx"], None) or self.open.pop(record["tx"], None)
+            self._encoded.pop(record["tx"], None)
             # A replay (``catch_up``) leaves the txs it closed in ``_changed``: a
             # row written from there after this block would carry no block.
             self._changed.pop(record["tx"], None)
@@ -828,6 +833,15 @@ class Sequencer:
     def _closed(self, tx: txs.Tx) -> None:
         self.open.pop(tx.id, None)
         self.unsealed[tx.id] = tx
+        # A closed tx no longer changes: its block record is made now, a few µs
+        # a tx spread over the writer's groups, instead of a thousand at once
+        # while a block is sealed (~10 ms holding the GIL, the half-load p99's
+        # slowest deliveries; benchmarks/README.md, session 18).
+        try:
+            record = txs.record(tx)
+            self._encoded[tx.id] = (record, blocks.encode_record(record))
+        except Error:  # no canonical form: the draft makes it again, and says why
+            self._encoded.pop(tx.id, None)
         self._changed[tx.id] = tx
         self.dirty = True
         # A finished tx leaves its deadline in the heap until the deadline passes
@@ -876,6 +890,7 @@ class Sequencer:
         log.warning("rebuilding the sequencer's state from the store and the log")
         self.open, self.unsealed, self.channels = {}, {}, {}
         self._deadlines, self._changed, self._pending_records = [], {}, {}
+        self._encoded = {}
         self._touched = {}
         if self.stages is not None:
             # The batch that failed may have held a block (a height the next block
@@ -1044,12 +1059,21 @@ class Sequencer:
         if not self.dirty:
             return None
         closed = sorted(self.unsealed.values(), key=lambda t: (t.closed or 0, t.id))
-        records = [txs.record(t) for t in closed]
+        records: list[dict[str, Any]] = []
+        encoded: list[blocks.EncodedRecord | None] = []
+        for t in closed:
+            made = self._encoded.get(t.id)
+            if made is None:  # closed before this process started
+                records.append(txs.record(t))
+                encoded.append(None)
+            else:
+                records.append(made[0])
+                encoded.append(made[1])
         # Activity from here on is the next block's: the log checkpoint is taken
         # when this one is appended, and covers it, but the flag must not be lost.
         self.dirty = False
         self._drafting = True
-        return BlockDraft(records)
+        return BlockDraft(records, encoded)
 
     def seal_records(self, draft: BlockDraft) -> SealedRecords:
         """Serialise ``draft``'s records and store them as a blob (any thread).
@@ -1058,7 +1082,14 @@ class Sequencer:
         Raises ``StorageError`` when the blob cannot be written; call
         ``abandon_block`` (writer thread) then.
         """
-        blob, records_root = blocks.encode_records(draft.records)
+        blob, records_root = blocks.join_records(
+            [
+                made if made is not None else blocks.encode_record(record)
+                for record, made in zip(
+                    draft.records, draft.encoded or [None] * len(draft.records), strict=True
+                )
+            ]
+        )
         records_id = blob_id(blob)
         self.store.put_blob(records_id, blob, stored=self.clock())
         return SealedRecords(draft.records, records_id, records_root)

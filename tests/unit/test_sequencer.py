@@ -1240,3 +1240,42 @@ def test_a_wall_clock_stepped_back_does_not_seal_a_tx_twice_from_two_pipelines(
     finally:
         log.close()
         store.close()
+
+
+def test_a_tx_record_is_encoded_when_it_closes_and_sealed_the_same_after_a_restart(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    """Txs closed in this process reach the draft with their record's bytes made
+    already; after a restart their records are made by the draft. The blob and
+    its root are the same bytes either way."""
+    from chainmail import blocks
+
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    finished = h.one(open_tx(a, b, finish="any")).id
+    h.one(b.sign({"type": "tx/finish", "tx": finished}))
+    timed_out = h.one(open_tx(a, b, deadline=NOW + 1_000)).id
+    clock.now = NOW + 2_000
+    draft = h.seq.draft_block()
+    assert draft is not None
+    assert [r["tx"] for r in draft.records] == [finished, timed_out]
+    assert all(made is not None for made in draft.encoded)
+    expected = blocks.encode_records(draft.records)
+    assert blocks.join_records([m for m in draft.encoded if m is not None]) == expected
+    h.seq.abandon_block()
+    h.close()
+
+    h = Harness(tmp_path, clock, node_keys)  # a restart: the txs come back from the store
+    try:
+        again = h.seq.draft_block()
+        assert again is not None and again.records == draft.records
+        # The finished tx came back closed: its record is the draft's to make (the
+        # timed-out one came back open, and timed out again as the draft expired it).
+        assert again.encoded[0] is None
+        sealed = h.seq.seal_records(again)
+        assert sealed.records_root == expected[1]
+        assert h.store.get_blob(sealed.records_id) == expected[0]
+        h.seq.append_block(sealed)
+        assert h.seq._encoded == {} and h.seq.build_block() is None
+    finally:
+        h.close()
