@@ -1590,36 +1590,45 @@ class SqliteStore:
             # the blob is pending from now and the sweep leaves it.
             with self._lock:
                 if path.exists():
-                    self._pend(blob_id, len(data), when, again=True)
+                    self._pend(blob_id, len(data), when)
                     return False
-        self._write_blob(path, data)
-        with self._lock:
-            self._pend(blob_id, len(data), when, again=False)
+        if self._r().execute("SELECT 1 FROM blob_pending WHERE id=?", (blob_id,)).fetchone():
+            # A row left without its file (a sweep stopped between the unlink and
+            # the delete): restarted before the write, or a sweep that still sees
+            # it old would delete the file written below.
+            with self._lock:
+                self._pend(blob_id, len(data), when)
+        try:
+            self._write_blob(path, data)
+        finally:
+            # Also when the write failed once the file was in place (the
+            # directory's fsync): pending, so counted and swept, not untracked.
+            if path.exists():
+                with self._lock:
+                    self._pend(blob_id, len(data), when)
         return True
 
-    def _pend(self, blob_id: str, size: int, stored: int, *, again: bool) -> None:
-        """Mark a stored blob pending from ``stored``, unless a message names it (under ``_lock``)."""
+    def _pend(self, blob_id: str, size: int, stored: int) -> None:
+        """Mark a stored blob pending from ``stored`` (or later, if it is already),
+        unless a message names it (under ``_lock``)."""
         w = self._w
+        added = 0
         try:
             with _transaction(w, StorageError):
                 if w.execute("SELECT 1 FROM blob_refs WHERE id=?", (blob_id,)).fetchone():
                     return
-                if again:
-                    w.execute(
-                        "UPDATE blob_pending SET stored=MAX(stored, ?) WHERE id=?",
-                        (stored, blob_id),
-                    )
-                    if w.execute("SELECT changes()").fetchone()[0]:
-                        return
                 w.execute(
-                    "INSERT OR IGNORE INTO blob_pending (id, size, stored) VALUES (?, ?, ?)",
-                    (blob_id, size, stored),
+                    "UPDATE blob_pending SET stored=MAX(stored, ?) WHERE id=?", (stored, blob_id)
                 )
-                added = w.execute("SELECT changes()").fetchone()[0]
+                if not w.execute("SELECT changes()").fetchone()[0]:
+                    w.execute(
+                        "INSERT INTO blob_pending (id, size, stored) VALUES (?, ?, ?)",
+                        (blob_id, size, stored),
+                    )
+                    added = size
         except sqlite3.Error as exc:
             raise StorageError(f"blob bookkeeping failed: {exc}") from exc
-        if added:
-            self._pending_bytes += size
+        self._pending_bytes += added
         self._checkpointer.committed()
 
     def has_blob(self, blob_id: str) -> bool:

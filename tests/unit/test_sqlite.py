@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
 import sqlite3
 import time
@@ -871,3 +872,73 @@ def test_an_older_store_indexes_only_the_txs_no_block_holds(tmp_path: Path) -> N
     finally:
         store.close()
         log.close()
+
+
+def test_a_blob_stored_again_over_a_stale_pending_row_starts_its_grace_anew(
+    tmp_path: Path,
+) -> None:
+    """A sweep that deleted a blob's file but not its row (a crash between the
+    two, a failed commit) leaves the row behind: storing the blob again must
+    restart its grace, not leave it to the next sweep."""
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        bid, data = _blob("stored, swept half-way, stored again")
+        assert store.put_blob(bid, data, stored=NOW)
+        store._blob_path(bid).unlink()  # the sweep's unlink, without its DELETE
+        assert store.put_blob(bid, data, stored=NOW + 10_000)
+        assert store.pending_blobs() == (len(data), NOW + 10_000)
+        assert store.sweep_blobs(NOW + 1) == (0, 0)
+        assert store.get_blob(bid) == data
+    finally:
+        store.close()
+
+
+def test_a_sweep_during_a_blob_write_does_not_delete_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        bid, data = _blob("written while the sweeper runs")
+        assert store.put_blob(bid, data, stored=NOW)
+        store._blob_path(bid).unlink()  # a stale row, as above
+        write = store._write_blob
+
+        def write_then_sweep(path: Path, data: bytes) -> None:
+            write(path, data)
+            store.sweep_blobs(NOW + 1)  # the sweeper, between the write and its bookkeeping
+
+        monkeypatch.setattr(store, "_write_blob", write_then_sweep)
+        assert store.put_blob(bid, data, stored=NOW + 10_000)
+        assert store.get_blob(bid) == data
+        assert store.pending_blobs() == (len(data), NOW + 10_000)
+    finally:
+        store.close()
+
+
+def test_a_blob_whose_directory_sync_fails_is_still_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is in place when the directory's fsync fails: it must be
+    counted and swept like any pending blob, not left untracked for good."""
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        bid, data = _blob("renamed, directory not synced")
+        real_fsync = os.fsync
+        calls = []
+
+        def failing_dir_fsync(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == 2:  # the file's, then the directory's
+                raise OSError(5, "Input/output error")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", failing_dir_fsync)
+        with pytest.raises(StorageError, match="blob write failed"):
+            store.put_blob(bid, data, stored=NOW)
+        monkeypatch.undo()
+        assert store._blob_path(bid).exists()
+        assert store.pending_blobs() == (len(data), NOW)
+        assert store.sweep_blobs(NOW + 1) == (1, len(data))
+        assert not store._blob_path(bid).exists()
+    finally:
+        store.close()
