@@ -1352,12 +1352,15 @@ class SqliteStore:
         w = self._w
         unique = list(dict.fromkeys(refs))
         w.executemany("INSERT OR IGNORE INTO blob_refs (id) VALUES (?)", [(r,) for r in unique])
-        marks, params = _in_list(unique)
-        (size,) = w.execute(
-            f"SELECT COALESCE(SUM(size), 0) FROM blob_pending WHERE id IN {marks}", params
-        ).fetchone()
-        w.execute(f"DELETE FROM blob_pending WHERE id IN {marks}", params)
-        return int(size)
+        kept = 0
+        for at in range(0, len(unique), _IDS_PER_STATEMENT):
+            marks, params = _in_list(unique[at : at + _IDS_PER_STATEMENT])
+            (size,) = w.execute(
+                f"SELECT COALESCE(SUM(size), 0) FROM blob_pending WHERE id IN {marks}", params
+            ).fetchone()
+            w.execute(f"DELETE FROM blob_pending WHERE id IN {marks}", params)
+            kept += int(size)
+        return kept
 
     def _recipient(self, recipient: str) -> int:
         """The number of ``recipient``, given one on its first delivery (writer only)."""

@@ -942,3 +942,21 @@ def test_a_blob_whose_directory_sync_fails_is_still_pending(
         assert not store._blob_path(bid).exists()
     finally:
         store.close()
+
+
+def test_a_projection_naming_more_blobs_than_one_statement_takes_is_written(
+    tmp_path: Path,
+) -> None:
+    """Under SQLite's oldest parameter limit (999, before 3.32) a batch of 1,024
+    doc messages names more blobs than one ``IN (…)`` list may hold."""
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        store._w.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        blobs = [_blob(f"document {i}") for i in range(600)]
+        for bid, data in blobs:
+            store.put_blob(bid, data, stored=NOW)
+        store.apply(Projection(blob_refs=[bid for bid, _ in blobs]))
+        assert store.pending_blobs() == (0, None)
+        assert store.sweep_blobs(NOW + 10**9) == (0, 0)
+    finally:
+        store.close()
