@@ -345,18 +345,20 @@ def create_app(
         # after this answer), and the client still gets a problem document.
         return _problem(OperationalError(f"internal error: {type(exc).__name__}"))
 
-    def authenticate(request: Request, body: bytes = b"") -> str:
+    def authenticate_headers(request: Request) -> httpsig.SignedRequest:
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        return httpsig.verify_request(
+        return httpsig.verify_headers(
             request.method,
             raw_path.decode("latin-1"),
             request.scope.get("query_string", b"").decode("latin-1"),
             request.headers,
             now=int(time.time()),
             nonces=nonces,
-            body=body,
-            require_digest=require_content_digest,
         )
+
+    def authenticate(request: Request) -> str:
+        """The signer of a request without a body (its body, if any, is not read)."""
+        return authenticate_headers(request).check_body(b"")
 
     # --- ingest -------------------------------------------------------------------------
 
@@ -722,10 +724,13 @@ def create_app(
         "without it (401 `unauthorized`).",
     )
     async def post_ack(request: Request) -> Response:
+        # The signature needs only the headers (a covered Content-Digest is one):
+        # checked first, so nobody unsigned has the node read a body, and the
+        # body then against the digest it signed.
+        signed = authenticate_headers(request)
         check_media(request.scope, JSON_TYPES)
-        # Read before the signature is checked: it may cover the body's digest.
         body = await _read_body(request, 4 * 1024 * 1024)
-        me = authenticate(request, body)
+        me = signed.check_body(body, require_digest=require_content_digest)
         ids = _parse_ack(body)
         acked = await node.ack(me, ids)
         return _json({"acked": acked})

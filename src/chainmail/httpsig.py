@@ -57,9 +57,11 @@ __all__ = [
     "LABEL",
     "HttpSigAuth",
     "NonceCache",
+    "SignedRequest",
     "content_digest",
     "sign_request",
     "signature_base",
+    "verify_headers",
     "verify_request",
 ]
 
@@ -617,6 +619,38 @@ def _profile_params(params: Params) -> _Params:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A request whose signature verified (``verify_headers``), before its body is read.
+
+    ``content_digest`` is the ``Content-Digest`` field value the signature
+    covers, None when it covers no body.
+    """
+
+    keyid: FeedId
+    content_digest: str | None
+    #: The known digests ``content_digest`` holds, by algorithm (RFC 9530).
+    digests: tuple[tuple[str, bytes], ...] = ()
+
+    def check_body(self, body: bytes | None, *, require_digest: bool = False) -> FeedId:
+        """The signer, once ``body`` (None or empty: none) is what the signature covers.
+
+        A covered ``Content-Digest`` must hold a ``sha-256`` or ``sha-512``
+        digest, and every one it holds must be the body's; with
+        ``require_digest`` a request with a body must cover it. Raises
+        ``Unauthorized``.
+        """
+        if self.content_digest is not None:
+            for name, digest in self.digests:
+                if digest != _DIGESTS[name](body or b"").digest():
+                    raise Unauthorized(f"Content-Digest {name} is not the digest of the body")
+        elif require_digest and body:
+            raise Unauthorized(
+                'this node needs a request body\'s Content-Digest signed: cover "content-digest"'
+            )
+        return self.keyid
+
+
 def verify_request(
     method: str,
     path: str,
@@ -629,12 +663,34 @@ def verify_request(
     body: bytes | None = None,
     require_digest: bool = False,
 ) -> FeedId:
-    """The feed id that signed this request, after checking the whole profile.
+    """The feed id that signed this request and its ``body``: ``verify_headers``,
+    then ``SignedRequest.check_body``.
 
     ``body`` is the request's body (None or empty: none). When the signature
     covers ``content-digest``, the ``Content-Digest`` header must hold a
     ``sha-256`` or ``sha-512`` digest, and every one it holds must be the
     body's; with ``require_digest`` a request with a body must be signed so.
+    A server should call the two steps itself, reading the body in between:
+    the signature needs only the headers, so a request nobody signed is
+    refused before its body is read.
+
+    Raises what ``verify_headers`` and ``check_body`` raise.
+    """
+    signed = verify_headers(method, path, query, headers, now=now, nonces=nonces, window_s=window_s)
+    return signed.check_body(body, require_digest=require_digest)
+
+
+def verify_headers(
+    method: str,
+    path: str,
+    query: str,
+    headers: Mapping[str, str],
+    *,
+    now: int,
+    nonces: NonceCache,
+    window_s: int = DEFAULT_WINDOW_S,
+) -> SignedRequest:
+    """The signer of this request, after checking the whole profile but the body.
 
     ``path`` must be the path as received, still percent-encoded (ASGI
     ``raw_path``, not the decoded ``path``), and ``query`` the raw query
@@ -645,7 +701,8 @@ def verify_request(
     Checks, in order: both headers are at most 8,192 characters and parse
     (RFC 8941); the covered components are exactly
     ``("@method" "@path" "@query")``, or those and ``"content-digest"``
-    (whose digests must then match ``body``); ``created``, ``keyid`` and ``nonce``
+    (whose header must then hold a ``sha-256`` or ``sha-512`` digest,
+    checked against the body by ``SignedRequest.check_body``); ``created``, ``keyid`` and ``nonce``
     are present and well-typed, the nonce is 1 to 128 characters, ``alg``
     (if given) is ``ed25519`` and no other parameter than ``expires`` or
     ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
@@ -666,13 +723,10 @@ def verify_request(
     if covered is None:
         raise Unauthorized(f"covered components must be {_PROFILE_TEXT}")
     digest_field = None
+    digests: tuple[tuple[str, bytes], ...] = ()
     if covered == COVERED_WITH_DIGEST:
         digest_field = _header(headers, _CONTENT_DIGEST, "Content-Digest")
-        _check_digests(digest_field, body or b"")
-    elif require_digest and body:
-        raise Unauthorized(
-            'this node needs a request body\'s Content-Digest signed: cover "content-digest"'
-        )
+        digests = _parse_digests(digest_field)
     params = _profile_params(member.params)
     signed = signatures.get(label)
     if signed is None:
@@ -701,24 +755,22 @@ def verify_request(
         raise Unauthorized("signature does not verify")
     if nonces.seen(params.keyid, params.nonce, now):
         raise Unauthorized("nonce replayed")
-    return FeedId(params.keyid)
+    return SignedRequest(FeedId(params.keyid), digest_field, digests)
 
 
-def _check_digests(field: str, body: bytes) -> None:
-    """Every known digest in the ``Content-Digest`` ``field`` is ``body``'s, and there is one."""
+def _parse_digests(field: str) -> tuple[tuple[str, bytes], ...]:
+    """The known digests of the ``Content-Digest`` ``field``; there must be one."""
     members = _dictionary(field, "Content-Digest")
-    known = 0
+    known: list[tuple[str, bytes]] = []
     for name, member in members.items():
-        algorithm = _DIGESTS.get(name)
-        if algorithm is None:
+        if name not in _DIGESTS:
             continue  # RFC 9530 §2: a digest of an unknown algorithm is ignored
         if not isinstance(member, _Item) or not isinstance(member.value, bytes):
             raise Unauthorized(f"Content-Digest {name} is not a byte sequence")
-        if member.value != algorithm(body).digest():
-            raise Unauthorized(f"Content-Digest {name} is not the digest of the body")
-        known += 1
+        known.append((name, member.value))
     if not known:
         raise Unauthorized("Content-Digest holds no sha-256 or sha-512 digest")
+    return tuple(known)
 
 
 # --- httpx hook ----------------------------------------------------------------------

@@ -393,6 +393,25 @@ def test_inbox_authentication(http: httpx.Client) -> None:
     assert "not a message id" in problem(bad, 400, "invalid_format")["detail"]
 
 
+def test_an_unsigned_ack_is_refused_before_its_body_is_read(http: httpx.Client) -> None:
+    """The signature (a covered Content-Digest included) needs only the headers: an ack
+    nobody signed is a 401 whatever its body, not a read of up to 4 MiB first."""
+    big = b'{"ids": []}' + b" " * (5 * 1024 * 1024)
+    problem(http.post("/v1/inbox/ack", content=big), 401, "unauthorized")
+    junk = {"Signature-Input": "junk", "Signature": "junk", "content-type": "text/plain"}
+    problem(http.post("/v1/inbox/ack", content=big, headers=junk), 401, "unauthorized")
+    # Signed, the body is read and held to its limit, and then to the digest it signed.
+    keys = Writer().keys
+    path = "/v1/inbox/ack"
+    headers = httpsig.sign_request(keys, "POST", path, "", created=int(time.time()), body=big)
+    problem(http.post(path, content=big, headers=headers), 413, "too_large")
+    body = orjson.dumps({"ids": []})
+    headers = httpsig.sign_request(keys, "POST", path, "", created=int(time.time()), body=body)
+    changed = orjson.dumps({"ids": [], "x": 1})
+    refused = problem(http.post(path, content=changed, headers=headers), 401, "unauthorized")
+    assert "not the digest of the body" in refused["detail"]
+
+
 def test_blob_round_trip(http: httpx.Client) -> None:
     data = b"%PDF-1.7 NDA between A and B"
     put = http.put("/v1/blobs", content=data)

@@ -535,3 +535,23 @@ def test_doc_input_errors_are_one_line(cli: Cli, tmp_path: Path) -> None:
     cli.key("clerk")
     run = cli("doc", "notarise", missing, "--as", "clerk", check=False)
     assert run.code != 0 and "Traceback" not in run.err
+
+
+def test_doc_get_to_a_terminal_is_refused_as_bad_usage(cli: Cli) -> None:
+    """Refused before the node is asked, as the caller's mistake (not an internal error)."""
+    blob = "&" + base64.b64encode(hashlib.sha256(b"x").digest()).decode() + ".sha256"
+    main, tty = os.openpty()
+    try:
+        proc = subprocess.run(
+            [CHAINMAIL, "doc", "get", blob],
+            env=cli.env,
+            stdout=tty,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(tty)
+        os.close(main)
+    assert_one_line_error(Run(proc.returncode, "", proc.stderr), "invalid_format")
+    assert "would go to the terminal" in proc.stderr

@@ -605,3 +605,32 @@ def test_the_designs_profile_still_signs_a_body_unless_the_node_requires_the_dig
         require_digest=True,
     )
     assert got == KEYS.id
+
+
+def test_the_signature_is_checked_from_the_headers_before_the_body_is_read() -> None:
+    """A server verifies the headers, then reads the body: the covered Content-Digest is
+    in the signature base, so no body is needed to refuse an unsigned request."""
+    from chainmail.httpsig import verify_headers
+
+    headers = _signed_ack()
+    signed = verify_headers("POST", "/v1/inbox/ack", "", headers, now=NOW, nonces=NonceCache())
+    assert signed.keyid == KEYS.id and signed.content_digest == content_digest(ACK)
+    assert signed.check_body(ACK, require_digest=True) == KEYS.id
+    with pytest.raises(Unauthorized, match="sha-256 is not the digest of the body"):
+        signed.check_body(ACK + b" ")
+    # A malformed digest is refused from the headers alone, before any body.
+    with pytest.raises(Unauthorized, match="holds no sha-256 or sha-512"):
+        verify_headers(
+            "POST",
+            "/v1/inbox/ack",
+            "",
+            {**headers, "Content-Digest": "md5=:AAAA:"},
+            now=NOW,
+            nonces=NonceCache(),
+        )
+    plain = verify_headers(
+        "POST", "/v1/inbox/ack", "", _signed_ack(body=None), now=NOW, nonces=NonceCache()
+    )
+    assert plain.content_digest is None and plain.check_body(ACK) == KEYS.id
+    with pytest.raises(Unauthorized, match='cover "content-digest"'):
+        plain.check_body(ACK, require_digest=True)

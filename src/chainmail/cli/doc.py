@@ -80,7 +80,10 @@ def doc_get(
     if not is_blob_id(blob):
         raise Error(f"not a blob id (&….sha256): {blob!r}", code="invalid_format")
     if out is None and sys.stdout.isatty():
-        raise Error("doc get: the bytes would go to the terminal; give --out FILE or a pipe")
+        raise Error(
+            "doc get: the bytes would go to the terminal; give --out FILE or a pipe",
+            code="invalid_format",
+        )
     with _client(node) as client:
         data = client.get_blob(blob)
     if out is None:
