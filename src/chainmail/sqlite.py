@@ -1471,7 +1471,8 @@ class SqliteStore:
             )
             args.append(party)
         if status is not None:
-            where.append("status=?")
+            # An open tx is in no block: said, the index of unsealed txs serves it.
+            where.append("status=? AND block IS NULL" if status == "open" else "status=?")
             args.append(status)
         if before is not None:
             where.append("opened<?")
@@ -1672,8 +1673,15 @@ class SqliteStore:
                     ).fetchone()
                     if row is None:
                         continue
-                    with suppress(FileNotFoundError):
+                    try:
                         self._blob_path(bid).unlink()
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        # Left pending (and counted): the next sweep tries it again,
+                        # and the blobs after it in this one are swept all the same.
+                        _log.error("blob %s could not be swept: %s", bid, exc)
+                        continue
                     with _transaction(w, StorageError):
                         w.execute("DELETE FROM blob_pending WHERE id=?", (bid,))
                 except (sqlite3.Error, OSError) as exc:

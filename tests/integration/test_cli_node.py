@@ -500,6 +500,15 @@ def test_a_document_is_notarised_fetched_and_checked(cli: Cli, tmp_path: Path) -
         [CHAINMAIL, "doc", "get", blob], env=cli.env, capture_output=True, timeout=60
     )
     assert piped.returncode == 0 and piped.stdout == nda.read_bytes()
+    dashed = subprocess.run(
+        [CHAINMAIL, "doc", "get", blob, "--out", "-"],
+        env=cli.env,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert dashed.returncode == 0 and dashed.stdout == nda.read_bytes()
+    assert not (tmp_path / "-").exists()
     # Checked once a block covers the doc message: the file is what was signed.
     deadline = time.monotonic() + 30
     while True:

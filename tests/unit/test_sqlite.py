@@ -960,3 +960,69 @@ def test_a_projection_naming_more_blobs_than_one_statement_takes_is_written(
         assert store.sweep_blobs(NOW + 10**9) == (0, 0)
     finally:
         store.close()
+
+
+def test_a_blob_that_cannot_be_deleted_does_not_stop_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        (stuck, stuck_data), (gone, gone_data) = _blob("stuck"), _blob("gone")
+        store.put_blob(stuck, stuck_data, stored=NOW)
+        store.put_blob(gone, gone_data, stored=NOW + 1)
+        stuck_path = store._blob_path(stuck)
+        unlink = Path.unlink
+
+        def refusing(self: Path, missing_ok: bool = False) -> None:
+            if self == stuck_path:
+                raise PermissionError(13, "Permission denied")
+            unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", refusing)
+        assert store.sweep_blobs(NOW + 10) == (1, len(gone_data))
+        assert store.get_blob(stuck) == stuck_data and store.get_blob(gone) is None
+        assert store.pending_blobs() == (len(stuck_data), NOW)  # still counted, tried again
+        monkeypatch.undo()
+        assert store.sweep_blobs(NOW + 10) == (1, len(stuck_data))
+        assert store.pending_blobs() == (0, None)
+    finally:
+        store.close()
+
+
+def test_listing_by_status_finds_open_and_sealed_txs(tmp_path: Path) -> None:
+    log = SqliteLog(tmp_path / "log.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        seq = Sequencer(log, store, NODE, clock=lambda: NOW)
+        a, b = Writer(), Writer()
+        deadline = NOW + 60_000
+        opened = seq.process(
+            [ssb.check(a.sign({"type": "tx/open", "parties": [a.id, b.id], "deadline": deadline}))]
+        )[0]
+        done = seq.process(
+            [
+                ssb.check(
+                    a.sign(
+                        {
+                            "type": "tx/open",
+                            "parties": [a.id, b.id],
+                            "deadline": deadline,
+                            "finish": "any",
+                        }
+                    )
+                )
+            ]
+        )[0]
+        assert isinstance(opened, Accepted) and isinstance(done, Accepted)
+        seq.process([ssb.check(b.sign({"type": "tx/finish", "tx": done.id}))])
+        seq.flush_projection()
+        assert seq.build_block() is not None
+        listed = {
+            status: [t.id for t in store.list_txs(party=None, status=status, limit=10, before=None)]
+            for status in ("open", "finished")
+        }
+        assert listed == {"open": [opened.id], "finished": [done.id]}
+        assert store.tx(done.id).block == 1  # type: ignore[union-attr]
+    finally:
+        store.close()
+        log.close()

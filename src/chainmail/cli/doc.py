@@ -71,7 +71,7 @@ def doc_get(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Write the bytes here (default: standard output, if not a terminal)."
+            "--out", help="Write the bytes here (default or -: standard output, if not a terminal)."
         ),
     ] = None,
     node: NodeOpt = DEFAULT_NODE,
@@ -79,6 +79,8 @@ def doc_get(
     """Fetch a blob; its bytes are checked against its id before anything is written."""
     if not is_blob_id(blob):
         raise Error(f"not a blob id (&….sha256): {blob!r}", code="invalid_format")
+    if out is not None and str(out) == "-":
+        out = None  # the usual name of standard output
     if out is None and sys.stdout.isatty():
         raise Error(
             "doc get: the bytes would go to the terminal; give --out FILE or a pipe",

@@ -213,7 +213,8 @@ def serve(
         bool,
         typer.Option(
             help="Refuse a signed request with a body (an inbox ack) whose signature does not"
-            " cover its Content-Digest (RFC 9530; the SDK always signs it). Off: the signature"
+            " cover its Content-Digest (RFC 9530; the SDK's POST acks always do; acks on an inbox"
+            " stream are frames of a stream whose opening was signed). Off: the signature"
             ' may cover ("@method" "@path" "@query") alone, as DESIGN §8 has it.'
         ),
     ] = False,
