@@ -1861,7 +1861,7 @@ class AsyncClient(_Core):
         self, document: Path | str | bytes, msg_id: str, *, node_id: str | None = None
     ) -> Report:
         """Verify a notarised document; raises like ``Client.verify_document``."""
-        data = _document_bytes(document, "verify_document")
+        data = await asyncio.to_thread(_document_bytes, document, "verify_document")
         return await self._run(
             document_flow(msg_id, data, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
         )

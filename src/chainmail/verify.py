@@ -644,11 +644,13 @@ def document_flow(
             notarised = None
         if notarised != digest:
             raise ProofError(
-                f"the document hashes to {blob_id(document)}, the doc message names {named!r}"
+                f"the document hashes to {blob_id(document)},"
+                f" the doc message names {_printable_name(repr(named))}"
             )
         if content.get("size") != len(document):
             raise ProofError(
-                f"the document is {len(document)} bytes, the doc message says {content.get('size')!r}"
+                f"the document is {len(document)} bytes,"
+                f" the doc message says {_printable_name(repr(content.get('size')))}"
             )
         name = content.get("name")
         called = f" ({_printable_name(name)})" if isinstance(name, str) else ""

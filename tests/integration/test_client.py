@@ -793,3 +793,28 @@ def test_blobs_are_hash_checked(alice: Client, node_url: str, tmp_path: Path) ->
         "mime": "text/plain",
     }
     assert alice.get_blob(content["blob"]) == b"terms and conditions"
+
+
+def test_a_notarised_document_verifies_sync_and_async(
+    alice: Client, node_url: str, tmp_path: Path
+) -> None:
+    doc = tmp_path / "isda.txt"
+    doc.write_bytes(b"ISDA master agreement, schedule v3")
+    receipt = alice.notarise(doc)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            report = alice.verify_document(doc, receipt.id)
+            break
+        except NotFound:  # no block covers it yet
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert report.ok and "document" in [c.check for c in report]
+
+    async def run() -> None:
+        async with AsyncClient(node_url) as client:
+            assert (await client.verify_document(doc, receipt.id)).ok
+            with pytest.raises(VerificationFailed, match="hashes to"):
+                await client.verify_document(b"ISDA master agreement, schedule v4", receipt.id)
+
+    asyncio.run(run())
