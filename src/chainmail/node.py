@@ -400,7 +400,7 @@ class Node:
         # a blob's bytes are in the store's count before its reservation ends.
         pending = self.store.pending_blob_bytes() + self._blob_reserved
         limit = self.config.blob_pending_limit
-        if pending + size > limit:
+        if size and pending + size > limit:  # stored again: no new bytes, never refused
             _, oldest = await asyncio.to_thread(self.store.pending_blobs)
             blobkeeping.check_room(
                 size,

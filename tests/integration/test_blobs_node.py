@@ -146,6 +146,35 @@ def test_concurrent_uploads_cannot_pass_the_limit_together(tmp_path: Path) -> No
     assert statuses == [201, 201, 201, 429, 429, 429, 429, 429]
 
 
+def test_a_blob_stored_again_is_never_refused(tmp_path: Path) -> None:
+    """It adds no bytes, even on a node holding more unnamed bytes than it now
+    takes (its limit lowered since)."""
+
+    async def run() -> None:
+        for limit, statuses in ((10, (201, 200, 429)), (4, (200, 200, 429))):
+            config = NodeConfig(
+                data_dir=tmp_path / "node",
+                workers=0,
+                block_interval=3600.0,
+                blob_pending_limit=limit,
+            )
+            node = Node(config)
+            await node.start()
+            transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+            try:
+                async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+                    got = (
+                        (await http.put("/v1/blobs", content=b"8 bytes!")).status_code,
+                        (await http.put("/v1/blobs", content=b"8 bytes!")).status_code,
+                        (await http.put("/v1/blobs", content=b"3 b")).status_code,
+                    )
+                    assert got == statuses, (limit, got)
+            finally:
+                await node.stop()
+
+    asyncio.run(run())
+
+
 def test_a_bad_blob_option_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> None:
     import subprocess
     import sys
