@@ -40,6 +40,7 @@ from chainmail.ids import is_blob_id, is_feed_id, is_msg_id
 from chainmail.keys import verify_signature
 
 __all__ = [
+    "BLOB_NAMING_TYPES",
     "FINISH_POLICIES",
     "MAX_SAFE_INTEGER",
     "NODE_ONLY_TYPES",
@@ -435,6 +436,8 @@ _BLOB_FIELDS: Final[Mapping[str, tuple[tuple[str, ...], ...]]] = {
     "block": (("txs", "records"),),
     "anchor": (("ots",),),
 }
+#: The content types whose messages name blobs (``blob_refs``).
+BLOB_NAMING_TYPES: Final = frozenset(_BLOB_FIELDS)
 
 
 def blob_refs(body: object) -> list[str]:

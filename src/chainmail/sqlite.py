@@ -269,8 +269,6 @@ _BLOBS_SCHEMA: Final = (
     " id TEXT PRIMARY KEY, size INTEGER NOT NULL, stored INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS blob_pending_stored ON blob_pending (stored)",
 )
-#: Content types whose messages name blobs (``content.blob_refs``), for ``_migrate_blobs``.
-_BLOB_NAMING_TYPES: Final = ("doc", "block", "anchor")
 
 #: SQLite page cache a connection may hold (negative: KiB, as PRAGMA cache_size takes it).
 _WRITER_CACHE_KIB: Final = -65536
@@ -1059,11 +1057,11 @@ class SqliteStore:
                 w.execute(statement)
             refs: set[str] = set()
             if projected:  # the log is attached
-                marks = ",".join("?" * len(_BLOB_NAMING_TYPES))
+                kinds = sorted(content.BLOB_NAMING_TYPES)
                 for (body,) in w.execute(
                     "SELECT e.body FROM message_info m JOIN log.entries e ON e.pos = m.pos"
-                    f" WHERE m.type IN ({marks})",
-                    _BLOB_NAMING_TYPES,
+                    f" WHERE m.type IN ({','.join('?' * len(kinds))})",
+                    kinds,
                 ):
                     refs.update(content.blob_refs(orjson.loads(body).get("content")))
             w.executemany("INSERT OR IGNORE INTO blob_refs (id) VALUES (?)", [(r,) for r in refs])
@@ -1621,10 +1619,10 @@ class SqliteStore:
             with _transaction(w, StorageError):
                 if w.execute("SELECT 1 FROM blob_refs WHERE id=?", (blob_id,)).fetchone():
                     return
-                w.execute(
+                refreshed = w.execute(
                     "UPDATE blob_pending SET stored=MAX(stored, ?) WHERE id=?", (stored, blob_id)
-                )
-                if not w.execute("SELECT changes()").fetchone()[0]:
+                ).rowcount
+                if not refreshed:
                     w.execute(
                         "INSERT INTO blob_pending (id, size, stored) VALUES (?, ?, ?)",
                         (blob_id, size, stored),

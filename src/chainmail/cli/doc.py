@@ -115,14 +115,6 @@ def doc_check(
     Checks its SHA-256 and size against the signed message, and the message's inclusion
     in a signed block; the node's copy of the file is not used.
     """
-    data = _read(file)
     _verify(
-        node, node_id, as_json, msg_id, lambda c, p: c.verify_document(data, msg_id, progress=p)
+        node, node_id, as_json, msg_id, lambda c, p: c.verify_document(file, msg_id, progress=p)
     )
-
-
-def _read(file: Path) -> bytes:
-    try:
-        return file.read_bytes()
-    except OSError as exc:
-        raise Error(f"cannot read {file}: {exc}", code="invalid_format") from exc
