@@ -52,8 +52,8 @@ def check_room(
 ) -> None:
     """Refuse a new blob of ``size`` bytes when ``pending`` plus it would pass ``limit``.
 
-    ``pending`` counts the pending bytes and those of blobs being stored;
-    ``oldest`` is when the oldest pending blob was stored (ms; None: none),
+    ``pending`` counts the pending bytes (blobs being stored are counted from
+    before their bytes are written); ``oldest`` is when the oldest pending blob was stored (ms; None: none),
     ``now`` the node's clock (ms). Raises ``RateLimited`` with ``retry_after``
     the seconds until the sweeper may free that oldest blob.
     """

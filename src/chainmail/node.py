@@ -233,8 +233,7 @@ class Node:
         )
         self._acking: asyncio.Task[None] | None = None
         self._stopping = False
-        #: Bytes of blobs being stored now (``put_blob``), and blobs swept so far.
-        self._blob_reserved = 0
+        #: Blobs swept so far.
         self.blobs_swept = 0
         self._sequencer: Sequencer | None = None
         self._ingest: Ingest | None = None
@@ -394,29 +393,19 @@ class Node:
         ``StorageError`` when it cannot be written.
         """
         bid = blob_id(data)
-        size = 0 if self.store.has_blob(bid) else len(data)  # stored again: no new bytes
-        # Counted, checked and reserved at one instant on the event loop, so
-        # concurrent uploads cannot all pass the limit while they are written:
-        # a blob's bytes are in the store's count before its reservation ends.
-        pending = self.store.pending_blob_bytes() + self._blob_reserved
-        limit = self.config.blob_pending_limit
-        if size and pending + size > limit:  # stored again: no new bytes, never refused
-            _, oldest = await asyncio.to_thread(self.store.pending_blobs)
+        now = self.clock()
+        limit, grace = self.config.blob_pending_limit, self.config.blob_grace
+
+        def room(size: int, pending: int, oldest: int | None) -> None:
+            # In the store, under its lock: counted as soon as it passes, so
+            # concurrent uploads cannot pass the limit together.
             blobkeeping.check_room(
-                size,
-                pending=pending,
-                limit=limit,
-                oldest=oldest,
-                grace=self.config.blob_grace,
-                now=self.clock(),
+                size, pending=pending, limit=limit, oldest=oldest, grace=grace, now=now
             )
-        self._blob_reserved += size
-        try:
-            created = await asyncio.to_thread(
-                functools.partial(self.store.put_blob, bid, data, stored=self.clock())
-            )
-        finally:
-            self._blob_reserved -= size
+
+        created = await asyncio.to_thread(
+            functools.partial(self.store.put_blob, bid, data, stored=now, room=room)
+        )
         return bid, created
 
     async def sweep_blobs(self) -> tuple[int, int]:

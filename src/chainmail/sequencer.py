@@ -768,10 +768,10 @@ class Sequencer:
                 projection.channels[channel.id] = channel.to_dict()
         elif kind == "doc":
             # Named by a logged message: the blob is kept (``Store.put_blob``).
-            projection.blob_refs.extend(content.blob_refs(body_content))
+            self._name_blobs(projection, body_content)
         elif kind == "block" and author == self.node_id:
             self._project_block(projection, msg_id, body_content, body)
-            projection.blob_refs.extend(content.blob_refs(body_content))
+            self._name_blobs(projection, body_content)
             if self.stages is not None:
                 self.stages.see_block(int(body_content["height"]), msg_id)
         elif kind == SIGN:
@@ -787,12 +787,20 @@ class Sequencer:
             )
         elif kind == ANCHOR and author == self.node_id:
             projection.anchors.append((int(body_content["height"]), msg_id, body_content))
-            projection.blob_refs.extend(content.blob_refs(body_content))
+            self._name_blobs(projection, body_content)
         # Shared readers hold the key too, so a chan/msg reaches every holder.
         members = channel.holders if kind == "chan/msg" and channel is not None else None
         inbox = projection.inbox
         for recipient in txs.recipients(author, body_content, tx, members):
             inbox.append((recipient, msg_id))
+
+    def _name_blobs(self, projection: Projection, body_content: dict[str, Any]) -> None:
+        """Keep the blobs a message names, from before it is logged (``Store.hold_blobs``)
+        until its projection records them for good (``Projection.blob_refs``)."""
+        refs = content.blob_refs(body_content)
+        if refs:
+            self.store.hold_blobs(refs)
+            projection.blob_refs.extend(refs)
 
     def _project_block(
         self, projection: Projection, msg_id: str, body_content: dict[str, Any], body: bytes

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -34,7 +35,7 @@ from chainmail.errors import InvalidMessage, LogError, NotFound, StorageError
 from chainmail.ids import blob_digest, blob_id_from_digest, msg_digest
 from chainmail.log import Head, LogEntry, NewEntry, head, pipeline_of
 from chainmail.registry import search_text
-from chainmail.store import BlockRow, Delivery, MessageRow, Projection, TxRow
+from chainmail.store import BlobRoom, BlockRow, Delivery, MessageRow, Projection, TxRow
 from chainmail.witnesses import STAGES
 
 __all__ = ["CHECKPOINT_INTERVAL", "STORE_SYNCHRONOUS", "SqliteLog", "SqliteStore"]
@@ -416,13 +417,25 @@ def _transaction(conn: sqlite3.Connection, error: type[Exception]) -> Iterator[N
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     try:
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise error(f"commit failed: {exc}") from exc
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed write, keeping the failure that ended it.
+
+    After a full disk or an I/O error SQLite has often rolled the transaction
+    back itself: a second ROLLBACK would fail ("no transaction is active") and
+    hide the error that matters.
+    """
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 #: Tree nodes looked up by one statement (two parameters each).
@@ -985,6 +998,10 @@ class SqliteStore:
         self._new_recipients: dict[str, int] = {}
         self._local = threading.local()
         self._lock = threading.Lock()
+        #: Blobs named by messages logged but not yet projected (``hold_blobs``):
+        #: how many such messages each, under ``_held_lock``.
+        self._held: Counter[str] = Counter()
+        self._held_lock = threading.Lock()
         try:
             self._checkpointer = _Checkpointer(path, synchronous, checkpoint_interval)
         except sqlite3.Error as exc:
@@ -1334,6 +1351,8 @@ class SqliteStore:
             self._recipients.update(new)
             if projection.blob_refs:
                 self._pending_bytes -= kept
+                # Committed as named: no hold is needed any more (``hold_blobs``).
+                self._release_blobs(projection.blob_refs)
         self._checkpointer.committed()
         # After the commit: a follower that starts after this ``wanted`` check
         # reads these entries from the store instead.
@@ -1578,7 +1597,14 @@ class SqliteStore:
         digest = blob_digest(blob_id).hex()
         return self.blobs_dir / digest[:2] / digest
 
-    def put_blob(self, blob_id: str, data: bytes, *, stored: int | None = None) -> bool:
+    def put_blob(
+        self,
+        blob_id: str,
+        data: bytes,
+        *,
+        stored: int | None = None,
+        room: BlobRoom | None = None,
+    ) -> bool:
         """Store bytes under their id, durably (temp file, fsync, rename); False if present.
 
         Pending from ``stored`` (ms; default: the wall clock) unless a logged
@@ -1594,25 +1620,64 @@ class SqliteStore:
                 if path.exists():
                     self._pend(blob_id, len(data), when)
                     return False
-        if self._r().execute("SELECT 1 FROM blob_pending WHERE id=?", (blob_id,)).fetchone():
-            # A row left without its file (a sweep stopped between the unlink and
-            # the delete): restarted before the write, or a sweep that still sees
-            # it old would delete the file written below.
-            with self._lock:
-                self._pend(blob_id, len(data), when)
+        # Pending before the file exists: a crash between its rename and this
+        # bookkeeping would leave a file that no row counts and no sweep ever
+        # deletes. A row whose file never came is harmless (the sweep finds
+        # nothing to unlink). This also restarts a row left without its file (a
+        # sweep stopped between the unlink and the delete): a sweep that still
+        # saw it old would delete the file written below.
+        with self._lock:
+            self._pend(blob_id, len(data), when, room)
         try:
             self._write_blob(path, data)
+        except BaseException:
+            if not path.exists():  # nothing stored: nothing to count
+                with self._lock:
+                    self._unpend(blob_id)
+            raise
         finally:
             # Also when the write failed once the file was in place (the
-            # directory's fsync): pending, so counted and swept, not untracked.
+            # directory's fsync), and after a concurrent writer of the same blob
+            # whose write failed dropped the row: pending, counted and swept.
             if path.exists():
                 with self._lock:
                     self._pend(blob_id, len(data), when)
         return True
 
-    def _pend(self, blob_id: str, size: int, stored: int) -> None:
+    def _unpend(self, blob_id: str) -> None:
+        """Drop the pending row of a blob whose file is not there (under ``_lock``)."""
+        w = self._w
+        removed = 0
+        try:
+            with _transaction(w, StorageError):
+                row = w.execute("SELECT size FROM blob_pending WHERE id=?", (blob_id,)).fetchone()
+                if row is None or self._blob_path(blob_id).exists():
+                    return
+                w.execute("DELETE FROM blob_pending WHERE id=?", (blob_id,))
+                removed = int(row[0])
+        except sqlite3.Error as exc:
+            raise StorageError(f"blob bookkeeping failed: {exc}") from exc
+        self._pending_bytes -= removed
+
+    def hold_blobs(self, blob_ids: Sequence[str]) -> None:
+        with self._held_lock:
+            self._held.update(blob_ids)
+
+    def _release_blobs(self, blob_ids: Sequence[str]) -> None:
+        with self._held_lock:
+            held = self._held
+            for bid in blob_ids:
+                left = held[bid] - 1
+                if left > 0:
+                    held[bid] = left
+                else:
+                    held.pop(bid, None)
+
+    def _pend(self, blob_id: str, size: int, stored: int, room: BlobRoom | None = None) -> None:
         """Mark a stored blob pending from ``stored`` (or later, if it is already),
-        unless a message names it (under ``_lock``)."""
+        unless a message names it (under ``_lock``). ``room`` may refuse a blob
+        not counted yet: checked and counted in one step, so concurrent
+        uploads cannot pass a limit together."""
         w = self._w
         added = 0
         try:
@@ -1623,6 +1688,9 @@ class SqliteStore:
                     "UPDATE blob_pending SET stored=MAX(stored, ?) WHERE id=?", (stored, blob_id)
                 ).rowcount
                 if not refreshed:
+                    if room is not None:
+                        (oldest,) = w.execute("SELECT MIN(stored) FROM blob_pending").fetchone()
+                        room(size, self._pending_bytes, None if oldest is None else int(oldest))
                     w.execute(
                         "INSERT INTO blob_pending (id, size, stored) VALUES (?, ?, ?)",
                         (blob_id, size, stored),
@@ -1671,15 +1739,22 @@ class SqliteStore:
                     ).fetchone()
                     if row is None:
                         continue
-                    try:
-                        self._blob_path(bid).unlink()
-                    except FileNotFoundError:
-                        pass
-                    except OSError as exc:
-                        # Left pending (and counted): the next sweep tries it again,
-                        # and the blobs after it in this one are swept all the same.
-                        _log.error("blob %s could not be swept: %s", bid, exc)
-                        continue
+                    # Held: a message naming it is logged, or about to be, and
+                    # not projected yet (``hold_blobs``). The hold is checked and
+                    # the file deleted under one lock, so a message logged after
+                    # this check finds the blob gone, never half-kept.
+                    with self._held_lock:
+                        if bid in self._held:
+                            continue
+                        try:
+                            self._blob_path(bid).unlink()
+                        except FileNotFoundError:
+                            pass
+                        except OSError as exc:
+                            # Left pending (and counted): the next sweep tries it
+                            # again, and the blobs after it are swept all the same.
+                            _log.error("blob %s could not be swept: %s", bid, exc)
+                            continue
                     with _transaction(w, StorageError):
                         w.execute("DELETE FROM blob_pending WHERE id=?", (bid,))
                 except (sqlite3.Error, OSError) as exc:

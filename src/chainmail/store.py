@@ -17,7 +17,13 @@ from typing import Any, Final, Protocol
 
 from chainmail.frozen import constructor
 
+#: Asked before a new blob is counted pending: ``room(size, pending, oldest)``
+#: with the bytes pending now and when the oldest of them was stored (ms; None:
+#: none). Raises to refuse the blob (``chainmail.blobkeeping.check_room``).
+BlobRoom = Callable[[int, int, "int | None"], None]
+
 __all__ = [
+    "BlobRoom",
     "BlockRow",
     "Delivery",
     "MessageRow",
@@ -254,16 +260,37 @@ class Store(Protocol):
         """``ack`` for several (recipient, ids) at once, in one write; the counts in order."""
         ...
 
-    def put_blob(self, blob_id: str, data: bytes, *, stored: int | None = None) -> bool:
+    def put_blob(
+        self,
+        blob_id: str,
+        data: bytes,
+        *,
+        stored: int | None = None,
+        room: BlobRoom | None = None,
+    ) -> bool:
         """Store bytes under their id, durably; False if they were there already.
 
         A blob no logged message names yet (``Projection.blob_refs``) is
         *pending* from ``stored`` (ms since the epoch; default: now): storing
-        it again restarts that. ``sweep_blobs`` removes pending ones.
+        it again restarts that. ``sweep_blobs`` removes pending ones. A blob
+        is counted pending before its bytes are written, so a crash cannot
+        leave one that no sweep finds; ``room`` is asked first, with nothing
+        else counted in between, and raises to refuse it (nothing is stored).
+        A blob already pending or named is never refused.
         """
         ...
 
     def has_blob(self, blob_id: str) -> bool: ...
+
+    def hold_blobs(self, blob_ids: Sequence[str]) -> None:
+        """Keep ``blob_ids`` from every sweep until a projection naming them is applied.
+
+        The sequencer calls it for each message naming blobs before that
+        message is logged (any thread): between the log and the projection,
+        no sweep may delete what an acknowledged message names. ``apply``
+        releases them once its ``blob_refs`` are committed.
+        """
+        ...
 
     def pending_blob_bytes(self) -> int:
         """Bytes of pending blobs, from a count kept as they change (no I/O: any thread)."""

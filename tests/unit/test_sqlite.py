@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from chainmail import merkle, ssb
 from chainmail import sqlite as sqlite_module
-from chainmail.errors import LogError, ProofError, StorageError
+from chainmail.errors import LogError, ProofError, RateLimited, StorageError
 from chainmail.ids import blob_id, msg_digest
 from chainmail.keys import Keypair
 from chainmail.log import NewEntry
@@ -717,10 +717,11 @@ from chainmail.ids import blob_id
 from chainmail.sqlite import SqliteStore
 
 store = SqliteStore(Path(sys.argv[1]) / "store.sqlite")
-# No room past 4 KiB for a new file: a write beyond it fails (EFBIG), as on a full disk.
+# No room past 256 KiB in any file: the store's bookkeeping fits, a larger blob's
+# write fails (EFBIG), as on a full disk.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
-data = b"x" * 100_000
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+data = b"x" * 1_000_000
 try:
     store.put_blob(blob_id(data), data)
 except StorageError as exc:
@@ -741,6 +742,11 @@ def test_a_blob_write_that_fails_leaves_no_partial_file_behind(tmp_path: Path) -
     assert done.stdout.startswith("refused: blob write failed"), (done.stdout, done.stderr)
     left = [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
     assert left == []
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        assert store.pending_blobs() == (0, None)  # nothing stored, nothing counted
+    finally:
+        store.close()
 
 
 # --- blobs: named, pending, swept ------------------------------------------------------
@@ -985,6 +991,113 @@ def test_a_blob_that_cannot_be_deleted_does_not_stop_the_sweep(
         monkeypatch.undo()
         assert store.sweep_blobs(NOW + 10) == (1, len(stuck_data))
         assert store.pending_blobs() == (0, None)
+    finally:
+        store.close()
+
+
+def test_a_doc_logged_but_not_projected_keeps_its_blob_from_a_sweep(tmp_path: Path) -> None:
+    """Between the log and the projection no sweep may take what an
+    acknowledged message names: the sequencer holds the blob from before the
+    log append until the projection has recorded it."""
+    log = SqliteLog(tmp_path / "log.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        seq = Sequencer(log, store, NODE, clock=lambda: NOW)
+        (bid, data), (other, other_data) = _blob("an NDA, signed"), _blob("nobody names this")
+        store.put_blob(bid, data, stored=NOW)
+        store.put_blob(other, other_data, stored=NOW)
+        doc = Writer(ALICE).sign({"type": "doc", "blob": bid, "size": len(data)})
+        (result,) = seq.process([ssb.check(doc)])
+        assert isinstance(result, Accepted), result
+        # Logged (acknowledged), its projection not written yet; the grace long past.
+        assert store.sweep_blobs(NOW + 10**9) == (1, len(other_data))
+        assert store.get_blob(bid) == data and store.get_blob(other) is None
+        seq.flush_projection()
+        assert store.pending_blobs() == (0, None)
+        assert store.sweep_blobs(NOW + 10**9) == (0, 0)
+        assert store.get_blob(bid) == data
+        assert not store._held  # released once named for good
+    finally:
+        log.close()
+        store.close()
+
+
+def test_a_blob_room_refuses_is_neither_stored_nor_counted(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    asked: list[tuple[int, int, int | None]] = []
+
+    def room(size: int, pending: int, oldest: int | None) -> None:
+        asked.append((size, pending, oldest))
+        if pending + size > 20:
+            raise RateLimited("full", retry_after=1.0)
+
+    try:
+        (a, a_data), (b, b_data) = _blob("first of 16"), _blob("second, refused")
+        assert store.put_blob(a, a_data, stored=NOW, room=room)
+        with pytest.raises(RateLimited):
+            store.put_blob(b, b_data, stored=NOW + 1, room=room)
+        assert asked == [(len(a_data), 0, None), (len(b_data), len(a_data), NOW)]
+        assert store.get_blob(b) is None
+        assert store.pending_blobs() == (len(a_data), NOW)
+        # Stored again: already counted, never asked.
+        assert not store.put_blob(a, a_data, stored=NOW + 2, room=room)
+        assert len(asked) == 2
+    finally:
+        store.close()
+
+
+_CRASH_AFTER_RENAME = """
+import os, sys
+from pathlib import Path
+from chainmail.ids import blob_id
+from chainmail.sqlite import SqliteStore
+
+store = SqliteStore(Path(sys.argv[1]) / "store.sqlite")
+replace = os.replace
+
+def replace_then_die(src, dst):
+    replace(src, dst)
+    os._exit(0)  # killed right after the rename, before any bookkeeping after it
+
+os.replace = replace_then_die
+data = b"uploaded as the power went"
+store.put_blob(blob_id(data), data, stored=1_800_000_002_000)
+"""
+
+
+def test_a_blob_whose_writer_dies_after_the_rename_is_pending_not_untracked(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH_AFTER_RENAME, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    bid, data = _blob("uploaded as the power went")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        assert store.get_blob(bid) == data
+        assert store.pending_blobs() == (len(data), NOW)
+        assert store.sweep_blobs(NOW + 1) == (1, len(data))
+        assert store.get_blob(bid) is None
+    finally:
+        store.close()
+
+
+def test_a_blob_write_that_fails_leaves_nothing_pending(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        bid, data = _blob("never written")
+        (tmp_path / "blobs").write_bytes(b"")  # a file where the directory must go
+        with pytest.raises(StorageError, match="blob write failed"):
+            store.put_blob(bid, data, stored=NOW)
+        assert store.pending_blobs() == (0, None)
+        assert store.pending_blob_bytes() == 0
     finally:
         store.close()
 
