@@ -75,7 +75,7 @@ import websockets.asyncio.client
 import websockets.exceptions
 import websockets.sync.client
 
-from chainmail import channels, httpsig, ssb
+from chainmail import chandocs, channels, httpsig, ssb
 from chainmail import content as content_rules
 from chainmail.bitcoinrpc import BitcoinNode
 from chainmail.errors import (
@@ -119,6 +119,7 @@ __all__ = [
     "FEEDS_DIR",
     "NODE_ENV",
     "AsyncClient",
+    "ChannelDocument",
     "Check",
     "Client",
     "FileFeed",
@@ -183,6 +184,21 @@ class Receipt:
     pipeline: int
     index: int
     created: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDocument:
+    """A private document in a channel (``chainmail.chandocs``): the ``chan/msg``
+    announcing it, the public ``doc`` message notarising its ciphertext, the
+    blob holding that ciphertext, and what the announcement says of it."""
+
+    message: MsgId
+    author: FeedId
+    notarised: MsgId
+    blob: BlobId
+    size: int
+    name: str | None = None
+    mime: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -917,6 +933,49 @@ class _Core:
         content = channels.msg_content(key, dict(data), author=self.id, channel=chan, tx=tx)
         return (yield from self._publish_flow(content))
 
+    def _channel_send_document_flow(
+        self, chan: str, document: Path | str | bytes, name: str | None, mime: str | None
+    ) -> Flow[ChannelDocument]:
+        data, name, mime = _named_document(document, name, mime, "channel_send_document")
+        key, tx = yield from self._channel_key_flow(chan)
+        sealed = chandocs.seal_document(key, data, author=self.id, channel=chan)
+        bid = yield from self._put_blob_flow(sealed)
+        # Public, so the node keeps the ciphertext and a block dates it; no name
+        # or type here: those are in the box below.
+        doc: dict[str, Any] = {"type": "doc", "blob": bid, "size": len(sealed)}
+        if tx is not None:
+            doc["tx"] = tx
+        notarised = yield from self._publish_flow(doc)
+        inner = chandocs.pointer_content(
+            data, blob=bid, notarised=notarised.id, name=name, mime=mime
+        )
+        content = channels.msg_content(key, inner, author=self.id, channel=chan, tx=tx)
+        sent = yield from self._publish_flow(content)
+        return ChannelDocument(sent.id, self.id, notarised.id, bid, len(data), name, mime)
+
+    def _channel_document_flow(self, chan: str, msg_id: str) -> Flow[tuple[ChannelDocument, bytes]]:
+        opened = yield from self._channel_read_flow(chan)
+        found = next((o for o in opened if o.id == msg_id), None)
+        if found is None:
+            raise NotFound(f"channel {chan}: no message {msg_id} that you can read")
+        pointer = chandocs.read_pointer(found.data)
+        if pointer is None:
+            raise InvalidMessage(f"{msg_id}: a channel message carrying no document")
+        sealed = yield from self._get_blob_flow(pointer.blob)
+        key, _ = yield from self._channel_key_flow(chan)
+        data = chandocs.open_document(key, sealed, author=found.author, channel=chan)
+        chandocs.check_document(pointer, data)
+        about = ChannelDocument(
+            found.id,
+            found.author,
+            MsgId(pointer.notarised),
+            BlobId(pointer.blob),
+            pointer.size,
+            pointer.name,
+            pointer.mime,
+        )
+        return about, data
+
     def _channel_share_flow(self, chan: str, readers: Iterable[str]) -> Flow[Receipt]:
         # No ``tx``: sharing usually comes after the tx closed, and a message
         # naming a closed tx is refused; the channel id is what is shared.
@@ -1001,12 +1060,7 @@ class _Core:
         mime: str | None,
         tx: str | None,
     ) -> Flow[Receipt]:
-        data = _document_bytes(document, "notarise")
-        if not isinstance(document, bytes):
-            path = Path(document)
-            name = path.name if name is None else name
-            if mime is None:
-                mime = mimetypes.guess_type(path.name)[0]
+        data, name, mime = _named_document(document, name, mime, "notarise")
         bid = yield from self._put_blob_flow(data)
         body: dict[str, Any] = {"type": "doc", "blob": bid, "size": len(data)}
         if name is not None:
@@ -1408,6 +1462,36 @@ class Client(_Core):
         """
         return self._run(self._channel_read_flow(chan))
 
+    def channel_send_document(
+        self,
+        chan: str,
+        document: Path | str | bytes,
+        *,
+        name: str | None = None,
+        mime: str | None = None,
+    ) -> ChannelDocument:
+        """Send a document (a path, or bytes) to the channel's members only.
+
+        Sealed with the channel key, stored as a blob, notarised by a public
+        ``doc`` naming only the ciphertext (so the node keeps it and a block
+        dates it), and announced by a ``chan/msg`` whose box gives its name,
+        type, size and SHA-256 (``chainmail.chandocs``). ``name`` and ``mime``
+        default to the file's. Raises ``DecryptionError`` when no key of the
+        channel is sealed to you, and what ``put_blob`` and ``publish`` raise.
+        """
+        return self._run(self._channel_send_document_flow(chan, document, name, mime))
+
+    def channel_document(self, chan: str, msg_id: str) -> tuple[ChannelDocument, bytes]:
+        """The document the channel message ``msg_id`` carries, and its plaintext.
+
+        Decrypted here, and checked against the size and SHA-256 its author
+        signed in the message's box: the node is not trusted with it. Raises
+        ``NotFound`` when the channel has no such message you can read,
+        ``InvalidMessage`` when it carries no document, ``DecryptionError``,
+        ``ProofError`` when the bytes are not the ones announced.
+        """
+        return self._run(self._channel_document_flow(chan, msg_id))
+
     def channel_share(self, chan: str, readers: Iterable[str]) -> Receipt:
         """Give ``readers`` (an auditor, a regulator) the channel's key: its whole history.
 
@@ -1508,6 +1592,19 @@ class Client(_Core):
         Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
         """
         return self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
+
+
+def _named_document(
+    document: Path | str | bytes, name: str | None, mime: str | None, what: str
+) -> tuple[bytes, str | None, str | None]:
+    """A document's bytes, and its name and type (by default, from a path's file name)."""
+    data = _document_bytes(document, what)
+    if not isinstance(document, bytes):
+        path = Path(document)
+        name = path.name if name is None else name
+        if mime is None:
+            mime = mimetypes.guess_type(path.name)[0]
+    return data, name, mime
 
 
 def _document_bytes(document: Path | str | bytes, what: str) -> bytes:
@@ -1846,6 +1943,21 @@ class AsyncClient(_Core):
     async def channel_read(self, chan: str) -> list[channels.Opened]:
         """Decrypt the channel's history; raises like ``Client.channel_read``."""
         return await self._run(self._channel_read_flow(chan))
+
+    async def channel_send_document(
+        self,
+        chan: str,
+        document: Path | str | bytes,
+        *,
+        name: str | None = None,
+        mime: str | None = None,
+    ) -> ChannelDocument:
+        """Send a private document; raises like ``Client.channel_send_document``."""
+        return await self._run(self._channel_send_document_flow(chan, document, name, mime))
+
+    async def channel_document(self, chan: str, msg_id: str) -> tuple[ChannelDocument, bytes]:
+        """Fetch and check a private document; raises like ``Client.channel_document``."""
+        return await self._run(self._channel_document_flow(chan, msg_id))
 
     async def channel_share(self, chan: str, readers: Iterable[str]) -> Receipt:
         """Share the channel's key with readers; raises like ``Client.channel_share``."""

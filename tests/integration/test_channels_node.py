@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from chainmail.client import Client
-from chainmail.errors import DecryptionError
+from chainmail.errors import DecryptionError, InvalidMessage, NotFound, ProofError
 from chainmail.keys import Keypair
 from chainmail.keystore import MIN, Keystore
 from support.server import CHAINMAIL, Server, running
@@ -244,3 +244,129 @@ def test_a_member_sends_under_the_channels_key_not_one_the_node_slips_in(node: S
         with pytest.raises(DecryptionError):
             channels.open_message(eve_key, box, author=b.id, channel=chan)
         assert [o.id for o in alice.channel_read(chan)] == [sent]
+
+
+# --- private documents ----------------------------------------------------------------
+
+
+def test_a_private_document_reaches_members_only_is_kept_and_checked(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Sealed with the channel key, stored and notarised as ciphertext (so the
+    sweeper keeps it while an unnamed blob goes), read back and checked by a
+    member and a reader shared with, refused to an outsider."""
+    with running(tmp_path_factory.mktemp("docs"), extra=("--blob-grace", "1")) as server:
+        ann, ben, reg, eve = (Client(server.url, Keypair.generate()) for _ in range(4))
+        try:
+            tx = ann.open_tx([ben.id], 60_000 + int(time.time() * 1000), subject="DvP")
+            chan = ann.open_channel([ben.id], tx=tx)
+            data = f"{MARKER} settlement instruction: acct 991, DTC 42".encode() * 50
+            sent = ann.channel_send_document(chan, data, name="dvp.pdf", mime="application/pdf")
+            loose = ann.put_blob(b"uploaded, never named")
+
+            about, got = ben.channel_document(chan, sent.message)
+            assert got == data
+            assert about == sent
+            assert (about.author, about.name, about.size) == (ann.id, "dvp.pdf", len(data))
+            with pytest.raises(DecryptionError, match="not a member"):
+                eve.channel_document(chan, sent.message)
+            ann.channel_share(chan, [reg.id])
+            assert reg.channel_document(chan, sent.message)[1] == data
+
+            # What everyone else sees: a doc naming ciphertext of that size, in the tx.
+            public = httpx.get(
+                f"{server.url}/v1/messages/{quote(sent.notarised, safe='')}", timeout=30
+            ).json()["message"]["content"]
+            assert public == {
+                "type": "doc",
+                "blob": sent.blob,
+                "size": len(data) + 40,
+                "tx": tx,
+            }
+            ciphertext = ann.get_blob(sent.blob)
+            assert MARKER.encode() not in ciphertext and b"dvp.pdf" not in ciphertext
+
+            # A channel message that is no document, and one the channel lacks.
+            note = ann.channel_send(chan, {"text": "see attached"})
+            with pytest.raises(InvalidMessage, match="carrying no document"):
+                ben.channel_document(chan, note.id)
+            with pytest.raises(NotFound):
+                ben.channel_document(chan, sent.notarised)
+
+            # The sweeper (grace 1 s) takes the unnamed blob and keeps the document.
+            deadline = time.monotonic() + 20
+            while _present(server, loose):
+                assert time.monotonic() < deadline, "the unnamed blob was never swept"
+                time.sleep(0.2)
+            assert ben.channel_document(chan, sent.message)[1] == data
+        finally:
+            for client in (ann, ben, reg, eve):
+                client.close()
+    for root, _, files in os.walk(server.data):
+        for name in files:
+            assert MARKER.encode() not in (Path(root) / name).read_bytes(), f"plaintext in {name}"
+
+
+def _present(server: Server, blob: str) -> bool:
+    got = httpx.get(f"{server.url}/v1/blobs/{quote(blob, safe='')}", timeout=30)
+    return got.status_code == 200
+
+
+def test_a_document_whose_bytes_differ_from_its_pointer_is_refused(node: Server) -> None:
+    """A member who announces one document and stores another is caught by the
+    reader's check: the pointer's SHA-256 is what the author signed."""
+    from chainmail import chandocs, channels
+
+    with Client(node.url, Keypair.generate()) as ann, Client(node.url, Keypair.generate()) as ben:
+        chan = ann.open_channel([ben.id])
+        key, _ = ann._run(ann._channel_key_flow(chan))
+        sealed = chandocs.seal_document(key, b"the real contract", author=ann.id, channel=chan)
+        blob = ann.put_blob(sealed)
+        doc = ann.publish({"type": "doc", "blob": blob, "size": len(sealed)})
+        inner = chandocs.pointer_content(b"a forged contract", blob=blob, notarised=doc.id)
+        content = channels.msg_content(key, inner, author=ann.id, channel=chan)
+        announced = ann.publish(content)
+        with pytest.raises(ProofError, match="SHA-256 differs"):
+            ben.channel_document(chan, announced.id)
+
+
+def test_cli_chan_send_doc_and_get_doc(node: Server, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CHAINMAIL_HOME": str(tmp_path / "home"),
+        "CHAINMAIL_PASSPHRASE": "pw pw pw",
+        "CHAINMAIL_NODE": node.url,
+    }
+    store = Keystore(tmp_path / "home", limits=MIN)
+    ids = {n: store.new(n, "pw pw pw").id for n in ("ann", "ben", "eve")}
+
+    def cm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHAINMAIL, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    opened = cm("chan", "open", "--as", "ann", "--member", ids["ben"])
+    assert opened.returncode == 0, opened.stderr
+    chan = opened.stdout.strip()
+    contract = tmp_path / "nda.txt"
+    contract.write_bytes(b"Mutual NDA between ann and ben.\n" * 20)
+    sent = cm("chan", "send-doc", str(contract), "--as", "ann", "--chan", chan, "--json")
+    assert sent.returncode == 0, sent.stderr
+    about = json.loads(sent.stdout)
+    assert about["name"] == "nda.txt" and about["mime"] == "text/plain"
+    assert about["size"] == contract.stat().st_size
+
+    out = tmp_path / "got.txt"
+    got = cm("chan", "get-doc", about["message"], "--as", "ben", "--chan", chan, "--out", str(out))
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == contract.read_bytes()
+    assert "nda.txt" in got.stderr and "SHA-256" in got.stderr
+    piped = cm("chan", "get-doc", about["message"], "--as", "ben", "--chan", chan)
+    assert piped.returncode == 0 and piped.stdout.encode() == contract.read_bytes()
+
+    refused = cm("chan", "get-doc", about["message"], "--as", "eve", "--chan", chan, "--out", "x")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("chainmail: decryption_failed:")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    missing = cm("chan", "send-doc", str(tmp_path / "nope"), "--as", "ann", "--chan", chan)
+    assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1

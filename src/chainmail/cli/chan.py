@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,6 +23,7 @@ from chainmail.cli.commands import (
     _print_receipt,
     _printable,
 )
+from chainmail.cli.doc import FileArg, MimeOpt, NameOpt, bytes_destination, write_bytes_out
 from chainmail.client import DEFAULT_NODE
 
 chan_app = typer.Typer(
@@ -118,3 +120,69 @@ def chan_share(
     """Give readers the channel's key, so they can read its whole history (members only)."""
     with _client(node, as_, home) as client:
         _print_receipt(client.channel_share(chan, with_), as_json, "chan/share")
+
+
+@chan_app.command("send-doc")
+def chan_send_doc(
+    file: FileArg,
+    as_: AsOpt,
+    chan: ChanOpt,
+    name: NameOpt = None,
+    mime: MimeOpt = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send FILE to the channel's members only; prints the id of the message announcing it.
+
+    The file is sealed with the channel key and stored as a blob; a public `doc` message
+    notarises that ciphertext (so the node keeps it and a block dates it, and others
+    learn only its size), and a channel message gives the members its name, type and
+    SHA-256. Members fetch it with `chan get-doc`.
+    """
+    with _client(node, as_, home) as client:
+        sent = client.channel_send_document(chan, file, name=name, mime=mime)
+    if as_json:
+        _echo_json(
+            {
+                "message": sent.message,
+                "notarised": sent.notarised,
+                "blob": sent.blob,
+                "size": sent.size,
+                "name": sent.name,
+                "mime": sent.mime,
+            }
+        )
+    else:
+        typer.echo(sent.message)
+
+
+@chan_app.command("get-doc")
+def chan_get_doc(
+    msg_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="The channel message id %….sha256 (send-doc printed it)."
+        ),
+    ],
+    as_: AsOpt,
+    chan: ChanOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write the bytes here (default or -: standard output, if not a terminal)."
+        ),
+    ] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    home: HomeOpt = None,
+) -> None:
+    """Fetch the document channel message ID carries, decrypt it, check it, write it.
+
+    Checked against the size and SHA-256 its author sealed in the message: exits 1
+    (proof_failed) if the bytes differ, and writes nothing.
+    """
+    out = bytes_destination(out, "chan get-doc")
+    with _client(node, as_, home) as client:
+        about, data = client.channel_document(chan, msg_id)
+    named = f" ({about.name})" if about.name else ""
+    write_bytes_out(data, out, f"{named}, SHA-256 as its author sealed it")

@@ -38,6 +38,12 @@ FileArg = Annotated[
 ]
 
 
+NameOpt = Annotated[str | None, typer.Option("--name", help="Its name (default: the file's).")]
+MimeOpt = Annotated[
+    str | None, typer.Option("--mime", help="Its media type (default: guessed from the name).")
+]
+
+
 @doc_app.command("notarise")
 def doc_notarise(
     file: FileArg,
@@ -45,12 +51,8 @@ def doc_notarise(
     tx: Annotated[
         str | None, typer.Option("--tx", help="The transaction the document belongs to.")
     ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="Its name (default: the file's).")
-    ] = None,
-    mime: Annotated[
-        str | None, typer.Option("--mime", help="Its media type (default: guessed from the name).")
-    ] = None,
+    name: NameOpt = None,
+    mime: MimeOpt = None,
     node: NodeOpt = DEFAULT_NODE,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
@@ -79,15 +81,27 @@ def doc_get(
     """Fetch a blob; its bytes are checked against its id before anything is written."""
     if not is_blob_id(blob):
         raise Error(f"not a blob id (&….sha256): {blob!r}", code="invalid_format")
+    out = bytes_destination(out, "doc get")
+    with _client(node) as client:
+        data = client.get_blob(blob)
+    write_bytes_out(data, out)
+
+
+def bytes_destination(out: Path | None, command: str) -> Path | None:
+    """Where ``--out`` sends bytes: a file, or None for standard output ("-" or
+    no option), refused when that is a terminal (before anything is fetched)."""
     if out is not None and str(out) == "-":
         out = None  # the usual name of standard output
     if out is None and sys.stdout.isatty():
         raise Error(
-            "doc get: the bytes would go to the terminal; give --out FILE or a pipe",
+            f"{command}: the bytes would go to the terminal; give --out FILE or a pipe",
             code="invalid_format",
         )
-    with _client(node) as client:
-        data = client.get_blob(blob)
+    return out
+
+
+def write_bytes_out(data: bytes, out: Path | None, note: str = "") -> None:
+    """Write ``data`` to ``out`` (None: standard output), saying so on standard error."""
     if out is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -96,7 +110,7 @@ def doc_get(
         out.write_bytes(data)
     except OSError as exc:
         raise Error(f"--out: cannot write {out}: {exc}", code="invalid_format") from exc
-    _err().print(Text(f"{len(data)} bytes written to {out}", style="dim"))
+    _err().print(Text(f"{len(data)} bytes written to {out}{note}", style="dim"))
 
 
 @doc_app.command("check")
