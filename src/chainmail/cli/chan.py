@@ -23,7 +23,7 @@ from chainmail.cli.commands import (
     _print_receipt,
     _printable,
 )
-from chainmail.cli.doc import FileArg, MimeOpt, NameOpt, bytes_destination, write_bytes_out
+from chainmail.cli.doc import FileArg, MimeOpt, NameOpt, OutOpt, bytes_destination, write_bytes_out
 from chainmail.client import DEFAULT_NODE
 
 chan_app = typer.Typer(
@@ -167,12 +167,7 @@ def chan_get_doc(
     ],
     as_: AsOpt,
     chan: ChanOpt,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", help="Write the bytes here (default or -: standard output, if not a terminal)."
-        ),
-    ] = None,
+    out: OutOpt = None,
     node: NodeOpt = DEFAULT_NODE,
     home: HomeOpt = None,
 ) -> None:

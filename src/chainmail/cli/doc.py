@@ -38,6 +38,12 @@ FileArg = Annotated[
 ]
 
 
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", help="Write the bytes here (default or -: standard output, if not a terminal)."
+    ),
+]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Its name (default: the file's).")]
 MimeOpt = Annotated[
     str | None, typer.Option("--mime", help="Its media type (default: guessed from the name).")
@@ -70,12 +76,7 @@ def doc_notarise(
 @doc_app.command("get")
 def doc_get(
     blob: Annotated[str, typer.Argument(metavar="BLOB", help="The blob id &….sha256.")],
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", help="Write the bytes here (default or -: standard output, if not a terminal)."
-        ),
-    ] = None,
+    out: OutOpt = None,
     node: NodeOpt = DEFAULT_NODE,
 ) -> None:
     """Fetch a blob; its bytes are checked against its id before anything is written."""
