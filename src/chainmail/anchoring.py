@@ -7,15 +7,19 @@ Each step:
 1. With an anchor transaction pending: once it has its confirmations in a
    block of the Bitcoin node's best chain, fetch that block, build the ``.ots``
    proof, store it as a blob and post the ``anchor`` message through the
-   writer; the pending record goes.
+   writer; the pending record goes. Left unmined past ``stuck_after`` (its
+   fee too low for the chain's traffic), the same block is sent again at
+   twice the fee rate (``anchors.resend_rate``: at most ``anchors.MAX_SENDS``
+   transactions, capped by ``max_rate``); whichever of them is mined first
+   is the one proven.
 2. Otherwise, when ``anchors.due``: send the latest block's digest and
    record the pending transaction.
 
 The pending transaction is kept in ``<data>/anchor.json`` (written atomically
 after the wallet answers), so a restart finishes what it started. A crash
 between the wallet's answer and that write costs one transaction's fee: the
-next step sends another. A stop does not: it waits for the write. Failures (Bitcoin, the store, ``anchor.json``) are
-logged (once per distinct message) and retried at the next step; they never
+next step sends another. A stop does not: it waits for the write. Failures
+(Bitcoin, the store, ``anchor.json``) are logged (once per distinct message) and retried at the next step; they never
 stop the node or the anchorer.
 """
 
@@ -34,7 +38,7 @@ from typing import Any
 
 from chainmail import anchors
 from chainmail.anchors import Pending
-from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode
+from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode, TxStatus
 from chainmail.errors import Error, ProofError, StorageError
 from chainmail.ids import blob_id
 from chainmail.store import Store
@@ -55,6 +59,16 @@ class AnchorConfig:
     wallet: str
     interval: float = anchors.DEFAULT_INTERVAL
     confirmations: int = anchors.DEFAULT_CONFIRMATIONS
+    #: Seconds an anchor transaction may wait unmined before the block is sent again
+    #: at a higher fee (None: ``anchors.stuck_after(interval)``), and the highest fee
+    #: rate (sat/kvB) such a re-send may pay (None: no cap but ``anchors.MAX_SENDS``).
+    stuck_after: float | None = None
+    max_rate: int | None = None
+
+    @property
+    def stuck_ms(self) -> int:
+        after = anchors.stuck_after(self.interval) if self.stuck_after is None else self.stuck_after
+        return int(after * 1000)
 
 
 def _load(path: Path) -> tuple[Pending | None, int | None]:
@@ -90,11 +104,6 @@ def _save(path: Path, pending: Pending | None, last_sent: int | None) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _stuck_ms(interval: float) -> int:
-    """How long an anchor tx may wait unmined before that is logged."""
-    return int(max(3600.0, 6 * interval) * 1000)
 
 
 class Anchorer:
@@ -200,17 +209,39 @@ class Anchorer:
     ) -> tuple[Pending, OSError | None]:
         """Send the block's digest and write ``anchor.json`` (on disk before it shows
         anywhere: a crash after this finishes this tx); the write's error, if any."""
-        txid = self.wallet.send_data(anchors.block_digest(block_id))
-        pending = Pending(height, block_id, txid, now)
+        sent = self.wallet.send_data(anchors.block_digest(block_id))
+        pending = Pending(height, block_id, sent.txid, now, sent.rate)
         try:
             _save(self._path, pending, now)
         except OSError as exc:
             return pending, exc
         return pending, None
 
+    def _resend_and_record(self, pending: Pending, rate: int) -> tuple[Pending, OSError | None]:
+        """Send ``pending``'s block again at ``rate``, recorded as ``_send_and_record`` does."""
+        sent = self.wallet.send_data(anchors.block_digest(pending.block), rate=rate)
+        again = Pending(
+            pending.height,
+            pending.block,
+            sent.txid,
+            self._clock(),
+            sent.rate or rate,
+            (*pending.earlier, pending.txid),
+        )
+        try:
+            _save(self._path, again, self.last_sent)
+        except OSError as exc:
+            return again, exc
+        return again, None
+
     async def _settle(self, pending: Pending) -> None:
-        status = await asyncio.to_thread(self.wallet.status, pending.txid)
-        if status is None:
+        # The latest transaction first: once re-sent, any of them may be mined.
+        known: list[tuple[str, TxStatus]] = []
+        for txid in pending.txids:
+            status = await asyncio.to_thread(self.wallet.status, txid)
+            if status is not None:
+                known.append((txid, status))
+        if not known:
             # The wallet forgot it (a new wallet, a dropped tx): anchor afresh.
             log.error(
                 "anchorer: the wallet does not know tx %s (block %d); sending a new one",
@@ -221,50 +252,74 @@ class Anchorer:
             self.last_sent = None
             await asyncio.to_thread(_save, self._path, None, None)
             return
-        if status.block is None or status.confirmations < self.config.confirmations:
-            waited = self._clock() - pending.sent
-            if (
-                status.block is None
-                and waited > _stuck_ms(self.config.interval)
-                and self._stuck != pending.txid
-            ):
-                # Said once a tx: a fee too low for the chain's traffic stalls every anchor.
-                # Only while unmined: once in a block the fee did its work, and six
+        mined = [(t, s) for t, s in known if s.block is not None]
+        ready = [(t, s) for t, s in mined if s.confirmations >= self.config.confirmations]
+        if not ready:
+            if not mined and self._clock() - pending.sent > self.config.stuck_ms:
+                # Unmined that long: the fee is too low for the chain's traffic. Only
+                # while unmined: once in a block the fee did its work, and six
                 # confirmations take an hour as a rule.
+                await self._resend(pending)
+            return
+        txid, status = ready[0]
+        assert status.block is not None
+        await self._prove(pending, txid, status.block)
+
+    async def _resend(self, pending: Pending) -> None:
+        rate = anchors.resend_rate(pending, self.config.max_rate)
+        if rate is None:
+            if self._stuck != pending.txid:  # said once a tx
                 log.warning(
-                    "anchorer: tx %s (block %d) has %d of %d confirmations after %d min;"
-                    " the wallet may need to bump its fee",
+                    "anchorer: tx %s (block %d) is unmined after %d min and %d sends at up to"
+                    " %s sat/kvB; no higher fee is allowed (--anchor-max-fee-rate): waiting",
                     pending.txid,
                     pending.height,
-                    status.confirmations,
-                    self.config.confirmations,
-                    waited // 60_000,
+                    (self._clock() - pending.sent) // 60_000,
+                    len(pending.txids),
+                    pending.rate if pending.rate is not None else "an unknown rate",
                 )
                 self._stuck = pending.txid
             return
-        block_hash = status.block
+        self._sending = asyncio.ensure_future(
+            asyncio.to_thread(self._resend_and_record, pending, rate)
+        )
+        again, unsaved = await asyncio.shield(self._sending)
+        self.pending = again
+        if unsaved is not None:
+            raise StorageError(
+                f"tx {again.txid} (block {again.height}) sent, but {self._path} cannot "
+                f"be written: {unsaved.strerror or unsaved}"
+            ) from unsaved
+        log.warning(
+            "anchorer: tx %s (block %d) unmined at %s sat/kvB; sent again at %d as tx %s",
+            pending.txid,
+            pending.height,
+            pending.rate,
+            again.rate,
+            again.txid,
+        )
+
+    async def _prove(self, pending: Pending, txid: str, block_hash: str) -> None:
         raw = await asyncio.to_thread(self.node.block, block_hash)
         height = await asyncio.to_thread(self.node.block_height, block_hash)
         if await asyncio.to_thread(self.node.block_hash, height) != block_hash:
             # The wallet's view lags a reorg (or is another node's): a proof of a block off
             # the best chain names a header no one finds at that height. Wait for the wallet.
             raise BitcoinError(
-                f"tx {pending.txid} (block {pending.height}): the wallet has it in Bitcoin "
+                f"tx {txid} (block {pending.height}): the wallet has it in Bitcoin "
                 f"block {block_hash}, which is not the node's at height {height}; waiting"
             )
-        if any(a.get("txid") == pending.txid for a in self.store.anchors(pending.height)):
+        if any(a.get("txid") in pending.txids for a in self.store.anchors(pending.height)):
             # Posted before a crash that left the pending record: do not post twice.
             self.pending = None
             await asyncio.to_thread(_save, self._path, None, self.last_sent)
             return
         try:
-            proof = anchors.build_proof(pending.block, pending.txid, raw, height)
+            proof = anchors.build_proof(pending.block, txid, raw, height)
         except ProofError as exc:
             # No later round makes this tx provable (past 4,096 bytes, say): drop it, so the
             # next round sends another rather than retrying this one for ever.
-            log.error(
-                "anchorer: tx %s cannot be proved (%s); sending a new one", pending.txid, exc.detail
-            )
+            log.error("anchorer: tx %s cannot be proved (%s); sending a new one", txid, exc.detail)
             self.pending = None
             self.last_sent = None
             await asyncio.to_thread(_save, self._path, None, None)
@@ -274,7 +329,7 @@ class Anchorer:
             functools.partial(self.store.put_blob, ots_id, proof, stored=self._clock())
         )
         chain = self._chain or anchors.chain_name(await asyncio.to_thread(self.node.chain))
-        content = anchors.content(pending.height, pending.block, chain, pending.txid, ots_id)
+        content = anchors.content(pending.height, pending.block, chain, txid, ots_id)
         await self._post(content)
         self.pending = None
         self._posted = pending.height
@@ -283,5 +338,5 @@ class Anchorer:
             "anchorer: block %d anchored in Bitcoin block %d (tx %s)",
             pending.height,
             height,
-            pending.txid,
+            txid,
         )

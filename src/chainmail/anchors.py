@@ -54,19 +54,75 @@ def block_digest(block_id: str) -> bytes:
 
 @dataclass(frozen=True)
 class Pending:
-    """An anchor transaction sent and not yet posted: which block, which tx, since when (ms)."""
+    """An anchor transaction sent and not yet posted: which block, which tx, since when (ms).
+
+    ``rate`` is the fee rate it pays (satoshis per 1,000 virtual bytes; None:
+    not known, as in records written before re-sends). ``earlier`` holds the
+    transactions sent before it for the same block at lower rates
+    (``resend_rate``): any of them may still be mined first, and then it is
+    the one proven.
+    """
 
     height: int
     block: str
     txid: str
     sent: int
+    rate: int | None = None
+    earlier: tuple[str, ...] = ()
+
+    @property
+    def txids(self) -> tuple[str, ...]:
+        """Every transaction of this anchor, the latest first."""
+        return (self.txid, *reversed(self.earlier))
 
     def to_json(self) -> dict[str, Any]:
-        return {"height": self.height, "block": self.block, "txid": self.txid, "sent": self.sent}
+        return {
+            "height": self.height,
+            "block": self.block,
+            "txid": self.txid,
+            "sent": self.sent,
+            "rate": self.rate,
+            "earlier": list(self.earlier),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pending:
-        return cls(int(data["height"]), str(data["block"]), str(data["txid"]), int(data["sent"]))
+        rate = data.get("rate")
+        earlier = data.get("earlier") or []
+        if not isinstance(earlier, list):
+            raise TypeError(f"earlier: expected a list of txids, got {earlier!r}")
+        return cls(
+            int(data["height"]),
+            str(data["block"]),
+            str(data["txid"]),
+            int(data["sent"]),
+            None if rate is None else int(rate),
+            tuple(str(t) for t in earlier),
+        )
+
+
+#: Each re-send of an anchor left unmined pays this many times the last one's fee rate.
+RESEND_FACTOR: Final = 2
+#: Transactions one anchor may take (the first and its re-sends); then it waits.
+MAX_SENDS: Final = 4
+
+
+def stuck_after(interval: float) -> float:
+    """Seconds an anchor transaction may wait unmined, by default, before it is sent
+    again at a higher fee: an hour, or six intervals when those are longer."""
+    return max(3600.0, 6 * interval)
+
+
+def resend_rate(pending: Pending, max_rate: int | None) -> int | None:
+    """The fee rate (sat/kvB) to send ``pending``'s block again at, or None when it
+    must not be: its rate is not known, it was sent ``MAX_SENDS`` times, or the
+    rate would pass ``max_rate`` (None: no cap) with nothing gained."""
+    if pending.rate is None or 1 + len(pending.earlier) >= MAX_SENDS:
+        return None
+    rate = pending.rate * RESEND_FACTOR
+    if max_rate is not None:
+        rate = min(rate, max_rate)
+    return rate if rate > pending.rate else None
 
 
 def due(

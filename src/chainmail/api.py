@@ -269,7 +269,14 @@ def _anchor_health(node: Node) -> dict[str, Any] | None:
         "chain": anchorer.chain,
         "interval": anchorer.config.interval,
         "confirmations": anchorer.config.confirmations,
-        "pending": None if pending is None else {"height": pending.height, "txid": pending.txid},
+        "pending": None
+        if pending is None
+        else {
+            "height": pending.height,
+            "txid": pending.txid,
+            "rate": pending.rate,
+            "earlier": list(pending.earlier),
+        },
         "anchored": node.store.latest_anchored(),
     }
 

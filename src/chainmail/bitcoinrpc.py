@@ -186,6 +186,14 @@ class TxStatus:
     confirmations: int
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A transaction a wallet sent: its id and fee rate (sat/kvB; None: not said)."""
+
+    txid: str
+    rate: int | None
+
+
 class BcoinWallet:
     """One bcoin wallet, over its HTTP API: sends ``OP_RETURN`` outputs."""
 
@@ -216,13 +224,18 @@ class BcoinWallet:
             raise BitcoinError(f"Bitcoin wallet {self.url}: HTTP {r.status_code}: {text}")
         return answer
 
-    def send_data(self, data: bytes) -> str:
-        """Send a transaction with one ``OP_RETURN <data>`` output; returns its txid."""
+    def send_data(self, data: bytes, *, rate: int | None = None) -> Sent:
+        """Send a transaction with one ``OP_RETURN <data>`` output, paying ``rate``
+        satoshis per 1,000 virtual bytes (None: the wallet's estimate)."""
         script = bitcoin.op_return_script(data).hex()
-        answer = self._request("POST", "/send", json={"outputs": [{"script": script, "value": 0}]})
+        body: dict[str, Any] = {"outputs": [{"script": script, "value": 0}]}
+        if rate is not None:
+            body["rate"] = rate
+        answer = self._request("POST", "/send", json=body)
         if answer is None or not isinstance(answer.get("hash"), str):
             raise BitcoinError(f"Bitcoin wallet {self.url}: the send answered no transaction")
-        return str(answer["hash"])
+        paid = answer.get("rate")
+        return Sent(str(answer["hash"]), paid if type(paid) is int and paid > 0 else rate)
 
     def status(self, txid: str) -> TxStatus | None:
         """Where ``txid`` stands, or None when the wallet does not know it; ``BitcoinError``

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -266,6 +267,45 @@ def test_a_block_is_anchored_and_verify_and_ots_verify_accept_it(tmp_path: Path)
             assert "✗" not in behind.stdout
 
 
+def test_an_anchor_left_unmined_is_sent_again_at_a_higher_fee_and_one_is_proven(
+    tmp_path: Path,
+) -> None:
+    """Nothing mined for a while (as when the fee is too low for the traffic): the
+    node sends the same block again at twice the rate, up to four transactions;
+    once mined, one of them is proven and verifies against the Bitcoin node."""
+    with regtest(tmp_path / "bitcoin") as btc:
+        btc.fund()
+        extra = (*_serve_args(btc), "--anchor-stuck-after", "0.5")
+        with running(tmp_path / "node", extra=extra) as node:
+            height = _settle_a_trade(node.url)
+            pending = _until(
+                "four anchor txs",
+                lambda: (p := _anchor_health(node.url)["pending"]) and len(p["earlier"]) == 3 and p,
+            )
+            txids = [*pending["earlier"], pending["txid"]]
+            assert len(set(txids)) == 4
+            rates = [httpx.get(_wallet_tx_url(btc, t), timeout=10).json()["rate"] for t in txids]
+            # Each asked for twice what the last paid (the wallet rounds its fee up).
+            assert all(b >= 2 * a for a, b in itertools.pairwise(rates)), rates
+            assert pending["rate"] == rates[-1]
+            time.sleep(1.5)  # past the threshold again: no fifth tx
+            assert _anchor_health(node.url)["pending"]["txid"] == pending["txid"]
+
+            anchored = _mine_until_anchored(btc, node.url, pending["height"])
+            (anchor,) = anchored["anchors"]
+            assert anchor["txid"] in txids and anchored["height"] >= height
+            with Client(node.url, Keypair.generate()) as reader:
+                report = reader.verify_block(anchored["height"], bitcoin=btc.node_url)
+            assert report.ok
+
+
+_BOTH = ("--anchor-bitcoin", "http://h:1", "--anchor-wallet", "http://h:1")
+
+
+def _wallet_tx_url(btc: Bcoin, txid: str) -> str:
+    return f"{btc.wallet_url}/tx/{txid}"
+
+
 def test_a_node_killed_with_an_anchor_pending_posts_it_once_after_restart(tmp_path: Path) -> None:
     with regtest(tmp_path / "bitcoin") as btc:
         btc.fund()
@@ -345,6 +385,14 @@ def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> 
                 "0",
             ),
             "--anchor-confirmations",
+        ),
+        (
+            (*_BOTH, "--anchor-stuck-after", "0"),
+            "--anchor-stuck-after: expected a positive number of seconds, got 0",
+        ),
+        (
+            (*_BOTH, "--anchor-max-fee-rate", "0"),
+            "--anchor-max-fee-rate: expected 1 or more sat/kvB, got 0",
         ),
     ],
 )

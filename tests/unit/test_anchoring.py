@@ -20,7 +20,7 @@ from bitcoin.core import b2lx  # type: ignore[import-untyped]
 
 from chainmail import anchoring, anchors
 from chainmail.anchoring import AnchorConfig, Anchorer
-from chainmail.bitcoinrpc import BcoinWallet, BitcoinNode, TxStatus
+from chainmail.bitcoinrpc import BcoinWallet, BitcoinNode, Sent, TxStatus
 from chainmail.store import Store
 from support.btcbuild import anchor_tx, block_of, placed
 
@@ -93,19 +93,29 @@ class FakeWallet(BcoinWallet):
         self.txid = txid
         self.block_hash = block_hash
         self.sent: list[bytes] = []
+        self.rates: list[int | None] = []
+        #: The txids sends answer, in turn, before ``txid``; the fee rate they pay by default.
+        self.answers: list[str] = []
+        self.known: set[str] = set()
+        self.rate = 1_000
         self.mined = False
 
     def close(self) -> None:
         pass
 
-    def send_data(self, data: bytes) -> str:
+    def send_data(self, data: bytes, *, rate: int | None = None) -> Sent:
         self.sent.append(data)
-        return self.txid
+        self.rates.append(rate)
+        txid = self.answers.pop(0) if self.answers else self.txid
+        self.known.add(txid)
+        return Sent(txid, rate if rate is not None else (self.rate or None))
 
     def status(self, txid: str) -> TxStatus | None:
-        if txid != self.txid:
-            return None
-        return TxStatus(self.block_hash, 1) if self.mined else TxStatus(None, 0)
+        """``txid`` (the one the fake block holds) mined once ``mined``; every other
+        tx sent, unmined; a tx never sent, unknown."""
+        if txid == self.txid and self.mined:
+            return TxStatus(self.block_hash, 1)
+        return TxStatus(None, 0) if txid in self.known | {self.txid} else None
 
 
 class Rig:
@@ -238,10 +248,10 @@ def test_a_stop_while_the_wallet_sends_still_records_the_tx(tmp_path: Path) -> N
     sending, answer = threading.Event(), threading.Event()
     send = rig.wallet.send_data
 
-    def slow(data: bytes) -> str:
+    def slow(data: bytes, *, rate: int | None = None) -> Sent:
         sending.set()
         answer.wait(10)
-        return send(data)
+        return send(data, rate=rate)
 
     rig.wallet.send_data = slow  # type: ignore[method-assign]
     state = tmp_path / anchoring.STATE_FILE
@@ -264,21 +274,88 @@ def test_a_stop_while_the_wallet_sends_still_records_the_tx(tmp_path: Path) -> N
     assert rig.wallet.sent == [DIGEST]
     # The tx the wallet sent is recorded, so a restart settles it rather than paying again.
     assert json.loads(state.read_text())["pending"]["txid"] == rig.txid
-    assert Rig(tmp_path).anchorer.pending == anchors.Pending(3, BLOCK_ID, rig.txid, rig.now)
+    assert Rig(tmp_path).anchorer.pending == anchors.Pending(3, BLOCK_ID, rig.txid, rig.now, 1_000)
 
 
-def test_a_tx_that_waits_too_long_for_its_confirmations_is_logged_once(
+STUCK_MS = int(anchors.stuck_after(INTERVAL) * 1000)
+
+
+def test_a_tx_left_unmined_is_sent_again_at_twice_the_rate_and_the_one_mined_is_proven(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rig = Rig(tmp_path)
+    low = "11" * 32
+    rig.wallet.answers = [low]
     rig.step()
-    rig.now += anchoring._stuck_ms(INTERVAL) - 1
+    assert rig.anchorer.pending == anchors.Pending(3, BLOCK_ID, low, rig.now, 1_000)
+    rig.now += STUCK_MS
     rig.step()
-    assert "bump its fee" not in caplog.text
-    rig.now += 2
+    assert rig.wallet.sent == [DIGEST]  # not past the threshold yet
+    rig.now += 1
+    rig.step()
+    # The same block again, at twice the fee; the first tx is still watched.
+    assert rig.wallet.sent == [DIGEST, DIGEST] and rig.wallet.rates == [None, 2_000]
+    pending = rig.anchorer.pending
+    assert pending is not None
+    assert (pending.txid, pending.rate, pending.earlier) == (rig.txid, 2_000, (low,))
+    assert "sent again at 2000" in caplog.text
+    # Recorded, so a restart watches both.
+    assert Rig(tmp_path).anchorer.pending == pending
+    rig.wallet.mined = True
+    rig.step()
+    (posted,) = rig.store.posted
+    assert posted["txid"] == rig.txid and posted["height"] == 3
+    assert rig.anchorer.pending is None
+
+
+def test_an_earlier_tx_mined_first_is_the_one_proven(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.wallet.rate = 700
+    rig.step()  # rig.txid, the one the block holds, at 700 sat/kvB
+    rig.wallet.answers = ["22" * 32]
+    rig.now += STUCK_MS + 1
+    rig.step()
+    pending = rig.anchorer.pending
+    assert pending is not None and pending.txid == "22" * 32 and pending.earlier == (rig.txid,)
+    assert rig.wallet.rates == [None, 1_400]
+    rig.wallet.mined = True
+    rig.step()
+    assert [p["txid"] for p in rig.store.posted] == [rig.txid]
+
+
+def test_re_sends_stop_at_the_cap_and_the_last_tx_is_waited_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.anchorer.config = dataclasses.replace(rig.anchorer.config, max_rate=5_000)
+    # The first (the one the fake block holds), then three more.
+    rig.wallet.answers = [rig.txid, *(f"{i}{i}" * 32 for i in range(2, 9))]
+    for _ in range(6):
+        rig.step()
+        rig.now += STUCK_MS + 1
+    # 1,000 → 2,000 → 4,000 → 5,000 (the cap): four txs, anchors.MAX_SENDS.
+    assert rig.wallet.rates == [None, 2_000, 4_000, 5_000]
+    assert caplog.text.count("no higher fee is allowed") == 1
+    pending = rig.anchorer.pending
+    assert pending is not None and len(pending.txids) == anchors.MAX_SENDS
+    assert pending.earlier[0] == rig.txid
+    rig.wallet.mined = True  # the first, cheapest one, mined after all
+    rig.step()
+    assert [p["txid"] for p in rig.store.posted] == [rig.txid]
+
+
+def test_an_unknown_fee_rate_is_never_guessed_at(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record from before re-sends (no rate) waits, as it did, and says so once."""
+    rig = Rig(tmp_path)
+    rig.wallet.rate = 0
+    rig.step()
+    assert rig.anchorer.pending is not None and rig.anchorer.pending.rate is None
+    rig.now += STUCK_MS + 1
     rig.step()
     rig.step()
-    assert caplog.text.count("bump its fee") == 1 and rig.txid in caplog.text
+    assert caplog.text.count("no higher fee is allowed") == 1 and rig.txid in caplog.text
     assert rig.wallet.sent == [DIGEST]  # waited for, never sent again
 
 
@@ -290,9 +367,9 @@ def test_a_mined_tx_waiting_for_more_confirmations_is_not_told_to_bump_its_fee(
     rig.step()
     # Mined, 3 of 6 confirmations after an hour and more: Bitcoin's pace, not a low fee.
     rig.wallet.status = lambda txid: TxStatus(rig.wallet.block_hash, 3)  # type: ignore[method-assign]
-    rig.now += anchoring._stuck_ms(INTERVAL) + 1
+    rig.now += STUCK_MS + 1
     rig.step()
-    assert "bump its fee" not in caplog.text
+    assert "sent again" not in caplog.text and rig.wallet.sent == [DIGEST]
     assert rig.store.posted == [] and rig.anchorer.pending is not None
 
 

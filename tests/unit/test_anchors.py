@@ -172,11 +172,36 @@ def test_content_is_the_anchor_message_of_design_3() -> None:
 
 def test_pending_round_trips_through_json() -> None:
     pending = Pending(HEIGHT, BLOCK_ID, "cd" * 32, T)
-    assert pending.to_json() == {"height": HEIGHT, "block": BLOCK_ID, "txid": "cd" * 32, "sent": T}
+    assert pending.to_json() == {
+        "height": HEIGHT,
+        "block": BLOCK_ID,
+        "txid": "cd" * 32,
+        "sent": T,
+        "rate": None,
+        "earlier": [],
+    }
     assert Pending.from_json(pending.to_json()) == pending
+    # As written before re-sends: no rate, no earlier txs.
     assert Pending.from_json({"height": "42", "block": BLOCK_ID, "txid": "cd" * 32, "sent": T}) == (
         pending
     )
+    resent = Pending(HEIGHT, BLOCK_ID, "ef" * 32, T + 1, 4_000, ("ab" * 32, "cd" * 32))
+    assert Pending.from_json(resent.to_json()) == resent
+    assert resent.txids == ("ef" * 32, "cd" * 32, "ab" * 32)  # the latest first
+    with pytest.raises(TypeError):
+        Pending.from_json({**resent.to_json(), "earlier": "ab" * 32})
+
+
+def test_a_stuck_anchor_is_sent_again_at_twice_the_rate_within_limits() -> None:
+    assert anchors.stuck_after(600.0) == 3600.0 and anchors.stuck_after(1200.0) == 7200.0
+    first = Pending(HEIGHT, BLOCK_ID, "a" * 64, T, 1_000)
+    assert anchors.resend_rate(first, None) == 2_000
+    assert anchors.resend_rate(first, 1_500) == 1_500  # capped, still higher
+    assert anchors.resend_rate(first, 1_000) is None  # the cap leaves nothing to gain
+    assert anchors.resend_rate(Pending(HEIGHT, BLOCK_ID, "a" * 64, T), None) is None  # no rate
+    last = Pending(HEIGHT, BLOCK_ID, "d" * 64, T, 8_000, ("a" * 64, "b" * 64, "c" * 64))
+    assert len(last.txids) == anchors.MAX_SENDS
+    assert anchors.resend_rate(last, None) is None
 
 
 # --- build_proof ----------------------------------------------------------------------------

@@ -37,7 +37,12 @@ def _sqlite_path(url: str | None, what: str) -> None:
 
 
 def _anchor_config(
-    bitcoin: str | None, wallet: str | None, interval: float, confirmations: int
+    bitcoin: str | None,
+    wallet: str | None,
+    interval: float,
+    confirmations: int,
+    stuck_after: float | None = None,
+    max_rate: int | None = None,
 ) -> AnchorConfig | None:
     if bitcoin is None and wallet is None:
         return None
@@ -67,7 +72,24 @@ def _anchor_config(
             f"--anchor-confirmations: expected 1 or more, got {confirmations}",
             code="invalid_format",
         )
-    return AnchorConfig(bitcoin, wallet, interval=interval, confirmations=confirmations)
+    if stuck_after is not None and not 0 < stuck_after < math.inf:
+        raise Error(
+            f"--anchor-stuck-after: expected a positive number of seconds, got {stuck_after}",
+            code="invalid_format",
+        )
+    if max_rate is not None and max_rate < 1:
+        raise Error(
+            f"--anchor-max-fee-rate: expected 1 or more sat/kvB, got {max_rate}",
+            code="invalid_format",
+        )
+    return AnchorConfig(
+        bitcoin,
+        wallet,
+        interval=interval,
+        confirmations=confirmations,
+        stuck_after=stuck_after,
+        max_rate=max_rate,
+    )
 
 
 #: Connections the kernel queues before the server accepts them (uvicorn's default).
@@ -183,6 +205,20 @@ def serve(
         int,
         typer.Option(help="Bitcoin confirmations an anchor transaction needs before it is posted."),
     ] = DEFAULT_CONFIRMATIONS,
+    anchor_stuck_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds an anchor transaction may wait unmined before its block is sent again"
+            " at twice the fee rate (up to 4 transactions; default: an hour, or 6 intervals).",
+        ),
+    ] = None,
+    anchor_max_fee_rate: Annotated[
+        int | None,
+        typer.Option(
+            help="The highest fee rate (satoshis per 1,000 vbytes) such a re-send may pay"
+            " (default: no cap but the 4 transactions).",
+        ),
+    ] = None,
     identity_rate: Annotated[
         float, typer.Option(help="Messages per second one identity may sustain.")
     ] = IDENTITY_RATE,
@@ -284,7 +320,14 @@ def serve(
             f"--blob-pending-limit: expected 0 or more bytes, got {blob_pending_limit}",
             code="invalid_format",
         )
-    anchor = _anchor_config(anchor_bitcoin, anchor_wallet, anchor_interval, anchor_confirmations)
+    anchor = _anchor_config(
+        anchor_bitcoin,
+        anchor_wallet,
+        anchor_interval,
+        anchor_confirmations,
+        anchor_stuck_after,
+        anchor_max_fee_rate,
+    )
     listener = _listen(host, port)
     with listener:
         node = Node(
