@@ -261,7 +261,8 @@ class Anchorer:
                 # confirmations take an hour as a rule.
                 await self._resend(pending)
             return
-        txid, status = ready[0]
+        # Mined first, where several are: its proof dates the block earliest.
+        txid, status = max(ready, key=lambda ts: ts[1].confirmations)
         assert status.block is not None
         await self._prove(pending, txid, status.block)
 
@@ -269,15 +270,29 @@ class Anchorer:
         rate = anchors.resend_rate(pending, self.config.max_rate)
         if rate is None:
             if self._stuck != pending.txid:  # said once a tx
-                log.warning(
-                    "anchorer: tx %s (block %d) is unmined after %d min and %d sends at up to"
-                    " %s sat/kvB; no higher fee is allowed (--anchor-max-fee-rate): waiting",
-                    pending.txid,
-                    pending.height,
-                    (self._clock() - pending.sent) // 60_000,
-                    len(pending.txids),
-                    pending.rate if pending.rate is not None else "an unknown rate",
-                )
+                waited = (self._clock() - pending.sent) // 60_000
+                if pending.rate is None:
+                    # A record from before re-sends, or a wallet that said no rate.
+                    log.warning(
+                        "anchorer: tx %s (block %d) is unmined after %d min, at a fee rate"
+                        " the wallet did not say, so it is not sent again: waiting (the"
+                        " wallet may need to bump its fee)",
+                        pending.txid,
+                        pending.height,
+                        waited,
+                    )
+                else:
+                    log.warning(
+                        "anchorer: tx %s (block %d) is unmined after %d min and %d sends at"
+                        " up to %d sat/kvB; no higher fee is allowed (at most %d sends,"
+                        " --anchor-max-fee-rate): waiting",
+                        pending.txid,
+                        pending.height,
+                        waited,
+                        len(pending.txids),
+                        pending.rate,
+                        anchors.MAX_SENDS,
+                    )
                 self._stuck = pending.txid
             return
         self._sending = asyncio.ensure_future(

@@ -37,11 +37,13 @@ import nacl.utils
 from chainmail.channels import KEY_BYTES, NONCE_BYTES, TAG_BYTES, associated_data
 from chainmail.errors import DecryptionError, InvalidMessage, ProofError
 from chainmail.ids import is_blob_id, is_msg_id
+from chainmail.ssb import Checked
 
 __all__ = [
     "DOC_AD_PREFIX",
     "Pointer",
     "check_document",
+    "check_notarised",
     "open_document",
     "pointer_content",
     "read_pointer",
@@ -186,3 +188,27 @@ def check_document(pointer: Pointer, data: bytes) -> None:
         )
     if hashlib.sha256(data).digest() != pointer.sha256:
         raise ProofError(f"document {pointer.blob}: its SHA-256 differs from its pointer's")
+
+
+def check_notarised(pointer: Pointer, author: str, doc: Checked) -> None:
+    """Raise ``ProofError`` unless ``doc`` (signature checked) is the ``doc`` message
+    ``pointer`` names as its notarisation: posted by ``author`` (the channel
+    message's), naming the pointer's blob and the sealed size of its document.
+
+    Without this check a member could announce a document as notarised by any
+    earlier message, someone else's ``doc`` included, and so borrow its date.
+    """
+    where = f"document {pointer.blob}: its notarisation {pointer.notarised}"
+    if doc.id != pointer.notarised:
+        raise ProofError(f"{where} is answered by another message, {doc.id}")
+    body = doc.content if isinstance(doc.content, dict) else {}
+    if body.get("type") != "doc":
+        raise ProofError(f"{where} is not a doc message")
+    if doc.author != author:
+        raise ProofError(f"{where} is {doc.author}'s, not the announcing member's ({author})")
+    if body.get("blob") != pointer.blob:
+        raise ProofError(f"{where} names another blob, {body.get('blob')!r}")
+    if body.get("size") != sealed_size(pointer.size):
+        raise ProofError(
+            f"{where} gives size {body.get('size')!r}, not {sealed_size(pointer.size)}"
+        )

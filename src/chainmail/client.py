@@ -961,6 +961,20 @@ class _Core:
         pointer = chandocs.read_pointer(found.data)
         if pointer is None:
             raise InvalidMessage(f"{msg_id}: a channel message carrying no document")
+        notarised = yield from self._get_flow(f"/v1/messages/{path_id(pointer.notarised)}")
+        doc = _dict(notarised, "message").get("message")
+        if not isinstance(doc, dict):
+            raise ProofError(
+                f"document {pointer.blob}: the node sent no message for its notarisation"
+            )
+        try:
+            checked = ssb.check(doc, self.hmac_key)
+        except InvalidMessage as exc:
+            raise ProofError(
+                f"document {pointer.blob}: its notarisation {pointer.notarised} does not"
+                f" verify: {exc.detail}"
+            ) from None
+        chandocs.check_notarised(pointer, found.author, checked)
         sealed = yield from self._get_blob_flow(pointer.blob)
         key, _ = yield from self._channel_key_flow(chan)
         data = chandocs.open_document(key, sealed, author=found.author, channel=chan)
@@ -1485,7 +1499,9 @@ class Client(_Core):
         """The document the channel message ``msg_id`` carries, and its plaintext.
 
         Decrypted here, and checked against the size and SHA-256 its author
-        signed in the message's box: the node is not trusted with it. Raises
+        signed in the message's box, and its notarisation against the ``doc``
+        message it names (signed by the same author, naming the same blob and
+        sealed size): the node is not trusted with either. Raises
         ``NotFound`` when the channel has no such message you can read,
         ``InvalidMessage`` when it carries no document, ``DecryptionError``,
         ``ProofError`` when the bytes are not the ones announced.

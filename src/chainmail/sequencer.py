@@ -886,7 +886,9 @@ class Sequencer:
             positions = self.log.append(pending.entries)
         except BaseException:
             # The batch is not in the log, but its effects are in memory: rebuild
-            # the state from the store and the log, the source of truth.
+            # the state from the store and the log, the source of truth. Its
+            # messages were not logged: what they named is not kept for them.
+            self.store.release_blobs(pending.projection.blob_refs)
             self._reload()
             raise
         if positions != pending.positions:  # pragma: no cover - a broken invariant
@@ -908,6 +910,10 @@ class Sequencer:
         # below; both must not write at once.
         with contextlib.suppress(Exception):
             self.flush_projection()
+        # Projections still unwritten are dropped: the replay below projects
+        # their messages again, holding what they name again.
+        for dropped in (*self._unprojected, *self._retry):
+            self.store.release_blobs(dropped.blob_refs)
         self._unprojected, self._retry = [], []
         self.catch_up()
 

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -1002,6 +1002,8 @@ class SqliteStore:
         #: how many such messages each, under ``_held_lock``.
         self._held: Counter[str] = Counter()
         self._held_lock = threading.Lock()
+        #: Uploads of each blob under way (``put_blob``), under ``_lock``.
+        self._writing: Counter[str] = Counter()
         try:
             self._checkpointer = _Checkpointer(path, synchronous, checkpoint_interval)
         except sqlite3.Error as exc:
@@ -1352,7 +1354,7 @@ class SqliteStore:
             if projection.blob_refs:
                 self._pending_bytes -= kept
                 # Committed as named: no hold is needed any more (``hold_blobs``).
-                self._release_blobs(projection.blob_refs)
+                self.release_blobs(projection.blob_refs)
         self._checkpointer.committed()
         # After the commit: a follower that starts after this ``wanted`` check
         # reads these entries from the store instead.
@@ -1627,22 +1629,34 @@ class SqliteStore:
         # sweep stopped between the unlink and the delete): a sweep that still
         # saw it old would delete the file written below.
         with self._lock:
-            self._pend(blob_id, len(data), when, room)
+            self._pend(blob_id, len(data), when, room, durable=True)
+            self._writing[blob_id] += 1
         try:
             self._write_blob(path, data)
         except BaseException:
-            if not path.exists():  # nothing stored: nothing to count
-                with self._lock:
+            with self._lock:
+                self._done_writing(blob_id)
+                # Nothing stored, and no other upload of it under way: nothing to count.
+                if not path.exists() and not self._writing[blob_id]:
                     self._unpend(blob_id)
             raise
+        else:
+            with self._lock:
+                self._done_writing(blob_id)
         finally:
             # Also when the write failed once the file was in place (the
-            # directory's fsync), and after a concurrent writer of the same blob
-            # whose write failed dropped the row: pending, counted and swept.
+            # directory's fsync): pending, counted and swept.
             if path.exists():
                 with self._lock:
                     self._pend(blob_id, len(data), when)
         return True
+
+    def _done_writing(self, blob_id: str) -> None:
+        left = self._writing[blob_id] - 1
+        if left > 0:
+            self._writing[blob_id] = left
+        else:
+            self._writing.pop(blob_id, None)
 
     def _unpend(self, blob_id: str) -> None:
         """Drop the pending row of a blob whose file is not there (under ``_lock``)."""
@@ -1663,7 +1677,7 @@ class SqliteStore:
         with self._held_lock:
             self._held.update(blob_ids)
 
-    def _release_blobs(self, blob_ids: Sequence[str]) -> None:
+    def release_blobs(self, blob_ids: Sequence[str]) -> None:
         with self._held_lock:
             held = self._held
             for bid in blob_ids:
@@ -1673,15 +1687,27 @@ class SqliteStore:
                 else:
                     held.pop(bid, None)
 
-    def _pend(self, blob_id: str, size: int, stored: int, room: BlobRoom | None = None) -> None:
+    def _pend(
+        self,
+        blob_id: str,
+        size: int,
+        stored: int,
+        room: BlobRoom | None = None,
+        *,
+        durable: bool = False,
+    ) -> None:
         """Mark a stored blob pending from ``stored`` (or later, if it is already),
         unless a message names it (under ``_lock``). ``room`` may refuse a blob
         not counted yet: checked and counted in one step, so concurrent
-        uploads cannot pass a limit together."""
+        uploads cannot pass a limit together. ``durable``: committed to survive
+        power loss, as the blob file will (no log can replay this row)."""
         w = self._w
         added = 0
         try:
-            with _transaction(w, StorageError):
+            with (
+                self._synchronous_full() if durable else nullcontext(),
+                _transaction(w, StorageError),
+            ):
                 if w.execute("SELECT 1 FROM blob_refs WHERE id=?", (blob_id,)).fetchone():
                     return
                 refreshed = w.execute(
@@ -1967,6 +1993,16 @@ class SqliteStore:
             .fetchall()
         )
         return [orjson.loads(r[0]) for r in rows]
+
+    @contextmanager
+    def _synchronous_full(self) -> Iterator[None]:
+        """Commits on the writer survive power loss meanwhile (the store's default is
+        ``STORE_SYNCHRONOUS``: what the log can replay need not)."""
+        self._w.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self._w.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def record_fork(self, author: str, sequence: int, kept: bytes, rejected: bytes) -> None:
         with self._lock:

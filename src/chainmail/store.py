@@ -292,6 +292,11 @@ class Store(Protocol):
         """
         ...
 
+    def release_blobs(self, blob_ids: Sequence[str]) -> None:
+        """End one hold of each of ``blob_ids``: for a projection that will never be
+        applied (its messages were not logged, or a replay projects them again)."""
+        ...
+
     def pending_blob_bytes(self) -> int:
         """Bytes of pending blobs, from a count kept as they change (no I/O: any thread)."""
         ...

@@ -387,6 +387,10 @@ def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> 
             "--anchor-confirmations",
         ),
         (
+            ("--anchor-max-fee-rate", "50000"),
+            "--anchor-stuck-after and --anchor-max-fee-rate need --anchor-bitcoin",
+        ),
+        (
             (*_BOTH, "--anchor-stuck-after", "0"),
             "--anchor-stuck-after: expected a positive number of seconds, got 0",
         ),

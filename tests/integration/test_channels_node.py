@@ -329,6 +329,17 @@ def test_a_document_whose_bytes_differ_from_its_pointer_is_refused(node: Server)
         with pytest.raises(ProofError, match="SHA-256 differs"):
             ben.channel_document(chan, announced.id)
 
+        # Announced as notarised by another member's doc of that blob: refused,
+        # though the bytes are right (the date would be borrowed).
+        honest = chandocs.pointer_content(b"the real contract", blob=blob, notarised=doc.id)
+        own = ben.publish({"type": "doc", "blob": blob, "size": len(sealed)})
+        borrowed = {**honest, "notarised": own.id}
+        lent = ann.publish(channels.msg_content(key, borrowed, author=ann.id, channel=chan))
+        with pytest.raises(ProofError, match="not the announcing member's"):
+            ben.channel_document(chan, lent.id)
+        fine = ann.publish(channels.msg_content(key, honest, author=ann.id, channel=chan))
+        assert ben.channel_document(chan, fine.id)[1] == b"the real contract"
+
 
 def test_cli_chan_send_doc_and_get_doc(node: Server, tmp_path: Path) -> None:
     env = {

@@ -7,9 +7,10 @@ import hashlib
 
 import pytest
 
-from chainmail import channels
+from chainmail import channels, ssb
 from chainmail.chandocs import (
     check_document,
+    check_notarised,
     open_document,
     pointer_content,
     read_pointer,
@@ -107,3 +108,34 @@ def test_what_is_not_a_pointer_and_what_is_a_broken_one() -> None:
         read_pointer({k: v for k, v in good.items() if k != "sha256"})
     with pytest.raises(InvalidMessage, match="name"):
         pointer_content(DATA, blob=blob, notarised=CHAN, name=3)  # type: ignore[arg-type]
+
+
+def _signed(keys: Keypair, content: dict[str, object]) -> ssb.Checked:
+    return ssb.check(ssb.create(keys, content, None, 1_800_000_000_000))
+
+
+def test_the_notarisation_must_be_the_authors_doc_of_that_blob_and_size() -> None:
+    ann, ben = Keypair.from_seed(bytes([3]) * 32), Keypair.from_seed(bytes([4]) * 32)
+    sealed = seal_document(KEY, DATA, author=ann.id, channel=CHAN)
+    blob = blob_id(sealed)
+    doc = _signed(ann, {"type": "doc", "blob": blob, "size": len(sealed)})
+    pointer = read_pointer(pointer_content(DATA, blob=blob, notarised=doc.id))
+    assert pointer is not None
+    check_notarised(pointer, ann.id, doc)
+    with pytest.raises(ProofError, match="is answered by another message"):
+        check_notarised(pointer, ann.id, _signed(ann, {"type": "doc", "blob": blob, "size": 1}))
+    bens = _signed(ben, {"type": "doc", "blob": blob, "size": len(sealed)})
+    borrowed = read_pointer(pointer_content(DATA, blob=blob, notarised=bens.id))
+    assert borrowed is not None
+    with pytest.raises(ProofError, match="not the announcing member's"):
+        check_notarised(borrowed, ann.id, bens)
+    for content, said in (
+        ({"type": "note", "blob": blob, "size": len(sealed)}, "is not a doc message"),
+        ({"type": "doc", "blob": blob_id(b"other"), "size": len(sealed)}, "names another blob"),
+        ({"type": "doc", "blob": blob, "size": len(DATA)}, "gives size"),
+    ):
+        wrong = _signed(ann, content)
+        bent = read_pointer(pointer_content(DATA, blob=blob, notarised=wrong.id))
+        assert bent is not None
+        with pytest.raises(ProofError, match=said):
+            check_notarised(bent, ann.id, wrong)

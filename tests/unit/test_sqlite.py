@@ -1046,6 +1046,96 @@ def test_a_blob_room_refuses_is_neither_stored_nor_counted(tmp_path: Path) -> No
         store.close()
 
 
+def test_a_doc_whose_log_append_fails_leaves_no_hold_behind(tmp_path: Path) -> None:
+    """Refused (the log could not take it): the doc names nothing, and the blob
+    it would have kept is swept in its time, not held until a restart."""
+    log = SqliteLog(tmp_path / "log.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        seq = Sequencer(log, store, NODE, clock=lambda: NOW)
+        bid, data = _blob("refused with its doc")
+        store.put_blob(bid, data, stored=NOW)
+        append = log.append
+
+        def full_disk(entries: object) -> object:
+            raise LogError("append failed: database or disk is full")
+
+        log.append = full_disk  # type: ignore[assignment,method-assign]
+        doc = Writer(ALICE).sign({"type": "doc", "blob": bid, "size": len(data)})
+        with pytest.raises(LogError):
+            seq.process([ssb.check(doc)])
+        log.append = append  # type: ignore[method-assign]
+        assert not store._held
+        assert store.sweep_blobs(NOW + 10**9) == (1, len(data))
+    finally:
+        log.close()
+        store.close()
+
+
+def test_a_blob_is_counted_pending_durably_before_its_bytes_are_written(tmp_path: Path) -> None:
+    """The row is in no log, so it is committed as the file is synced: to survive
+    power loss, not only a crash (the store commits at NORMAL otherwise)."""
+    store = SqliteStore(tmp_path / "store.sqlite")
+    statements: list[str] = []
+    try:
+        store._w.set_trace_callback(statements.append)
+        bid, data = _blob("kept through a power cut")
+        write = store._write_blob
+
+        def spy(path: Path, data: bytes) -> None:
+            statements.append("-- the blob's bytes")
+            write(path, data)
+
+        store._write_blob = spy  # type: ignore[method-assign]
+        store.put_blob(bid, data, stored=NOW)
+        insert = next(i for i, t in enumerate(statements) if "INSERT INTO blob_pending" in t)
+        full = max(i for i, t in enumerate(statements[:insert]) if "synchronous" in t)
+        assert statements[full] == "PRAGMA synchronous=FULL"
+        commit = next(i for i, t in enumerate(statements) if i > insert and t == "COMMIT")
+        assert commit < statements.index("-- the blob's bytes")
+        assert any("synchronous=NORMAL" in t for t in statements[commit:])
+    finally:
+        store.close()
+
+
+def test_a_failed_upload_does_not_uncount_a_concurrent_one_of_the_same_blob(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        bid, data = _blob("uploaded twice at once")
+        write = store._write_blob
+        b_writing, a_failed = threading.Event(), threading.Event()
+        calls: list[str] = []
+
+        def racing(path: Path, blob: bytes) -> None:
+            calls.append(threading.current_thread().name)
+            if threading.current_thread().name == "B":
+                b_writing.set()
+                assert a_failed.wait(10)
+                write(path, blob)
+                return
+            assert b_writing.wait(10)  # A fails while B's rename is still to come
+            raise StorageError("blob write failed: disk full")
+
+        store._write_blob = racing  # type: ignore[method-assign,assignment]
+        b = threading.Thread(target=store.put_blob, args=(bid, data), name="B")
+        b.start()
+        with pytest.raises(StorageError):
+            store.put_blob(bid, data, stored=NOW)
+        # A gave up; B is still writing: the row stays, so a crash now leaves
+        # nothing untracked.
+        assert store.pending_blob_bytes() == len(data)
+        a_failed.set()
+        b.join(10)
+        assert store.get_blob(bid) == data and store.pending_blob_bytes() == len(data)
+        assert sorted(calls) == ["B", "MainThread"]
+    finally:
+        store.close()
+
+
 _CRASH_AFTER_RENAME = """
 import os, sys
 from pathlib import Path

@@ -45,6 +45,12 @@ def _anchor_config(
     max_rate: int | None = None,
 ) -> AnchorConfig | None:
     if bitcoin is None and wallet is None:
+        if stuck_after is not None or max_rate is not None:
+            raise Error(
+                "--anchor-stuck-after and --anchor-max-fee-rate need --anchor-bitcoin and"
+                " --anchor-wallet: without them nothing is anchored",
+                code="invalid_format",
+            )
         return None
     if bitcoin is None or wallet is None:
         raise Error(
