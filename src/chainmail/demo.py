@@ -1,8 +1,9 @@
 """The settlement story, end to end against a node (``chainmail demo``).
 
 A buyer and a seller agree a trade (1,000 MEGA at 12.50 USD); their banks
-settle it delivery versus payment; a request for quote times out; an NDA is
-notarised. Then the demo waits for the block and verifies every proof
+settle it delivery versus payment, the buyer's bank sending its settlement
+instructions as a private document; a request for quote times out; an NDA
+is notarised. Then the demo waits for the block and verifies every proof
 locally, trusting nothing the node says.
 """
 
@@ -26,6 +27,7 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
+from chainmail import chandocs
 from chainmail.client import Client
 from chainmail.errors import DecryptionError, Error, OperationalError
 from chainmail.keys import Keypair
@@ -39,6 +41,13 @@ NDA: Final = (
     b"MUTUAL NON-DISCLOSURE AGREEMENT\n"
     b"between Acme Asset Management and Northwind Capital, dated 22 November 2026.\n"
     b"1. Each party keeps the other's trading intentions confidential.\n"
+)
+
+#: The buyer's bank's standing settlement instructions: a document for the buy side only.
+SSI: Final = (
+    b"STANDING SETTLEMENT INSTRUCTIONS - First Harbor Bank\n"
+    b"Cash: USD to account 0042-7, ABA 021000021.\n"
+    b"Securities: receive MEGA free of payment into DTC participant 0901.\n"
 )
 
 
@@ -169,6 +178,16 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
         ]
         for client, chan, data in private:
             client.channel_send(chan, data)
+        ssi = bbank.channel_send_document(
+            buy_side, SSI, name="ssi-first-harbor.txt", mime="text/plain"
+        )
+        about, got = buyer.channel_document(buy_side, ssi.message)
+        assert got == SSI
+        say(
+            "   the buyer's bank sends its settlement instructions as a private document:\n"
+            f"   the buyer decrypts {about.name} ({about.size} bytes) and checks its SHA-256;"
+            f" others see {chandocs.sealed_size(about.size)} bytes of ciphertext, notarised"
+        )
         say(
             f"   buy-side:  {len(bbank.channel_read(buy_side))} messages the buyer's bank can read; "
             f"the seller {_blind(seller, buy_side)}"
@@ -249,9 +268,13 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
         for label, chan in (("buy-side", buy_side), ("sell-side", sell_side)):
             for opened in regulator.channel_read(chan):
                 who = next(r for r, k in keys.items() if k.id == opened.author)
-                say(
-                    f"   regulator reads {label} ({names[who].split(' (')[0]}): {escape(json.dumps(opened.data, ensure_ascii=False))}"
-                )
+                author = names[who].split(" (")[0]
+                if chandocs.read_pointer(opened.data) is not None:
+                    doc, content = regulator.channel_document(chan, opened.id)
+                    said = f"document {doc.name}, {len(content)} bytes, checked"
+                else:
+                    said = json.dumps(opened.data, ensure_ascii=False)
+                say(f"   regulator reads {label} ({author}): {escape(said)}")
 
         say("\n[bold]8. Verifying locally[/] — nothing the node says is taken on trust")
         checks = 0
@@ -259,7 +282,7 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
             ("trade", buyer.verify_tx(trade, node_id=node_id)),
             ("settlement", buyer.verify_tx(dvp, node_id=node_id)),
             ("timed-out RFQ", buyer.verify_tx(quote, node_id=node_id)),
-            ("NDA message", buyer.verify_message(nda.id, node_id=node_id)),
+            ("NDA document", buyer.verify_document(NDA, nda.id, node_id=node_id)),
         ]
         reports += [(f"block {h}", buyer.verify_block(h, node_id=node_id)) for h in heights]
         reports.append(("checkpoint", buyer.verify_checkpoint(0, node_id=node_id)))
@@ -271,6 +294,12 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
                     say(f"       [dim]✓ {escape(check.check)}: {escape(check.detail)}[/]")
         nda_back = buyer.get_blob(nda_blob_id(buyer, nda.id))
         assert nda_back == NDA
+        ssi_report = buyer.verify_message(ssi.notarised, node_id=node_id)
+        checks += len(ssi_report)
+        say(
+            f"   [green]✓[/] instructions' notarisation: {len(ssi_report)} checks"
+            " (the ciphertext's doc, in a block)"
+        )
         say(f"\n[bold green]Settled and proven.[/] {checks} independent checks passed.")
         return DemoResult(trade, dvp, quote, nda.id, checks)
     finally:
