@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import orjson
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
@@ -116,6 +116,14 @@ def _b64(data: bytes) -> str:
 
 #: The largest integer a parameter may be: SQLite's (signed 64-bit).
 _MAX_INTEGER: Final = 2**63 - 1
+_MAX_DIGITS: Final = len(str(_MAX_INTEGER))
+#: Rows a listing reads at a time: a larger answer is streamed page by page, so a
+#: client that does not read holds one page (and the socket's buffer), not all of it.
+_PAGE_ROWS: Final = 256
+_Row = TypeVar("_Row")
+#: The NDJSON a firehose chunk holds at most (at least one line): a follower that
+#: stops reading holds this much, whatever the messages' sizes.
+_FIREHOSE_CHUNK_BYTES: Final = 256 * 1024
 
 
 def _int_param(
@@ -124,8 +132,12 @@ def _int_param(
     if value is None or value == "":
         return default
     # Plain ASCII digits only: ``int`` would also take "1_0", "+3" and other scripts' digits.
-    if not (value.isascii() and value.removeprefix("-").isdigit()):
+    digits = value.removeprefix("-")
+    if not (value.isascii() and digits.isdigit()):
         raise InvalidRequest(f"{name}: expected an integer, got {_short(value)!r}")
+    if len(digits.lstrip("0")) > _MAX_DIGITS:
+        # Past any bound below; and ``int`` refuses more than 4,300 digits (a 500).
+        raise InvalidRequest(f"{name}: expected at most {_MAX_INTEGER}, got {_short(value)}")
     n = int(value)
     if maximum is None:
         maximum = _MAX_INTEGER  # what SQLite stores; past it a query cannot even be asked
@@ -258,6 +270,40 @@ def validation_detail(errors: Sequence[Any]) -> str:
             place = "request"
         parts.append(f"{place}: {_short(str(error.get('msg', 'invalid')))}")
     return "invalid request: " + ("; ".join(parts) or "it does not match the API")
+
+
+async def _listing(
+    key: bytes,
+    limit: int,
+    page: Callable[[_Row | None, int], Awaitable[list[_Row]]],
+    render: Callable[[_Row], bytes],
+) -> Response:
+    """``{key: [...]}`` of up to ``limit`` items that ``page(last, n)`` reads after
+    ``last`` (None: the first page), ``_PAGE_ROWS`` at a time.
+
+    The first page is read before answering, so its errors are problems with
+    their status; an answer longer than one page is streamed, so memory holds
+    one page of it however large it is and however slowly the client reads.
+    """
+    first = await page(None, min(limit, _PAGE_ROWS))
+    head = b'{"' + key + b'":['
+    if len(first) < _PAGE_ROWS or len(first) >= limit:
+        return Response(
+            head + b",".join(render(i) for i in first) + b"]}", media_type="application/json"
+        )
+
+    async def stream() -> AsyncIterator[bytes]:
+        rows, sent = first, 0
+        yield head
+        while rows:
+            yield (b"," if sent else b"") + b",".join(render(i) for i in rows)
+            sent += len(rows)
+            if len(rows) < _PAGE_ROWS or sent >= limit:
+                break
+            rows = await page(rows[-1], min(limit - sent, _PAGE_ROWS))
+        yield b"]}"
+
+    return StreamingResponse(stream(), media_type="application/json")
 
 
 def _anchor_health(node: Node) -> dict[str, Any] | None:
@@ -539,15 +585,16 @@ def create_app(
         summary="A feed's messages, oldest first (SSB createHistoryStream)",
     )
     async def get_feed(author: str, after: str | None = None, limit: str | None = None) -> Response:
-        rows = node.store.feed(
-            _feed_id_param(author),
-            _int_param(after, "after", 0),
-            _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT),
-        )
-        return Response(
-            b'{"messages":[' + b",".join(_compact(r.body) for r in rows) + b"]}",
-            media_type="application/json",
-        )
+        feed = _feed_id_param(author)
+        since = _int_param(after, "after", 0)
+        wanted = _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT)
+
+        async def page(last: MessageRow | None, n: int) -> list[MessageRow]:
+            return await node.read(
+                node.store.feed, feed, since if last is None else last.sequence, n
+            )
+
+        return await _listing(b"messages", wanted, page, lambda r: _compact(r.body))
 
     # --- transactions -------------------------------------------------------------------
 
@@ -687,7 +734,7 @@ def create_app(
         current = node.log.size(number)
         if from_ is None or from_ == "":
             raise InvalidRequest("missing query parameter from (the older tree size)")
-        size1 = _int_param(from_, "from", 1, minimum=1)
+        size1 = _int_param(from_, "from", 1, minimum=1, maximum=current)
         size2 = _int_param(to, "to", current, minimum=size1, maximum=current)
         proof = node.consistency(number, size1, size2)
         return _json({"from": size1, "to": size2, "proof": [_b64(p) for p in proof]})
@@ -710,15 +757,16 @@ def create_app(
 
     @app.get("/v1/inbox", tags=["inbox"], summary="Your unacknowledged deliveries (signed request)")
     async def get_inbox(request: Request) -> Response:
-        me = authenticate(request)
+        # The query first: a bad limit must not use up the signature's nonce.
         limit = _int_param(
             request.query_params.get("limit"), "limit", 100, minimum=1, maximum=_MAX_LIMIT
         )
-        entries = await node.read(_entries, me, limit)
-        return Response(
-            b'{"entries":[' + b",".join(_entry_json(*e) for e in entries) + b"]}",
-            media_type="application/json",
-        )
+        me = authenticate(request)
+
+        async def page(last: tuple[int, str, bytes] | None, n: int) -> list[tuple[int, str, bytes]]:
+            return await node.read(_entries, me, n, 0 if last is None else last[0])
+
+        return await _listing(b"entries", limit, page, lambda e: _entry_json(*e))
 
     @app.post(
         "/v1/inbox/ack",
@@ -834,11 +882,18 @@ def create_app(
         return pipeline, start, _FLAGS[flag.lower()]
 
     def _firehose_chunk(pipeline: int, position: int) -> tuple[bytes, int]:
-        """Up to 1,000 lines from ``position``, and the position after them."""
-        entries = node.firehose(pipeline, position, 1000)
-        if not entries:
-            return b"", position
-        return b"".join(_firehose_line(e) for e in entries), entries[-1].index + 1
+        """Lines from ``position`` (up to ``_PAGE_ROWS``, and ``_FIREHOSE_CHUNK_BYTES``
+        past the first), and the position after them."""
+        lines: list[bytes] = []
+        size = 0
+        for entry in node.firehose(pipeline, position, _PAGE_ROWS):
+            if lines and size >= _FIREHOSE_CHUNK_BYTES:
+                break
+            line = _firehose_line(entry)
+            lines.append(line)
+            size += len(line)
+            position = entry.index + 1
+        return b"".join(lines), position
 
     async def _firehose(pipeline: int, start: int, follow: bool) -> AsyncIterator[bytes]:
         position = start
@@ -907,20 +962,22 @@ def create_app(
     async def get_channel_messages(
         chan: str, after: str | None = None, limit: str | None = None
     ) -> Response:
-        rows = node.store.channel_messages(
-            _msg_id_param(chan, "channel"),
-            _int_param(after, "after", 0),
-            _int_param(limit, "limit", 1000, minimum=1, maximum=_MAX_LIMIT),
-        )
-        if not rows:  # past the end of a channel, or no channel at all
-            opened = node.store.message(chan)
-            if opened is None or opened.type != "chan/open":
-                what = "" if opened is None else f": {chan} is a {opened.type or 'message'}"
-                raise NotFound(f"no channel {chan}{what}")
-        return Response(
-            b'{"messages":[' + b",".join(_compact(r.body) for r in rows) + b"]}",
-            media_type="application/json",
-        )
+        channel = _msg_id_param(chan, "channel")
+        since = _int_param(after, "after", 0)
+        wanted = _int_param(limit, "limit", 1000, minimum=1, maximum=_MAX_LIMIT)
+        read = [0]  # rows read so far: ``after`` counts messages
+
+        async def page(_: MessageRow | None, n: int) -> list[MessageRow]:
+            rows = await node.read(node.store.channel_messages, channel, since + read[0], n)
+            if not rows and not read[0]:  # past the end of a channel, or no channel at all
+                opened = await node.read(node.store.message, channel)
+                if opened is None or opened.type != "chan/open":
+                    what = "" if opened is None else f": {chan} is a {opened.type or 'message'}"
+                    raise NotFound(f"no channel {chan}{what}")
+            read[0] += len(rows)
+            return rows
+
+        return await _listing(b"messages", wanted, page, lambda r: _compact(r.body))
 
     # --- identities -------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from chainmail.errors import Error, InvalidRequest, OperationalError
+from chainmail.errors import Error, InvalidMessage, InvalidRequest, OperationalError
 from chainmail.sequencer import Accepted
 
 __all__ = [
@@ -257,9 +257,17 @@ class IngestPaths:
     async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         check_media(scope, NDJSON_TYPES)
         body = await read_limited(scope, receive, self._batch_bytes)
-        lines = [line for line in body.split(b"\n") if line.strip()]
+        lines = body.split(b"\n")
+        while lines and not lines[-1].strip():  # the last line's newline, or several
+            lines.pop()
         self._throttle(client_key(scope), max(1, len(lines)))
-        results = await self._submit_many(lines)
+        # A blank line within gets a problem of its own: one result a line, so a
+        # client pairs them by position.
+        messages = [line for line in lines if line.strip()]
+        results = await self._submit_many(messages)
+        if len(messages) < len(lines):
+            given = iter(results)
+            results = [next(given) if line.strip() else _blank() for line in lines]
         count = self._count
         for result in results:
             count(result)
@@ -276,3 +284,7 @@ class IngestPaths:
             return
         status = 201 if result.created else 200
         await _respond(send, status, JSON, orjson.dumps(result.to_json()))
+
+
+def _blank() -> InvalidMessage:
+    return InvalidMessage("a blank line, not a message")

@@ -163,6 +163,16 @@ def test_batch_results_line_by_line(http: httpx.Client) -> None:
     assert [x["status"] for x in lines] == [201, 400, 201, 200]
     assert lines[1]["code"] == "invalid_format"
     assert lines[3]["id"] == lines[0]["id"]
+    # A blank line within has a result of its own, so results pair with lines by
+    # position; newlines after the last message add none.
+    good3 = w.sign({"type": "post"})
+    body = b"\n".join([raw(good3), b"", b"  ", raw(good1)]) + b"\n\n"
+    resp = http.post(
+        "/v1/messages/batch", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+    lines = [orjson.loads(x) for x in resp.content.splitlines()]
+    assert [x["status"] for x in lines] == [201, 400, 400, 200]
+    assert lines[1]["detail"] == "a blank line, not a message"
 
 
 @pytest.mark.parametrize(
@@ -274,6 +284,64 @@ def test_a_number_past_what_sqlite_holds_is_a_400_not_a_500(http: httpx.Client) 
     ):
         problem(http.get(path), 400, "invalid_format")
     assert http.get(f"/v1/blocks?after={2**63 - 1}").json() == {"blocks": []}
+    # Past the 4,300 digits Python's int() takes, and zeros before a fine number.
+    long = "1" * 5000
+    for path in (f"/v1/blocks?after={long}", f"/v1/firehose?from={long}", f"/v1/blocks/{long}"):
+        problem(http.get(path), 400, "invalid_format")
+    assert http.get("/v1/blocks?after=" + "0" * 30 + "1").status_code == 200
+    assert http.get("/healthz").status_code == 200  # the connection is still good
+
+
+def test_a_websocket_firehose_from_a_huge_index_is_a_problem(node: Server) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = node.url.replace("http://", "ws://") + "/v1/firehose?from=" + "9" * 5000
+    with pytest.raises(InvalidStatus) as refused, connect(url):
+        pass
+    response = refused.value.response
+    assert response.status_code == 400
+    assert orjson.loads(response.body)["code"] == "invalid_format"
+
+
+def test_long_listings_stream_every_item_in_order(http: httpx.Client) -> None:
+    """Past one page (256 rows) an answer is streamed page by page: the same
+    JSON, every item once, in order, up to the limit."""
+    w = Writer()
+    body = b"\n".join(raw(w.sign({"type": "post", "n": n})) for n in range(600))
+    resp = http.post(
+        "/v1/messages/batch", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+    assert resp.status_code == 200 and resp.text.count('"status":201') == 600
+    for after, limit, want in (
+        (0, 600, range(600)),
+        (10, 300, range(10, 310)),
+        (0, 10_000, range(600)),
+    ):
+        got = http.get(f"/v1/feeds/{enc(w.id)}?after={after}&limit={limit}").json()["messages"]
+        assert [m["content"]["n"] for m in got] == list(want)
+        assert [m["sequence"] for m in got] == [n + 1 for n in want]
+    lines = http.get(f"/v1/firehose?from={sizes(http) - 600}&follow=false").content.splitlines()
+    assert len(lines) >= 600 and all(orjson.loads(x)["index"] >= 0 for x in lines)
+
+    # An inbox of 300 deliveries, read whole and then from the middle by limit.
+    a, b = Writer(), Writer()
+    deadline = now_ms() + 600_000
+    opens = [
+        a.sign({"type": "tx/open", "parties": [a.id, b.id], "deadline": deadline})
+        for _ in range(300)
+    ]
+    resp = http.post(
+        "/v1/messages/batch",
+        content=b"\n".join(raw(m) for m in opens),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert resp.text.count('"status":201') == 300
+    entries = signed_get(http, b.keys, "/v1/inbox", "limit=1000").json()["entries"]
+    assert [e["id"] for e in entries] == [ssb.message_id(m) for m in opens]
+    deliveries = [e["delivery"] for e in entries]
+    assert deliveries == sorted(set(deliveries))
+    assert len(signed_get(http, b.keys, "/v1/inbox", "limit=257").json()["entries"]) == 257
 
 
 @pytest.mark.parametrize(
@@ -338,6 +406,9 @@ def test_consistency_runs_to_the_log_size_when_to_is_left_out(http: httpx.Client
     got = http.get("/v1/log/0/consistency?from=1").json()
     assert got["from"] == 1 and got["to"] >= size
     assert http.get(f"/v1/log/0/consistency?from=1&to={got['to']}").json() == got
+    # Past the log: the request is wrong, not a proof.
+    body = problem(http.get("/v1/log/0/consistency?from=999999999"), 400, "invalid_format")
+    assert body["detail"].startswith("from: expected between 1 and")
 
 
 def signed_get(

@@ -381,3 +381,18 @@ def test_cli_chan_send_doc_and_get_doc(node: Server, tmp_path: Path) -> None:
     assert len(refused.stderr.strip().splitlines()) == 1
     missing = cm("chan", "send-doc", str(tmp_path / "nope"), "--as", "ann", "--chan", chan)
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_channel_longer_than_a_page_reads_whole(node: Server) -> None:
+    """The node streams a listing past 256 rows; the client pages by 1,000 and
+    stops at a short page: every message comes back once, in order."""
+    with Client(node.url, Keypair.generate()) as ann, Client(node.url, Keypair.generate()) as ben:
+        chan = ann.open_channel([ben.id])
+        for n in range(300):
+            ann.channel_send(chan, {"n": n})
+        assert [o.data["n"] for o in ben.channel_read(chan)] == list(range(300))
+        page = httpx.get(
+            f"{node.url}/v1/channels/{quote(chan, safe='')}/messages?after=290&limit=1000",
+            timeout=30,
+        ).json()["messages"]
+        assert len(page) == 11  # the chan/open and 300 messages, from the 291st on
