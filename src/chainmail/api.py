@@ -462,7 +462,8 @@ def create_app(
         tags=["ingest"],
         summary="Submit messages as NDJSON",
         description="One result line per input line, in order: the success object or a "
-        "problem object (`status`, `code`, `detail`) for that line alone. The body is "
+        "problem object (`status`, `code`, `detail`) for that line alone (a blank line "
+        "within gets one too; newlines after the last message get none). The body is "
         "`Content-Type: application/x-ndjson` (or `application/jsonl`, `application/json`, "
         "none); any other type is refused with 415 `unsupported_media_type`.",
     )

@@ -308,6 +308,9 @@ class Sequencer:
             self._track(tx_from_row(row))
         for row in self.store.closed_unblocked_txs():
             self.unsealed[row.id] = tx_from_row(row)
+            # Timeouts are not logged: a clock stepped back across a restart must
+            # not reopen what this node already closed (``_now``).
+            self._last_now = max(self._last_now, row.closed or 0)
         self.channels = {
             cid: txs.Channel.from_dict(data) for cid, data in self.store.channels().items()
         }
@@ -958,7 +961,12 @@ class Sequencer:
     # --- clock-driven work ----------------------------------------------------------------
 
     def expire(self, now: int) -> int:
-        """Close every open transaction whose deadline the clock has passed."""
+        """Close every open transaction whose deadline the clock has passed.
+
+        ``now`` is taken no earlier than the latest time the node logged at or
+        closed a tx at (``_now``): a wall clock stepped back closes nothing
+        sooner, and reopens nothing."""
+        now = max(now, self._last_now)
         closed = 0
         while self._deadlines and self._deadlines[0][0] < now:
             _, tx_id = heapq.heappop(self._deadlines)

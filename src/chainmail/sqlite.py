@@ -350,6 +350,8 @@ class _Checkpointer:
         self._thread.join()
 
 
+#: The directory under ``blobs`` that uploads are written in before their rename.
+_BLOB_TMP: Final = "tmp"
 #: Ids one ``IN (…)`` list carries at most (within SQLite's oldest limit of 999 parameters).
 _IDS_PER_STATEMENT: Final = 512
 #: Rows one multi-row INSERT carries at most, fewer where the connection's
@@ -983,6 +985,7 @@ class SqliteStore:
             #: Blobs are files, apart from the projections, so the store can be
             #: dropped and rebuilt from the log without losing them.
             self.blobs_dir = path.parent / "blobs"
+            self._drop_blob_temporaries()
             if not _columns(self._w, "blob_refs"):
                 self._migrate_blobs()
             #: Bytes of the pending blobs (``pending_blobs``), kept under ``_lock``.
@@ -1089,6 +1092,23 @@ class SqliteStore:
                 [row for row in self._blob_files() if row[0] not in refs],
             )
 
+    def _drop_blob_temporaries(self) -> None:
+        """Delete what uploads cut short left (no other process writes here: the
+        data directory is locked while a node runs)."""
+        try:
+            left = list((self.blobs_dir / _BLOB_TMP).iterdir())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.blobs_dir / _BLOB_TMP}: {exc}") from exc
+        for tmp in left:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                _log.error("cannot delete the unfinished upload %s: %s", tmp, exc)
+
     def _blob_files(self) -> Iterator[tuple[str, int, int]]:
         """(id, size, modified ms) of every blob file (temporary files left out)."""
         try:
@@ -1098,7 +1118,7 @@ class SqliteStore:
         except OSError as exc:
             raise StorageError(f"cannot list the blobs in {self.blobs_dir}: {exc}") from exc
         for shard in shards:
-            if not shard.is_dir():
+            if not shard.is_dir() or shard.name == _BLOB_TMP:
                 continue
             for path in sorted(shard.iterdir()):
                 try:
@@ -1793,8 +1813,12 @@ class SqliteStore:
         return count, size
 
     def _write_blob(self, path: Path, data: bytes) -> None:
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        # Written in the blobs' own temporary directory (the same file system, so
+        # the rename is atomic), which the store empties when it opens: a crash
+        # before the rename leaves nothing behind for good.
+        tmp = self.blobs_dir / _BLOB_TMP / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
         try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with open(tmp, "wb") as f:

@@ -108,12 +108,18 @@ def test_batch_answers_one_line_per_line_and_counts_each() -> None:
     assert status == 200 and headers[b"content-type"] == b"application/x-ndjson"
     assert headers[b"content-length"] == str(len(body)).encode()
     assert h.submitted == [[b"one", b"bad", b"again"]]
-    assert h.throttled == [("10.0.0.1:5000", 3)]
+    assert h.throttled == [("10.0.0.1:5000", 4)]
     lines = [orjson.loads(line) for line in body.splitlines()]
     assert lines[0] == {"id": "%0.sha256", "pipeline": 0, "index": 0, "status": 201}
-    assert lines[1]["status"] == 400 and lines[1]["code"] == "invalid_format"
-    assert lines[2]["status"] == 200
-    assert len(h.counted) == 3 and body.endswith(b"\n")
+    # The blank line within is answered in its place: results pair with lines.
+    assert lines[1] == {
+        "status": 400,
+        "code": "invalid_format",
+        "detail": "a blank line, not a message",
+    }
+    assert lines[2]["status"] == 400 and lines[2]["code"] == "invalid_format"
+    assert lines[3]["status"] == 200
+    assert len(h.counted) == 4 and body.endswith(b"\n")
 
 
 def test_batch_lines_matches_each_result() -> None:

@@ -461,6 +461,33 @@ def test_restart_projects_what_the_crash_left_behind(
         h2.close()
 
 
+def test_a_clock_stepped_back_across_a_restart_reopens_no_timed_out_tx(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    """Timeouts are not logged: the restarted node's clock must not run from before
+    the time it closed a tx at (NTP stepping back, a VM restored), or the tx, open
+    again by that clock, would finish after the node had said it timed out."""
+    h = Harness(tmp_path, clock, node_keys)
+    a, b = Writer(), Writer()
+    tx = h.one(open_tx(a, b, deadline=NOW + 1_000)).id
+    clock.now = NOW + 60_000
+    assert h.seq.expire(clock.now) == 1
+    h.seq.flush_projection()  # the timeout is in the store; no block holds it yet
+    h.close()
+    clock.now = NOW + 800  # before the deadline, by the wall clock
+    h2 = Harness(tmp_path, clock, node_keys)
+    try:
+        assert h2.seq.expire(clock.now) == 0
+        h2.refused(a.sign({"type": "tx/finish", "tx": tx}), "tx_closed")
+        row = h2.store.tx(tx)
+        assert row is not None and (row.status, row.closed) == ("timed_out", NOW + 1_001)
+        # And no time runs backwards meanwhile: a new message is logged at the floor.
+        got = h2.one(b.sign({"type": "post"}))
+        assert h2.log.get(got.pipeline, got.index).received >= NOW + 1_001  # type: ignore[union-attr]
+    finally:
+        h2.close()
+
+
 def test_delivery_rules(h: Harness) -> None:
     a, b, c = Writer(), Writer(), Writer()
     tx = h.one(open_tx(a, b, c)).id

@@ -1136,6 +1136,43 @@ def test_a_failed_upload_does_not_uncount_a_concurrent_one_of_the_same_blob(
         store.close()
 
 
+_CRASH_BEFORE_RENAME = """
+import os, sys
+from pathlib import Path
+from chainmail.ids import blob_id
+from chainmail.sqlite import SqliteStore
+
+store = SqliteStore(Path(sys.argv[1]) / "store.sqlite")
+os.replace = lambda src, dst: os._exit(0)  # killed with the bytes synced, not renamed
+data = b"x" * 100_000
+store.put_blob(blob_id(data), data, stored=1_800_000_002_000)
+"""
+
+
+def test_an_upload_cut_short_before_its_rename_leaves_nothing_behind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH_BEFORE_RENAME, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (left,) = (tmp_path / "blobs" / "tmp").iterdir()
+    assert left.stat().st_size == 100_000
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        assert list((tmp_path / "blobs" / "tmp").iterdir()) == []  # emptied on open
+        assert store.pending_blobs() == (100_000, NOW)  # counted, so swept in its time
+        assert store.sweep_blobs(NOW + 1) == (1, 100_000)
+        files = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+        assert files == []
+    finally:
+        store.close()
+
+
 _CRASH_AFTER_RENAME = """
 import os, sys
 from pathlib import Path
