@@ -1113,7 +1113,10 @@ class Sequencer:
             ]
         )
         records_id = blob_id(blob)
-        self.store.put_blob(records_id, blob, stored=self.clock())
+        # Not durable: its block names it within moments, and a power cut before
+        # that costs at worst a file no sweep counts, not an fsync a block while
+        # holding the store (the projections wait on it).
+        self.store.put_blob(records_id, blob, stored=self.clock(), durable=False)
         return SealedRecords(draft.records, records_id, records_root)
 
     def abandon_block(self) -> None:

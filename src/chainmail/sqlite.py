@@ -1626,6 +1626,7 @@ class SqliteStore:
         *,
         stored: int | None = None,
         room: BlobRoom | None = None,
+        durable: bool = True,
     ) -> bool:
         """Store bytes under their id, durably (temp file, fsync, rename); False if present.
 
@@ -1649,26 +1650,23 @@ class SqliteStore:
         # sweep stopped between the unlink and the delete): a sweep that still
         # saw it old would delete the file written below.
         with self._lock:
-            self._pend(blob_id, len(data), when, room, durable=True)
+            self._pend(blob_id, len(data), when, room, durable=durable)
             self._writing[blob_id] += 1
         try:
             self._write_blob(path, data)
         except BaseException:
             with self._lock:
                 self._done_writing(blob_id)
-                # Nothing stored, and no other upload of it under way: nothing to count.
-                if not path.exists() and not self._writing[blob_id]:
+                if path.exists():
+                    # In place though the write failed (the directory's fsync):
+                    # pending all the same, counted and swept.
+                    self._pend(blob_id, len(data), when)
+                elif not self._writing[blob_id]:
+                    # Nothing stored, and no other upload of it under way.
                     self._unpend(blob_id)
             raise
-        else:
-            with self._lock:
-                self._done_writing(blob_id)
-        finally:
-            # Also when the write failed once the file was in place (the
-            # directory's fsync): pending, counted and swept.
-            if path.exists():
-                with self._lock:
-                    self._pend(blob_id, len(data), when)
+        with self._lock:
+            self._done_writing(blob_id)
         return True
 
     def _done_writing(self, blob_id: str) -> None:

@@ -267,6 +267,7 @@ class Store(Protocol):
         *,
         stored: int | None = None,
         room: BlobRoom | None = None,
+        durable: bool = True,
     ) -> bool:
         """Store bytes under their id, durably; False if they were there already.
 
@@ -276,7 +277,9 @@ class Store(Protocol):
         is counted pending before its bytes are written, so a crash cannot
         leave one that no sweep finds; ``room`` is asked first, with nothing
         else counted in between, and raises to refuse it (nothing is stored).
-        A blob already pending or named is never refused.
+        A blob already pending or named is never refused. ``durable``: that
+        count survives power loss, not only a crash (an fsync more; a blob the
+        node names itself within moments, as a block's records, need not).
         """
         ...
 

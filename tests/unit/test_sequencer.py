@@ -362,7 +362,7 @@ def test_a_block_whose_records_cannot_be_stored_is_built_again(
     tx = h.one(open_tx(a, b, finish="any")).id
     h.one(b.sign({"type": "tx/finish", "tx": tx}))
 
-    def disk_full(blob_id: str, data: bytes, *, stored: int | None = None) -> bool:
+    def disk_full(blob_id: str, data: bytes, **_: object) -> bool:
         raise StorageError("blob write failed: no space left on device")
 
     draft = h.seq.draft_block()

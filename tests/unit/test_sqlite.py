@@ -1094,6 +1094,12 @@ def test_a_blob_is_counted_pending_durably_before_its_bytes_are_written(tmp_path
         commit = next(i for i, t in enumerate(statements) if i > insert and t == "COMMIT")
         assert commit < statements.index("-- the blob's bytes")
         assert any("synchronous=NORMAL" in t for t in statements[commit:])
+        # A blob the node names itself at once (a block's records): no fsync for it.
+        del statements[:]
+        other, other_data = _blob("a block's records")
+        store.put_blob(other, other_data, stored=NOW, durable=False)
+        assert any("INSERT INTO blob_pending" in t for t in statements)
+        assert not any("synchronous" in t for t in statements)
     finally:
         store.close()
 
