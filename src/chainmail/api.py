@@ -121,9 +121,9 @@ _MAX_DIGITS: Final = len(str(_MAX_INTEGER))
 #: client that does not read holds one page (and the socket's buffer), not all of it.
 _PAGE_ROWS: Final = 256
 _Row = TypeVar("_Row")
-#: The NDJSON a firehose chunk holds at most (at least one line): a follower that
-#: stops reading holds this much, whatever the messages' sizes.
-_FIREHOSE_CHUNK_BYTES: Final = 256 * 1024
+#: What a firehose chunk or an inbox stream's read holds at most (at least one
+#: message): a follower that stops reading holds this much, whatever the sizes.
+_CHUNK_BYTES: Final = 256 * 1024
 
 
 def _int_param(
@@ -824,12 +824,21 @@ def create_app(
                     continue
                 await node.ack(me, ids)
 
-        def frames(after: int) -> list[tuple[int, str]]:
-            # Read and encoded off the event loop: a wake reaches every follower
-            # of a recipient at once, and none of them may hold up the others.
-            return [
-                (e[0], _entry_json(*e).decode("utf-8")) for e in _entries(me, _READ_BATCH, after)
-            ]
+        def frames(after: int) -> tuple[list[tuple[int, str]], bool]:
+            """Frames after ``after`` (``_READ_BATCH`` and ``_CHUNK_BYTES`` at most), and
+            whether more may follow. Read and encoded off the event loop: a wake
+            reaches every follower of a recipient at once, and none may hold up the
+            others."""
+            read = _entries(me, _READ_BATCH, after)
+            out: list[tuple[int, str]] = []
+            size = 0
+            for delivery, mid, body in read:
+                if out and size >= _CHUNK_BYTES:
+                    return out, True
+                text = _entry_json(delivery, mid, body).decode("utf-8")
+                out.append((delivery, text))
+                size += len(text)
+            return out, len(read) == _READ_BATCH
 
         reader = asyncio.create_task(acks())
         # New deliveries are pushed to the feed as the writer projects them; the
@@ -840,11 +849,11 @@ def create_app(
                 while not reader.done():
                     if feed.stale:
                         feed.stale = False
-                        entries = await node.read(frames, last)
+                        entries, more = await node.read(frames, last)
                         for delivery, frame in entries:
                             await ws.send_text(frame)
                             last = delivery
-                        if len(entries) == _READ_BATCH or feed.stale:
+                        if more or feed.stale:
                             # More to read, or the queue overflowed during the
                             # read: what it dropped may be newer than the read,
                             # so only another read may move ``last`` past it.
@@ -883,12 +892,12 @@ def create_app(
         return pipeline, start, _FLAGS[flag.lower()]
 
     def _firehose_chunk(pipeline: int, position: int) -> tuple[bytes, int]:
-        """Lines from ``position`` (up to ``_PAGE_ROWS``, and ``_FIREHOSE_CHUNK_BYTES``
+        """Lines from ``position`` (up to ``_PAGE_ROWS``, and ``_CHUNK_BYTES``
         past the first), and the position after them."""
         lines: list[bytes] = []
         size = 0
         for entry in node.firehose(pipeline, position, _PAGE_ROWS):
-            if lines and size >= _FIREHOSE_CHUNK_BYTES:
+            if lines and size >= _CHUNK_BYTES:
                 break
             line = _firehose_line(entry)
             lines.append(line)

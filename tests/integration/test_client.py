@@ -712,6 +712,22 @@ def test_inbox_stream_acks_and_redelivers_on_reconnect(alice: Client, bob: Clien
     wait_for("the ack", lambda: [e.id for e in bob.inbox()] == [live.id])
 
 
+def test_an_inbox_stream_past_one_read_of_large_messages_sends_each_once_in_order(
+    alice: Client, bob: Client
+) -> None:
+    """~7 KB messages: a read of the store stops at 256 KiB, so catching up takes
+    several reads, and nothing is skipped or sent twice between them."""
+    opened = [
+        alice.open_tx([bob.id], timedelta(minutes=5), data={"pad": "x" * 7_000, "n": n})
+        for n in range(60)
+    ]
+    wait_for("the deliveries", lambda: len(bob.inbox(100)) == 60)
+    stream = bob.inbox_iter(follow=True, ack=False)
+    got = [next(stream).id for _ in range(60)]
+    stream.close()
+    assert got == opened
+
+
 def test_async_client_streams_submissions_and_inbox(node_url: str) -> None:
     async def scenario() -> None:
         async with (

@@ -69,3 +69,17 @@ def test_wait_does_not_block_while_there_is_something_to_send() -> None:
         await asyncio.wait_for(feed.wait(5.0), 0.5)  # pending: send first
 
     asyncio.run(run())
+
+
+def test_a_follower_holding_too_many_bytes_reads_the_store_instead() -> None:
+    """Few deliveries, but large ones: the bytes bound the queue too."""
+    feed = InboxFeed("@r", limit=1_000, max_bytes=50_000)
+    feed.take(0)
+    feed.stale = False
+    big = [Delivery(n, f"%{n}", b"x" * 20_000) for n in (1, 2)]
+    feed.push(big)
+    assert feed.pending_bytes == 40_000 and not feed.stale
+    feed.push([Delivery(3, "%3", b"x" * 20_000)])
+    assert feed.stale and not feed.pending and feed.pending_bytes == 0
+    feed.push(big[:1])
+    assert feed.take(0) == big[:1] and feed.pending_bytes == 0
