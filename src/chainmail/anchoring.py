@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -333,7 +334,21 @@ class Anchorer:
             proof = anchors.build_proof(pending.block, txid, raw, height)
         except ProofError as exc:
             # No later round makes this tx provable (past 4,096 bytes, say): drop it, so the
-            # next round sends another rather than retrying this one for ever.
+            # next round sends another rather than retrying this one for ever; the
+            # block's other txs, if it was sent again, may still be mined and proven.
+            others = tuple(t for t in pending.txids if t != txid)
+            if others:
+                log.error(
+                    "anchorer: tx %s cannot be proved (%s); waiting for the block's other txs (%s)",
+                    txid,
+                    exc.detail,
+                    ", ".join(others),
+                )
+                self.pending = dataclasses.replace(
+                    pending, txid=others[0], earlier=tuple(reversed(others[1:]))
+                )
+                await asyncio.to_thread(_save, self._path, self.pending, self.last_sent)
+                return
             log.error("anchorer: tx %s cannot be proved (%s); sending a new one", txid, exc.detail)
             self.pending = None
             self.last_sent = None

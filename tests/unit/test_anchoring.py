@@ -21,6 +21,7 @@ from bitcoin.core import b2lx  # type: ignore[import-untyped]
 from chainmail import anchoring, anchors
 from chainmail.anchoring import AnchorConfig, Anchorer
 from chainmail.bitcoinrpc import BcoinWallet, BitcoinNode, Sent, TxStatus
+from chainmail.errors import ProofError
 from chainmail.store import Store
 from support.btcbuild import anchor_tx, block_of, placed
 
@@ -383,3 +384,39 @@ def test_a_block_just_anchored_is_not_anchored_again_while_the_store_lags(tmp_pa
     rig.now += int(INTERVAL * 1000) + 1
     rig.step()
     assert rig.wallet.sent == [DIGEST]  # the same latest block: no second tx
+
+
+def _unprovable(*_: object) -> bytes:
+    raise ProofError("the proof would pass 4,096 bytes")
+
+
+def test_an_unprovable_tx_is_dropped_and_the_block_sent_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    rig.wallet.mined = True
+    monkeypatch.setattr(anchors, "build_proof", _unprovable)
+    rig.step()
+    assert rig.anchorer.pending is None and "sending a new one" in caplog.text
+    rig.step()
+    assert rig.wallet.sent == [DIGEST, DIGEST] and rig.store.posted == []
+
+
+def test_an_unprovable_re_send_leaves_the_block_s_other_txs_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    first = "33" * 32
+    rig.wallet.answers = [first]
+    rig.step()
+    rig.now += STUCK_MS + 1
+    rig.step()  # sent again: rig.txid, the one the fake block holds
+    rig.wallet.mined = True
+    monkeypatch.setattr(anchors, "build_proof", _unprovable)
+    rig.step()
+    pending = rig.anchorer.pending
+    assert pending is not None and pending.txids == (first,)
+    assert "waiting for the block's other txs" in caplog.text
+    assert Rig(tmp_path).anchorer.pending == pending  # recorded
+    assert rig.store.posted == [] and len(rig.wallet.sent) == 2
