@@ -37,11 +37,12 @@ from chainmail.errors import (
 )
 from chainmail.ids import is_blob_id, is_feed_id, is_msg_id
 from chainmail.ingest_http import (
+    DEFAULT_BODY_BUDGET,
     JSON_TYPES,
+    BodyBudget,
     ClientGone,
     IngestPaths,
     check_media,
-    read_limited,
     result_line,
     retry_after,
 )
@@ -80,7 +81,10 @@ class Limits:
         ws_in_flight: int = 4096,
         connection_rate: float = CONNECTION_RATE,
         connection_burst: float = CONNECTION_BURST,
+        body_budget: int = DEFAULT_BODY_BUDGET,
     ) -> None:
+        #: Request-body bytes held at once over every request (``BodyBudget``).
+        self.body_budget = body_budget
         self.message_bytes = message_bytes
         self.batch_bytes = batch_bytes
         self.blob_bytes = blob_bytes
@@ -169,10 +173,13 @@ def _feed_id_param(value: str) -> str:
     return value
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """``read_limited`` for a route: a client gone mid-body is Starlette's ``ClientDisconnect``."""
+@contextlib.asynccontextmanager
+async def _body(budget: BodyBudget, request: Request, limit: int) -> AsyncIterator[bytes]:
+    """``BodyBudget.body`` for a route: a client gone mid-body is Starlette's
+    ``ClientDisconnect``."""
     try:
-        return await read_limited(request.scope, request.receive, limit)
+        async with budget.body(request.scope, request.receive, limit) as data:
+            yield data
     except ClientGone as exc:
         raise ClientDisconnect from exc
 
@@ -418,12 +425,14 @@ def create_app(
     # Both ingest paths are answered by ``ingest_http`` before FastAPI's stack
     # (``_NodeApp.__call__``); the routes below declare them for the OpenAPI
     # document and answer through the same code when reached another way.
+    budget = BodyBudget(limits.body_budget)
     paths = IngestPaths(
         node.submit_many,
         throttle=lambda key, n: connections.take(key, n, now=time.monotonic()),
         count=metrics.count,
         message_bytes=limits.message_bytes,
         batch_bytes=limits.batch_bytes,
+        budget=budget,
     )
     app.ingest_paths = paths
 
@@ -785,9 +794,9 @@ def create_app(
         # body then against the digest it signed.
         signed = authenticate_headers(request)
         check_media(request.scope, JSON_TYPES)
-        body = await _read_body(request, 4 * 1024 * 1024)
-        me = signed.check_body(body, require_digest=require_content_digest)
-        ids = _parse_ack(body)
+        async with _body(budget, request, 4 * 1024 * 1024) as body:
+            me = signed.check_body(body, require_digest=require_content_digest)
+            ids = _parse_ack(body)
         acked = await node.ack(me, ids)
         return _json({"acked": acked})
 
@@ -1031,9 +1040,10 @@ def create_app(
         "429 `rate_limited` and a `Retry-After`. Bodies up to 16 MiB (413 `too_large`).",
     )
     async def put_blob(request: Request) -> Response:
-        data = await _read_body(request, limits.blob_bytes)
-        bid, created = await node.put_blob(data)
-        return _json({"id": bid, "size": len(data)}, 201 if created else 200)
+        async with _body(budget, request, limits.blob_bytes) as data:
+            bid, created = await node.put_blob(data)
+            size = len(data)
+        return _json({"id": bid, "size": size}, 201 if created else 200)
 
     @app.get("/v1/blobs/{bid:path}", tags=["blobs"], summary="The bytes of a blob")
     async def get_blob(bid: str) -> Response:

@@ -18,18 +18,21 @@ own instrumentation (its telemetry middleware) does not see these two paths;
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Final
 
 import orjson
 
-from chainmail.errors import Error, InvalidMessage, InvalidRequest, OperationalError
+from chainmail.errors import Error, InvalidMessage, InvalidRequest, OperationalError, RateLimited
 from chainmail.sequencer import Accepted
 
 __all__ = [
+    "DEFAULT_BODY_BUDGET",
     "JSON_TYPES",
     "NDJSON_TYPES",
+    "BodyBudget",
     "IngestPaths",
     "batch_lines",
     "check_media",
@@ -125,11 +128,19 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-async def read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_limited(
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    *,
+    on_chunk: Callable[[int], None] | None = None,
+) -> bytes:
     """The request body, refused beyond ``limit`` bytes.
 
     Raises ``InvalidRequest`` (``too_large``) as soon as the declared or the
     received size passes the limit, and ``ClientGone`` on a disconnect.
+    ``on_chunk(n)`` is told of each chunk's size before it is kept (it may
+    raise to stop the read).
     """
     declared = _declared_length(scope)
     if declared is not None and declared > limit:
@@ -147,9 +158,61 @@ async def read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise InvalidRequest(f"body exceeds the limit of {limit} bytes", code="too_large")
+            if on_chunk is not None:
+                on_chunk(len(chunk))
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+#: Request-body bytes a node holds at once by default: 32 bodies of the largest size.
+DEFAULT_BODY_BUDGET: Final = 512 * 1024 * 1024
+
+
+class BodyBudget:
+    """The request-body bytes the node holds at once, over every request (event loop only).
+
+    A body counts from its first byte (all of a declared ``Content-Length`` at
+    once) until its request is answered. A body that would pass the budget is
+    refused (429 ``rate_limited``, ``Retry-After: 1``) before any more of it is
+    read, so many slow or large uploads cannot exhaust the node's memory. One
+    body is never refused while no other is held: the largest allowed body
+    always gets through.
+    """
+
+    def __init__(self, limit: int = DEFAULT_BODY_BUDGET) -> None:
+        if limit < 1:
+            raise ValueError(f"limit: expected at least 1 byte, got {limit}")
+        self.limit = limit
+        #: Bytes held now.
+        self.held = 0
+
+    @contextlib.asynccontextmanager
+    async def body(self, scope: Scope, receive: Receive, limit: int) -> AsyncIterator[bytes]:
+        """``read_limited``'s body, counted while the ``async with`` lasts."""
+        taken = 0
+
+        def take(n: int) -> None:
+            nonlocal taken
+            if self.held and self.held + n > self.limit:
+                raise RateLimited(
+                    f"{self.held} bytes of request bodies are being received or handled now"
+                    f" (at most {self.limit}); retry in a moment",
+                    retry_after=1.0,
+                )
+            self.held += n
+            taken += n
+
+        try:
+            declared = _declared_length(scope)
+            if declared is not None and 0 < declared <= limit:
+                take(declared)
+            data = await read_limited(
+                scope, receive, limit, on_chunk=take if declared is None else None
+            )
+            yield data
+        finally:
+            self.held -= taken
 
 
 async def _respond(
@@ -198,7 +261,9 @@ class IngestPaths:
         count: Callable[[Accepted | Error], None],
         message_bytes: int,
         batch_bytes: int,
+        budget: BodyBudget | None = None,
     ) -> None:
+        self._budget = budget or BodyBudget()
         self._submit_many = submit_many
         self._throttle = throttle
         self._count = count
@@ -256,7 +321,10 @@ class IngestPaths:
 
     async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         check_media(scope, NDJSON_TYPES)
-        body = await read_limited(scope, receive, self._batch_bytes)
+        async with self._budget.body(scope, receive, self._batch_bytes) as body:
+            await self._answer_batch(body, scope, send)
+
+    async def _answer_batch(self, body: bytes, scope: Scope, send: Send) -> None:
         lines = body.split(b"\n")
         while lines and not lines[-1].strip():  # the last line's newline, or several
             lines.pop()
@@ -276,8 +344,8 @@ class IngestPaths:
     async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
         check_media(scope, JSON_TYPES)
         self._throttle(client_key(scope), 1)
-        body = await read_limited(scope, receive, self._message_bytes)
-        (result,) = await self._submit_many([body])
+        async with self._budget.body(scope, receive, self._message_bytes) as body:
+            (result,) = await self._submit_many([body])
         self._count(result)
         if isinstance(result, Error):
             await respond_problem(send, result)

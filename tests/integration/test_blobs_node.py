@@ -193,3 +193,43 @@ def test_a_bad_blob_option_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> Non
         assert done.returncode != 0
         assert said in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_request_bodies_held_at_once_are_bounded_and_one_alone_passes(tmp_path: Path) -> None:
+    """A slow upload holds its bytes: others that would pass --body-budget wait
+    (429 with Retry-After), nothing is lost, and each goes through in turn."""
+    import socket
+    import time
+
+    from support.server import running
+
+    with running(tmp_path / "node", extra=("--body-budget", "100000")) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            big = b"s" * 90_000
+            slow.sendall(
+                b"PUT /v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(big)
+                + big[:1000]
+            )
+            other = b"o" * 50_000
+            deadline = time.monotonic() + 10
+            while True:  # until the node has read the slow one's headers
+                refused = httpx.put(f"{server.url}/v1/blobs", content=other, timeout=10)
+                if refused.status_code == 429 or time.monotonic() > deadline:
+                    break
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["code"] == "rate_limited" and refused.headers["retry-after"]
+            small = httpx.put(f"{server.url}/v1/blobs", content=b"fits beside it", timeout=10)
+            assert small.status_code == 201
+            slow.sendall(big[1000:])
+            answer = slow.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+        finally:
+            slow.close()
+        again = httpx.put(f"{server.url}/v1/blobs", content=other, timeout=10)
+        assert again.status_code == 201 and again.json()["id"] == blob_id(other)
+        # Alone, a body larger than the budget passes.
+        huge = httpx.put(f"{server.url}/v1/blobs", content=b"h" * 300_000, timeout=10)
+        assert huge.status_code == 201

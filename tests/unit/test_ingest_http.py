@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from chainmail.errors import Error, InvalidMessage, RateLimited
-from chainmail.ingest_http import IngestPaths, batch_lines, route_path
+from chainmail.ingest_http import BodyBudget, IngestPaths, batch_lines, route_path
 from chainmail.sequencer import Accepted
 
 Message = MutableMapping[str, Any]
@@ -214,3 +214,49 @@ def test_a_failure_after_the_answer_started_is_not_answered_twice() -> None:
     with pytest.raises(OSError, match="reset"):
         asyncio.run(h.paths(scope, receive, send))
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+def _scope(length: int | None) -> dict[str, Any]:
+    headers = [] if length is None else [(b"content-length", str(length).encode())]
+    return {"type": "http", "headers": headers}
+
+
+def _receiver(*chunks: bytes) -> Any:
+    queue = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        chunk = queue.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+
+    return receive
+
+
+def test_request_bodies_held_at_once_are_bounded() -> None:
+    async def scenario() -> None:
+        budget = BodyBudget(15)
+        async with budget.body(_scope(10), _receiver(b"x" * 10), 100) as first:
+            assert first == b"x" * 10 and budget.held == 10
+            # Declared: refused before a byte of it is read.
+            with pytest.raises(RateLimited) as refused:
+                async with budget.body(_scope(10), _receiver(b"y" * 10), 100):
+                    pass
+            assert refused.value.retry_after == 1.0 and budget.held == 10
+            # Chunked: counted as it comes, refused at the chunk that passes.
+            with pytest.raises(RateLimited):
+                async with budget.body(_scope(None), _receiver(b"ab", b"cdefgh"), 100):
+                    pass
+            assert budget.held == 10
+        assert budget.held == 0
+        # Alone, a body larger than the budget (but within its path's limit) passes.
+        async with budget.body(_scope(40), _receiver(b"z" * 40), 100) as big:
+            assert len(big) == 40
+        # Released on every way out: an error in the handler, a body too large.
+        with pytest.raises(ValueError):
+            async with budget.body(_scope(5), _receiver(b"12345"), 100):
+                raise ValueError("the handler failed")
+        with pytest.raises(InvalidMessage):
+            async with budget.body(_scope(None), _receiver(b"x" * 60, b"x" * 60), 100):
+                pass
+        assert budget.held == 0
+
+    asyncio.run(scenario())

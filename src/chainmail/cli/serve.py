@@ -19,6 +19,7 @@ from chainmail.blobkeeping import DEFAULT_GRACE_S, DEFAULT_PENDING_LIMIT
 from chainmail.cli._app import app
 from chainmail.errors import Error
 from chainmail.ids import is_feed_id
+from chainmail.ingest_http import DEFAULT_BODY_BUDGET
 from chainmail.node import DEFAULT_BLOCK_INTERVAL, Node, NodeConfig
 from chainmail.priority import VERIFY_NICE, VERIFY_NICE_RANGE
 from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, IDENTITY_BURST, IDENTITY_RATE
@@ -237,6 +238,13 @@ def serve(
     connection_burst: Annotated[
         float, typer.Option(help="Messages one connection may send at once above its rate.")
     ] = CONNECTION_BURST,
+    body_budget: Annotated[
+        int,
+        typer.Option(
+            help="Bytes of request bodies held at once over all requests; a body past it is"
+            " refused (429, Retry-After) before it is read. One body alone always passes.",
+        ),
+    ] = DEFAULT_BODY_BUDGET,
     blob_grace: Annotated[
         float,
         typer.Option(
@@ -316,6 +324,10 @@ def serve(
     ):
         if value <= 0:
             raise Error(f"--{name}: expected a positive number, got {value}", code="invalid_format")
+    if body_budget < 1:
+        raise Error(
+            f"--body-budget: expected 1 or more bytes, got {body_budget}", code="invalid_format"
+        )
     if not 0 < blob_grace < math.inf:
         raise Error(
             f"--blob-grace: expected a positive number of seconds, got {blob_grace}",
@@ -359,7 +371,11 @@ def serve(
         config = uvicorn.Config(
             create_app(
                 node,
-                limits=Limits(connection_rate=connection_rate, connection_burst=connection_burst),
+                limits=Limits(
+                    connection_rate=connection_rate,
+                    connection_burst=connection_burst,
+                    body_budget=body_budget,
+                ),
                 require_content_digest=require_content_digest,
             ),
             host=host,
