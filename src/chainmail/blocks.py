@@ -336,7 +336,7 @@ def check_record(record: object) -> dict[str, Any]:
             raise ProofError(f"record {tx} parties: expected feed ids, got {party!r}")
     if len(set(parties)) != len(parties):
         raise ProofError(f"record {tx} parties: duplicate party")
-    if record["status"] not in RECORD_STATUSES:
+    if not isinstance(record["status"], str) or record["status"] not in RECORD_STATUSES:
         raise ProofError(
             f"record {tx} status: expected one of {sorted(RECORD_STATUSES)}, "
             f"got {record['status']!r}"
@@ -755,7 +755,8 @@ def _belongs(content: Mapping[str, Any], tx: str, tx_channels: set[str]) -> bool
     if named is not None:
         return bool(named == tx)
     # A channel post without ``tx`` belongs to its channel's tx (chainmail.txs).
-    return content.get("type") in _CHANNEL_POSTS and content.get("chan") in tx_channels
+    chan = content.get("chan")
+    return content.get("type") in _CHANNEL_POSTS and isinstance(chan, str) and chan in tx_channels
 
 
 def verify_tx_record(
@@ -822,7 +823,7 @@ def verify_tx_record(
                     f"got {parties!r}"
                 )
             policy = content.get("finish", _DEFAULT_FINISH)
-            if policy not in _FINISH_POLICIES:
+            if not isinstance(policy, str) or policy not in _FINISH_POLICIES:
                 raise ProofError(f"record {tx}: tx/open has an unknown finish policy {policy!r}")
             deadline = _int(content.get("deadline"), f"record {tx} deadline")
             opener = author

@@ -1117,6 +1117,11 @@ class _Core:
         return proof_hashes(body.get("proof"), "consistency proof")
 
 
+def _undecodable(node: str, exc: httpx.DecodingError) -> ProofError:
+    """An answer whose bytes cannot be decoded as it says (a corrupt gzip body, say)."""
+    return ProofError(f"{node} sent an answer that cannot be decoded: {exc}")
+
+
 def _no_key(chan: str, keys: Keypair) -> DecryptionError:
     return DecryptionError(
         f"cannot decrypt: no key of channel {chan} is sealed to {keys.id}"
@@ -1202,6 +1207,8 @@ class Client(_Core):
             )
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
+        except httpx.DecodingError as exc:
+            raise _undecodable(self.node, exc) from exc
         _raise_for_problem(resp)
         return resp
 
@@ -1413,6 +1420,8 @@ class Client(_Core):
                         yield _firehose_entry(line.encode("utf-8"))
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
+        except httpx.DecodingError as exc:
+            raise _undecodable(self.node, exc) from exc
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -1718,6 +1727,8 @@ class AsyncClient(_Core):
             )
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
+        except httpx.DecodingError as exc:
+            raise _undecodable(self.node, exc) from exc
         _raise_for_problem(resp)
         return resp
 
@@ -1925,6 +1936,8 @@ class AsyncClient(_Core):
                         yield _firehose_entry(line.encode("utf-8"))
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
+        except httpx.DecodingError as exc:
+            raise _undecodable(self.node, exc) from exc
 
     # -- blobs and verification ------------------------------------------------------------
 

@@ -253,6 +253,8 @@ def node_info(
     origin = _field(health, "origin", str, "healthz")
     vkey = _field(health, "verifier_key", str, "healthz")
     pipelines = _field(health, "pipelines", int, "healthz")
+    if pipelines < 1:
+        raise ProofError(f"healthz: pipelines: expected 1 or more, got {pipelines}")
     if node_id is not None and reported != node_id:
         raise ProofError(f"expected node {node_id} (pinned), got {reported}")
     try:
@@ -647,7 +649,8 @@ def document_flow(
                 f"the document hashes to {blob_id(document)},"
                 f" the doc message names {_printable_name(repr(named))}"
             )
-        if content.get("size") != len(document):
+        size = content.get("size")
+        if type(size) is not int or size != len(document):
             raise ProofError(
                 f"the document is {len(document)} bytes,"
                 f" the doc message says {_printable_name(repr(content.get('size')))}"
@@ -975,7 +978,10 @@ def _stages_flow(checks: _Checks, node: NodeInfo, height: int, block: _Block) ->
             (yield from _get(f"/v1/messages/{path_id(mid)}", f"stage {mid}")), f"stage {mid}"
         )
         signs: dict[str, dict[str, Any]] = {}
-        for sign_id in stage.get("signs") or []:
+        listed = stage.get("signs") or []
+        if not isinstance(listed, list):
+            raise ProofError(f"{what} stage {mid}: signs: expected a list, got {listed!r}")
+        for sign_id in listed:
             got = yield from _get(f"/v1/messages/{path_id(str(sign_id))}", f"signature {sign_id}")
             signs[str(sign_id)] = _obj(_obj(got, "signature").get("message"), "signature")
 

@@ -834,3 +834,20 @@ def test_a_notarised_document_verifies_sync_and_async(
                 await client.verify_document(b"ISDA master agreement, schedule v4", receipt.id)
 
     asyncio.run(run())
+
+
+class _CorruptGzip(httpx.BaseTransport):
+    """Answers everything with a body that says gzip and is not."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-encoding": "gzip"}, content=b"\x1f\x8bnot gzip at all"
+        )
+
+
+def test_an_answer_that_cannot_be_decoded_is_a_proof_error_not_a_traceback() -> None:
+    with Client("http://node.invalid", transport=_CorruptGzip()) as client:
+        with pytest.raises(ProofError, match="cannot be decoded"):
+            client.health()
+        with pytest.raises(ProofError, match="cannot be decoded"):
+            client.verify_checkpoint(0)

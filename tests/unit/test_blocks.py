@@ -814,3 +814,44 @@ def test_record_bytes_still_refuses_what_has_no_canonical_form() -> None:
     for bad in ({"a": 1.5}, {"a": [1, 2.0]}, {"a": 2**53}, {"a": {"b": "\ud800"}}, {1: 2}):
         with pytest.raises(ProofError):
             blocks.record_bytes(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [[], {}, None, 1])
+def test_a_record_status_of_another_type_is_a_proof_failure_not_a_crash(status: object) -> None:
+    alice = Keypair.from_seed(bytes([6]) * 32)
+    tx = msg_id_from_digest(hashlib.sha256(b"a tx").digest())
+    good = record(tx, [tx], [alice.id], "finished", 1, 2)
+    blocks.check_record(good)
+    with pytest.raises(ProofError, match="status: expected one of"):
+        blocks.check_record({**good, "status": status})
+    blob = json.dumps({**good, "status": status}).encode() + b"\n"
+    with pytest.raises(ProofError):
+        blocks.parse_records_blob(blob)
+
+
+def test_badly_typed_fields_in_signed_messages_are_proof_failures_not_crashes() -> None:
+    """A party may sign anything; a node that logged it must not crash a verifier."""
+    alice = Keypair.from_seed(bytes([6]) * 32)
+    opened = ssb.create(
+        alice,
+        {"type": "tx/open", "parties": [alice.id], "deadline": DEADLINE, "finish": ["all"]},
+        None,
+        1_000,
+    )
+    tx = ssb.message_id(opened)
+    with pytest.raises(ProofError, match="unknown finish policy"):
+        blocks.verify_tx_record(
+            record(tx, [tx], [alice.id], "timed_out", 1_000, DEADLINE + 1), {tx: opened}
+        )
+    fine = ssb.create(
+        alice, {"type": "tx/open", "parties": [alice.id], "deadline": DEADLINE}, None, 1_000
+    )
+    tx2 = ssb.message_id(fine)
+    post = ssb.create(
+        alice, {"type": "chan/msg", "chan": [tx2], "box": "AAAA"}, ssb.validate(fine, None), 1_001
+    )
+    with pytest.raises(ProofError):
+        blocks.verify_tx_record(
+            record(tx2, [tx2, ssb.message_id(post)], [alice.id], "timed_out", 1_000, DEADLINE + 1),
+            {tx2: fine, ssb.message_id(post): post},
+        )

@@ -49,3 +49,17 @@ def test_each_pin_is_said_pinned_only_when_given() -> None:
     info, detail = _identity(health, witnesses=witnesses[::-1], threshold=2)
     assert "3 witness(es) (pinned), threshold 2 (pinned)" in detail
     assert info.threshold == 2 and sorted(info.witnesses) == sorted(witnesses)
+
+
+@pytest.mark.parametrize("pipelines", [0, -1])
+def test_a_healthz_with_no_pipelines_is_a_proof_failure_not_a_crash(pipelines: int) -> None:
+    """Messages are placed by ``pipeline_of(author, pipelines)``: 0 divided by zero."""
+    from chainmail.errors import ProofError
+
+    health, _ = _health()
+    health["pipelines"] = pipelines
+    checks = _Checks("node", None)
+    flow = _node_info_flow(checks, None)
+    next(flow)
+    with pytest.raises(ProofError, match="pipelines: expected 1 or more"):
+        flow.send(httpx.Response(200, content=orjson.dumps(health)))
