@@ -71,6 +71,7 @@ import websockets
 
 from chainmail import httpsig, ssb
 from chainmail.errors import Error
+from chainmail.ids import is_feed_id
 from chainmail.keys import Keypair, verify_signed
 from chainmail.priority import VERIFY_NICE_RANGE
 from chainmail.stages import BUCKETS, STAGES
@@ -189,6 +190,17 @@ class BenchConfig:
             raise _bad_config(f"half_load_share: expected 0 ≤ x < 1, got {self.half_load_share}")
         if self.node_verify_nice is not None and self.node_verify_nice not in VERIFY_NICE_RANGE:
             raise _bad_config(f"node_verify_nice: expected 0 to 19, got {self.node_verify_nice}")
+        if self.synchronous.upper() not in ("FULL", "NORMAL"):
+            raise _bad_config(f"synchronous: expected FULL or NORMAL, got {self.synchronous!r}")
+        if self.deliveries_out is not None:
+            # Said now, not after a run whose figures would then be lost.
+            where = Path(self.deliveries_out).parent
+            if not where.is_dir() or not os.access(where, os.W_OK):
+                raise _bad_config(f"deliveries_out: cannot write in {where}")
+        if self.node is not None:
+            parts = urllib.parse.urlsplit(str(self.node))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _bad_config(f"node: not an http(s) URL: {self.node!r}")
 
 
 # --- traffic ------------------------------------------------------------------------------
@@ -1211,6 +1223,23 @@ def _in_half(traffic: Traffic, config: BenchConfig) -> Callable[[int], bool]:
     return check
 
 
+def _probe(url: str) -> None:
+    """Raises ``BenchError`` unless ``url`` answers ``/healthz`` as a chainmail node."""
+    try:
+        answer = httpx.get(f"{url}/healthz", timeout=10.0)
+        body = answer.json()
+    except httpx.HTTPError as exc:
+        raise BenchError(f"cannot reach the node at {url}: {exc}") from None
+    except ValueError:
+        body = None
+    node_id = body.get("id") if isinstance(body, dict) else None
+    if answer.status_code != 200 or not isinstance(node_id, str) or not is_feed_id(node_id):
+        raise BenchError(
+            f"{url} is not a chainmail node: /healthz answered {answer.status_code}"
+            " without a node id"
+        )
+
+
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -1258,6 +1287,8 @@ def run(
             stage(f"starting a node on {node.url}")
             node.start()
         url = node.url if node is not None else str(config.node).rstrip("/")
+        if node is None:
+            _probe(url)  # before minutes of signing and measuring
 
         stage(f"signing {config.messages:,} messages of {config.feeds:,} feeds")
         t0 = time.perf_counter()

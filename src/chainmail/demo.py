@@ -30,6 +30,7 @@ from rich.markup import escape
 from chainmail import chandocs
 from chainmail.client import Client
 from chainmail.errors import DecryptionError, Error, OperationalError
+from chainmail.ids import is_feed_id
 from chainmail.keys import Keypair
 from chainmail.verify import Report
 
@@ -122,7 +123,11 @@ def run_demo(node: str, console: Console | None = None, *, verbose: bool = False
     out = console or Console()
     say = out.print
     with Client(node) as probe:
-        node_id = probe.health()["id"]
+        node_id = probe.health().get("id")
+    if not isinstance(node_id, str) or not is_feed_id(node_id):
+        raise Error(
+            f"{node} is not a chainmail node: its /healthz names no node id", code="invalid_format"
+        )
     say(f"[bold]chainmail demo[/] against {node}  (node {node_id[:12]}…)\n")
 
     names = {

@@ -228,11 +228,14 @@ def passphrase_from_env_or_prompt(
         raise KeystoreError(
             f"no passphrase: set {PASSPHRASE_ENV}, or run in a terminal to be asked for it"
         )
-    value = ask(prompt)
-    if not value:
-        raise KeystoreError("empty passphrase")
-    if confirm and ask("Repeat passphrase: ") != value:
-        raise KeystoreError("the two passphrases do not match")
+    try:
+        value = ask(prompt)
+        if not value:
+            raise KeystoreError("empty passphrase")
+        if confirm and ask("Repeat passphrase: ") != value:
+            raise KeystoreError("the two passphrases do not match")
+    except EOFError:  # Ctrl-D at the prompt
+        raise KeystoreError("no passphrase: the input ended at the prompt") from None
     return value
 
 

@@ -5,8 +5,10 @@ Correctness only: the figures depend on the machine, so nothing here asserts a s
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,64 @@ def test_bench_refuses_a_bad_configuration() -> None:
     assert proc.stderr.strip().splitlines() == [
         "chainmail: invalid_format: messages: expected at least 1, got 0"
     ]
+
+
+class _NotChainmail(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--synchronous", "weird"], "invalid_format: synchronous: expected FULL or NORMAL"),
+        (
+            ["--deliveries-out", "/nonexistent/x.csv"],
+            "invalid_format: deliveries_out: cannot write",
+        ),
+        (["--node", "notaurl"], "invalid_format: node: not an http(s) URL"),
+        (["--node", "http://127.0.0.1:9"], "cannot reach the node at http://127.0.0.1:9"),
+        (["--node", "FAKE"], "is not a chainmail node"),
+    ],
+)
+def test_bench_refuses_bad_input_before_it_runs(args: list[str], said: str) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NotChainmail)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fake = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = subprocess.run(
+            [CHAINMAIL, "bench", "--messages", "10", *(fake if a == "FAKE" else a for a in args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.shutdown()
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], proc.stderr
+
+
+def test_demo_against_something_that_is_not_a_node_is_one_line() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NotChainmail)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.run(
+            [CHAINMAIL, "demo", "--node", f"http://127.0.0.1:{server.server_address[1]}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.shutdown()
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1:] and "is not a chainmail node" in proc.stderr
+    assert "Traceback" not in proc.stderr

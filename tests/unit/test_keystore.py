@@ -596,3 +596,15 @@ def test_prompt_with_confirm() -> None:
     _, ask = _asker("")
     with pytest.raises(KeystoreError, match="empty passphrase"):
         passphrase_from_env_or_prompt(environ={}, stdin=FakeTTY(), ask=ask)
+
+
+def test_ctrl_d_at_the_prompt_is_a_keystore_error() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def ended(prompt: str) -> str:
+        raise EOFError
+
+    with pytest.raises(KeystoreError, match="the input ended at the prompt"):
+        passphrase_from_env_or_prompt(environ={}, stdin=Tty(), ask=ended)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 
+import click
 import httpx
 import typer
 
@@ -35,6 +36,12 @@ def main() -> None:
         # Not standalone: a usage error comes here as an exception, to be said in
         # one line (standalone, it was a boxed panel of several).
         code = app(standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        # Click's word for Ctrl-C or Ctrl-D at a prompt or in a command.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            sys.exit(130)
+        print("chainmail: aborted: the input ended", file=sys.stderr)
+        sys.exit(1)
     except typer.TyperException as exc:
         _usage_error(exc)
     except Error as exc:

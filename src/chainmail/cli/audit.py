@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 from rich.text import Text
@@ -26,6 +26,9 @@ from chainmail.cli.commands import (
 )
 from chainmail.client import DEFAULT_NODE, NodeUnavailable
 
+#: The longest --grace taken: a year (past it the clock's arithmetic overflows).
+_MAX_SECONDS: Final = 366 * 86400
+
 
 @app.command()
 def audit(
@@ -36,6 +39,7 @@ def audit(
         typer.Option(
             "--grace",
             min=0,
+            max=_MAX_SECONDS,
             help="Seconds a message may be on the firehose before a block must cover it"
             " (and a tx may be finished, or past its deadline, before a block's records"
             " hold it); after that it counts as censored.",
@@ -45,7 +49,10 @@ def audit(
         bool, typer.Option("--follow", help="Keep auditing new messages and blocks (Ctrl-C ends).")
     ] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="Seconds between reads with --follow.")
+        float,
+        typer.Option(
+            "--interval", min=0.1, max=3600, help="Seconds between reads with --follow (≤ 3600)."
+        ),
     ] = DEFAULT_POLL,
     mirror: Annotated[
         list[str] | None,

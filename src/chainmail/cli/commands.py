@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,7 +193,10 @@ def _client(
     return Client.from_keystore(name, home=home, node=node, node_id=node_id)
 
 
-def _print_receipt(receipt: Receipt, as_json: bool, what: str) -> None:
+def _print_receipt(
+    receipt: Receipt, as_json: bool, what: str, extra: Mapping[str, Any] | None = None
+) -> None:
+    """The message id on stdout (``--json``: the receipt and ``extra``), where on stderr."""
     if as_json:
         _echo_json(
             {
@@ -201,12 +204,14 @@ def _print_receipt(receipt: Receipt, as_json: bool, what: str) -> None:
                 "pipeline": receipt.pipeline,
                 "index": receipt.index,
                 "created": receipt.created,
+                **(extra or {}),
             }
         )
         return
     typer.echo(receipt.id)
+    also = "".join(f", {k} {v}" for k, v in (extra or {}).items())
     _err().print(
-        Text(f"{what} logged at {receipt.pipeline}:{receipt.index}", style="dim"),
+        Text(f"{what} logged at {receipt.pipeline}:{receipt.index}{also}", style="dim"),
     )
 
 
@@ -499,11 +504,15 @@ def _print_block(out: Console, block: dict[str, Any], as_json: bool) -> None:
 @app.command()
 def blocks(
     after: Annotated[int, typer.Option("--after", help="Start above this height.", min=0)] = 0,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many.", min=1)] = 100,
+    limit: Annotated[
+        int, typer.Option("--limit", help="At most this many a page (1–1000).", min=1, max=1000)
+    ] = 100,
     follow: Annotated[bool, typer.Option("--follow", help="Keep printing new blocks.")] = False,
     interval: Annotated[
         float,
-        typer.Option("--interval", help="Seconds between polls with --follow (≥ 0.1).", min=0.1),
+        typer.Option(
+            "--interval", help="Seconds between polls with --follow (0.1–3600).", min=0.1, max=3600
+        ),
     ] = DEFAULT_POLL,
     node: NodeOpt = DEFAULT_NODE,
     as_json: JsonOpt = False,

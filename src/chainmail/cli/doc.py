@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +24,7 @@ from chainmail.cli.commands import (
 )
 from chainmail.client import DEFAULT_NODE
 from chainmail.errors import Error
-from chainmail.ids import is_blob_id
+from chainmail.ids import blob_id, is_blob_id
 
 doc_app = typer.Typer(
     help="Documents: notarise one (its bytes stored as a blob, a signed `doc` message naming "
@@ -68,9 +69,21 @@ def doc_notarise(
     The node keeps the blob for good once that message is logged. Later, `chainmail doc
     check FILE ID` proves the file is what was notarised, and when.
     """
+    for option, value in (("--name", name), ("--mime", mime)):
+        if value is not None and not value.strip():
+            raise Error(f"{option}: expected some text, got {value!r}", code="invalid_format")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise Error(f"cannot read {file}: {exc.strerror or exc}", code="invalid_format") from None
     with _client(node, as_, home) as client:
-        receipt = client.notarise(file, name=name, mime=mime, tx=tx)
-    _print_receipt(receipt, as_json, "doc message")
+        receipt = client.notarise(
+            data,
+            name=file.name if name is None else name,
+            mime=mimetypes.guess_type(file.name)[0] if mime is None else mime,
+            tx=tx,
+        )
+    _print_receipt(receipt, as_json, "doc message", {"blob": blob_id(data), "size": len(data)})
 
 
 @doc_app.command("get")
