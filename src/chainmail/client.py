@@ -936,7 +936,7 @@ class _Core:
     def _channel_send_document_flow(
         self, chan: str, document: Path | str | bytes, name: str | None, mime: str | None
     ) -> Flow[ChannelDocument]:
-        data, name, mime = _named_document(document, name, mime, "channel_send_document")
+        data, name, mime = _named_document(document, name, mime)
         key, tx = yield from self._channel_key_flow(chan)
         sealed = chandocs.seal_document(key, data, author=self.id, channel=chan)
         bid = yield from self._put_blob_flow(sealed)
@@ -1074,7 +1074,7 @@ class _Core:
         mime: str | None,
         tx: str | None,
     ) -> Flow[Receipt]:
-        data, name, mime = _named_document(document, name, mime, "notarise")
+        data, name, mime = _named_document(document, name, mime)
         bid = yield from self._put_blob_flow(data)
         body: dict[str, Any] = {"type": "doc", "blob": bid, "size": len(data)}
         if name is not None:
@@ -1560,7 +1560,7 @@ class Client(_Core):
         """
         flow = document_flow(
             msg_id,
-            _document_bytes(document, "verify_document"),
+            _document_bytes(document),
             node_id=node_id or self.node_id,
             hmac_key=self.hmac_key,
             progress=progress,
@@ -1620,10 +1620,10 @@ class Client(_Core):
 
 
 def _named_document(
-    document: Path | str | bytes, name: str | None, mime: str | None, what: str
+    document: Path | str | bytes, name: str | None, mime: str | None
 ) -> tuple[bytes, str | None, str | None]:
     """A document's bytes, and its name and type (by default, from a path's file name)."""
-    data = _document_bytes(document, what)
+    data = _document_bytes(document)
     if not isinstance(document, bytes):
         path = Path(document)
         name = path.name if name is None else name
@@ -1632,7 +1632,7 @@ def _named_document(
     return data, name, mime
 
 
-def _document_bytes(document: Path | str | bytes, what: str) -> bytes:
+def _document_bytes(document: Path | str | bytes) -> bytes:
     """A document given as bytes or as a path to read; ``Error`` (``invalid_format``) if unreadable."""
     if isinstance(document, bytes):
         return document
@@ -1640,7 +1640,9 @@ def _document_bytes(document: Path | str | bytes, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise Error(f"{what}: cannot read {path}: {exc}", code="invalid_format") from exc
+        raise Error(
+            f"cannot read the document {path}: {exc.strerror or exc}", code="invalid_format"
+        ) from None
 
 
 def _inbox_frame(frame: str | bytes) -> InboxEntry | None:
@@ -2002,7 +2004,7 @@ class AsyncClient(_Core):
         self, document: Path | str | bytes, msg_id: str, *, node_id: str | None = None
     ) -> Report:
         """Verify a notarised document; raises like ``Client.verify_document``."""
-        data = await asyncio.to_thread(_document_bytes, document, "verify_document")
+        data = await asyncio.to_thread(_document_bytes, document)
         return await self._run(
             document_flow(msg_id, data, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
         )

@@ -173,7 +173,7 @@ def chan_get_doc(
     """Fetch the document channel message ID carries, decrypt it, check it, write it.
 
     Checked against the size and SHA-256 its author sealed in the message: exits 1
-    (proof_failed) if the bytes differ, and writes nothing.
+    (invalid_proof) if the bytes differ, and writes nothing.
     """
     out = bytes_destination(out, "chan get-doc")
     with _client(node, as_, home) as client:
