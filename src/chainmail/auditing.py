@@ -119,6 +119,11 @@ def audit_node(
     reported = health.get("id")
     if node_id is None and not isinstance(reported, str):
         raise ProofError(f"healthz: expected the node's id, got {reported!r}")
+    if node_id is not None and reported != node_id:
+        # Said once: otherwise every block and message would be a finding of it.
+        raise ProofError(
+            f"node identity: expected node {node_id} (pinned), /healthz names {reported!r}"
+        )
     auditor = Auditor(node_id or str(reported), grace_ms=int(grace * 1000), pipelines=pipelines)
     summary = AuditSummary(auditor.node_id, mirrors=[m.node for m in mirrors])
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:

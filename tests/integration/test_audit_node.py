@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chainmail.client import Client
+from chainmail.errors import ProofError
 from chainmail.keys import Keypair
 from support.server import CHAINMAIL, Server, running
 
@@ -208,6 +209,10 @@ def test_audit_node_from_python(tmp_path: Path) -> None:
         node_id = alice.health()["id"]
         with pytest.raises(ValueError, match="grace"):
             audit_node(alice, grace=-1)
+        # Pinned to another node: said once, not a finding for every block and message.
+        other = Keypair.generate().id
+        with pytest.raises(ProofError, match=r"node identity: expected node .* \(pinned\)"):
+            audit_node(alice, node_id=other, grace=0.5)
     assert not summary.ok and heard == ["censored"]
     assert summary.findings[0].id == posted and summary.messages >= 1
     assert summary.node_id == node_id
