@@ -564,3 +564,20 @@ def test_doc_get_to_a_terminal_is_refused_as_bad_usage(cli: Cli) -> None:
         os.close(main)
     assert_one_line_error(Run(proc.returncode, "", proc.stderr), "invalid_format")
     assert "would go to the terminal" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (["verify", "block", "1", "--witness", "bad"], "invalid_format"),
+        (["chan", "get-doc", "bad", "--as", "nobody", "--chan", "x"], "invalid_format"),
+        (["blocks", "--follow", "--interval", "inf"], "usage"),
+        (["audit", "--grace", "inf"], "usage"),
+        (["blocks", "--limit", "5000"], "usage"),
+    ],
+)
+def test_a_bad_option_value_is_one_line(cli: Cli, command: list[str], code: str) -> None:
+    run = cli(*command, check=False)
+    assert run.code != 0 and "Traceback" not in run.err
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"chainmail: {code}"), run.err

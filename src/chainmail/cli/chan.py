@@ -24,6 +24,8 @@ from chainmail.cli.commands import (
 )
 from chainmail.cli.doc import FileArg, MimeOpt, NameOpt, OutOpt, bytes_destination, write_bytes_out
 from chainmail.client import DEFAULT_NODE
+from chainmail.errors import Error
+from chainmail.ids import is_msg_id
 
 chan_app = typer.Typer(
     help="Encrypted channels: only members (and those a member shares with) can read them; "
@@ -175,6 +177,8 @@ def chan_get_doc(
     Checked against the size and SHA-256 its author sealed in the message: exits 1
     (invalid_proof) if the bytes differ, and writes nothing.
     """
+    if not is_msg_id(msg_id):
+        raise Error(f"not a message id (%….sha256): {msg_id!r}", code="invalid_format")
     out = bytes_destination(out, "chan get-doc")
     with _client(node, as_, home) as client:
         about, data = client.channel_document(chan, msg_id)

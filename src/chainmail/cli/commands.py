@@ -29,6 +29,7 @@ from chainmail.cli._app import app
 from chainmail.client import DEFAULT_NODE, NODE_ENV, Client, Receipt, Report, VerificationFailed
 from chainmail.content import MAX_SAFE_INTEGER
 from chainmail.errors import Error, InvalidMessage, ProofError
+from chainmail.ids import is_feed_id
 from chainmail.keystore import HOME_ENV
 from chainmail.verify import Progress
 
@@ -629,6 +630,11 @@ def verify_block(
 ) -> None:
     """Verify a block: signature, link to H-1, records, log consistency, checkpoints,
     and its Bitcoin anchor."""
+    for pinned in witness or []:
+        if not is_feed_id(pinned):
+            raise Error(
+                f"--witness: expected a feed id @….ed25519, got {pinned!r}", code="invalid_format"
+            )
     _verify(
         node,
         node_id,
