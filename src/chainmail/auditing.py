@@ -119,8 +119,9 @@ def audit_node(
     reported = health.get("id")
     if node_id is None and not isinstance(reported, str):
         raise ProofError(f"healthz: expected the node's id, got {reported!r}")
-    if node_id is not None and reported != node_id:
-        # Said once: otherwise every block and message would be a finding of it.
+    if node_id is not None and reported is not None and reported != node_id:
+        # Another node than the one pinned (one that names none is audited as the
+        # pinned one): said once, not as a finding for every block and message.
         raise ProofError(
             f"node identity: expected node {node_id} (pinned), /healthz names {reported!r}"
         )

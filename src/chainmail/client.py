@@ -1013,8 +1013,15 @@ class _Core:
         return _json(resp)
 
     def _tx_flow(self, tx_id: str) -> Flow[dict[str, Any]]:
-        body = yield from self._get_flow(f"/v1/transactions/{path_id(tx_id)}")
-        return _dict(body, "transaction")
+        body = _dict(
+            (yield from self._get_flow(f"/v1/transactions/{path_id(tx_id)}")), "transaction"
+        )
+        if body.get("tx") != tx_id or not isinstance(body.get("status"), str):
+            # Not this tx, or not a chainmail answer at all ({} from another server).
+            raise ProofError(
+                f"transaction {tx_id}: the node answered no such transaction: {body!r:.200}"
+            )
+        return body
 
     def _transactions_flow(
         self, party: str | None, status: str | None, limit: int, after: str | None = None
@@ -1034,8 +1041,12 @@ class _Core:
     def _inbox_flow(self, limit: int) -> Flow[list[InboxEntry]]:
         self._keys()
         resp = yield Request("GET", "/v1/inbox", {"limit": limit}, signed=True)
-        body = _dict(_json(resp), "inbox")
-        return [_inbox_entry(e) for e in body.get("entries", [])]
+        entries = _dict(_json(resp), "inbox").get("entries")
+        if not isinstance(entries, list):
+            raise ProofError(
+                f"inbox: expected a list of entries from the node, got {entries!r:.200}"
+            )
+        return [_inbox_entry(e) for e in entries]
 
     def _ack_flow(self, ids: Iterable[str]) -> Flow[int]:
         self._keys()

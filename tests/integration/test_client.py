@@ -851,3 +851,13 @@ def test_an_answer_that_cannot_be_decoded_is_a_proof_error_not_a_traceback() -> 
             client.health()
         with pytest.raises(ProofError, match="cannot be decoded"):
             client.verify_checkpoint(0)
+
+
+def test_answers_of_something_that_is_not_a_node_are_not_believed() -> None:
+    """Another server answering {} to everything: no tx with status None, no empty inbox."""
+    empty = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    with Client("http://node.invalid", Keypair.generate(), transport=empty) as client:
+        with pytest.raises(ProofError, match="no such transaction"):
+            client.tx(UNKNOWN_TX)
+        with pytest.raises(ProofError, match="expected a list of entries"):
+            client.inbox()
