@@ -1102,7 +1102,7 @@ class _Core:
         body = _dict(
             (yield from self._get_flow("/v1/blocks", {"after": after, "limit": limit})), "blocks"
         )
-        got = body.get("blocks", [])
+        got = body.get("blocks")
         if not isinstance(got, list) or not all(
             isinstance(b, dict) and type(b.get("height")) is int for b in got
         ):

@@ -861,3 +861,5 @@ def test_answers_of_something_that_is_not_a_node_are_not_believed() -> None:
             client.tx(UNKNOWN_TX)
         with pytest.raises(ProofError, match="expected a list of entries"):
             client.inbox()
+        with pytest.raises(Error, match="expected a list of blocks"):
+            client.blocks()
