@@ -53,8 +53,8 @@ def check_room(
     """Refuse a new blob of ``size`` bytes when ``pending`` plus it would pass ``limit``.
 
     ``pending`` counts the pending bytes (blobs being stored are counted from
-    before their bytes are written); ``oldest`` is when the oldest pending blob was stored (ms; None: none),
-    ``now`` the node's clock (ms). Raises ``RateLimited`` with ``retry_after``
+    before their bytes are written); ``oldest`` is when the oldest pending blob
+    was stored (ms; None: none), ``now`` the node's clock (ms). Raises ``RateLimited`` with ``retry_after``
     the seconds until the sweeper may free that oldest blob.
     """
     if pending + size <= limit:

@@ -1656,7 +1656,7 @@ class SqliteStore:
             self._write_blob(path, data)
         except BaseException:
             with self._lock:
-                self._done_writing(blob_id)
+                self._writing -= Counter((blob_id,))
                 if path.exists():
                     # In place though the write failed (the directory's fsync):
                     # pending all the same, counted and swept.
@@ -1666,15 +1666,8 @@ class SqliteStore:
                     self._unpend(blob_id)
             raise
         with self._lock:
-            self._done_writing(blob_id)
+            self._writing -= Counter((blob_id,))
         return True
-
-    def _done_writing(self, blob_id: str) -> None:
-        left = self._writing[blob_id] - 1
-        if left > 0:
-            self._writing[blob_id] = left
-        else:
-            self._writing.pop(blob_id, None)
 
     def _unpend(self, blob_id: str) -> None:
         """Drop the pending row of a blob whose file is not there (under ``_lock``)."""
@@ -1697,13 +1690,7 @@ class SqliteStore:
 
     def release_blobs(self, blob_ids: Sequence[str]) -> None:
         with self._held_lock:
-            held = self._held
-            for bid in blob_ids:
-                left = held[bid] - 1
-                if left > 0:
-                    held[bid] = left
-                else:
-                    held.pop(bid, None)
+            self._held -= Counter(blob_ids)  # ``-=`` drops the counts it takes to zero
 
     def _pend(
         self,
@@ -2030,15 +2017,12 @@ class SqliteStore:
         with self._lock:
             try:
                 # Evidence is in no log to replay it from: it survives power loss.
-                self._w.execute("PRAGMA synchronous=FULL")
-                try:
+                with self._synchronous_full():
                     self._w.execute(
                         "INSERT OR IGNORE INTO forks (author, sequence, kept, rejected)"
                         " VALUES (?,?,?,?)",
                         (author, sequence, kept, rejected),
                     )
-                finally:
-                    self._w.execute(f"PRAGMA synchronous={self._synchronous}")
             except sqlite3.Error as exc:
                 raise StorageError(f"fork evidence write failed: {exc}") from exc
 
