@@ -19,8 +19,8 @@ The pending transaction is kept in ``<data>/anchor.json`` (written atomically
 after the wallet answers), so a restart finishes what it started. A crash
 between the wallet's answer and that write costs one transaction's fee: the
 next step sends another. A stop does not: it waits for the write. Failures
-(Bitcoin, the store, ``anchor.json``) are logged (once per distinct message) and retried at the next step; they never
-stop the node or the anchorer.
+(Bitcoin, the store, ``anchor.json``) are logged (once per distinct message)
+and retried at the next step; they never stop the node or the anchorer.
 """
 
 from __future__ import annotations
@@ -190,50 +190,40 @@ class Anchorer:
             latest.height, anchored, self.last_sent, now, interval_ms
         ):
             return
-        # One thread job, shielded: a stop (this task cancelled) while the wallet sends
-        # cannot part its answer from the record of it; Node.stop waits for it (aclose).
-        self._sending = asyncio.ensure_future(
-            asyncio.to_thread(self._send_and_record, latest.height, latest.id, now)
-        )
+        digest = anchors.block_digest(latest.id)
+
+        def send() -> Pending:
+            sent = self.wallet.send_data(digest)
+            return Pending(latest.height, latest.id, sent.txid, now, sent.rate)
+
+        pending = await self._send_recorded(send, now)
+        log.info("anchorer: block %d sent in Bitcoin tx %s", pending.height, pending.txid)
+
+    async def _send_recorded(self, send: Callable[[], Pending], last_sent: int | None) -> Pending:
+        """``send()`` (the wallet's send, on a thread) and the write of what it sent to
+        ``anchor.json`` (on disk before it shows anywhere: a crash after this finishes
+        this tx), as one thread job, shielded: a stop (this task cancelled) while the
+        wallet sends cannot part its answer from the record of it; Node.stop waits for
+        it (aclose). ``last_sent`` is recorded with it."""
+
+        def job() -> tuple[Pending, OSError | None]:
+            pending = send()
+            try:
+                _save(self._path, pending, last_sent)
+            except OSError as exc:
+                return pending, exc
+            return pending, None
+
+        self._sending = asyncio.ensure_future(asyncio.to_thread(job))
         pending, unsaved = await asyncio.shield(self._sending)
-        self.pending, self.last_sent = pending, now
+        self.pending, self.last_sent = pending, last_sent
         if unsaved is not None:
             # Kept in memory all the same: else every round sent another tx (and paid).
             raise StorageError(
                 f"tx {pending.txid} (block {pending.height}) sent, but {self._path} cannot "
                 f"be written: {unsaved.strerror or unsaved}"
             ) from unsaved
-        log.info("anchorer: block %d sent in Bitcoin tx %s", pending.height, pending.txid)
-
-    def _send_and_record(
-        self, height: int, block_id: str, now: int
-    ) -> tuple[Pending, OSError | None]:
-        """Send the block's digest and write ``anchor.json`` (on disk before it shows
-        anywhere: a crash after this finishes this tx); the write's error, if any."""
-        sent = self.wallet.send_data(anchors.block_digest(block_id))
-        pending = Pending(height, block_id, sent.txid, now, sent.rate)
-        try:
-            _save(self._path, pending, now)
-        except OSError as exc:
-            return pending, exc
-        return pending, None
-
-    def _resend_and_record(self, pending: Pending, rate: int) -> tuple[Pending, OSError | None]:
-        """Send ``pending``'s block again at ``rate``, recorded as ``_send_and_record`` does."""
-        sent = self.wallet.send_data(anchors.block_digest(pending.block), rate=rate)
-        again = Pending(
-            pending.height,
-            pending.block,
-            sent.txid,
-            self._clock(),
-            sent.rate or rate,
-            (*pending.earlier, pending.txid),
-        )
-        try:
-            _save(self._path, again, self.last_sent)
-        except OSError as exc:
-            return again, exc
-        return again, None
+        return pending
 
     async def _settle(self, pending: Pending) -> None:
         # The latest transaction first: once re-sent, any of them may be mined.
@@ -296,16 +286,20 @@ class Anchorer:
                     )
                 self._stuck = pending.txid
             return
-        self._sending = asyncio.ensure_future(
-            asyncio.to_thread(self._resend_and_record, pending, rate)
-        )
-        again, unsaved = await asyncio.shield(self._sending)
-        self.pending = again
-        if unsaved is not None:
-            raise StorageError(
-                f"tx {again.txid} (block {again.height}) sent, but {self._path} cannot "
-                f"be written: {unsaved.strerror or unsaved}"
-            ) from unsaved
+        digest = anchors.block_digest(pending.block)
+
+        def send() -> Pending:
+            sent = self.wallet.send_data(digest, rate=rate)
+            return Pending(
+                pending.height,
+                pending.block,
+                sent.txid,
+                self._clock(),
+                sent.rate or rate,
+                (*pending.earlier, pending.txid),
+            )
+
+        again = await self._send_recorded(send, self.last_sent)
         log.warning(
             "anchorer: tx %s (block %d) unmined at %s sat/kvB; sent again at %d as tx %s",
             pending.txid,
