@@ -133,6 +133,7 @@ __all__ = [
     "VerificationFailed",
     "error_from_problem",
     "feed_path",
+    "read_document",
 ]
 
 T = TypeVar("T")
@@ -903,13 +904,17 @@ class _Core:
             if len(got) < _CHANNEL_PAGE:
                 return out
 
-    def _channel_key_flow(self, chan: str) -> Flow[tuple[bytes, str | None]]:
-        """The channel key sealed to us (in its chan/open or a chan/share) and its tx."""
+    def _channel_key_flow(
+        self, chan: str, history: list[dict[str, Any]] | None = None
+    ) -> Flow[tuple[bytes, str | None]]:
+        """The channel key sealed to us (in its chan/open or a chan/share) and its tx;
+        from ``history`` when the caller has read it already."""
         keys = self._keys()
         cached = self._channel_keys.get(chan)
         if cached is not None:
             return cached
-        history = yield from self._channel_messages_flow(chan)
+        if history is None:
+            history = yield from self._channel_messages_flow(chan)
         # Only a key the channel's signed record grants (``read_history``'s
         # rules): the node serving the history is not trusted with the plaintext.
         found = channels.channel_key(history, keys, channel=chan, hmac_key=self.hmac_key)
@@ -936,7 +941,7 @@ class _Core:
     def _channel_send_document_flow(
         self, chan: str, document: Path | str | bytes, name: str | None, mime: str | None
     ) -> Flow[ChannelDocument]:
-        data, name, mime = _named_document(document, name, mime)
+        data, name, mime = read_document(document, name, mime)
         key, tx = yield from self._channel_key_flow(chan)
         sealed = chandocs.seal_document(key, data, author=self.id, channel=chan)
         bid = yield from self._put_blob_flow(sealed)
@@ -954,7 +959,7 @@ class _Core:
         return ChannelDocument(sent.id, self.id, notarised.id, bid, len(data), name, mime)
 
     def _channel_document_flow(self, chan: str, msg_id: str) -> Flow[tuple[ChannelDocument, bytes]]:
-        opened = yield from self._channel_read_flow(chan)
+        history, opened = yield from self._channel_history_flow(chan)
         found = next((o for o in opened if o.id == msg_id), None)
         if found is None:
             raise NotFound(f"channel {chan}: no message {msg_id} that you can read")
@@ -976,7 +981,7 @@ class _Core:
             ) from None
         chandocs.check_notarised(pointer, found.author, checked)
         sealed = yield from self._get_blob_flow(pointer.blob)
-        key, _ = yield from self._channel_key_flow(chan)
+        key, _ = yield from self._channel_key_flow(chan, history)  # the history read above
         data = chandocs.open_document(key, sealed, author=found.author, channel=chan)
         chandocs.check_document(pointer, data)
         about = ChannelDocument(
@@ -998,6 +1003,13 @@ class _Core:
         return (yield from self._publish_flow(content))
 
     def _channel_read_flow(self, chan: str) -> Flow[list[channels.Opened]]:
+        _, opened = yield from self._channel_history_flow(chan)
+        return opened
+
+    def _channel_history_flow(
+        self, chan: str
+    ) -> Flow[tuple[list[dict[str, Any]], list[channels.Opened]]]:
+        """The channel's messages as the node sent them, and those we can decrypt."""
         keys = self._keys()
         history = yield from self._channel_messages_flow(chan)
         opened = list(channels.read_history(history, keys, channel=chan, hmac_key=self.hmac_key))
@@ -1006,7 +1018,7 @@ class _Core:
             channels.channel_key(history, keys, channel=chan, hmac_key=self.hmac_key) is None
         ):
             raise _no_key(chan, keys)
-        return opened
+        return history, opened
 
     def _get_flow(self, path: str, params: Mapping[str, str | int] | None = None) -> Flow[Any]:
         resp = yield Request("GET", path, params)
@@ -1085,7 +1097,7 @@ class _Core:
         mime: str | None,
         tx: str | None,
     ) -> Flow[Receipt]:
-        data, name, mime = _named_document(document, name, mime)
+        data, name, mime = read_document(document, name, mime)
         bid = yield from self._put_blob_flow(data)
         body: dict[str, Any] = {"type": "doc", "blob": bid, "size": len(data)}
         if name is not None:
@@ -1630,10 +1642,13 @@ class Client(_Core):
         return self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
 
 
-def _named_document(
+def read_document(
     document: Path | str | bytes, name: str | None, mime: str | None
 ) -> tuple[bytes, str | None, str | None]:
-    """A document's bytes, and its name and type (by default, from a path's file name)."""
+    """A document's bytes, and its name and type (by default, from a path's file name).
+
+    Raises ``Error`` (``invalid_format``) when the file cannot be read.
+    """
     data = _document_bytes(document)
     if not isinstance(document, bytes):
         path = Path(document)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +21,7 @@ from chainmail.cli.commands import (
     _print_receipt,
     _verify,
 )
-from chainmail.client import DEFAULT_NODE
+from chainmail.client import DEFAULT_NODE, read_document
 from chainmail.errors import Error
 from chainmail.ids import blob_id, is_blob_id
 
@@ -72,17 +71,9 @@ def doc_notarise(
     for option, value in (("--name", name), ("--mime", mime)):
         if value is not None and not value.strip():
             raise Error(f"{option}: expected some text, got {value!r}", code="invalid_format")
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise Error(f"cannot read {file}: {exc.strerror or exc}", code="invalid_format") from None
+    data, name, mime = read_document(file, name, mime)  # read once: its blob id is said too
     with _client(node, as_, home) as client:
-        receipt = client.notarise(
-            data,
-            name=file.name if name is None else name,
-            mime=mimetypes.guess_type(file.name)[0] if mime is None else mime,
-            tx=tx,
-        )
+        receipt = client.notarise(data, name=name, mime=mime, tx=tx)
     _print_receipt(receipt, as_json, "doc message", {"blob": blob_id(data), "size": len(data)})
 
 
