@@ -9,6 +9,7 @@ import http.server
 import json
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,17 @@ class _NotChainmail(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture
+def not_a_node() -> Iterator[str]:
+    """The URL of an HTTP server answering {} to everything."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NotChainmail)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
@@ -139,36 +151,24 @@ class _NotChainmail(http.server.BaseHTTPRequestHandler):
         (["--node", "FAKE"], "is not a chainmail node"),
     ],
 )
-def test_bench_refuses_bad_input_before_it_runs(args: list[str], said: str) -> None:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _NotChainmail)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    fake = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        proc = subprocess.run(
-            [CHAINMAIL, "bench", "--messages", "10", *(fake if a == "FAKE" else a for a in args)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        server.shutdown()
+def test_bench_refuses_bad_input_before_it_runs(
+    not_a_node: str, args: list[str], said: str
+) -> None:
+    proc = subprocess.run(
+        [CHAINMAIL, "bench", "--messages", "10", *(not_a_node if a == "FAKE" else a for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and said in lines[0], proc.stderr
 
 
-def test_demo_against_something_that_is_not_a_node_is_one_line() -> None:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _NotChainmail)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        proc = subprocess.run(
-            [CHAINMAIL, "demo", "--node", f"http://127.0.0.1:{server.server_address[1]}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        server.shutdown()
+def test_demo_against_something_that_is_not_a_node_is_one_line(not_a_node: str) -> None:
+    proc = subprocess.run(
+        [CHAINMAIL, "demo", "--node", not_a_node], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1:] and "is not a chainmail node" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,6 +13,8 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -709,6 +711,14 @@ def test_identities_are_searched_by_their_names_also_in_an_older_store(tmp_path:
             store.close()
 
 
+def _run_store_script(script: str, data: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in a Python process of its own, given ``data`` as its argument: for
+    what only another process shows (a file-size limit, a process killed mid-write)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, str(data)], capture_output=True, text=True, timeout=60
+    )
+
+
 _FULL_DISK_BLOB = """
 import resource, signal, sys
 from pathlib import Path
@@ -730,15 +740,7 @@ except StorageError as exc:
 
 
 def test_a_blob_write_that_fails_leaves_no_partial_file_behind(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", _FULL_DISK_BLOB, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run_store_script(_FULL_DISK_BLOB, tmp_path)
     assert done.stdout.startswith("refused: blob write failed"), (done.stdout, done.stderr)
     left = [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
     assert left == []
@@ -1156,15 +1158,7 @@ store.put_blob(blob_id(data), data, stored=1_800_000_002_000)
 
 
 def test_an_upload_cut_short_before_its_rename_leaves_nothing_behind(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", _CRASH_BEFORE_RENAME, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run_store_script(_CRASH_BEFORE_RENAME, tmp_path)
     assert done.returncode == 0, done.stderr
     (left,) = (tmp_path / "blobs" / "tmp").iterdir()
     assert left.stat().st_size == 100_000
@@ -1201,15 +1195,7 @@ store.put_blob(blob_id(data), data, stored=1_800_000_002_000)
 def test_a_blob_whose_writer_dies_after_the_rename_is_pending_not_untracked(
     tmp_path: Path,
 ) -> None:
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", _CRASH_AFTER_RENAME, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _run_store_script(_CRASH_AFTER_RENAME, tmp_path)
     assert done.returncode == 0, done.stderr
     bid, data = _blob("uploaded as the power went")
     store = SqliteStore(tmp_path / "store.sqlite")
