@@ -35,7 +35,7 @@ from chainmail.log import Log, LogEntry
 from chainmail.priority import VERIFY_NICE
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
 from chainmail.registry import Admission, Registry
-from chainmail.sequencer import Result, Sequencer
+from chainmail.sequencer import Result, Sequencer, checked_cursors
 from chainmail.sqlite import DEFAULT_SYNCHRONOUS, STORE_SYNCHRONOUS, SqliteLog, SqliteStore
 from chainmail.stages import StageHistograms
 from chainmail.store import Delivery, Projection, Store
@@ -217,6 +217,16 @@ class Node:
         self.store: Store = store or SqliteStore(
             config.data_dir / "store.sqlite", synchronous=STORE_SYNCHRONOUS
         )
+        try:
+            # Here as well as in the sequencer's start, so ``serve`` says it in one line.
+            checked_cursors(self.log, self.store)
+        except Error:
+            if store is None:
+                self.store.close()
+            if log_ is None:
+                self.log.close()
+            self._lock.close()
+            raise
         # One thread writes both: a group's log commit, then its projection. A
         # projector thread of its own, writing one group while the sequencer
         # appended the next, cost more than it overlapped: the two contend

@@ -226,6 +226,29 @@ class _PipelineReader:
         return min(self._held, default=self._next)
 
 
+def checked_cursors(log_: Log, store: Store) -> dict[int, int]:
+    """The store's cursors, refused when one is past the end of its pipeline.
+
+    The store projects what the log committed, so it can only be behind.
+    Ahead, the log lost commits the store had seen (a log at
+    ``synchronous=NORMAL`` and a power loss): new entries would take positions
+    whose projections hold other messages. Raises ``StorageError`` naming the
+    way out: without its store, a node rebuilds it from the log.
+    """
+    cursors = store.cursors()
+    for pipeline, cursor in sorted(cursors.items()):
+        size = log_.size(pipeline) if pipeline < log_.pipelines else 0
+        if cursor > size:
+            raise StorageError(
+                f"the store is ahead of the log: pipeline {pipeline} projected to"
+                f" {cursor} entries, the log holds {size}; the log lost commits"
+                " (synchronous=NORMAL and a power loss?). Move the data directory's"
+                " store.sqlite (with its -wal and -shm files) aside and start again:"
+                " it is rebuilt from the log"
+            )
+    return cursors
+
+
 class Sequencer:
     """The single writer. Not thread-safe: call it from one thread."""
 
@@ -320,7 +343,7 @@ class Sequencer:
         if self.stages is not None:
             for height, block_id, recorded, signs in self.store.witnessing(WINDOW):
                 self.stages.load(height, block_id, recorded, signs)
-        replayed = self._replay(self.store.cursors())
+        replayed = self._replay(checked_cursors(self.log, self.store))
         latest = self.store.latest_block()
         self._latest_block = None if latest is None else (latest.height, latest.id)
         if self.stages is not None and latest is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -51,3 +53,33 @@ def test_a_data_directory_that_is_a_file_is_a_storage_error(tmp_path: Path) -> N
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(StorageError, match=r"cannot use .* as the data directory"):
         Node(NodeConfig(data_dir=tmp_path / "file"))
+
+
+def test_serve_on_a_store_ahead_of_its_log_fails_in_one_line_and_keeps_nothing_locked(
+    tmp_path: Path,
+) -> None:
+    from support.server import CHAINMAIL
+
+    data = tmp_path / "node"
+    asyncio.run(Node(NodeConfig(data_dir=data)).stop())
+    # What a log at synchronous=NORMAL can leave after a power loss: the store
+    # has projected entries the log no longer holds.
+    with contextlib.closing(sqlite3.connect(data / "store.sqlite")) as db, db:
+        db.execute("INSERT OR REPLACE INTO cursors (pipeline, next) VALUES (0, 5)")
+    done = subprocess.run(
+        [CHAINMAIL, "serve", "--data", str(data), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(
+        "chainmail: storage: the store is ahead of the log: pipeline 0 projected to 5 entries,"
+        " the log holds 0;"
+    )
+    with pytest.raises(StorageError, match="ahead of the log"):
+        Node(NodeConfig(data_dir=data))
+    # The refusal gave the lock up, and without the store the node starts.
+    (data / "store.sqlite").rename(tmp_path / "store.sqlite.aside")
+    asyncio.run(Node(NodeConfig(data_dir=data)).stop())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import sqlite3
 import threading
@@ -1304,5 +1305,41 @@ def test_a_tx_record_is_encoded_when_it_closes_and_sealed_the_same_after_a_resta
         assert h.store.get_blob(sealed.records_id) == expected[0]
         h.seq.append_block(sealed)
         assert h.seq._encoded == {} and h.seq.build_block() is None
+    finally:
+        h.close()
+
+
+def test_a_store_ahead_of_its_log_is_refused_and_rebuilt_once_moved_aside(
+    tmp_path: Path, clock: Clock, node_keys: Keypair
+) -> None:
+    # A log at synchronous=NORMAL can lose, in a power loss, commits the store
+    # had projected. Here: the log as it was after two messages, the store
+    # after four.
+    h = Harness(tmp_path, clock, node_keys)
+    a = Writer()
+    kept = [h.one(a.sign({"type": "post", "text": str(i)})).id for i in range(2)]
+    h.close()
+    early = sqlite3.connect(":memory:")
+    with contextlib.closing(sqlite3.connect(tmp_path / "log.sqlite")) as log_db:
+        log_db.backup(early)
+    h = Harness(tmp_path, clock, node_keys)
+    lost = [h.one(a.sign({"type": "post", "text": str(i)})).id for i in range(2, 4)]
+    h.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "log.sqlite")) as log_db:
+        early.backup(log_db)
+    early.close()
+
+    with pytest.raises(StorageError, match=r"ahead of the log: pipeline 0 projected to 4 entries,"):
+        Harness(tmp_path, clock, node_keys)
+
+    _drop_store(tmp_path)
+    h = Harness(tmp_path, clock, node_keys)
+    try:
+        assert [h.store.message(m) is not None for m in kept + lost] == [True, True, False, False]
+        # The feed goes on from what the log holds: the lost sequence numbers are free again.
+        head = h.log.head(a.id)
+        assert head is not None and head.sequence == 2
+        a.state = ssb.FeedState(id=kept[-1], sequence=2)
+        assert h.one(a.sign({"type": "post", "text": "3 again"})).id not in lost
     finally:
         h.close()
