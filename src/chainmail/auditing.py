@@ -30,6 +30,7 @@ from chainmail.bitcoinrpc import BitcoinNode, BitcoinUnreachable
 from chainmail.checkpoint import Checkpoint, verify_checkpoint
 from chainmail.client import Client, NodeUnavailable, VerificationFailed
 from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
+from chainmail.ids import is_feed_id
 from chainmail.mirrors import compare_block_ids, compare_checkpoints, needs_proof
 from chainmail.verify import NodeInfo, node_info
 
@@ -117,8 +118,9 @@ def audit_node(
     if type(pipelines) is not int or pipelines < 1:
         raise ProofError(f"healthz: expected a pipeline count, got {pipelines!r}")
     reported = health.get("id")
-    if node_id is None and not isinstance(reported, str):
-        raise ProofError(f"healthz: expected the node's id, got {reported!r}")
+    if node_id is None and not is_feed_id(reported):
+        # Nothing it signed could match: said once, not as a finding for every message.
+        raise ProofError(f"healthz: expected the node's id (@….ed25519), got {reported!r}")
     if node_id is not None and reported is not None and reported != node_id:
         # Another node than the one pinned (one that names none is audited as the
         # pinned one): said once, not as a finding for every block and message.

@@ -37,6 +37,13 @@ Errors
     A node that cannot be reached (refused, reset, timed out, DNS) raises
     ``NodeUnavailable``, an ``OperationalError``.
 
+    Every argument is checked before anything is sent or signed: ``TypeError``
+    for one of the wrong type (``None`` for an id, ``True`` for a count, a
+    single id where an iterable of them is expected: ``parties="@…"``),
+    ``InvalidMessage`` (``invalid_format``) for an ill-formed id or a number
+    out of range. Such a call asks nothing of the node and appends nothing to
+    the local feed.
+
 Verification
     ``verify_message``, ``verify_tx``, ``verify_block`` and
     ``verify_checkpoint`` recompute everything locally (``chainmail.verify``)
@@ -67,7 +74,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Protocol, Self, TypeVar
+from typing import Any, Final, Literal, Protocol, Self, TypeVar, get_args
 
 import httpx
 import orjson
@@ -93,9 +100,10 @@ from chainmail.errors import (
     StorageError,
     Unauthorized,
 )
-from chainmail.ids import BlobId, FeedId, MsgId, blob_id, is_feed_id, is_msg_id
+from chainmail.ids import BlobId, FeedId, MsgId, blob_id, is_blob_id, is_feed_id, is_msg_id
 from chainmail.keys import Keypair
 from chainmail.keystore import Keystore, passphrase_from_env_or_prompt
+from chainmail.txs import TxStatus
 from chainmail.verify import (
     Check,
     Flow,
@@ -166,6 +174,8 @@ _OPERATIONAL: Final[Mapping[str, type[OperationalError]]] = {
     "log": LogError,
     "delivery": DeliveryError,
 }
+#: What ``transactions(status=…)`` takes.
+_TX_STATUSES: Final[tuple[str, ...]] = get_args(TxStatus)
 #: Codes that say the local feed and the node's disagree; nothing is dropped for them.
 _DIVERGED: Final = frozenset({"fork", "out_of_order"})
 
@@ -571,22 +581,175 @@ def feed_path(directory: Path, fid: str) -> Path:
     return directory / f"{safe}.jsonl"
 
 
-# --------------------------------------------------------------------------- shared core
+# --------------------------------------------------------------------------- arguments
+
+# Both clients check every argument here before a request is made or anything
+# is signed: ``TypeError`` for one of the wrong type (what mypy would have
+# said), ``InvalidMessage`` (``invalid_format``) for one of the right type and
+# a bad value, as the id and deadline checks always did.
+
+_IdKind = Literal["feed", "msg", "blob"]
+#: What each kind of id looks like, and its check (``chainmail.ids``).
+_IDS: Final[Mapping[_IdKind, tuple[str, Callable[[object], bool]]]] = {
+    "feed": ("@….ed25519 feed id", is_feed_id),
+    "msg": ("%….sha256 message id", is_msg_id),
+    "blob": ("&….sha256 blob id", is_blob_id),
+}
+#: What a call takes one of, where it expects several (``parties="@…"``).
+_ONE: Final = (str, bytes, bytearray)
+#: The methods of a ``LocalFeed``.
+_FEED_METHODS: Final = ("head", "append_next", "after", "message_id", "truncate", "rebase")
+#: The longest repr of a bad value an error echoes.
+_SHOWN: Final = 80
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
+def _wrong_type(name: str, expected: str, value: object) -> TypeError:
+    return TypeError(f"{name}: expected {expected}, got {type(value).__name__}")
+
+
+def _str_arg(value: object, name: str, expected: str = "a string") -> str:
+    if not isinstance(value, str):
+        raise _wrong_type(name, expected, value)
+    return value
+
+
+def _opt_str_arg(value: object, name: str) -> str | None:
+    return None if value is None else _str_arg(value, name, "a string or None")
+
+
+def _int_arg(value: object, name: str, minimum: int = 0) -> int:
+    # bool is an int to Python, never a count, height or index here.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong_type(name, "an int", value)
+    if value < minimum:
+        raise InvalidMessage(f"{name}: expected {minimum} or more, got {value}")
+    return value
+
+
+def _bool_arg(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _wrong_type(name, "True or False", value)
+    return value
+
+
+def _callable_arg(value: object, name: str) -> None:
+    if not callable(value):
+        raise _wrong_type(name, "a callable", value)
+
+
+def _mapping_arg(value: object, name: str) -> dict[str, Any]:
+    """A copy of ``value``, a mapping (``data``, a message)."""
+    if not content_rules.is_mapping(value):
+        raise _wrong_type(name, "a mapping", value)
+    return dict(value)
+
+
+def _opt_mapping_arg(value: object, name: str) -> dict[str, Any] | None:
+    return None if value is None else _mapping_arg(value, name)
+
+
+def _content_arg(content: object) -> dict[str, Any] | str:
+    """A message's content: a mapping (copied) or a box string."""
+    if isinstance(content, str):
+        return content
+    if not content_rules.is_mapping(content):
+        raise _wrong_type("content", "a mapping or a box string", content)
+    return dict(content)
+
+
+def _bytes_arg(value: object, name: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise _wrong_type(name, "bytes", value)
+    return value
+
+
+def _path_arg(value: object, name: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise _wrong_type(name, "a path or None", value)
+    return Path(value)
+
+
+def _feed_arg(feed: object) -> None:
+    # LocalFeed is a Protocol: what it asks for, by name (``feed="dir"`` for ``feeds=``).
+    missing = [m for m in _FEED_METHODS if not callable(getattr(feed, m, None))]
+    if missing:
+        raise _wrong_type("feed", f"a LocalFeed (no {', '.join(missing)})", feed)
+
+
+def _transport_arg(transport: object, kind: type) -> None:
+    # A sync transport given to AsyncClient (or the reverse) fails only at the first request.
+    if transport is not None and not isinstance(transport, kind):
+        raise _wrong_type("transport", f"an httpx.{kind.__name__} or None", transport)
+
+
+def _id_arg(value: object, name: str, kind: _IdKind) -> str:
+    what, valid = _IDS[kind]
+    if not isinstance(value, str):
+        raise _wrong_type(name, f"a {what} string", value)
+    if not valid(value):
+        raise InvalidMessage(f"{name}: expected a {what}, got {_shown(value)}")
+    return value
+
+
+def _opt_id_arg(value: object, name: str, kind: _IdKind) -> str | None:
+    return None if value is None else _id_arg(value, name, kind)
+
+
+def _many(values: object, name: str, what: str, one: tuple[type, ...] = _ONE) -> Iterable[object]:
+    """``values`` if it is an iterable of several: not a single id (a string is
+    iterable, character by character) nor a single one of ``one``."""
+    if isinstance(values, one):
+        raise TypeError(
+            f"{name}: expected an iterable of {what}, got a single {type(values).__name__}"
+            " (put one in a list)"
+        )
+    if not isinstance(values, Iterable):
+        raise _wrong_type(name, f"an iterable of {what}", values)
+    return values
+
+
+def _ids_arg(values: object, name: str, kind: _IdKind) -> list[str]:
+    """``values`` as a list of ids of ``kind``, in order, each checked."""
+    items = _many(values, name, _IDS[kind][0] + "s")
+    return [_id_arg(item, f"{name}[{i}]", kind) for i, item in enumerate(items)]
+
+
+def _opt_ids_arg(values: object, name: str, kind: _IdKind) -> list[str] | None:
+    return None if values is None else _ids_arg(values, name, kind)
+
+
+def _messages_arg(msgs: object, name: str) -> list[dict[str, Any]]:
+    """Signed messages given as a sequence (a list or a tuple), each a mapping."""
+    if isinstance(msgs, Mapping | str | bytes | bytearray) or not isinstance(msgs, Sequence):
+        raise _wrong_type(name, "a sequence of signed messages (a list)", msgs)
+    return [_mapping_arg(m, f"{name}[{i}]") for i, m in enumerate(msgs)]
 
 
 Deadline = int | timedelta | datetime
 
 
-def _deadline_ms(deadline: Deadline, now: int) -> int:
+def _deadline_ms(deadline: object, now: int) -> int:
     if isinstance(deadline, timedelta):
         return now + int(deadline.total_seconds() * 1000)
     if isinstance(deadline, datetime):
         if deadline.tzinfo is None:
             raise InvalidMessage("deadline: a datetime needs a time zone")
         return int(deadline.timestamp() * 1000)
-    if isinstance(deadline, int) and not isinstance(deadline, bool) and deadline >= 0:
-        return deadline
-    raise InvalidMessage(f"deadline: expected Unix ms, a timedelta or a datetime, got {deadline!r}")
+    if not isinstance(deadline, int) or isinstance(deadline, bool):
+        raise _wrong_type("deadline", "Unix ms (an int), a timedelta or a datetime", deadline)
+    if deadline < 0:
+        raise InvalidMessage(f"deadline: expected Unix ms, 0 or more, got {deadline}")
+    return deadline
+
+
+# --------------------------------------------------------------------------- shared core
 
 
 class _Core:
@@ -604,6 +767,21 @@ class _Core:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         clock: Callable[[], int] = _now_ms,
     ) -> None:
+        _opt_str_arg(node, "node")
+        if keys is not None and not isinstance(keys, Keypair):
+            raise _wrong_type("keys", "a Keypair or None", keys)
+        feeds = _path_arg(feeds, "feeds")
+        if feed is not None:
+            _feed_arg(feed)
+        _opt_id_arg(node_id, "node_id", "feed")
+        if hmac_key is not None and len(_bytes_arg(hmac_key, "hmac_key")) != ssb.HMAC_KEY_BYTES:
+            raise InvalidMessage(
+                f"hmac_key: expected {ssb.HMAC_KEY_BYTES} bytes, got {len(hmac_key)}",
+                code="invalid_signature",
+            )
+        if not isinstance(timeout, httpx.Timeout | int | float) or isinstance(timeout, bool):
+            raise _wrong_type("timeout", "an httpx.Timeout or seconds", timeout)
+        _callable_arg(clock, "clock")
         url = (node or os.environ.get(NODE_ENV) or DEFAULT_NODE).rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise Error(
@@ -622,8 +800,6 @@ class _Core:
             raise Error(f"node URL {url!r}: no host", code="invalid_format")
         if port is not None and not 0 < port < 65536:
             raise Error(f"node URL {url!r}: port {port} is not 1 to 65535", code="invalid_format")
-        if node_id is not None and not is_feed_id(node_id):
-            raise InvalidMessage(f"node id: expected @….ed25519, got {node_id!r}")
         self.node = url
         self.keys = keys
         self.node_id = node_id
@@ -631,7 +807,7 @@ class _Core:
         self.clock = clock
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         if feed is None and keys is not None:
-            feed = MemoryFeed() if feeds is None else FileFeed(feed_path(Path(feeds), keys.id))
+            feed = MemoryFeed() if feeds is None else FileFeed(feed_path(feeds, keys.id))
         self.feed = feed
         # Highest sequence of our feed the node is known to have; None until asked.
         self._sent: int | None = None
@@ -650,9 +826,12 @@ class _Core:
 
         ``passphrase`` defaults to ``CHAINMAIL_PASSPHRASE`` or a prompt on a
         terminal; other keyword arguments go to the constructor. Raises
-        ``KeystoreError`` for a missing key or a wrong passphrase.
+        ``KeystoreError`` for a missing key or a wrong passphrase, ``TypeError``
+        for an argument of the wrong type.
         """
-        store = Keystore(home)
+        _str_arg(name, "name")
+        _opt_str_arg(passphrase, "passphrase")
+        store = Keystore(_path_arg(home, "home"))
         if passphrase is None:
             store.show(name)  # fail on a missing key before asking for a passphrase
             passphrase = passphrase_from_env_or_prompt()
@@ -696,14 +875,15 @@ class _Core:
 
         Checked first against the node's content rules (DESIGN §3), so a
         message that could never be accepted is not appended. Call ``sync()``
-        to push it. Raises ``InvalidMessage`` for content that breaks a rule,
-        ``Rejected`` (``not_admitted``) for a node-only type, ``KeystoreError``
-        without an identity, ``StorageError`` when the local copy cannot be
-        written.
+        to push it. Raises ``TypeError`` for content that is neither a mapping
+        nor a box string or a ``timestamp`` that is not an int, ``InvalidMessage``
+        for content that breaks a rule, ``Rejected`` (``not_admitted``) for a
+        node-only type, ``KeystoreError`` without an identity, ``StorageError``
+        when the local copy cannot be written.
         """
+        body = _content_arg(content)
+        when = self.clock() if timestamp is None else _int_arg(timestamp, "timestamp")
         keys = self._keys()
-        body: dict[str, Any] | str = content if isinstance(content, str) else dict(content)
-        when = self.clock() if timestamp is None else timestamp
 
         def make(head: ssb.FeedState | None) -> dict[str, Any]:
             msg = ssb.create(keys, body, head, when, self.hmac_key)
@@ -720,7 +900,9 @@ class _Core:
 
     # -- flows: feed -----------------------------------------------------------------------
 
-    def _head_flow(self, author: str) -> Flow[ssb.FeedState | None]:
+    def _head_flow(self, author: str | None) -> Flow[ssb.FeedState | None]:
+        """The node's head of ``author``'s feed (ours for None)."""
+        author = self.id if author is None else _id_arg(author, "author", "feed")
         try:
             resp = yield Request("GET", f"/v1/feeds/{path_id(author)}/head")
         except NotFound:
@@ -804,6 +986,7 @@ class _Core:
                 self._sent = int(msg["sequence"])
 
     def _publish_flow(self, content: Mapping[str, Any] | str) -> Flow[Receipt]:
+        _content_arg(content)  # before the node is asked for our feed's head
         if self._sent is None:
             yield from self._reconcile_flow()
         msg = self.sign(content)
@@ -814,16 +997,17 @@ class _Core:
         raise OperationalError(f"the node did not acknowledge {mid}")
 
     def _submit_flow(self, msg: Mapping[str, Any]) -> Flow[Receipt]:
-        body = ssb.stringify(dict(msg)).encode("utf-8")
+        body = ssb.stringify(_mapping_arg(msg, "msg")).encode("utf-8")
         resp = yield Request("POST", "/v1/messages", content=body, content_type=_JSON)
         receipt = _receipt(_json(resp), resp.status_code == 201)
         self._mark_sent(msg)
         return receipt
 
     def _batch_flow(self, msgs: Sequence[Mapping[str, Any]]) -> Flow[list[Receipt | Error]]:
-        if not msgs:
+        copies = _messages_arg(msgs, "msgs")
+        if not copies:
             return []
-        body = b"".join(ssb.stringify(dict(m), 0).encode("utf-8") + b"\n" for m in msgs)
+        body = b"".join(ssb.stringify(m, 0).encode("utf-8") + b"\n" for m in copies)
         resp = yield Request("POST", "/v1/messages/batch", content=body, content_type=_NDJSON)
         lines = [line for line in resp.content.split(b"\n") if line.strip()]
         if len(lines) != len(msgs):
@@ -847,45 +1031,45 @@ class _Core:
         subject: str | None,
         data: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
+        listed = list(dict.fromkeys(_ids_arg(parties, "parties", "feed")))
+        if _str_arg(finish, "finish") not in content_rules.FINISH_POLICIES:
+            raise InvalidMessage(f"finish: expected all, any or opener, got {_shown(finish)}")
+        _opt_str_arg(subject, "subject")
+        extra = _opt_mapping_arg(data, "data")
+        until = _deadline_ms(deadline, self.clock())
         me = self._keys().id
-        listed = list(dict.fromkeys(parties))
-        for party in listed:
-            if not is_feed_id(party):
-                raise InvalidMessage(f"party: expected @….ed25519, got {party!r}")
         if me not in listed:
             listed.insert(0, me)
-        if finish not in content_rules.FINISH_POLICIES:
-            raise InvalidMessage(f"finish: expected all, any or opener, got {finish!r}")
         body: dict[str, Any] = {
             "type": "tx/open",
             "parties": listed,
-            "deadline": _deadline_ms(deadline, self.clock()),
+            "deadline": until,
             "finish": finish,
         }
         if subject is not None:
             body["subject"] = subject
-        if data is not None:
-            body["data"] = dict(data)
+        if extra is not None:
+            body["data"] = extra
         return body
-
-    @staticmethod
-    def _tx_ref(tx: str) -> str:
-        if not is_msg_id(tx):
-            raise InvalidMessage(f"tx: expected a %….sha256 message id, got {tx!r}")
-        return tx
 
     def _note_content(
         self, tx: str, data: Mapping[str, Any], to: Iterable[str] | None
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": "tx/note", "tx": self._tx_ref(tx), "data": dict(data)}
-        if to is not None:
-            body["to"] = list(dict.fromkeys(to))
+        body: dict[str, Any] = {
+            "type": "tx/note",
+            "tx": _id_arg(tx, "tx", "msg"),
+            "data": _mapping_arg(data, "data"),
+        }
+        recipients = _opt_ids_arg(to, "to", "feed")
+        if recipients is not None:
+            body["to"] = list(dict.fromkeys(recipients))
         return body
 
     def _finish_content(self, tx: str, data: Mapping[str, Any] | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": "tx/finish", "tx": self._tx_ref(tx)}
-        if data is not None:
-            body["data"] = dict(data)
+        body: dict[str, Any] = {"type": "tx/finish", "tx": _id_arg(tx, "tx", "msg")}
+        extra = _opt_mapping_arg(data, "data")
+        if extra is not None:
+            body["data"] = extra
         return body
 
     # -- channels (DESIGN §3 "Channels") ---------------------------------------------------
@@ -926,21 +1110,25 @@ class _Core:
     def _open_channel_flow(
         self, members: Iterable[str], tx: str | None, label: str | None
     ) -> Flow[MsgId]:
-        content, key = channels.open_content(
-            list(members), author_keys=self._keys(), tx=tx, label=label
-        )
+        listed = _ids_arg(members, "members", "feed")
+        _opt_id_arg(tx, "tx", "msg")
+        _opt_str_arg(label, "label")
+        content, key = channels.open_content(listed, author_keys=self._keys(), tx=tx, label=label)
         receipt = yield from self._publish_flow(content)
         self._channel_keys[receipt.id] = (key, tx)
         return receipt.id
 
     def _channel_send_flow(self, chan: str, data: Mapping[str, Any]) -> Flow[Receipt]:
+        _id_arg(chan, "chan", "msg")
+        inner = _mapping_arg(data, "data")
         key, tx = yield from self._channel_key_flow(chan)
-        content = channels.msg_content(key, dict(data), author=self.id, channel=chan, tx=tx)
+        content = channels.msg_content(key, inner, author=self.id, channel=chan, tx=tx)
         return (yield from self._publish_flow(content))
 
     def _channel_send_document_flow(
         self, chan: str, document: Path | str | bytes, name: str | None, mime: str | None
     ) -> Flow[ChannelDocument]:
+        _id_arg(chan, "chan", "msg")
         data, name, mime = read_document(document, name, mime)
         key, tx = yield from self._channel_key_flow(chan)
         sealed = chandocs.seal_document(key, data, author=self.id, channel=chan)
@@ -959,6 +1147,8 @@ class _Core:
         return ChannelDocument(sent.id, self.id, notarised.id, bid, len(data), name, mime)
 
     def _channel_document_flow(self, chan: str, msg_id: str) -> Flow[tuple[ChannelDocument, bytes]]:
+        _id_arg(chan, "chan", "msg")
+        _id_arg(msg_id, "msg_id", "msg")
         history, opened = yield from self._channel_history_flow(chan)
         found = next((o for o in opened if o.id == msg_id), None)
         if found is None:
@@ -998,11 +1188,14 @@ class _Core:
     def _channel_share_flow(self, chan: str, readers: Iterable[str]) -> Flow[Receipt]:
         # No ``tx``: sharing usually comes after the tx closed, and a message
         # naming a closed tx is refused; the channel id is what is shared.
+        _id_arg(chan, "chan", "msg")
+        listed = _ids_arg(readers, "readers", "feed")
         key, _ = yield from self._channel_key_flow(chan)
-        content = channels.share_content(key, chan, list(readers))
+        content = channels.share_content(key, chan, listed)
         return (yield from self._publish_flow(content))
 
     def _channel_read_flow(self, chan: str) -> Flow[list[channels.Opened]]:
+        _id_arg(chan, "chan", "msg")
         _, opened = yield from self._channel_history_flow(chan)
         return opened
 
@@ -1025,6 +1218,7 @@ class _Core:
         return _json(resp)
 
     def _tx_flow(self, tx_id: str) -> Flow[dict[str, Any]]:
+        _id_arg(tx_id, "tx_id", "msg")
         body = _dict(
             (yield from self._get_flow(f"/v1/transactions/{path_id(tx_id)}")), "transaction"
         )
@@ -1038,7 +1232,13 @@ class _Core:
     def _transactions_flow(
         self, party: str | None, status: str | None, limit: int, after: str | None = None
     ) -> Flow[list[dict[str, Any]]]:
-        params: dict[str, str | int] = {"limit": limit}
+        params: dict[str, str | int] = {"limit": _int_arg(limit, "limit", 1)}
+        _opt_id_arg(party, "party", "feed")
+        _opt_id_arg(after, "after", "msg")
+        if _opt_str_arg(status, "status") not in (None, *_TX_STATUSES):
+            raise InvalidMessage(
+                f"status: expected {', '.join(_TX_STATUSES)} or None, got {_shown(status)}"
+            )
         if after is not None:
             params["before"] = after  # the API's cursor: the txs listed after this one
         if party is not None:
@@ -1051,8 +1251,9 @@ class _Core:
     # -- flows: inbox ----------------------------------------------------------------------
 
     def _inbox_flow(self, limit: int) -> Flow[list[InboxEntry]]:
+        params = {"limit": _int_arg(limit, "limit", 1)}
         self._keys()
-        resp = yield Request("GET", "/v1/inbox", {"limit": limit}, signed=True)
+        resp = yield Request("GET", "/v1/inbox", params, signed=True)
         entries = _dict(_json(resp), "inbox").get("entries")
         if not isinstance(entries, list):
             raise ProofError(
@@ -1061,8 +1262,8 @@ class _Core:
         return [_inbox_entry(e) for e in entries]
 
     def _ack_flow(self, ids: Iterable[str]) -> Flow[int]:
+        body = orjson.dumps({"ids": _ids_arg(ids, "ids", "msg")})
         self._keys()
-        body = orjson.dumps({"ids": list(ids)})
         resp = yield Request("POST", "/v1/inbox/ack", content=body, content_type=_JSON, signed=True)
         acked = _dict(_json(resp), "ack").get("acked", 0)
         if type(acked) is not int:
@@ -1072,7 +1273,7 @@ class _Core:
     # -- flows: blobs ----------------------------------------------------------------------
 
     def _put_blob_flow(self, data: bytes) -> Flow[BlobId]:
-        expected = blob_id(data)
+        expected = blob_id(_bytes_arg(data, "data"))
         resp = yield Request(
             "PUT", "/v1/blobs", content=data, content_type="application/octet-stream"
         )
@@ -1082,6 +1283,7 @@ class _Core:
         return expected
 
     def _get_blob_flow(self, bid: str) -> Flow[bytes]:
+        _id_arg(bid, "bid", "blob")
         resp = yield Request("GET", f"/v1/blobs/{path_id(bid)}")
         got = blob_id(resp.content)
         if got != bid:
@@ -1097,6 +1299,7 @@ class _Core:
         mime: str | None,
         tx: str | None,
     ) -> Flow[Receipt]:
+        _opt_id_arg(tx, "tx", "msg")  # before the blob is stored
         data, name, mime = read_document(document, name, mime)
         bid = yield from self._put_blob_flow(data)
         body: dict[str, Any] = {"type": "doc", "blob": bid, "size": len(data)}
@@ -1105,15 +1308,14 @@ class _Core:
         if mime is not None:
             body["mime"] = mime
         if tx is not None:
-            body["tx"] = self._tx_ref(tx)
+            body["tx"] = tx
         return (yield from self._publish_flow(body))
 
     # -- flows: reads ----------------------------------------------------------------------
 
     def _blocks_flow(self, after: int, limit: int) -> Flow[list[dict[str, Any]]]:
-        body = _dict(
-            (yield from self._get_flow("/v1/blocks", {"after": after, "limit": limit})), "blocks"
-        )
+        params = {"after": _int_arg(after, "after"), "limit": _int_arg(limit, "limit", 1)}
+        body = _dict((yield from self._get_flow("/v1/blocks", params)), "blocks")
         got = body.get("blocks")
         if not isinstance(got, list) or not all(
             isinstance(b, dict) and type(b.get("height")) is int for b in got
@@ -1122,6 +1324,7 @@ class _Core:
         return got
 
     def _checkpoint_flow(self, pipeline: int) -> Flow[str]:
+        _int_arg(pipeline, "pipeline")
         resp = yield Request("GET", f"/v1/log/{pipeline}/checkpoint")
         try:
             return resp.content.decode("utf-8")
@@ -1129,15 +1332,105 @@ class _Core:
             raise ProofError(f"checkpoint of pipeline {pipeline}: not UTF-8 text") from exc
 
     def _consistency_flow(self, pipeline: int, size1: int, size2: int) -> Flow[list[bytes]]:
+        _int_arg(pipeline, "pipeline")
+        params = {"from": _int_arg(size1, "size1", 1), "to": _int_arg(size2, "size2", 1)}
         body = _dict(
-            (
-                yield from self._get_flow(
-                    f"/v1/log/{pipeline}/consistency", {"from": size1, "to": size2}
-                )
-            ),
+            (yield from self._get_flow(f"/v1/log/{pipeline}/consistency", params)),
             "consistency proof",
         )
         return proof_hashes(body.get("proof"), "consistency proof")
+
+    def _message_flow(self, msg_id: str) -> Flow[dict[str, Any]]:
+        path = f"/v1/messages/{path_id(_id_arg(msg_id, 'msg_id', 'msg'))}"
+        return _dict((yield from self._get_flow(path)), "message")
+
+    def _block_flow(self, height: int) -> Flow[dict[str, Any]]:
+        path = f"/v1/blocks/{_int_arg(height, 'height')}"
+        return _dict((yield from self._get_flow(path)), "block")
+
+    def _firehose_params(self, start: int, pipeline: int, follow: bool) -> dict[str, str | int]:
+        return {
+            "from": _int_arg(start, "start"),
+            "pipeline": _int_arg(pipeline, "pipeline"),
+            "follow": "true" if _bool_arg(follow, "follow") else "false",
+        }
+
+    def _inbox_stream(self, ack: bool) -> tuple[str, dict[str, str]]:
+        """The inbox stream's URL and its signed handshake headers."""
+        _bool_arg(ack, "ack")
+        url, raw_path = self._ws_url("/v1/inbox/stream")
+        return url, self._inbox_headers(raw_path)
+
+    # -- flows: verification (``chainmail.verify``, its arguments checked first) -----------
+
+    def _pin(self, node_id: str | None, progress: Progress | None) -> str | None:
+        """The node id a verification pins (``node_id``, or the client's), and
+        ``progress`` checked: what every verification takes."""
+        if progress is not None:
+            _callable_arg(progress, "progress")
+        return self.node_id if node_id is None else _id_arg(node_id, "node_id", "feed")
+
+    def _verify_message_flow(
+        self, msg_id: str, node_id: str | None, progress: Progress | None
+    ) -> Flow[Report]:
+        _id_arg(msg_id, "msg_id", "msg")
+        pin = self._pin(node_id, progress)
+        return (
+            yield from message_flow(msg_id, node_id=pin, hmac_key=self.hmac_key, progress=progress)
+        )
+
+    def _verify_document_flow(
+        self, data: bytes, msg_id: str, node_id: str | None, progress: Progress | None
+    ) -> Flow[Report]:
+        _id_arg(msg_id, "msg_id", "msg")
+        pin = self._pin(node_id, progress)
+        return (
+            yield from document_flow(
+                msg_id, data, node_id=pin, hmac_key=self.hmac_key, progress=progress
+            )
+        )
+
+    def _verify_tx_flow(
+        self, tx_id: str, node_id: str | None, progress: Progress | None
+    ) -> Flow[Report]:
+        _id_arg(tx_id, "tx_id", "msg")
+        pin = self._pin(node_id, progress)
+        return (yield from tx_flow(tx_id, node_id=pin, hmac_key=self.hmac_key, progress=progress))
+
+    def _verify_block_flow(
+        self,
+        height: int,
+        node_id: str | None,
+        progress: Progress | None,
+        bitcoin: Callable[[int], bytes] | None,
+        anchor: bool,
+        witnesses: Sequence[str] | None,
+        threshold: int | None,
+    ) -> Flow[Report]:
+        _int_arg(height, "height")
+        pin = self._pin(node_id, progress)
+        _bool_arg(anchor, "anchor")
+        pinned = _opt_ids_arg(witnesses, "witnesses", "feed")
+        if threshold is not None:
+            _int_arg(threshold, "threshold", 1)
+        return (
+            yield from block_flow(
+                height,
+                node_id=pin,
+                progress=progress,
+                bitcoin=bitcoin,
+                anchor=anchor,
+                witnesses=pinned,
+                threshold=threshold,
+            )
+        )
+
+    def _verify_checkpoint_flow(
+        self, pipeline: int, node_id: str | None, progress: Progress | None
+    ) -> Flow[Report]:
+        _int_arg(pipeline, "pipeline")
+        pin = self._pin(node_id, progress)
+        return (yield from checkpoint_flow(pipeline, node_id=pin, progress=progress))
 
 
 def _undecodable(node: str, exc: httpx.DecodingError) -> ProofError:
@@ -1177,7 +1470,10 @@ class Client(_Core):
     ``keys`` is the identity (see ``from_keystore``); ``feeds`` a directory
     for the local feed copy (memory without it); ``node_id`` pins the node's
     identity for verification; ``transport`` replaces httpx's (tests).
-    Use it as a context manager, or call ``close()``.
+    Use it as a context manager, or call ``close()``. Every method (and the
+    constructor) raises ``TypeError`` for an argument of the wrong type and
+    ``InvalidMessage`` for an ill-formed id or a number out of range, before
+    any request (see the module's "Errors").
     """
 
     def __init__(
@@ -1193,6 +1489,7 @@ class Client(_Core):
         clock: Callable[[], int] = _now_ms,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        _transport_arg(transport, httpx.BaseTransport)
         super().__init__(
             node,
             keys,
@@ -1287,8 +1584,9 @@ class Client(_Core):
         """Open a transaction with ``parties`` (you are added); returns the tx id.
 
         ``deadline`` is Unix time in ms, a ``timedelta`` from now or an aware
-        ``datetime``. Raises ``InvalidMessage`` for a bad party, deadline or
-        policy, and what ``publish`` raises.
+        ``datetime``. Raises ``TypeError`` for an argument of the wrong type
+        (``parties`` a single id string, say), ``InvalidMessage`` for a bad
+        party, deadline or policy, and what ``publish`` raises.
         """
         body = self._open_tx_content(parties, deadline, finish, subject, data)
         return self.publish(body).id
@@ -1329,15 +1627,15 @@ class Client(_Core):
 
     def message(self, msg_id: str) -> dict[str, Any]:
         """``{"message", "pipeline", "index", "received", "tx", "block"}``; raises ``NotFound``."""
-        return _dict(self._run(self._get_flow(f"/v1/messages/{path_id(msg_id)}")), "message")
+        return self._run(self._message_flow(msg_id))
 
     def head(self, author: str | None = None) -> ssb.FeedState | None:
         """The node's head of ``author``'s feed (yours by default), None when empty."""
-        return self._run(self._head_flow(author or self.id))
+        return self._run(self._head_flow(author))
 
     def block(self, height: int) -> dict[str, Any]:
         """Block ``height`` with its records, unverified; raises ``NotFound``."""
-        return _dict(self._run(self._get_flow(f"/v1/blocks/{height}")), "block")
+        return self._run(self._block_flow(height))
 
     def blocks(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         """Blocks above height ``after``, unverified."""
@@ -1355,7 +1653,7 @@ class Client(_Core):
         """The RFC 9162 consistency proof of ``pipeline`` from ``size1`` to ``size2``, unverified.
 
         ``chainmail.merkle.verify_consistency`` checks it against the two roots.
-        Raises ``InvalidRequest`` for sizes the log cannot prove.
+        Raises ``InvalidMessage`` for sizes the log cannot prove.
         """
         return self._run(self._consistency_flow(pipeline, size1, size2))
 
@@ -1384,14 +1682,16 @@ class Client(_Core):
         the node refuses the signature, ``NodeUnavailable`` when the
         connection fails.
         """
-        if not follow:
+        _int_arg(limit, "limit", 1)
+        _bool_arg(ack, "ack")
+        if not _bool_arg(follow, "follow"):
             yield from self._inbox_pages(ack, limit)
             return
-        url, raw_path = self._ws_url("/v1/inbox/stream")
+        url, headers = self._inbox_stream(ack)
         try:
             with websockets.sync.client.connect(
                 url,
-                additional_headers=self._inbox_headers(raw_path),
+                additional_headers=headers,
                 max_size=_WS_MAX_SIZE,
                 open_timeout=self._timeout.connect,
             ) as ws:
@@ -1431,7 +1731,7 @@ class Client(_Core):
         With ``follow`` the stream stays open for new messages. Raises
         ``NotFound`` for an unknown pipeline, ``NodeUnavailable``.
         """
-        params = {"from": start, "pipeline": pipeline, "follow": "true" if follow else "false"}
+        params = self._firehose_params(start, pipeline, follow)
         timeout = httpx.Timeout(None, connect=self._timeout.connect) if follow else self._timeout
         try:
             with self._http.stream("GET", "/v1/firehose", params=params, timeout=timeout) as resp:
@@ -1455,7 +1755,8 @@ class Client(_Core):
         posts the ``doc`` that does); unnamed, it is deleted after the node's
         grace (24 h by default). Raises ``ProofError`` when the node names
         another id, ``InvalidMessage`` (``too_large``), ``RateLimited`` when the
-        node holds as many unnamed blob bytes as it takes, ``NodeUnavailable``.
+        node holds as many unnamed blob bytes as it takes, ``NodeUnavailable``,
+        ``TypeError`` when ``data`` is not bytes.
         """
         return self._run(self._put_blob_flow(data))
 
@@ -1488,6 +1789,7 @@ class Client(_Core):
         """Open an encrypted channel with ``members`` (you are added); returns its id.
 
         A fresh key is sealed to each member's curve25519 key. Raises
+        ``TypeError`` for ``members`` that is not an iterable of id strings,
         ``InvalidMessage`` for a bad member id, and what ``publish`` raises.
         """
         return self._run(self._open_channel_flow(members, tx, label))
@@ -1560,10 +1862,7 @@ class Client(_Core):
         Raises ``VerificationFailed`` (a ``ProofError``) with the report,
         ``NotFound`` until a block covers the message, ``NodeUnavailable``.
         """
-        flow = message_flow(
-            msg_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key, progress=progress
-        )
-        return self._run(flow)
+        return self._run(self._verify_message_flow(msg_id, node_id, progress))
 
     def verify_document(
         self,
@@ -1581,14 +1880,8 @@ class Client(_Core):
         until a block covers the message, ``NodeUnavailable``, ``Error`` (``invalid_format``)
         when the file cannot be read.
         """
-        flow = document_flow(
-            msg_id,
-            _document_bytes(document),
-            node_id=node_id or self.node_id,
-            hmac_key=self.hmac_key,
-            progress=progress,
-        )
-        return self._run(flow)
+        data = _document_bytes(document)
+        return self._run(self._verify_document_flow(data, msg_id, node_id, progress))
 
     def verify_tx(
         self, tx_id: str, *, node_id: str | None = None, progress: Progress | None = None
@@ -1598,10 +1891,7 @@ class Client(_Core):
         Raises ``VerificationFailed`` (a ``ProofError``) with the report,
         ``NotFound`` for an unknown tx or one no block holds yet, ``NodeUnavailable``.
         """
-        flow = tx_flow(
-            tx_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key, progress=progress
-        )
-        return self._run(flow)
+        return self._run(self._verify_tx_flow(tx_id, node_id, progress))
 
     def verify_block(
         self,
@@ -1622,24 +1912,17 @@ class Client(_Core):
         Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
         """
         with _headers(bitcoin) as headers:
-            return self._run(
-                block_flow(
-                    height,
-                    node_id=node_id or self.node_id,
-                    progress=progress,
-                    bitcoin=headers,
-                    anchor=anchor,
-                    witnesses=witnesses,
-                    threshold=threshold,
-                )
+            flow = self._verify_block_flow(
+                height, node_id, progress, headers, anchor, witnesses, threshold
             )
+            return self._run(flow)
 
     def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
         """Verify ``pipeline``'s current signed checkpoint with the node's key.
 
         Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
         """
-        return self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
+        return self._run(self._verify_checkpoint_flow(pipeline, node_id, None))
 
 
 def read_document(
@@ -1647,8 +1930,11 @@ def read_document(
 ) -> tuple[bytes, str | None, str | None]:
     """A document's bytes, and its name and type (by default, from a path's file name).
 
-    Raises ``Error`` (``invalid_format``) when the file cannot be read.
+    Raises ``Error`` (``invalid_format``) when the file cannot be read, ``TypeError``
+    for a ``document`` neither a path nor bytes, or a ``name`` or ``mime`` not a string.
     """
+    _opt_str_arg(name, "name")
+    _opt_str_arg(mime, "mime")
     data = _document_bytes(document)
     if not isinstance(document, bytes):
         path = Path(document)
@@ -1662,6 +1948,8 @@ def _document_bytes(document: Path | str | bytes) -> bytes:
     """A document given as bytes or as a path to read; ``Error`` (``invalid_format``) if unreadable."""
     if isinstance(document, bytes):
         return document
+    if not isinstance(document, str | os.PathLike):
+        raise _wrong_type("document", "a path or bytes", document)
     path = Path(document)
     try:
         return path.read_bytes()
@@ -1716,6 +2004,7 @@ class AsyncClient(_Core):
         clock: Callable[[], int] = _now_ms,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        _transport_arg(transport, httpx.AsyncBaseTransport)
         super().__init__(
             node,
             keys,
@@ -1798,8 +2087,11 @@ class AsyncClient(_Core):
 
         Messages go out as fast as the node takes them while results come
         back, so many are in flight at once. Raises ``NodeUnavailable`` when
-        the connection fails, and whatever iterating ``msgs`` raises.
+        the connection fails, ``TypeError`` for ``msgs`` that is not an iterable
+        of mappings (one message alone, say), and whatever iterating ``msgs`` raises.
         """
+        if not isinstance(msgs, AsyncIterable):
+            _many(msgs, "msgs", "signed messages", (*_ONE, Mapping))
         url, _ = self._ws_url("/v1/ingest")
         in_flight: deque[Mapping[str, Any]] = deque()
         state = {"done": False}
@@ -1812,8 +2104,10 @@ class AsyncClient(_Core):
 
                 async def pump() -> None:
                     try:
+                        sent = 0
                         async for msg in _aiter(msgs):
-                            frame = ssb.stringify(dict(msg), 0)
+                            frame = ssb.stringify(_mapping_arg(msg, f"msgs[{sent}]"), 0)
+                            sent += 1
                             in_flight.append(msg)
                             await ws.send(frame)
                             progress.set()
@@ -1893,15 +2187,15 @@ class AsyncClient(_Core):
 
     async def block(self, height: int) -> dict[str, Any]:
         """Block ``height`` with its records, unverified; raises ``NotFound``."""
-        return _dict(await self._run(self._get_flow(f"/v1/blocks/{height}")), "block")
+        return await self._run(self._block_flow(height))
 
     async def message(self, msg_id: str) -> dict[str, Any]:
         """A message and where it is; raises ``NotFound``."""
-        return _dict(await self._run(self._get_flow(f"/v1/messages/{path_id(msg_id)}")), "message")
+        return await self._run(self._message_flow(msg_id))
 
     async def head(self, author: str | None = None) -> ssb.FeedState | None:
         """The node's head of ``author``'s feed (yours by default), None when empty."""
-        return await self._run(self._head_flow(author or self.id))
+        return await self._run(self._head_flow(author))
 
     async def transactions(
         self,
@@ -1926,11 +2220,11 @@ class AsyncClient(_Core):
 
     async def inbox_iter(self, *, ack: bool = True) -> AsyncIterator[InboxEntry]:
         """Your deliveries as they come over the WebSocket; raises like ``Client.inbox_iter``."""
-        url, raw_path = self._ws_url("/v1/inbox/stream")
+        url, headers = self._inbox_stream(ack)
         try:
             async with websockets.asyncio.client.connect(
                 url,
-                additional_headers=self._inbox_headers(raw_path),
+                additional_headers=headers,
                 max_size=_WS_MAX_SIZE,
                 open_timeout=self._timeout.connect,
             ) as ws:
@@ -1950,7 +2244,7 @@ class AsyncClient(_Core):
         self, start: int = 0, *, pipeline: int = 0, follow: bool = False
     ) -> AsyncIterator[FirehoseEntry]:
         """The firehose from ``start``; raises like ``Client.firehose``."""
-        params = {"from": start, "pipeline": pipeline, "follow": "true" if follow else "false"}
+        params = self._firehose_params(start, pipeline, follow)
         timeout = httpx.Timeout(None, connect=self._timeout.connect) if follow else self._timeout
         try:
             async with self._http.stream(
@@ -2022,24 +2316,18 @@ class AsyncClient(_Core):
 
     async def verify_message(self, msg_id: str, *, node_id: str | None = None) -> Report:
         """Verify a message; raises like ``Client.verify_message``."""
-        return await self._run(
-            message_flow(msg_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
-        )
+        return await self._run(self._verify_message_flow(msg_id, node_id, None))
 
     async def verify_document(
         self, document: Path | str | bytes, msg_id: str, *, node_id: str | None = None
     ) -> Report:
         """Verify a notarised document; raises like ``Client.verify_document``."""
         data = await asyncio.to_thread(_document_bytes, document)
-        return await self._run(
-            document_flow(msg_id, data, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
-        )
+        return await self._run(self._verify_document_flow(data, msg_id, node_id, None))
 
     async def verify_tx(self, tx_id: str, *, node_id: str | None = None) -> Report:
         """Verify a closed tx; raises like ``Client.verify_tx``."""
-        return await self._run(
-            tx_flow(tx_id, node_id=node_id or self.node_id, hmac_key=self.hmac_key)
-        )
+        return await self._run(self._verify_tx_flow(tx_id, node_id, None))
 
     async def verify_block(
         self,
@@ -2054,25 +2342,20 @@ class AsyncClient(_Core):
         """Verify a block; raises like ``Client.verify_block``. (The Bitcoin headers, with
         ``bitcoin``, are fetched synchronously: one short call per anchor.)"""
         with _headers(bitcoin) as headers:
-            return await self._run(
-                block_flow(
-                    height,
-                    node_id=node_id or self.node_id,
-                    bitcoin=headers,
-                    anchor=anchor,
-                    witnesses=witnesses,
-                    threshold=threshold,
-                )
+            flow = self._verify_block_flow(
+                height, node_id, None, headers, anchor, witnesses, threshold
             )
+            return await self._run(flow)
 
     async def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
         """Verify a pipeline's current checkpoint; raises like ``Client.verify_checkpoint``."""
-        return await self._run(checkpoint_flow(pipeline, node_id=node_id or self.node_id))
+        return await self._run(self._verify_checkpoint_flow(pipeline, node_id, None))
 
 
 @contextlib.contextmanager
 def _headers(url: str | None) -> Iterator[Callable[[int], bytes] | None]:
     """The header look-up of the Bitcoin node at ``url`` for ``block_flow``, or None."""
+    url = _opt_str_arg(url, "bitcoin")
     if url is None:
         yield None
         return
