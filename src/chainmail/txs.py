@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
 
-from chainmail.content import TX_TYPES, check_policy, is_mapping, tx_of
+from chainmail.content import check_policy, is_mapping, tx_of
 from chainmail.errors import Error, InvalidMessage, Rejected, StorageError
 
 __all__ = [
@@ -233,13 +233,13 @@ def check_post(tx: Tx | None, author: object, content: object, *, now: int) -> N
     The sequencer holds every message to the rules this way, without
     building a message mapping for each one.
     """
-    # ``tx_of`` and the tx/open test, on one look at the content.
+    # The tx/open test, and the tx the content names (a ``tx`` field of any
+    # type holds a tx id, DESIGN §3), on one look at the content.
     kind: object = None
     named: object = None
     if is_mapping(content):
         kind = content.get("type")
-        if kind in TX_TYPES:
-            named = content.get("tx")
+        named = content.get("tx")
     if not isinstance(named, str):
         named = None
     if tx is None:

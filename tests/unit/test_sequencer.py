@@ -197,6 +197,20 @@ def test_tx_rules_unknown_outsider_closed(h: Harness) -> None:
     h.refused(a.sign({"type": "tx/note", "tx": tx, "data": {}}), "tx_closed")
 
 
+def test_a_tx_field_of_any_type_names_a_tx_and_the_refusal_says_which(h: Harness) -> None:
+    a, b, eve = Writer(), Writer(), Writer()
+    tx = h.one(open_tx(a, b)).id
+    unknown = "%" + "B" * 43 + "=.sha256"
+    before = a.state
+    err = h.refused(a.sign({"type": "my/app", "tx": unknown}), "unknown_tx")
+    assert err.detail == f"unknown tx {unknown}"  # it said "(none named)"
+    a.state = before
+    h.refused(eve.sign({"type": "my/app", "tx": tx}), "not_a_party")
+    eve.state = None
+    h.one(a.sign({"type": "my/app", "tx": tx}))
+    h.one(a.sign({"type": "my/app", "note": "no tx named, no tx rules"}))
+
+
 def test_deadline_closes_tx_by_the_clock(h: Harness, clock: Clock) -> None:
     a, b = Writer(), Writer()
     tx = h.one(open_tx(a, b, deadline=NOW + 1000)).id
