@@ -72,6 +72,10 @@ class NodeConfig:
     """How a node runs. Only ``data_dir`` is required."""
 
     data_dir: Path
+    #: The log's and the store's SQLite files (default: ``log.sqlite`` and
+    #: ``store.sqlite`` in ``data_dir``). The store's blobs sit beside its file.
+    log_path: Path | None = None
+    store_path: Path | None = None
     pipelines: int = 1
     block_interval: float = DEFAULT_BLOCK_INTERVAL
     origin: str | None = None
@@ -199,6 +203,12 @@ class Node:
             raise StorageError(
                 f"cannot use {config.data_dir} as the data directory: {exc}"
             ) from exc
+        for path in (config.log_path, config.store_path):
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(f"cannot make the directory of {path}: {exc}") from exc
         # Held until ``stop``: a second node on the same files would serve stale
         # state and fail every write it raced the first one for.
         self._lock = _lock_data_dir(config.data_dir)
@@ -208,14 +218,15 @@ class Node:
         # "+" nor spaces (C2SP signed-note): use base64url letters of the id.
         short = self.id[1:9].replace("+", "-").replace("/", "_")
         self.origin = config.origin or f"chainmail.node/{short}"
+        log_path = config.log_path or config.data_dir / "log.sqlite"
         self.log: Log = log_ or SqliteLog(
-            config.data_dir / "log.sqlite",
-            pipelines=config.pipelines,
-            synchronous=config.synchronous,
+            log_path, pipelines=config.pipelines, synchronous=config.synchronous
         )
         # ``synchronous`` is the log's: the store is rebuilt from it (STORE_SYNCHRONOUS).
         self.store: Store = store or SqliteStore(
-            config.data_dir / "store.sqlite", synchronous=STORE_SYNCHRONOUS
+            config.store_path or config.data_dir / "store.sqlite",
+            synchronous=STORE_SYNCHRONOUS,
+            log_path=log_path,
         )
         try:
             # Here as well as in the sequencer's start, so ``serve`` says it in one line.

@@ -242,8 +242,8 @@ def checked_cursors(log_: Log, store: Store) -> dict[int, int]:
             raise StorageError(
                 f"the store is ahead of the log: pipeline {pipeline} projected to"
                 f" {cursor} entries, the log holds {size}; the log lost commits"
-                " (synchronous=NORMAL and a power loss?). Move the data directory's"
-                " store.sqlite (with its -wal and -shm files) aside and start again:"
+                " (synchronous=NORMAL and a power loss?). Move the store's file"
+                " (store.sqlite, with its -wal and -shm files) aside and start again:"
                 " it is rebuilt from the log"
             )
     return cursors

@@ -28,13 +28,27 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
 
 
-def _sqlite_path(url: str | None, what: str) -> None:
-    if url is None or url.startswith("sqlite:"):
-        return
-    raise Error(
-        f"--{what} {url}: only the embedded SQLite backend is available in this version",
-        code="invalid_format",
-    )
+def _sqlite_path(url: str | None, what: str) -> Path | None:
+    """The file of a ``sqlite:`` URL (``sqlite:PATH``, ``sqlite:///ABS/PATH``); None for none."""
+    if url is None:
+        return None
+    if not url.startswith("sqlite:"):
+        raise Error(
+            f"--{what} {url}: only the embedded SQLite backend is available in this version",
+            code="invalid_format",
+        )
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        host, _, path = rest[2:].partition("/")
+        if host:
+            raise Error(
+                f"--{what} {url}: a SQLite file is local: sqlite:///ABS/PATH or sqlite:PATH",
+                code="invalid_format",
+            )
+        rest = "/" + path
+    if rest in ("", "/") or rest.endswith("/"):
+        raise Error(f"--{what} {url}: no file named", code="invalid_format")
+    return Path(rest)
 
 
 def _anchor_config(
@@ -138,9 +152,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
     store: Annotated[
-        str | None, typer.Option(help="Projection store URL (default: SQLite in --data).")
+        str | None,
+        typer.Option(
+            help="Projection store URL: sqlite:PATH or sqlite:///ABS/PATH (default: "
+            "store.sqlite in --data; its blobs go beside it)."
+        ),
     ] = None,
-    log: Annotated[str | None, typer.Option(help="Log URL (default: SQLite in --data).")] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="Log URL: sqlite:PATH or sqlite:///ABS/PATH (default: log.sqlite in --data)."
+        ),
+    ] = None,
     block_interval: Annotated[
         float, typer.Option(help="Seconds between blocks (only when something happened).")
     ] = DEFAULT_BLOCK_INTERVAL,
@@ -275,8 +298,8 @@ def serve(
 
     from chainmail.api import Limits, create_app
 
-    _sqlite_path(store, "store")
-    _sqlite_path(log, "log")
+    store_path = _sqlite_path(store, "store")
+    log_path = _sqlite_path(log, "log")
     if admission not in ("open", "attested"):
         raise Error(
             f"--admission: expected open or attested, got {admission}", code="invalid_format"
@@ -351,6 +374,8 @@ def serve(
         node = Node(
             NodeConfig(
                 data_dir=data,
+                log_path=log_path,
+                store_path=store_path,
                 block_interval=block_interval,
                 pipelines=pipelines,
                 workers=workers,
