@@ -399,6 +399,12 @@ def create_app(
             headers=exc.headers,  # a 405's Allow
         )
 
+    @app.exception_handler(ClientDisconnect)
+    async def _on_gone(_: Request, exc: ClientDisconnect) -> Response:
+        # The client went away before its body was all read: nobody reads this
+        # answer, and it is no bug to log with a traceback (``_on_bug``).
+        return _problem(InvalidRequest("the client disconnected before its body was read"))
+
     @app.exception_handler(Exception)
     async def _on_bug(_: Request, exc: Exception) -> Response:
         # A bug, not bad input: logged with its traceback (Starlette re-raises it

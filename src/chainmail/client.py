@@ -662,10 +662,15 @@ def _content_arg(content: object) -> dict[str, Any] | str:
     return dict(content)
 
 
+#: What a call takes as bytes (a blob, a document, a key), copied to ``bytes``.
+BytesLike = bytes | bytearray | memoryview
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+
+
 def _bytes_arg(value: object, name: str) -> bytes:
-    if not isinstance(value, bytes):
-        raise _wrong_type(name, "bytes", value)
-    return value
+    if not isinstance(value, _BYTES_LIKE):
+        raise _wrong_type(name, "bytes (or a bytearray or memoryview)", value)
+    return bytes(value)
 
 
 def _path_arg(value: object, name: str) -> Path | None:
@@ -673,7 +678,23 @@ def _path_arg(value: object, name: str) -> Path | None:
         return None
     if not isinstance(value, str | os.PathLike):
         raise _wrong_type(name, "a path or None", value)
-    return Path(value)
+    return Path(value).expanduser()
+
+
+def _timeout_arg(value: object) -> httpx.Timeout:
+    """What httpx takes for a timeout: seconds, None (none), a tuple of four
+    (connect, read, write, pool) or an ``httpx.Timeout``."""
+
+    def seconds(v: object) -> bool:
+        return v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0)
+
+    if isinstance(value, httpx.Timeout):
+        return value
+    if seconds(value) or (
+        isinstance(value, tuple) and len(value) == 4 and all(map(seconds, value))
+    ):
+        return httpx.Timeout(value)  # type: ignore[arg-type]
+    raise _wrong_type("timeout", "seconds, None, a tuple of four or an httpx.Timeout", value)
 
 
 def _feed_arg(feed: object) -> None:
@@ -726,10 +747,9 @@ def _opt_ids_arg(values: object, name: str, kind: _IdKind) -> list[str] | None:
 
 
 def _messages_arg(msgs: object, name: str) -> list[dict[str, Any]]:
-    """Signed messages given as a sequence (a list or a tuple), each a mapping."""
-    if isinstance(msgs, Mapping | str | bytes | bytearray) or not isinstance(msgs, Sequence):
-        raise _wrong_type(name, "a sequence of signed messages (a list)", msgs)
-    return [_mapping_arg(m, f"{name}[{i}]") for i, m in enumerate(msgs)]
+    """Signed messages given as an iterable (a list, a generator), each a mapping, as a list."""
+    items = _many(msgs, name, "signed messages", (*_ONE, Mapping))
+    return [_mapping_arg(m, f"{name}[{i}]") for i, m in enumerate(items)]
 
 
 Deadline = int | timedelta | datetime
@@ -763,7 +783,7 @@ class _Core:
         feeds: Path | str | None = None,
         feed: LocalFeed | None = None,
         node_id: str | None = None,
-        hmac_key: bytes | None = None,
+        hmac_key: BytesLike | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         clock: Callable[[], int] = _now_ms,
     ) -> None:
@@ -774,13 +794,14 @@ class _Core:
         if feed is not None:
             _feed_arg(feed)
         _opt_id_arg(node_id, "node_id", "feed")
-        if hmac_key is not None and len(_bytes_arg(hmac_key, "hmac_key")) != ssb.HMAC_KEY_BYTES:
-            raise InvalidMessage(
-                f"hmac_key: expected {ssb.HMAC_KEY_BYTES} bytes, got {len(hmac_key)}",
-                code="invalid_signature",
-            )
-        if not isinstance(timeout, httpx.Timeout | int | float) or isinstance(timeout, bool):
-            raise _wrong_type("timeout", "an httpx.Timeout or seconds", timeout)
+        if hmac_key is not None:
+            hmac_key = _bytes_arg(hmac_key, "hmac_key")
+            if len(hmac_key) != ssb.HMAC_KEY_BYTES:
+                raise InvalidMessage(
+                    f"hmac_key: expected {ssb.HMAC_KEY_BYTES} bytes, got {len(hmac_key)}",
+                    code="invalid_signature",
+                )
+        timeout = _timeout_arg(timeout)
         _callable_arg(clock, "clock")
         url = (node or os.environ.get(NODE_ENV) or DEFAULT_NODE).rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -805,7 +826,7 @@ class _Core:
         self.node_id = node_id
         self.hmac_key = hmac_key
         self.clock = clock
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._timeout = timeout
         if feed is None and keys is not None:
             feed = MemoryFeed() if feeds is None else FileFeed(feed_path(feeds, keys.id))
         self.feed = feed
@@ -1003,20 +1024,20 @@ class _Core:
         self._mark_sent(msg)
         return receipt
 
-    def _batch_flow(self, msgs: Sequence[Mapping[str, Any]]) -> Flow[list[Receipt | Error]]:
+    def _batch_flow(self, msgs: Iterable[Mapping[str, Any]]) -> Flow[list[Receipt | Error]]:
         copies = _messages_arg(msgs, "msgs")
         if not copies:
             return []
         body = b"".join(ssb.stringify(m, 0).encode("utf-8") + b"\n" for m in copies)
         resp = yield Request("POST", "/v1/messages/batch", content=body, content_type=_NDJSON)
         lines = [line for line in resp.content.split(b"\n") if line.strip()]
-        if len(lines) != len(msgs):
-            raise OperationalError(f"sent {len(msgs)} messages, the node answered {len(lines)}")
+        if len(lines) != len(copies):
+            raise OperationalError(f"sent {len(copies)} messages, the node answered {len(lines)}")
         try:
             results = [_batch_result(line) for line in lines]
         except orjson.JSONDecodeError as exc:
             raise OperationalError(f"the node's batch answer is not NDJSON: {exc}") from exc
-        for msg, result in zip(msgs, results, strict=True):
+        for msg, result in zip(copies, results, strict=True):
             if isinstance(result, Receipt):
                 self._mark_sent(msg)
         return results
@@ -1126,7 +1147,7 @@ class _Core:
         return (yield from self._publish_flow(content))
 
     def _channel_send_document_flow(
-        self, chan: str, document: Path | str | bytes, name: str | None, mime: str | None
+        self, chan: str, document: Path | str | BytesLike, name: str | None, mime: str | None
     ) -> Flow[ChannelDocument]:
         _id_arg(chan, "chan", "msg")
         data, name, mime = read_document(document, name, mime)
@@ -1272,8 +1293,9 @@ class _Core:
 
     # -- flows: blobs ----------------------------------------------------------------------
 
-    def _put_blob_flow(self, data: bytes) -> Flow[BlobId]:
-        expected = blob_id(_bytes_arg(data, "data"))
+    def _put_blob_flow(self, data: BytesLike) -> Flow[BlobId]:
+        data = _bytes_arg(data, "data")
+        expected = blob_id(data)
         resp = yield Request(
             "PUT", "/v1/blobs", content=data, content_type="application/octet-stream"
         )
@@ -1294,7 +1316,7 @@ class _Core:
 
     def _notarise_flow(
         self,
-        document: Path | str | bytes,
+        document: Path | str | BytesLike,
         name: str | None,
         mime: str | None,
         tx: str | None,
@@ -1484,7 +1506,7 @@ class Client(_Core):
         feeds: Path | str | None = None,
         feed: LocalFeed | None = None,
         node_id: str | None = None,
-        hmac_key: bytes | None = None,
+        hmac_key: BytesLike | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         clock: Callable[[], int] = _now_ms,
         transport: httpx.BaseTransport | None = None,
@@ -1563,7 +1585,7 @@ class Client(_Core):
         """
         return self._run(self._submit_flow(msg))
 
-    def submit_batch(self, msgs: Sequence[Mapping[str, Any]]) -> list[Receipt | Error]:
+    def submit_batch(self, msgs: Iterable[Mapping[str, Any]]) -> list[Receipt | Error]:
         """Submit signed messages in one request; a receipt or the error for each, in order.
 
         Raises only for the request as a whole (``NodeUnavailable``, ``InvalidMessage``
@@ -1748,7 +1770,7 @@ class Client(_Core):
 
     # -- blobs -----------------------------------------------------------------------------
 
-    def put_blob(self, data: bytes) -> BlobId:
+    def put_blob(self, data: BytesLike) -> BlobId:
         """Store ``data``; its id ``&…sha256`` (checked against the node's answer).
 
         The node keeps it for good once a logged message names it (``notarise``
@@ -1769,7 +1791,7 @@ class Client(_Core):
 
     def notarise(
         self,
-        document: Path | str | bytes,
+        document: Path | str | BytesLike,
         name: str | None = None,
         mime: str | None = None,
         tx: str | None = None,
@@ -1813,7 +1835,7 @@ class Client(_Core):
     def channel_send_document(
         self,
         chan: str,
-        document: Path | str | bytes,
+        document: Path | str | BytesLike,
         *,
         name: str | None = None,
         mime: str | None = None,
@@ -1866,7 +1888,7 @@ class Client(_Core):
 
     def verify_document(
         self,
-        document: Path | str | bytes,
+        document: Path | str | BytesLike,
         msg_id: str,
         *,
         node_id: str | None = None,
@@ -1917,16 +1939,19 @@ class Client(_Core):
             )
             return self._run(flow)
 
-    def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
+    def verify_checkpoint(
+        self, pipeline: int = 0, *, node_id: str | None = None, progress: Progress | None = None
+    ) -> Report:
         """Verify ``pipeline``'s current signed checkpoint with the node's key.
 
+        ``progress`` hears each check as it is made.
         Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
         """
-        return self._run(self._verify_checkpoint_flow(pipeline, node_id, None))
+        return self._run(self._verify_checkpoint_flow(pipeline, node_id, progress))
 
 
 def read_document(
-    document: Path | str | bytes, name: str | None, mime: str | None
+    document: Path | str | BytesLike, name: str | None, mime: str | None
 ) -> tuple[bytes, str | None, str | None]:
     """A document's bytes, and its name and type (by default, from a path's file name).
 
@@ -1936,7 +1961,7 @@ def read_document(
     _opt_str_arg(name, "name")
     _opt_str_arg(mime, "mime")
     data = _document_bytes(document)
-    if not isinstance(document, bytes):
+    if not isinstance(document, _BYTES_LIKE):
         path = Path(document)
         name = path.name if name is None else name
         if mime is None:
@@ -1944,13 +1969,13 @@ def read_document(
     return data, name, mime
 
 
-def _document_bytes(document: Path | str | bytes) -> bytes:
+def _document_bytes(document: Path | str | BytesLike) -> bytes:
     """A document given as bytes or as a path to read; ``Error`` (``invalid_format``) if unreadable."""
-    if isinstance(document, bytes):
-        return document
+    if isinstance(document, _BYTES_LIKE):
+        return bytes(document)
     if not isinstance(document, str | os.PathLike):
         raise _wrong_type("document", "a path or bytes", document)
-    path = Path(document)
+    path = Path(document).expanduser()
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -1999,7 +2024,7 @@ class AsyncClient(_Core):
         feeds: Path | str | None = None,
         feed: LocalFeed | None = None,
         node_id: str | None = None,
-        hmac_key: bytes | None = None,
+        hmac_key: BytesLike | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         clock: Callable[[], int] = _now_ms,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -2076,7 +2101,7 @@ class AsyncClient(_Core):
         """Submit one signed message; raises like ``Client.submit``."""
         return await self._run(self._submit_flow(msg))
 
-    async def submit_batch(self, msgs: Sequence[Mapping[str, Any]]) -> list[Receipt | Error]:
+    async def submit_batch(self, msgs: Iterable[Mapping[str, Any]]) -> list[Receipt | Error]:
         """Submit signed messages in one request; raises like ``Client.submit_batch``."""
         return await self._run(self._batch_flow(msgs))
 
@@ -2218,8 +2243,26 @@ class AsyncClient(_Core):
         """Acknowledge deliveries; raises like ``Client.inbox``."""
         return await self._run(self._ack_flow(ids))
 
-    async def inbox_iter(self, *, ack: bool = True) -> AsyncIterator[InboxEntry]:
-        """Your deliveries as they come over the WebSocket; raises like ``Client.inbox_iter``."""
+    async def inbox_iter(
+        self, *, follow: bool = True, ack: bool = True, limit: int = 100
+    ) -> AsyncIterator[InboxEntry]:
+        """Your deliveries, oldest first; as ``Client.inbox_iter`` (``follow``: over the
+        WebSocket, as they come; without: HTTP pages until none is new)."""
+        _int_arg(limit, "limit", 1)
+        _bool_arg(ack, "ack")
+        if not _bool_arg(follow, "follow"):
+            seen: set[int] = set()
+            while True:
+                fresh = [e for e in await self.inbox(limit) if e.delivery not in seen]
+                if not fresh:
+                    return
+                for page_entry in fresh:
+                    seen.add(page_entry.delivery)
+                    yield page_entry
+                    if ack:
+                        await self.ack([page_entry.id])
+                if not ack:
+                    return
         url, headers = self._inbox_stream(ack)
         try:
             async with websockets.asyncio.client.connect(
@@ -2263,7 +2306,7 @@ class AsyncClient(_Core):
 
     # -- blobs and verification ------------------------------------------------------------
 
-    async def put_blob(self, data: bytes) -> BlobId:
+    async def put_blob(self, data: BytesLike) -> BlobId:
         """Store ``data``; raises like ``Client.put_blob``."""
         return await self._run(self._put_blob_flow(data))
 
@@ -2273,7 +2316,7 @@ class AsyncClient(_Core):
 
     async def notarise(
         self,
-        document: Path | str | bytes,
+        document: Path | str | BytesLike,
         name: str | None = None,
         mime: str | None = None,
         tx: str | None = None,
@@ -2298,7 +2341,7 @@ class AsyncClient(_Core):
     async def channel_send_document(
         self,
         chan: str,
-        document: Path | str | bytes,
+        document: Path | str | BytesLike,
         *,
         name: str | None = None,
         mime: str | None = None,
@@ -2314,20 +2357,29 @@ class AsyncClient(_Core):
         """Share the channel's key with readers; raises like ``Client.channel_share``."""
         return await self._run(self._channel_share_flow(chan, readers))
 
-    async def verify_message(self, msg_id: str, *, node_id: str | None = None) -> Report:
+    async def verify_message(
+        self, msg_id: str, *, node_id: str | None = None, progress: Progress | None = None
+    ) -> Report:
         """Verify a message; raises like ``Client.verify_message``."""
-        return await self._run(self._verify_message_flow(msg_id, node_id, None))
+        return await self._run(self._verify_message_flow(msg_id, node_id, progress))
 
     async def verify_document(
-        self, document: Path | str | bytes, msg_id: str, *, node_id: str | None = None
+        self,
+        document: Path | str | BytesLike,
+        msg_id: str,
+        *,
+        node_id: str | None = None,
+        progress: Progress | None = None,
     ) -> Report:
         """Verify a notarised document; raises like ``Client.verify_document``."""
         data = await asyncio.to_thread(_document_bytes, document)
-        return await self._run(self._verify_document_flow(data, msg_id, node_id, None))
+        return await self._run(self._verify_document_flow(data, msg_id, node_id, progress))
 
-    async def verify_tx(self, tx_id: str, *, node_id: str | None = None) -> Report:
+    async def verify_tx(
+        self, tx_id: str, *, node_id: str | None = None, progress: Progress | None = None
+    ) -> Report:
         """Verify a closed tx; raises like ``Client.verify_tx``."""
-        return await self._run(self._verify_tx_flow(tx_id, node_id, None))
+        return await self._run(self._verify_tx_flow(tx_id, node_id, progress))
 
     async def verify_block(
         self,
@@ -2338,18 +2390,21 @@ class AsyncClient(_Core):
         anchor: bool = True,
         witnesses: Sequence[str] | None = None,
         threshold: int | None = None,
+        progress: Progress | None = None,
     ) -> Report:
         """Verify a block; raises like ``Client.verify_block``. (The Bitcoin headers, with
         ``bitcoin``, are fetched synchronously: one short call per anchor.)"""
         with _headers(bitcoin) as headers:
             flow = self._verify_block_flow(
-                height, node_id, None, headers, anchor, witnesses, threshold
+                height, node_id, progress, headers, anchor, witnesses, threshold
             )
             return await self._run(flow)
 
-    async def verify_checkpoint(self, pipeline: int = 0, *, node_id: str | None = None) -> Report:
+    async def verify_checkpoint(
+        self, pipeline: int = 0, *, node_id: str | None = None, progress: Progress | None = None
+    ) -> Report:
         """Verify a pipeline's current checkpoint; raises like ``Client.verify_checkpoint``."""
-        return await self._run(self._verify_checkpoint_flow(pipeline, node_id, None))
+        return await self._run(self._verify_checkpoint_flow(pipeline, node_id, progress))
 
 
 @contextlib.contextmanager
