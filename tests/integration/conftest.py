@@ -8,12 +8,23 @@ processes it started and nothing else.
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.server import free_port, running
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts a background job (``make test &``,
+    # nohup in a script) with SIGINT ignored, and every process it starts
+    # inherits that: the tests that end a --follow command with Ctrl-C
+    # (SIGINT) then waited for it in vain. Caught here, it is the default
+    # again in each command the tests start.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
