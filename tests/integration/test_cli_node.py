@@ -572,3 +572,16 @@ def test_a_bad_option_value_is_one_line(cli: Cli, command: list[str], code: str)
     assert run.code != 0 and "Traceback" not in run.err
     lines = run.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"chainmail: {code}"), run.err
+
+
+def test_several_ids_after_one_option_are_one_each_as_design_writes_them(cli: Cli) -> None:
+    # DESIGN §9: `chan open --member @ID...`; Click took one value an option
+    # ("Got unexpected extra argument").
+    ann, ben, cal = cli.key("many-ann"), cli.key("many-ben"), cli.key("many-cal")
+    tx = cli("tx", "open", "--as", "many-ann", "--party", ben, cal).out.strip()
+    assert cli("tx", "show", tx, "--json").json()["parties"] == [ann, ben, cal]
+    chan = cli("chan", "open", "--as", "many-ann", "--member", ben, cal, "--tx", tx).out.strip()
+    cli("chan", "send", "--as", "many-ann", "--chan", chan, "--data", '{"px": 1}')
+    for reader in ("many-ben", "many-cal"):
+        (line,) = cli("chan", "read", "--as", reader, "--chan", chan, "--json").out.splitlines()
+        assert json.loads(line)["data"] == {"px": 1}

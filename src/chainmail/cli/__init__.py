@@ -27,7 +27,42 @@ from chainmail.cli._app import app
 from chainmail.cli.commands import _printable
 from chainmail.errors import Error
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "spread_ids"]
+
+#: Options that take identities and may be repeated; DESIGN §9 writes them
+#: ``--member @ID...``: several ids after one of them mean one each.
+_MANY_IDS = frozenset({"--party", "--to", "--member", "--with", "--registrar", "--witness"})
+
+
+def spread_ids(args: list[str]) -> list[str]:
+    """``args`` with the ids after one of ``_MANY_IDS`` given that option each.
+
+    ``--member @B @C`` is ``--member @B --member @C`` (Click takes one value
+    an option); only words that look like ids (``@…``) are taken, and
+    nothing after ``--``.
+    """
+    out: list[str] = []
+    taking: str | None = None
+    words = iter(args)
+    for word in words:
+        if word == "--":
+            out.append(word)
+            out.extend(words)
+            break
+        if taking is not None and word.startswith("@"):
+            out += [taking, word]
+            continue
+        taking = None
+        out.append(word)
+        name, eq, _ = word.partition("=")
+        if name in _MANY_IDS:
+            if not eq:
+                value = next(words, None)
+                if value is None:
+                    break
+                out.append(value)
+            taking = name
+    return out
 
 
 def main() -> None:
@@ -35,7 +70,7 @@ def main() -> None:
     try:
         # Not standalone: a usage error comes here as an exception, to be said in
         # one line (standalone, it was a boxed panel of several).
-        code = app(standalone_mode=False)
+        code = app(args=spread_ids(sys.argv[1:]), standalone_mode=False)
     except click.exceptions.Abort as exc:
         # Click's word for Ctrl-C or Ctrl-D at a prompt or in a command.
         if isinstance(exc.__context__, KeyboardInterrupt):

@@ -41,7 +41,11 @@ ChanOpt = Annotated[str, typer.Option("--chan", help="The channel id (its chan/o
 def chan_open(
     as_: AsOpt,
     member: Annotated[
-        list[str], typer.Option("--member", help="A member @….ed25519; repeat (you are added).")
+        list[str],
+        typer.Option(
+            "--member",
+            help="Members @….ed25519, after one --member or each after its own (you are added).",
+        ),
     ],
     tx: Annotated[
         str | None, typer.Option("--tx", help="Tie the channel to this transaction.")
@@ -112,7 +116,11 @@ def chan_share(
     as_: AsOpt,
     chan: ChanOpt,
     with_: Annotated[
-        list[str], typer.Option("--with", help="A reader @….ed25519 (auditor, regulator); repeat.")
+        list[str],
+        typer.Option(
+            "--with",
+            help="Readers @….ed25519 (auditor, regulator), after one --with or each after its own.",
+        ),
     ],
     node: NodeOpt = DEFAULT_NODE,
     home: HomeOpt = None,

@@ -274,7 +274,10 @@ def tx_open(
     as_: AsOpt,
     party: Annotated[
         list[str],
-        typer.Option("--party", help="A party @….ed25519; repeat for each (you are added)."),
+        typer.Option(
+            "--party",
+            help="Parties @….ed25519, after one --party or each after its own (you are added).",
+        ),
     ],
     deadline: Annotated[
         str,
@@ -315,7 +318,9 @@ def tx_note(
     data: Annotated[str, typer.Option("--data", help="JSON object: the note.")],
     to: Annotated[
         list[str] | None,
-        typer.Option("--to", help="Deliver only to this party; repeat for more."),
+        typer.Option(
+            "--to", help="Deliver only to these parties (@IDs after one --to, or --to each)."
+        ),
     ] = None,
     node: NodeOpt = DEFAULT_NODE,
     home: HomeOpt = None,
@@ -609,7 +614,7 @@ def verify_block(
         typer.Option(
             "--witness",
             metavar="@ID",
-            help="Pin a witness the node must name (repeat for each): /healthz listing others"
+            help="Pin the witnesses the node must name (@IDs after one --witness, or repeat it): /healthz listing others"
             " fails the node identity check, instead of being believed.",
         ),
     ] = None,

@@ -197,13 +197,15 @@ def serve(
     ] = "open",
     registrar: Annotated[
         list[str] | None,
-        typer.Option(help="An identity whose `attest` messages count; repeat for several."),
+        typer.Option(
+            help="Identities whose `attest` messages count: @IDs after one --registrar, or repeat it."
+        ),
     ] = None,
     witness: Annotated[
         list[str] | None,
         typer.Option(
-            help="An identity that co-signs every block in stages (precommit, commit, seal:"
-            " `chainmail witness`); repeat for several. A block is sealed once --threshold"
+            help="Identities that co-sign every block in stages (precommit, commit, seal:"
+            " `chainmail witness`): @IDs after one --witness, or repeat it. A block is sealed once --threshold"
             " of them signed its last stage."
         ),
     ] = None,
