@@ -226,6 +226,12 @@ class _PipelineReader:
         return min(self._held, default=self._next)
 
 
+def _timed_out(changed: Mapping[str, txs.Tx]) -> bool:
+    """Whether a tx of ``changed`` closed by timeout: what its projection must keep
+    through a power loss, as no log holds it (``Projection.durable``)."""
+    return any(tx.status == "timed_out" for tx in changed.values())
+
+
 def checked_cursors(log_: Log, store: Store) -> dict[int, int]:
     """The store's cursors, refused when one is past the end of its pipeline.
 
@@ -903,6 +909,7 @@ class Sequencer:
                 log.error("fork evidence for %s at %d not kept: %s", author, sequence, exc)
         for tx in self._changed.values():
             pending.projection.txs.setdefault(tx.id, tx_row(tx))
+        pending.projection.durable = _timed_out(self._changed)
         self._changed = {}
         if not pending.entries:
             if pending.projection.txs:
@@ -998,7 +1005,10 @@ class Sequencer:
                 self._closed(tx)
                 closed += 1
         if self._changed:
-            projection = Projection(txs={t.id: tx_row(t) for t in self._changed.values()})
+            projection = Projection(
+                txs={t.id: tx_row(t) for t in self._changed.values()},
+                durable=_timed_out(self._changed),
+            )
             self._changed = {}
             self._unprojected.append(projection)
         return closed

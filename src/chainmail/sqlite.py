@@ -1206,7 +1206,10 @@ class SqliteStore:
         with self._lock:
             self._new_recipients = {}
             try:
-                with _transaction(w, StorageError):
+                with (
+                    self._synchronous_full() if projection.durable else nullcontext(),
+                    _transaction(w, StorageError),
+                ):
                     _insert_rows(
                         w,
                         "INSERT OR IGNORE INTO message_info (pos, received, type, tx, chan)",

@@ -178,6 +178,10 @@ class Projection:
     #: Blob ids the batch's messages name (``content.blob_refs``): kept for good.
     blob_refs: list[str] = field(default_factory=list)
     cursors: dict[int, int] = field(default_factory=dict)  # pipeline -> next index
+    #: Written to survive power loss (the store's commits need not, as the log
+    #: replays them): it closes a tx by timeout, which is in no log. A refusal
+    #: (``tx_closed``) or a read may tell of it once it is written.
+    durable: bool = False
 
     def __bool__(self) -> bool:
         return bool(

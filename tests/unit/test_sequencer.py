@@ -222,6 +222,35 @@ def test_deadline_closes_tx_by_the_clock(h: Harness, clock: Clock) -> None:
     assert row is not None and row.status == "timed_out" and row.closed == NOW + 1001
 
 
+def test_a_timeout_is_written_to_survive_power_loss_before_anyone_hears_of_it(
+    h: Harness, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A timeout is in no log: with the store's commits at NORMAL, a power loss
+    # could lose one that a refusal (tx_closed) or a read had already told of,
+    # and a clock stepped back reopen the tx.
+    full = h.store._synchronous_full
+    durable: list[None] = []
+
+    def counted() -> Any:
+        durable.append(None)
+        return full()
+
+    monkeypatch.setattr(h.store, "_synchronous_full", counted)
+    a, b = Writer(), Writer()
+    first = h.one(open_tx(a, b, deadline=NOW + 1000)).id
+    second = h.one(open_tx(a, b, deadline=NOW + 5000)).id
+    h.one(b.sign({"type": "tx/note", "tx": first, "data": {}}))
+    assert durable == []  # opens and notes: the log replays them
+    clock.now = NOW + 1001
+    h.refused(a.sign({"type": "tx/note", "tx": first, "data": {}}), "tx_closed")
+    assert len(durable) == 1  # found while checking the refused note
+    clock.now = NOW + 5001
+    assert h.seq.expire(clock.now) == 1
+    h.seq.flush_projection()
+    assert len(durable) == 2  # found by the clock
+    assert [h.store.tx(t).status for t in (first, second)] == ["timed_out"] * 2  # type: ignore[union-attr]
+
+
 def test_expire_without_traffic_then_one_block(h: Harness, clock: Clock) -> None:
     a, b = Writer(), Writer()
     tx = h.one(open_tx(a, b, deadline=NOW + 10)).id
