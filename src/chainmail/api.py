@@ -245,10 +245,103 @@ class _Metrics:
             self.rejected[result.code] += 1
 
 
+_PROBLEM_SCHEMA: Final = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string", "description": "the machine code (DESIGN §8)"},
+        "detail": {"type": "string"},
+    },
+    "required": ["status", "code", "detail"],
+}
+#: What each listing's paging parameters mean: (path, parameter) → description.
+_PARAMETER_DOCS: Final = {
+    ("/v1/feeds/{author}", "after"): "a sequence number: the messages after it (default 0)",
+    ("/v1/feeds/{author}", "limit"): "at most this many messages (default 100, at most 10,000)",
+    ("/v1/transactions", "party"): "only the txs this @….ed25519 is a party of",
+    ("/v1/transactions", "status"): "only txs in this state: open, finished or timed_out",
+    ("/v1/transactions", "limit"): "at most this many txs (default 100, at most 10,000)",
+    ("/v1/blocks", "after"): "a height: the blocks after it (default 0)",
+    ("/v1/blocks", "limit"): "at most this many blocks (default 100, at most 1,000)",
+    ("/v1/channels/{chan}/messages", "after"): "a count: the messages after the first"
+    " `after` of the channel (default 0)",
+    ("/v1/channels/{chan}/messages", "limit"): "at most this many messages (default 1,000,"
+    " at most 10,000)",
+    ("/v1/identities", "name"): "text to look for in the identities' names",
+    ("/v1/identities", "limit"): "at most this many identities (default 100, at most 1,000)",
+}
+#: Parameters read from the raw query (the handlers take the request): (path) → parameters.
+_RAW_PARAMETERS: Final[dict[str, list[dict[str, Any]]]] = {
+    "/v1/firehose": [
+        {
+            "name": "from",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "default": 0},
+            "description": "the log index to start at, within the pipeline",
+        },
+        {
+            "name": "pipeline",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "default": 0},
+            "description": "the pipeline (required when the node has more than one)",
+        },
+        {
+            "name": "follow",
+            "in": "query",
+            "schema": {"type": "boolean", "default": False},
+            "description": "keep the stream open for new messages",
+        },
+    ],
+    "/v1/inbox": [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100},
+            "description": "at most this many entries",
+        },
+    ],
+}
+
+
+def _document_api(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` as the node answers: bad input is a 400 problem document, not
+    FastAPI's 422 (the handlers check their parameters themselves), every
+    error an RFC 9457 document, and the paging parameters described."""
+    spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+    problem = {
+        "description": "An RFC 9457 problem document with a machine `code` (400 bad input,"
+        " 401 unsigned or stale, 404 not found, 409 fork or gap, 413 too large, 415"
+        " media type, 422 tx rules, 429 rate limited, 503 unavailable)",
+        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for path, operations in spec.get("paths", {}).items():
+        for op in operations.values():
+            op["responses"].pop("422", None)
+            op["responses"]["default"] = problem
+            op.setdefault("parameters", []).extend(_RAW_PARAMETERS.get(path, []))
+            for param in op["parameters"]:
+                described = _PARAMETER_DOCS.get((path, param["name"]))
+                if described is not None:
+                    param["description"] = described
+            if not op["parameters"]:
+                del op["parameters"]
+    schemas = spec["components"]["schemas"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return spec
+
+
 class _NodeApp(FastAPI):
     """FastAPI, but the ingest paths go straight to ``ingest_http`` (see there for why)."""
 
     ingest_paths: IngestPaths | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = _document_api(super().openapi())
+        return self.openapi_schema
 
     async def __call__(
         self,
@@ -466,8 +559,9 @@ def create_app(
         summary="Submit one signed message",
         description="201 with `{id, pipeline, index}` once the message is durable in the "
         "log; the same message again gives 200 and the same body. The body is the message "
-        "as JSON (`Content-Type: application/json`, or none); any other type is refused "
-        "with 415 `unsupported_media_type` before the body is read.",
+        "as JSON (`Content-Type: application/json` or any `application/…+json`, or none); "
+        "any other type is refused with 415 `unsupported_media_type` before the body is read.",
+        responses={200: {"description": "The same message again: nothing new was logged"}},
     )
     async def post_message(request: Request) -> Response:
         return await via_ingest_paths(request, batch=False)
@@ -479,8 +573,10 @@ def create_app(
         description="One result line per input line, in order: the success object or a "
         "problem object (`status`, `code`, `detail`) for that line alone (a blank line "
         "within gets one too; newlines after the last message get none). The body is "
-        "`Content-Type: application/x-ndjson` (or `application/jsonl`, `application/json`, "
-        "none); any other type is refused with 415 `unsupported_media_type`.",
+        "`Content-Type: application/x-ndjson` (or `application/ndjson`, `application/jsonl`, "
+        "`application/x-jsonlines`, `application/jsonlines`, `application/json`, any "
+        "`application/…+json`, or none); any other type is refused with 415 "
+        "`unsupported_media_type`.",
     )
     async def post_batch(request: Request) -> Response:
         return await via_ingest_paths(request, batch=True)
@@ -1044,6 +1140,8 @@ def create_app(
         "24 h by default) is deleted, and storing it again restarts the grace. While the "
         "unnamed blobs reach `serve --blob-pending-limit` bytes (1 GiB), more are refused with "
         "429 `rate_limited` and a `Retry-After`. Bodies up to 16 MiB (413 `too_large`).",
+        status_code=201,
+        responses={200: {"description": "Stored already: the same id"}},
     )
     async def put_blob(request: Request) -> Response:
         async with _body(budget, request, limits.blob_bytes) as data:
@@ -1073,7 +1171,8 @@ def create_app(
         summary="Liveness and the node's identity",
         description="`anchor`: null on a node that does not anchor in Bitcoin; else its "
         "`chain` (null until the Bitcoin node answered), `interval` (s), `confirmations`, "
-        "`pending` (the block height and Bitcoin txid sent and not yet posted, or null) and "
+        "`pending` (the block `height` and Bitcoin `txid` sent and not yet posted, its fee "
+        "`rate` and the `earlier` txids sent for the same block; or null) and "
         "`anchored` (the newest anchored block height, or null).",
     )
     @app.head("/healthz", include_in_schema=False)  # load balancers and monitors ask so

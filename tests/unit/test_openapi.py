@@ -35,3 +35,32 @@ def test_validation_errors_read_as_one_line() -> None:
     assert "; body field msg.content: Field required; body: " in detail
     assert "\n" not in detail and len(detail) < 250
     assert validation_detail([]) == "invalid request: it does not match the API"
+
+
+def test_the_document_says_what_the_node_answers(tmp_path: Path) -> None:
+    # It declared FastAPI's 422 validation error on every path with
+    # parameters (the node answers 400 problem documents), one success code
+    # where there are two, and no parameters for the firehose or the inbox.
+    node = Node(NodeConfig(data_dir=tmp_path / "node"))
+    try:
+        spec = create_app(node).openapi()
+    finally:
+        asyncio.run(node.stop())
+    paths = spec["paths"]
+    operations = [op for path in paths.values() for op in path.values()]
+    assert all("422" not in op["responses"] for op in operations)
+    assert all(
+        op["responses"]["default"]["content"]["application/problem+json"]["schema"]
+        == {"$ref": "#/components/schemas/Problem"}
+        for op in operations
+    )
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    assert set(paths["/v1/messages"]["post"]["responses"]) == {"200", "201", "default"}
+    assert set(paths["/v1/blobs"]["put"]["responses"]) == {"200", "201", "default"}
+    firehose = {p["name"] for p in paths["/v1/firehose"]["get"]["parameters"]}
+    assert firehose == {"from", "pipeline", "follow"}
+    assert [p["name"] for p in paths["/v1/inbox"]["get"]["parameters"]] == ["limit"]
+    for path in ("/v1/feeds/{author}", "/v1/blocks", "/v1/transactions", "/v1/identities"):
+        for param in paths[path]["get"]["parameters"]:
+            if param["in"] == "query":
+                assert param.get("description"), (path, param["name"])

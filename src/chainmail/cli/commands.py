@@ -634,7 +634,7 @@ def verify_block(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a block: signature, link to H-1, records, log consistency, checkpoints,
-    and its Bitcoin anchor."""
+    its witness stages, and its Bitcoin anchor."""
     for pinned in witness or []:
         if not is_feed_id(pinned):
             raise Error(

@@ -63,7 +63,7 @@ HomeOpt = Annotated[
         envvar=HOME_ENV,
         help=(
             "chainmail home directory; keys are in HOME/keys. "
-            f"[default: ${HOME_ENV} or ~/.chainmail]"
+            f"(default: ${HOME_ENV} or ~/.chainmail)"
         ),
         show_default=False,
         file_okay=False,

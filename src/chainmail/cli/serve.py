@@ -185,7 +185,8 @@ def serve(
         str,
         typer.Option(
             help="Durability of the log: FULL (survives power loss) or NORMAL (a process "
-            "crash only). The store is always NORMAL: it is rebuilt from the log."
+            "crash only). The store runs at NORMAL (it is rebuilt from the log), except the "
+            "commits no log can replay (timeouts, fork evidence, blob bookkeeping): FULL."
         ),
     ] = "FULL",
     admission: Annotated[
