@@ -1355,7 +1355,9 @@ class _Core:
 
     def _consistency_flow(self, pipeline: int, size1: int, size2: int) -> Flow[list[bytes]]:
         _int_arg(pipeline, "pipeline")
-        params = {"from": _int_arg(size1, "size1", 1), "to": _int_arg(size2, "size2", 1)}
+        older = _int_arg(size1, "size1", 1)
+        # Said here in the SDK's words: the node's would name its own ``to``.
+        params = {"from": older, "to": _int_arg(size2, "size2", older)}
         body = _dict(
             (yield from self._get_flow(f"/v1/log/{pipeline}/consistency", params)),
             "consistency proof",

@@ -156,6 +156,7 @@ SHARED = [
     case("consistency", 0, None, 2, says="size1"),
     case("consistency", 0, 1, 2.0, says="size2"),
     case("consistency", 0, 0, 2, error=InvalidMessage, says="size1"),
+    case("consistency", 0, 5, 3, error=InvalidMessage, says="size2"),
     case("block", None, says="height"),
     case("block", "1", says="height"),
     case("block", True, says="height"),
