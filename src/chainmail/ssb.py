@@ -1097,6 +1097,9 @@ def _copy(content: object) -> Any:
         return copy.deepcopy(content)
     except RecursionError as exc:
         raise InvalidMessage("content nested too deeply", code="invalid_format") from exc
+    except (TypeError, copy.Error) as exc:
+        # What cannot be copied (a mappingproxy, a socket) is no JSON value either.
+        raise InvalidMessage(f"not a JSON value: {exc}", code="invalid_format") from None
 
 
 def create(

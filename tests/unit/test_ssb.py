@@ -502,6 +502,15 @@ def test_create_refuses_content_too_deep() -> None:
     assert _code(ssb.create, ALICE, {"type": "post", "d": deep}, None, T0) == "invalid_format"
 
 
+def test_create_refuses_what_cannot_be_copied_as_not_json() -> None:
+    # A mappingproxy inside the content raised copy's TypeError ("cannot pickle").
+    from types import MappingProxyType
+
+    with pytest.raises(InvalidMessage, match="not a JSON value") as caught:
+        ssb.create(ALICE, {"type": "post", "x": MappingProxyType({"a": 1})}, None, T0)
+    assert caught.value.code == "invalid_format"
+
+
 def test_create_copies_content_and_accepts_a_box() -> None:
     content: dict[str, Any] = {"type": "post", "list": [1]}
     msg = ssb.create(ALICE, content, None, T0)
