@@ -440,7 +440,9 @@ def create_app(
     sign its ``Content-Digest`` too (``httpsig.COVERED_WITH_DIGEST``).
     """
     metrics = _Metrics()
-    nonces = httpsig.NonceCache()
+    # Nonces seen before this start are gone with the old process's memory: a
+    # request signed before it is refused rather than taken as new (a replay).
+    nonces = httpsig.NonceCache(not_before=int(time.time()))
     # Per client connection (address and port), before any signature is checked,
     # so a flood is refused for the cost of a token count.
     connections = RateLimiter(limits.connection_rate, limits.connection_burst, label="connection")

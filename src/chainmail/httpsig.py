@@ -38,7 +38,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final, TypeAlias, TypeGuard
 
@@ -464,15 +464,26 @@ class NonceCache:
     """
 
     def __init__(
-        self, window_s: int = DEFAULT_WINDOW_S, max_entries: int = DEFAULT_MAX_NONCES
+        self,
+        window_s: int = DEFAULT_WINDOW_S,
+        max_entries: int = DEFAULT_MAX_NONCES,
+        *,
+        not_before: int | None = None,
     ) -> None:
-        """Raises ``ValueError`` for a negative window or fewer than one entry."""
+        """Raises ``ValueError`` for a negative window or fewer than one entry.
+
+        ``not_before`` (UNIX seconds): signatures created earlier are refused
+        (``verify_headers``). A node passes the time it started: the nonces it
+        saw before are gone with its memory, so a request signed then may be a
+        replay.
+        """
         if window_s < 0:
             raise ValueError(f"window_s must be >= 0, got {window_s}")
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self._ttl = 2 * window_s
         self._max_entries = max_entries
+        self.not_before = not_before
         # Insertion order is expiry order while the clock moves forward; if it
         # steps back, entries merely outlive their time, never the reverse.
         self._expiry: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -486,6 +497,11 @@ class NonceCache:
             if expiry >= now:
                 return
             del self._expiry[key]
+
+    def live(self, keyid: str, nonce: str, now: int) -> bool:
+        """True when ``(keyid, nonce)`` was recorded and is still live; records nothing."""
+        expiry = self._expiry.get((keyid, nonce))
+        return expiry is not None and expiry >= now
 
     def seen(self, keyid: str, nonce: str, now: int) -> bool:
         """True when ``(keyid, nonce)`` was recorded and is still live; else record it.
@@ -631,14 +647,21 @@ class SignedRequest:
     content_digest: str | None
     #: The known digests ``content_digest`` holds, by algorithm (RFC 9530).
     digests: tuple[tuple[str, bytes], ...] = ()
+    #: Where ``check_body`` records the nonce once the whole request passed
+    #: (None: nowhere), the nonce, and the clock it was checked at.
+    nonces: NonceCache | None = field(default=None, repr=False, compare=False)
+    nonce: str = ""
+    now: int = 0
 
     def check_body(self, body: bytes | None, *, require_digest: bool = False) -> FeedId:
         """The signer, once ``body`` (None or empty: none) is what the signature covers.
 
         A covered ``Content-Digest`` must hold a ``sha-256`` or ``sha-512``
         digest, and every one it holds must be the body's; with
-        ``require_digest`` a request with a body must cover it. Raises
-        ``Unauthorized``.
+        ``require_digest`` a request with a body must cover it. Only then is
+        the nonce recorded: a request refused for its body (or by anything the
+        server checks between the two steps) leaves it unused. Raises
+        ``Unauthorized``, and ``RateLimited`` when the nonces are full.
         """
         if self.content_digest is not None:
             for name, digest in self.digests:
@@ -648,6 +671,9 @@ class SignedRequest:
             raise Unauthorized(
                 'this node needs a request body\'s Content-Digest signed: cover "content-digest"'
             )
+        # A second copy of this request may have passed verify_headers meanwhile.
+        if self.nonces is not None and self.nonces.seen(self.keyid, self.nonce, self.now):
+            raise Unauthorized("nonce replayed")
         return self.keyid
 
 
@@ -706,9 +732,11 @@ def verify_headers(
     are present and well-typed, the nonce is 1 to 128 characters, ``alg``
     (if given) is ``ed25519`` and no other parameter than ``expires`` or
     ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
-    ``window_s`` from ``now`` either way and ``expires`` (if given) has not
-    passed; the signature verifies; only then is the nonce recorded, so
-    forged requests cannot use up nonces.
+    ``window_s`` from ``now`` either way, not before ``nonces.not_before``,
+    and ``expires`` (if given) has not passed; the signature verifies; the
+    nonce is not live in ``nonces``. The nonce is recorded by
+    ``check_body``, once the body passed too, so neither a forged request
+    nor a signed one refused for its body uses it up.
 
     Raises ``Unauthorized`` whose detail names the failed check, and
     ``RateLimited`` when ``nonces`` is full of live entries.
@@ -743,6 +771,11 @@ def verify_headers(
         raise Unauthorized(f"created {skew} s from the node's clock (limit {window_s})")
     if params.expires is not None and now > params.expires:
         raise Unauthorized(f"signature expired {now - params.expires} s ago")
+    if nonces.not_before is not None and params.created < nonces.not_before:
+        raise Unauthorized(
+            f"created {nonces.not_before - params.created} s before the node started: sign again"
+            " (the nonces seen before are not kept, so it could be a replay)"
+        )
 
     components = _profile_components(method, path, query)
     if digest_field is not None:
@@ -753,9 +786,9 @@ def verify_headers(
         raise Unauthorized(f"request target cannot be signed: {exc}") from exc
     if len(signed.value) != _SIG_BYTES or not verify_signature(public, base, signed.value):
         raise Unauthorized("signature does not verify")
-    if nonces.seen(params.keyid, params.nonce, now):
+    if nonces.live(params.keyid, params.nonce, now):
         raise Unauthorized("nonce replayed")
-    return SignedRequest(FeedId(params.keyid), digest_field, digests)
+    return SignedRequest(FeedId(params.keyid), digest_field, digests, nonces, params.nonce, now)
 
 
 def _parse_digests(field: str) -> tuple[tuple[str, bytes], ...]:

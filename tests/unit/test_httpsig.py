@@ -634,3 +634,51 @@ def test_the_signature_is_checked_from_the_headers_before_the_body_is_read() -> 
     assert plain.content_digest is None and plain.check_body(ACK) == KEYS.id
     with pytest.raises(Unauthorized, match='cover "content-digest"'):
         plain.check_body(ACK, require_digest=True)
+
+
+def test_a_request_refused_for_its_body_leaves_its_nonce_unused() -> None:
+    # The nonce was recorded with the headers: a forged body (digest mismatch),
+    # or any refusal between the two steps (a 415, a body too large), used up
+    # the genuine request's nonce.
+    from chainmail.httpsig import verify_headers
+
+    cache = NonceCache()
+    headers = _signed_ack()
+    first = verify_headers("POST", "/v1/inbox/ack", "", headers, now=NOW, nonces=cache)
+    with pytest.raises(Unauthorized, match="not the digest of the body"):
+        first.check_body(b'{"ids": ["%forged"]}')
+    assert len(cache) == 0
+    # Refused between the steps (the server never asks for the body check).
+    verify_headers("POST", "/v1/inbox/ack", "", headers, now=NOW, nonces=cache)
+    assert len(cache) == 0
+    genuine = verify_headers("POST", "/v1/inbox/ack", "", headers, now=NOW, nonces=cache)
+    assert genuine.check_body(ACK) == KEYS.id
+    with pytest.raises(Unauthorized, match="nonce replayed"):
+        verify_headers("POST", "/v1/inbox/ack", "", headers, now=NOW + 1, nonces=cache)
+
+
+def test_two_copies_in_flight_at_once_pass_one_body_check() -> None:
+    from chainmail.httpsig import verify_headers
+
+    cache = NonceCache()
+    headers = _signed_ack()
+    copies = [
+        verify_headers("POST", "/v1/inbox/ack", "", headers, now=NOW, nonces=cache)
+        for _ in range(2)
+    ]
+    assert copies[0].check_body(ACK) == KEYS.id
+    with pytest.raises(Unauthorized, match="nonce replayed"):
+        copies[1].check_body(ACK)
+
+
+def test_a_request_signed_before_the_node_started_is_refused() -> None:
+    # The nonces a node saw are gone when it restarts: a request captured
+    # before then and sent again within the window was taken as new.
+    headers = sign_request(KEYS, "GET", "/v1/inbox", "limit=1", created=NOW - 1, nonce=NONCE)
+    restarted = NonceCache(not_before=NOW)
+    with pytest.raises(Unauthorized, match="1 s before the node started"):
+        verify_request("GET", "/v1/inbox", "limit=1", headers, now=NOW + 5, nonces=restarted)
+    fresh = sign_request(KEYS, "GET", "/v1/inbox", "limit=1", created=NOW, nonce=NONCE)
+    assert (
+        verify_request("GET", "/v1/inbox", "limit=1", fresh, now=NOW, nonces=restarted) == KEYS.id
+    )
