@@ -13,7 +13,7 @@ import pytest
 from chainmail.client import Client
 from chainmail.errors import ProofError
 from chainmail.keys import Keypair
-from support.server import CHAINMAIL, Server, running
+from support.server import CHAINMAIL, Server, interrupted, running
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,6 @@ def test_a_block_changed_in_the_node_s_files_is_one_finding(tmp_path: Path) -> N
 
 
 def test_a_followed_audit_sees_new_messages_and_ends_on_ctrl_c(tmp_path: Path) -> None:
-    import signal
 
     with running(tmp_path / "node") as node:
         follower = subprocess.Popen(
@@ -152,8 +151,7 @@ def test_a_followed_audit_sees_new_messages_and_ends_on_ctrl_c(tmp_path: Path) -
             settle_a_trade(node)
             time.sleep(1.5)  # a few rounds of reads after the last block
         finally:
-            follower.send_signal(signal.SIGINT)
-            out, err = follower.communicate(timeout=60)
+            out, err = interrupted(follower)
     assert follower.returncode == 0, err
     assert out == ""
     summary = err.strip().splitlines()[-1]
@@ -162,7 +160,6 @@ def test_a_followed_audit_sees_new_messages_and_ends_on_ctrl_c(tmp_path: Path) -
 
 
 def test_a_followed_audit_outlives_the_node_going_down_for_a_while(tmp_path: Path) -> None:
-    import signal
 
     from support.server import free_port
 
@@ -187,8 +184,7 @@ def test_a_followed_audit_outlives_the_node_going_down_for_a_while(tmp_path: Pat
             settle_a_trade(node)
             time.sleep(1.5)
     finally:
-        follower.send_signal(signal.SIGINT)
-        out, err = follower.communicate(timeout=60)
+        out, err = interrupted(follower)
     assert follower.returncode == 0, err
     assert out == ""
     assert "trying again every 0.2 s" in err and "the node answers again" in err

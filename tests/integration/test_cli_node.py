@@ -6,7 +6,6 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ import pytest
 from chainmail.client import FEEDS_DIR, feed_path
 from chainmail.verify import path_id
 from support.lying import Rewrite, lying
-from support.server import CHAINMAIL
+from support.server import CHAINMAIL, interrupted
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -456,8 +455,7 @@ def test_audit_follow_interrupted_in_its_first_read_still_sums_up(cli: Cli, node
             text=True,
         )
         assert reading.wait(60), "the audit never read the blocks"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = interrupted(proc)
     summary = err.strip().splitlines()[-1]
     assert summary.startswith("audited "), err
     assert proc.returncode == (0 if summary.endswith(": no findings") else 1), err

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from chainmail.client import AsyncClient, Client, VerificationFailed
 from chainmail.errors import Error
 from chainmail.keys import Keypair
 from chainmail.node import Node, NodeConfig
-from support.server import CHAINMAIL, running
+from support.server import CHAINMAIL, interrupted, running
 
 pytestmark = pytest.mark.integration
 
@@ -96,10 +95,8 @@ def test_two_witnesses_seal_every_block_and_verify_and_audit_see_it(tmp_path: Pa
                 )
                 assert refused.returncode == 1 and "pinned" in refused.stderr
         finally:
-            for w in witnesses:
-                w.send_signal(signal.SIGINT)
-        for w in witnesses:
-            out, err = w.communicate(timeout=60)
+            ended = [interrupted(w) for w in witnesses]
+        for w, (out, err) in zip(witnesses, ended, strict=True):
             assert w.returncode == 0, err
             assert out == ""
             assert f"signed seal of block {height}" in err

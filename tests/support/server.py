@@ -18,6 +18,18 @@ import httpx
 CHAINMAIL = str(Path(sys.executable).parent / "chainmail")
 
 
+def interrupted(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[str, str]:
+    """``proc``'s output once Ctrl-C (SIGINT) ended it; killed if it did not end in
+    ``timeout`` s (then ``subprocess.TimeoutExpired``), so no test leaves it running."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
