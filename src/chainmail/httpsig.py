@@ -510,12 +510,10 @@ class NonceCache:
         nonces and this one is new.
         """
         self._prune(now)
-        key = (keyid, nonce)
-        expiry = self._expiry.get(key)
-        if expiry is not None and expiry >= now:
+        if self.live(keyid, nonce, now):
             return True
-        if expiry is not None:
-            del self._expiry[key]
+        key = (keyid, nonce)
+        self._expiry.pop(key, None)  # expired, but behind a live one (a clock stepped back)
         if len(self._expiry) >= self._max_entries:
             oldest = next(iter(self._expiry.values()))
             raise RateLimited(

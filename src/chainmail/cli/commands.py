@@ -614,8 +614,9 @@ def verify_block(
         typer.Option(
             "--witness",
             metavar="@ID",
-            help="Pin the witnesses the node must name (@IDs after one --witness, or repeat it): /healthz listing others"
-            " fails the node identity check, instead of being believed.",
+            help="Pin the witnesses the node must name (@IDs after one --witness, or repeat"
+            " it): /healthz listing others fails the node identity check, instead of being"
+            " believed.",
         ),
     ] = None,
     threshold: Annotated[

@@ -199,15 +199,16 @@ def serve(
     registrar: Annotated[
         list[str] | None,
         typer.Option(
-            help="Identities whose `attest` messages count: @IDs after one --registrar, or repeat it."
+            help="Identities whose `attest` messages count: @IDs after one --registrar,"
+            " or repeat it."
         ),
     ] = None,
     witness: Annotated[
         list[str] | None,
         typer.Option(
             help="Identities that co-sign every block in stages (precommit, commit, seal:"
-            " `chainmail witness`): @IDs after one --witness, or repeat it. A block is sealed once --threshold"
-            " of them signed its last stage."
+            " `chainmail witness`): @IDs after one --witness, or repeat it. A block is"
+            " sealed once --threshold of them signed its last stage."
         ),
     ] = None,
     threshold: Annotated[
