@@ -256,59 +256,25 @@ _PROBLEM_SCHEMA: Final = {
     },
     "required": ["status", "code", "detail"],
 }
-#: What each listing's paging parameters mean: (path, parameter) → description.
-_PARAMETER_DOCS: Final = {
-    ("/v1/feeds/{author}", "after"): "a sequence number: the messages after it (default 0)",
-    ("/v1/feeds/{author}", "limit"): "at most this many messages (default 100, at most 10,000)",
-    ("/v1/transactions", "party"): "only the txs this @….ed25519 is a party of",
-    ("/v1/transactions", "status"): "only txs in this state: open, finished or timed_out",
-    ("/v1/transactions", "limit"): "at most this many txs (default 100, at most 10,000)",
-    ("/v1/blocks", "after"): "a height: the blocks after it (default 0)",
-    ("/v1/blocks", "limit"): "at most this many blocks (default 100, at most 1,000)",
-    ("/v1/channels/{chan}/messages", "after"): "a count: the messages after the first"
-    " `after` of the channel (default 0)",
-    ("/v1/channels/{chan}/messages", "limit"): "at most this many messages (default 1,000,"
-    " at most 10,000)",
-    ("/v1/identities", "name"): "text to look for in the identities' names",
-    ("/v1/identities", "limit"): "at most this many identities (default 100, at most 1,000)",
-}
-#: Parameters read from the raw query (the handlers take the request): (path) → parameters.
-_RAW_PARAMETERS: Final[dict[str, list[dict[str, Any]]]] = {
-    "/v1/firehose": [
-        {
-            "name": "from",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 0, "default": 0},
-            "description": "the log index to start at, within the pipeline",
-        },
-        {
-            "name": "pipeline",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 0, "default": 0},
-            "description": "the pipeline (required when the node has more than one)",
-        },
-        {
-            "name": "follow",
-            "in": "query",
-            "schema": {"type": "boolean", "default": False},
-            "description": "keep the stream open for new messages",
-        },
-    ],
-    "/v1/inbox": [
-        {
-            "name": "limit",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100},
-            "description": "at most this many entries",
-        },
-    ],
-}
+#: The most blocks and identities one listing gives (the others: ``_MAX_LIMIT``).
+_MAX_BLOCKS: Final = 1000
+_MAX_IDENTITIES: Final = 1000
+
+
+def _query(description: str) -> Any:
+    """A query parameter read as text (the handler checks it: a 400 problem), described."""
+    return Query(description=description)
+
+
+def _raw_query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    """An OpenAPI parameter of a handler that reads the raw query itself."""
+    return {"name": name, "in": "query", "schema": schema, "description": description}
 
 
 def _document_api(spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` as the node answers: bad input is a 400 problem document, not
-    FastAPI's 422 (the handlers check their parameters themselves), every
-    error an RFC 9457 document, and the paging parameters described."""
+    FastAPI's 422 (the handlers check their parameters themselves), and every
+    error an RFC 9457 document."""
     spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
     problem = {
         "description": "An RFC 9457 problem document with a machine `code` (400 bad input,"
@@ -316,17 +282,10 @@ def _document_api(spec: dict[str, Any]) -> dict[str, Any]:
         " media type, 422 tx rules, 429 rate limited, 503 unavailable)",
         "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
-    for path, operations in spec.get("paths", {}).items():
+    for operations in spec.get("paths", {}).values():
         for op in operations.values():
             op["responses"].pop("422", None)
             op["responses"]["default"] = problem
-            op.setdefault("parameters", []).extend(_RAW_PARAMETERS.get(path, []))
-            for param in op["parameters"]:
-                described = _PARAMETER_DOCS.get((path, param["name"]))
-                if described is not None:
-                    param["description"] = described
-            if not op["parameters"]:
-                del op["parameters"]
     schemas = spec["components"]["schemas"]
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
@@ -698,7 +657,16 @@ def create_app(
         tags=["feeds"],
         summary="A feed's messages, oldest first (SSB createHistoryStream)",
     )
-    async def get_feed(author: str, after: str | None = None, limit: str | None = None) -> Response:
+    async def get_feed(
+        author: str,
+        after: Annotated[
+            str | None, _query("a sequence number: the messages after it (default 0)")
+        ] = None,
+        limit: Annotated[
+            str | None,
+            _query(f"at most this many messages (default 100, at most {_MAX_LIMIT:,})"),
+        ] = None,
+    ) -> Response:
         feed = _feed_id_param(author)
         since = _int_param(after, "after", 0)
         wanted = _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_LIMIT)
@@ -721,9 +689,13 @@ def create_app(
 
     @app.get("/v1/transactions", tags=["transactions"], summary="Transactions, newest first")
     async def list_txs(
-        party: str | None = None,
-        status: str | None = None,
-        limit: str | None = None,
+        party: Annotated[str | None, _query("only the txs this @….ed25519 is a party of")] = None,
+        status: Annotated[
+            str | None, _query("only txs in this state: open, finished or timed_out")
+        ] = None,
+        limit: Annotated[
+            str | None, _query(f"at most this many txs (default 100, at most {_MAX_LIMIT:,})")
+        ] = None,
         before: Annotated[
             str | None,
             Query(
@@ -752,9 +724,16 @@ def create_app(
     # --- blocks and the log -------------------------------------------------------------
 
     @app.get("/v1/blocks", tags=["blocks"], summary="Blocks after a height")
-    async def list_blocks(after: str | None = None, limit: str | None = None) -> Response:
+    async def list_blocks(
+        after: Annotated[str | None, _query("a height: the blocks after it (default 0)")] = None,
+        limit: Annotated[
+            str | None,
+            _query(f"at most this many blocks (default 100, at most {_MAX_BLOCKS:,})"),
+        ] = None,
+    ) -> Response:
         rows = node.store.blocks(
-            _int_param(after, "after", 0), _int_param(limit, "limit", 100, minimum=1, maximum=1000)
+            _int_param(after, "after", 0),
+            _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_BLOCKS),
         )
         return _json({"blocks": [_block_json(b, records=False) for b in rows]})
 
@@ -869,7 +848,24 @@ def create_app(
             + b"}"
         )
 
-    @app.get("/v1/inbox", tags=["inbox"], summary="Your unacknowledged deliveries (signed request)")
+    @app.get(
+        "/v1/inbox",
+        tags=["inbox"],
+        summary="Your unacknowledged deliveries (signed request)",
+        # Read from the raw query: a bad limit is refused before the signature.
+        openapi_extra={
+            "parameters": [
+                _raw_query(
+                    "limit",
+                    "at most this many entries",
+                    type="integer",
+                    minimum=1,
+                    maximum=_MAX_LIMIT,
+                    default=100,
+                )
+            ]
+        },
+    )
     async def get_inbox(request: Request) -> Response:
         # The query first: a bad limit must not use up the signature's nonce.
         limit = _int_param(
@@ -1037,7 +1033,33 @@ def create_app(
                 return
             await signal.wait(15.0, since=fired)
 
-    @app.get("/v1/firehose", tags=["firehose"], summary="Every message in log order (NDJSON)")
+    @app.get(
+        "/v1/firehose",
+        tags=["firehose"],
+        summary="Every message in log order (NDJSON)",
+        # Read from the raw query, as the WebSocket's are (``_firehose_params``).
+        openapi_extra={
+            "parameters": [
+                _raw_query(
+                    "from",
+                    "the log index to start at, within the pipeline",
+                    type="integer",
+                    minimum=0,
+                    default=0,
+                ),
+                _raw_query(
+                    "pipeline",
+                    "the pipeline (required when the node has more than one)",
+                    type="integer",
+                    minimum=0,
+                    default=0,
+                ),
+                _raw_query(
+                    "follow", "keep the stream open for new messages", type="boolean", default=False
+                ),
+            ]
+        },
+    )
     async def get_firehose(request: Request) -> Response:
         pipeline, start, follow = _firehose_params(request.query_params)
         node.check_pipeline(pipeline)  # NotFound for an unknown pipeline, before streaming
@@ -1083,7 +1105,15 @@ def create_app(
         description="In log order from `after` (a count); members decrypt them locally.",
     )
     async def get_channel_messages(
-        chan: str, after: str | None = None, limit: str | None = None
+        chan: str,
+        after: Annotated[
+            str | None,
+            _query("a count: the messages after the first `after` of the channel (default 0)"),
+        ] = None,
+        limit: Annotated[
+            str | None,
+            _query(f"at most this many messages (default 1,000, at most {_MAX_LIMIT:,})"),
+        ] = None,
     ) -> Response:
         channel = _msg_id_param(chan, "channel")
         since = _int_param(after, "after", 0)
@@ -1117,7 +1147,13 @@ def create_app(
         tags=["identities"],
         summary="Identities whose claimed or attested name contains the text",
     )
-    async def search_identities(name: str | None = None, limit: str | None = None) -> Response:
+    async def search_identities(
+        name: Annotated[str | None, _query("text to look for in the identities' names")] = None,
+        limit: Annotated[
+            str | None,
+            _query(f"at most this many identities (default 100, at most {_MAX_IDENTITIES:,})"),
+        ] = None,
+    ) -> Response:
         if not name:
             raise InvalidRequest("query parameter name: expected some text")
         if len(name) > _MAX_NAME_QUERY:
@@ -1126,7 +1162,7 @@ def create_app(
                 code="too_large",
             )
         found = node.search_identities(
-            name, _int_param(limit, "limit", 100, minimum=1, maximum=1000)
+            name, _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_IDENTITIES)
         )
         return _json({"identities": found})
 
