@@ -82,9 +82,12 @@ class Limits:
         connection_rate: float = CONNECTION_RATE,
         connection_burst: float = CONNECTION_BURST,
         body_budget: int = DEFAULT_BODY_BUDGET,
+        signed_requests: int = httpsig.DEFAULT_MAX_NONCES,
     ) -> None:
         #: Request-body bytes held at once over every request (``BodyBudget``).
         self.body_budget = body_budget
+        #: Signed requests remembered for replay detection (``httpsig.NonceCache``).
+        self.signed_requests = signed_requests
         self.message_bytes = message_bytes
         self.batch_bytes = batch_bytes
         self.blob_bytes = blob_bytes
@@ -401,7 +404,7 @@ def create_app(
     metrics = _Metrics()
     # Nonces seen before this start are gone with the old process's memory: a
     # request signed before it is refused rather than taken as new (a replay).
-    nonces = httpsig.NonceCache(not_before=int(time.time()))
+    nonces = httpsig.NonceCache(max_entries=limits.signed_requests, not_before=int(time.time()))
     # Per client connection (address and port), before any signature is checked,
     # so a flood is refused for the cost of a token count.
     connections = RateLimiter(limits.connection_rate, limits.connection_burst, label="connection")
@@ -912,8 +915,8 @@ def create_app(
                 now=int(time.time()),
                 nonces=nonces,
             )
-        except Unauthorized as exc:
-            # Refused before the upgrade, as an HTTP 401 problem document like
+        except (Unauthorized, RateLimited) as exc:
+            # Refused before the upgrade, as an HTTP 401 (429) problem document like
             # every other error (a close before accepting sends a bare 403).
             await ws.send_denial_response(_problem(exc))
             return

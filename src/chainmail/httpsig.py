@@ -76,7 +76,7 @@ COVERED_COMPONENTS: Final[tuple[str, ...]] = ("@method", "@path", "@query")
 COVERED_WITH_DIGEST: Final[tuple[str, ...]] = (*COVERED_COMPONENTS, "content-digest")
 #: How far ``created`` may be from the node's clock, either way (DESIGN §8).
 DEFAULT_WINDOW_S: Final = 60
-#: Bound on the replay cache; beyond it new requests are refused, not old nonces forgotten.
+#: Bound on the replay cache (``NonceCache``): beyond it the heaviest signer makes room.
 DEFAULT_MAX_NONCES: Final = 1_000_000
 
 _NONCE_BYTES: Final = 16
@@ -458,9 +458,17 @@ class NonceCache:
     accepted: its ``created`` may be up to ``window_s`` ahead of the clock when
     first seen and stays acceptable until ``window_s`` after that, so entries
     live ``2 × window_s`` seconds. Use the same ``window_s`` as
-    ``verify_request``. Memory is bounded by ``max_entries``; when full of
-    live entries the cache refuses new ones rather than forget a live nonce.
-    Not thread-safe: meant for one asyncio event loop.
+    ``verify_request``. Not thread-safe: meant for one asyncio event loop.
+
+    Memory is bounded by ``max_entries``, and no live nonce is ever forgotten
+    without its replay staying refused. When the cache is full, the key that
+    holds most of it (one signer flooding the node) gives up the older half
+    of its nonces, and that key's signatures created up to when the newest of
+    them could have been are refused for a while (``check_floor``, a
+    per-key ``RateLimited``): one signer cannot lock the others
+    out. Only when no key holds two entries (as many signers as entries) is a
+    new nonce refused with ``RateLimited``; that search runs at most once a
+    second.
     """
 
     def __init__(
@@ -481,47 +489,119 @@ class NonceCache:
             raise ValueError(f"window_s must be >= 0, got {window_s}")
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self._window = window_s
         self._ttl = 2 * window_s
         self._max_entries = max_entries
         self.not_before = not_before
         # Insertion order is expiry order while the clock moves forward; if it
         # steps back, entries merely outlive their time, never the reverse.
         self._expiry: OrderedDict[tuple[str, str], int] = OrderedDict()
+        #: Live entries per key, to find the heaviest signer when full.
+        self._counts: dict[str, int] = {}
+        #: Per key whose nonces were dropped: its signatures created at or
+        #: before this are refused. In about the order they end.
+        self._floors: OrderedDict[str, int] = OrderedDict()
+        #: The second a full cache last found nothing to drop (no key held
+        #: two entries): the search is not repeated within it.
+        self._stuck_at: int | None = None
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        """Live nonces and per-key floors held: what ``max_entries`` bounds."""
+        return len(self._expiry) + len(self._floors)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        del self._expiry[key]
+        keyid = key[0]
+        left = self._counts[keyid] - 1
+        if left:
+            self._counts[keyid] = left
+        else:
+            del self._counts[keyid]
 
     def _prune(self, now: int) -> None:
         while self._expiry:
             key, expiry = next(iter(self._expiry.items()))
             if expiry >= now:
+                break
+            self._forget(key)
+            self._stuck_at = None
+        # A floor older than the window refuses nothing the window would accept.
+        while self._floors:
+            keyid, floor = next(iter(self._floors.items()))
+            if floor >= now - self._window:
                 return
-            del self._expiry[key]
+            del self._floors[keyid]
+            self._stuck_at = None
+
+    def check_floor(self, keyid: str, created: int, now: int) -> None:
+        """Raises ``RateLimited`` when ``keyid``'s signatures created at ``created`` are refused.
+
+        This key filled the cache and its oldest nonces were dropped: refusing
+        what it signed up to then keeps those refused as replays.
+        """
+        floor = self._floors.get(keyid)
+        if floor is not None and created <= floor:
+            raise RateLimited(
+                "this key made most of the signed requests in the replay window: its"
+                f" signatures created up to {floor} are refused for now",
+                retry_after=float(max(1, floor - now + 1)),
+            )
 
     def live(self, keyid: str, nonce: str, now: int) -> bool:
         """True when ``(keyid, nonce)`` was recorded and is still live; records nothing."""
         expiry = self._expiry.get((keyid, nonce))
         return expiry is not None and expiry >= now
 
-    def seen(self, keyid: str, nonce: str, now: int) -> bool:
+    def seen(self, keyid: str, nonce: str, now: int, created: int | None = None) -> bool:
         """True when ``(keyid, nonce)`` was recorded and is still live; else record it.
 
-        Raises ``RateLimited`` when the cache holds ``max_entries`` live
-        nonces and this one is new.
+        When the cache is full, the heaviest key's older nonces make room
+        (the class's rules); raises ``RateLimited`` when nothing can, and
+        for a ``created`` (if given) that ``check_floor`` refuses.
         """
         self._prune(now)
+        if created is not None:
+            self.check_floor(keyid, created, now)
         if self.live(keyid, nonce, now):
             return True
         key = (keyid, nonce)
-        self._expiry.pop(key, None)  # expired, but behind a live one (a clock stepped back)
-        if len(self._expiry) >= self._max_entries:
-            oldest = next(iter(self._expiry.values()))
+        if key in self._expiry:  # expired, but behind a live one (a clock stepped back)
+            self._forget(key)
+        if len(self) >= self._max_entries and not self._drop_heaviest(now):
+            oldest = next(iter(self._expiry.values()), now)
             raise RateLimited(
                 "too many signed requests in the replay window",
                 retry_after=float(max(1, oldest - now + 1)),
             )
         self._expiry[key] = now + self._ttl
+        self._counts[keyid] = self._counts.get(keyid, 0) + 1
         return False
+
+    def _drop_heaviest(self, now: int) -> bool:
+        """Room made by dropping the older half of the heaviest key's nonces."""
+        if self._stuck_at == now or not self._counts:
+            return False
+        heaviest, count = max(self._counts.items(), key=lambda item: item[1])
+        # A new floor takes an entry's room itself, so then two must go.
+        needed = 1 if heaviest in self._floors else 2
+        if count < needed:
+            self._stuck_at = now
+            return False
+        wanted = max(count // 2, needed)
+        drop: list[tuple[str, str]] = []
+        latest = 0
+        for key, expiry in self._expiry.items():
+            if key[0] == heaviest:
+                drop.append(key)
+                latest = max(latest, expiry)
+                if len(drop) == wanted:
+                    break
+        for key in drop:
+            self._forget(key)
+        # A nonce recorded at t (expiry t + 2w) was created at most w after t.
+        floor = latest - self._ttl + self._window
+        self._floors[heaviest] = max(floor, self._floors.pop(heaviest, floor))
+        return True
 
 
 # --- Verification --------------------------------------------------------------------
@@ -650,6 +730,7 @@ class SignedRequest:
     nonces: NonceCache | None = field(default=None, repr=False, compare=False)
     nonce: str = ""
     now: int = 0
+    created: int | None = None
 
     def check_body(self, body: bytes | None, *, require_digest: bool = False) -> FeedId:
         """The signer, once ``body`` (None or empty: none) is what the signature covers.
@@ -670,7 +751,9 @@ class SignedRequest:
                 'this node needs a request body\'s Content-Digest signed: cover "content-digest"'
             )
         # A second copy of this request may have passed verify_headers meanwhile.
-        if self.nonces is not None and self.nonces.seen(self.keyid, self.nonce, self.now):
+        if self.nonces is not None and self.nonces.seen(
+            self.keyid, self.nonce, self.now, self.created
+        ):
             raise Unauthorized("nonce replayed")
         return self.keyid
 
@@ -731,13 +814,14 @@ def verify_headers(
     (if given) is ``ed25519`` and no other parameter than ``expires`` or
     ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
     ``window_s`` from ``now`` either way, not before ``nonces.not_before``,
-    and ``expires`` (if given) has not passed; the signature verifies; the
+    and ``expires`` (if given) has not passed; the signature verifies;
+    ``nonces.check_floor`` passes; the
     nonce is not live in ``nonces``. The nonce is recorded by
     ``check_body``, once the body passed too, so neither a forged request
     nor a signed one refused for its body uses it up.
 
     Raises ``Unauthorized`` whose detail names the failed check, and
-    ``RateLimited`` when ``nonces`` is full of live entries.
+    ``RateLimited`` for a key below its floor (it filled the nonces).
     """
     inputs = _dictionary(_header(headers, _SIGNATURE_INPUT, "Signature-Input"), "Signature-Input")
     signatures = _dictionary(_header(headers, _SIGNATURE, "Signature"), "Signature")
@@ -784,9 +868,12 @@ def verify_headers(
         raise Unauthorized(f"request target cannot be signed: {exc}") from exc
     if len(signed.value) != _SIG_BYTES or not verify_signature(public, base, signed.value):
         raise Unauthorized("signature does not verify")
+    nonces.check_floor(params.keyid, params.created, now)
     if nonces.live(params.keyid, params.nonce, now):
         raise Unauthorized("nonce replayed")
-    return SignedRequest(FeedId(params.keyid), digest_field, digests, nonces, params.nonce, now)
+    return SignedRequest(
+        FeedId(params.keyid), digest_field, digests, nonces, params.nonce, now, params.created
+    )
 
 
 def _parse_digests(field: str) -> tuple[tuple[str, bytes], ...]:

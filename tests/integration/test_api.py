@@ -619,3 +619,80 @@ def test_a_node_that_requires_the_body_digest_refuses_an_ack_without_it(
         with Client(server.url, keys=b.keys) as client:
             assert client.ack(ids) == 1
         assert signed_get(http, b.keys, "/v1/inbox").json()["entries"] == []
+
+
+def test_one_identity_filling_the_replay_cache_locks_out_itself_alone(tmp_path: Path) -> None:
+    """``serve --replay-cache``: when the signed requests seen in the replay
+    window fill it, the identity that sent most of them is refused (429 with
+    Retry-After), others still get in, and none of its requests replays."""
+    flooder, other = Keypair.generate(), Keypair.generate()
+    with (
+        running(tmp_path / "node", extra=("--replay-cache", "8")) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        sent = []
+        for i in range(8):
+            created = int(time.time())
+            sent.append((created, f"flood-{i}"))
+            ok = signed_get(http, flooder, "/v1/inbox", created=created, nonce=f"flood-{i}")
+            assert ok.status_code == 200, ok.text
+        # Full: the other identity still gets in, as the flooder's older half makes room.
+        ok = signed_get(http, other, "/v1/inbox", nonce="other-0")
+        assert ok.status_code == 200, ok.text
+        # The flooder's dropped requests do not become replayable: refused, as is a new one.
+        created, nonce = sent[0]
+        refused = problem(
+            signed_get(http, flooder, "/v1/inbox", created=created, nonce=nonce),
+            429,
+            "rate_limited",
+        )
+        assert "most of the signed requests" in refused["detail"]
+        refused_new = signed_get(http, flooder, "/v1/inbox", nonce="flood-new")
+        assert refused_new.status_code == 429 and int(refused_new.headers["retry-after"]) >= 1
+        problem(signed_get(http, other, "/v1/inbox", nonce="other-0"), 401, "unauthorized")
+        assert signed_get(http, other, "/v1/inbox", nonce="other-1").status_code == 200
+        # An inbox stream's signed opening is refused the same way, before the upgrade.
+        path = "/v1/inbox/stream"
+        opening = httpsig.sign_request(flooder, "GET", path, "", created=int(time.time()))
+        denied = _ws_denial(server.url.replace("http://", "ws://") + path, opening)
+        assert denied.status_code == 429
+        assert orjson.loads(denied.body)["code"] == "rate_limited"
+
+
+def _ws_denial(url: str, headers: dict[str, str]) -> Any:
+    """The HTTP response refusing a WebSocket opening (``websockets``' ``Response``)."""
+    import asyncio
+
+    import websockets
+    import websockets.exceptions
+
+    async def run() -> Any:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        return refused.value.response
+
+    return asyncio.run(run())
+
+
+def test_serve_refuses_an_empty_replay_cache(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chainmail",
+            "serve",
+            "--data",
+            str(tmp_path),
+            "--replay-cache",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].endswith("expected 1 or more requests, got 0")

@@ -401,15 +401,89 @@ def test_nonce_cache_prunes_expired_entries() -> None:
     assert len(cache) == 1
 
 
-def test_nonce_cache_full_of_live_entries_refuses_rather_than_forgets() -> None:
+def test_nonce_cache_full_of_single_entries_refuses_rather_than_forgets() -> None:
     cache = NonceCache(window_s=10, max_entries=2)
-    assert not cache.seen("@k", "a", NOW)
-    assert not cache.seen("@k", "b", NOW + 5)
+    assert not cache.seen("@a", "n", NOW)
+    assert not cache.seen("@b", "n", NOW + 5)
     with pytest.raises(RateLimited, match="too many signed requests") as info:
-        cache.seen("@k", "c", NOW + 5)
+        cache.seen("@c", "n", NOW + 5)
     assert info.value.retry_after == 16.0
-    assert cache.seen("@k", "a", NOW + 5)
-    assert not cache.seen("@k", "c", NOW + 21)  # "a" expired and made room
+    assert cache.seen("@a", "n", NOW + 5)
+    assert cache.seen("@b", "n", NOW + 5)
+    assert not cache.seen("@c", "n", NOW + 21)  # "@a" expired and made room
+
+
+def test_a_full_nonce_cache_drops_the_heaviest_keys_older_half_and_floors_it() -> None:
+    cache = NonceCache(window_s=10, max_entries=10)
+    for i in range(8):
+        assert not cache.seen("@flood", f"f{i}", NOW + i // 4)
+    assert not cache.seen("@other", "o0", NOW + 1)
+    assert not cache.seen("@other", "o1", NOW + 1)
+    assert len(cache) == 10
+    # Another signer still gets in: the flooder's 4 oldest nonces make room.
+    assert not cache.seen("@third", "t0", NOW + 2)
+    assert len(cache) <= 10
+    for i in range(4, 8):
+        assert cache.seen("@flood", f"f{i}", NOW + 2), "the newer half is kept"
+    for nonce in ("o0", "o1"):
+        assert cache.seen("@other", nonce, NOW + 2)
+    # A dropped nonce is no longer held, so the flooder's signatures created up
+    # to when it could have been (recorded at NOW, so created by NOW + 10) are refused.
+    assert not cache.live("@flood", "f0", NOW + 2)
+    with pytest.raises(RateLimited, match="signatures created up to 1700000010") as info:
+        cache.check_floor("@flood", NOW + 10, NOW + 2)
+    assert info.value.retry_after == 9.0
+    with pytest.raises(RateLimited):
+        cache.seen("@flood", "f0", NOW + 2, created=NOW)
+    cache.check_floor("@flood", NOW + 11, NOW + 2)
+    cache.check_floor("@other", NOW, NOW + 2)
+
+
+def test_a_nonce_floor_ends_once_the_window_refuses_what_it_refused() -> None:
+    cache = NonceCache(window_s=10, max_entries=4)
+    for i in range(4):
+        cache.seen("@flood", str(i), NOW)
+    cache.seen("@other", "x", NOW)  # full: two of the flooder's go, a floor comes
+    with pytest.raises(RateLimited):
+        cache.check_floor("@flood", NOW + 10, NOW)
+    cache.seen("@other", "y", NOW + 21)  # everything recorded at NOW has expired
+    assert len(cache) == 1
+    cache.check_floor("@flood", NOW + 10, NOW + 21)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcd"), st.integers(0, 40), st.integers(0, 3)),
+        max_size=150,
+    ),
+    st.integers(1, 12),
+)
+def test_nonce_cache_stays_bounded_and_accepts_each_request_once(
+    events: list[tuple[str, int, int]], max_entries: int
+) -> None:
+    """A request (keyid, nonce, created) sent again and again, with others
+    between, is accepted at most once, and the cache never outgrows its bound."""
+    window = 10
+    cache = NonceCache(window_s=window, max_entries=max_entries)
+    created_of: dict[tuple[str, int], int] = {}  # the first sending fixes created
+    accepted: set[tuple[str, int]] = set()
+    now = NOW
+    for keyid, nonce, step in events:
+        now += step
+        request = (keyid, nonce)
+        created = created_of.setdefault(request, now)
+        if abs(now - created) > window:
+            continue  # verify_headers refuses it before the cache is asked
+        try:
+            cache.check_floor(keyid, created, now)
+            replayed = cache.seen(keyid, str(nonce), now, created)
+        except RateLimited:
+            replayed = True
+        assert len(cache) <= max_entries
+        if not replayed:
+            assert request not in accepted, f"{request} accepted twice"
+            accepted.add(request)
 
 
 def test_nonce_cache_rejects_nonsense_bounds() -> None:

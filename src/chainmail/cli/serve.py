@@ -18,6 +18,7 @@ from chainmail.bitcoinrpc import redact
 from chainmail.blobkeeping import DEFAULT_GRACE_S, DEFAULT_PENDING_LIMIT
 from chainmail.cli._app import app
 from chainmail.errors import Error
+from chainmail.httpsig import DEFAULT_MAX_NONCES
 from chainmail.ids import is_feed_id
 from chainmail.ingest_http import DEFAULT_BODY_BUDGET
 from chainmail.node import DEFAULT_BLOCK_INTERVAL, Node, NodeConfig
@@ -286,6 +287,14 @@ def serve(
             " some are named or swept."
         ),
     ] = DEFAULT_PENDING_LIMIT,
+    replay_cache: Annotated[
+        int,
+        typer.Option(
+            help="Signed inbox requests remembered to refuse replays (each for 2 minutes;"
+            " ~300 bytes each). When full, the identity holding most of it is refused"
+            " (429) for up to a minute, not the others.",
+        ),
+    ] = DEFAULT_MAX_NONCES,
     require_content_digest: Annotated[
         bool,
         typer.Option(
@@ -355,6 +364,11 @@ def serve(
         raise Error(
             f"--body-budget: expected 1 or more bytes, got {body_budget}", code="invalid_format"
         )
+    if replay_cache < 1:
+        raise Error(
+            f"--replay-cache: expected 1 or more requests, got {replay_cache}",
+            code="invalid_format",
+        )
     if not 0 < blob_grace < math.inf:
         raise Error(
             f"--blob-grace: expected a positive number of seconds, got {blob_grace}",
@@ -404,6 +418,7 @@ def serve(
                     connection_rate=connection_rate,
                     connection_burst=connection_burst,
                     body_budget=body_budget,
+                    signed_requests=replay_cache,
                 ),
                 require_content_digest=require_content_digest,
             ),
