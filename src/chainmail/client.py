@@ -1267,7 +1267,14 @@ class _Core:
         if status is not None:
             params["status"] = status
         body = _dict((yield from self._get_flow("/v1/transactions", params)), "transactions")
-        return list(body.get("transactions", []))
+        got = body.get("transactions")
+        if not isinstance(got, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("tx"), str) for t in got
+        ):
+            raise OperationalError(
+                f"transactions: expected a list of transactions from the node, got {got!r:.200}"
+            )
+        return got
 
     # -- flows: inbox ----------------------------------------------------------------------
 

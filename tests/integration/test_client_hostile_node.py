@@ -1,0 +1,327 @@
+"""The SDK against a node that lies in the shape of its answers.
+
+Real answers are recorded from a real node (a settled trade, a notarised
+document, a sealed block), then replayed to the SDK with one change: a value
+somewhere in one answer is removed or replaced by one of another type or out
+of range (a missing key, null, a string for a number, a huge integer, an
+empty list...). Whatever the change, every call must either succeed or raise
+one of chainmail's own errors (``chainmail.errors.Error``: a one-line
+refusal), never a ``KeyError``, ``TypeError``, ``AttributeError`` or the like
+from deep inside: a client that crashes on a malformed answer is one a
+hostile node can steer.
+
+Each call's answers are mutated at every JSON path (lists cut to their ends)
+with every replacement (~11,300 runs in all, ~10 s); a text answer (the
+checkpoint) has each line removed, replaced or doubled. Set
+``CHAINMAIL_HOSTILE_CASES=N`` to try a seeded sample of N a call instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from chainmail.client import Client, MemoryFeed
+from chainmail.errors import Error
+from chainmail.keys import Keypair
+from support.server import running
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+#: Mutations tried a call at most (0: all of them); a seeded sample beyond.
+CASES = int(os.environ.get("CHAINMAIL_HOSTILE_CASES", "0"))
+_DELETE = object()
+REPLACEMENTS: tuple[Any, ...] = (
+    _DELETE,
+    None,
+    True,
+    0,
+    -1,
+    2**64,
+    1.5,
+    "",
+    "x",
+    "%AAAA.sha256",
+    [],
+    [None],
+    {},
+    {"a": 1},
+)
+
+Key = tuple[str, str]  # method, path with query
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class Recording:
+    """The real node's answers, by request, and what the calls need to know."""
+
+    answers: dict[Key, Answer] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    alice: Keypair = field(default_factory=Keypair.generate)
+    bob: Keypair = field(default_factory=Keypair.generate)
+
+
+def _key(request: httpx.Request) -> Key:
+    query = request.url.query.decode()
+    return request.method, request.url.path + (f"?{query}" if query else "")
+
+
+class Recorder(httpx.BaseTransport):
+    """Forwards to the real node and keeps every answer."""
+
+    def __init__(self, into: dict[Key, Answer]) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._into = into
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        body = response.read()
+        headers = {"content-type": response.headers.get("content-type", "")}
+        self._into[_key(request)] = (response.status_code, headers, body)
+        return httpx.Response(response.status_code, headers=headers, content=body)
+
+
+class Liar(httpx.BaseTransport):
+    """Answers from a recording, changing the ``which``-th answer with ``change``."""
+
+    def __init__(
+        self, answers: dict[Key, Answer], which: int = -1, change: Callable[[bytes], bytes] = bytes
+    ) -> None:
+        self._answers = answers
+        self._which = which
+        self._change = change
+        self.served: list[tuple[Key, Answer]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        key = _key(request)
+        answer = self._answers.get(key)
+        if answer is None and request.method == "POST":
+            # A signed POST (an ack) or a submission: its recorded answer for the path.
+            answer = next(
+                (
+                    a
+                    for k, a in self._answers.items()
+                    if k[0] == "POST" and k[1].split("?")[0] == key[1].split("?")[0]
+                ),
+                None,
+            )
+        if answer is None:
+            detail = f"not recorded: {key}"
+            body = orjson.dumps({"status": 404, "code": "not_found", "detail": detail})
+            answer = (404, {"content-type": "application/problem+json"}, body)
+        status, headers, body = answer
+        if len(self.served) == self._which:
+            body = self._change(body)
+        self.served.append((key, answer))
+        return httpx.Response(status, headers=headers, content=body)
+
+
+def _wait(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
+    rec = Recording()
+    document = b"NDA between Alice and Bob\n"
+    with running(tmp_path_factory.mktemp("node")) as server:
+        with (
+            Client(server.url, rec.alice) as alice,
+            Client(server.url, rec.bob) as bob,
+        ):
+            tx = alice.open_tx([rec.alice.id, rec.bob.id], timedelta(minutes=5), finish="all")
+            alice.note(tx, {"offer": "1000 MEGA at 12.50 USD"})
+            bob.note(tx, {"ok": True})
+            alice.finish(tx)
+            bob.finish(tx)
+            doc = alice.notarise(document, name="nda.txt", mime="text/plain")
+            block = _wait("the tx in a block", lambda: alice.tx(tx)["block"])
+            _wait("the document in a block", lambda: alice.message(doc.id)["block"] is not None)
+            _wait("a proof", lambda: _proof_ready(alice, doc.id))
+            height = int(block["height"]) if isinstance(block, dict) else int(block)
+            size = int(alice.checkpoint(0).splitlines()[1])
+            rec.facts = {
+                "tx": tx,
+                "doc": doc.id,
+                "document": document,
+                "height": height,
+                "size": size,
+                "blob": alice.message(doc.id)["message"]["content"]["blob"],
+                "node": alice.health()["id"],
+            }
+        # Every call once against the real node, through the recorder.
+        for name, call in CALLS.items():
+            keys = rec.bob if name.startswith("inbox") or name == "ack" else rec.alice
+            with Client(
+                server.url, keys, feed=MemoryFeed(), clock=_clock, transport=Recorder(rec.answers)
+            ) as client:
+                try:
+                    call(client, rec.facts)
+                except Error as exc:
+                    pytest.fail(f"{name} against the real node: {exc}")
+    yield rec
+
+
+def _clock() -> int:
+    """The same time for every run, so that a call signs the same message each time."""
+    return 1_790_000_000_000
+
+
+def _proof_ready(client: Client, msg_id: str) -> bool:
+    try:
+        client.verify_message(msg_id)
+    except Error:
+        return False
+    return True
+
+
+CALLS: dict[str, Callable[[Client, dict[str, Any]], object]] = {
+    "health": lambda c, f: c.health(),
+    "message": lambda c, f: c.message(f["tx"]),
+    "head": lambda c, f: c.head(),
+    "tx": lambda c, f: c.tx(f["tx"]),
+    "transactions": lambda c, f: c.transactions(party=c.id),
+    "block": lambda c, f: c.block(f["height"]),
+    "blocks": lambda c, f: c.blocks(),
+    "checkpoint": lambda c, f: c.checkpoint(0),
+    "consistency": lambda c, f: c.consistency(0, 1, f["size"]),
+    "inbox": lambda c, f: c.inbox(),
+    "inbox_iter": lambda c, f: list(c.inbox_iter(follow=False, ack=False)),
+    "ack": lambda c, f: c.ack([f["tx"]]),
+    "firehose": lambda c, f: list(c.firehose(0)),
+    "get_blob": lambda c, f: c.get_blob(f["blob"]),
+    "publish": lambda c, f: c.publish({"type": "post", "text": "hello"}),
+    "verify_message": lambda c, f: c.verify_message(f["doc"]),
+    "verify_message_pinned": lambda c, f: c.verify_message(f["doc"], node_id=f["node"]),
+    "verify_document": lambda c, f: c.verify_document(f["document"], f["doc"]),
+    "verify_tx": lambda c, f: c.verify_tx(f["tx"]),
+    "verify_block": lambda c, f: c.verify_block(f["height"]),
+    "verify_checkpoint": lambda c, f: c.verify_checkpoint(0),
+}
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every path into a JSON value (a list: its first and last items only)."""
+    if prefix:
+        yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i in sorted({0, len(value) - 1}) if value else ():
+            yield from _paths(value[i], (*prefix, i))
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    head, rest = path[0], path[1:]
+    copy: Any = dict(value) if isinstance(value, dict) else list(value)
+    if rest:
+        copy[head] = _replaced(copy[head], rest, new)
+    elif new is _DELETE:
+        del copy[head]
+    else:
+        copy[head] = new
+    return copy
+
+
+def _json_lines(body: bytes) -> list[Any] | None:
+    """The body as JSON values: one for JSON, one a line for NDJSON; None for neither."""
+    try:
+        return [orjson.loads(body)]
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return [orjson.loads(line) for line in body.splitlines() if line.strip()]
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _changes(body: bytes) -> Iterator[tuple[str, Callable[[bytes], bytes]]]:
+    """Every change of one answer's body, with a label."""
+    values = _json_lines(body)
+    if values is None or not values:
+        lines = body.split(b"\n")
+        for i in range(len(lines)):
+            for new in (b"", b"x", lines[i] * 2):
+                yield f"line {i} -> {new[:10]!r}", _text_change(lines, i, new)
+        yield "empty", lambda _: b""
+        return
+    ndjson = len(values) > 1 or body.count(b"\n") > 1
+    for path in _paths(values if ndjson else values[0]):
+        for new in REPLACEMENTS:
+            label = f"{list(path)} -> {'deleted' if new is _DELETE else repr(new)[:20]}"
+            yield label, _json_change(values, path, new, ndjson)
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON of any size of integer (orjson stops at 64 bits; a liar need not)."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _text_change(lines: list[bytes], i: int, new: bytes) -> Callable[[bytes], bytes]:
+    return lambda _: b"\n".join([*lines[:i], new, *lines[i + 1 :]])
+
+
+def _json_change(
+    values: list[Any], path: tuple[Any, ...], new: Any, ndjson: bool
+) -> Callable[[bytes], bytes]:
+    def change(_: bytes) -> bytes:
+        if not ndjson:
+            return _dumps(_replaced(values[0], path, new))
+        kept = _replaced(values, path, new)  # a deleted line is left out
+        return b"".join(_dumps(v) + b"\n" for v in kept)
+
+    return change
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_a_malformed_answer_is_refused_with_one_of_our_errors(
+    recording: Recording, name: str, tmp_path: Path
+) -> None:
+    call = CALLS[name]
+    keys = recording.bob if name.startswith("inbox") or name == "ack" else recording.alice
+
+    def run(transport: Liar) -> BaseException | None:
+        with Client(
+            "http://node.invalid", keys, feed=MemoryFeed(), clock=_clock, transport=transport
+        ) as c:
+            try:
+                call(c, recording.facts)
+            except Exception as exc:  # one of ours, or what this test is for
+                return exc
+        return None
+
+    honest = Liar(recording.answers)
+    assert run(honest) is None, f"{name} fails on the recorded answers"
+    cases = [
+        (i, label, change)
+        for i, (_, answer) in enumerate(honest.served)
+        for label, change in _changes(answer[2])
+    ]
+    assert cases
+    if CASES and len(cases) > CASES:
+        cases = random.Random(name).sample(cases, CASES)
+    crashes = []
+    for i, label, change in cases:
+        outcome = run(Liar(recording.answers, i, change))
+        if outcome is not None and not isinstance(outcome, Error):
+            path = honest.served[i][0][1]
+            crashes.append(f"answer {i} ({path}) {label}: {type(outcome).__name__}: {outcome}")
+    assert not crashes, f"{len(crashes)} of {len(cases)}:\n" + "\n".join(crashes[:40])
