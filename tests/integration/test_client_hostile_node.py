@@ -12,12 +12,15 @@ hostile node can steer.
 
 Each call's answers are mutated at every JSON path (lists cut to their ends)
 with every replacement (~11,300 runs in all, ~10 s); a text answer (the
-checkpoint) has each line removed, replaced or doubled. Set
-``CHAINMAIL_HOSTILE_CASES=N`` to try a seeded sample of N a call instead.
+checkpoint) has each line removed, replaced or doubled. The same for
+``AsyncClient``, a seeded sample of 300 a call (its driver is its own, the
+flows are shared). Set ``CHAINMAIL_HOSTILE_CASES=N`` to try a seeded sample
+of N a call instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -25,14 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from chainmail.client import Client, MemoryFeed
+from chainmail.client import AsyncClient, Client, MemoryFeed
 from chainmail.errors import Error
 from chainmail.keys import Keypair
 from support.server import running
@@ -93,7 +95,7 @@ class Recorder(httpx.BaseTransport):
         return httpx.Response(response.status_code, headers=headers, content=body)
 
 
-class Liar(httpx.BaseTransport):
+class Liar(httpx.BaseTransport, httpx.AsyncBaseTransport):
     """Answers from a recording, changing the ``which``-th answer with ``change``."""
 
     def __init__(
@@ -126,6 +128,9 @@ class Liar(httpx.BaseTransport):
             body = self._change(body)
         self.served.append((key, answer))
         return httpx.Response(status, headers=headers, content=body)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return self.handle_request(request)
 
 
 def _wait(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -192,7 +197,8 @@ def _proof_ready(client: Client, msg_id: str) -> bool:
     return True
 
 
-CALLS: dict[str, Callable[[Client, dict[str, Any]], object]] = {
+# Each takes a Client or an AsyncClient (whose methods return awaitables).
+CALLS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
     "health": lambda c, f: c.health(),
     "message": lambda c, f: c.message(f["tx"]),
     "head": lambda c, f: c.head(),
@@ -291,22 +297,48 @@ def _json_change(
     return change
 
 
+async def _call_async(client: AsyncClient, name: str, facts: dict[str, Any]) -> object:
+    if name == "firehose":
+        return [e async for e in client.firehose(0)]
+    if name == "inbox_iter":
+        return [e async for e in client.inbox_iter(follow=False, ack=False)]
+    return await CALLS[name](client, facts)
+
+
+#: The async client shares the flows; a sample of each call's changes checks its driver.
+ASYNC_CASES = 300
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_a_malformed_answer_is_refused_with_one_of_our_errors(
-    recording: Recording, name: str, tmp_path: Path
+    recording: Recording, name: str, kind: str
 ) -> None:
     call = CALLS[name]
     keys = recording.bob if name.startswith("inbox") or name == "ack" else recording.alice
 
     def run(transport: Liar) -> BaseException | None:
-        with Client(
+        try:
+            if kind == "sync":
+                with Client(
+                    "http://node.invalid",
+                    keys,
+                    feed=MemoryFeed(),
+                    clock=_clock,
+                    transport=transport,
+                ) as c:
+                    call(c, recording.facts)
+            else:
+                asyncio.run(run_async(transport))
+        except Exception as exc:  # one of ours, or what this test is for
+            return exc
+        return None
+
+    async def run_async(transport: Liar) -> None:
+        async with AsyncClient(
             "http://node.invalid", keys, feed=MemoryFeed(), clock=_clock, transport=transport
         ) as c:
-            try:
-                call(c, recording.facts)
-            except Exception as exc:  # one of ours, or what this test is for
-                return exc
-        return None
+            await _call_async(c, name, recording.facts)
 
     honest = Liar(recording.answers)
     assert run(honest) is None, f"{name} fails on the recorded answers"
@@ -316,8 +348,9 @@ def test_a_malformed_answer_is_refused_with_one_of_our_errors(
         for label, change in _changes(answer[2])
     ]
     assert cases
-    if CASES and len(cases) > CASES:
-        cases = random.Random(name).sample(cases, CASES)
+    most = ASYNC_CASES if kind == "async" and not CASES else CASES
+    if most and len(cases) > most:
+        cases = random.Random(name).sample(cases, most)
     crashes = []
     for i, label, change in cases:
         outcome = run(Liar(recording.answers, i, change))
