@@ -934,7 +934,13 @@ def create_app(
                 except InvalidMessage as exc:
                     await ws.send_text(orjson.dumps(exc.problem()).decode())
                     continue
-                await node.ack(me, ids)
+                try:
+                    await node.ack(me, ids)
+                except Error as exc:
+                    # Not written (the store failed, the node is stopping): the
+                    # entries stay and come again; the client hears why, and the
+                    # stream goes on instead of closing with nothing said.
+                    await ws.send_text(orjson.dumps(exc.problem()).decode())
 
         def frames(after: int) -> tuple[list[tuple[int, str]], bool]:
             """Frames after ``after`` (``_READ_BATCH`` and ``_CHUNK_BYTES`` at most), and

@@ -171,3 +171,45 @@ def test_a_firehose_follower_gets_a_message_logged_while_it_was_reading(tmp_path
     indexes, waited = asyncio.run(run())
     assert indexes == [0, 1]
     assert waited < 3.0, f"the follower waited {waited:.1f} s for a message already logged"
+
+
+def test_an_ack_the_store_fails_to_write_is_answered_on_the_stream_which_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The ack task died with the store's error: the stream closed with nothing
+    # said, and asyncio logged an exception no one retrieved.
+    from chainmail import httpsig
+    from chainmail.errors import StorageError
+
+    async def run() -> tuple[dict[str, Any], str, int]:
+        async with serving(tmp_path) as s:
+            a, b = Writer(), Writer()
+            deadline = int(time.time() * 1000) + 60_000
+            opened = a.sign({"type": "tx/open", "parties": [a.id, b.id], "deadline": deadline})
+            await s.node.submit(orjson.dumps(opened))
+            path = "/v1/inbox/stream"
+            headers = httpsig.sign_request(b.keys, "GET", path, "", created=int(time.time()))
+            async with websockets.connect(f"{s.base}{path}", additional_headers=headers) as ws:
+                first = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                ack = s.node.ack
+
+                async def failing(recipient: str, ids: Any) -> int:
+                    raise StorageError("disk full")
+
+                s.node.ack = failing  # type: ignore[method-assign]
+                await ws.send(orjson.dumps({"ack": [first["id"]]}))
+                problem = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                s.node.ack = ack  # type: ignore[method-assign]
+                # Still open: a new delivery arrives, and an ack now lands.
+                note = a.sign({"type": "tx/note", "tx": first["id"], "data": {}})
+                await s.node.submit(orjson.dumps(note))
+                later = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                await ws.send(orjson.dumps({"ack": [first["id"]]}))
+                await _until(
+                    "the ack", lambda: len(s.node.store.inbox(b.id, 10, 0)) == 1, timeout=10
+                )
+            return problem, later["id"], len(s.node.store.inbox(b.id, 10, 0))
+
+    problem, later, left = asyncio.run(run())
+    assert problem["code"] == "storage" and "disk full" in problem["detail"]
+    assert later != "" and left == 1
