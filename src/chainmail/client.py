@@ -1994,7 +1994,7 @@ def _document_bytes(document: Path | str | BytesLike) -> bytes:
 
 
 def _inbox_frame(frame: str | bytes) -> InboxEntry | None:
-    """An entry from an inbox stream frame; None for the node's reply to a bad ack."""
+    """An entry from an inbox stream frame; None for the node's problem with an ack (bad or not written)."""
     try:
         body = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
