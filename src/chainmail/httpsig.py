@@ -451,6 +451,39 @@ def sign_request(
 # --- Replay protection ---------------------------------------------------------------
 
 
+class _Signer:
+    """One key's live nonces in the cache, oldest first, and its floor."""
+
+    __slots__ = ("floor", "head", "keyid", "nonces")
+
+    def __init__(self, keyid: str) -> None:
+        self.keyid = keyid  # the one copy of the string every entry of the key shares
+        # A list read from ``head`` on (a deque is ~600 bytes even for one
+        # nonce, and most keys hold one or two).
+        self.nonces: list[str] = []
+        self.head = 0
+        #: Signatures created at or before this are refused (None: none are).
+        self.floor: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.nonces) - self.head
+
+    def oldest(self) -> str:
+        return self.nonces[self.head]
+
+    def pop_oldest(self) -> str:
+        nonce = self.nonces[self.head]
+        self.head += 1
+        if self.head * 2 >= len(self.nonces):
+            del self.nonces[: self.head]
+            self.head = 0
+        return nonce
+
+    def remove(self, nonce: str) -> None:
+        """Forget ``nonce`` wherever it is (a clock stepped back: rare, and linear)."""
+        del self.nonces[self.nonces.index(nonce, self.head)]
+
+
 class NonceCache:
     """The ``(keyid, nonce)`` pairs accepted recently, for replay detection.
 
@@ -460,15 +493,23 @@ class NonceCache:
     live ``2 × window_s`` seconds. Use the same ``window_s`` as
     ``verify_request``. Not thread-safe: meant for one asyncio event loop.
 
-    Memory is bounded by ``max_entries``, and no live nonce is ever forgotten
-    without its replay staying refused. When the cache is full, the key that
-    holds most of it (one signer flooding the node) gives up the older half
-    of its nonces, and that key's signatures created up to when the newest of
-    them could have been are refused for a while (``check_floor``, a
-    per-key ``RateLimited``): one signer cannot lock the others
-    out. Only when no key holds two entries (as many signers as entries) is a
-    new nonce refused with ``RateLimited``; that search runs at most once a
-    second.
+    Memory is bounded by ``max_entries`` (~290 bytes an entry with the SDK's
+    nonces, ~650 with 128-character ones from as many keys), and no live
+    nonce is forgotten without its replay staying refused. When the cache is
+    full, the key holding the largest share of it, if that is more than
+    ``max_entries // 1000`` entries (a flooding signer; an honest one polling
+    every second holds 120), gives up the older half of its nonces, and that
+    key's signatures created up to when the newest of them could have been
+    are refused for up to ``window_s`` + 1 seconds (``check_created``, a
+    per-key ``RateLimited``). So one signer, or a few, cannot lock the others
+    out; when no key holds that many (a flood from many keys) a new nonce is
+    refused with ``RateLimited``. Either way the work a request costs is
+    bounded by what it drops.
+
+    The cache also keeps the latest clock it was given: a ``created`` more
+    than ``window_s`` before it is refused even when the caller's clock is
+    older (it stepped back, or a request's body took long to arrive), since
+    the nonces of that time may have been pruned.
     """
 
     def __init__(
@@ -493,58 +534,81 @@ class NonceCache:
         self._ttl = 2 * window_s
         self._max_entries = max_entries
         self.not_before = not_before
+        #: A key holding more entries than this may be made to drop some when full.
+        self._heavy_above = max(1, max_entries // 1000)
         # Insertion order is expiry order while the clock moves forward; if it
         # steps back, entries merely outlive their time, never the reverse.
         self._expiry: OrderedDict[tuple[str, str], int] = OrderedDict()
-        #: Live entries per key, to find the heaviest signer when full.
-        self._counts: dict[str, int] = {}
-        #: Per key whose nonces were dropped: its signatures created at or
-        #: before this are refused. In about the order they end.
+        self._signers: dict[str, _Signer] = {}
+        #: Keys holding more than ``_heavy_above`` entries.
+        self._heavy: set[str] = set()
+        #: Keys with a floor, in about the order the floors end.
         self._floors: OrderedDict[str, int] = OrderedDict()
-        #: The second a full cache last found nothing to drop (no key held
-        #: two entries): the search is not repeated within it.
-        self._stuck_at: int | None = None
+        #: The latest clock seen (``seen``).
+        self._latest: int | None = None
 
     def __len__(self) -> int:
         """Live nonces and per-key floors held: what ``max_entries`` bounds."""
         return len(self._expiry) + len(self._floors)
 
-    def _forget(self, key: tuple[str, str]) -> None:
-        del self._expiry[key]
-        keyid = key[0]
-        left = self._counts[keyid] - 1
-        if left:
-            self._counts[keyid] = left
+    def _signer(self, keyid: str) -> _Signer:
+        signer = self._signers.get(keyid)
+        if signer is None:
+            signer = self._signers[keyid] = _Signer(keyid)
+        return signer
+
+    def _settle(self, signer: _Signer) -> None:
+        """Keep ``_heavy`` and ``_signers`` in step with ``signer``'s count."""
+        if len(signer) > self._heavy_above:
+            self._heavy.add(signer.keyid)
         else:
-            del self._counts[keyid]
+            self._heavy.discard(signer.keyid)
+            if not signer and signer.floor is None:
+                del self._signers[signer.keyid]
 
     def _prune(self, now: int) -> None:
         while self._expiry:
             key, expiry = next(iter(self._expiry.items()))
             if expiry >= now:
                 break
-            self._forget(key)
-            self._stuck_at = None
+            del self._expiry[key]
+            signer = self._signers[key[0]]
+            # The oldest entry overall is its key's oldest, unless a clock stepped back.
+            if signer.oldest() == key[1]:
+                signer.pop_oldest()
+            else:
+                signer.remove(key[1])
+            self._settle(signer)
         # A floor older than the window refuses nothing the window would accept.
         while self._floors:
             keyid, floor = next(iter(self._floors.items()))
             if floor >= now - self._window:
                 return
             del self._floors[keyid]
-            self._stuck_at = None
+            signer = self._signers[keyid]
+            signer.floor = None
+            self._settle(signer)
 
-    def check_floor(self, keyid: str, created: int, now: int) -> None:
-        """Raises ``RateLimited`` when ``keyid``'s signatures created at ``created`` are refused.
+    def check_created(self, keyid: str, created: int, now: int) -> None:
+        """Refuses a signature of ``keyid`` created at ``created`` that could be a replay
+        of a nonce no longer held.
 
-        This key filled the cache and its oldest nonces were dropped: refusing
-        what it signed up to then keeps those refused as replays.
+        Raises ``Unauthorized`` when ``created`` is more than the window before
+        the latest clock the cache was given (later than ``now``), and
+        ``RateLimited`` when ``keyid`` filled the cache and ``created`` is at
+        or before its floor.
         """
-        floor = self._floors.get(keyid)
-        if floor is not None and created <= floor:
+        latest = now if self._latest is None else max(self._latest, now)
+        if latest - created > self._window:
+            raise Unauthorized(
+                f"created {latest - created} s before the node's clock (limit {self._window})"
+            )
+        signer = self._signers.get(keyid)
+        if signer is not None and signer.floor is not None and created <= signer.floor:
             raise RateLimited(
-                "this key made most of the signed requests in the replay window: its"
-                f" signatures created up to {floor} are refused for now",
-                retry_after=float(max(1, floor - now + 1)),
+                "this key made the largest share of the signed requests in the replay"
+                f" window: its signatures created up to {signer.floor} are refused for now",
+                retry_after=float(max(1, signer.floor - now + 1)),
             )
 
     def live(self, keyid: str, nonce: str, now: int) -> bool:
@@ -552,55 +616,55 @@ class NonceCache:
         expiry = self._expiry.get((keyid, nonce))
         return expiry is not None and expiry >= now
 
-    def seen(self, keyid: str, nonce: str, now: int, created: int | None = None) -> bool:
+    def seen(self, keyid: str, nonce: str, now: int, created: int) -> bool:
         """True when ``(keyid, nonce)`` was recorded and is still live; else record it.
 
-        When the cache is full, the heaviest key's older nonces make room
-        (the class's rules); raises ``RateLimited`` when nothing can, and
-        for a ``created`` (if given) that ``check_floor`` refuses.
+        ``created`` is the signature's: what ``check_created`` refuses raises
+        here too. When the cache is full a heavy key's older nonces make room
+        (the class's rules); raises ``RateLimited`` when none can.
         """
+        self._latest = now if self._latest is None else max(self._latest, now)
         self._prune(now)
-        if created is not None:
-            self.check_floor(keyid, created, now)
+        self.check_created(keyid, created, now)
         if self.live(keyid, nonce, now):
             return True
-        key = (keyid, nonce)
+        signer = self._signer(keyid)
+        key = (signer.keyid, nonce)
         if key in self._expiry:  # expired, but behind a live one (a clock stepped back)
-            self._forget(key)
-        if len(self) >= self._max_entries and not self._drop_heaviest(now):
+            del self._expiry[key]
+            signer.remove(nonce)
+        if len(self) >= self._max_entries and not self._drop_heaviest():
+            self._settle(signer)
             oldest = next(iter(self._expiry.values()), now)
             raise RateLimited(
                 "too many signed requests in the replay window",
                 retry_after=float(max(1, oldest - now + 1)),
             )
         self._expiry[key] = now + self._ttl
-        self._counts[keyid] = self._counts.get(keyid, 0) + 1
+        signer.nonces.append(nonce)
+        self._settle(signer)
         return False
 
-    def _drop_heaviest(self, now: int) -> bool:
+    def _drop_heaviest(self) -> bool:
         """Room made by dropping the older half of the heaviest key's nonces."""
-        if self._stuck_at == now or not self._counts:
+        if not self._heavy:
             return False
-        heaviest, count = max(self._counts.items(), key=lambda item: item[1])
-        # A new floor takes an entry's room itself, so then two must go.
-        needed = 1 if heaviest in self._floors else 2
-        if count < needed:
-            self._stuck_at = now
-            return False
-        wanted = max(count // 2, needed)
-        drop: list[tuple[str, str]] = []
+        heaviest = self._signers[max(self._heavy, key=lambda k: len(self._signers[k]))]
+        # A new floor takes an entry's room itself, so then two must go (a heavy
+        # key holds two or more).
+        wanted = max(len(heaviest) // 2, 1 if heaviest.floor is not None else 2)
         latest = 0
-        for key, expiry in self._expiry.items():
-            if key[0] == heaviest:
-                drop.append(key)
-                latest = max(latest, expiry)
-                if len(drop) == wanted:
-                    break
-        for key in drop:
-            self._forget(key)
+        for _ in range(wanted):
+            key = (heaviest.keyid, heaviest.pop_oldest())
+            latest = max(latest, self._expiry.pop(key))
         # A nonce recorded at t (expiry t + 2w) was created at most w after t.
         floor = latest - self._ttl + self._window
-        self._floors[heaviest] = max(floor, self._floors.pop(heaviest, floor))
+        if heaviest.floor is not None:
+            floor = max(floor, heaviest.floor)
+            del self._floors[heaviest.keyid]
+        heaviest.floor = floor
+        self._floors[heaviest.keyid] = floor
+        self._settle(heaviest)
         return True
 
 
@@ -730,7 +794,7 @@ class SignedRequest:
     nonces: NonceCache | None = field(default=None, repr=False, compare=False)
     nonce: str = ""
     now: int = 0
-    created: int | None = None
+    created: int = 0
 
     def check_body(self, body: bytes | None, *, require_digest: bool = False) -> FeedId:
         """The signer, once ``body`` (None or empty: none) is what the signature covers.
@@ -740,7 +804,8 @@ class SignedRequest:
         ``require_digest`` a request with a body must cover it. Only then is
         the nonce recorded: a request refused for its body (or by anything the
         server checks between the two steps) leaves it unused. Raises
-        ``Unauthorized``, and ``RateLimited`` when the nonces are full.
+        ``Unauthorized``, and ``RateLimited`` when the nonces are full or the
+        signer is below its floor (``NonceCache``).
         """
         if self.content_digest is not None:
             for name, digest in self.digests:
@@ -815,13 +880,14 @@ def verify_headers(
     ``tag`` appears; ``keyid`` is a feed id; ``created`` is at most
     ``window_s`` from ``now`` either way, not before ``nonces.not_before``,
     and ``expires`` (if given) has not passed; the signature verifies;
-    ``nonces.check_floor`` passes; the
+    ``nonces.check_created`` passes; the
     nonce is not live in ``nonces``. The nonce is recorded by
     ``check_body``, once the body passed too, so neither a forged request
     nor a signed one refused for its body uses it up.
 
     Raises ``Unauthorized`` whose detail names the failed check, and
-    ``RateLimited`` for a key below its floor (it filled the nonces).
+    ``RateLimited`` for a key below its floor (it filled the nonces,
+    ``NonceCache``).
     """
     inputs = _dictionary(_header(headers, _SIGNATURE_INPUT, "Signature-Input"), "Signature-Input")
     signatures = _dictionary(_header(headers, _SIGNATURE, "Signature"), "Signature")
@@ -868,7 +934,7 @@ def verify_headers(
         raise Unauthorized(f"request target cannot be signed: {exc}") from exc
     if len(signed.value) != _SIG_BYTES or not verify_signature(public, base, signed.value):
         raise Unauthorized("signature does not verify")
-    nonces.check_floor(params.keyid, params.created, now)
+    nonces.check_created(params.keyid, params.created, now)
     if nonces.live(params.keyid, params.nonce, now):
         raise Unauthorized("nonce replayed")
     return SignedRequest(

@@ -646,7 +646,7 @@ def test_one_identity_filling_the_replay_cache_locks_out_itself_alone(tmp_path: 
             429,
             "rate_limited",
         )
-        assert "most of the signed requests" in refused["detail"]
+        assert "largest share of the signed requests" in refused["detail"]
         refused_new = signed_get(http, flooder, "/v1/inbox", nonce="flood-new")
         assert refused_new.status_code == 429 and int(refused_new.headers["retry-after"]) >= 1
         problem(signed_get(http, other, "/v1/inbox", nonce="other-0"), 401, "unauthorized")

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -385,105 +386,196 @@ def test_a_huge_header_is_refused_before_it_is_parsed(name: str) -> None:
 
 def test_nonce_cache_remembers_for_twice_the_window() -> None:
     cache = NonceCache(window_s=60)
-    assert not cache.seen("@k", "n", NOW)
-    assert cache.seen("@k", "n", NOW + 120)
     # A request created 60 s ahead at NOW stays acceptable until NOW + 120.
-    assert not cache.seen("@k", "n", NOW + 121)
+    assert not cache.seen("@k", "n", NOW, NOW + 60)
+    assert cache.seen("@k", "n", NOW + 120, NOW + 60)
     assert len(cache) == 1
+    cache.seen("@k", "other", NOW + 121, NOW + 121)
+    assert not cache.live("@k", "n", NOW + 121) and len(cache) == 1
+    # ... and then the window refuses it, whatever clock the caller passes.
+    with pytest.raises(Unauthorized, match="61 s before the node's clock"):
+        cache.seen("@k", "n", NOW + 121, NOW + 60)
 
 
 def test_nonce_cache_prunes_expired_entries() -> None:
     cache = NonceCache(window_s=10)
     for i in range(100):
-        cache.seen("@k", str(i), NOW)
+        cache.seen("@k", str(i), NOW, NOW)
     assert len(cache) == 100
-    cache.seen("@k", "late", NOW + 21)
+    cache.seen("@k", "late", NOW + 21, NOW + 21)
     assert len(cache) == 1
 
 
-def test_nonce_cache_full_of_single_entries_refuses_rather_than_forgets() -> None:
+def test_a_clock_stepping_back_does_not_make_a_pruned_nonce_new() -> None:
+    cache = NonceCache(window_s=60)
+    assert not cache.seen("@k", "n", NOW, NOW + 60)
+    cache.seen("@o", "x", NOW + 121, NOW + 121)  # "n" pruned
+    # The caller's clock is 2 s behind now: "n" is in its window, but not in the cache's.
+    with pytest.raises(Unauthorized, match="before the node's clock"):
+        cache.check_created("@k", NOW + 60, NOW + 119)
+    with pytest.raises(Unauthorized):
+        cache.seen("@k", "n", NOW + 119, NOW + 60)
+
+
+def test_nonce_cache_full_of_light_keys_refuses_rather_than_forgets() -> None:
     cache = NonceCache(window_s=10, max_entries=2)
-    assert not cache.seen("@a", "n", NOW)
-    assert not cache.seen("@b", "n", NOW + 5)
+    assert not cache.seen("@a", "n", NOW, NOW)
+    assert not cache.seen("@b", "n", NOW + 5, NOW + 5)
     with pytest.raises(RateLimited, match="too many signed requests") as info:
-        cache.seen("@c", "n", NOW + 5)
+        cache.seen("@c", "n", NOW + 5, NOW + 5)
     assert info.value.retry_after == 16.0
-    assert cache.seen("@a", "n", NOW + 5)
-    assert cache.seen("@b", "n", NOW + 5)
-    assert not cache.seen("@c", "n", NOW + 21)  # "@a" expired and made room
+    assert cache.seen("@a", "n", NOW + 5, NOW)
+    assert cache.seen("@b", "n", NOW + 5, NOW + 5)
+    assert not cache.seen("@c", "n", NOW + 21, NOW + 21)  # "@a" expired and made room
 
 
 def test_a_full_nonce_cache_drops_the_heaviest_keys_older_half_and_floors_it() -> None:
     cache = NonceCache(window_s=10, max_entries=10)
     for i in range(8):
-        assert not cache.seen("@flood", f"f{i}", NOW + i // 4)
-    assert not cache.seen("@other", "o0", NOW + 1)
-    assert not cache.seen("@other", "o1", NOW + 1)
+        assert not cache.seen("@flood", f"f{i}", NOW + i // 4, NOW)
+    assert not cache.seen("@other", "o0", NOW + 1, NOW)
+    assert not cache.seen("@other", "o1", NOW + 1, NOW)
     assert len(cache) == 10
     # Another signer still gets in: the flooder's 4 oldest nonces make room.
-    assert not cache.seen("@third", "t0", NOW + 2)
-    assert len(cache) <= 10
+    assert not cache.seen("@third", "t0", NOW + 2, NOW + 2)
+    assert len(cache) == 8  # 4 + 2 + 1 nonces, and @flood's floor
     for i in range(4, 8):
-        assert cache.seen("@flood", f"f{i}", NOW + 2), "the newer half is kept"
+        assert cache.live("@flood", f"f{i}", NOW + 2), "the newer half is kept"
     for nonce in ("o0", "o1"):
-        assert cache.seen("@other", nonce, NOW + 2)
+        assert cache.seen("@other", nonce, NOW + 2, NOW)
     # A dropped nonce is no longer held, so the flooder's signatures created up
-    # to when it could have been (recorded at NOW, so created by NOW + 10) are refused.
+    # to when it could have been (the newest dropped was recorded at NOW, so
+    # created by NOW + 10) are refused.
     assert not cache.live("@flood", "f0", NOW + 2)
     with pytest.raises(RateLimited, match="signatures created up to 1700000010") as info:
-        cache.check_floor("@flood", NOW + 10, NOW + 2)
+        cache.check_created("@flood", NOW + 10, NOW + 2)
     assert info.value.retry_after == 9.0
     with pytest.raises(RateLimited):
-        cache.seen("@flood", "f0", NOW + 2, created=NOW)
-    cache.check_floor("@flood", NOW + 11, NOW + 2)
-    cache.check_floor("@other", NOW, NOW + 2)
+        cache.seen("@flood", "f0", NOW + 2, NOW)
+    cache.check_created("@flood", NOW + 11, NOW + 2)
+    cache.check_created("@other", NOW, NOW + 2)
 
 
-def test_a_nonce_floor_ends_once_the_window_refuses_what_it_refused() -> None:
-    cache = NonceCache(window_s=10, max_entries=4)
+def test_the_floor_comes_from_the_newest_dropped_nonce_and_never_goes_down() -> None:
+    cache = NonceCache(window_s=10, max_entries=6)
     for i in range(4):
-        cache.seen("@flood", str(i), NOW)
-    cache.seen("@other", "x", NOW)  # full: two of the flooder's go, a floor comes
+        cache.seen("@flood", f"f{i}", NOW + i, NOW + i)  # recorded at NOW .. NOW + 3
+    cache.seen("@a", "a", NOW + 3, NOW + 3)
+    cache.seen("@b", "b", NOW + 3, NOW + 3)
+    cache.seen("@c", "c", NOW + 3, NOW + 3)  # full: f0 and f1 go
+    with pytest.raises(RateLimited, match="up to 1700000011"):  # f1: recorded at NOW + 1
+        cache.check_created("@flood", NOW + 11, NOW + 3)
+    cache.check_created("@flood", NOW + 12, NOW + 3)
+    cache.seen("@d", "d", NOW + 3, NOW + 3)  # full again: f2 goes, the floor moves up
+    with pytest.raises(RateLimited, match="up to 1700000012"):
+        cache.check_created("@flood", NOW + 12, NOW + 3)
+
+
+def test_a_floor_stays_up_when_later_drops_were_recorded_at_an_earlier_clock() -> None:
+    cache = NonceCache(window_s=10, max_entries=6)
+    cache.seen("@flood", "f0", NOW + 5, NOW + 5)
+    cache.seen("@flood", "f1", NOW + 5, NOW + 5)
+    for i in (2, 3):  # the caller's clock stepped back 2 s
+        cache.seen("@flood", f"f{i}", NOW + 3, NOW + 3)
+    cache.seen("@a", "a", NOW + 5, NOW + 5)
+    cache.seen("@b", "b", NOW + 5, NOW + 5)
+    cache.seen("@c", "c", NOW + 5, NOW + 5)  # f0, f1 go: floor NOW + 15
+    cache.seen("@d", "d", NOW + 5, NOW + 5)  # f2 goes, recorded at NOW + 3
+    with pytest.raises(RateLimited, match="up to 1700000015"):
+        cache.check_created("@flood", NOW + 15, NOW + 5)  # f0 and f1 stay refused
+
+
+def test_only_a_key_past_a_thousandth_of_the_cache_is_made_to_drop() -> None:
+    cache = NonceCache(window_s=10, max_entries=4000)  # heavy: more than 4 entries
+    for k in range(1000):
+        for n in range(4):
+            cache.seen(f"@k{k}", str(n), NOW, NOW)
+    with pytest.raises(RateLimited, match="too many signed requests"):
+        cache.seen("@new", "n", NOW, NOW)  # nobody holds more than 4: nobody is dropped
+    cache.seen("@o", "x", NOW + 21, NOW + 21)  # all expired
+    for n in range(3999):
+        cache.seen("@busy", str(n), NOW + 21, NOW + 21)
+    assert not cache.seen("@new", "n", NOW + 21, NOW + 21)  # @busy drops its older half
     with pytest.raises(RateLimited):
-        cache.check_floor("@flood", NOW + 10, NOW)
-    cache.seen("@other", "y", NOW + 21)  # everything recorded at NOW has expired
-    assert len(cache) == 1
-    cache.check_floor("@flood", NOW + 10, NOW + 21)
+        cache.check_created("@busy", NOW + 21, NOW + 21)
+    cache.check_created("@o", NOW + 21, NOW + 21)
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from("abcd"), st.integers(0, 40), st.integers(0, 3)),
-        max_size=150,
-    ),
-    st.integers(1, 12),
-)
-def test_nonce_cache_stays_bounded_and_accepts_each_request_once(
-    events: list[tuple[str, int, int]], max_entries: int
+def test_a_request_refused_by_a_full_cache_leaves_nothing_behind() -> None:
+    cache = NonceCache(window_s=10, max_entries=20_000)  # heavy: more than 20
+    for n in range(2):
+        for k in range(10_000):
+            cache.seen(f"@k{k}", str(n), NOW, NOW)
+    for k in range(10_000, 10_200):
+        with pytest.raises(RateLimited):
+            cache.seen(f"@k{k}", "n", NOW, NOW)
+    assert len(cache._signers) == 10_000 and not cache._heavy
+    assert not cache.seen("@late", "n", NOW + 21, NOW + 21)
+    assert len(cache._signers) == 1 and len(cache) == 1
+
+
+@dataclass
+class _Pending:
+    keyid: str
+    nonce: str
+    created: int
+    checked_at: int  # the clock verify_headers read
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.integers(1, 12), st.integers(0, 3))
+def test_nonce_cache_accepts_each_request_once_whatever_the_interleaving(
+    data: st.DataObject, max_entries: int, keys: int
 ) -> None:
-    """A request (keyid, nonce, created) sent again and again, with others
-    between, is accepted at most once, and the cache never outgrows its bound."""
-    window = 10
+    """The API's two steps with an ``await`` between: ``verify_headers``
+    (window, ``check_created``, ``live``) at the clock of the moment, then
+    ``check_body`` recording with that older clock, requests interleaved and
+    sent again, the clock moving on or stepping back a little. A request
+    ``(keyid, nonce, created)`` is accepted once at most; the cache stays in
+    its bound; and "too many" is said only when no key holds more than a
+    thousandth of the cache."""
+    window = 5
     cache = NonceCache(window_s=window, max_entries=max_entries)
-    created_of: dict[tuple[str, int], int] = {}  # the first sending fixes created
-    accepted: set[tuple[str, int]] = set()
-    now = NOW
-    for keyid, nonce, step in events:
-        now += step
-        request = (keyid, nonce)
-        created = created_of.setdefault(request, now)
-        if abs(now - created) > window:
-            continue  # verify_headers refuses it before the cache is asked
-        try:
-            cache.check_floor(keyid, created, now)
-            replayed = cache.seen(keyid, str(nonce), now, created)
-        except RateLimited:
-            replayed = True
-        assert len(cache) <= max_entries
-        if not replayed:
-            assert request not in accepted, f"{request} accepted twice"
-            accepted.add(request)
+    signers = [f"@{c}" for c in "abcd"[: keys + 1]]
+    clock = NOW
+    made: list[tuple[str, str, int]] = []
+    pending: list[_Pending] = []
+    accepted: set[tuple[str, str, int]] = set()
+    for _ in range(data.draw(st.integers(0, 120), label="steps")):
+        op = data.draw(st.sampled_from(["tick", "new", "again", "finish"]), label="op")
+        if op == "tick":
+            clock += data.draw(st.integers(-2, 4), label="by")
+        elif op in ("new", "again") and (op == "new" or not made):
+            keyid = data.draw(st.sampled_from(signers), label="keyid")
+            created = clock + data.draw(st.integers(-window, window), label="skew")
+            made.append((keyid, f"n{len(made)}", created))
+        if op in ("new", "again") and made:
+            keyid, nonce, created = made[-1] if op == "new" else data.draw(st.sampled_from(made))
+            if abs(clock - created) > window:
+                continue  # verify_headers' own window check
+            try:
+                cache.check_created(keyid, created, clock)
+            except (Unauthorized, RateLimited):
+                continue
+            if not cache.live(keyid, nonce, clock):
+                pending.append(_Pending(keyid, nonce, created, clock))
+        elif op == "finish" and pending:
+            p = pending.pop(data.draw(st.integers(0, len(pending) - 1), label="which"))
+            try:
+                replayed = cache.seen(p.keyid, p.nonce, p.checked_at, p.created)
+            except Unauthorized:
+                continue
+            except RateLimited as exc:
+                if "too many" in str(exc):
+                    counts = [len(s) for s in cache._signers.values()]
+                    assert max(counts, default=0) <= max(1, max_entries // 1000), counts
+                continue
+            finally:
+                assert len(cache) <= max_entries
+            if not replayed:
+                request = (p.keyid, p.nonce, p.created)
+                assert request not in accepted, f"{request} accepted twice"
+                accepted.add(request)
 
 
 def test_nonce_cache_rejects_nonsense_bounds() -> None:

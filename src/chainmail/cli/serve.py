@@ -290,9 +290,11 @@ def serve(
     replay_cache: Annotated[
         int,
         typer.Option(
-            help="Signed inbox requests remembered to refuse replays (each for 2 minutes;"
-            " ~300 bytes each). When full, the identity holding most of it is refused"
-            " (429) for up to a minute, not the others.",
+            help="Signed inbox requests remembered to refuse replays, each for 2 minutes"
+            " (~290 bytes each, up to ~650 with long nonces from many identities). When full,"
+            " an identity holding more than a thousandth of it loses its older half and is"
+            " refused (429) for up to 61 s, not the others; if none does, every new signed"
+            " request is refused until entries expire.",
         ),
     ] = DEFAULT_MAX_NONCES,
     require_content_digest: Annotated[
