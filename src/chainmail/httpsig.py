@@ -542,10 +542,10 @@ class NonceCache:
         self._signers: dict[str, _Signer] = {}
         #: Keys holding more than ``_heavy_above`` entries.
         self._heavy: set[str] = set()
-        #: Keys with a floor, in about the order the floors end.
-        self._floors: OrderedDict[str, int] = OrderedDict()
-        #: The latest clock seen (``seen``).
-        self._latest: int | None = None
+        #: Keys with a floor (``_Signer.floor``), in about the order the floors end.
+        self._floors: OrderedDict[str, _Signer] = OrderedDict()
+        #: The latest clock seen (``seen``; UNIX seconds, 0 before the first).
+        self._latest = 0
 
     def __len__(self) -> int:
         """Live nonces and per-key floors held: what ``max_entries`` bounds."""
@@ -581,11 +581,10 @@ class NonceCache:
             self._settle(signer)
         # A floor older than the window refuses nothing the window would accept.
         while self._floors:
-            keyid, floor = next(iter(self._floors.items()))
-            if floor >= now - self._window:
+            keyid, signer = next(iter(self._floors.items()))
+            if signer.floor is not None and signer.floor >= now - self._window:
                 return
             del self._floors[keyid]
-            signer = self._signers[keyid]
             signer.floor = None
             self._settle(signer)
 
@@ -598,7 +597,7 @@ class NonceCache:
         ``RateLimited`` when ``keyid`` filled the cache and ``created`` is at
         or before its floor.
         """
-        latest = now if self._latest is None else max(self._latest, now)
+        latest = max(self._latest, now)
         if latest - created > self._window:
             raise Unauthorized(
                 f"created {latest - created} s before the node's clock (limit {self._window})"
@@ -623,7 +622,7 @@ class NonceCache:
         here too. When the cache is full a heavy key's older nonces make room
         (the class's rules); raises ``RateLimited`` when none can.
         """
-        self._latest = now if self._latest is None else max(self._latest, now)
+        self._latest = max(self._latest, now)
         self._prune(now)
         self.check_created(keyid, created, now)
         if self.live(keyid, nonce, now):
@@ -661,9 +660,9 @@ class NonceCache:
         floor = latest - self._ttl + self._window
         if heaviest.floor is not None:
             floor = max(floor, heaviest.floor)
-            del self._floors[heaviest.keyid]
+            del self._floors[heaviest.keyid]  # to the end: its floor ends last now
         heaviest.floor = floor
-        self._floors[heaviest.keyid] = floor
+        self._floors[heaviest.keyid] = heaviest
         self._settle(heaviest)
         return True
 

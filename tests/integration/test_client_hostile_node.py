@@ -160,7 +160,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
             block = _wait("the tx in a block", lambda: alice.tx(tx)["block"])
             _wait("the document in a block", lambda: alice.message(doc.id)["block"] is not None)
             _wait("a proof", lambda: _proof_ready(alice, doc.id))
-            height = int(block["height"]) if isinstance(block, dict) else int(block)
+            height = int(block)  # a tx's block is its height
             size = int(alice.checkpoint(0).splitlines()[1])
             rec.facts = {
                 "tx": tx,
