@@ -643,7 +643,8 @@ def verify_records(
         raise ProofError(f"block {info.height} records: a tx appears twice")
     if info.txs_count != len(checked):
         raise ProofError(
-            f"block {info.height} txs count: expected {len(checked)} records, got {info.txs_count}"
+            f"block {info.height} txs count: the block says {info.txs_count} records,"
+            f" {len(checked)} were given"
         )
     root = txs_root(checked)
     if info.txs_root != root:

@@ -1347,9 +1347,15 @@ class _Core:
         body = _dict((yield from self._get_flow("/v1/blocks", params)), "blocks")
         got = body.get("blocks")
         if not isinstance(got, list) or not all(
-            isinstance(b, dict) and type(b.get("height")) is int for b in got
+            isinstance(b, dict)
+            and type(b.get("height")) is int
+            and isinstance(b.get("id"), str)
+            and "message" in b  # judged by what reads it: verify_block, the auditor
+            for b in got
         ):
-            raise OperationalError(f"blocks: expected a list of blocks with heights, got {got!r}")
+            raise OperationalError(
+                f"blocks: expected a list of blocks with a height, an id and a message, got {got!r}"
+            )
         return got
 
     def _checkpoint_flow(self, pipeline: int) -> Flow[str]:
@@ -1669,7 +1675,8 @@ class Client(_Core):
         return self._run(self._block_flow(height))
 
     def blocks(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        """Blocks above height ``after``, unverified."""
+        """Blocks above height ``after``, unverified: each has an integer ``height``, a
+        string ``id`` and a ``message`` (``OperationalError`` for an answer without)."""
         return self._run(self._blocks_flow(after, limit))
 
     def checkpoint(self, pipeline: int = 0) -> str:

@@ -349,6 +349,9 @@ def test_audit_of_a_node_that_names_no_valid_id_says_so_in_one_printable_line(
         [1],
         [{"id": "%x", "message": {"content": {}}}],
         [{"height": "1", "id": "%x", "message": {"content": {}}}],
+        [{"height": 1, "message": {"content": {}}}],
+        [{"height": 1, "id": 7, "message": {"content": {}}}],
+        [{"height": 1, "id": "%x"}],
     ],
 )
 def test_blocks_of_the_wrong_shape_are_one_line(cli: Cli, node_url: str, blocks: Any) -> None:

@@ -21,48 +21,34 @@ of N a call instead.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from chainmail.client import AsyncClient, Client, MemoryFeed
 from chainmail.errors import Error
 from chainmail.keys import Keypair
+from support.mutations import (
+    Answer,
+    Key,
+    Recorder,
+    changes,
+    not_recorded,
+    request_key,
+    wait_for,
+)
 from support.server import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 #: Mutations tried a call at most (0: all of them); a seeded sample beyond.
 CASES = int(os.environ.get("CHAINMAIL_HOSTILE_CASES", "0"))
-_DELETE = object()
-REPLACEMENTS: tuple[Any, ...] = (
-    _DELETE,
-    None,
-    True,
-    0,
-    -1,
-    2**64,
-    1.5,
-    "",
-    "x",
-    "%AAAA.sha256",
-    [],
-    [None],
-    {},
-    {"a": 1},
-)
-
-Key = tuple[str, str]  # method, path with query
-Answer = tuple[int, dict[str, str], bytes]
 
 
 @dataclass
@@ -73,26 +59,6 @@ class Recording:
     facts: dict[str, Any] = field(default_factory=dict)
     alice: Keypair = field(default_factory=Keypair.generate)
     bob: Keypair = field(default_factory=Keypair.generate)
-
-
-def _key(request: httpx.Request) -> Key:
-    query = request.url.query.decode()
-    return request.method, request.url.path + (f"?{query}" if query else "")
-
-
-class Recorder(httpx.BaseTransport):
-    """Forwards to the real node and keeps every answer."""
-
-    def __init__(self, into: dict[Key, Answer]) -> None:
-        self._inner = httpx.HTTPTransport()
-        self._into = into
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response = self._inner.handle_request(request)
-        body = response.read()
-        headers = {"content-type": response.headers.get("content-type", "")}
-        self._into[_key(request)] = (response.status_code, headers, body)
-        return httpx.Response(response.status_code, headers=headers, content=body)
 
 
 class Liar(httpx.BaseTransport, httpx.AsyncBaseTransport):
@@ -107,7 +73,7 @@ class Liar(httpx.BaseTransport, httpx.AsyncBaseTransport):
         self.served: list[tuple[Key, Answer]] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        key = _key(request)
+        key = request_key(request)
         answer = self._answers.get(key)
         if answer is None and request.method == "POST":
             # A signed POST (an ack) or a submission: its recorded answer for the path.
@@ -120,9 +86,7 @@ class Liar(httpx.BaseTransport, httpx.AsyncBaseTransport):
                 None,
             )
         if answer is None:
-            detail = f"not recorded: {key}"
-            body = orjson.dumps({"status": 404, "code": "not_found", "detail": detail})
-            answer = (404, {"content-type": "application/problem+json"}, body)
+            answer = not_recorded(key)
         status, headers, body = answer
         if len(self.served) == self._which:
             body = self._change(body)
@@ -131,15 +95,6 @@ class Liar(httpx.BaseTransport, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return self.handle_request(request)
-
-
-def _wait(what: str, probe: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +112,9 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
             alice.finish(tx)
             bob.finish(tx)
             doc = alice.notarise(document, name="nda.txt", mime="text/plain")
-            block = _wait("the tx in a block", lambda: alice.tx(tx)["block"])
-            _wait("the document in a block", lambda: alice.message(doc.id)["block"] is not None)
-            _wait("a proof", lambda: _proof_ready(alice, doc.id))
+            block = wait_for("the tx in a block", lambda: alice.tx(tx)["block"])
+            wait_for("the document in a block", lambda: alice.message(doc.id)["block"] is not None)
+            wait_for("a proof", lambda: _proof_ready(alice, doc.id))
             height = int(block)  # a tx's block is its height
             size = int(alice.checkpoint(0).splitlines()[1])
             rec.facts = {
@@ -223,80 +178,6 @@ CALLS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
 }
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    """Every path into a JSON value (a list: its first and last items only)."""
-    if prefix:
-        yield prefix
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i in sorted({0, len(value) - 1}) if value else ():
-            yield from _paths(value[i], (*prefix, i))
-
-
-def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
-    head, rest = path[0], path[1:]
-    copy: Any = dict(value) if isinstance(value, dict) else list(value)
-    if rest:
-        copy[head] = _replaced(copy[head], rest, new)
-    elif new is _DELETE:
-        del copy[head]
-    else:
-        copy[head] = new
-    return copy
-
-
-def _json_lines(body: bytes) -> list[Any] | None:
-    """The body as JSON values: one for JSON, one a line for NDJSON; None for neither."""
-    try:
-        return [orjson.loads(body)]
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return [orjson.loads(line) for line in body.splitlines() if line.strip()]
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _changes(body: bytes) -> Iterator[tuple[str, Callable[[bytes], bytes]]]:
-    """Every change of one answer's body, with a label."""
-    values = _json_lines(body)
-    if values is None or not values:
-        lines = body.split(b"\n")
-        for i in range(len(lines)):
-            for new in (b"", b"x", lines[i] * 2):
-                yield f"line {i} -> {new[:10]!r}", _text_change(lines, i, new)
-        yield "empty", lambda _: b""
-        return
-    ndjson = len(values) > 1 or body.count(b"\n") > 1
-    for path in _paths(values if ndjson else values[0]):
-        for new in REPLACEMENTS:
-            label = f"{list(path)} -> {'deleted' if new is _DELETE else repr(new)[:20]}"
-            yield label, _json_change(values, path, new, ndjson)
-
-
-def _dumps(value: Any) -> bytes:
-    """JSON of any size of integer (orjson stops at 64 bits; a liar need not)."""
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _text_change(lines: list[bytes], i: int, new: bytes) -> Callable[[bytes], bytes]:
-    return lambda _: b"\n".join([*lines[:i], new, *lines[i + 1 :]])
-
-
-def _json_change(
-    values: list[Any], path: tuple[Any, ...], new: Any, ndjson: bool
-) -> Callable[[bytes], bytes]:
-    def change(_: bytes) -> bytes:
-        if not ndjson:
-            return _dumps(_replaced(values[0], path, new))
-        kept = _replaced(values, path, new)  # a deleted line is left out
-        return b"".join(_dumps(v) + b"\n" for v in kept)
-
-    return change
-
-
 async def _call_async(client: AsyncClient, name: str, facts: dict[str, Any]) -> object:
     if name == "firehose":
         return [e async for e in client.firehose(0)]
@@ -345,7 +226,7 @@ def test_a_malformed_answer_is_refused_with_one_of_our_errors(
     cases = [
         (i, label, change)
         for i, (_, answer) in enumerate(honest.served)
-        for label, change in _changes(answer[2])
+        for label, change in changes(answer[2])
     ]
     assert cases
     most = ASYNC_CASES if kind == "async" and not CASES else CASES

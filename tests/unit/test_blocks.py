@@ -362,7 +362,7 @@ def test_record_order_swapped(chain: Node) -> None:
 
 
 def test_record_dropped(chain: Node) -> None:
-    with pytest.raises(ProofError, match="txs count: expected 1 records, got 2"):
+    with pytest.raises(ProofError, match="txs count: the block says 2 records, 1 were given"):
         blocks.verify_records(content(chain.blocks[1]), chain.records[1][:1])
 
 
