@@ -477,6 +477,7 @@ def create_app(
             request.headers,
             now=int(time.time()),
             nonces=nonces,
+            source=httpsig.client_source(request.client.host if request.client else None),
         )
 
     def authenticate(request: Request) -> str:
@@ -914,6 +915,7 @@ def create_app(
                 ws.headers,
                 now=int(time.time()),
                 nonces=nonces,
+                source=httpsig.client_source(ws.client.host if ws.client else None),
             )
         except (Unauthorized, RateLimited) as exc:
             # Refused before the upgrade, as an HTTP 401 (429) problem document like

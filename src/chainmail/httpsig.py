@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import secrets
 import time
 from collections import OrderedDict
@@ -58,6 +59,7 @@ __all__ = [
     "HttpSigAuth",
     "NonceCache",
     "SignedRequest",
+    "client_source",
     "content_digest",
     "sign_request",
     "signature_base",
@@ -454,10 +456,13 @@ def sign_request(
 class _Signer:
     """One key's live nonces in the cache, oldest first, and its floor."""
 
-    __slots__ = ("floor", "head", "keyid", "nonces")
+    __slots__ = ("floor", "head", "keyid", "nonces", "source")
 
-    def __init__(self, keyid: str) -> None:
+    def __init__(self, keyid: str, source: str) -> None:
         self.keyid = keyid  # the one copy of the string every entry of the key shares
+        #: Where the key's first request came from (``client_source``; "" unknown): the
+        #: address its nonces count against while it holds any.
+        self.source = source
         # A list read from ``head`` on (a deque is ~600 bytes even for one
         # nonce, and most keys hold one or two).
         self.nonces: list[str] = []
@@ -506,6 +511,13 @@ class NonceCache:
     refused with ``RateLimited``. Either way the work a request costs is
     bounded by what it drops.
 
+    A flood from many keys is held back by where it comes from: once the
+    cache is half full, a client address (``client_source``) whose keys hold
+    ``max_entries // 100`` nonces or more gets ``RateLimited`` for a new one,
+    so one machine, or a few dozen, cannot fill the cache for everyone. A
+    key's nonces count against the address of its first request while it
+    holds any.
+
     The cache also keeps the latest clock it was given: a ``created`` more
     than ``window_s`` before it is refused even when the caller's clock is
     older (it stepped back, or a request's body took long to arrive), since
@@ -536,6 +548,11 @@ class NonceCache:
         self.not_before = not_before
         #: A key holding more entries than this may be made to drop some when full.
         self._heavy_above = max(1, max_entries // 1000)
+        #: Past this many entries, an address holding ``_source_share`` is refused more.
+        self._pressure = max_entries // 2
+        self._source_share = max(1, max_entries // 100)
+        #: Live nonces by the source of their key (``_Signer.source``), sources with any.
+        self._sources: dict[str, int] = {}
         # Insertion order is expiry order while the clock moves forward; if it
         # steps back, entries merely outlive their time, never the reverse.
         self._expiry: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -551,11 +568,24 @@ class NonceCache:
         """Live nonces and per-key floors held: what ``max_entries`` bounds."""
         return len(self._expiry) + len(self._floors)
 
-    def _signer(self, keyid: str) -> _Signer:
+    def _signer(self, keyid: str, source: str) -> _Signer:
         signer = self._signers.get(keyid)
         if signer is None:
-            signer = self._signers[keyid] = _Signer(keyid)
+            signer = self._signers[keyid] = _Signer(keyid, source)
         return signer
+
+    def _count(self, signer: _Signer, change: int) -> None:
+        """``change`` nonces of ``signer`` recorded (or, negative, forgotten)."""
+        if signer.source:
+            left = self._sources.get(signer.source, 0) + change
+            if left > 0:
+                self._sources[signer.source] = left
+            else:
+                self._sources.pop(signer.source, None)
+
+    def held_by(self, source: str) -> int:
+        """Live nonces of the keys that first came from ``source``."""
+        return self._sources.get(source, 0)
 
     def _settle(self, signer: _Signer) -> None:
         """Keep ``_heavy`` and ``_signers`` in step with ``signer``'s count."""
@@ -578,6 +608,7 @@ class NonceCache:
                 signer.pop_oldest()
             else:
                 signer.remove(key[1])
+            self._count(signer, -1)
             self._settle(signer)
         # A floor older than the window refuses nothing the window would accept.
         while self._floors:
@@ -615,32 +646,47 @@ class NonceCache:
         expiry = self._expiry.get((keyid, nonce))
         return expiry is not None and expiry >= now
 
-    def seen(self, keyid: str, nonce: str, now: int, created: int) -> bool:
+    def seen(self, keyid: str, nonce: str, now: int, created: int, source: str = "") -> bool:
         """True when ``(keyid, nonce)`` was recorded and is still live; else record it.
 
         ``created`` is the signature's: what ``check_created`` refuses raises
-        here too. When the cache is full a heavy key's older nonces make room
-        (the class's rules); raises ``RateLimited`` when none can.
+        here too. ``source`` is where the request came from (``client_source``;
+        "" when unknown, which no address share limits). When the cache is
+        full a heavy key's older nonces make room (the class's rules); raises
+        ``RateLimited`` when none can, or when ``source`` holds its share of a
+        cache half full.
         """
         self._latest = max(self._latest, now)
         self._prune(now)
         self.check_created(keyid, created, now)
         if self.live(keyid, nonce, now):
             return True
-        signer = self._signer(keyid)
+        signer = self._signer(keyid, source)
         key = (signer.keyid, nonce)
         if key in self._expiry:  # expired, but behind a live one (a clock stepped back)
             del self._expiry[key]
             signer.remove(nonce)
+            self._count(signer, -1)
+        oldest = next(iter(self._expiry.values()), now)
+        if (
+            signer.source
+            and len(self) >= self._pressure
+            and self._sources.get(signer.source, 0) >= self._source_share
+        ):
+            self._settle(signer)
+            raise RateLimited(
+                "too many signed requests from this address in the replay window",
+                retry_after=float(max(1, oldest - now + 1)),
+            )
         if len(self) >= self._max_entries and not self._drop_heaviest():
             self._settle(signer)
-            oldest = next(iter(self._expiry.values()), now)
             raise RateLimited(
                 "too many signed requests in the replay window",
                 retry_after=float(max(1, oldest - now + 1)),
             )
         self._expiry[key] = now + self._ttl
         signer.nonces.append(nonce)
+        self._count(signer, 1)
         self._settle(signer)
         return False
 
@@ -656,6 +702,7 @@ class NonceCache:
         for _ in range(wanted):
             key = (heaviest.keyid, heaviest.pop_oldest())
             latest = max(latest, self._expiry.pop(key))
+        self._count(heaviest, -wanted)
         # A nonce recorded at t (expiry t + 2w) was created at most w after t.
         floor = latest - self._ttl + self._window
         if heaviest.floor is not None:
@@ -794,6 +841,8 @@ class SignedRequest:
     nonce: str = ""
     now: int = 0
     created: int = 0
+    #: Where the request came from (``client_source``), for the cache's address share.
+    source: str = ""
 
     def check_body(self, body: bytes | None, *, require_digest: bool = False) -> FeedId:
         """The signer, once ``body`` (None or empty: none) is what the signature covers.
@@ -816,7 +865,7 @@ class SignedRequest:
             )
         # A second copy of this request may have passed verify_headers meanwhile.
         if self.nonces is not None and self.nonces.seen(
-            self.keyid, self.nonce, self.now, self.created
+            self.keyid, self.nonce, self.now, self.created, self.source
         ):
             raise Unauthorized("nonce replayed")
         return self.keyid
@@ -833,6 +882,7 @@ def verify_request(
     window_s: int = DEFAULT_WINDOW_S,
     body: bytes | None = None,
     require_digest: bool = False,
+    source: str = "",
 ) -> FeedId:
     """The feed id that signed this request and its ``body``: ``verify_headers``,
     then ``SignedRequest.check_body``.
@@ -847,7 +897,9 @@ def verify_request(
 
     Raises what ``verify_headers`` and ``check_body`` raise.
     """
-    signed = verify_headers(method, path, query, headers, now=now, nonces=nonces, window_s=window_s)
+    signed = verify_headers(
+        method, path, query, headers, now=now, nonces=nonces, window_s=window_s, source=source
+    )
     return signed.check_body(body, require_digest=require_digest)
 
 
@@ -860,6 +912,7 @@ def verify_headers(
     now: int,
     nonces: NonceCache,
     window_s: int = DEFAULT_WINDOW_S,
+    source: str = "",
 ) -> SignedRequest:
     """The signer of this request, after checking the whole profile but the body.
 
@@ -882,7 +935,9 @@ def verify_headers(
     ``nonces.check_created`` passes; the
     nonce is not live in ``nonces``. The nonce is recorded by
     ``check_body``, once the body passed too, so neither a forged request
-    nor a signed one refused for its body uses it up.
+    nor a signed one refused for its body uses it up. ``source`` is where the
+    request came from (``client_source``), which ``NonceCache`` limits to a
+    share of the cache under a flood.
 
     Raises ``Unauthorized`` whose detail names the failed check, and
     ``RateLimited`` for a key below its floor (it filled the nonces,
@@ -937,8 +992,41 @@ def verify_headers(
     if nonces.live(params.keyid, params.nonce, now):
         raise Unauthorized("nonce replayed")
     return SignedRequest(
-        FeedId(params.keyid), digest_field, digests, nonces, params.nonce, now, params.created
+        FeedId(params.keyid),
+        digest_field,
+        digests,
+        nonces,
+        params.nonce,
+        now,
+        params.created,
+        source,
     )
+
+
+def client_source(host: str | None) -> str:
+    """The address a ``NonceCache`` share is counted by: an IPv4 address, an IPv6
+    address's /64 (one host usually has all of one); "" (no share) for none, a
+    name, or a loopback address (this machine, or a proxy on it that did not
+    say whom it forwards for: every client would look alike).
+
+    ``host`` is the client's address as the server saw it (behind a trusted
+    proxy, the one it forwarded for).
+    """
+    if not host:
+        return ""
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            host.strip("[]")
+        )
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback or address.is_unspecified:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _parse_digests(field: str) -> tuple[tuple[str, bytes], ...]:

@@ -659,6 +659,37 @@ def test_one_identity_filling_the_replay_cache_locks_out_itself_alone(tmp_path: 
         assert orjson.loads(denied.body)["code"] == "rate_limited"
 
 
+def test_many_identities_from_one_address_cannot_fill_the_replay_cache(tmp_path: Path) -> None:
+    """Past half of ``--replay-cache``, an address whose identities hold a hundredth
+    of it is refused (429) for another signed request; other addresses, and this
+    machine's own clients, still get in. The address is the one a proxy on the
+    node's machine forwards for (``X-Forwarded-For``, trusted from loopback)."""
+
+    def from_(address: str, keys: Keypair) -> httpx.Response:
+        headers = httpsig.sign_request(keys, "GET", "/v1/inbox", "", created=int(time.time()))
+        return http.get("/v1/inbox", headers={**headers, "X-Forwarded-For": address})
+
+    with (
+        running(tmp_path / "node", extra=("--replay-cache", "200")) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        for i in range(98):  # one each from 98 addresses: 98 of the 100 under pressure
+            ok = from_(f"198.51.100.{i}", Keypair.generate())
+            assert ok.status_code == 200, ok.text
+        flood = [Keypair.generate() for _ in range(3)]
+        for keys in flood[:2]:  # its share is 2: taken before the cache is half full
+            assert from_("192.0.2.7", keys).status_code == 200
+        refused = problem(from_("192.0.2.7", flood[2]), 429, "rate_limited")
+        assert "from this address" in refused["detail"]
+        # Its IPv6 neighbours on the same /64 are the same source; another is not.
+        assert from_("2001:db8::1", Keypair.generate()).status_code == 200
+        assert from_("2001:db8::2", Keypair.generate()).status_code == 200
+        problem(from_("2001:db8::3", Keypair.generate()), 429, "rate_limited")
+        assert from_("2001:db8:0:1::3", Keypair.generate()).status_code == 200
+        assert from_("198.51.100.200", Keypair.generate()).status_code == 200
+        assert signed_get(http, Keypair.generate(), "/v1/inbox").status_code == 200
+
+
 def _ws_denial(url: str, headers: dict[str, str]) -> Any:
     """The HTTP response refusing a WebSocket opening (``websockets``' ``Response``)."""
     import asyncio

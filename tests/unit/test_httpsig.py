@@ -23,6 +23,7 @@ from chainmail.httpsig import (
     NonceCache,
     _Parser,
     _serialize_signature_params,
+    client_source,
     content_digest,
     sign_request,
     signature_base,
@@ -520,6 +521,7 @@ class _Pending:
     nonce: str
     created: int
     checked_at: int  # the clock verify_headers read
+    source: str  # the client's address ("" unknown)
 
 
 @settings(max_examples=300, deadline=None)
@@ -532,8 +534,10 @@ def test_nonce_cache_accepts_each_request_once_whatever_the_interleaving(
     ``check_body`` recording with that older clock, requests interleaved and
     sent again, the clock moving on or stepping back a little. A request
     ``(keyid, nonce, created)`` is accepted once at most; the cache stays in
-    its bound; and "too many" is said only when no key holds more than a
-    thousandth of the cache."""
+    its bound; "too many" is said only when no key holds more than a
+    thousandth of the cache, and "from this address" only when the cache is
+    half full and the address holds a hundredth of it; each address's count
+    is its keys' live nonces."""
     window = 5
     cache = NonceCache(window_s=window, max_entries=max_entries)
     signers = [f"@{c}" for c in "abcd"[: keys + 1]]
@@ -558,24 +562,83 @@ def test_nonce_cache_accepts_each_request_once_whatever_the_interleaving(
             except (Unauthorized, RateLimited):
                 continue
             if not cache.live(keyid, nonce, clock):
-                pending.append(_Pending(keyid, nonce, created, clock))
+                source = data.draw(st.sampled_from(["", "10.0.0.1", "10.0.0.2"]), label="from")
+                pending.append(_Pending(keyid, nonce, created, clock, source))
         elif op == "finish" and pending:
             p = pending.pop(data.draw(st.integers(0, len(pending) - 1), label="which"))
             try:
-                replayed = cache.seen(p.keyid, p.nonce, p.checked_at, p.created)
+                replayed = cache.seen(p.keyid, p.nonce, p.checked_at, p.created, p.source)
             except Unauthorized:
                 continue
             except RateLimited as exc:
-                if "too many" in str(exc):
+                if "from this address" in str(exc):
+                    # A refusal changes nothing after the pruning: the state it judged.
+                    owner = cache._signers.get(p.keyid)
+                    counted = p.source if owner is None else owner.source
+                    held = cache.held_by(counted)
+                    assert counted and held >= max(1, max_entries // 100), (counted, held)
+                    assert len(cache) >= max_entries // 2, len(cache)
+                elif "too many" in str(exc):
                     counts = [len(s) for s in cache._signers.values()]
                     assert max(counts, default=0) <= max(1, max_entries // 1000), counts
                 continue
             finally:
                 assert len(cache) <= max_entries
+                by_source: dict[str, int] = {}
+                for signer in cache._signers.values():
+                    if signer.source and len(signer):
+                        by_source[signer.source] = by_source.get(signer.source, 0) + len(signer)
+                assert cache._sources == by_source
             if not replayed:
                 request = (p.keyid, p.nonce, p.created)
                 assert request not in accepted, f"{request} accepted twice"
                 accepted.add(request)
+
+
+def test_a_half_full_cache_refuses_an_address_holding_a_hundredth_of_it() -> None:
+    cache = NonceCache(window_s=10, max_entries=1000)  # an address's share: 10
+    for k in range(489):
+        cache.seen(f"@k{k}", "n", NOW, NOW, f"10.0.{k % 100}.1")
+    for k in range(11):  # one address, eleven keys: under the pressure mark, all in
+        assert not cache.seen(f"@flood{k}", "n", NOW, NOW, "192.0.2.7")
+    assert len(cache) == 500 and cache.held_by("192.0.2.7") == 11
+    with pytest.raises(RateLimited, match="from this address") as info:
+        cache.seen("@flood11", "n", NOW + 1, NOW + 1, "192.0.2.7")
+    assert info.value.retry_after == 20.0  # when the oldest entries end
+    # The same key from elsewhere still counts where it came from first.
+    with pytest.raises(RateLimited, match="from this address"):
+        cache.seen("@flood0", "m", NOW + 1, NOW + 1, "198.51.100.1")
+    assert cache.seen("@flood0", "n", NOW + 1, NOW)  # a replay is still a replay
+    # Others, and requests from nowhere known, get in.
+    assert not cache.seen("@other", "n", NOW + 1, NOW + 1, "198.51.100.1")
+    assert not cache.seen("@local", "n", NOW + 1, NOW + 1, "")
+    assert "@flood11" not in cache._signers  # a refused key leaves nothing behind
+    # Once its nonces end, the address is under its share again.
+    assert not cache.seen("@flood11", "n", NOW + 21, NOW + 21, "192.0.2.7")
+    assert cache.held_by("192.0.2.7") == 1
+
+
+def test_an_address_count_follows_its_keys_dropped_and_expired_nonces() -> None:
+    cache = NonceCache(window_s=10, max_entries=1000)
+    for n in range(400):  # under the pressure mark: all in
+        cache.seen("@busy", str(n), NOW, NOW, "192.0.2.7")
+    for k in range(600):  # from nowhere known: up to full
+        cache.seen(f"@k{k}", "n", NOW + 1, NOW + 1)
+    assert cache.held_by("192.0.2.7") == 400 and len(cache) == 1000
+    cache.seen("@late", "n", NOW + 2, NOW + 2)  # full: @busy drops its older half
+    assert cache.held_by("192.0.2.7") == 200
+    cache.seen("@late", "m", NOW + 21, NOW + 21)  # @busy's nonces end
+    assert cache.held_by("192.0.2.7") == 0 and "192.0.2.7" not in cache._sources
+
+
+def test_a_client_source_is_an_address_or_an_ipv6_64() -> None:
+    assert client_source("192.0.2.7") == "192.0.2.7"
+    assert client_source("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert client_source("[2001:db8:1:2::9]") == "2001:db8:1:2::/64"
+    assert client_source("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_source(None) == client_source("") == client_source("testclient") == ""
+    for local in ("127.0.0.1", "127.8.9.1", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::"):
+        assert client_source(local) == "", local
 
 
 def test_nonce_cache_rejects_nonsense_bounds() -> None:

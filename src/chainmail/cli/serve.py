@@ -293,7 +293,9 @@ def serve(
             help="Signed inbox requests remembered to refuse replays, each for 2 minutes"
             " (~290 bytes each, up to ~650 with long nonces from many identities). When full,"
             " an identity holding more than a thousandth of it loses its older half and is"
-            " refused (429) for up to 61 s, not the others; if none does, every new signed"
+            " refused (429) for up to 61 s, not the others. Past half full, a client address"
+            " (an IPv6 /64; loopback counts as none) whose identities hold a hundredth of it"
+            " is refused (429) more. If the cache fills all the same, every new signed"
             " request is refused until entries expire.",
         ),
     ] = DEFAULT_MAX_NONCES,
