@@ -330,13 +330,15 @@ def expire(tx: Tx, *, now: int) -> bool:
     Its ``closed`` time is ``deadline + 1``, the first millisecond past the
     deadline, whenever the clock is looked at: the same on a node that noticed
     at once, one that noticed late, and a store rebuilt from the log (timeouts
-    are decided by the clock, so they are not messages in the log). Raises
-    nothing.
+    are decided by the clock, so they are not messages in the log). A tx
+    opened with its deadline already past closes when it opened, never
+    before (its record would say it closed before it opened, which
+    ``blocks.verify_tx_record`` refuses). Raises nothing.
     """
     if tx.status != "open" or now <= tx.deadline:
         return False
     tx.status = "timed_out"
-    tx.closed = tx.deadline + 1
+    tx.closed = max(tx.deadline + 1, tx.opened)
     return True
 
 

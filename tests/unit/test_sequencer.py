@@ -459,6 +459,25 @@ def test_blocks_are_built_without_waiting_for_the_projector(
         store.close()
 
 
+def test_a_tx_opened_past_its_deadline_is_sealed_closed_when_it_opened(
+    h: Harness, clock: Clock
+) -> None:
+    # A client with a slow clock: accepted, and timed out at once, but its record
+    # must not say it closed (deadline + 1) before it opened (the node's clock).
+    a, b = Writer(), Writer()
+    opening = open_tx(a, b, deadline=NOW - 10_000)
+    tx = h.one(opening).id
+    clock.now = NOW + 1_000
+    assert h.seq.expire(clock.now) == 1
+    h.seq.flush_projection()
+    assert h.seq.build_block() is not None
+    stored = h.store.block(1)
+    assert stored is not None
+    (record,) = stored.records
+    assert (record["status"], record["opened"], record["closed"]) == ("timed_out", NOW, NOW)
+    blocks.verify_tx_record(record, {tx: opening})
+
+
 def test_block_content_verifies_independently_of_the_node(h: Harness, node_keys: Keypair) -> None:
     a, b = Writer(), Writer()
     tx = h.one(open_tx(a, b, finish="opener")).id

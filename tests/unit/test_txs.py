@@ -319,7 +319,10 @@ def test_expire_leaves_a_finished_tx_alone() -> None:
 def test_a_deadline_already_past_at_open_times_out_on_the_next_expire() -> None:
     tx = txs.open_tx(OPEN_ID, open_msg(), DEADLINE + 5)
     assert tx.is_open
-    assert txs.expire(tx, now=DEADLINE + 5)
+    assert txs.expire(tx, now=DEADLINE + 7)
+    # Closed when it opened, not before: its record verifies.
+    assert (tx.status, tx.opened, tx.closed) == ("timed_out", DEADLINE + 5, DEADLINE + 5)
+    assert txs.record(tx)["closed"] == DEADLINE + 5
 
 
 # --- records ------------------------------------------------------------------------
