@@ -37,6 +37,7 @@ from chainmail.errors import (
 )
 from chainmail.ids import is_blob_id, is_feed_id, is_msg_id
 from chainmail.ingest_http import (
+    BODY_IDLE_TIMEOUT_S,
     DEFAULT_BODY_BUDGET,
     JSON_TYPES,
     BodyBudget,
@@ -82,10 +83,13 @@ class Limits:
         connection_rate: float = CONNECTION_RATE,
         connection_burst: float = CONNECTION_BURST,
         body_budget: int = DEFAULT_BODY_BUDGET,
+        body_idle_timeout: float = BODY_IDLE_TIMEOUT_S,
         signed_requests: int = httpsig.DEFAULT_MAX_NONCES,
     ) -> None:
         #: Request-body bytes held at once over every request (``BodyBudget``).
         self.body_budget = body_budget
+        #: Seconds a request body may pause before it is refused (408, ``BodyBudget``).
+        self.body_idle_timeout = body_idle_timeout
         #: Signed requests remembered for replay detection (``httpsig.NonceCache``).
         self.signed_requests = signed_requests
         self.message_bytes = message_bytes
@@ -489,7 +493,7 @@ def create_app(
     # Both ingest paths are answered by ``ingest_http`` before FastAPI's stack
     # (``_NodeApp.__call__``); the routes below declare them for the OpenAPI
     # document and answer through the same code when reached another way.
-    budget = BodyBudget(limits.body_budget)
+    budget = BodyBudget(limits.body_budget, idle_timeout=limits.body_idle_timeout)
     paths = IngestPaths(
         node.submit_many,
         throttle=lambda key, n: connections.take(key, n, now=time.monotonic()),
@@ -525,7 +529,9 @@ def create_app(
         description="201 with `{id, pipeline, index}` once the message is durable in the "
         "log; the same message again gives 200 and the same body. The body is the message "
         "as JSON (`Content-Type: application/json` or any `application/…+json`, or none); "
-        "any other type is refused with 415 `unsupported_media_type` before the body is read.",
+        "any other type is refused with 415 `unsupported_media_type` before the body is read. "
+        "A body that pauses `serve --body-idle-timeout` seconds (30) is refused with 408 "
+        "`request_timeout`.",
         responses={200: {"description": "The same message again: nothing new was logged"}},
     )
     async def post_message(request: Request) -> Response:
@@ -541,7 +547,8 @@ def create_app(
         "`Content-Type: application/x-ndjson` (or `application/ndjson`, `application/jsonl`, "
         "`application/x-jsonlines`, `application/jsonlines`, `application/json`, any "
         "`application/…+json`, or none); any other type is refused with 415 "
-        "`unsupported_media_type`.",
+        "`unsupported_media_type`. A body that pauses `serve --body-idle-timeout` seconds "
+        "(30) is refused with 408 `request_timeout`.",
     )
     async def post_batch(request: Request) -> Response:
         return await via_ingest_paths(request, batch=True)

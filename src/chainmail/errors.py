@@ -57,6 +57,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "unauthorized": 401,
     "not_found": 404,
     "rate_limited": 429,
+    "request_timeout": 408,
     "invalid_proof": 422,
     "decryption_failed": 400,
     "keystore": 400,

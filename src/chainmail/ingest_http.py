@@ -18,6 +18,7 @@ own instrumentation (its telemetry middleware) does not see these two paths;
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -128,19 +129,27 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+#: Seconds a request body may pause between two of its chunks before it is refused
+#: (408 ``request_timeout``): a client that stalls, or vanished without closing its
+#: connection, holds its part of the ``BodyBudget`` no longer than this.
+BODY_IDLE_TIMEOUT_S: Final = 30.0
+
+
 async def read_limited(
     scope: Scope,
     receive: Receive,
     limit: int,
     *,
     on_chunk: Callable[[int], None] | None = None,
+    idle_timeout: float | None = None,
 ) -> bytes:
     """The request body, refused beyond ``limit`` bytes.
 
     Raises ``InvalidRequest`` (``too_large``) as soon as the declared or the
-    received size passes the limit, and ``ClientGone`` on a disconnect.
-    ``on_chunk(n)`` is told of each chunk's size before it is kept (it may
-    raise to stop the read).
+    received size passes the limit, ``InvalidRequest`` (``request_timeout``)
+    when ``idle_timeout`` seconds pass with nothing received, and
+    ``ClientGone`` on a disconnect. ``on_chunk(n)`` is told of each chunk's
+    size before it is kept (it may raise to stop the read).
     """
     declared = _declared_length(scope)
     if declared is not None and declared > limit:
@@ -150,7 +159,14 @@ async def read_limited(
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), idle_timeout)
+        except TimeoutError:
+            raise InvalidRequest(
+                f"nothing of the request body arrived for {idle_timeout:g} s"
+                f" ({size} bytes received)",
+                code="request_timeout",
+            ) from None
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -172,18 +188,28 @@ DEFAULT_BODY_BUDGET: Final = 512 * 1024 * 1024
 class BodyBudget:
     """The request-body bytes the node holds at once, over every request (event loop only).
 
-    A body counts from its first byte (all of a declared ``Content-Length`` at
-    once) until its request is answered. A body that would pass the budget is
-    refused (429 ``rate_limited``, ``Retry-After: 1``) before any more of it is
-    read, so many slow or large uploads cannot exhaust the node's memory. One
-    body is never refused while no other is held: the largest allowed body
-    always gets through.
+    A body counts the bytes received of it, as they arrive, until its request
+    is handled (a batch's: until its results are made, before they are
+    written to the client). A body that would pass the budget is refused (429
+    ``rate_limited``, ``Retry-After: 1``) before any more of it is read, and
+    one whose declared ``Content-Length`` would pass it is refused before any
+    of it is read, so many slow or large uploads cannot exhaust the node's
+    memory. A declared length reserves nothing: connections that send headers
+    and then nothing hold no budget, and cannot lock the others out. A body
+    that pauses ``idle_timeout`` seconds is refused (408 ``request_timeout``)
+    and gives its bytes back. One body is never refused while no other is
+    held: the largest allowed body always gets through.
     """
 
-    def __init__(self, limit: int = DEFAULT_BODY_BUDGET) -> None:
+    def __init__(
+        self, limit: int = DEFAULT_BODY_BUDGET, *, idle_timeout: float = BODY_IDLE_TIMEOUT_S
+    ) -> None:
         if limit < 1:
             raise ValueError(f"limit: expected at least 1 byte, got {limit}")
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout: expected a positive number, got {idle_timeout}")
         self.limit = limit
+        self.idle_timeout = idle_timeout
         #: Bytes held now.
         self.held = 0
 
@@ -192,23 +218,27 @@ class BodyBudget:
         """``read_limited``'s body, counted while the ``async with`` lasts."""
         taken = 0
 
+        def busy() -> RateLimited:
+            return RateLimited(
+                f"{self.held} bytes of request bodies are being received or handled now"
+                f" (at most {self.limit}); retry in a moment",
+                retry_after=1.0,
+            )
+
         def take(n: int) -> None:
             nonlocal taken
-            if self.held and self.held + n > self.limit:
-                raise RateLimited(
-                    f"{self.held} bytes of request bodies are being received or handled now"
-                    f" (at most {self.limit}); retry in a moment",
-                    retry_after=1.0,
-                )
+            # Past the budget with others' bytes: a body alone always gets through.
+            if self.held > taken and self.held + n > self.limit:
+                raise busy()
             self.held += n
             taken += n
 
         try:
             declared = _declared_length(scope)
-            if declared is not None and 0 < declared <= limit:
-                take(declared)
+            if declared is not None and self.held and self.held + declared > self.limit:
+                raise busy()
             data = await read_limited(
-                scope, receive, limit, on_chunk=take if declared is None else None
+                scope, receive, limit, on_chunk=take, idle_timeout=self.idle_timeout
             )
             yield data
         finally:
@@ -322,9 +352,12 @@ class IngestPaths:
     async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         check_media(scope, NDJSON_TYPES)
         async with self._budget.body(scope, receive, self._batch_bytes) as body:
-            await self._answer_batch(body, scope, send)
+            answer = await self._answer_batch(body, scope)
+        # Written once the body is given back: a client that does not read its
+        # answer holds that, not the budget.
+        await _respond(send, 200, NDJSON, answer)
 
-    async def _answer_batch(self, body: bytes, scope: Scope, send: Send) -> None:
+    async def _answer_batch(self, body: bytes, scope: Scope) -> bytes:
         lines = body.split(b"\n")
         while lines and not lines[-1].strip():  # the last line's newline, or several
             lines.pop()
@@ -339,7 +372,7 @@ class IngestPaths:
         count = self._count
         for result in results:
             count(result)
-        await _respond(send, 200, NDJSON, batch_lines(results))
+        return batch_lines(results)
 
     async def _message(self, scope: Scope, receive: Receive, send: Send) -> None:
         check_media(scope, JSON_TYPES)

@@ -667,11 +667,11 @@ def test_many_identities_from_one_address_cannot_fill_the_replay_cache(tmp_path:
 
     def from_(address: str, keys: Keypair) -> httpx.Response:
         headers = httpsig.sign_request(keys, "GET", "/v1/inbox", "", created=int(time.time()))
-        return http.get("/v1/inbox", headers={**headers, "X-Forwarded-For": address})
+        return client.get("/v1/inbox", headers={**headers, "X-Forwarded-For": address})
 
     with (
         running(tmp_path / "node", extra=("--replay-cache", "200")) as server,
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        httpx.Client(base_url=server.url, timeout=10) as client,
     ):
         for i in range(98):  # one each from 98 addresses: 98 of the 100 under pressure
             ok = from_(f"198.51.100.{i}", Keypair.generate())
@@ -687,7 +687,7 @@ def test_many_identities_from_one_address_cannot_fill_the_replay_cache(tmp_path:
         problem(from_("2001:db8::3", Keypair.generate()), 429, "rate_limited")
         assert from_("2001:db8:0:1::3", Keypair.generate()).status_code == 200
         assert from_("198.51.100.200", Keypair.generate()).status_code == 200
-        assert signed_get(http, Keypair.generate(), "/v1/inbox").status_code == 200
+        assert signed_get(client, Keypair.generate(), "/v1/inbox").status_code == 200
 
 
 def _ws_denial(url: str, headers: dict[str, str]) -> Any:
@@ -727,3 +727,58 @@ def test_serve_refuses_an_empty_replay_cache(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].endswith("expected 1 or more requests, got 0")
+
+
+def test_connections_that_announce_bodies_and_send_none_lock_nobody_out(tmp_path: Path) -> None:
+    """Headers declaring the largest batch, then silence, on enough connections to
+    cover the whole body budget: others still submit; the silent ones are answered
+    408 ``request_timeout`` after ``serve --body-idle-timeout``."""
+    import socket
+
+    with (
+        running(tmp_path / "node", extra=("--body-idle-timeout", "2")) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        port = int(server.url.rsplit(":", 1)[1])
+        silent = []
+        for _ in range(40):  # 40 × 16 MiB > the 512 MiB default budget
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            conn.sendall(
+                b"POST /v1/messages/batch HTTP/1.1\r\nHost: node\r\n"
+                b"Content-Type: application/x-ndjson\r\nContent-Length: 16777216\r\n\r\n"
+            )
+            silent.append(conn)
+        try:
+            time.sleep(0.3)  # the node has their headers
+            w = Writer()
+            for i in range(3):
+                ok = post(http, w.sign({"type": "post", "text": f"still open {i}"}))
+                assert ok.status_code == 201, ok.text
+            started = time.monotonic()
+            answer = silent[0].recv(65536)
+            waited = time.monotonic() - started
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert b"application/problem+json" in head
+            assert orjson.loads(body)["code"] == "request_timeout"
+            assert waited < 5, waited
+        finally:
+            for conn in silent:
+                conn.close()
+
+
+def test_serve_refuses_a_body_idle_timeout_that_is_not_positive(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for value in ("0", "-1", "nan"):
+        args = ["serve", "--data", str(tmp_path), "--body-idle-timeout", value]
+        done = subprocess.run(
+            [sys.executable, "-m", "chainmail", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        last = done.stderr.strip().splitlines()[-1]
+        assert "--body-idle-timeout: expected a positive number" in last, last

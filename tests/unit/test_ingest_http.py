@@ -260,3 +260,85 @@ def test_request_bodies_held_at_once_are_bounded() -> None:
         assert budget.held == 0
 
     asyncio.run(scenario())
+
+
+def test_a_declared_length_reserves_nothing_until_its_bytes_arrive() -> None:
+    """Headers announcing a large body, then nothing: no budget held, others pass."""
+
+    async def scenario() -> None:
+        budget = BodyBudget(15, idle_timeout=0.2)
+        stalled = asyncio.Event()
+
+        async def never() -> dict[str, Any]:
+            stalled.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def hold() -> None:
+            async with budget.body(_scope(15), never, 100):
+                pass
+
+        idle = [asyncio.create_task(hold()) for _ in range(4)]
+        await stalled.wait()
+        assert budget.held == 0
+        async with budget.body(_scope(10), _receiver(b"x" * 10), 100) as body:
+            assert body == b"x" * 10 and budget.held == 10
+        # The stalled ones are refused after their pause, 408, holding nothing.
+        for task in idle:
+            with pytest.raises(InvalidMessage, match="nothing of the request body") as late:
+                await task
+            assert (late.value.code, late.value.status) == ("request_timeout", 408)
+        assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_body_that_pauses_gives_back_what_it_held() -> None:
+    async def scenario() -> None:
+        budget = BodyBudget(100, idle_timeout=0.1)
+        sent = [b"abc"]
+
+        async def receive() -> dict[str, Any]:
+            if sent:
+                return {"type": "http.request", "body": sent.pop(), "more_body": True}
+            await asyncio.sleep(10)
+            raise AssertionError("unreachable")
+
+        with pytest.raises(InvalidMessage, match=r"for 0\.1 s \(3 bytes received\)"):
+            async with budget.body(_scope(None), receive, 100):
+                pass
+        assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_body_grown_past_the_budget_by_others_is_refused_at_its_chunk() -> None:
+    async def scenario() -> None:
+        budget = BodyBudget(15)
+        async with budget.body(_scope(None), _receiver(b"x" * 10), 100):
+            # Declared 4: fits, so read; its chunks are counted as they come.
+            async with budget.body(_scope(4), _receiver(b"ab", b"cd"), 100) as small:
+                assert small == b"abcd" and budget.held == 14
+            with pytest.raises(RateLimited):
+                async with budget.body(_scope(None), _receiver(b"abc", b"def"), 100):
+                    pass
+            assert budget.held == 10
+        assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_gives_its_body_back_before_writing_its_answer() -> None:
+    h = Harness()
+    held_while_writing: list[int] = []
+    incoming: list[Message] = [{"type": "http.request", "body": b"one\ntwo\n"}]
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        held_while_writing.append(h.paths._budget.held)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/messages/batch", "headers": []}
+    asyncio.run(h.paths(scope, receive, send))
+    assert held_while_writing == [0, 0]

@@ -20,7 +20,7 @@ from chainmail.cli._app import app
 from chainmail.errors import Error
 from chainmail.httpsig import DEFAULT_MAX_NONCES
 from chainmail.ids import is_feed_id
-from chainmail.ingest_http import DEFAULT_BODY_BUDGET
+from chainmail.ingest_http import BODY_IDLE_TIMEOUT_S, DEFAULT_BODY_BUDGET
 from chainmail.node import DEFAULT_BLOCK_INTERVAL, Node, NodeConfig
 from chainmail.priority import VERIFY_NICE, VERIFY_NICE_RANGE
 from chainmail.ratelimit import CONNECTION_BURST, CONNECTION_RATE, IDENTITY_BURST, IDENTITY_RATE
@@ -269,10 +269,18 @@ def serve(
     body_budget: Annotated[
         int,
         typer.Option(
-            help="Bytes of request bodies held at once over all requests; a body past it is"
-            " refused (429, Retry-After) before it is read. One body alone always passes.",
+            help="Bytes of request bodies held at once over all requests, counted as they"
+            " arrive; a body past it is refused (429, Retry-After) before more is read. One"
+            " body alone always passes.",
         ),
     ] = DEFAULT_BODY_BUDGET,
+    body_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a request body may pause (nothing of it arriving) before it is"
+            " refused (408 request_timeout) and its bytes given back.",
+        ),
+    ] = BODY_IDLE_TIMEOUT_S,
     blob_grace: Annotated[
         float,
         typer.Option(
@@ -361,8 +369,9 @@ def serve(
         ("connection-rate", connection_rate),
         ("identity-burst", identity_burst),
         ("connection-burst", connection_burst),
+        ("body-idle-timeout", body_idle_timeout),
     ):
-        if value <= 0:
+        if not value > 0:  # NaN too
             raise Error(f"--{name}: expected a positive number, got {value}", code="invalid_format")
     if body_budget < 1:
         raise Error(
@@ -422,6 +431,7 @@ def serve(
                     connection_rate=connection_rate,
                     connection_burst=connection_burst,
                     body_budget=body_budget,
+                    body_idle_timeout=body_idle_timeout,
                     signed_requests=replay_cache,
                 ),
                 require_content_digest=require_content_digest,
