@@ -159,6 +159,53 @@ BATCH_SIZE: Final = 1000
 FEEDS_DIR: Final = "feeds"
 #: Largest WebSocket frame accepted from the node (an inbox entry is one message).
 _WS_MAX_SIZE: Final = 16 * 1024 * 1024
+#: Seconds a WebSocket's closing handshake may take before the connection is dropped:
+#: frames queued unread stop the client reading, so the node's close frame may never be
+#: read (websockets' own default waits 10 s).
+_WS_CLOSE_TIMEOUT: Final = 1.0
+#: A followed inbox stream that closes after being open this long (or after giving an
+#: entry) is opened again; one that closes sooner is the node's or the network's error.
+_STREAM_RESUME_AFTER_S: Final = 1.0
+
+
+class _InboxCursor:
+    """Where one ``inbox_iter(follow=True)`` is, across the streams it opens.
+
+    A stream closes while its consumer is slow (keepalive pings are answered
+    only while frames are read, and a full queue stops the reading), when a
+    proxy drops it, when the node restarts. The next stream starts again from
+    the oldest unacknowledged entry, in delivery order: an entry at or below
+    the newest already yielded is skipped, and acknowledged again (its
+    acknowledgement may have died with the old stream: the entry being
+    handled when it closed, say).
+    """
+
+    def __init__(self) -> None:
+        self.newest = 0
+        self.opened_at = 0.0
+        self.gave = False
+
+    def opened(self) -> None:
+        self.opened_at = time.monotonic()
+        self.gave = False
+
+    def fresh(self, entry: InboxEntry) -> bool:
+        """Whether ``entry`` is new to this iterator (then it is the newest)."""
+        self.gave = True
+        if entry.delivery <= self.newest:
+            return False
+        self.newest = entry.delivery
+        return True
+
+    def resumable(self) -> bool:
+        """Whether the stream that just closed should be opened again."""
+        return self.gave or time.monotonic() - self.opened_at >= _STREAM_RESUME_AFTER_S
+
+
+def _ack_frame(msg_id: str) -> str:
+    return orjson.dumps({"ack": [msg_id]}).decode()
+
+
 _NDJSON: Final = "application/x-ndjson"
 _JSON: Final = "application/json"
 _DETAIL_CHARS: Final = 200
@@ -331,6 +378,36 @@ def _inbox_entry(value: object) -> InboxEntry:
         return InboxEntry(int(body["delivery"]), MsgId(body["id"]), _dict(body["message"], "id"))
     except (KeyError, TypeError, ValueError) as exc:
         raise OperationalError(f"malformed inbox entry from the node: {body!r}") from exc
+
+
+class _LineSplitter:
+    """NDJSON lines out of a body's chunks, split at ``\n`` only.
+
+    Not httpx's ``iter_lines``: it splits text at every Unicode line break,
+    and U+2028, U+2029 or U+0085 may stand unescaped inside a JSON string (a
+    post's text), which cut one firehose line in two. A line longer than
+    ``_WS_MAX_SIZE`` is the node's error (``OperationalError``).
+    """
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        pending = self._pending
+        pending += chunk
+        lines: list[bytes] = []
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            lines.append(bytes(pending[start:end]))
+            start = end + 1
+        del pending[:start]
+        if len(pending) > _WS_MAX_SIZE:
+            raise OperationalError(f"a line from the node is longer than {_WS_MAX_SIZE} bytes")
+        return lines
+
+    def end(self) -> list[bytes]:
+        last, self._pending = bytes(self._pending), bytearray()
+        return [last] if last else []
 
 
 def _firehose_entry(line: bytes) -> FirehoseEntry:
@@ -1715,35 +1792,50 @@ class Client(_Core):
 
         With ``ack`` an entry is acknowledged when you ask for the next one,
         so one you were handling when you stopped comes again next time
-        (at-least-once). Without ``follow`` it reads pages over HTTP until
-        none is new (without ``ack``: one page). Raises ``Unauthorized`` when
-        the node refuses the signature, ``NodeUnavailable`` when the
-        connection fails.
+        (at-least-once). A followed stream that drops once open (a proxy, a
+        keepalive timeout while you handle an entry) is opened again, and an
+        entry this iterator gave already is not given again. Without
+        ``follow`` it reads pages over HTTP until none is new (without
+        ``ack``: one page). Raises ``Unauthorized`` when the node refuses the
+        signature, ``NodeUnavailable`` when the connection fails (or drops
+        again within a second of opening).
         """
         _int_arg(limit, "limit", 1)
         _bool_arg(ack, "ack")
         if not _bool_arg(follow, "follow"):
             yield from self._inbox_pages(ack, limit)
             return
-        url, headers = self._inbox_stream(ack)
-        try:
-            with websockets.sync.client.connect(
-                url,
-                additional_headers=headers,
-                max_size=_WS_MAX_SIZE,
-                open_timeout=self._timeout.connect,
-            ) as ws:
-                for frame in ws:
-                    entry = _inbox_frame(frame)
-                    if entry is None:
-                        continue
-                    yield entry
-                    if ack:
-                        ws.send(orjson.dumps({"ack": [entry.id]}).decode())
-        except websockets.exceptions.InvalidStatus as exc:
-            raise _ws_refused(url, exc) from exc
-        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
-            raise _unreachable(self.node, exc) from exc
+        cursor = _InboxCursor()
+        while True:
+            url, headers = self._inbox_stream(ack)
+            try:
+                with websockets.sync.client.connect(
+                    url,
+                    additional_headers=headers,
+                    max_size=_WS_MAX_SIZE,
+                    open_timeout=self._timeout.connect,
+                    close_timeout=_WS_CLOSE_TIMEOUT,
+                ) as ws:
+                    cursor.opened()
+                    for frame in ws:
+                        entry = _inbox_frame(frame)
+                        if entry is None:
+                            continue
+                        if not cursor.fresh(entry):
+                            if ack:
+                                ws.send(_ack_frame(entry.id))
+                            continue
+                        yield entry
+                        if ack:
+                            ws.send(_ack_frame(entry.id))
+                    return  # the node ended the stream cleanly: it is stopping
+            except websockets.exceptions.InvalidStatus as exc:
+                raise _ws_refused(url, exc) from exc
+            except websockets.exceptions.ConnectionClosed as exc:
+                if not cursor.resumable():
+                    raise _unreachable(self.node, exc) from exc
+            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                raise _unreachable(self.node, exc) from exc
 
     def _inbox_pages(self, ack: bool, limit: int) -> Generator[InboxEntry, None, None]:
         seen: set[int] = set()
@@ -1776,9 +1868,14 @@ class Client(_Core):
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for_problem(resp)
-                for line in resp.iter_lines():
+                lines = _LineSplitter()
+                for chunk in resp.iter_bytes():
+                    for line in lines.feed(chunk):
+                        if line.strip():
+                            yield _firehose_entry(line)
+                for line in lines.end():
                     if line.strip():
-                        yield _firehose_entry(line.encode("utf-8"))
+                        yield _firehose_entry(line)
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
         except httpx.DecodingError as exc:
@@ -2279,25 +2376,37 @@ class AsyncClient(_Core):
                         await self.ack([page_entry.id])
                 if not ack:
                     return
-        url, headers = self._inbox_stream(ack)
-        try:
-            async with websockets.asyncio.client.connect(
-                url,
-                additional_headers=headers,
-                max_size=_WS_MAX_SIZE,
-                open_timeout=self._timeout.connect,
-            ) as ws:
-                async for frame in ws:
-                    entry = _inbox_frame(frame)
-                    if entry is None:
-                        continue
-                    yield entry
-                    if ack:
-                        await ws.send(orjson.dumps({"ack": [entry.id]}).decode())
-        except websockets.exceptions.InvalidStatus as exc:
-            raise _ws_refused(url, exc) from exc
-        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
-            raise _unreachable(self.node, exc) from exc
+        cursor = _InboxCursor()
+        while True:
+            url, headers = self._inbox_stream(ack)
+            try:
+                async with websockets.asyncio.client.connect(
+                    url,
+                    additional_headers=headers,
+                    max_size=_WS_MAX_SIZE,
+                    open_timeout=self._timeout.connect,
+                    close_timeout=_WS_CLOSE_TIMEOUT,
+                ) as ws:
+                    cursor.opened()
+                    async for frame in ws:
+                        entry = _inbox_frame(frame)
+                        if entry is None:
+                            continue
+                        if not cursor.fresh(entry):
+                            if ack:
+                                await ws.send(_ack_frame(entry.id))
+                            continue
+                        yield entry
+                        if ack:
+                            await ws.send(_ack_frame(entry.id))
+                    return  # the node ended the stream cleanly: it is stopping
+            except websockets.exceptions.InvalidStatus as exc:
+                raise _ws_refused(url, exc) from exc
+            except websockets.exceptions.ConnectionClosed as exc:
+                if not cursor.resumable():
+                    raise _unreachable(self.node, exc) from exc
+            except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+                raise _unreachable(self.node, exc) from exc
 
     async def firehose(
         self, start: int = 0, *, pipeline: int = 0, follow: bool = False
@@ -2312,9 +2421,14 @@ class AsyncClient(_Core):
                 if resp.status_code >= 400:
                     await resp.aread()
                     _raise_for_problem(resp)
-                async for line in resp.aiter_lines():
+                lines = _LineSplitter()
+                async for chunk in resp.aiter_bytes():
+                    for line in lines.feed(chunk):
+                        if line.strip():
+                            yield _firehose_entry(line)
+                for line in lines.end():
                     if line.strip():
-                        yield _firehose_entry(line.encode("utf-8"))
+                        yield _firehose_entry(line)
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
         except httpx.DecodingError as exc:

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from chainmail.client import FEEDS_DIR, feed_path
+from chainmail.client import FEEDS_DIR, Client, feed_path
+from chainmail.keys import Keypair
 from chainmail.verify import path_id
 from support.lying import Rewrite, lying
 from support.server import CHAINMAIL, interrupted
@@ -273,6 +274,18 @@ def test_user_text_cannot_drive_the_terminal(cli: Cli) -> None:
     hose = cli("firehose").out
     assert_no_controls(hose)
     assert f"po\\x1b[2Jst {sent['id']}" in " ".join(hose.split())
+
+
+def test_json_output_keeps_unicode_line_breaks_within_their_line(cli: Cli, node_url: str) -> None:
+    # U+2028, U+2029 and U+0085 are valid unescaped in JSON, but str.splitlines (and
+    # editors) break lines at them: --json output escapes them.
+    with Client(node_url, Keypair.generate()) as client:
+        sent = [client.publish({"type": "post", "text": f"a{c}b"}) for c in "\u2028\u2029\x85"]
+    out = cli("firehose", "--from", str(sent[0].index), "--json").out
+    entries = [json.loads(line) for line in out.splitlines()]
+    texts = {e["id"]: e["message"]["content"].get("text") for e in entries}
+    assert [texts[r.id] for r in sent] == ["a\u2028b", "a\u2029b", "a\x85b"]
+    assert "\\u2028" in out and "\u2028" not in out
 
 
 def edit_json(edit: Callable[[Any], None]) -> Rewrite:

@@ -29,6 +29,7 @@ from chainmail.errors import Error, InvalidMessage, NotFound, ProofError, Reject
 from chainmail.ids import blob_id
 from chainmail.keys import Keypair
 from chainmail.verify import VerificationFailed
+from support.tcpcut import forwarding
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -728,6 +729,70 @@ def test_an_inbox_stream_past_one_read_of_large_messages_sends_each_once_in_orde
     assert got == opened
 
 
+def test_a_followed_inbox_goes_on_across_a_dropped_stream(
+    alice: Client, bob: Client, node_url: str
+) -> None:
+    """A stream reset under the consumer (a proxy, a keepalive timeout): the
+    iterator opens another, gives each entry once, and the one being handled
+    when it dropped is acknowledged on the new stream."""
+    tx = alice.open_tx([bob.id], timedelta(minutes=5))
+    notes = [alice.note(tx, {"n": n}).id for n in range(4)]
+    wait_for("the deliveries", lambda: len(bob.inbox()) == 5)
+    with forwarding(node_url) as proxy, Client(f"http://127.0.0.1:{proxy.port}", bob.keys) as b:
+        stream = b.inbox_iter(follow=True)
+        got = [next(stream).id, next(stream).id]
+        proxy.cut()  # while the second is being handled
+        notes.append(alice.note(tx, {"after": "the cut"}).id)  # only a new stream brings it
+        got += [next(stream).id for _ in range(4)]
+        assert proxy.accepted == 2
+        stream.close()
+    assert got == [tx, *notes]
+    # Acked, all but the last: it was being handled when the iterator closed.
+    wait_for("the acks", lambda: [e.id for e in bob.inbox()] == notes[-1:])
+
+
+def test_async_inbox_goes_on_across_a_dropped_stream(
+    alice: Client, bob: Client, node_url: str
+) -> None:
+    tx = alice.open_tx([bob.id], timedelta(minutes=5))
+    wait_for("the delivery", lambda: len(bob.inbox()) == 1)
+    notes: list[str] = []
+
+    async def scenario(port: int, cut: Callable[[], None]) -> list[str]:
+        got: list[str] = []
+        async with AsyncClient(f"http://127.0.0.1:{port}", bob.keys) as b:
+            async for entry in b.inbox_iter():
+                got.append(entry.id)
+                if len(got) == 1:
+                    cut()
+                    # Sent after the cut: only a new stream can bring them.
+                    notes.extend(alice.note(tx, {"n": n}).id for n in range(2))
+                if len(got) == 3:
+                    break
+        return got
+
+    with forwarding(node_url) as proxy:
+        assert asyncio.run(scenario(proxy.port, proxy.cut)) == [tx, *notes]
+        assert proxy.accepted == 2
+    wait_for("the acks", lambda: [e.id for e in bob.inbox()] == notes[-1:])
+
+
+def test_closing_a_followed_inbox_with_frames_queued_is_prompt(alice: Client, bob: Client) -> None:
+    # More entries than the client queues (16) stop it reading the socket: the
+    # node's close frame is never read, and websockets waited 10 s for it.
+    tx = alice.open_tx([bob.id], timedelta(minutes=5))
+    alice.submit_batch(
+        [alice.sign({"type": "tx/note", "tx": tx, "data": {"n": n}}) for n in range(200)]
+    )
+    wait_for("the deliveries", lambda: len(bob.inbox(300)) == 201)
+    stream = bob.inbox_iter(follow=True, ack=False)
+    next(stream)
+    time.sleep(0.5)  # the rest arrive and fill the queue
+    started = time.monotonic()
+    stream.close()
+    assert time.monotonic() - started < 5
+
+
 def test_async_client_streams_submissions_and_inbox(node_url: str) -> None:
     async def scenario() -> None:
         async with (
@@ -759,6 +824,22 @@ def test_async_client_streams_submissions_and_inbox(node_url: str) -> None:
 
 
 # --------------------------------------------------------------------------- firehose
+
+
+def test_the_firehose_reads_past_unicode_line_separators_in_a_message(alice: Client) -> None:
+    # U+2028, U+2029 and U+0085 stand unescaped in JSON: one line each on the wire,
+    # which a reader splitting text at every Unicode line break cut in two.
+    receipts = [alice.publish({"type": "post", "text": f"a{c}b"}) for c in "\u2028\u2029\x85"]
+    entries = [e for e in alice.firehose(receipts[0].index) if e.message["author"] == alice.id]
+    assert [e.id for e in entries] == [r.id for r in receipts]
+    assert entries[0].message["content"]["text"] == "a\u2028b"
+
+    async def scenario() -> list[str]:
+        async with AsyncClient(alice.node) as client:
+            got = [e async for e in client.firehose(receipts[0].index)]
+            return [e.id for e in got if e.message["author"] == alice.id]
+
+    assert asyncio.run(scenario()) == [r.id for r in receipts]
 
 
 def test_firehose_resumes_from_an_index(alice: Client) -> None:

@@ -128,8 +128,16 @@ def _printable(value: object) -> str:
     return _CONTROL_RE.sub(lambda m: f"\\x{ord(m[0]):02x}", str(value))
 
 
+#: Characters that stand unescaped in JSON but that text tools (Python's
+#: ``str.splitlines``, editors) take for line breaks: escaped in ``--json`` output, so
+#: one value stays one line however it is read.
+_LINE_BREAKS: Final = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _echo_json(value: object) -> None:
-    typer.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    # Within JSON these characters occur only inside strings, where the escape
+    # means the same character.
+    typer.echo(json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKS))
 
 
 def _parse_object(text: str, option: str) -> dict[str, Any]:
