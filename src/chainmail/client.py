@@ -499,6 +499,12 @@ class MemoryFeed:
             self._base = head
             self._messages = []
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the copy for several calls at once (re-entrant): nothing else changes it."""
+        with self._lock:
+            yield
+
 
 class FileFeed(MemoryFeed):
     """A feed copy as JSON lines: one signed message a line, or ``{"base": {id, sequence}}``.
@@ -506,23 +512,32 @@ class FileFeed(MemoryFeed):
     Every change holds an exclusive ``flock`` on ``PATH.lock`` and first
     re-reads the file if another process changed it, so two processes signing
     as the same identity chain their messages instead of forking the feed.
-    A torn last line (a crash mid-write) is cut off. Raises ``StorageError``
-    when the file cannot be read or written, or is not a feed copy.
+    "Changed" is a generation number the lock file holds, which every write
+    moves on: a rewrite can give the file its old inode number back and the
+    same size, so the file's own stamp is not enough. A torn last line (a
+    crash mid-write) is cut off. Raises ``StorageError`` when the file cannot
+    be read or written, or is not a feed copy.
     """
 
     def __init__(self, path: Path | str) -> None:
         super().__init__()
         self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, bytes] | None = None
         self._depth = 0
+        self._lock_file: Any = None
         with self._locked():
             pass
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._locked():
+            yield
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            lock = self.path.with_name(self.path.name + ".lock").open("a")
+            lock = self.path.with_name(self.path.name + ".lock").open("a+b")
         except OSError as exc:
             raise StorageError(f"local feed {self.path}: {exc}") from exc
         with self._lock, lock:
@@ -537,19 +552,47 @@ class FileFeed(MemoryFeed):
                 return
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._depth = 1
+            self._lock_file = lock
             try:
                 self._refresh()
                 yield
             finally:
                 self._depth = 0
+                self._lock_file = None
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _current_stamp(self) -> tuple[int, int] | None:
+    def _generation(self) -> bytes:
+        """What the lock file holds: the generation of the file's last write (b"" before any)."""
+        lock = self._lock_file
+        try:
+            lock.seek(0)
+            return bytes(lock.read(64))
+        except OSError as exc:
+            raise StorageError(f"local feed {self.path}: its lock file: {exc}") from exc
+
+    def _next_generation(self) -> None:
+        """Move the generation on after a write (the lock is held)."""
+        lock = self._lock_file
+        try:
+            number = int(self._generation() or b"0") + 1
+        except ValueError:
+            number = 1
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(b"%d" % number)
+            lock.flush()
+        except OSError as exc:
+            raise StorageError(f"local feed {self.path}: its lock file: {exc}") from exc
+
+    def _current_stamp(self) -> tuple[int, int, bytes] | None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_size)
+        except OSError as exc:
+            raise StorageError(f"local feed {self.path}: {exc}") from exc
+        return (st.st_ino, st.st_size, self._generation())
 
     def _refresh(self) -> None:
         stamp = self._current_stamp()
@@ -561,9 +604,13 @@ class FileFeed(MemoryFeed):
             raise StorageError(f"local feed {self.path}: {exc}") from exc
         end = data.rfind(b"\n") + 1
         if end != len(data):  # a torn last line: it was never acknowledged to anyone
-            with self.path.open("r+b") as f:
-                f.truncate(end)
+            try:
+                with self.path.open("r+b") as f:
+                    f.truncate(end)
+            except OSError as exc:
+                raise StorageError(f"local feed {self.path}: {exc}") from exc
             data = data[:end]
+            self._next_generation()
         base: ssb.FeedState | None = None
         messages: list[tuple[str, dict[str, Any]]] = []
         for number, line in enumerate(data.splitlines(), start=1):
@@ -608,6 +655,7 @@ class FileFeed(MemoryFeed):
                     os.fsync(f.fileno())
         except OSError as exc:
             raise StorageError(f"local feed {self.path}: {exc}") from exc
+        self._next_generation()
         self._stamp = self._current_stamp()
 
     @staticmethod
@@ -1050,8 +1098,12 @@ class _Core:
             self._sent = None  # ask the node again next time
             return exc
         feed = self._feed()
-        lost = feed.after(int(msg["sequence"]) - 1)
-        dropped = feed.truncate(int(msg["sequence"]))
+        # At once where the copy allows it: a message signed in between by another
+        # thread or process would be dropped without being handed back.
+        together = feed.locked() if isinstance(feed, MemoryFeed) else contextlib.nullcontext()
+        with together:
+            lost = feed.after(int(msg["sequence"]) - 1)
+            dropped = feed.truncate(int(msg["sequence"]))
         note = f" (dropped {dropped} unsent message(s) from the local feed copy)"
         again = type(exc)(exc.detail + note, code=exc.code)
         again.__cause__ = exc

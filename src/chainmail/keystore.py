@@ -179,6 +179,10 @@ def parse_secret_text(text: str) -> dict[str, object]:
         raise KeystoreError(
             f"key file is not valid JSON ({exc.msg} at column {exc.colno})"
         ) from exc
+    except (ValueError, RecursionError) as exc:
+        # A number past Python's digit limit; nesting past its recursion limit.
+        why = "nested too deeply" if isinstance(exc, RecursionError) else "a number too long"
+        raise KeystoreError(f"key file is not valid JSON ({why})") from exc
     if not isinstance(value, dict):
         raise KeystoreError(f"key file must hold a JSON object, got {type(value).__name__}")
     return value

@@ -26,11 +26,19 @@ from typing import IO, Any, Final, TypeVar
 
 from chainmail import blobkeeping, checkpoint
 from chainmail.anchoring import AnchorConfig, Anchorer
-from chainmail.errors import Error, NotFound, OperationalError, ProofError, StorageError
+from chainmail.errors import (
+    Error,
+    KeystoreError,
+    NotFound,
+    OperationalError,
+    ProofError,
+    StorageError,
+)
 from chainmail.ids import BlobId, blob_id
 from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
+from chainmail.keystore import read_secret_file
 from chainmail.log import Log, LogEntry
 from chainmail.priority import VERIFY_NICE
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
@@ -128,15 +136,47 @@ def _lock_data_dir(data_dir: Path) -> IO[bytes]:
     return held
 
 
-def load_identity(path: Path) -> Keypair:
-    """The node's key from its SSB secret file, created (mode 0600) on first use."""
-    if path.exists():
-        return Keypair.from_ssb_secret(json.loads(path.read_text()))
+def load_identity(path: Path, *, log: Path | None = None) -> Keypair:
+    """The node's key from its SSB secret file, created (mode 0600) on first use.
+
+    The file is read as ssb-keys writes it (``#`` comment lines allowed). A
+    new one is written whole or not at all: to a temporary file, synced, then
+    linked into place and its directory synced, so a crash never leaves an
+    empty key. When ``path`` is missing but ``log`` (the node's log file)
+    holds data, no new key is made: that log is signed with the lost one, and
+    a new key would be another node. Raises ``StorageError`` (naming the file)
+    for a key file that cannot be read or is not a key, and for that case.
+    """
+    if path.exists() or path.is_symlink():
+        try:
+            return Keypair.from_ssb_secret(read_secret_file(path))
+        except KeystoreError as exc:
+            raise StorageError(f"the node's key {path}: {exc.detail}") from exc
+    if log is not None and log.exists() and log.stat().st_size > 0:
+        raise StorageError(
+            f"the node's key {path} is missing, but {log} holds a log it signed: restore"
+            " the key file (a new key would make another node)"
+        )
     keys = Keypair.generate()
-    body = json.dumps(keys.to_ssb_secret(), indent=2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(body)
+    body = json.dumps(keys.to_ssb_secret(), indent=2) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a crash's leftover: never linked, so never used
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # fails if another start made one meanwhile
+        tmp.unlink()
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise StorageError(f"cannot write the node's key {path}: {exc}") from exc
     return keys
 
 
@@ -212,7 +252,10 @@ class Node:
         # Held until ``stop``: a second node on the same files would serve stale
         # state and fail every write it raced the first one for.
         self._lock = _lock_data_dir(config.data_dir)
-        self.identity = load_identity(config.data_dir / "node-secret.json")
+        self.identity = load_identity(
+            config.data_dir / "node-secret.json",
+            log=config.log_path or config.data_dir / "log.sqlite",
+        )
         self.id = self.identity.id
         # The origin doubles as the checkpoint key name, which may hold neither
         # "+" nor spaces (C2SP signed-note): use base64url letters of the id.

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import collections
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -604,6 +605,67 @@ def test_two_copies_of_one_feed_file_chain_instead_of_forking(
         assert signed[3]["sequence"] == 4
         assert [r.id for r in one.sync()] == [ssb.message_id(m) for m in signed]
         assert two.sync() == []
+
+
+def test_a_feed_file_rewritten_in_place_to_the_same_size_is_read_again(
+    dead_url: str, tmp_path: Path
+) -> None:
+    """Another writer's rewrite may leave the file's inode and size as they were
+    (a new file given the old inode number, messages of the same length): the
+    lock file's generation still says it changed."""
+    keys = Keypair.generate()
+    with (
+        Client(dead_url, keys, feeds=tmp_path) as one,
+        Client(dead_url, keys, feeds=tmp_path) as two,
+    ):
+        one.sign({"type": "post", "text": "AAAA"})
+        (path,) = tmp_path.glob("*.jsonl")
+        before = path.stat()
+        old = tmp_path / "old-inode"
+        os.link(path, old)  # keeps the first inode for the rewrite below
+        two.feed.truncate(1)
+        replaced = two.sign({"type": "post", "text": "BBBB"})  # the same length
+        # The new content in the old inode, as a reused inode number would have it.
+        with old.open("r+b") as f:
+            f.write(path.read_bytes())
+            f.truncate()
+        old.replace(path)
+        after = path.stat()
+        assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+        later = one.sign({"type": "post", "text": "CCCC"})
+        assert later["previous"] == ssb.message_id(replaced), "signed on a stale copy: a fork"
+
+
+def test_a_refused_message_and_what_follows_leave_the_feed_together(
+    alice: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread signing between the read of what goes and the cut: its message
+    # must either stay or be handed back, never vanish.
+    alice.sign({"type": "tx/note", "tx": UNKNOWN_TX, "data": {}})
+    feed = alice.feed
+    truncate = feed.truncate
+    signed: list[dict[str, Any]] = []
+
+    def late_signer(sequence: int) -> int:
+        worker = threading.Thread(target=lambda: signed.append(alice.sign({"type": "post"})))
+        worker.start()
+        worker.join(0.3)  # blocked by the held copy, or signed in the window
+        return truncate(sequence)
+
+    monkeypatch.setattr(feed, "truncate", late_signer)
+    with pytest.raises(Rejected) as refused:
+        alice.sync()
+    monkeypatch.undo()
+    deadline = time.monotonic() + 5
+    while not signed:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    dropped = refused.value.dropped  # type: ignore[attr-defined]
+    kept = [m["content"] for m in feed.after(0)]
+    assert [c["type"] for c in dropped] == ["tx/note"]
+    assert kept == [signed[0]["content"]], (
+        "the other thread's message is kept, signed after the cut"
+    )
 
 
 def test_refused_message_leaves_the_local_feed(alice: Client) -> None:

@@ -608,3 +608,36 @@ def test_ctrl_d_at_the_prompt_is_a_keystore_error() -> None:
 
     with pytest.raises(KeystoreError, match="the input ended at the prompt"):
         passphrase_from_env_or_prompt(environ={}, stdin=Tty(), ask=ended)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [('{"a": ' + "1" * 5000 + "}", "a number too long"), ("[" * 20_000, "nested too deeply")],
+)
+def test_json_past_pythons_limits_is_a_keystore_error(text: str, why: str) -> None:
+    # Both within the file size limit: a ValueError and a RecursionError escaped.
+    with pytest.raises(KeystoreError, match=f"not valid JSON \\({why}\\)"):
+        parse_secret_text(text)
+
+
+def test_the_nodes_key_file_is_made_whole_and_read_as_ssb_keys_writes_it(tmp_path: Path) -> None:
+    from chainmail.errors import StorageError
+    from chainmail.node import load_identity
+
+    path = tmp_path / "node-secret.json"
+    made = load_identity(path, log=tmp_path / "log.sqlite")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node-secret.json"]
+    assert load_identity(path) == made
+    path.write_text(ssb_keys_file(made))  # with ssb-keys' comment lines
+    assert load_identity(path) == made
+    for bad in (b"", b"\xff\xfe", b'{"curve": "ed25519"}'):
+        path.write_bytes(bad)
+        with pytest.raises(StorageError, match=f"the node's key {re.escape(str(path))}"):
+            load_identity(path)
+    # Lost, beside a log it signed: no new identity over that log.
+    path.unlink()
+    (tmp_path / "log.sqlite").write_bytes(b"SQLite format 3\x00")
+    with pytest.raises(StorageError, match=r"is missing, but .* holds a log"):
+        load_identity(path, log=tmp_path / "log.sqlite")
+    assert not path.exists()
