@@ -623,6 +623,7 @@ def test_a_feed_file_rewritten_in_place_to_the_same_size_is_read_again(
         before = path.stat()
         old = tmp_path / "old-inode"
         os.link(path, old)  # keeps the first inode for the rewrite below
+        assert two.feed is not None
         two.feed.truncate(1)
         replaced = two.sign({"type": "post", "text": "BBBB"})  # the same length
         # The new content in the old inode, as a reused inode number would have it.
@@ -643,6 +644,7 @@ def test_a_refused_message_and_what_follows_leave_the_feed_together(
     # must either stay or be handed back, never vanish.
     alice.sign({"type": "tx/note", "tx": UNKNOWN_TX, "data": {}})
     feed = alice.feed
+    assert feed is not None
     truncate = feed.truncate
     signed: list[dict[str, Any]] = []
 
