@@ -580,29 +580,46 @@ def parse_block_content(content: object, msg_id: str = "") -> BlockInfo:
 # --------------------------------------------------------------------------- verification
 
 
+#: How far a block's ``time`` may be ahead of the verifier's clock (``verify_block``'s
+#: ``now``): clocks a few minutes apart still agree; a block dated later is refused.
+MAX_TIME_AHEAD_MS: Final = 5 * 60 * 1000
+
+
 def verify_block(
     block_msg: dict[str, Any],
     node_id: str,
     *,
     previous: dict[str, Any] | None,
     hmac_key: bytes | None = None,
+    now: int | None = None,
 ) -> BlockInfo:
     """Verify a signed block message and its link to the previous block.
 
     Checks: the message is valid SSB and its signature verifies; its author
     is ``node_id``; its content is a well-formed block; with ``previous``
     (the previous block's signed message, itself verified by an earlier
-    call) its ``height`` is one more and ``prev`` is the previous block's
-    id; without it, this is the first block (height 1, ``prev`` null).
-    The block's place in the node's feed (``sequence``, ``previous``) is not
+    call) its ``height`` is one more, ``prev`` is the previous block's id and
+    its ``time`` is not before the previous block's; without it, this is the
+    first block (height 1, ``prev`` null); with ``now`` (the verifier's clock,
+    ms) its ``time`` is at most ``MAX_TIME_AHEAD_MS`` ahead of it. The
+    block's place in the node's feed (``sequence``, ``previous``) is not
     checked. Raises ``ProofError`` on any mismatch; ``ValueError`` for an
     ``hmac_key`` that is not 32 bytes.
+
+    The time checks hold a block's records to their block (``verify_records``:
+    none closed after it): without them the node could date a block to come,
+    and seal an open tx as timed out before its deadline.
     """
     checked = _check_signed(block_msg, "block message", hmac_key)
     if checked.author != node_id:
         raise ProofError(f"block message: expected author {node_id}, got {checked.author}")
     mid = checked.id
     info = parse_block_content(checked.content, mid)
+    if now is not None and info.time > now + MAX_TIME_AHEAD_MS:
+        raise ProofError(
+            f"block {info.height}: its time {info.time} is {(info.time - now) / 1000:g} s ahead"
+            f" of this clock (at most {MAX_TIME_AHEAD_MS // 1000} s)"
+        )
     if previous is None:
         if info.height != FIRST_HEIGHT:
             raise ProofError(
@@ -620,6 +637,11 @@ def verify_block(
         raise ProofError(f"block {mid}: expected height {prev_info.height + 1}, got {info.height}")
     if info.prev != prev_id:
         raise ProofError(f"block {info.height}: expected prev {prev_id}, got {info.prev}")
+    if info.time < prev_info.time:
+        raise ProofError(
+            f"block {info.height}: its time {info.time} is before block {prev_info.height}'s"
+            f" {prev_info.time}"
+        )
     return info
 
 
@@ -630,7 +652,8 @@ def verify_records(
 ) -> None:
     """Verify that ``records`` are exactly the block's tx records, in order.
 
-    Checks each record's shape, that no tx appears twice, ``txs.count``,
+    Checks each record's shape, that none closed after the block's ``time``,
+    that no tx appears twice, ``txs.count``,
     ``txs.root`` and ``txs.records`` (the blob id of the records' NDJSON,
     which is deterministic, so it is checked even without the blob). With
     ``records_blob`` the blob's bytes must be that NDJSON. Raises
@@ -638,6 +661,12 @@ def verify_records(
     """
     info = _parse_content(block_content)
     checked = [check_record(dict(record)) for record in records]
+    for record in checked:
+        if record["closed"] > info.time:
+            raise ProofError(
+                f"block {info.height} records: {record['tx']} closed at {record['closed']},"
+                f" after its block's time {info.time}"
+            )
     txs = [record["tx"] for record in checked]
     if len(set(txs)) != len(txs):
         raise ProofError(f"block {info.height} records: a tx appears twice")

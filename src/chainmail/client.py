@@ -1542,7 +1542,9 @@ class _Core:
         _id_arg(msg_id, "msg_id", "msg")
         pin = self._pin(node_id, progress)
         return (
-            yield from message_flow(msg_id, node_id=pin, hmac_key=self.hmac_key, progress=progress)
+            yield from message_flow(
+                msg_id, node_id=pin, hmac_key=self.hmac_key, progress=progress, now=_now_ms()
+            )
         )
 
     def _verify_document_flow(
@@ -1552,7 +1554,7 @@ class _Core:
         pin = self._pin(node_id, progress)
         return (
             yield from document_flow(
-                msg_id, data, node_id=pin, hmac_key=self.hmac_key, progress=progress
+                msg_id, data, node_id=pin, hmac_key=self.hmac_key, progress=progress, now=_now_ms()
             )
         )
 
@@ -1561,7 +1563,11 @@ class _Core:
     ) -> Flow[Report]:
         _id_arg(tx_id, "tx_id", "msg")
         pin = self._pin(node_id, progress)
-        return (yield from tx_flow(tx_id, node_id=pin, hmac_key=self.hmac_key, progress=progress))
+        return (
+            yield from tx_flow(
+                tx_id, node_id=pin, hmac_key=self.hmac_key, progress=progress, now=_now_ms()
+            )
+        )
 
     def _verify_block_flow(
         self,
@@ -1588,6 +1594,7 @@ class _Core:
                 anchor=anchor,
                 witnesses=pinned,
                 threshold=threshold,
+                now=_now_ms(),
             )
         )
 

@@ -342,6 +342,8 @@ class _BlockCache:
 
     checked: dict[int, _Block] = field(default_factory=dict)
     fetched: dict[int, _Fetched] = field(default_factory=dict)
+    #: The verifier's clock (ms) a block's time may not be far ahead of; None: unchecked.
+    now: int | None = None
 
 
 def _fetch_block(height: int, cache: _BlockCache) -> Flow[_Fetched]:
@@ -386,7 +388,7 @@ def _block_flow(checks: _Checks, node: NodeInfo, height: int, cache: _BlockCache
     verified: list[blocks.BlockInfo] = []
 
     def link() -> str:
-        info = blocks.verify_block(message, node.id, previous=previous)
+        info = blocks.verify_block(message, node.id, previous=previous, now=cache.now)
         if info.height != height:
             raise ProofError(f"expected height {height}, got {info.height}")
         verified.append(info)
@@ -589,6 +591,7 @@ def message_flow(
     node_id: str | None = None,
     hmac_key: bytes | None = None,
     progress: Progress | None = None,
+    now: int | None = None,
 ) -> Flow[Report]:
     """Verify message ``msg_id``: id, signature, inclusion, its block, the current checkpoint.
 
@@ -599,16 +602,16 @@ def message_flow(
     checks = _Checks(f"message {msg_id}", progress)
     node = yield from _node_info_flow(checks, node_id)
     message = yield from _signed_message_flow(checks, msg_id, "message", hmac_key)
-    yield from _included_flow(checks, node, msg_id, message)
+    yield from _included_flow(checks, node, msg_id, message, now)
     return checks.report
 
 
 def _included_flow(
-    checks: _Checks, node: NodeInfo, msg_id: str, message: dict[str, Any]
+    checks: _Checks, node: NodeInfo, msg_id: str, message: dict[str, Any], now: int | None
 ) -> Flow[None]:
     """A checked message's inclusion under its block, and the log's current checkpoint."""
     included = yield from _inclusion_flow(
-        checks, node, msg_id, "log inclusion", _BlockCache(), message.get("author")
+        checks, node, msg_id, "log inclusion", _BlockCache(now=now), message.get("author")
     )
     since = included.block.info.log(included.pipeline)
     yield from _checkpoint_flow(checks, node, included.pipeline, since)
@@ -621,6 +624,7 @@ def document_flow(
     node_id: str | None = None,
     hmac_key: bytes | None = None,
     progress: Progress | None = None,
+    now: int | None = None,
 ) -> Flow[Report]:
     """Verify that the ``doc`` message ``msg_id`` notarised ``document`` (its bytes).
 
@@ -660,7 +664,7 @@ def document_flow(
         return f"{len(document)} bytes hashing to {_short(blob_id(document))}{called}, as signed"
 
     checks.run("document", same)
-    yield from _included_flow(checks, node, msg_id, message)
+    yield from _included_flow(checks, node, msg_id, message, now)
     return checks.report
 
 
@@ -679,6 +683,7 @@ def tx_flow(
     node_id: str | None = None,
     hmac_key: bytes | None = None,
     progress: Progress | None = None,
+    now: int | None = None,
 ) -> Flow[Report]:
     """Verify a closed tx: its block, its record's inclusion, every message, the record itself.
 
@@ -697,7 +702,7 @@ def tx_flow(
             " until a block seals it"
         )
     checks.passed("tx sealed", f"{summary.get('status')} in block {height}, as the node says")
-    cache = _BlockCache()
+    cache = _BlockCache(now=now)
     block = yield from _block_flow(checks, node, height, cache)
 
     what = f"record proof of {tx_id}"
@@ -800,6 +805,7 @@ def block_flow(
     anchor: bool = True,
     witnesses: Sequence[str] | None = None,
     threshold: int | None = None,
+    now: int | None = None,
 ) -> Flow[Report]:
     """Verify block ``height``: signature, prev link, records blob, consistency, checkpoints,
     and, with ``anchor``, its Bitcoin anchor (against the headers ``bitcoin`` gives,
@@ -812,7 +818,7 @@ def block_flow(
     """
     checks = _Checks(f"block {height}", progress)
     node = yield from _node_info_flow(checks, node_id, witnesses=witnesses, threshold=threshold)
-    cache = _BlockCache()
+    cache = _BlockCache(now=now)
     block = yield from _block_flow(checks, node, height, cache)
 
     checks.status(f"fetching the records blob of block {height}")

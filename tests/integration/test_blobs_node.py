@@ -196,8 +196,9 @@ def test_a_bad_blob_option_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> Non
 
 
 def test_request_bodies_held_at_once_are_bounded_and_one_alone_passes(tmp_path: Path) -> None:
-    """A slow upload holds its bytes: others that would pass --body-budget wait
-    (429 with Retry-After), nothing is lost, and each goes through in turn."""
+    """A slow upload holds the bytes received of it: others that would pass
+    --body-budget wait (429 with Retry-After), nothing is lost, and each goes
+    through in turn."""
     import socket
     import time
 
@@ -211,11 +212,11 @@ def test_request_bodies_held_at_once_are_bounded_and_one_alone_passes(tmp_path: 
             slow.sendall(
                 b"PUT /v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
                 + b"Content-Length: %d\r\n\r\n" % len(big)
-                + big[:1000]
+                + big[:60_000]
             )
             other = b"o" * 50_000
             deadline = time.monotonic() + 10
-            while True:  # until the node has read the slow one's headers
+            while True:  # until the node has read the slow one's first 60,000 bytes
                 refused = httpx.put(f"{server.url}/v1/blobs", content=other, timeout=10)
                 if refused.status_code == 429 or time.monotonic() > deadline:
                     break
@@ -223,7 +224,7 @@ def test_request_bodies_held_at_once_are_bounded_and_one_alone_passes(tmp_path: 
             assert refused.json()["code"] == "rate_limited" and refused.headers["retry-after"]
             small = httpx.put(f"{server.url}/v1/blobs", content=b"fits beside it", timeout=10)
             assert small.status_code == 201
-            slow.sendall(big[1000:])
+            slow.sendall(big[60_000:])
             answer = slow.recv(65536)
             assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
         finally:

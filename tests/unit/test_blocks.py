@@ -132,6 +132,7 @@ def chain() -> Node:
     tx3 = node.post(carol, {"type": "tx/open", "parties": parties3, "deadline": DEADLINE})
     opened3 = node.clock
     note3 = node.post(alice, {"type": "tx/note", "tx": tx3, "data": {}, "to": [carol.id]})
+    node.clock = max(node.clock, DEADLINE + 5)  # a block seals tx3 once it timed out
     node.seal(
         [
             record(tx2, [tx2, fin2], parties2, "finished", opened2, closed2),
@@ -855,3 +856,31 @@ def test_badly_typed_fields_in_signed_messages_are_proof_failures_not_crashes() 
             record(tx2, [tx2, ssb.message_id(post)], [alice.id], "timed_out", 1_000, DEADLINE + 1),
             {tx2: fine, ssb.message_id(post): post},
         )
+
+
+def test_a_block_dated_before_the_previous_one_does_not_verify() -> None:
+    node = Node(Keypair.from_seed(bytes([9]) * 32))
+    first = node.seal([])
+    node.clock -= 10_000  # the node's clock stepped back, or it lies
+    second = node.seal([])
+    with pytest.raises(ProofError, match="before block 1's"):
+        blocks.verify_block(second, node.key.id, previous=first)
+
+
+def test_a_block_dated_ahead_of_the_verifiers_clock_does_not_verify(chain: Node) -> None:
+    first = chain.blocks[0]
+    at = content(first)["time"]
+    blocks.verify_block(first, chain.key.id, previous=None, now=at - blocks.MAX_TIME_AHEAD_MS)
+    with pytest.raises(ProofError, match="ahead of this clock"):
+        blocks.verify_block(
+            first, chain.key.id, previous=None, now=at - blocks.MAX_TIME_AHEAD_MS - 1
+        )
+
+
+def test_a_record_closed_after_its_block_does_not_verify(chain: Node) -> None:
+    # A node sealing an open tx as timed out before its deadline must date the
+    # record past the block, or the block to come (refused above).
+    records = [dict(r) for r in chain.records[1]]
+    records[0]["closed"] = content(chain.blocks[1])["time"] + 1
+    with pytest.raises(ProofError, match=r"closed at .*, after its block's time"):
+        blocks.verify_records(content(chain.blocks[1]), records)

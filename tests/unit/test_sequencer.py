@@ -478,6 +478,24 @@ def test_a_tx_opened_past_its_deadline_is_sealed_closed_when_it_opened(
     blocks.verify_tx_record(record, {tx: opening})
 
 
+def test_a_block_after_the_clock_stepped_back_is_dated_after_the_last(
+    h: Harness, clock: Clock, node_keys: Keypair
+) -> None:
+    a, b = Writer(), Writer()
+    h.one(open_tx(a, b, finish="opener"))
+    assert h.seq.build_block() is not None
+    clock.now -= 60_000
+    tx = h.one(open_tx(a, b, finish="opener")).id
+    h.one(a.sign({"type": "tx/finish", "tx": tx}))
+    assert h.seq.build_block() is not None
+    first, second = (orjson.loads(h.store.block(n).body) for n in (1, 2))  # type: ignore[union-attr]
+    assert second["content"]["time"] == first["content"]["time"]
+    blocks.verify_block(second, node_keys.id, previous=first)
+    stored = h.store.block(2)
+    assert stored is not None
+    blocks.verify_records(second["content"], stored.records)
+
+
 def test_block_content_verifies_independently_of_the_node(h: Harness, node_keys: Keypair) -> None:
     a, b = Writer(), Writer()
     tx = h.one(open_tx(a, b, finish="opener")).id
