@@ -189,13 +189,17 @@ class _InboxCursor:
         self.opened_at = time.monotonic()
         self.gave = False
 
-    def fresh(self, entry: InboxEntry) -> bool:
-        """Whether ``entry`` is new to this iterator (then it is the newest)."""
+    def frame(self, frame: str | bytes, ack: bool) -> tuple[InboxEntry | None, str | None]:
+        """A stream frame's entry to give (None: none, or given already) and the ack
+        to send for one given already (None: none)."""
+        entry = _inbox_frame(frame)
+        if entry is None:
+            return None, None
         self.gave = True
         if entry.delivery <= self.newest:
-            return False
+            return None, _ack_frame(entry.id) if ack else None
         self.newest = entry.delivery
-        return True
+        return entry, None
 
     def resumable(self) -> bool:
         """Whether the stream that just closed should be opened again."""
@@ -1877,12 +1881,10 @@ class Client(_Core):
                 ) as ws:
                     cursor.opened()
                     for frame in ws:
-                        entry = _inbox_frame(frame)
+                        entry, again = cursor.frame(frame, ack)
+                        if again is not None:
+                            ws.send(again)
                         if entry is None:
-                            continue
-                        if not cursor.fresh(entry):
-                            if ack:
-                                ws.send(_ack_frame(entry.id))
                             continue
                         yield entry
                         if ack:
@@ -2448,12 +2450,10 @@ class AsyncClient(_Core):
                 ) as ws:
                     cursor.opened()
                     async for frame in ws:
-                        entry = _inbox_frame(frame)
+                        entry, again = cursor.frame(frame, ack)
+                        if again is not None:
+                            await ws.send(again)
                         if entry is None:
-                            continue
-                        if not cursor.fresh(entry):
-                            if ack:
-                                await ws.send(_ack_frame(entry.id))
                             continue
                         yield entry
                         if ack:

@@ -62,6 +62,7 @@ __all__ = [
     "KeyInfo",
     "Keystore",
     "default_home",
+    "fsync_dir",
     "parse_secret_text",
     "passphrase_from_env_or_prompt",
     "read_secret_file",
@@ -452,7 +453,7 @@ class Keystore:
                 # link() fails if the name exists, so two concurrent `new` calls
                 # cannot both win (exists() above is only the friendly check).
                 _link_new(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileExistsError as exc:
             raise KeystoreError(_exists_message(path.name[: -len(_SUFFIX)], path)) from exc
         except OSError as exc:
@@ -610,8 +611,9 @@ def _link_new(tmp: Path, path: Path) -> None:
     tmp.unlink()
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable; not every platform can open a directory.
+def fsync_dir(directory: Path) -> None:
+    """Make a rename (or link) into ``directory`` durable, where the platform can."""
+    # Not every platform can open a directory.
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

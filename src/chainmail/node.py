@@ -38,7 +38,7 @@ from chainmail.ids import BlobId, blob_id
 from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
-from chainmail.keystore import read_secret_file
+from chainmail.keystore import fsync_dir, read_secret_file
 from chainmail.log import Log, LogEntry
 from chainmail.priority import VERIFY_NICE
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
@@ -170,11 +170,7 @@ def load_identity(path: Path, *, log: Path | None = None) -> Keypair:
             os.fsync(f.fileno())
         os.link(tmp, path)  # fails if another start made one meanwhile
         tmp.unlink()
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise StorageError(f"cannot write the node's key {path}: {exc}") from exc
     return keys
