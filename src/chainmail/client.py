@@ -206,6 +206,18 @@ class _InboxCursor:
         return self.gave or time.monotonic() - self.opened_at >= _STREAM_RESUME_AFTER_S
 
 
+def _acknowledged(feed: LocalFeed) -> int:
+    """The highest sequence a node accepted, where the copy keeps it (``MemoryFeed``)."""
+    known = getattr(feed, "acknowledged", None)
+    return int(known()) if callable(known) else 0
+
+
+def _acknowledge(feed: LocalFeed, sequence: int | None) -> None:
+    mark = getattr(feed, "acknowledge", None)
+    if sequence and callable(mark):
+        mark(sequence)
+
+
 def _ack_frame(msg_id: str) -> str:
     return orjson.dumps({"ack": [msg_id]}).decode()
 
@@ -459,6 +471,7 @@ class MemoryFeed:
         self._lock = threading.RLock()
         self._base: ssb.FeedState | None = None
         self._messages: list[tuple[str, dict[str, Any]]] = []
+        self._acked = 0
 
     def head(self) -> ssb.FeedState | None:
         with self._lock:
@@ -502,6 +515,17 @@ class MemoryFeed:
         with self._lock:
             self._base = head
             self._messages = []
+            self._acked = max(self._acked, head.sequence)
+
+    def acknowledged(self) -> int:
+        """The highest sequence a node is known to have accepted (0: none)."""
+        with self._lock:
+            return self._acked
+
+    def acknowledge(self, sequence: int) -> None:
+        """A node accepted the feed up to ``sequence``: what a refusal never drops."""
+        with self._lock:
+            self._acked = max(self._acked, sequence)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -641,6 +665,7 @@ class FileFeed(MemoryFeed):
             ) as exc:
                 raise StorageError(f"local feed {self.path} line {number}: {exc}") from exc
         self._base, self._messages = base, messages
+        self._acked = self._read_acked()
         self._stamp = self._current_stamp()
 
     def _write(self, lines: Sequence[bytes], *, replace: bool) -> None:
@@ -702,6 +727,43 @@ class FileFeed(MemoryFeed):
         with self._locked():
             super().rebase(head)
             self._write([self._base_line(head)], replace=False)
+            self._write_acked()
+
+    def acknowledged(self) -> int:
+        with self._locked():
+            return self._acked
+
+    def acknowledge(self, sequence: int) -> None:
+        with self._locked():
+            if sequence > self._acked:
+                self._acked = sequence
+                self._write_acked()
+
+    def _acked_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".acked")
+
+    def _read_acked(self) -> int:
+        """``PATH.acked``: the highest sequence a node accepted (0 when absent or unreadable:
+        then a refusal may drop more than it should, never less)."""
+        try:
+            text = self._acked_path().read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return 0
+        return int(text) if text.isdigit() and len(text) < 20 else 0
+
+    def _write_acked(self) -> None:
+        path = self._acked_path()
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with tmp.open("w", encoding="ascii") as f:
+                f.write(f"{self._acked}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(path)
+        except OSError as exc:
+            raise StorageError(f"local feed {self.path}: {exc}") from exc
+        self._next_generation()
+        self._stamp = self._current_stamp()
 
 
 def feed_path(directory: Path, fid: str) -> Path:
@@ -961,6 +1023,9 @@ class _Core:
         self.feed = feed
         # Highest sequence of our feed the node is known to have; None until asked.
         self._sent: int | None = None
+        #: The local head when the node said it has none of our feed: the messages up to
+        #: it may be accepted elsewhere (another node), so a refusal here drops none of them.
+        self._unknown_upto = 0
         # Channel keys opened so far: channel id -> (key, tx of the channel).
         self._channel_keys: dict[str, tuple[bytes, str | None]] = {}
 
@@ -1047,6 +1112,8 @@ class _Core:
             sequence = msg.get("sequence")
             if isinstance(sequence, int):
                 self._sent = max(self._sent, sequence)
+                if self.feed is not None:
+                    _acknowledge(self.feed, self._sent)
 
     # -- flows: feed -----------------------------------------------------------------------
 
@@ -1069,8 +1136,11 @@ class _Core:
         me = self._keys().id
         remote = yield from self._head_flow(me)
         local = feed.head()
+        self._unknown_upto = 0
         if remote is None:
             self._sent = 0
+            # What a node accepted may be another node's only: none of it is dropped here.
+            self._unknown_upto = _acknowledged(feed)
             return
         if local is None or remote.sequence > local.sequence:
             if local is not None:
@@ -1093,6 +1163,7 @@ class _Core:
                     code="fork",
                 )
         self._sent = remote.sequence
+        _acknowledge(feed, remote.sequence)
 
     def _refused(self, msg: Mapping[str, Any], exc: Error) -> Error:
         """What to raise for our message the node refused; drops it if it can never be accepted."""
@@ -1101,6 +1172,18 @@ class _Core:
         if exc.code in _DIVERGED:
             self._sent = None  # ask the node again next time
             return exc
+        if int(msg["sequence"]) <= self._unknown_upto:
+            # A node that never had this feed refused a message the copy held
+            # before: it may be another node's (a tx only that one knows), which
+            # took it. Nothing is dropped; the copy stays as it was.
+            self._sent = None
+            again = type(exc)(
+                exc.detail + " (this node had none of the feed: the local copy is kept as it was)",
+                code=exc.code,
+            )
+            again.__cause__ = exc
+            again.dropped = []  # type: ignore[attr-defined]
+            return again
         feed = self._feed()
         # At once where the copy allows it: a message signed in between by another
         # thread or process would be dropped without being handed back.
@@ -1133,11 +1216,14 @@ class _Core:
                     results = [exc]
             else:
                 results = yield from self._batch_flow(pending)
-            for msg, result in zip(pending, results, strict=True):
-                if isinstance(result, Error):
-                    raise self._refused(msg, result)
-                receipts.append(result)
-                self._sent = int(msg["sequence"])
+            try:
+                for msg, result in zip(pending, results, strict=True):
+                    if isinstance(result, Error):
+                        raise self._refused(msg, result)
+                    receipts.append(result)
+                    self._sent = int(msg["sequence"])
+            finally:
+                _acknowledge(feed, self._sent)
 
     def _publish_flow(self, content: Mapping[str, Any] | str) -> Flow[Receipt]:
         _content_arg(content)  # before the node is asked for our feed's head

@@ -670,6 +670,35 @@ def test_a_refused_message_and_what_follows_leave_the_feed_together(
     )
 
 
+def test_a_node_without_the_feed_refusing_what_another_took_drops_nothing(
+    node_url: str, tmp_path: Path
+) -> None:
+    """The local copy remembers what a node accepted (``PATH.acked``): a second node
+    that never had the feed refusing one of those (a tx only the first knows)
+    drops none of them, in this process or the next."""
+    from support.server import running
+
+    dave = Keypair.generate()
+    with Client(node_url, Keypair.generate()) as alice:
+        tx = alice.open_tx([dave.id], timedelta(minutes=5))
+    with Client(node_url, dave, feeds=tmp_path) as first:
+        first.note(tx, {"seen": True})
+        first.publish({"type": "post", "text": "accepted by the first node"})
+    with (
+        running(tmp_path / "other") as other,
+        Client(other.url, dave, feeds=tmp_path) as second,  # a new process, as the CLI is
+    ):
+        with pytest.raises(Rejected, match="the local copy is kept") as refused:
+            second.publish({"type": "post", "text": "to the other node"})
+        assert refused.value.code == "unknown_tx"
+        assert refused.value.dropped == []  # type: ignore[attr-defined]
+        assert second.feed is not None
+        assert [m["sequence"] for m in second.feed.after(0)] == [1, 2, 3]
+    with Client(node_url, dave, feeds=tmp_path) as back:
+        (receipt,) = back.sync()  # the first node takes the new one, chained on
+        assert back.message(receipt.id)["message"]["sequence"] == 3
+
+
 def test_refused_message_leaves_the_local_feed(alice: Client) -> None:
     alice.sign({"type": "tx/note", "tx": UNKNOWN_TX, "data": {}})
     alice.sign({"type": "post", "text": "chained to the refused one"})
