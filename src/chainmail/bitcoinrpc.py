@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import httpx
 
 from chainmail import bitcoin
-from chainmail.errors import OperationalError
+from chainmail.errors import Error, OperationalError
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -92,13 +92,22 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _client(base: str, auth: Any, params: Any, timeout: float, shown: str) -> httpx.Client:
+    """An httpx client for ``base``; a URL httpx refuses (a host not valid IDNA) is an
+    ``Error`` (``invalid_format``), not a traceback."""
+    try:
+        return httpx.Client(base_url=base, auth=auth, params=params, timeout=timeout)
+    except httpx.InvalidURL as exc:
+        raise Error(f"not a usable URL: {shown}: {exc}", code="invalid_format") from exc
+
+
 class BitcoinNode:
     """A Bitcoin node's JSON-RPC (Bitcoin Core or bcoin)."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         base, auth, path, params = _split(url)
         self.url = redact(url)
-        self._client = httpx.Client(base_url=base, auth=auth, params=params, timeout=timeout)
+        self._client = _client(base, auth, params, timeout, self.url)
         self._path = path or "/"
         self._ids = itertools.count(1)
 
@@ -200,7 +209,7 @@ class BcoinWallet:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         base, auth, path, params = _split(url)
         self.url = redact(url)
-        self._client = httpx.Client(base_url=base, auth=auth, params=params, timeout=timeout)
+        self._client = _client(base, auth, params, timeout, self.url)
         path = path.rstrip("/")
         self._path = path if path.startswith("/wallet/") else "/wallet/primary"
 

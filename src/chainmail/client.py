@@ -2229,19 +2229,33 @@ def read_document(
     return data, name, mime
 
 
+#: The largest document read from a path: a node's largest blob (``PUT /v1/blobs``).
+MAX_DOCUMENT_BYTES: Final = 16 * 1024 * 1024
+
+
 def _document_bytes(document: Path | str | BytesLike) -> bytes:
-    """A document given as bytes or as a path to read; ``Error`` (``invalid_format``) if unreadable."""
+    """A document given as bytes or as a path to read: ``Error`` (``invalid_format``) if
+    unreadable, (``too_large``) past ``MAX_DOCUMENT_BYTES`` (read no further: a device
+    or a pipe may never end)."""
     if isinstance(document, _BYTES_LIKE):
         return bytes(document)
     if not isinstance(document, str | os.PathLike):
         raise _wrong_type("document", "a path or bytes", document)
     path = Path(document).expanduser()
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
         raise Error(
             f"cannot read the document {path}: {exc.strerror or exc}", code="invalid_format"
         ) from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise Error(
+            f"the document {path} is larger than {MAX_DOCUMENT_BYTES} bytes, the most a node"
+            " stores",
+            code="too_large",
+        )
+    return data
 
 
 def _inbox_frame(frame: str | bytes) -> InboxEntry | None:

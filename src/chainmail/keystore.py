@@ -226,7 +226,7 @@ def passphrase_from_env_or_prompt(
         value = env[PASSPHRASE_ENV]
         if not value:
             raise KeystoreError(f"{PASSPHRASE_ENV} is set but empty")
-        return value
+        return _text_passphrase(value, PASSPHRASE_ENV)
     # sys.stdin is None under some launchers (pythonw, detached services).
     stream: TextIO | None = sys.stdin if stdin is None else stdin
     if stream is None or not _isatty(stream):
@@ -241,6 +241,17 @@ def passphrase_from_env_or_prompt(
             raise KeystoreError("the two passphrases do not match")
     except EOFError:  # Ctrl-D at the prompt
         raise KeystoreError("no passphrase: the input ended at the prompt") from None
+    except UnicodeDecodeError:  # bytes the terminal's encoding cannot read
+        raise KeystoreError("the passphrase typed is not text in the terminal's encoding") from None
+    return _text_passphrase(value, "the passphrase typed")
+
+
+def _text_passphrase(value: str, where: str) -> str:
+    """``value``, once it is text that encodes (an environment's undecodable bytes are not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise KeystoreError(f"{where} is not valid UTF-8 text") from None
     return value
 
 
@@ -315,13 +326,15 @@ class Keystore:
         *,
         source_passphrase: str | None = None,
         force: bool = False,
+        origin: str | None = None,
     ) -> KeyInfo:
         """Store an existing identity as ``name``, encrypted with ``passphrase``.
 
         ``source`` is a path, or the parsed object, of either an SSB secret
         (as ssb-keys writes it, ``#`` comment lines allowed) or a chainmail
         envelope; an envelope is opened with ``source_passphrase`` (default:
-        ``passphrase``) and re-encrypted with a fresh salt and nonce.
+        ``passphrase``) and re-encrypted with a fresh salt and nonce. ``origin``
+        names a parsed ``source`` in errors (the file it was read from).
 
         Raises ``KeystoreError`` for an unreadable or malformed source, an
         inconsistent key, a wrong source passphrase, and as ``add`` does.
@@ -329,7 +342,7 @@ class Keystore:
         self.path(name)  # name errors first, before touching the source
         if isinstance(source, Mapping):
             data: Mapping[str, object] = source
-            origin = "the given secret"
+            origin = "the given secret" if origin is None else origin
         else:
             src = Path(source).expanduser()
             data = read_secret_file(src)

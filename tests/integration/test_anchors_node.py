@@ -350,6 +350,10 @@ def test_an_unreachable_bitcoin_node_leaves_the_node_working(tmp_path: Path) -> 
         (("--anchor-bitcoin", "ftp://h", "--anchor-wallet", "http://h:1"), "not an http(s) URL"),
         (("--anchor-bitcoin", "http://h:x", "--anchor-wallet", "http://h:1"), "bad port"),
         (
+            ("--anchor-bitcoin", "http://h:1", "--anchor-wallet", "http://\u2603\u2603.invalid"),
+            "--anchor-wallet: not a usable URL",
+        ),
+        (
             ("--anchor-bitcoin", "http://x:secret@[::1", "--anchor-wallet", "http://h:1"),
             "Invalid IPv6 URL: http://***@[::1",
         ),

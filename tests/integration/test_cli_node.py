@@ -579,6 +579,10 @@ def test_doc_get_to_a_terminal_is_refused_as_bad_usage(cli: Cli) -> None:
         (["blocks", "--follow", "--interval", "inf"], "usage"),
         (["audit", "--grace", "inf"], "usage"),
         (["blocks", "--limit", "5000"], "usage"),
+        (["witness", "--as", "nobody", "--interval", "inf"], "usage"),
+        (["verify", "block", "1", "--bitcoin", "http://\u2603\u2603.invalid"], "invalid_format"),
+        (["audit", "--grace", "1", "--bitcoin", "http://\u2603\u2603.invalid"], "invalid_format"),
+        (["doc", "notarise", "/dev/zero", "--as", "nobody"], "too_large"),
     ],
 )
 def test_a_bad_option_value_is_one_line(cli: Cli, command: list[str], code: str) -> None:

@@ -197,6 +197,20 @@ def test_import_ssb_keys_file(home: Path, tmp_path: Path, cli: Cli) -> None:
     assert Keystore(home).load("alice", PASS) == keypair
 
 
+def test_import_from_a_pipe_reads_it_once(home: Path, tmp_path: Path) -> None:
+    keypair = Keypair.generate()
+    done = subprocess.run(
+        [sys.executable, "-m", "chainmail", "keys", "import", "piped", "--file", "/dev/stdin"],
+        input=json.dumps(keypair.to_ssb_secret()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CHAINMAIL_HOME": str(home), "CHAINMAIL_PASSPHRASE": "pw"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert Keystore(home).list() == [("piped", keypair.id)]
+
+
 def test_import_bad_file(home: Path, tmp_path: Path, cli: Cli) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"curve": "ed25519"}')
@@ -369,7 +383,7 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(
     with open("/dev/full", "w") as full:
         done = _keys_list_into(full, env)
     assert done.returncode == 1
-    assert done.stderr == "chainmail: No space left on device\n"
+    assert done.stderr == "chainmail: storage: No space left on device\n"
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(home: Path) -> None:

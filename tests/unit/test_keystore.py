@@ -641,3 +641,19 @@ def test_the_nodes_key_file_is_made_whole_and_read_as_ssb_keys_writes_it(tmp_pat
     with pytest.raises(StorageError, match=r"is missing, but .* holds a log"):
         load_identity(path, log=tmp_path / "log.sqlite")
     assert not path.exists()
+
+
+def test_a_passphrase_that_is_not_utf8_text_is_a_keystore_error() -> None:
+    # Undecodable bytes in the environment arrive as surrogate escapes.
+    with pytest.raises(KeystoreError, match="CHAINMAIL_PASSPHRASE is not valid UTF-8"):
+        passphrase_from_env_or_prompt(environ={"CHAINMAIL_PASSPHRASE": "\udcff\udcfe"})
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def undecodable(prompt: str) -> str:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    with pytest.raises(KeystoreError, match="not text in the terminal's encoding"):
+        passphrase_from_env_or_prompt(environ={}, stdin=Tty(), ask=undecodable)

@@ -98,7 +98,7 @@ def main() -> None:
     except OSError as exc:
         # A file or stream the command was given failed (a full disk, a path it cannot write).
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"chainmail: {_printable(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
+        print(f"chainmail: storage: {_printable(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)  # as standalone mode ends, success too
 

@@ -175,9 +175,10 @@ def import_(
     """
     store = Keystore(home, limits=kdf.limits)
     store.ensure_available(name, force=force)  # fail before asking for a passphrase
-    read_secret_file(file)
+    # Read once: a pipe (``--file <(…)``) holds nothing the second time.
+    secret = read_secret_file(file)
     passphrase = passphrase_from_env_or_prompt(confirm=True)
-    store.import_secret(name, file, passphrase, force=force)
+    store.import_secret(name, secret, passphrase, force=force, origin=str(file))
     info = store.show(name)
     if as_json:
         _print_json(_info_json(info))

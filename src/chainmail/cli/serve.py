@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -14,7 +15,7 @@ import typer
 from chainmail.anchoring import AnchorConfig
 from chainmail.anchors import DEFAULT_CONFIRMATIONS
 from chainmail.anchors import DEFAULT_INTERVAL as DEFAULT_ANCHOR_INTERVAL
-from chainmail.bitcoinrpc import redact
+from chainmail.bitcoinrpc import BcoinWallet, BitcoinNode, redact
 from chainmail.blobkeeping import DEFAULT_GRACE_S, DEFAULT_PENDING_LIMIT
 from chainmail.cli._app import app
 from chainmail.errors import Error
@@ -84,6 +85,16 @@ def _anchor_config(
             raise Error(f"--{name}: bad port in {redact(url)}", code="invalid_format") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Error(f"--{name}: not an http(s) URL: {redact(url)}", code="invalid_format")
+    # Now, not once the node starts: a host httpx cannot use (not valid IDNA) failed there.
+    checks: tuple[tuple[str, Callable[[], BitcoinNode | BcoinWallet]], ...] = (
+        ("anchor-bitcoin", lambda: BitcoinNode(bitcoin)),
+        ("anchor-wallet", lambda: BcoinWallet(wallet)),
+    )
+    for name, make in checks:
+        try:
+            make().close()
+        except Error as exc:
+            raise Error(f"--{name}: {exc.detail}", code="invalid_format") from None
     if not 0 < interval < math.inf:  # inf overflowed the anchorer's ms arithmetic
         raise Error(
             f"--anchor-interval: expected a positive number of seconds, got {interval}",

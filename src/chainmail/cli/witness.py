@@ -31,7 +31,10 @@ def witness(
     node: NodeOpt = DEFAULT_NODE,
     home: HomeOpt = None,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="Seconds between reads of the node.")
+        float,
+        typer.Option(
+            "--interval", min=0.1, max=3600, help="Seconds between reads of the node (≤ 3600)."
+        ),
     ] = DEFAULT_POLL,
     as_json: JsonOpt = False,
 ) -> None:
