@@ -1696,6 +1696,44 @@ class _Core:
         return (yield from checkpoint_flow(pipeline, node_id=pin, progress=progress))
 
 
+#: The most an answer (not a stream) may hold: four times the largest a node sends (a
+#: 16 MiB blob). Past it, or past ``_ANSWER_SECONDS``, it is not a node's answer.
+_MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
+#: Seconds an answer may take to arrive whole (each read has the client's timeout too).
+_ANSWER_SECONDS: Final = 300.0
+
+
+class _AnswerReader:
+    """An answer's body, read chunk by chunk within ``_MAX_ANSWER_BYTES`` and
+    ``_ANSWER_SECONDS``: a server that never stops sending (or trickles for ever)
+    gets an ``OperationalError`` instead of all the memory and time there is."""
+
+    def __init__(self, node: str) -> None:
+        self._node = node
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._deadline = time.monotonic() + _ANSWER_SECONDS
+
+    def add(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > _MAX_ANSWER_BYTES:
+            raise OperationalError(
+                f"{self._node} sent an answer of more than {_MAX_ANSWER_BYTES} bytes: not a node's"
+            )
+        if time.monotonic() > self._deadline:
+            raise OperationalError(
+                f"{self._node} took more than {_ANSWER_SECONDS:g} s to send one answer"
+            )
+        self._parts.append(chunk)
+
+    def response(self, resp: httpx.Response) -> httpx.Response:
+        """``resp`` with its body, decoded (its content encoding is dropped: done)."""
+        headers = [(k, v) for k, v in resp.headers.multi_items() if k.lower() != "content-encoding"]
+        return httpx.Response(
+            resp.status_code, headers=headers, content=b"".join(self._parts), request=resp.request
+        )
+
+
 def _undecodable(node: str, exc: httpx.DecodingError) -> ProofError:
     """An answer whose bytes cannot be decoded as it says (a corrupt gzip body, say)."""
     return ProofError(f"{node} sent an answer that cannot be decoded: {exc}")
@@ -1780,18 +1818,21 @@ class Client(_Core):
         headers = {"content-type": req.content_type} if req.content_type else None
         extra: dict[str, Any] = {"auth": self._auth} if req.signed else {}
         try:
-            resp = self._http.request(
-                req.method,
-                req.path,
-                params=req.params,
-                content=req.content,
-                headers=headers,
-                **extra,
+            request = self._http.build_request(
+                req.method, req.path, params=req.params, content=req.content, headers=headers
             )
+            streamed = self._http.send(request, stream=True, **extra)
+            try:
+                body = _AnswerReader(self.node)
+                for chunk in streamed.iter_bytes():
+                    body.add(chunk)
+            finally:
+                streamed.close()
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
         except httpx.DecodingError as exc:
             raise _undecodable(self.node, exc) from exc
+        resp = body.response(streamed)
         _raise_for_problem(resp)
         return resp
 
@@ -2333,18 +2374,21 @@ class AsyncClient(_Core):
         headers = {"content-type": req.content_type} if req.content_type else None
         extra: dict[str, Any] = {"auth": self._auth} if req.signed else {}
         try:
-            resp = await self._http.request(
-                req.method,
-                req.path,
-                params=req.params,
-                content=req.content,
-                headers=headers,
-                **extra,
+            request = self._http.build_request(
+                req.method, req.path, params=req.params, content=req.content, headers=headers
             )
+            streamed = await self._http.send(request, stream=True, **extra)
+            try:
+                body = _AnswerReader(self.node)
+                async for chunk in streamed.aiter_bytes():
+                    body.add(chunk)
+            finally:
+                await streamed.aclose()
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
         except httpx.DecodingError as exc:
             raise _undecodable(self.node, exc) from exc
+        resp = body.response(streamed)
         _raise_for_problem(resp)
         return resp
 

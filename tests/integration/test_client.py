@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import hashlib
 import os
 import threading
@@ -1025,6 +1026,41 @@ def test_an_answer_that_cannot_be_decoded_is_a_proof_error_not_a_traceback() -> 
             client.health()
         with pytest.raises(ProofError, match="cannot be decoded"):
             client.verify_checkpoint(0)
+
+
+def test_an_answer_that_never_ends_is_refused_not_held(tmp_path: Path) -> None:
+    """A server that answers 200 and sends ``{}`` lines for ever: the SDK stops at
+    its answer limit with one of its errors instead of filling the memory."""
+    import socketserver
+
+    class Endless(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            self.wfile.write(b"Transfer-Encoding: chunked\r\n\r\n")
+            chunk = b"{}\n" * 20_000
+            frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+            with contextlib.suppress(OSError):
+                while True:
+                    self.wfile.write(frame)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with Client(url) as client, pytest.raises(Error, match="an answer of more than"):
+            client.health()
+
+        async def scenario() -> None:
+            async with AsyncClient(url) as client:
+                await client.health()
+
+        with pytest.raises(Error, match="an answer of more than"):
+            asyncio.run(scenario())
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_answers_of_something_that_is_not_a_node_are_not_believed() -> None:
