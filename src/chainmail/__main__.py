@@ -1,5 +1,5 @@
 """``python -m chainmail`` runs the command line."""
 
-from chainmail.cli import main
+from chainmail.console import main
 
 main()

@@ -418,3 +418,25 @@ def test_a_usage_error_is_one_line_and_exit_2(cli: Cli, args: list[str], said: s
 def test_no_arguments_still_show_the_help(cli: Cli) -> None:
     result = cli()
     assert result.code == 2 and "Usage: " in result.out and "Commands" in result.out
+
+
+@pytest.mark.parametrize("after", [0.05, 0.2])
+def test_ctrl_c_while_the_command_line_starts_is_exit_130_without_a_traceback(
+    home: Path, after: float
+) -> None:
+    import signal
+    import time
+
+    script = str(Path(sys.executable).parent / "chainmail")
+    proc = subprocess.Popen(
+        [script, "keys", "list"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "CHAINMAIL_HOME": str(home)},
+    )
+    time.sleep(after)  # the imports take most of a short command's time
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 130), (proc.returncode, err)
