@@ -534,6 +534,27 @@ class MemoryFeed:
             yield
 
 
+def _follows(
+    msg: dict[str, Any], before: tuple[str, dict[str, Any]] | None, base: ssb.FeedState | None
+) -> None:
+    """Raise ``TypeError`` unless ``msg`` is the next message of the copy read so far: the
+    sequence after, naming the one before as its ``previous``, by the same author."""
+    if before is not None:
+        prior_id, prior = before
+        expected, previous = prior["sequence"] + 1, prior_id
+        if msg.get("author") != prior.get("author"):
+            raise TypeError(f"a message by {msg.get('author')!r} in {prior.get('author')}'s feed")
+    elif base is not None:
+        expected, previous = base.sequence + 1, base.id
+    else:
+        expected, previous = 1, None
+    if msg["sequence"] != expected or msg.get("previous") != previous:
+        raise TypeError(
+            f"sequence {msg['sequence']} does not follow the copy's {expected - 1}"
+            " (a second writer that did not see this copy's messages, or an edit)"
+        )
+
+
 class FileFeed(MemoryFeed):
     """A feed copy as JSON lines: one signed message a line, or ``{"base": {id, sequence}}``.
 
@@ -655,6 +676,7 @@ class FileFeed(MemoryFeed):
                 else:
                     if type(value.get("sequence")) is not int:
                         raise TypeError("expected a signed message with its sequence")
+                    _follows(value, messages[-1] if messages else None, base)
                     messages.append((ssb.message_id(value), value))
             except (
                 orjson.JSONDecodeError,

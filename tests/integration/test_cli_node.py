@@ -393,7 +393,16 @@ def test_a_block_missing_its_fields_still_prints(cli: Cli, node_url: str, block:
 
 @pytest.mark.parametrize(
     "line",
-    ['"str"', "[1]", "{}", '{"type": "post"}', '{"base": {"id": "%x", "sequence": "2"}}'],
+    [
+        '"str"',
+        "[1]",
+        "{}",
+        '{"type": "post"}',
+        '{"base": {"id": "%x", "sequence": "2"}}',
+        # Not the next message of the feed: an edit, or a second writer's fork.
+        '{"sequence": 7, "author": "@someone"}',
+        '{"sequence": -5}',
+    ],
 )
 def test_a_local_feed_copy_that_is_not_one_is_one_line(cli: Cli, line: str) -> None:
     # A line of the feed copy that is JSON but no message (nor base) was a
