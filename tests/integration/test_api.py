@@ -767,12 +767,13 @@ def test_connections_that_announce_bodies_and_send_none_lock_nobody_out(tmp_path
                 conn.close()
 
 
-def test_serve_refuses_a_body_idle_timeout_that_is_not_positive(tmp_path: Path) -> None:
+@pytest.mark.parametrize("option", ["--body-idle-timeout", "--block-interval"])
+def test_serve_refuses_a_period_that_is_not_a_positive_number(tmp_path: Path, option: str) -> None:
     import subprocess
     import sys
 
-    for value in ("0", "-1", "nan"):
-        args = ["serve", "--data", str(tmp_path), "--body-idle-timeout", value]
+    for value in ("0", "-1", "nan") + (("inf",) if option == "--block-interval" else ()):
+        args = ["serve", "--data", str(tmp_path), option, value]
         done = subprocess.run(
             [sys.executable, "-m", "chainmail", *args],
             capture_output=True,
@@ -781,4 +782,4 @@ def test_serve_refuses_a_body_idle_timeout_that_is_not_positive(tmp_path: Path) 
         )
         assert done.returncode != 0
         last = done.stderr.strip().splitlines()[-1]
-        assert "--body-idle-timeout: expected a positive number" in last, last
+        assert f"{option}: expected a positive number" in last, last

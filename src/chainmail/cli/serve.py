@@ -368,7 +368,7 @@ def serve(
     )
     if not 0 < port < 65536:
         raise Error(f"--port: expected 1 to 65535, got {port}", code="invalid_format")
-    if not block_interval > 0:
+    if not 0 < block_interval < math.inf:  # inf: a node that never makes a block
         raise Error(
             f"--block-interval: expected a positive number of seconds, got {block_interval}",
             code="invalid_format",
