@@ -205,6 +205,14 @@ class _InboxCursor:
         """Whether the stream that just closed should be opened again."""
         return self.gave or time.monotonic() - self.opened_at >= _STREAM_RESUME_AFTER_S
 
+    def failure(self, node: str, url: str, exc: Exception) -> Error | None:
+        """What a stream's ``exc`` raises: None when the stream is opened again."""
+        if isinstance(exc, websockets.exceptions.InvalidStatus):
+            return _ws_refused(url, exc)
+        if isinstance(exc, websockets.exceptions.ConnectionClosed) and self.resumable():
+            return None
+        return _unreachable(node, exc)
+
 
 def _acknowledged(feed: LocalFeed) -> int:
     """The highest sequence a node accepted, where the copy keeps it (``MemoryFeed``)."""
@@ -397,7 +405,7 @@ def _inbox_entry(value: object) -> InboxEntry:
 
 
 class _LineSplitter:
-    """NDJSON lines out of a body's chunks, split at ``\n`` only.
+    """The non-blank NDJSON lines of a body's chunks, split at ``\n`` only.
 
     Not httpx's ``iter_lines``: it splits text at every Unicode line break,
     and U+2028, U+2029 or U+0085 may stand unescaped inside a JSON string (a
@@ -414,7 +422,8 @@ class _LineSplitter:
         lines: list[bytes] = []
         start = 0
         while (end := pending.find(b"\n", start)) >= 0:
-            lines.append(bytes(pending[start:end]))
+            if pending[start:end].strip():
+                lines.append(bytes(pending[start:end]))
             start = end + 1
         del pending[:start]
         if len(pending) > _WS_MAX_SIZE:
@@ -423,7 +432,7 @@ class _LineSplitter:
 
     def end(self) -> list[bytes]:
         last, self._pending = bytes(self._pending), bytearray()
-        return [last] if last else []
+        return [last] if last.strip() else []
 
 
 def _firehose_entry(line: bytes) -> FirehoseEntry:
@@ -690,17 +699,19 @@ class FileFeed(MemoryFeed):
         self._acked = self._read_acked()
         self._stamp = self._current_stamp()
 
-    def _write(self, lines: Sequence[bytes], *, replace: bool) -> None:
+    def _write(self, lines: Sequence[bytes], *, replace: bool, to: Path | None = None) -> None:
+        """Append ``lines`` to the file (or ``to``), or replace it with them; synced."""
+        target = self.path if to is None else to
         try:
             if replace:
-                tmp = self.path.with_name(self.path.name + ".tmp")
+                tmp = target.with_name(target.name + ".tmp")
                 with tmp.open("wb") as f:
                     f.write(b"".join(lines))
                     f.flush()
                     os.fsync(f.fileno())
-                tmp.replace(self.path)
+                tmp.replace(target)
             else:
-                with self.path.open("ab") as f:
+                with target.open("ab") as f:
                     f.write(b"".join(lines))
                     f.flush()
                     os.fsync(f.fileno())
@@ -774,18 +785,7 @@ class FileFeed(MemoryFeed):
         return int(text) if text.isdigit() and len(text) < 20 else 0
 
     def _write_acked(self) -> None:
-        path = self._acked_path()
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with tmp.open("w", encoding="ascii") as f:
-                f.write(f"{self._acked}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(path)
-        except OSError as exc:
-            raise StorageError(f"local feed {self.path}: {exc}") from exc
-        self._next_generation()
-        self._stamp = self._current_stamp()
+        self._write([b"%d\n" % self._acked], replace=True, to=self._acked_path())
 
 
 def feed_path(directory: Path, fid: str) -> Path:
@@ -1045,9 +1045,6 @@ class _Core:
         self.feed = feed
         # Highest sequence of our feed the node is known to have; None until asked.
         self._sent: int | None = None
-        #: The local head when the node said it has none of our feed: the messages up to
-        #: it may be accepted elsewhere (another node), so a refusal here drops none of them.
-        self._unknown_upto = 0
         # Channel keys opened so far: channel id -> (key, tx of the channel).
         self._channel_keys: dict[str, tuple[bytes, str | None]] = {}
 
@@ -1158,11 +1155,8 @@ class _Core:
         me = self._keys().id
         remote = yield from self._head_flow(me)
         local = feed.head()
-        self._unknown_upto = 0
         if remote is None:
             self._sent = 0
-            # What a node accepted may be another node's only: none of it is dropped here.
-            self._unknown_upto = _acknowledged(feed)
             return
         if local is None or remote.sequence > local.sequence:
             if local is not None:
@@ -1194,26 +1188,22 @@ class _Core:
         if exc.code in _DIVERGED:
             self._sent = None  # ask the node again next time
             return exc
-        if int(msg["sequence"]) <= self._unknown_upto:
-            # A node that never had this feed refused a message the copy held
-            # before: it may be another node's (a tx only that one knows), which
-            # took it. Nothing is dropped; the copy stays as it was.
-            self._sent = None
-            again = type(exc)(
-                exc.detail + " (this node had none of the feed: the local copy is kept as it was)",
-                code=exc.code,
-            )
-            again.__cause__ = exc
-            again.dropped = []  # type: ignore[attr-defined]
-            return again
         feed = self._feed()
+        sequence = int(msg["sequence"])
         # At once where the copy allows it: a message signed in between by another
         # thread or process would be dropped without being handed back.
         together = feed.locked() if isinstance(feed, MemoryFeed) else contextlib.nullcontext()
         with together:
-            lost = feed.after(int(msg["sequence"]) - 1)
-            dropped = feed.truncate(int(msg["sequence"]))
-        note = f" (dropped {dropped} unsent message(s) from the local feed copy)"
+            if sequence <= _acknowledged(feed):
+                # A node took it (another node, say, with a tx only it knows):
+                # never dropped. This node is asked for the feed again next time.
+                self._sent = None
+                lost = []
+                note = " (a node accepted it before: the local copy is kept as it was)"
+            else:
+                lost = feed.after(sequence - 1)
+                dropped = feed.truncate(sequence)
+                note = f" (dropped {dropped} unsent message(s) from the local feed copy)"
         again = type(exc)(exc.detail + note, code=exc.code)
         again.__cause__ = exc
         # What was lost, so the caller can publish what still makes sense again.
@@ -2039,13 +2029,10 @@ class Client(_Core):
                         if ack:
                             ws.send(_ack_frame(entry.id))
                     return  # the node ended the stream cleanly: it is stopping
-            except websockets.exceptions.InvalidStatus as exc:
-                raise _ws_refused(url, exc) from exc
-            except websockets.exceptions.ConnectionClosed as exc:
-                if not cursor.resumable():
-                    raise _unreachable(self.node, exc) from exc
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
-                raise _unreachable(self.node, exc) from exc
+                failure = cursor.failure(self.node, url, exc)
+                if failure is not None:
+                    raise failure from exc
 
     def _inbox_pages(self, ack: bool, limit: int) -> Generator[InboxEntry, None, None]:
         seen: set[int] = set()
@@ -2081,11 +2068,9 @@ class Client(_Core):
                 lines = _LineSplitter()
                 for chunk in resp.iter_bytes():
                     for line in lines.feed(chunk):
-                        if line.strip():
-                            yield _firehose_entry(line)
-                for line in lines.end():
-                    if line.strip():
                         yield _firehose_entry(line)
+                for line in lines.end():
+                    yield _firehose_entry(line)
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
         except httpx.DecodingError as exc:
@@ -2625,13 +2610,10 @@ class AsyncClient(_Core):
                         if ack:
                             await ws.send(_ack_frame(entry.id))
                     return  # the node ended the stream cleanly: it is stopping
-            except websockets.exceptions.InvalidStatus as exc:
-                raise _ws_refused(url, exc) from exc
-            except websockets.exceptions.ConnectionClosed as exc:
-                if not cursor.resumable():
-                    raise _unreachable(self.node, exc) from exc
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
-                raise _unreachable(self.node, exc) from exc
+                failure = cursor.failure(self.node, url, exc)
+                if failure is not None:
+                    raise failure from exc
 
     async def firehose(
         self, start: int = 0, *, pipeline: int = 0, follow: bool = False
@@ -2649,11 +2631,9 @@ class AsyncClient(_Core):
                 lines = _LineSplitter()
                 async for chunk in resp.aiter_bytes():
                     for line in lines.feed(chunk):
-                        if line.strip():
-                            yield _firehose_entry(line)
-                for line in lines.end():
-                    if line.strip():
                         yield _firehose_entry(line)
+                for line in lines.end():
+                    yield _firehose_entry(line)
         except httpx.TransportError as exc:
             raise _unreachable(self.node, exc) from exc
         except httpx.DecodingError as exc:
