@@ -667,28 +667,29 @@ class NonceCache:
             del self._expiry[key]
             signer.remove(nonce)
             self._count(signer, -1)
-        oldest = next(iter(self._expiry.values()), now)
         if (
             signer.source
             and len(self) >= self._pressure
-            and self._sources.get(signer.source, 0) >= self._source_share
+            and self.held_by(signer.source) >= self._source_share
         ):
-            self._settle(signer)
-            raise RateLimited(
-                "too many signed requests from this address in the replay window",
-                retry_after=float(max(1, oldest - now + 1)),
-            )
+            raise self._refusal(signer, "from this address ", now)
         if len(self) >= self._max_entries and not self._drop_heaviest():
-            self._settle(signer)
-            raise RateLimited(
-                "too many signed requests in the replay window",
-                retry_after=float(max(1, oldest - now + 1)),
-            )
+            raise self._refusal(signer, "", now)
         self._expiry[key] = now + self._ttl
         signer.nonces.append(nonce)
         self._count(signer, 1)
         self._settle(signer)
         return False
+
+    def _refusal(self, signer: _Signer, whence: str, now: int) -> RateLimited:
+        """A new nonce of ``signer`` refused (it leaves nothing behind), retried once the
+        oldest entry ends."""
+        self._settle(signer)
+        oldest = next(iter(self._expiry.values()), now)
+        return RateLimited(
+            f"too many signed requests {whence}in the replay window",
+            retry_after=float(max(1, oldest - now + 1)),
+        )
 
     def _drop_heaviest(self) -> bool:
         """Room made by dropping the older half of the heaviest key's nonces."""
