@@ -160,7 +160,9 @@ async def read_limited(
     size = 0
     while True:
         try:
-            message = await asyncio.wait_for(receive(), idle_timeout)
+            # A timeout scope, not ``wait_for``: no task a chunk on the ingest path.
+            async with asyncio.timeout(idle_timeout):
+                message = await receive()
         except TimeoutError:
             raise InvalidRequest(
                 f"nothing of the request body arrived for {idle_timeout:g} s"
