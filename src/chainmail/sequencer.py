@@ -166,13 +166,6 @@ def _witnessing(body: bytes) -> bool:
     return b'"block/sign"' in body and is_signature(orjson.loads(body).get("content"))
 
 
-def _block_time(body: bytes) -> int:
-    """The ``time`` of a stored block message (0 if it has none: then nothing is held to it)."""
-    content = orjson.loads(body).get("content")
-    time = content.get("time") if isinstance(content, dict) else None
-    return time if type(time) is int else 0
-
-
 def _kind(content: object) -> object:
     return content.get("type") if isinstance(content, dict) else None
 
@@ -325,8 +318,6 @@ class Sequencer:
         #: (height, id) of the newest block in the log, so building the next one
         #: need not wait for the projector to read it back from the store.
         self._latest_block: tuple[int, str] | None = None
-        #: The latest block's ``time``: a new block's is never earlier (``_block_message``).
-        self._latest_block_time = 0
         #: The latest time the node logged at (``_now``): where the log leaves off.
         self._last_now = max(
             (
@@ -361,7 +352,6 @@ class Sequencer:
         replayed = self._replay(checked_cursors(self.log, self.store))
         latest = self.store.latest_block()
         self._latest_block = None if latest is None else (latest.height, latest.id)
-        self._latest_block_time = 0 if latest is None else _block_time(latest.body)
         if self.stages is not None and latest is not None:
             self.stages.see_top(latest.height)  # sealed blocks are not loaded into it
         if replayed:
@@ -879,7 +869,6 @@ class Sequencer:
         )
         if self._latest_block is None or height > self._latest_block[0]:
             self._latest_block = (height, msg_id)
-            self._latest_block_time = int(body_content["time"])
 
     def _closed(self, tx: txs.Tx) -> None:
         self.open.pop(tx.id, None)
@@ -1174,14 +1163,11 @@ class Sequencer:
         return None if head is None else ssb.FeedState(id=head.id, sequence=head.sequence)
 
     def _block_message(self, sealed: SealedRecords) -> ssb.Checked:
-        # Never before the previous block nor before a tx it seals closed, which
-        # verifiers check (``blocks.verify_block``, ``verify_records``): after the
-        # node's clock stepped back, a block takes the latest of those instead.
-        now = max(
-            self._now(),
-            self._latest_block_time,
-            max((int(r["closed"]) for r in sealed.records), default=0),
-        )
+        # Never before a tx it seals closed, which verifiers check
+        # (``blocks.verify_records``): a timeout may be decided at a clock that
+        # then stepped back. Nor before the previous block (``verify_block``):
+        # ``_now`` never goes below the log's latest time, which is past it.
+        now = max(self._now(), max((int(r["closed"]) for r in sealed.records), default=0))
         latest = self._latest_block
         height = 1 if latest is None else latest[0] + 1
         logs = [
