@@ -62,11 +62,11 @@ __all__ = [
     "KeyInfo",
     "Keystore",
     "default_home",
-    "fsync_dir",
     "parse_secret_text",
     "passphrase_from_env_or_prompt",
     "read_secret_file",
     "validate_name",
+    "write_private_file",
 ]
 
 #: Value of the envelope's ``chainmail`` field.
@@ -450,30 +450,16 @@ class Keystore:
             # mkdir's mode is filtered by the umask and ignored for an existing
             # directory; the keys directory must end up private either way.
             self.keys_dir.chmod(_DIR_MODE)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         except OSError as exc:
             raise KeystoreError(f"cannot write to {self.keys_dir}: {exc.strerror or exc}") from exc
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), _FILE_MODE)
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if force:
-                os.replace(tmp, path)
-            else:
-                # link() fails if the name exists, so two concurrent `new` calls
-                # cannot both win (exists() above is only the friendly check).
-                _link_new(tmp, path)
-            fsync_dir(path.parent)
+            # Without force, two concurrent `new` calls cannot both win (exists()
+            # above is only the friendly check).
+            write_private_file(path, data, replace=force)
         except FileExistsError as exc:
             raise KeystoreError(_exists_message(path.name[: -len(_SUFFIX)], path)) from exc
         except OSError as exc:
             raise KeystoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
 
 # -- envelopes ----------------------------------------------------------------------
@@ -606,6 +592,31 @@ def _exists_message(name: str, path: Path) -> str:
     return f"key {name!r} already exists ({path}); use --force to replace it"
 
 
+def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """``data`` as the file ``path`` (mode 0600), whole or not at all, durably: written
+    to a temporary file beside it, synced, then named ``path`` and the directory synced.
+
+    Without ``replace`` an existing ``path`` stays and ``FileExistsError`` is raised
+    (the name is taken by a link, so two writers cannot both win). Raises ``OSError``.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _FILE_MODE)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def _link_new(tmp: Path, path: Path) -> None:
     """Give ``tmp`` the name ``path`` unless ``path`` exists; raises ``FileExistsError``."""
     try:
@@ -624,7 +635,7 @@ def _link_new(tmp: Path, path: Path) -> None:
     tmp.unlink()
 
 
-def fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: Path) -> None:
     """Make a rename (or link) into ``directory`` durable, where the platform can."""
     # Not every platform can open a directory.
     try:

@@ -38,7 +38,7 @@ from chainmail.ids import BlobId, blob_id
 from chainmail.inboxfeed import DEFAULT_LIMIT, InboxFeed
 from chainmail.ingest import DEFAULT_MAX_BATCH, Ingest, Sequenced
 from chainmail.keys import Keypair
-from chainmail.keystore import fsync_dir, read_secret_file
+from chainmail.keystore import read_secret_file, write_private_file
 from chainmail.log import Log, LogEntry
 from chainmail.priority import VERIFY_NICE
 from chainmail.ratelimit import IDENTITY_BURST, IDENTITY_RATE
@@ -140,9 +140,8 @@ def load_identity(path: Path, *, log: Path | None = None) -> Keypair:
     """The node's key from its SSB secret file, created (mode 0600) on first use.
 
     The file is read as ssb-keys writes it (``#`` comment lines allowed). A
-    new one is written whole or not at all: to a temporary file, synced, then
-    linked into place and its directory synced, so a crash never leaves an
-    empty key. When ``path`` is missing but ``log`` (the node's log file)
+    new one is written whole or not at all (``keystore.write_private_file``),
+    so a crash never leaves an empty key. When ``path`` is missing but ``log`` (the node's log file)
     holds data, no new key is made: that log is signed with the lost one, and
     a new key would be another node. Raises ``StorageError`` (naming the file)
     for a key file that cannot be read or is not a key, and for that case.
@@ -159,18 +158,8 @@ def load_identity(path: Path, *, log: Path | None = None) -> Keypair:
         )
     keys = Keypair.generate()
     body = json.dumps(keys.to_ssb_secret(), indent=2) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # a crash's leftover: never linked, so never used
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # fails if another start made one meanwhile
-        tmp.unlink()
-        fsync_dir(path.parent)
+        write_private_file(path, body.encode("utf-8"))
     except OSError as exc:
         raise StorageError(f"cannot write the node's key {path}: {exc}") from exc
     return keys
