@@ -53,9 +53,14 @@ CASES = int(os.environ.get("CHAINMAIL_HOSTILE_CASES", "0"))
 
 @dataclass
 class Recording:
-    """The real node's answers, by request, and what the calls need to know."""
+    """The real node's answers to each call, by request, and what the calls need to know.
 
-    answers: dict[Key, Answer] = field(default_factory=dict)
+    Kept a call apart: a call that writes (a publish, an ack) makes the node seal
+    a block, and answers recorded on either side of it (a checkpoint, a proof
+    under the block before) do not fit together in one replay.
+    """
+
+    answers: dict[str, dict[Key, Answer]] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     alice: Keypair = field(default_factory=Keypair.generate)
     bob: Keypair = field(default_factory=Keypair.generate)
@@ -130,7 +135,11 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
         for name, call in CALLS.items():
             keys = rec.bob if name.startswith("inbox") or name == "ack" else rec.alice
             with Client(
-                server.url, keys, feed=MemoryFeed(), clock=_clock, transport=Recorder(rec.answers)
+                server.url,
+                keys,
+                feed=MemoryFeed(),
+                clock=_clock,
+                transport=Recorder(rec.answers.setdefault(name, {})),
             ) as client:
                 try:
                     call(client, rec.facts)
@@ -221,7 +230,7 @@ def test_a_malformed_answer_is_refused_with_one_of_our_errors(
         ) as c:
             await _call_async(c, name, recording.facts)
 
-    honest = Liar(recording.answers)
+    honest = Liar(recording.answers[name])
     assert run(honest) is None, f"{name} fails on the recorded answers"
     cases = [
         (i, label, change)
@@ -234,7 +243,7 @@ def test_a_malformed_answer_is_refused_with_one_of_our_errors(
         cases = random.Random(name).sample(cases, most)
     crashes = []
     for i, label, change in cases:
-        outcome = run(Liar(recording.answers, i, change))
+        outcome = run(Liar(recording.answers[name], i, change))
         if outcome is not None and not isinstance(outcome, Error):
             path = honest.served[i][0][1]
             crashes.append(f"answer {i} ({path}) {label}: {type(outcome).__name__}: {outcome}")
