@@ -213,13 +213,19 @@ def check(anchor: dict[str, Any], block_id: str, proof: bytes) -> list[Attested]
 
 
 def check_message(
-    message: dict[str, Any], node_id: str, height: int, block_id: str, proof: bytes
+    message: dict[str, Any],
+    node_id: str,
+    height: int,
+    block_id: str,
+    proof: bytes,
+    hmac_key: bytes | None = None,
 ) -> tuple[dict[str, Any], list[Attested]]:
-    """A signed ``anchor`` message held to its block and proof: signed by ``node_id``, of
-    block ``height`` (whose id is ``block_id``), ``proof`` its ``.ots`` blob (``check``).
+    """A signed ``anchor`` message held to its block and proof: signed by ``node_id`` (under
+    the network's ``hmac_key``, if any), of block ``height`` (whose id is ``block_id``),
+    ``proof`` its ``.ots`` blob (``check``).
     Returns its content and the attestations. ``ProofError`` when it does not hold,
     ``InvalidMessage`` when the message does not verify at all."""
-    checked = ssb.check(message)
+    checked = ssb.check(message, hmac_key)
     if checked.author != node_id:
         raise ProofError(f"anchor {checked.id}: expected author {node_id}, got {checked.author}")
     content = checked.content

@@ -127,7 +127,12 @@ def audit_node(
         raise ProofError(
             f"node identity: expected node {node_id} (pinned), /healthz names {reported!r}"
         )
-    auditor = Auditor(node_id or str(reported), grace_ms=int(grace * 1000), pipelines=pipelines)
+    auditor = Auditor(
+        node_id or str(reported),
+        grace_ms=int(grace * 1000),
+        pipelines=pipelines,
+        hmac_key=client.hmac_key,
+    )
     summary = AuditSummary(auditor.node_id, mirrors=[m.node for m in mirrors])
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="audit") as pool:
         run = _Run(client, auditor, pipelines, pool, summary, on_finding, bitcoin=bitcoin)

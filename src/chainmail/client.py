@@ -1697,6 +1697,7 @@ class _Core:
                 witnesses=pinned,
                 threshold=threshold,
                 now=_now_ms(),
+                hmac_key=self.hmac_key,
             )
         )
 

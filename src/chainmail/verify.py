@@ -344,6 +344,8 @@ class _BlockCache:
     fetched: dict[int, _Fetched] = field(default_factory=dict)
     #: The verifier's clock (ms) a block's time may not be far ahead of; None: unchecked.
     now: int | None = None
+    #: The network's HMAC key (DESIGN §2) the node's own messages are signed under.
+    hmac_key: bytes | None = None
 
 
 def _fetch_block(height: int, cache: _BlockCache) -> Flow[_Fetched]:
@@ -379,7 +381,7 @@ def _block_flow(checks: _Checks, node: NodeInfo, height: int, cache: _BlockCache
         previous, _, _, _ = yield from _fetch_block(height - 1, cache)
 
     def signature() -> str:
-        checked = ssb.check(message)
+        checked = ssb.check(message, cache.hmac_key)
         if checked.author != node.id:
             raise ProofError(f"expected author {node.id}, got {checked.author}")
         return f"{_short(checked.id)} signed by the node"
@@ -388,7 +390,9 @@ def _block_flow(checks: _Checks, node: NodeInfo, height: int, cache: _BlockCache
     verified: list[blocks.BlockInfo] = []
 
     def link() -> str:
-        info = blocks.verify_block(message, node.id, previous=previous, now=cache.now)
+        info = blocks.verify_block(
+            message, node.id, previous=previous, now=cache.now, hmac_key=cache.hmac_key
+        )
         if info.height != height:
             raise ProofError(f"expected height {height}, got {info.height}")
         verified.append(info)
@@ -602,16 +606,26 @@ def message_flow(
     checks = _Checks(f"message {msg_id}", progress)
     node = yield from _node_info_flow(checks, node_id)
     message = yield from _signed_message_flow(checks, msg_id, "message", hmac_key)
-    yield from _included_flow(checks, node, msg_id, message, now)
+    yield from _included_flow(checks, node, msg_id, message, now, hmac_key)
     return checks.report
 
 
 def _included_flow(
-    checks: _Checks, node: NodeInfo, msg_id: str, message: dict[str, Any], now: int | None
+    checks: _Checks,
+    node: NodeInfo,
+    msg_id: str,
+    message: dict[str, Any],
+    now: int | None,
+    hmac_key: bytes | None,
 ) -> Flow[None]:
     """A checked message's inclusion under its block, and the log's current checkpoint."""
     included = yield from _inclusion_flow(
-        checks, node, msg_id, "log inclusion", _BlockCache(now=now), message.get("author")
+        checks,
+        node,
+        msg_id,
+        "log inclusion",
+        _BlockCache(now=now, hmac_key=hmac_key),
+        message.get("author"),
     )
     since = included.block.info.log(included.pipeline)
     yield from _checkpoint_flow(checks, node, included.pipeline, since)
@@ -664,7 +678,7 @@ def document_flow(
         return f"{len(document)} bytes hashing to {_short(blob_id(document))}{called}, as signed"
 
     checks.run("document", same)
-    yield from _included_flow(checks, node, msg_id, message, now)
+    yield from _included_flow(checks, node, msg_id, message, now, hmac_key)
     return checks.report
 
 
@@ -702,7 +716,7 @@ def tx_flow(
             " until a block seals it"
         )
     checks.passed("tx sealed", f"{summary.get('status')} in block {height}, as the node says")
-    cache = _BlockCache(now=now)
+    cache = _BlockCache(now=now, hmac_key=hmac_key)
     block = yield from _block_flow(checks, node, height, cache)
 
     what = f"record proof of {tx_id}"
@@ -806,6 +820,7 @@ def block_flow(
     witnesses: Sequence[str] | None = None,
     threshold: int | None = None,
     now: int | None = None,
+    hmac_key: bytes | None = None,
 ) -> Flow[Report]:
     """Verify block ``height``: signature, prev link, records blob, consistency, checkpoints,
     and, with ``anchor``, its Bitcoin anchor (against the headers ``bitcoin`` gives,
@@ -818,7 +833,7 @@ def block_flow(
     """
     checks = _Checks(f"block {height}", progress)
     node = yield from _node_info_flow(checks, node_id, witnesses=witnesses, threshold=threshold)
-    cache = _BlockCache(now=now)
+    cache = _BlockCache(now=now, hmac_key=hmac_key)
     block = yield from _block_flow(checks, node, height, cache)
 
     checks.status(f"fetching the records blob of block {height}")
@@ -863,11 +878,11 @@ def block_flow(
         checks.run(f"blocks {height - 1}→{height} consistency", consistency)
 
     if node.witnesses:
-        yield from _stages_flow(checks, node, height, block)
+        yield from _stages_flow(checks, node, height, block, cache.hmac_key)
     for entry in block.info.logs:
         yield from _checkpoint_flow(checks, node, entry.pipeline, entry)
     if anchor:
-        yield from _anchor_flow(checks, node, height, block, bitcoin)
+        yield from _anchor_flow(checks, node, height, block, bitcoin, cache.hmac_key)
     return checks.report
 
 
@@ -878,7 +893,7 @@ _LINK_PAGE: Final = 1000
 
 
 def _linked_flow(
-    checks: _Checks, node: NodeInfo, block: _Block, top: int, what: str
+    checks: _Checks, node: NodeInfo, block: _Block, top: int, what: str, hmac_key: bytes | None
 ) -> Flow[blocks.BlockInfo]:
     """Block ``top``, checked to descend from ``block`` by ``prev`` links, every block
     between signed by the node (``GET /v1/blocks`` a page at a time)."""
@@ -902,7 +917,7 @@ def _linked_flow(
         for entry in listed:
             message = _obj(_obj(entry, what).get("message"), what)
             try:
-                info = blocks.verify_block(message, node.id, previous=previous)
+                info = blocks.verify_block(message, node.id, previous=previous, hmac_key=hmac_key)
             except ProofError as exc:
                 checks.fail(what, exc.detail)
             previous = message
@@ -912,7 +927,12 @@ def _linked_flow(
 
 
 def _anchor_flow(
-    checks: _Checks, node: NodeInfo, height: int, block: _Block, headers: Headers | None
+    checks: _Checks,
+    node: NodeInfo,
+    height: int,
+    block: _Block,
+    headers: Headers | None,
+    hmac_key: bytes | None,
 ) -> Flow[None]:
     """The Bitcoin anchor of the block, or of the first anchored block after it (which
     fixes this one by the ``prev`` links between): each ``anchor`` message, its ``.ots``
@@ -927,7 +947,7 @@ def _anchor_flow(
     listed = _field(anchored, "anchors", list, what)
     if top < height or not listed:
         checks.fail(what, f"the node names anchored block {top} with {len(listed)} anchor(s)")
-    info = yield from _linked_flow(checks, node, block, top, what)
+    info = yield from _linked_flow(checks, node, block, top, what, hmac_key)
     if top > height:
         checks.run(
             f"blocks {height}→{top} links",
@@ -945,7 +965,7 @@ def _anchor_flow(
         proof = (yield Request("GET", f"/v1/blobs/{path_id(str(ots_id))}")).content
 
         def step(message: dict[str, Any] = message, proof: bytes = proof) -> str:
-            content, found = anchors.check_message(message, node.id, top, info.id, proof)
+            content, found = anchors.check_message(message, node.id, top, info.id, proof, hmac_key)
             where = []
             for one in found:
                 if headers is None:
@@ -970,7 +990,9 @@ def _anchor_flow(
         checks.run(f"block {top} anchor", step)
 
 
-def _stages_flow(checks: _Checks, node: NodeInfo, height: int, block: _Block) -> Flow[None]:
+def _stages_flow(
+    checks: _Checks, node: NodeInfo, height: int, block: _Block, hmac_key: bytes | None
+) -> Flow[None]:
     """Each stage the node recorded for the block: its message, its witnesses' signatures
     and their root (``witnesses.check_stage``)."""
     what = f"block {height}"
@@ -1007,6 +1029,7 @@ def _stages_flow(checks: _Checks, node: NodeInfo, height: int, block: _Block) ->
                 index=index,
                 witnesses=node.witnesses,
                 threshold=node.threshold,
+                hmac_key=hmac_key,
             )
 
         checks.run(f"block {height} stage {index + 1}", step)

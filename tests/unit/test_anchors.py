@@ -31,9 +31,10 @@ from opentimestamps.core.serialize import (  # type: ignore[import-untyped]
 )
 from opentimestamps.core.timestamp import DetachedTimestampFile  # type: ignore[import-untyped]
 
-from chainmail import anchors
+from chainmail import anchors, ssb
 from chainmail.anchors import Attested, Pending
 from chainmail.errors import InvalidMessage, ProofError
+from chainmail.keys import Keypair
 from support.btcbuild import anchor_tx, block_of, coinbase, filler, placed
 
 GENESIS_HEADER_HEX = (
@@ -477,3 +478,16 @@ def test_check_header_needs_80_bytes(size: int) -> None:
     (found,) = anchors.check(anchored.content, BLOCK_ID, anchored.proof)
     with pytest.raises(ProofError, match=f"80 bytes, not {size}"):
         anchors.check_header(found, (anchored.header * 2)[:size])
+
+
+def test_check_message_verifies_the_anchor_under_the_networks_key() -> None:
+    node = Keypair.generate()
+    net, other = hashlib.sha256(b"net").digest(), hashlib.sha256(b"other").digest()
+    anchored = Anchored()
+    message = ssb.create(node, anchored.content, None, 1_700_000_000_000, net)
+    content, found = anchors.check_message(message, node.id, HEIGHT, BLOCK_ID, anchored.proof, net)
+    assert content == anchored.content
+    assert [a.bitcoin_height for a in found] == [BITCOIN_HEIGHT]
+    for key in (None, other):  # the node's signature holds only on its own network
+        with pytest.raises(InvalidMessage, match="signature does not verify"):
+            anchors.check_message(message, node.id, HEIGHT, BLOCK_ID, anchored.proof, key)
