@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from chainmail.client import FEEDS_DIR, Client, feed_path
+from chainmail import ssb
+from chainmail.client import FEEDS_DIR, Client, NodeUnavailable, feed_path
 from chainmail.keys import Keypair
 from chainmail.verify import path_id
 from support.lying import Rewrite, lying
@@ -170,6 +171,56 @@ def test_send_and_its_input_errors(cli: Cli) -> None:
     shown = cli("firehose", "--json").out.splitlines()
     message = next(json.loads(x)["message"] for x in shown if json.loads(x)["id"] == third["id"])
     assert message["sequence"] == 3
+
+
+def test_a_message_signed_while_the_node_was_down_goes_first_and_is_announced(cli: Cli) -> None:
+    cli.key("dave")
+    home, passphrase = cli.env["CHAINMAIL_HOME"], cli.env["CHAINMAIL_PASSPHRASE"]
+    with Client.from_keystore("dave", passphrase, home, node="http://127.0.0.1:9") as offline:
+        signed = offline.sign({"type": "post", "text": "signed offline"})  # no network
+        with pytest.raises(NodeUnavailable):
+            offline.sync()
+    dave = cli("keys", "show", "dave", "--json").json()["id"]
+    kept = feed_path(Path(home) / FEEDS_DIR, dave)
+    offline_id = ssb.message_id(signed)
+
+    # The node down: the CLI says so, and signs nothing more.
+    down = cli(
+        "send", "--as", "dave", "--type", "post", "--node", "http://127.0.0.1:9", check=False
+    )
+    assert_one_line_error(down, "unavailable")
+    assert "nothing was signed" in down.err
+    assert len(kept.read_text().splitlines()) == 1
+
+    # Up again: the message signed offline goes first, and the CLI says it did.
+    sent = cli("send", "--as", "dave", "--type", "post", "--data", '{"text": "now"}', "--json")
+    assert f"sent {offline_id} first" in sent.err
+    shown = [json.loads(x)["message"] for x in cli("firehose", "--json").out.splitlines()]
+    assert [(m["sequence"], m["content"].get("text")) for m in shown if m["author"] == dave] == [
+        (1, "signed offline"),
+        (2, "now"),
+    ]
+    # Nothing more was pending: the next send announces nothing.
+    assert "first" not in cli("send", "--as", "dave", "--type", "post").err
+
+
+def test_a_node_that_hangs_up_on_a_send_leaves_the_message_kept_and_says_so(
+    cli: Cli, node_url: str
+) -> None:
+    cli.key("erin")
+
+    def hang_up(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        raise ConnectionResetError("the proxy hangs up")
+
+    with lying(node_url, {"/v1/messages": hang_up}) as proxy:
+        run = cli("send", "--as", "erin", "--type", "post", "--node", proxy, check=False)
+    assert_one_line_error(run, "unavailable")
+    assert "1 new message(s) signed and kept in the local feed copy" in run.err
+    assert "the next command that publishes as erin sends them first" in run.err
+    # The node had logged it before the answer was lost: the next send continues the feed.
+    after = cli("send", "--as", "erin", "--type", "post", "--json").json()
+    shown = [json.loads(x) for x in cli("firehose", "--json").out.splitlines()]
+    assert next(x["message"]["sequence"] for x in shown if x["id"] == after["id"]) == 2
 
 
 def test_verify_failure_exits_1(cli: Cli) -> None:

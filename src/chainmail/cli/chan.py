@@ -21,6 +21,7 @@ from chainmail.cli.commands import (
     _parse_object,
     _print_receipt,
     _printable,
+    _publisher,
 )
 from chainmail.cli.doc import FileArg, MimeOpt, NameOpt, OutOpt, bytes_destination, write_bytes_out
 from chainmail.client import DEFAULT_NODE
@@ -56,7 +57,7 @@ def chan_open(
     as_json: JsonOpt = False,
 ) -> None:
     """Open a channel: a fresh key sealed to each member; prints the channel id."""
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         chan = client.open_channel(member, tx=tx, label=label)
     if as_json:
         _echo_json({"chan": chan})
@@ -75,7 +76,7 @@ def chan_send(
 ) -> None:
     """Encrypt a JSON object for the channel's members and post it; prints the message id."""
     fields = _parse_object(data, "--data")
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         _print_receipt(client.channel_send(chan, fields), as_json, "chan/msg")
 
 
@@ -127,7 +128,7 @@ def chan_share(
     as_json: JsonOpt = False,
 ) -> None:
     """Give readers the channel's key, so they can read its whole history (members only)."""
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         _print_receipt(client.channel_share(chan, with_), as_json, "chan/share")
 
 
@@ -149,7 +150,7 @@ def chan_send_doc(
     learn only its size), and a channel message gives the members its name, type and
     SHA-256. Members fetch it with `chan get-doc`.
     """
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         sent = client.channel_send_document(chan, file, name=name, mime=mime)
     if as_json:
         _echo_json(

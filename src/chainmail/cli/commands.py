@@ -26,7 +26,15 @@ from rich.text import Text
 
 from chainmail import anchors, ssb
 from chainmail.cli._app import app
-from chainmail.client import DEFAULT_NODE, NODE_ENV, Client, Receipt, Report, VerificationFailed
+from chainmail.client import (
+    DEFAULT_NODE,
+    NODE_ENV,
+    Client,
+    NodeUnavailable,
+    Receipt,
+    Report,
+    VerificationFailed,
+)
 from chainmail.content import MAX_SAFE_INTEGER
 from chainmail.errors import Error, InvalidMessage, ProofError
 from chainmail.ids import is_feed_id
@@ -202,6 +210,46 @@ def _client(
     return Client.from_keystore(name, home=home, node=node, node_id=node_id)
 
 
+@contextmanager
+def _publisher(node: str, name: str, home: Path | None) -> Iterator[Client]:
+    """A client that publishes as keystore identity ``name``.
+
+    It first sends what an earlier command signed but could not send (the node
+    was down), and says so: nothing goes out unannounced. When the node cannot
+    be reached while the command publishes, the error says which messages are
+    signed and kept in the local feed copy for the next such command.
+    """
+    with _client(node, name, home) as client:
+        try:
+            earlier = client.sync()
+        except NodeUnavailable as exc:
+            raise NodeUnavailable(f"{exc.detail} (nothing was signed)") from None
+        for receipt in earlier:
+            _err().print(
+                Text(
+                    f"sent {receipt.id} first, signed by an earlier command that could not"
+                    f" send it (logged at {receipt.pipeline}:{receipt.index})",
+                    style="dim",
+                )
+            )
+        before = _local_sequence(client)
+        try:
+            yield client
+        except NodeUnavailable as exc:
+            kept = _local_sequence(client) - before
+            if not kept:
+                raise
+            raise NodeUnavailable(
+                f"{exc.detail}; {kept} new message(s) signed and kept in the local feed copy:"
+                f" the next command that publishes as {name} sends them first"
+            ) from None
+
+
+def _local_sequence(client: Client) -> int:
+    head = client.feed.head() if client.feed is not None else None
+    return 0 if head is None else head.sequence
+
+
 def _print_receipt(
     receipt: Receipt, as_json: bool, what: str, extra: Mapping[str, Any] | None = None
 ) -> None:
@@ -270,7 +318,7 @@ def send(
         body = {"type": type_, **fields}
     else:
         raise InvalidMessage("send: give --type (with --data) or --content")
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         _print_receipt(client.publish(body), as_json, "message")
 
 
@@ -310,7 +358,7 @@ def tx_open(
     extra = _parse_object(data, "--data") if data is not None else None
     if finish not in ("all", "any", "opener"):
         raise InvalidMessage(f"--finish: expected all, any or opener, got {finish!r}")
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         when = parse_deadline(deadline, client.clock())
         tx = client.open_tx(party, when, finish, subject, extra)
     if as_json:
@@ -336,7 +384,7 @@ def tx_note(
 ) -> None:
     """Post a note to a transaction's parties (or only --to); prints the message id."""
     fields = _parse_object(data, "--data")
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         _print_receipt(client.note(tx, fields, to or None), as_json, "tx/note")
 
 
@@ -351,7 +399,7 @@ def tx_finish(
 ) -> None:
     """Declare your part of a transaction done; prints the message id."""
     fields = _parse_object(data, "--data") if data is not None else None
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         _print_receipt(client.finish(tx, fields), as_json, "tx/finish")
 
 

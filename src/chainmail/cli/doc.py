@@ -19,6 +19,7 @@ from chainmail.cli.commands import (
     _client,
     _err,
     _print_receipt,
+    _publisher,
     _verify,
 )
 from chainmail.client import DEFAULT_NODE, read_document
@@ -72,7 +73,7 @@ def doc_notarise(
         if value is not None and not value.strip():
             raise Error(f"{option}: expected some text, got {value!r}", code="invalid_format")
     data, name, mime = read_document(file, name, mime)  # read once: its blob id is said too
-    with _client(node, as_, home) as client:
+    with _publisher(node, as_, home) as client:
         receipt = client.notarise(data, name=name, mime=mime, tx=tx)
     _print_receipt(receipt, as_json, "doc message", {"blob": blob_id(data), "size": len(data)})
 
