@@ -33,6 +33,7 @@ from chainmail.errors import (
     NotFound,
     OperationalError,
     RateLimited,
+    Rejected,
     Unauthorized,
 )
 from chainmail.ids import is_blob_id, is_feed_id, is_msg_id
@@ -486,7 +487,9 @@ def create_app(
 
     def authenticate(request: Request) -> str:
         """The signer of a request without a body (its body, if any, is not read)."""
-        return authenticate_headers(request).check_body(b"")
+        me = authenticate_headers(request).check_body(b"")
+        node.check_live_key(me)
+        return me
 
     # --- ingest -------------------------------------------------------------------------
 
@@ -863,6 +866,10 @@ def create_app(
         "/v1/inbox",
         tags=["inbox"],
         summary="Your unacknowledged deliveries (signed request)",
+        description="Signed with RFC 9421 by the recipient's key (401 `unauthorized` when the "
+        "signature, its `created` window or its nonce does not hold). A key that has rotated "
+        "away (`key/rotate`) reads and acks nothing more: 403 `key_rotated`, naming the new key; "
+        "the same holds for `POST /v1/inbox/ack` and `WS /v1/inbox/stream`.",
         # Read from the raw query: a bad limit is refused before the signature.
         openapi_extra={
             "parameters": [
@@ -907,6 +914,7 @@ def create_app(
         check_media(request.scope, JSON_TYPES)
         async with _body(budget, request, 4 * 1024 * 1024) as body:
             me = signed.check_body(body, require_digest=require_content_digest)
+            node.check_live_key(me)
             ids = _parse_ack(body)
         acked = await node.ack(me, ids)
         return _json({"acked": acked})
@@ -924,7 +932,8 @@ def create_app(
                 nonces=nonces,
                 source=httpsig.client_source(ws.client.host if ws.client else None),
             )
-        except (Unauthorized, RateLimited) as exc:
+            node.check_live_key(me)
+        except (Unauthorized, RateLimited, Rejected) as exc:
             # Refused before the upgrade, as an HTTP 401 (429) problem document like
             # every other error (a close before accepting sends a bare 403).
             await ws.send_denial_response(_problem(exc))

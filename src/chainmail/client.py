@@ -2321,10 +2321,14 @@ def _inbox_frame(frame: str | bytes) -> InboxEntry | None:
 def _ws_refused(url: str, exc: websockets.exceptions.InvalidStatus) -> Error:
     status = exc.response.status_code
     try:
-        detail = str(orjson.loads(exc.response.body or b"{}").get("detail") or "")
+        problem = orjson.loads(exc.response.body or b"{}")
+        detail = str(problem.get("detail") or "")
+        code = problem.get("code")
     except (orjson.JSONDecodeError, AttributeError):
-        detail = ""
+        detail, code = "", None
     why = f": {detail}" if detail else ""
+    if code in _REJECTED_CODES:  # a key rotated away: the signature held, the key is done
+        return Rejected(f"{url}: {detail}", code=str(code))
     if status in (401, 403):
         return Unauthorized(f"{url}: the node refused the signed handshake (HTTP {status}){why}")
     return OperationalError(f"{url}: handshake failed with HTTP {status}{why}")

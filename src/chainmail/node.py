@@ -32,6 +32,7 @@ from chainmail.errors import (
     NotFound,
     OperationalError,
     ProofError,
+    Rejected,
     StorageError,
 )
 from chainmail.ids import BlobId, blob_id
@@ -634,6 +635,17 @@ class Node:
     def verifier_key(self) -> str:
         """The C2SP verifier key string of the node's checkpoints."""
         return checkpoint.verifier_key(self.origin, self.identity.public)
+
+    def check_live_key(self, ident: str) -> None:
+        """Raise ``Rejected`` (``key_rotated``) when ``ident`` has rotated away: its
+        inbox is not for whoever holds the old key (it may be a leaked one)."""
+        seq = self._sequencer
+        new = None if seq is None else seq.registry.rotated_to(ident)
+        if new is not None:
+            raise Rejected(
+                f"{ident} has rotated to {new}: the old key may not read or ack its inbox",
+                code="key_rotated",
+            )
 
     def check_pipeline(self, pipeline: int) -> None:
         """Raise ``NotFound`` unless the log has ``pipeline``."""

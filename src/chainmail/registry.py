@@ -110,6 +110,8 @@ APPLIED_TYPES: Final = frozenset({"about", "attest", "role", "key/rotate"})
 
 #: The content type anyone may post in ``attested`` mode.
 _OPEN_TYPE: Final = "about"
+#: The field of each content type that names who its deliveries go to.
+_NAMING: Final = {"tx/open": "parties", "tx/note": "to", "chan/open": "keys", "chan/share": "keys"}
 
 
 @dataclass(slots=True)
@@ -253,6 +255,8 @@ class Registry:
         self.admission: Admission = admission
         self.node_id = node_id
         self._records: dict[str, _Record] = {}
+        #: The identities that have rotated away (``_check_named``'s fast path).
+        self._rotated: set[str] = set()
         # Orders everything applied, so "newest" survives merges and reloads.
         self._order = 0
 
@@ -389,12 +393,36 @@ class Registry:
                     " rotate to a live key",
                     code="key_rotated",
                 )
+        if kind in _NAMING and mapping:
+            self._check_named(kind, content)  # type: ignore[arg-type]
         if self.admission != "open" and kind != _OPEN_TYPE and not self.admitted(author, now=now):
             raise Rejected(
                 f"{author} is not admitted: this node accepts only 'about' messages"
                 " from identities without a current attestation by one of its registrars",
                 code="not_admitted",
             )
+
+    def rotated_to(self, identity: str) -> str | None:
+        """The key ``identity`` has rotated to, or ``None`` while it is live. Raises nothing."""
+        record = self._records.get(identity)
+        return None if record is None else record.rotated_to
+
+    def _check_named(self, kind: str, content: Mapping[str, Any]) -> None:
+        """Refuse (``key_rotated``) a message that would route to a key rotated away:
+        its deliveries, channel keys included, would reach whoever holds the old key
+        and never the identity's new one."""
+        if not self._rotated:
+            return
+        named = content.get(_NAMING[kind])
+        if not isinstance(named, (list, dict)):
+            return  # the content rules have refused it already
+        for ident in named:
+            new = self._records[ident].rotated_to if ident in self._rotated else None
+            if new is not None:
+                raise Rejected(
+                    f"{kind}: {ident} has rotated to {new}: name the new key",
+                    code="key_rotated",
+                )
 
     def apply(self, msg_id: str, author: str, content: object, *, now: int) -> set[str]:
         """Apply an accepted message, in log order; returns the ids whose record changed.
@@ -506,6 +534,7 @@ class Registry:
             return set()
         old = self._record(author)
         old.rotated_to = target
+        self._rotated.add(author)
         changed = {author, target}
 
         held = {c.message for c in new.claims}
@@ -577,6 +606,8 @@ class Registry:
             if record.id in registry._records:
                 raise StorageError(f"identity {record.id} stored twice")
             registry._records[record.id] = record
+            if record.rotated_to is not None:
+                registry._rotated.add(record.id)
             orders = [c.order for c in record.claims]
             orders += [a.order for a in record.attestations.values()]
             registry._order = max([registry._order, *orders])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import httpx
 import orjson
 import pytest
 
+from chainmail.client import Client
+from chainmail.errors import Rejected
 from chainmail.keys import Keypair, sign_proof
 from support.feeds import Writer
 from support.server import Server, running
@@ -20,6 +23,8 @@ pytestmark = pytest.mark.integration
 
 LEI = "5493001KJTIIGC8Y1R12"
 REGISTRAR = Writer()
+#: A channel key as ``crypto_box_seal`` seals it (48 bytes of overhead on 32): its shape.
+SEALED = base64.b64encode(bytes(80)).decode()
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +163,45 @@ def test_rotation_freezes_old_key_and_carries_attestation(http: httpx.Client) ->
     assert carried is not None and carried["name"] == "Old Key Capital"
     successor = Writer(new)
     assert post(http, successor.sign({"type": "post", "text": "new key"})).status_code == 201
+
+
+def test_a_key_rotated_away_may_not_read_its_inbox_nor_be_routed_to(
+    node: Server, http: httpx.Client
+) -> None:
+    old, bob = Writer(), Writer()
+    opened = post(
+        http,
+        bob.sign({"type": "tx/open", "parties": [bob.id, old.id], "deadline": now_ms() + 600_000}),
+    )
+    assert opened.status_code == 201, opened.text
+    new = Keypair.generate()
+    rotate = {"type": "key/rotate", "to": new.id, "proof": sign_proof(new, old.id)}
+    assert post(http, old.sign(rotate)).status_code == 201
+
+    # Whoever holds the old key (a leaked one, say) reads and acks nothing more.
+    with Client(node.url, old.keys) as thief:
+        for attempt in (
+            thief.inbox,
+            lambda: thief.ack([opened.json()["id"]]),
+            lambda: next(iter(thief.inbox_iter(follow=True))),
+        ):
+            with pytest.raises(Rejected) as refused:
+                attempt()
+            assert refused.value.code == "key_rotated"
+            assert new.id in refused.value.detail
+    # Nor does anything new route to it; naming the new key does.
+    for content in (
+        {"type": "tx/open", "parties": [bob.id, old.id], "deadline": now_ms() + 600_000},
+        {"type": "chan/open", "keys": {bob.id: SEALED, old.id: SEALED}},
+    ):
+        head = bob.state
+        answer = post(http, bob.sign(content))
+        assert answer.status_code == 403 and answer.json()["code"] == "key_rotated"
+        bob.state = head  # refused: bob's feed did not move
+    retried = {"type": "tx/open", "parties": [bob.id, new.id], "deadline": now_ms() + 600_000}
+    assert post(http, bob.sign(retried)).status_code == 201
+    with Client(node.url, new) as successor:
+        assert [e.message["content"]["type"] for e in successor.inbox()] == ["tx/open"]
 
 
 def test_forged_rotation_is_refused(http: httpx.Client) -> None:

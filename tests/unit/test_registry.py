@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import orjson
@@ -347,6 +348,35 @@ def test_rotation_freezes_the_old_key_and_carries_the_attestation() -> None:
     assert new["claims"] == old["claims"]
     # The new key is admitted through the carried-over attestation.
     reg.check(NEW_KEY.id, NOTE, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"type": "tx/open", "parties": [BOB.id, ALICE.id], "deadline": NOW + 60_000},
+        {**NOTE, "to": [ALICE.id]},
+        {"type": "chan/open", "keys": {BOB.id: "c2VhbGVk", ALICE.id: "c2VhbGVk"}},
+        {"type": "chan/share", "chan": NOTE["tx"], "keys": {ALICE.id: "c2VhbGVk"}},
+    ],
+    ids=["tx/open parties", "tx/note to", "chan/open keys", "chan/share keys"],
+)
+def test_nothing_new_may_route_to_a_key_rotated_away(
+    content: dict[str, Any],
+) -> None:
+    reg = registry()
+    post(reg, ALICE, rotate(ALICE, NEW_KEY))
+    # Its deliveries (a channel's key included) would reach whoever holds the old key.
+    with pytest.raises(Rejected, match=f"{ALICE.id} has rotated to {NEW_KEY.id}") as info:
+        reg.check(BOB.id, content, now=NOW)
+    assert info.value.code == "key_rotated"
+    # The same naming the new key is fine, and so after a reload from the stored records.
+    renamed = json.loads(json.dumps(content).replace(ALICE.id, NEW_KEY.id))
+    reg.check(BOB.id, renamed, now=NOW)
+    reloaded = Registry.from_dict(reg.to_dict())
+    with pytest.raises(Rejected):
+        reloaded.check(BOB.id, content, now=NOW)
+    assert reloaded.rotated_to(ALICE.id) == NEW_KEY.id
+    assert reloaded.rotated_to(NEW_KEY.id) is None and reloaded.rotated_to(BOB.id) is None
 
 
 def test_rotation_keeps_the_newer_attestation_of_the_new_key() -> None:
