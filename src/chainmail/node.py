@@ -18,6 +18,7 @@ import gc
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,13 @@ class NodeConfig:
     #: such blobs held at most (``chainmail.blobkeeping``).
     blob_grace: float = blobkeeping.DEFAULT_GRACE_S
     blob_pending_limit: int = blobkeeping.DEFAULT_PENDING_LIMIT
+
+
+def _damaged(data_dir: Path, exc: sqlite3.Error) -> StorageError:
+    return StorageError(
+        f"cannot read the log and store in {data_dir}: {exc} (restore the data directory"
+        " from a backup, or rebuild the store from an intact log)"
+    )
 
 
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:
@@ -248,24 +256,29 @@ class Node:
         short = self.id[1:9].replace("+", "-").replace("/", "_")
         self.origin = config.origin or f"chainmail.node/{short}"
         log_path = config.log_path or config.data_dir / "log.sqlite"
-        self.log: Log = log_ or SqliteLog(
-            log_path, pipelines=config.pipelines, synchronous=config.synchronous
-        )
-        # ``synchronous`` is the log's: the store is rebuilt from it (STORE_SYNCHRONOUS).
-        self.store: Store = store or SqliteStore(
-            config.store_path or config.data_dir / "store.sqlite",
-            synchronous=STORE_SYNCHRONOUS,
-            log_path=log_path,
-        )
+        opened_log: Log | None = None
+        opened_store: Store | None = None
         try:
+            self.log: Log = log_ or SqliteLog(
+                log_path, pipelines=config.pipelines, synchronous=config.synchronous
+            )
+            opened_log = None if log_ else self.log
+            # ``synchronous`` is the log's: the store is rebuilt from it (STORE_SYNCHRONOUS).
+            self.store: Store = store or SqliteStore(
+                config.store_path or config.data_dir / "store.sqlite",
+                synchronous=STORE_SYNCHRONOUS,
+                log_path=log_path,
+            )
+            opened_store = None if store else self.store
             # Here as well as in the sequencer's start, so ``serve`` says it in one line.
             checked_cursors(self.log, self.store)
-        except Error:
-            if store is None:
-                self.store.close()
-            if log_ is None:
-                self.log.close()
+        except (Error, sqlite3.Error) as exc:
+            for opened in (opened_store, opened_log):
+                if opened is not None:
+                    opened.close()
             self._lock.close()
+            if isinstance(exc, sqlite3.Error):  # a damaged page a start-up read met
+                raise _damaged(config.data_dir, exc) from exc
             raise
         # One thread writes both: a group's log commit, then its projection. A
         # projector thread of its own, writing one group while the sequencer
@@ -297,12 +310,10 @@ class Node:
 
     # --- life cycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.log_signal = _Signal()
-        self.block_signal = _Signal()
-        self._sequencer = await self._on_writer(
-            lambda: Sequencer(
+    def _new_sequencer(self) -> Sequencer:
+        """The sequencer, caught up with the log (on the writer thread)."""
+        try:
+            return Sequencer(
                 self.log,
                 self.store,
                 self.identity,
@@ -320,7 +331,18 @@ class Node:
                 witnesses=self.config.witnesses,
                 threshold=self.config.threshold,
             )
-        )
+        except sqlite3.Error as exc:  # a damaged page catching up met
+            raise _damaged(self.config.data_dir, exc) from exc
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.log_signal = _Signal()
+        self.block_signal = _Signal()
+        try:
+            self._sequencer = await self._on_writer(self._new_sequencer)
+        except Error:
+            await self.stop()  # the log, the store and the data directory's lock given back
+            raise
         self._ingest = Ingest(
             self._sequence,
             workers=self.config.workers,

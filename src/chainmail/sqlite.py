@@ -519,30 +519,47 @@ class SqliteLog:
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> None:
         self.path = path
-        try:
-            self._w = _connect(path, synchronous)
-            self._w.execute(_META_SCHEMA)
-            _migrate_log(self._w)
-            self._w.executescript(_LOG_SCHEMA)
-            self._w.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(_LOG_VERSION),)
-            )
-            _finish_log_migration(self._w)
-            row = self._w.execute("SELECT value FROM meta WHERE key='pipelines'").fetchone()
-            if row is None:
-                self._w.execute(
-                    "INSERT INTO meta (key, value) VALUES ('pipelines', ?)", (str(pipelines),)
-                )
-            elif int(row[0]) != pipelines:
-                raise LogError(
-                    f"log at {path} has {row[0]} pipelines, configured {pipelines}: "
-                    "the pipeline count cannot change once messages are logged"
-                )
-        except sqlite3.Error as exc:
-            raise LogError(f"cannot open log {path}: {exc}") from exc
         self.pipelines = pipelines
         self._synchronous = synchronous
         self._local = threading.local()
+        self._lock = threading.Lock()
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._w = _connect(path, synchronous)
+            self._open(pipelines)
+            self._checkpointer = _Checkpointer(path, synchronous, checkpoint_interval)
+        except (sqlite3.Error, LogError) as exc:
+            # Every read of start-up inside: a damaged page anywhere is this one
+            # line, not a traceback, and the connection is not left open.
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, LogError):
+                raise
+            raise LogError(f"cannot open log {path}: {exc}") from exc
+
+    def _open(self, pipelines: int) -> None:
+        """Create or migrate the schema, then read what the writer keeps in memory."""
+        self._w.execute(_META_SCHEMA)
+        _migrate_log(self._w)
+        self._w.executescript(_LOG_SCHEMA)
+        self._w.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(_LOG_VERSION),)
+        )
+        _finish_log_migration(self._w)
+        row = self._w.execute("SELECT value FROM meta WHERE key='pipelines'").fetchone()
+        if row is None:
+            self._w.execute(
+                "INSERT INTO meta (key, value) VALUES ('pipelines', ?)", (str(pipelines),)
+            )
+        elif str(row[0]) != str(pipelines):
+            if not str(row[0]).isdigit():
+                raise LogError(
+                    f"log at {self.path}: its pipeline count is {row[0]!r}, not a number"
+                )
+            raise LogError(
+                f"log at {self.path} has {row[0]} pipelines, configured {pipelines}: "
+                "the pipeline count cannot change once messages are logged"
+            )
         self._sizes = [_size_of(self._w, p) for p in range(pipelines)]
         #: The next entry's ``seq``: one past the highest, which is some pipeline's last entry.
         self._seq = 1 + max(
@@ -566,11 +583,6 @@ class SqliteLog:
             )
         }
         self._trees = [self._open_tree(p) for p in range(pipelines)]
-        self._lock = threading.Lock()
-        try:
-            self._checkpointer = _Checkpointer(path, synchronous, checkpoint_interval)
-        except sqlite3.Error as exc:
-            raise LogError(f"cannot open log {path}: {exc}") from exc
 
     def _reader_for_thread(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -954,12 +966,21 @@ class SqliteStore:
             # Renamed by an earlier open whose migration did not commit.
             inbox_left = bool(_columns(self._w, "inbox_v1"))
             info_left = bool(_columns(self._w, "message_info_v1"))
-            if old_inbox:
-                self._w.execute("ALTER TABLE inbox RENAME TO inbox_v1")
-                self._w.execute("DROP INDEX IF EXISTS inbox_unique")
-            if old_info:
-                self._w.execute("ALTER TABLE message_info RENAME TO message_info_v1")
-                self._w.execute("DROP INDEX IF EXISTS message_info_chan")
+            # Each rename and its index's drop commit together: apart, a crash
+            # between them left the index on the renamed table, so the schema
+            # below did not make it for the new one, and dropping the old table
+            # took it away (replayed deliveries were then inserted twice). A
+            # renamed table left over by such a crash gets its index dropped now.
+            if old_inbox or inbox_left:
+                with _transaction(self._w, StorageError):
+                    if old_inbox:
+                        self._w.execute("ALTER TABLE inbox RENAME TO inbox_v1")
+                    self._w.execute("DROP INDEX IF EXISTS inbox_unique")
+            if old_info or info_left:
+                with _transaction(self._w, StorageError):
+                    if old_info:
+                        self._w.execute("ALTER TABLE message_info RENAME TO message_info_v1")
+                    self._w.execute("DROP INDEX IF EXISTS message_info_chan")
             # Replaced by ``txs_unsealed`` (the schema creates it).
             self._w.execute("DROP INDEX IF EXISTS txs_open")
             self._w.executescript(_STORE_SCHEMA)

@@ -8,8 +8,10 @@ The fixture ``tests/vectors/datadir-v1`` was written by the layout of commit
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -30,6 +32,7 @@ from chainmail.errors import LogError, ProofError, RateLimited, StorageError
 from chainmail.ids import blob_id, msg_digest
 from chainmail.keys import Keypair
 from chainmail.log import NewEntry
+from chainmail.node import Node, NodeConfig
 from chainmail.sequencer import Accepted, Sequencer
 from chainmail.sqlite import _TREE_MIN_LEVEL, SqliteLog, SqliteStore, idkey
 from chainmail.store import Delivery, Projection, TxRow
@@ -106,6 +109,78 @@ def test_a_store_migration_renamed_but_not_committed_is_resumed(tmp_path: Path) 
     finally:
         store.close()
         log.close()
+
+
+@pytest.mark.parametrize("renamed", ["inbox", "message_info"])
+def test_a_crash_between_a_rename_and_its_index_drop_leaves_the_new_table_its_index(
+    tmp_path: Path, renamed: str
+) -> None:
+    """Under the older code the rename and the index drop committed apart: a crash
+    between them left the index on the renamed table, the schema then made none for
+    the new table, and the migration dropped the old table and the index with it."""
+    data = _copy(tmp_path)
+    index = {"inbox": "inbox_unique", "message_info": "message_info_chan"}[renamed]
+    with sqlite3.connect(data / "store.sqlite") as conn:
+        conn.execute(f"ALTER TABLE {renamed} RENAME TO {renamed}_v1")  # and then the crash
+    for _ in range(2):  # the migrating open, and the next one
+        log = SqliteLog(data / "log.sqlite")
+        store = SqliteStore(data / "store.sqlite")
+        try:
+            on = store._w.execute(
+                "SELECT tbl_name FROM sqlite_master WHERE type='index' AND name=?", (index,)
+            ).fetchall()
+            assert on == [(renamed,)]
+        finally:
+            store.close()
+            log.close()
+
+
+def test_a_log_whose_pipeline_count_is_no_number_is_a_log_error(tmp_path: Path) -> None:
+    SqliteLog(tmp_path / "log.sqlite").close()
+    with sqlite3.connect(tmp_path / "log.sqlite") as conn:
+        conn.execute("UPDATE meta SET value='x' WHERE key='pipelines'")
+    with pytest.raises(LogError, match="pipeline count is 'x', not a number"):
+        SqliteLog(tmp_path / "log.sqlite")
+
+
+def _start_and_stop(data: Path) -> None:
+    async def run() -> None:
+        node = Node(NodeConfig(data_dir=data, workers=0, block_interval=3600.0))
+        await node.start()
+        await node.stop()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("name", ["log.sqlite", "store.sqlite"])
+def test_a_damaged_page_is_one_storage_error_and_leaves_the_data_dir_unlocked(
+    tmp_path: Path, name: str
+) -> None:
+    """Each page of the file in turn overwritten with garbage: opening the node gives
+    a chainmail error naming where (never a bare sqlite3 error), closes what it
+    opened and frees the data directory's lock, so a corrected retry can open it."""
+    data = _copy(tmp_path)
+    (data / "node-secret.json").write_text(json.dumps(NODE.to_ssb_secret()))
+    _start_and_stop(data)  # migrated
+    path = data / name
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the file, none in its WAL
+    conn.close()
+    clean = path.read_bytes()
+    pages = len(clean) // 4096
+    refused = 0
+    for page in range(1, pages):  # page 0 is the header: SQLite's own "not a database"
+        damaged = bytearray(clean)
+        damaged[page * 4096 : (page + 1) * 4096] = bytes([0xA5]) * 4096
+        path.write_bytes(bytes(damaged))
+        try:
+            _start_and_stop(data)  # or a page nothing at start-up reads
+        except (LogError, StorageError) as exc:
+            refused += 1
+            assert str(data) in str(exc), exc
+        path.write_bytes(clean)
+    assert refused > 0
+    _start_and_stop(data)  # the lock was given back every time
 
 
 def test_store_keeps_unacknowledged_deliveries_in_order(tmp_path: Path) -> None:
