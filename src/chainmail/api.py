@@ -1188,8 +1188,10 @@ def create_app(
                 f"query parameter name: {len(name)} characters, at most {_MAX_NAME_QUERY}",
                 code="too_large",
             )
-        found = node.search_identities(
-            name, _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_IDENTITIES)
+        found = await node.read(
+            node.search_identities,
+            name,
+            _int_param(limit, "limit", 100, minimum=1, maximum=_MAX_IDENTITIES),
         )
         return _json({"identities": found})
 

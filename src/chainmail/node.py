@@ -112,6 +112,10 @@ class NodeConfig:
     blob_pending_limit: int = blobkeeping.DEFAULT_PENDING_LIMIT
 
 
+#: Identity records read a page when searching (``Node.search_identities``).
+_SEARCH_PAGE: Final = 500
+
+
 def _damaged(data_dir: Path, exc: sqlite3.Error) -> StorageError:
     return StorageError(
         f"cannot read the log and store in {data_dir}: {exc} (restore the data directory"
@@ -711,14 +715,34 @@ class Node:
         return registry.identity(ident, now=self.clock())
 
     def search_identities(self, name: str, limit: int) -> list[dict[str, Any]]:
-        """Identities whose claimed or attested name contains ``name``."""
-        # The store's text match is a superset (it also sees ids and keys): filter
-        # it through the registry's own rules.
-        records = self.store.search_identities(name, limit * 20)
-        registry = Registry.from_records(
-            records, self.config.registrars, self.config.admission, node_id=self.id
-        )
-        return registry.search(name, now=self.clock(), limit=limit)
+        """Identities whose claimed or attested name contains ``name``: the attested
+        hits first, then the claimed ones, each by id; at most ``limit``.
+
+        The store's text match is a superset (older claims, other registrars'
+        attestations, expired ones): it is read a page at a time in id order and
+        each page filtered through the registry's own rules, so no number of near
+        misses before a hit can hide it. Reads the store: call it off the loop.
+        """
+        needle = name.casefold()
+        now = self.clock()
+        attested: list[dict[str, Any]] = []
+        claimed: list[dict[str, Any]] = []
+        after = ""
+        while len(attested) < limit:
+            records = self.store.search_identities(name, _SEARCH_PAGE, after)
+            if not records:
+                break
+            after = str(records[-1]["id"])
+            registry = Registry.from_records(
+                records, self.config.registrars, self.config.admission, node_id=self.id
+            )
+            for hit in registry.search(name, now=now, limit=len(records)):
+                shown = hit["attested"]
+                if shown is not None and needle in str(shown["name"]).casefold():
+                    attested.append(hit)
+                elif len(claimed) < limit:
+                    claimed.append(hit)
+        return (attested + claimed)[:limit]
 
     def firehose(self, pipeline: int, start: int, limit: int) -> list[LogEntry]:
         self.check_pipeline(pipeline)

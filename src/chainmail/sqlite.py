@@ -2011,7 +2011,7 @@ class SqliteStore:
             ]
         return [orjson.loads(r[0]) for r in rows]
 
-    def search_identities(self, text: str, limit: int) -> list[dict[str, Any]]:
+    def search_identities(self, text: str, limit: int, after: str = "") -> list[dict[str, Any]]:
         pattern = (
             "%"
             + text.casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -2020,8 +2020,9 @@ class SqliteStore:
         rows = (
             self._r()
             .execute(
-                "SELECT record FROM identities WHERE search LIKE ? ESCAPE '\\' LIMIT ?",
-                (pattern, limit),
+                "SELECT record FROM identities WHERE id > ? AND search LIKE ? ESCAPE '\\'"
+                " ORDER BY id LIMIT ?",
+                (after, pattern, limit),
             )
             .fetchall()
         )

@@ -355,8 +355,9 @@ class Store(Protocol):
         """Registry records (all, or those of ``ids``), as ``Registry.record`` wrote them."""
         ...
 
-    def search_identities(self, text: str, limit: int) -> list[dict[str, Any]]:
-        """Records with a name containing ``text``, casefolded (``registry.search_text``).
+    def search_identities(self, text: str, limit: int, after: str = "") -> list[dict[str, Any]]:
+        """Up to ``limit`` records with a name containing ``text``, casefolded
+        (``registry.search_text``), in id order from the first id past ``after``.
 
         A superset of ``Registry.search``'s hits (older claims count too), to filter.
         """

@@ -204,6 +204,33 @@ def test_a_key_rotated_away_may_not_read_its_inbox_nor_be_routed_to(
         assert [e.message["content"]["type"] for e in successor.inbox()] == ["tx/open"]
 
 
+def test_no_number_of_near_misses_hides_a_search_hit(http: httpx.Client) -> None:
+    """Identities that once claimed the name and claim another now come before the real
+    one in id order, more of them than a page of the store's superset holds."""
+    keys = sorted((Keypair.generate() for _ in range(602)), key=lambda k: k.id)
+    real, decoys = Writer(keys[-1]), [Writer(k) for k in keys[:-1]]
+    lines = [
+        orjson.dumps(d.sign({"type": "about", "about": d.id, "name": name}))
+        for d in decoys
+        for name in ("Tidewater Savings", f"Decoy {d.id[1:9]}")
+    ]
+    lines.append(
+        orjson.dumps(
+            real.sign({"type": "about", "about": real.id, "name": "Tidewater Savings N.A."})
+        )
+    )
+    resp = http.post(
+        "/v1/messages/batch",
+        content=b"\n".join(lines),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert all(orjson.loads(x)["status"] == 201 for x in resp.content.splitlines())
+    for limit in (1, 5):
+        found = http.get("/v1/identities", params={"name": "tidewater savings", "limit": limit})
+        assert [i["id"] for i in found.json()["identities"]] == [real.id]
+
+
 def test_forged_rotation_is_refused(http: httpx.Client) -> None:
     w = Writer()
     bad = post(
