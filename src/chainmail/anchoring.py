@@ -5,9 +5,11 @@ Bitcoin node and wallet (``chainmail.bitcoinrpc``) as one task of the node.
 Each step:
 
 1. With an anchor transaction pending: once it has its confirmations in a
-   block of the Bitcoin node's best chain, fetch that block, build the ``.ots``
-   proof, store it as a blob and post the ``anchor`` message through the
-   writer; the pending record goes. Left unmined past ``stuck_after`` (its
+   block of the Bitcoin node's best chain, fetch that block (it must parse, hash
+   to the block asked for and hold the tx: else the node's answer is an error,
+   retried, and the tx kept), build the ``.ots`` proof, store it as a blob and
+   post the ``anchor`` message through the writer; the pending record goes.
+   Left unmined past ``stuck_after`` (its
    fee too low for the chain's traffic), the same block is sent again at
    twice the fee rate (``anchors.resend_rate``: at most ``anchors.MAX_SENDS``
    transactions, capped by ``max_rate``); whichever of them is mined first
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chainmail import anchors
+from chainmail import anchors, bitcoin
 from chainmail.anchors import Pending
 from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode, TxStatus
 from chainmail.errors import Error, ProofError, StorageError
@@ -309,8 +311,36 @@ class Anchorer:
             again.txid,
         )
 
+    def _mined_block(self, txid: str, block_hash: str) -> bitcoin.Block:
+        """Bitcoin block ``block_hash``, holding ``txid``, as the node sends it, checked to be
+        that block. ``BitcoinError`` for an answer that is not (truncated, not hashing to
+        its Merkle root, another block) or does not hold the tx: the node's or wallet's
+        fault, retried, never a reason to drop a mined tx nor the stuff of a proof."""
+        raw = self.node.block(block_hash)
+        try:
+            block = bitcoin.parse_block(raw)
+            asked = bitcoin.internal(block_hash)
+            want = bitcoin.internal(txid)
+        except ProofError as exc:
+            raise BitcoinError(
+                f"Bitcoin node {self.node.url}: getblock {block_hash}: {exc.detail}"
+            ) from None
+        if block.hash != asked:
+            # A cache or balancer mixing blocks up: a proof of it would name the wrong
+            # header at the height, for good (a posted anchor is never re-made).
+            raise BitcoinError(
+                f"Bitcoin node {self.node.url}: getblock {block_hash} answered another"
+                f" block, {bitcoin.display(block.hash)}"
+            )
+        if not any(tx.hash == want for tx in block.transactions):
+            raise BitcoinError(
+                f"tx {txid}: the wallet has it in Bitcoin block {block_hash}, which does not"
+                " hold it; waiting"
+            )
+        return block
+
     async def _prove(self, pending: Pending, txid: str, block_hash: str) -> None:
-        raw = await asyncio.to_thread(self.node.block, block_hash)
+        block = await asyncio.to_thread(self._mined_block, txid, block_hash)
         height = await asyncio.to_thread(self.node.block_height, block_hash)
         if await asyncio.to_thread(self.node.block_hash, height) != block_hash:
             # The wallet's view lags a reorg (or is another node's): a proof of a block off
@@ -325,9 +355,11 @@ class Anchorer:
             await asyncio.to_thread(_save, self._path, None, self.last_sent)
             return
         try:
-            proof = anchors.build_proof(pending.block, txid, raw, height)
+            proof = anchors.prove(pending.block, txid, block, height)
         except ProofError as exc:
-            # No later round makes this tx provable (past 4,096 bytes, say): drop it, so the
+            # No later round makes this tx provable (past 4,096 bytes, or no OP_RETURN of
+            # the block's digest): the block is the one asked for and holds the tx (the
+            # node's odd answers are BitcoinErrors, above, retried). Drop it, so the
             # next round sends another rather than retrying this one for ever; the
             # block's other txs, if it was sent again, may still be mined and proven.
             others = tuple(t for t in pending.txids if t != txid)

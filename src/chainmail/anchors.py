@@ -138,11 +138,16 @@ def due(
 def build_proof(block_id: str, txid: str, raw_block: bytes, bitcoin_height: int) -> bytes:
     """The ``.ots`` proof that ``txid`` in ``raw_block`` (mined at ``bitcoin_height``)
     carries ``block_id``. ``ProofError`` if the block does not hold such a tx."""
+    return prove(block_id, txid, bitcoin.parse_block(raw_block), bitcoin_height)
+
+
+def prove(block_id: str, txid: str, block: bitcoin.Block, bitcoin_height: int) -> bytes:
+    """``build_proof`` of a block already parsed (``bitcoin.parse_block``). ``ProofError``
+    if ``txid`` is not in it, does not carry ``block_id`` or makes too long a proof."""
     try:
         digest = block_digest(block_id)
     except InvalidMessage as exc:
         raise ProofError(exc.detail) from None
-    block = bitcoin.parse_block(raw_block)
     want = bitcoin.internal(txid)
     for tx in block.transactions:
         if tx.hash == want:

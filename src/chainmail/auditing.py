@@ -26,7 +26,7 @@ from typing import Any, Final
 from chainmail import ssb
 from chainmail.anchors import ANCHOR
 from chainmail.audit import Auditor, Checked, Finding
-from chainmail.bitcoinrpc import BitcoinNode, BitcoinUnreachable
+from chainmail.bitcoinrpc import BitcoinBehind, BitcoinNode, BitcoinUnreachable
 from chainmail.checkpoint import Checkpoint, verify_checkpoint
 from chainmail.client import Client, NodeUnavailable, VerificationFailed
 from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
@@ -104,10 +104,13 @@ def audit_node(
     once its block is read; ``bitcoin``, the JSON-RPC URL of a Bitcoin node of your
     own, checks the Merkle roots its proofs reach in the Bitcoin headers too
     (``BitcoinError`` at once for a malformed URL). That node not answering
-    (``BitcoinUnreachable``) says nothing about the audited node: it is raised,
-    except while following: then the anchors wait for the next read
+    (``BitcoinUnreachable``: down, warming up) says nothing about the audited node:
+    it is raised, except while following: then the anchors wait for the next read
     (``on_bitcoin_outage`` hears the error when that starts, and None when it
-    answers again).
+    answers again). An anchor of a Bitcoin block that node has not reached yet
+    (``BitcoinBehind``) waits alone: the others are checked (and it is heard of
+    once); a synced node with no block near the height attested refutes the
+    anchor (a finding). Any other ``BitcoinError`` of that node is raised.
     """
     if grace < 0 or interval <= 0:
         raise ValueError(f"grace must be ≥ 0 and interval > 0, got {grace} and {interval}")
@@ -225,6 +228,8 @@ class _Run:
     on_bitcoin_outage: Callable[[BitcoinUnreachable | None], None] | None = None
     #: The ``bitcoin`` node did not answer at the last anchor checked.
     bitcoin_down: bool = False
+    #: Heights whose anchor's Bitcoin block that node has not reached, once told.
+    bitcoin_behind: set[int] = field(default_factory=set)
 
     def report(self, found: list[Finding]) -> None:
         for finding in found:
@@ -298,7 +303,11 @@ class _Run:
         """Each anchor seen, once its block was read: its proof replayed from the block id
         through its Bitcoin tx (``Client.verify_block``; the headers too with ``bitcoin``).
         One that fails is a ``block`` finding. Each height leaves ``anchored`` as soon as
-        it is checked, so an error part way (the node down) checks none twice."""
+        it is checked, so an error part way (the node down) checks none twice. One whose
+        Bitcoin block the ``bitcoin`` node has not reached yet (``BitcoinBehind``) waits,
+        and the others are checked all the same; without ``on_bitcoin_outage`` it is
+        raised once they are."""
+        behind: BitcoinBehind | None = None
         for height in dict.fromkeys(self.anchored):
             if height > self.auditor.height:
                 continue
@@ -306,6 +315,14 @@ class _Run:
                 continue
             try:
                 self.client.verify_block(height, node_id=self.auditor.node_id, bitcoin=self.bitcoin)
+            except BitcoinBehind as exc:
+                # This anchor's Bitcoin block only: a hostile node must not hold the
+                # others back with one that attests a height to come.
+                behind = behind or exc
+                if self.on_bitcoin_outage is not None and height not in self.bitcoin_behind:
+                    self.bitcoin_behind.add(height)
+                    self.on_bitcoin_outage(exc)
+                continue
             except BitcoinUnreachable as exc:
                 # The auditor's own Bitcoin node: nothing is known of the anchor, nor of
                 # the audited node. Checked again at the next read.
@@ -324,6 +341,8 @@ class _Run:
                 self.bitcoin_down = False
                 if self.on_bitcoin_outage is not None:
                     self.on_bitcoin_outage(None)
+        if behind is not None and self.on_bitcoin_outage is None:
+            raise behind
 
     def _listed(self, height: int) -> bool:
         """Whether the node lists, for block ``height``, every anchor seen for it on the
@@ -365,6 +384,7 @@ class _Run:
         """Block ``height``'s anchors are done with: checked, or reported."""
         self.anchored = [h for h in self.anchored if h != height]
         self.seen_anchors.pop(height, None)
+        self.bitcoin_behind.discard(height)
 
     def unserved_anchors(self) -> list[Finding]:
         """Anchors seen of blocks the node never served (end of a one-shot audit)."""

@@ -10,7 +10,11 @@ URLs carry their credentials: ``http://x:API_KEY@127.0.0.1:48332`` for a node,
 ``http://x:API_KEY@127.0.0.1:48334/wallet/primary`` for a wallet (``primary``
 when the path names none); a query (a bcoin wallet's ``?token=``) goes with every
 request. Every failure is a ``BitcoinError`` with one line saying what and where,
-never the credentials.
+never the credentials: ``BitcoinUnreachable`` when nothing was learnt (no answer, or
+a node that cannot answer yet: warming up, still in its initial download), and
+``BitcoinBehind`` for a height past a syncing node's tip. The one answer that is no
+failure of the node is ``NoSuchBlock``, a ``ProofError``: a synced node has no block
+at a height well past its tip.
 """
 
 from __future__ import annotations
@@ -24,9 +28,20 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import httpx
 
 from chainmail import bitcoin
-from chainmail.errors import Error, OperationalError
+from chainmail.errors import Error, OperationalError, ProofError
 
 DEFAULT_TIMEOUT = 30.0
+#: JSON-RPC error codes a node answers while it cannot answer yet, whatever was asked:
+#: RPC_IN_WARMUP (bitcoind loading its index), RPC_CLIENT_NOT_CONNECTED,
+#: RPC_CLIENT_IN_INITIAL_DOWNLOAD and JSON-RPC's internal error.
+TRANSIENT_CODES: Final = frozenset({-28, -9, -10, -32603})
+#: Blocks a synced node's tip may lag the height an anchor attests (the anchorer posts
+#: only after its confirmations, on a node that may be a few blocks ahead of yours):
+#: within it the node is told to sync; past it, there is no such block.
+SYNC_MARGIN: Final = 6
+#: ``verificationprogress`` below which a node that does not say
+#: ``initialblockdownload`` (bcoin) is taken to be syncing.
+_SYNCED_PROGRESS: Final = 0.999
 
 
 class BitcoinError(OperationalError):
@@ -44,6 +59,11 @@ class BitcoinUnreachable(BitcoinError):
 class BitcoinBehind(BitcoinUnreachable):
     """The Bitcoin node's chain does not reach the height asked for yet (still syncing):
     nothing is known about that height from it."""
+
+
+class NoSuchBlock(ProofError):
+    """A synced Bitcoin node has no block at the height asked for, nor any near it: what
+    attests that height attests nothing."""
 
 
 def _split(url: str) -> tuple[str, httpx.BasicAuth | None, str, httpx.QueryParams]:
@@ -129,6 +149,9 @@ class BitcoinNode:
         error = answer.get("error") if isinstance(answer, dict) else None
         if error:
             text = error.get("message", error) if isinstance(error, dict) else error
+            if isinstance(error, dict) and error.get("code") in TRANSIENT_CODES:
+                # Warming up, say: it answers, but says nothing about what was asked.
+                raise BitcoinUnreachable(f"Bitcoin node {self.url}: {method}: {text}")
             raise BitcoinError(f"Bitcoin node {self.url}: {method}: {text}")
         if not isinstance(answer, dict) or "result" not in answer:
             raise BitcoinUnreachable(f"Bitcoin node {self.url}: {method}: HTTP {r.status_code}")
@@ -159,14 +182,37 @@ class BitcoinNode:
         return raw
 
     def header_at_synced(self, height: int) -> bytes:
-        """``header_at``, but ``BitcoinBehind`` when the node's chain is shorter than
-        ``height``: a node still syncing says nothing about the block there."""
+        """``header_at``, for a height the node's chain may not reach. Past its tip:
+        ``BitcoinBehind`` while the node syncs, or within ``SYNC_MARGIN`` blocks of the
+        tip (a node still syncing says nothing about the block there); ``NoSuchBlock``
+        (a ``ProofError``) when a synced node's chain ends further below."""
         tip = self.block_count()
         if height > tip:
-            raise BitcoinBehind(
-                f"Bitcoin node {self.url} is at height {tip}, below {height}: let it sync"
+            if height - tip <= SYNC_MARGIN or self.syncing():
+                raise BitcoinBehind(
+                    f"Bitcoin node {self.url} is at height {tip}, below {height}: let it sync"
+                )
+            raise NoSuchBlock(
+                f"no Bitcoin block at height {height}: Bitcoin node {self.url} is synced,"
+                f" at height {tip}"
             )
         return self.header_at(height)
+
+    def syncing(self) -> bool:
+        """Whether the node may not have the whole chain yet: it says it is in its initial
+        block download, has headers it has not the blocks of, or (saying neither, as
+        bcoin) has not verified the chain up to the present. Unsure is syncing."""
+        info = self._answer("getblockchaininfo", self.call("getblockchaininfo"), dict)
+        blocks, headers = info.get("blocks"), info.get("headers")
+        if type(blocks) is int and type(headers) is int and headers > blocks:
+            return True
+        download = info.get("initialblockdownload")
+        if isinstance(download, bool):
+            return download
+        progress = info.get("verificationprogress")
+        if isinstance(progress, int | float) and not isinstance(progress, bool):
+            return progress < _SYNCED_PROGRESS
+        return True
 
     def header_at(self, height: int) -> bytes:
         return self.header(self.block_hash(height))

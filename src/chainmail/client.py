@@ -84,6 +84,7 @@ import websockets.sync.client
 
 from chainmail import chandocs, channels, httpsig, ssb
 from chainmail import content as content_rules
+from chainmail.anchors import chain_name
 from chainmail.bitcoinrpc import BitcoinNode
 from chainmail.errors import (
     DecryptionError,
@@ -107,6 +108,7 @@ from chainmail.txs import TxStatus
 from chainmail.verify import (
     Check,
     Flow,
+    Headers,
     Progress,
     Report,
     Request,
@@ -1676,7 +1678,7 @@ class _Core:
         height: int,
         node_id: str | None,
         progress: Progress | None,
-        bitcoin: Callable[[int], bytes] | None,
+        bitcoin: Headers | None,
         anchor: bool,
         witnesses: Sequence[str] | None,
         threshold: int | None,
@@ -2237,10 +2239,13 @@ class Client(_Core):
     ) -> Report:
         """Verify block ``height``: signature, chain, records, log consistency, checkpoints,
         and (with ``anchor``) its Bitcoin anchor; ``bitcoin``, the JSON-RPC URL of a
-        Bitcoin node of your own, checks the anchor's Merkle root in the Bitcoin header.
+        Bitcoin node of your own, checks that the anchor is on that node's chain and its
+        Merkle root in the Bitcoin header there.
         ``witnesses`` and ``threshold`` pin the node's witnesses as ``node_id`` pins the node.
 
-        Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``.
+        Raises ``VerificationFailed`` (a ``ProofError``), ``NotFound``, ``NodeUnavailable``,
+        and ``BitcoinError`` when that Bitcoin node cannot say (down, warming up, syncing:
+        ``BitcoinUnreachable``; an odd answer): nothing is then known of the anchor.
         """
         with _headers(bitcoin) as headers:
             flow = self._verify_block_flow(
@@ -2748,7 +2753,7 @@ class AsyncClient(_Core):
 
 
 @contextlib.contextmanager
-def _headers(url: str | None) -> Iterator[Callable[[int], bytes] | None]:
+def _headers(url: str | None) -> Iterator[Headers | None]:
     """The header look-up of the Bitcoin node at ``url`` for ``block_flow``, or None."""
     url = _opt_str_arg(url, "bitcoin")
     if url is None:
@@ -2756,9 +2761,26 @@ def _headers(url: str | None) -> Iterator[Callable[[int], bytes] | None]:
         return
     node = BitcoinNode(url)
     try:
-        yield node.header_at_synced
+        yield _NodeHeaders(node)
     finally:
         node.close()
+
+
+class _NodeHeaders:
+    """``block_flow``'s ``Headers`` of one Bitcoin node: its headers (``header_at_synced``)
+    and its chain, asked once (when the first anchor is checked)."""
+
+    def __init__(self, node: BitcoinNode) -> None:
+        self._node = node
+        self._chain: str | None = None
+
+    def __call__(self, height: int, /) -> bytes:
+        return self._node.header_at_synced(height)
+
+    def chain(self) -> str:
+        if self._chain is None:
+            self._chain = chain_name(self._node.chain())
+        return self._chain
 
 
 def _as_bytes(frame: str | bytes) -> bytes:

@@ -40,15 +40,14 @@ import binascii
 import hashlib
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, NoReturn, TypeVar
+from typing import Any, Final, NamedTuple, NoReturn, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
 import orjson
 
 from chainmail import anchors, blocks, checkpoint, merkle, ssb, txs
-from chainmail.bitcoinrpc import BitcoinUnreachable
-from chainmail.errors import Error, InvalidMessage, NotFound, ProofError
+from chainmail.errors import InvalidMessage, NotFound, ProofError
 from chainmail.ids import blob_digest, blob_id, feed_public_key, is_blob_id
 from chainmail.log import pipeline_of
 from chainmail.witnesses import STAGES, check_stage
@@ -118,6 +117,9 @@ class Report:
 
     subject: str
     checks: list[Check] = field(default_factory=list)
+    #: The node id the verification held the node's signatures to (pinned, or as
+    #: ``/healthz`` named it), once its node identity check passed.
+    node_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -309,6 +311,7 @@ def _node_info_flow(
         return said
 
     checks.run("node identity", step)
+    checks.report.node_id = info[0].id
     return info[0]
 
 
@@ -886,8 +889,19 @@ def block_flow(
     return checks.report
 
 
-#: A Bitcoin node of the verifier's own: the raw 80-byte block header at a height.
-Headers = Callable[[int], bytes]
+class Headers(Protocol):
+    """A Bitcoin node of the verifier's own (``Client.verify_block`` makes one of a
+    ``BitcoinNode``): called with a height, the raw 80-byte block header there;
+    ``chain()``, the anchor chain it is on (``anchors.chain_name``: ``bitcoin``,
+    ``bitcoin-regtest``, …). Both raise ``BitcoinError`` when the node cannot say
+    (nothing is then known of an anchor); the header look-up raises ``ProofError``
+    when the node says there is no block at that height (``NoSuchBlock``)."""
+
+    def __call__(self, height: int, /) -> bytes: ...
+
+    def chain(self) -> str: ...
+
+
 #: Blocks a page when an anchor of a later block is followed down its ``prev`` links.
 _LINK_PAGE: Final = 1000
 
@@ -937,7 +951,9 @@ def _anchor_flow(
     """The Bitcoin anchor of the block, or of the first anchored block after it (which
     fixes this one by the ``prev`` links between): each ``anchor`` message, its ``.ots``
     proof from the block id through the Bitcoin transaction to a Merkle root, and, with
-    ``headers``, that root in the Bitcoin header at the attested height."""
+    ``headers``, the anchor's ``chain`` that of the headers' node and that root in the
+    Bitcoin header at the attested height. ``BitcoinError`` (raised, not a failed
+    check) when that node cannot say."""
     what = f"block {height} anchor"
     if block.anchored is None:
         checks.run(what, lambda: "not anchored in Bitcoin yet (no anchor of it or a later block)")
@@ -966,6 +982,8 @@ def _anchor_flow(
 
         def step(message: dict[str, Any] = message, proof: bytes = proof) -> str:
             content, found = anchors.check_message(message, node.id, top, info.id, proof, hmac_key)
+            if headers is not None:
+                _same_chain(content, headers.chain())
             where = []
             for one in found:
                 if headers is None:
@@ -974,13 +992,10 @@ def _anchor_flow(
                         f"{one.merkle_root_hex[:_SHORT_ID]}… (no Bitcoin node given: not checked)"
                     )
                     continue
-                try:
-                    header = headers(one.bitcoin_height)
-                except BitcoinUnreachable:
-                    raise  # your own Bitcoin node is down: nothing is known about the anchor
-                except Error as exc:
-                    raise ProofError(f"Bitcoin block {one.bitcoin_height}: {exc.detail}") from None
-                anchors.check_header(one, header)
+                # A BitcoinError is your own Bitcoin node's (down, warming up, syncing, odd):
+                # raised, as nothing is known about the anchor. A ProofError (no such
+                # block on a synced node) and another Merkle root fail the check.
+                anchors.check_header(one, headers(one.bitcoin_height))
                 where.append(f"in Bitcoin block {one.bitcoin_height}'s header")
             return (
                 f"tx {str(content['txid'])[:_SHORT_ID]}… on {content.get('chain')} carries "
@@ -988,6 +1003,18 @@ def _anchor_flow(
             )
 
         checks.run(f"block {top} anchor", step)
+
+
+def _same_chain(content: dict[str, Any], ours: str) -> None:
+    """``ProofError`` unless the anchor's ``chain`` is ``ours``, the verifier's Bitcoin
+    node's: that node's headers say nothing of a transaction on another chain."""
+    claimed = content.get("chain")
+    if claimed != ours:
+        shown = _printable_name(claimed if isinstance(claimed, str) else repr(claimed))
+        raise ProofError(
+            f"the anchor is on {shown}, but your Bitcoin node is on {ours}:"
+            " its headers cannot check it"
+        )
 
 
 def _stages_flow(

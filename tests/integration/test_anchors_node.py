@@ -7,8 +7,10 @@ import itertools
 import json
 import os
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from chainmail.keys import Keypair
 from chainmail.verify import path_id
 from support.bcoin import API_KEY, Bcoin, regtest
 from support.lying import lying
-from support.server import CHAINMAIL, Server, free_port, running
+from support.server import CHAINMAIL, Server, free_port, interrupted, running
 
 pytestmark = pytest.mark.integration
 
@@ -451,3 +453,137 @@ def test_a_wallet_that_is_not_there_is_an_error_not_a_forgotten_tx(tmp_path: Pat
             assert API_KEY not in raised.value.diagnostics()
         finally:
             mistyped.close()
+
+
+@pytest.fixture(scope="module")
+def anchored_node(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Bcoin, Server, int, dict[str, Any]]]:
+    """A bcoin regtest node and a `chainmail serve` anchoring in it, with one block
+    anchored: (bitcoin, node, that block's height, its ``anchored``)."""
+    tmp = tmp_path_factory.mktemp("anchored")
+    with regtest(tmp / "bitcoin") as btc:
+        btc.fund()
+        with running(tmp / "node", extra=_serve_args(btc)) as node:
+            height = _settle_a_trade(node.url)
+            yield btc, node, height, _mine_until_anchored(btc, node.url, height)
+
+
+def test_verify_refuses_an_anchor_on_another_chain_than_your_bitcoin_node(
+    anchored_node: tuple[Bcoin, Server, int, dict[str, Any]], tmp_path: Path
+) -> None:
+    btc, node, height, anchored = anchored_node
+
+    def mainnet(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        answer = json.loads(body)
+        if isinstance(answer.get("result"), dict) and "chain" in answer["result"]:
+            answer["result"]["chain"] = "main"  # getblockchaininfo: the headers' node's chain
+        return status, ctype, json.dumps(answer).encode()
+
+    upstream = btc.node_url.replace(f"x:{API_KEY}@", "")
+    with lying(upstream, {"/": mainnet}) as proxy:
+        own = proxy.replace("http://", f"http://x:{API_KEY}@")
+        got = _cli(
+            "verify", "block", str(height), "--node", node.url, "--bitcoin", own, home=tmp_path
+        )
+    # Accepted before, as "on bitcoin-regtest", against a node that is on bitcoin.
+    assert got.returncode == 1, got.stdout + got.stderr
+    said = (
+        f"✗ block {anchored['height']} anchor: the anchor is on bitcoin-regtest, but your"
+        " Bitcoin node is on bitcoin: its headers cannot check it"
+    )
+    assert said in got.stdout, got.stdout
+
+
+class _WarmingUp:
+    """A bitcoind starting up: every call answers HTTP 500 with JSON-RPC error -28 (a real
+    node cannot be held in that state for a test)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                asked = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                error = {"code": -28, "message": "Loading block index…"}
+                data = json.dumps({"result": None, "error": error, "id": asked["id"]}).encode()
+                self.send_response(500)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://x:k@127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_your_bitcoin_node_warming_up_fails_no_anchor_and_accuses_no_node(
+    anchored_node: tuple[Bcoin, Server, int, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, node, height, _ = anchored_node
+    warm = _WarmingUp()
+    try:
+        got = _cli(
+            "verify", "block", str(height), "--node", node.url, "--bitcoin", warm.url, home=tmp_path
+        )
+        # invalid_proof with a ✗ before: the anchor was failed for the node's start-up.
+        assert got.returncode == 1 and "✗" not in got.stdout, got.stdout + got.stderr
+        assert "unavailable:" in got.stderr and "Loading block index" in got.stderr
+        assert "x:k@" not in got.stderr
+
+        env = {**os.environ, "CHAINMAIL_HOME": str(tmp_path), "COLUMNS": "200"}
+        follower = subprocess.Popen(
+            [
+                *(CHAINMAIL, "audit", "--node", node.url, "--bitcoin", warm.url, "--json"),
+                *("--follow", "--interval", "0.2"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(4)
+        out, err = interrupted(follower)
+    finally:
+        warm.close()
+    # A `block` finding before ("its anchor does not hold: … Loading block index…").
+    assert follower.returncode == 0, out + err
+    assert out.strip() == "", out
+    assert "Loading block index" in err and "anchors are checked when it answers" in err
+
+
+def test_ots_out_writes_nothing_verify_did_not_accept(
+    anchored_node: tuple[Bcoin, Server, int, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A node that answers verify honestly, then names an earlier block's anchor when
+    --ots-out asks again: that anchor fixes nothing of the block verified."""
+    _, node, _, anchored = anchored_node
+    later = _settle_a_trade(node.url)  # not mined: left unanchored
+    assert later > anchored["height"]
+    assert httpx.get(f"{node.url}/v1/blocks/{later}").json()["anchored"] is None
+    asked: list[int] = []
+
+    def earlier_anchor(status: int, ctype: str, body: bytes) -> tuple[int, str, bytes]:
+        asked.append(status)
+        if len(asked) == 1:
+            return status, ctype, body
+        return status, ctype, json.dumps({**json.loads(body), "anchored": anchored}).encode()
+
+    out = tmp_path / "ots"
+    with lying(node.url, {f"/v1/blocks/{later}": earlier_anchor}) as url:
+        got = _cli(
+            "verify", "block", str(later), "--node", url, "--ots-out", str(out), home=tmp_path
+        )
+    # rc 0 before, with block-<anchored>.json(.ots) written and `ots verify` suggested.
+    assert len(asked) >= 2
+    assert got.returncode == 1, got.stdout + got.stderr
+    assert f"✓ block {later} anchor: not anchored in Bitcoin yet" in got.stdout
+    assert "invalid_proof: --ots-out" in got.stderr
+    assert len(got.stderr.strip().splitlines()) == 1, got.stderr
+    assert not out.exists() or not list(out.iterdir())

@@ -18,12 +18,12 @@ from typing import Any, cast
 import pytest
 from bitcoin.core import b2lx  # type: ignore[import-untyped]
 
-from chainmail import anchoring, anchors
+from chainmail import anchoring, anchors, bitcoin
 from chainmail.anchoring import AnchorConfig, Anchorer
 from chainmail.bitcoinrpc import BcoinWallet, BitcoinNode, Sent, TxStatus
 from chainmail.errors import ProofError
 from chainmail.store import Store
-from support.btcbuild import anchor_tx, block_of, placed
+from support.btcbuild import anchor_tx, block_of, filler, placed
 
 DIGEST = hashlib.sha256(b"chainmail block 3").digest()
 BLOCK_ID = "%" + base64.b64encode(DIGEST).decode() + ".sha256"
@@ -396,7 +396,7 @@ def test_an_unprovable_tx_is_dropped_and_the_block_sent_anew(
     rig = Rig(tmp_path)
     rig.step()
     rig.wallet.mined = True
-    monkeypatch.setattr(anchors, "build_proof", _unprovable)
+    monkeypatch.setattr(anchors, "prove", _unprovable)
     rig.step()
     assert rig.anchorer.pending is None and "sending a new one" in caplog.text
     rig.step()
@@ -413,10 +413,79 @@ def test_an_unprovable_re_send_leaves_the_block_s_other_txs_watched(
     rig.now += STUCK_MS + 1
     rig.step()  # sent again: rig.txid, the one the fake block holds
     rig.wallet.mined = True
-    monkeypatch.setattr(anchors, "build_proof", _unprovable)
+    monkeypatch.setattr(anchors, "prove", _unprovable)
     rig.step()
     pending = rig.anchorer.pending
     assert pending is not None and pending.txids == (first,)
     assert "waiting for the block's other txs" in caplog.text
     assert Rig(tmp_path).anchorer.pending == pending  # recorded
     assert rig.store.posted == [] and len(rig.wallet.sent) == 2
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(lambda raw: raw[:-10], id="truncated"),
+        pytest.param(lambda raw: raw[:80] + raw[81:], id="a-byte-dropped"),
+        # The header's Merkle root flipped: its transactions no longer hash to it.
+        pytest.param(lambda raw: raw[:40] + bytes([raw[40] ^ 1]) + raw[41:], id="another-root"),
+    ],
+)
+def test_a_garbled_block_from_the_bitcoin_node_keeps_the_mined_tx_and_is_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, garbage: Any
+) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    rig.wallet.mined = True
+    good = rig.node.raw
+    rig.node.raw = garbage(good)
+    rig.step()
+    # Taken for "cannot be proved" before: the mined tx was dropped and another one paid.
+    assert "cannot be proved" not in caplog.text and f"getblock {rig.node.hash}" in caplog.text
+    assert rig.anchorer.pending is not None and rig.anchorer.pending.txid == rig.txid
+    assert Rig(tmp_path).anchorer.pending == rig.anchorer.pending  # kept on disk too
+    rig.node.raw = good  # the node answers properly again
+    rig.step()
+    assert rig.wallet.sent == [DIGEST]
+    assert [a["txid"] for a in rig.store.posted] == [rig.txid]
+
+
+def test_another_block_than_the_one_asked_for_is_no_proof_and_is_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    rig.wallet.mined = True
+    good = rig.node.raw
+    tx = anchor_tx(DIGEST)
+    # Well formed, holding the same tx, another Merkle root: a cache mixing blocks up.
+    other = bytes(block_of([*placed(4, 2, tx), filler(77)]).serialize())
+    rig.node.raw = other
+    rig.step()
+    # Posted before, for good: an anchor whose root no header at its height has.
+    assert rig.store.posted == [] and "answered another block" in caplog.text
+    assert rig.anchorer.pending is not None and rig.wallet.sent == [DIGEST]
+    rig.node.raw = good
+    rig.step()
+    (posted,) = rig.store.posted
+    (attested,) = anchors.check(posted, BLOCK_ID, rig.store.blobs[posted["ots"]])
+    anchors.check_header(attested, bitcoin.parse_block(good).header)
+
+
+def test_a_block_that_does_not_hold_the_wallet_s_tx_is_waited_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.step()
+    rig.wallet.mined = True
+    good, good_hash = rig.node.raw, rig.node.hash
+    other = block_of(placed(4, 2, filler(5)))
+    rig.node.raw, rig.node.hash = bytes(other.serialize()), b2lx(other.GetHash())
+    rig.wallet.block_hash = rig.node.best = rig.node.hash
+    rig.step()
+    assert "which does not hold it; waiting" in caplog.text
+    assert rig.anchorer.pending is not None and rig.store.posted == []
+    rig.node.raw, rig.node.hash = good, good_hash
+    rig.wallet.block_hash = rig.node.best = rig.node.hash
+    rig.step()
+    assert [a["txid"] for a in rig.store.posted] == [rig.txid] and rig.wallet.sent == [DIGEST]

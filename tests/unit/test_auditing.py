@@ -11,7 +11,7 @@ import pytest
 
 from chainmail.audit import Auditor, Finding
 from chainmail.auditing import AuditSummary, _Run, audit_node
-from chainmail.bitcoinrpc import BitcoinError, BitcoinUnreachable
+from chainmail.bitcoinrpc import BitcoinBehind, BitcoinError, BitcoinUnreachable
 from chainmail.client import Client, NodeUnavailable
 from chainmail.verify import Check, Report, VerificationFailed
 
@@ -148,3 +148,36 @@ def test_an_anchor_of_a_block_never_served_is_a_finding_at_the_end() -> None:
     run.anchors()
     (finding,) = run.unserved_anchors()
     assert finding.height == 9 and "never served" in finding.detail
+
+
+def _behind(height: int) -> BitcoinBehind:
+    return BitcoinBehind(f"Bitcoin node http://x:***@127.0.0.1:1 is at height 10, below {height}")
+
+
+def test_an_anchor_past_the_bitcoin_node_s_tip_does_not_hold_back_the_others() -> None:
+    client = StubClient()
+    outages: list[BitcoinUnreachable | None] = []
+    run, found = _run(client, 5, outages)
+    run.anchored = [3, 4]
+    # Block 3's anchor attests a Bitcoin height to come; block 4's does not hold.
+    client.answers = {3: _behind(10**9), 4: _failed(4)}
+    run.anchors()
+    # Before, the first read returned at block 3, and every read after it: block 4's
+    # anchor was never judged.
+    assert [f.height for f in found] == [4]
+    assert outages == [client.answers[3]]  # told once, not every read
+    run.anchors()
+    assert outages == [client.answers[3]] and run.anchored == [3]
+    client.answers = {}
+    run.anchors()  # the Bitcoin node reached it
+    assert run.anchored == [] and [f.height for f in found] == [4]
+
+
+def test_an_anchor_past_the_tip_is_raised_once_the_others_are_checked_without_a_callback() -> None:
+    client = StubClient()
+    run, found = _run(client, 5)
+    run.anchored = [3, 4]
+    client.answers = {3: _behind(10**9), 4: _failed(4)}
+    with pytest.raises(BitcoinBehind):
+        run.anchors()
+    assert client.asked == [3, 4] and [f.height for f in found] == [4]

@@ -1,11 +1,29 @@
 """``chainmail.bitcoinrpc``'s URL handling: credentials out of every message, malformed URLs
-as ``BitcoinError`` (no Bitcoin node needed)."""
+as ``BitcoinError`` (no Bitcoin node needed); and its reading of answers a real node
+cannot be made to give (warming up, syncing, a synced chain far short), from a small
+fake JSON-RPC server."""
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+
 import pytest
 
-from chainmail.bitcoinrpc import BcoinWallet, BitcoinError, BitcoinNode, redact
+from chainmail.bitcoinrpc import (
+    SYNC_MARGIN,
+    BcoinWallet,
+    BitcoinBehind,
+    BitcoinError,
+    BitcoinNode,
+    BitcoinUnreachable,
+    NoSuchBlock,
+    redact,
+)
+from chainmail.errors import ProofError
 
 KEY = "s3cret-api-key"
 
@@ -62,3 +80,143 @@ def test_a_wallet_token_in_the_query_is_sent_and_never_shown() -> None:
         assert KEY not in raised.value.diagnostics() and "token=***" in raised.value.detail
     finally:
         wallet.close()
+
+
+class _FakeRPC:
+    """A Bitcoin JSON-RPC server on a free port answering from ``answers`` (method → HTTP
+    status and JSON body): the answers a real node cannot be made to give at will."""
+
+    def __init__(self, answers: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        self.answers = answers
+        rpc = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                asked = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                status, body = rpc.answers[asked["method"]]
+                data = json.dumps({**body, "id": asked["id"]}).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://x:{KEY}@127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def fake_rpc() -> Iterator[Callable[[dict[str, tuple[int, dict[str, Any]]]], BitcoinNode]]:
+    made: list[tuple[_FakeRPC, BitcoinNode]] = []
+
+    def make(answers: dict[str, tuple[int, dict[str, Any]]]) -> BitcoinNode:
+        rpc = _FakeRPC(answers)
+        made.append((rpc, BitcoinNode(rpc.url)))
+        return made[-1][1]
+
+    yield make
+    for rpc, node in made:
+        node.close()
+        rpc.close()
+
+
+def _ok(result: object) -> tuple[int, dict[str, Any]]:
+    return 200, {"result": result, "error": None}
+
+
+_HEADER = bytes(80)
+_METHODS = ("getblockchaininfo", "getblockcount", "getblockhash", "getblockheader")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (500, -28, "Loading block index…"),  # bitcoind starting: RPC_IN_WARMUP
+        (500, -10, "Bitcoin Core is in initial sync"),
+        (500, -32603, "Internal error"),
+    ],
+)
+def test_a_node_that_cannot_answer_yet_is_unreachable_not_an_answer(
+    fake_rpc: Callable[..., BitcoinNode], status: int, code: int, message: str
+) -> None:
+    error = (status, {"result": None, "error": {"code": code, "message": message}})
+    node = fake_rpc(dict.fromkeys(_METHODS, error))
+    # A plain BitcoinError before: verify failed the anchor, audit accused the node.
+    with pytest.raises(BitcoinUnreachable, match=message) as raised:
+        node.header_at_synced(7)
+    assert KEY not in raised.value.diagnostics()
+    with pytest.raises(BitcoinUnreachable, match=message):
+        node.chain()
+
+
+def test_a_refusal_of_what_was_asked_stays_a_bitcoin_error(
+    fake_rpc: Callable[..., BitcoinNode],
+) -> None:
+    refused = (500, {"result": None, "error": {"code": -5, "message": "Block not found"}})
+    node = fake_rpc({"getblockheader": refused})
+    with pytest.raises(BitcoinError, match="Block not found") as raised:
+        node.header("00" * 32)
+    assert not isinstance(raised.value, BitcoinUnreachable)
+
+
+def _synced(tip: int, **info: object) -> dict[str, tuple[int, dict[str, Any]]]:
+    return {
+        "getblockchaininfo": _ok({"chain": "regtest", "blocks": tip, **info}),
+        "getblockcount": _ok(tip),
+        "getblockhash": _ok("11" * 32),
+        "getblockheader": _ok(_HEADER.hex()),
+    }
+
+
+CORE_SYNCED: Final = {"headers": 10, "initialblockdownload": False}
+
+
+def test_a_synced_node_has_no_block_far_past_its_tip(fake_rpc: Callable[..., BitcoinNode]) -> None:
+    node = fake_rpc(_synced(10, **CORE_SYNCED))
+    assert node.header_at_synced(10) == _HEADER
+    far = 10 + SYNC_MARGIN + 1
+    # BitcoinBehind before ("let it sync"), for ever: the anchor was never judged.
+    with pytest.raises(
+        NoSuchBlock, match=f"no Bitcoin block at height {far}.*synced, at height 10"
+    ):
+        node.header_at_synced(far)
+    assert issubclass(NoSuchBlock, ProofError)
+    with pytest.raises(NoSuchBlock, match="at height 1000000000"):
+        node.header_at_synced(1_000_000_000)
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"headers": 10, "initialblockdownload": True},  # Bitcoin Core, syncing
+        {"headers": 500, "initialblockdownload": False},  # blocks behind its headers
+        {"headers": 10, "verificationprogress": 0.0},  # bcoin, a fresh chain
+        {},  # says nothing: taken as syncing
+    ],
+)
+def test_a_node_still_syncing_is_behind_at_any_height(
+    fake_rpc: Callable[..., BitcoinNode], info: dict[str, object]
+) -> None:
+    node = fake_rpc(_synced(10, **info))
+    with pytest.raises(BitcoinBehind, match="let it sync"):
+        node.header_at_synced(1_000_000_000)
+
+
+@pytest.mark.parametrize("info", [CORE_SYNCED, {"headers": 10, "verificationprogress": 1.0}])
+def test_a_synced_node_a_few_blocks_short_is_told_to_sync(
+    fake_rpc: Callable[..., BitcoinNode], info: dict[str, object]
+) -> None:
+    node = fake_rpc(_synced(10, **info))
+    with pytest.raises(BitcoinBehind, match="let it sync"):
+        node.header_at_synced(10 + SYNC_MARGIN)
+    if "verificationprogress" in info:  # bcoin: synced, so a height far past is judged
+        with pytest.raises(NoSuchBlock):
+            node.header_at_synced(10 + SYNC_MARGIN + 1)

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.text import Text
 
 from chainmail import anchors, ssb
+from chainmail import blocks as block_rules
 from chainmail.cli._app import app
 from chainmail.client import (
     DEFAULT_NODE,
@@ -104,7 +105,8 @@ BitcoinOpt = Annotated[
         "--bitcoin",
         envvar="CHAINMAIL_BITCOIN",
         help="JSON-RPC URL of a Bitcoin node of your own (http://user:password@host:port):"
-        " each anchor's Merkle root is checked in its Bitcoin block header.",
+        " each anchor's chain is checked to be that node's, and its Merkle root in its"
+        " Bitcoin block header.",
     ),
 ]
 NodeIdOpt = Annotated[
@@ -623,7 +625,7 @@ def _verify(
     as_json: bool,
     what: str,
     run: Callable[[Client, Progress], Report],
-) -> None:
+) -> Report:
     err = _err()
     with _client(node, node_id=node_id) as client:
         try:
@@ -635,6 +637,7 @@ def _verify(
             err.print(Text(f"chainmail: {_printable(exc.diagnostics())}", style="red"))
             raise typer.Exit(1) from None
     _print_report(report, as_json)
+    return report
 
 
 @verify_app.command("message")
@@ -684,7 +687,8 @@ def verify_block(
         typer.Option(
             "--ots-out",
             help="Write the anchored block's message and its OpenTimestamps proof into this"
-            " directory (block-N.json, block-N.json.ots) for `ots verify`.",
+            " directory (block-N.json, block-N.json.ots) for `ots verify`; asked of the node"
+            " again, they must pass verify's checks, else nothing is written.",
             file_okay=False,
         ),
     ] = None,
@@ -697,7 +701,7 @@ def verify_block(
             raise Error(
                 f"--witness: expected a feed id @….ed25519, got {pinned!r}", code="invalid_format"
             )
-    _verify(
+    report = _verify(
         node,
         node_id,
         as_json,
@@ -712,7 +716,7 @@ def verify_block(
     )
     if ots_out is not None:
         with _client(node, node_id=node_id) as client:
-            written, chain = _write_ots(client, height, ots_out)
+            written, chain = _write_ots(client, height, ots_out, _verified_node(report, node_id))
         typer.echo(f"wrote {written} and {written}.ots", err=True)
         flag = {"bitcoin-testnet": "--btc-testnet ", "bitcoin-regtest": "--btc-regtest "}.get(
             chain, ""
@@ -731,26 +735,40 @@ def verify_block(
             )
 
 
-def _write_ots(client: Client, height: int, directory: Path) -> tuple[Path, str]:
+def _verified_node(report: Report, pinned: str | None) -> str:
+    """The node id ``report``'s verification held the node to: ``pinned``, else the one
+    its node identity check bound."""
+    if pinned is not None:
+        return pinned
+    if report.node_id is None:
+        raise Error("--ots-out: the verification bound no node id", code="invalid_proof")
+    return report.node_id
+
+
+def _write_ots(client: Client, height: int, directory: Path, node_id: str) -> tuple[Path, str]:
     """The anchored block's message (the bytes its id hashes) and its first anchor's
-    ``.ots`` proof, as ``ots verify`` takes them, each checked again as it is written
-    (the node is asked twice: what it answers now is what goes on disk); returns the
-    message's path and the anchor's chain. ``Error`` when there is no anchor or the
-    answers do not hold."""
+    ``.ots`` proof, as ``ots verify`` takes them. The node is asked again (what it
+    answers now is what goes on disk), so each answer is held to what ``verify``
+    checks: the anchored block at ``height`` or above, linked down to it by ``prev``,
+    every block signed by ``node_id`` (the node verify bound), and the anchor too.
+    Returns the message's path and the anchor's chain. ``Error`` when there is no
+    anchor or the answers do not hold."""
     try:
-        anchored = client.block(height).get("anchored")
+        body = client.block(height)
+        anchored = body.get("anchored")
         if not isinstance(anchored, dict) or not anchored.get("anchors"):
             raise Error(f"block {height} is not anchored in Bitcoin yet", code="not_found")
-        top = int(anchored["height"])
+        top = anchored["height"]
+        if type(top) is not int or top < height:
+            raise ProofError(f"the node names block {top!r} as block {height}'s anchored one")
+        top_message = _linked(client, body["message"], height, top, node_id)
         first = anchored["anchors"][0]
-        block = client.block(top)
-        checked = ssb.check(block["message"])
         message = client.message(str(first["id"]))["message"]
         proof = client.get_blob(str(message["content"]["ots"]))
-        # Signed by the block's own author: the node verify has just checked.
-        content, _ = anchors.check_message(message, checked.author, top, checked.id, proof)
-        text = ssb.stringify(block["message"], 2).encode("utf-8")
-        if not text.isascii() or ssb.message_id(block["message"]) != checked.id:
+        top_id = ssb.message_id(top_message)
+        content, _ = anchors.check_message(message, node_id, top, top_id, proof, client.hmac_key)
+        text = ssb.stringify(top_message, 2).encode("utf-8")
+        if not text.isascii():
             raise ProofError(f"block {top}: its message does not hash to its id")
     except (KeyError, TypeError, ValueError) as exc:
         raise Error(
@@ -766,3 +784,36 @@ def _write_ots(client: Client, height: int, directory: Path) -> tuple[Path, str]
     except OSError as exc:
         raise Error(f"--ots-out {directory}: {exc.strerror or exc}", code="invalid_format") from exc
     return path, _printable(content.get("chain"))
+
+
+#: Blocks asked for at a time while following ``prev`` links up to the anchored block.
+_LINK_PAGE: Final = 1000
+
+
+def _linked(
+    client: Client, message: dict[str, Any], height: int, top: int, node_id: str
+) -> dict[str, Any]:
+    """Block ``top``'s signed message, checked to descend by ``prev`` links from
+    ``message``, block ``height``, every one signed by ``node_id``. ``ProofError``
+    when they do not."""
+    checked = ssb.check(message, client.hmac_key)
+    if checked.author != node_id:
+        raise ProofError(f"block {height}: expected author {node_id}, got {checked.author}")
+    info = block_rules.parse_block_content(checked.content, checked.id)
+    if info.height != height:
+        raise ProofError(f"block {height}: the node's answer is block {info.height}")
+    previous = message
+    while info.height < top:
+        listed = client.blocks(info.height, min(_LINK_PAGE, top - info.height))
+        if not listed:
+            raise ProofError(f"the node lists no block after {info.height}, below {top}")
+        for entry in listed:
+            info = block_rules.verify_block(
+                entry["message"], node_id, previous=previous, hmac_key=client.hmac_key
+            )
+            previous = entry["message"]
+            if info.height >= top:
+                break
+    if info.height != top:
+        raise ProofError(f"block {top}: the node's answer is block {info.height}")
+    return previous
