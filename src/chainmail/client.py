@@ -1018,7 +1018,8 @@ class _Core:
                 )
         timeout = _timeout_arg(timeout)
         _callable_arg(clock, "clock")
-        url = (node or os.environ.get(NODE_ENV) or DEFAULT_NODE).rstrip("/")
+        # An empty ``node`` is a mistake to say, not the default (an empty variable is unset).
+        url = (os.environ.get(NODE_ENV) or DEFAULT_NODE if node is None else node).rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise Error(
                 f"node URL: expected http://… or https://…, got {url!r}", code="invalid_format"

@@ -12,6 +12,8 @@ from chainmail.errors import Error
     ("url", "says"),
     [
         ("127.0.0.1:8700", "expected http://"),
+        ("", "got ''"),  # an empty --node is a mistake, not the default node
+        ("/", "got ''"),
         ("http://127.0.0.1:abc", "Invalid port"),
         ("http://[::1", "Invalid port"),
         ("http://127.0.0.1:99999", "port 99999 is not 1 to 65535"),
@@ -41,3 +43,10 @@ def test_a_bad_node_url_is_refused_at_once(url: str, says: str) -> None:
 def test_a_good_node_url_is_taken(url: str) -> None:
     with Client(url) as client:
         assert client.node == url.rstrip("/")
+
+
+def test_an_empty_node_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAINMAIL_NODE", "")
+    assert Client().node == "http://127.0.0.1:8700"
+    monkeypatch.setenv("CHAINMAIL_NODE", "http://node.example:9000")
+    assert Client().node == "http://node.example:9000"
