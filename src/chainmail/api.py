@@ -533,8 +533,9 @@ def create_app(
         "log; the same message again gives 200 and the same body. The body is the message "
         "as JSON (`Content-Type: application/json` or any `application/…+json`, or none); "
         "any other type is refused with 415 `unsupported_media_type` before the body is read. "
-        "A body that pauses `serve --body-idle-timeout` seconds (30) is refused with 408 "
-        "`request_timeout`.",
+        "A body that pauses `serve --body-idle-timeout` seconds (30), or brings under 8 KiB/s "
+        "over such a span, is refused with 408 `request_timeout`; one client address holding an "
+        "eighth of `--body-budget` in bodies gets 429 `rate_limited`.",
         responses={200: {"description": "The same message again: nothing new was logged"}},
     )
     async def post_message(request: Request) -> Response:
@@ -551,7 +552,7 @@ def create_app(
         "`application/x-jsonlines`, `application/jsonlines`, `application/json`, any "
         "`application/…+json`, or none); any other type is refused with 415 "
         "`unsupported_media_type`. A body that pauses `serve --body-idle-timeout` seconds "
-        "(30) is refused with 408 `request_timeout`.",
+        "(30), or brings under 8 KiB/s over such a span, is refused with 408 `request_timeout`.",
     )
     async def post_batch(request: Request) -> Response:
         return await via_ingest_paths(request, batch=True)

@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Final
 
 import orjson
 
 from chainmail.errors import Error, InvalidMessage, InvalidRequest, OperationalError, RateLimited
+from chainmail.httpsig import client_source
 from chainmail.sequencer import Accepted
 
 __all__ = [
@@ -133,6 +135,10 @@ def _declared_length(scope: Scope) -> int | None:
 #: (408 ``request_timeout``): a client that stalls, or vanished without closing its
 #: connection, holds its part of the ``BodyBudget`` no longer than this.
 BODY_IDLE_TIMEOUT_S: Final = 30.0
+#: Bytes a second a request body must average over each ``idle_timeout`` seconds
+#: of its arrival (64 kbit/s): a body trickling a byte now and then, never idle
+#: for long, held its part of the ``BodyBudget`` for good.
+MIN_BODY_RATE: Final = 8 * 1024
 
 
 async def read_limited(
@@ -142,14 +148,19 @@ async def read_limited(
     *,
     on_chunk: Callable[[int], None] | None = None,
     idle_timeout: float | None = None,
+    min_rate: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> bytes:
     """The request body, refused beyond ``limit`` bytes.
 
     Raises ``InvalidRequest`` (``too_large``) as soon as the declared or the
     received size passes the limit, ``InvalidRequest`` (``request_timeout``)
-    when ``idle_timeout`` seconds pass with nothing received, and
-    ``ClientGone`` on a disconnect. ``on_chunk(n)`` is told of each chunk's
-    size before it is kept (it may raise to stop the read).
+    when ``idle_timeout`` seconds pass with nothing received, or when one of
+    the successive ``idle_timeout``-second windows of its arrival (the first
+    from the call) brought fewer than ``min_rate`` bytes a second, and
+    ``ClientGone`` on a disconnect.
+    ``on_chunk(n)`` is told of each chunk's size before it is kept (it may
+    raise to stop the read).
     """
     declared = _declared_length(scope)
     if declared is not None and declared > limit:
@@ -158,17 +169,28 @@ async def read_limited(
         )
     chunks: list[bytes] = []
     size = 0
+    rated = min_rate is not None and idle_timeout is not None
+    window = last = clock() if rated else 0.0
+    got = 0  # bytes of the body received in this window of ``idle_timeout`` seconds
     while True:
+        wait = idle_timeout
+        if min_rate is not None and idle_timeout is not None:
+            now = clock()
+            if now - window >= idle_timeout:
+                if now - last >= idle_timeout:
+                    raise _idle(idle_timeout, size)
+                if got < min_rate * idle_timeout:
+                    raise _too_slow(got, size, idle_timeout, min_rate)
+                window, got = now, 0
+            wait = window + idle_timeout - now
         try:
             # A timeout scope, not ``wait_for``: no task a chunk on the ingest path.
-            async with asyncio.timeout(idle_timeout):
+            async with asyncio.timeout(wait):
                 message = await receive()
         except TimeoutError:
-            raise InvalidRequest(
-                f"nothing of the request body arrived for {idle_timeout:g} s"
-                f" ({size} bytes received)",
-                code="request_timeout",
-            ) from None
+            if not rated:
+                raise _idle(idle_timeout, size) from None
+            continue  # the window is over: judged above
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -179,12 +201,32 @@ async def read_limited(
             if on_chunk is not None:
                 on_chunk(len(chunk))
             chunks.append(chunk)
+            if rated:
+                got += len(chunk)
+                last = clock()
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _idle(idle_timeout: float | None, size: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"nothing of the request body arrived for {idle_timeout:g} s ({size} bytes received)",
+        code="request_timeout",
+    )
+
+
+def _too_slow(got: int, size: int, window: float, min_rate: float) -> InvalidRequest:
+    return InvalidRequest(
+        f"the request body brought {got} bytes in the last {window:g} s, under the minimum"
+        f" of {min_rate:.0f} bytes/s ({size} bytes received)",
+        code="request_timeout",
+    )
+
+
 #: Request-body bytes a node holds at once by default: 32 bodies of the largest size.
 DEFAULT_BODY_BUDGET: Final = 512 * 1024 * 1024
+#: One client address holds at most this fraction of the budget (``BodyBudget``).
+SOURCE_SHARE: Final = 8
 
 
 class BodyBudget:
@@ -198,27 +240,46 @@ class BodyBudget:
     of it is read, so many slow or large uploads cannot exhaust the node's
     memory. A declared length reserves nothing: connections that send headers
     and then nothing hold no budget, and cannot lock the others out. A body
-    that pauses ``idle_timeout`` seconds is refused (408 ``request_timeout``)
-    and gives its bytes back. One body is never refused while no other is
-    held: the largest allowed body always gets through.
+    that pauses ``idle_timeout`` seconds, or that brings under ``min_rate``
+    bytes a second over one of the ``idle_timeout``-second windows of its arrival, is
+    refused (408 ``request_timeout``) and gives its bytes back. One client
+    address (``httpsig.client_source``: an IPv6 /64 as one) holds at most
+    ``1/SOURCE_SHARE`` of the budget (429 past it), so a few slow uploads from
+    one place cannot take it all. One body is never refused while no other is
+    held, nor one from an address holding nothing: the largest allowed body
+    always gets through.
     """
 
     def __init__(
-        self, limit: int = DEFAULT_BODY_BUDGET, *, idle_timeout: float = BODY_IDLE_TIMEOUT_S
+        self,
+        limit: int = DEFAULT_BODY_BUDGET,
+        *,
+        idle_timeout: float = BODY_IDLE_TIMEOUT_S,
+        min_rate: float = MIN_BODY_RATE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit: expected at least 1 byte, got {limit}")
         if not idle_timeout > 0:
             raise ValueError(f"idle_timeout: expected a positive number, got {idle_timeout}")
+        if not min_rate > 0:
+            raise ValueError(f"min_rate: expected a positive number, got {min_rate}")
         self.limit = limit
         self.idle_timeout = idle_timeout
-        #: Bytes held now.
+        self.min_rate = min_rate
+        self._clock = clock
+        #: Bytes held now, in all and by client address (none kept for an address at 0).
         self.held = 0
+        self.held_by: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
     async def body(self, scope: Scope, receive: Receive, limit: int) -> AsyncIterator[bytes]:
         """``read_limited``'s body, counted while the ``async with`` lasts."""
         taken = 0
+        client = scope.get("client")
+        source = client_source(client[0] if client else None)
+        share = self.limit // SOURCE_SHARE if source else self.limit
+        held_by = self.held_by
 
         def busy() -> RateLimited:
             return RateLimited(
@@ -227,11 +288,24 @@ class BodyBudget:
                 retry_after=1.0,
             )
 
+        def crowded() -> RateLimited:
+            return RateLimited(
+                f"{held_by.get(source, 0)} bytes of request bodies from this address are being"
+                f" received or handled now (at most {share}); retry in a moment",
+                retry_after=1.0,
+            )
+
         def take(n: int) -> None:
             nonlocal taken
             # Past the budget with others' bytes: a body alone always gets through.
             if self.held > taken and self.held + n > self.limit:
                 raise busy()
+            if source:
+                mine = held_by.get(source, 0)
+                # Likewise the first body of an address.
+                if mine > taken and mine + n > share:
+                    raise crowded()
+                held_by[source] = mine + n
             self.held += n
             taken += n
 
@@ -239,12 +313,27 @@ class BodyBudget:
             declared = _declared_length(scope)
             if declared is not None and self.held and self.held + declared > self.limit:
                 raise busy()
+            mine = held_by.get(source, 0) if source else 0
+            if declared is not None and mine and mine + declared > share:
+                raise crowded()
             data = await read_limited(
-                scope, receive, limit, on_chunk=take, idle_timeout=self.idle_timeout
+                scope,
+                receive,
+                limit,
+                on_chunk=take,
+                idle_timeout=self.idle_timeout,
+                min_rate=self.min_rate,
+                clock=self._clock,
             )
             yield data
         finally:
             self.held -= taken
+            if source and taken:
+                left = held_by[source] - taken
+                if left:
+                    held_by[source] = left
+                else:
+                    del held_by[source]
 
 
 async def _respond(

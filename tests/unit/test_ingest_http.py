@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -308,6 +309,81 @@ def test_a_body_that_pauses_gives_back_what_it_held() -> None:
             async with budget.body(_scope(None), receive, 100):
                 pass
         assert budget.held == 0
+
+    asyncio.run(scenario())
+
+
+def _from(host: str, length: int | None = None) -> dict[str, Any]:
+    return {**_scope(length), "client": (host, 40000)}
+
+
+def test_a_body_that_trickles_under_the_minimum_rate_gives_back_what_it_held() -> None:
+    """Never idle for the idle timeout, a byte now and then: refused once its average
+    falls under the minimum rate past the grace, not held for good."""
+
+    async def scenario() -> float:
+        budget = BodyBudget(1000, idle_timeout=0.2, min_rate=1000.0)
+        sent = [b"x" * 300]  # the first window's 200 bytes and more, at once
+
+        async def receive() -> dict[str, Any]:
+            if sent:
+                return {"type": "http.request", "body": sent.pop(), "more_body": True}
+            await asyncio.sleep(0.05)  # well within the idle timeout, every time
+            return {"type": "http.request", "body": b"y", "more_body": True}
+
+        start = time.monotonic()
+        with pytest.raises(InvalidMessage, match="under the minimum of 1000") as slow:
+            async with budget.body(_scope(None), receive, 10_000):
+                pass
+        assert (slow.value.code, slow.value.status) == ("request_timeout", 408)
+        assert budget.held == 0 and budget.held_by == {}
+        return time.monotonic() - start
+
+    # The first 0.2 s window brought enough; the second, a few bytes: refused at its end.
+    assert 0.35 < asyncio.run(scenario()) < 2.0
+
+
+def test_a_body_at_the_minimum_rate_or_better_is_read_whole() -> None:
+    async def scenario() -> bytes:
+        budget = BodyBudget(10_000, idle_timeout=0.2, min_rate=1000.0)
+        parts = [b"z" * 100 for _ in range(5)]
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0.05)  # 2,000 B/s
+            return {"type": "http.request", "body": parts.pop(), "more_body": bool(parts)}
+
+        async with budget.body(_scope(None), receive, 10_000) as body:
+            return body
+
+    assert asyncio.run(scenario()) == b"z" * 500
+
+
+def test_one_address_holds_at_most_its_share_of_the_budget() -> None:
+    async def scenario() -> None:
+        budget = BodyBudget(8 * 100)  # a share of 100 bytes an address
+        async with budget.body(_from("203.0.113.7"), _receiver(b"a" * 90), 1000):
+            # Its next body is refused past its share, declared or as it arrives...
+            for scope in (_from("203.0.113.7", 20), _from("203.0.113.7")):
+                with pytest.raises(RateLimited, match="from this address") as refused:
+                    async with budget.body(scope, _receiver(b"b" * 10, b"c" * 10), 1000):
+                        pass
+                assert refused.value.retry_after == 1.0
+            # ... and so is one from its IPv6 /64 neighbour's, but not another address's.
+            async with budget.body(_from("2001:db8::1"), _receiver(b"d" * 90), 1000):
+                with pytest.raises(RateLimited, match="from this address"):
+                    async with budget.body(_from("2001:db8::2"), _receiver(b"e" * 20), 1000):
+                        pass
+                async with budget.body(_from("198.51.100.1"), _receiver(b"f" * 90), 1000):
+                    assert budget.held == 270
+            assert budget.held_by == {"203.0.113.7": 90}
+        # A first body from an address passes whatever its size; loopback has no share.
+        async with (
+            budget.body(_from("203.0.113.7"), _receiver(b"g" * 500), 1000),
+            budget.body(_from("127.0.0.1"), _receiver(b"h" * 200), 1000),
+            budget.body(_from("127.0.0.1"), _receiver(b"i" * 50), 1000),
+        ):
+            assert budget.held_by == {"203.0.113.7": 500}
+        assert budget.held == 0 and budget.held_by == {}
 
     asyncio.run(scenario())
 

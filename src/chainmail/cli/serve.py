@@ -281,15 +281,17 @@ def serve(
         int,
         typer.Option(
             help="Bytes of request bodies held at once over all requests, counted as they"
-            " arrive; a body past it is refused (429, Retry-After) before more is read. One"
-            " body alone always passes.",
+            " arrive; a body past it is refused (429, Retry-After) before more is read, and so"
+            " is one past an eighth of it from one client address (an IPv6 /64 as one;"
+            " loopback has no share). One body alone always passes.",
         ),
     ] = DEFAULT_BODY_BUDGET,
     body_idle_timeout: Annotated[
         float,
         typer.Option(
             help="Seconds a request body may pause (nothing of it arriving) before it is"
-            " refused (408 request_timeout) and its bytes given back.",
+            " refused (408 request_timeout) and its bytes given back; each such span of its"
+            " arrival must also bring 8 KiB/s.",
         ),
     ] = BODY_IDLE_TIMEOUT_S,
     blob_grace: Annotated[
