@@ -1152,12 +1152,27 @@ class _Core:
         except (KeyError, TypeError, ValueError) as exc:
             raise OperationalError(f"malformed feed head from the node: {body!r}") from exc
 
-    def _reconcile_flow(self) -> Flow[None]:
-        """Learn what the node has of our feed; adopt its head if the feed went on elsewhere."""
+    def _reconcile_flow(self, replay: bool = False) -> Flow[None]:
+        """Learn what the node has of our feed; adopt its head if the feed went on elsewhere.
+
+        A node with less of the feed than a node has accepted (the local copy
+        keeps the highest acknowledged sequence) is another node, or one that
+        lost them: the messages are not replayed to it unless ``replay``.
+        """
         feed = self._feed()
         me = self._keys().id
         remote = yield from self._head_flow(me)
         local = feed.head()
+        have = 0 if remote is None else remote.sequence
+        accepted = _acknowledged(feed)
+        if have < accepted and not replay:
+            raise InvalidMessage(
+                f"{self.node} has {me}'s feed up to sequence {have}, but a node accepted it"
+                f" up to {accepted}: this is another node (or one that lost them), and a feed"
+                " is one history. Act as another identity here, or replay the feed to this"
+                " node on purpose (Client.sync(replay=True))",
+                code="out_of_order",
+            )
         if remote is None:
             self._sent = 0
             return
@@ -1213,10 +1228,10 @@ class _Core:
         again.dropped = [m["content"] for m in lost]  # type: ignore[attr-defined]
         return again
 
-    def _sync_flow(self) -> Flow[list[Receipt]]:
+    def _sync_flow(self, replay: bool = False) -> Flow[list[Receipt]]:
         feed = self._feed()
         if self._sent is None:
-            yield from self._reconcile_flow()
+            yield from self._reconcile_flow(replay)
         receipts: list[Receipt] = []
         while True:
             assert self._sent is not None
@@ -1866,15 +1881,17 @@ class Client(_Core):
         """
         return self._run(self._publish_flow(content))
 
-    def sync(self) -> list[Receipt]:
+    def sync(self, *, replay: bool = False) -> list[Receipt]:
         """Push every local message the node does not have, in order; their receipts.
 
         The first call asks the node for the feed's head. Raises the node's
         error for the first refused message (see ``publish``), ``InvalidMessage``
         (``fork``) when the local copy and the node's feed disagree, and
-        ``NodeUnavailable``.
+        (``out_of_order``) when the node has less of the feed than a node
+        accepted before, unless ``replay`` (another node: the feed's history is
+        pushed to it), and ``NodeUnavailable``.
         """
-        return self._run(self._sync_flow())
+        return self._run(self._sync_flow(_bool_arg(replay, "replay")))
 
     def submit(self, msg: Mapping[str, Any]) -> Receipt:
         """Submit one signed message (anyone's); ``created`` is False for a duplicate.
@@ -2429,9 +2446,9 @@ class AsyncClient(_Core):
         """Sign and push ``content``; raises like ``Client.publish``."""
         return await self._run(self._publish_flow(content))
 
-    async def sync(self) -> list[Receipt]:
-        """Push the local backlog; raises like ``Client.sync``."""
-        return await self._run(self._sync_flow())
+    async def sync(self, *, replay: bool = False) -> list[Receipt]:
+        """Push the local backlog; ``replay`` and raises like ``Client.sync``."""
+        return await self._run(self._sync_flow(_bool_arg(replay, "replay")))
 
     async def submit(self, msg: Mapping[str, Any]) -> Receipt:
         """Submit one signed message; raises like ``Client.submit``."""

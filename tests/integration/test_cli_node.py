@@ -22,7 +22,7 @@ from chainmail.client import FEEDS_DIR, Client, NodeUnavailable, feed_path
 from chainmail.keys import Keypair
 from chainmail.verify import path_id
 from support.lying import Rewrite, lying
-from support.server import CHAINMAIL, interrupted
+from support.server import CHAINMAIL, interrupted, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -221,6 +221,30 @@ def test_a_node_that_hangs_up_on_a_send_leaves_the_message_kept_and_says_so(
     after = cli("send", "--as", "erin", "--type", "post", "--json").json()
     shown = [json.loads(x) for x in cli("firehose", "--json").out.splitlines()]
     assert next(x["message"]["sequence"] for x in shown if x["id"] == after["id"]) == 2
+
+
+def test_a_feed_a_node_accepted_is_not_replayed_to_another_node_unasked(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A key used on a second node: its history is not pushed there behind the user's
+    back (closed txs would refuse it and the key could post nothing more there)."""
+    frank = cli.key("frank")
+    cli("send", "--as", "frank", "--type", "post", "--data", '{"text": "on the first node"}')
+    with running(tmp_path / "other") as other:
+        run = cli("send", "--as", "frank", "--type", "post", "--node", other.url, check=False)
+        assert_one_line_error(run, "out_of_order")
+        assert "but a node accepted it up to 1: this is another node" in run.err
+        shown = cli("firehose", "--node", other.url, "--json").out.splitlines()
+        assert not [x for x in shown if json.loads(x)["message"]["author"] == frank]
+        # On purpose, from Python: the history goes first, then what follows.
+        home, passphrase = cli.env["CHAINMAIL_HOME"], cli.env["CHAINMAIL_PASSPHRASE"]
+        with Client.from_keystore("frank", passphrase, home, node=other.url) as client:
+            assert [r.index for r in client.sync(replay=True)] != []
+            client.publish({"type": "post", "text": "on the second node"})
+        shown = cli("firehose", "--node", other.url, "--json").out.splitlines()
+        mine = [json.loads(x)["message"] for x in shown]
+        texts = [m["content"].get("text") for m in mine if m["author"] == frank]
+        assert texts == ["on the first node", "on the second node"]
 
 
 def test_verify_failure_exits_1(cli: Cli) -> None:

@@ -689,11 +689,19 @@ def test_a_node_without_the_feed_refusing_what_another_took_drops_nothing(
         running(tmp_path / "other") as other,
         Client(other.url, dave, feeds=tmp_path) as second,  # a new process, as the CLI is
     ):
-        with pytest.raises(Rejected, match="the local copy is kept") as refused:
+        # Not replayed there unasked: refused before anything is signed or sent.
+        with pytest.raises(InvalidMessage, match="this is another node") as elsewhere:
             second.publish({"type": "post", "text": "to the other node"})
+        assert elsewhere.value.code == "out_of_order"
+        assert second.feed is not None
+        assert [m["sequence"] for m in second.feed.after(0)] == [1, 2]
+        # Replayed on purpose: the other node refuses the note of a tx only the first
+        # knows, and nothing the first accepted is dropped.
+        second.sign({"type": "post", "text": "to the other node"})
+        with pytest.raises(Rejected, match="the local copy is kept") as refused:
+            second.sync(replay=True)
         assert refused.value.code == "unknown_tx"
         assert refused.value.dropped == []  # type: ignore[attr-defined]
-        assert second.feed is not None
         assert [m["sequence"] for m in second.feed.after(0)] == [1, 2, 3]
     with Client(node_url, dave, feeds=tmp_path) as back:
         (receipt,) = back.sync()  # the first node takes the new one, chained on
