@@ -12,11 +12,12 @@ import asyncio
 import base64
 import contextlib
 import importlib.resources
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, BinaryIO, Final, TypeVar
 
 import orjson
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
@@ -61,6 +62,8 @@ PROBLEM: Final = "application/problem+json"
 _DOCS_PAGE: Final = (importlib.resources.files("chainmail") / "static" / "docs.html").read_bytes()
 NDJSON: Final = "application/x-ndjson"
 _MAX_LIMIT: Final = 10_000
+#: Bytes of a blob read and sent at a time (``GET /v1/blobs/{id}``).
+_BLOB_CHUNK: Final = 64 * 1024
 #: Characters a name search may have: names are short, and SQLite refuses
 #: LIKE patterns past 50,000 bytes.
 _MAX_NAME_QUERY: Final = 1_000
@@ -1217,15 +1220,46 @@ def create_app(
             size = len(data)
         return _json({"id": bid, "size": size}, 201 if created else 200)
 
-    @app.get("/v1/blobs/{bid:path}", tags=["blobs"], summary="The bytes of a blob")
-    async def get_blob(bid: str) -> Response:
+    async def open_blob(bid: str) -> tuple[BinaryIO, int]:
         if not is_blob_id(bid):
             raise InvalidRequest(f"not a blob id: {_short(bid)!r}")
-        # Off the event loop: a 16 MiB read from a cold disk would hold every client.
-        data = await asyncio.to_thread(node.store.get_blob, bid)
-        if data is None:
+        # Off the event loop: a read from a cold disk would hold every client.
+        handle = await asyncio.to_thread(node.store.open_blob, bid)
+        if handle is None:
             raise NotFound(f"no blob {bid}")
-        return Response(data, media_type="application/octet-stream")
+        return handle, os.fstat(handle.fileno()).st_size
+
+    @app.get(
+        "/v1/blobs/{bid:path}",
+        tags=["blobs"],
+        summary="The bytes of a blob",
+        description="Sent as they are read, a chunk at a time: a downloader that stops "
+        "reading holds a chunk of the node's memory, not the blob. `HEAD` says whether the "
+        "node holds it, and its `Content-Length`, without the bytes.",
+    )
+    async def get_blob(bid: str) -> Response:
+        handle, size = await open_blob(bid)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while chunk := await asyncio.to_thread(handle.read, _BLOB_CHUNK):
+                    yield chunk
+            finally:
+                handle.close()
+
+        return StreamingResponse(
+            chunks(),
+            media_type="application/octet-stream",
+            headers={"content-length": str(size)},
+        )
+
+    @app.head("/v1/blobs/{bid:path}", include_in_schema=False)
+    async def head_blob(bid: str) -> Response:
+        handle, size = await open_blob(bid)
+        handle.close()
+        return Response(
+            media_type="application/octet-stream", headers={"content-length": str(size)}
+        )
 
     # --- operations ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, BinaryIO, Final, Literal, cast
 
 import orjson
 
@@ -1854,6 +1854,14 @@ class SqliteStore:
     def get_blob(self, blob_id: str) -> bytes | None:
         try:
             return self._blob_path(blob_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"blob read failed: {exc}") from exc
+
+    def open_blob(self, blob_id: str) -> BinaryIO | None:
+        try:
+            return self._blob_path(blob_id).open("rb")
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, BinaryIO, Final, Protocol
 
 from chainmail.frozen import constructor
 
@@ -317,6 +317,11 @@ class Store(Protocol):
         ...
 
     def get_blob(self, blob_id: str) -> bytes | None: ...
+
+    def open_blob(self, blob_id: str) -> BinaryIO | None:
+        """The blob's file, open for reading (the caller closes it), or None if not held:
+        its bytes stay readable while it is open, even if a sweep deletes it meanwhile."""
+        ...
 
     def block(self, height: int) -> BlockRow | None: ...
 
