@@ -1009,6 +1009,7 @@ class SqliteStore:
             self._drop_blob_temporaries()
             if not _columns(self._w, "blob_refs"):
                 self._migrate_blobs()
+            self._drop_missing_pending()
             #: Bytes of the pending blobs (``pending_blobs``), kept under ``_lock``.
             self._pending_bytes = int(
                 self._w.execute("SELECT COALESCE(SUM(size), 0) FROM blob_pending").fetchone()[0]
@@ -1129,6 +1130,16 @@ class SqliteStore:
                 pass
             except OSError as exc:
                 _log.error("cannot delete the unfinished upload %s: %s", tmp, exc)
+
+    def _drop_missing_pending(self) -> None:
+        """Forget the pending rows whose file is not there: ``put_blob`` commits its
+        row before the file, so an upload a crash cut short left one, which counted
+        against the pending limit for the whole grace with nothing behind it."""
+        rows = self._w.execute("SELECT id FROM blob_pending").fetchall()
+        gone = [(bid,) for (bid,) in rows if not self._blob_path(bid).exists()]
+        if gone:
+            with _transaction(self._w, StorageError):
+                self._w.executemany("DELETE FROM blob_pending WHERE id=?", gone)
 
     def _blob_files(self) -> Iterator[tuple[str, int, int]]:
         """(id, size, modified ms) of every blob file (temporary files left out)."""
