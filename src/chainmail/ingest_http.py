@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Final
@@ -98,7 +99,7 @@ def batch_lines(results: Sequence[Accepted | Error]) -> bytes:
 def retry_after(err: Error) -> str | None:
     """The ``Retry-After`` value for ``err`` (whole seconds, at least 1), if it says when to retry."""
     retry = getattr(err, "retry_after", None)
-    return None if retry is None else str(max(1, int(retry + 0.999)))
+    return None if retry is None else str(max(1, math.ceil(retry)))
 
 
 def check_media(scope: Scope, accepted: frozenset[str]) -> None:

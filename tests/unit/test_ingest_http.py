@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from chainmail.errors import Error, InvalidMessage, RateLimited
-from chainmail.ingest_http import BodyBudget, IngestPaths, batch_lines, route_path
+from chainmail.ingest_http import BodyBudget, IngestPaths, batch_lines, retry_after, route_path
 from chainmail.sequencer import Accepted
 
 Message = MutableMapping[str, Any]
@@ -418,3 +418,10 @@ def test_a_batch_gives_its_body_back_before_writing_its_answer() -> None:
     scope = {"type": "http", "method": "POST", "path": "/v1/messages/batch", "headers": []}
     asyncio.run(h.paths(scope, receive, send))
     assert held_while_writing == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("wait", "header"), [(0.2, "1"), (1.0, "1"), (1.0005, "2"), (59.99, "60"), (60.0, "60")]
+)
+def test_retry_after_is_whole_seconds_never_short_of_the_wait(wait: float, header: str) -> None:
+    assert retry_after(RateLimited("later", retry_after=wait)) == header
