@@ -40,6 +40,7 @@ import binascii
 import hashlib
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple, NoReturn, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -532,7 +533,10 @@ def _inclusion_flow(
             _hash(body.get("root"), f"{what} root"),
             block.content,
         )
-        return f"entry {index} of log {pipeline} (size {size}) under block {height}"
+        return (
+            f"entry {index} of log {pipeline} (size {size}) under block {height},"
+            f" sealed {_when(block.info.time)}: it existed then"
+        )
 
     checks.run(name, step)
     return _Included(block, pipeline, _field(body, "index", int, what))
@@ -586,7 +590,10 @@ def _signed_message_flow(
         if checked.id != msg_id:
             raise ProofError(f"the signed message hashes to {checked.id}, not {msg_id}")
         kind = checked.content.get("type") if isinstance(checked.content, dict) else "box"
-        return f"{kind} by {_short(checked.author)} seq {checked.sequence}: id and signature"
+        return (
+            f"{kind} by {_short(checked.author)} seq {checked.sequence}, dated"
+            f" {_when(checked.timestamp)} by its author: id and signature"
+        )
 
     checks.run(name, step)
     return message
@@ -683,6 +690,15 @@ def document_flow(
     checks.run("document", same)
     yield from _included_flow(checks, node, msg_id, message, now, hmac_key)
     return checks.report
+
+
+def _when(ms: float) -> str:
+    """A signed time (Unix ms) as ISO 8601 UTC, or as it is when out of range."""
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _printable_name(name: str) -> str:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -610,6 +611,13 @@ def test_a_document_is_notarised_fetched_and_checked(cli: Cli, tmp_path: Path) -
     assert report["ok"], report
     checks = {c["check"]: c for c in report["checks"]}
     assert "nda.txt" in checks["document"]["detail"] and checks["log inclusion"]["ok"]
+    # And when: the time its author signed, and the signed block's, by which it existed.
+    assert re.search(
+        r"dated 20\d\d-\d\d-\d\dT[\d:.]+Z by its author", checks["doc message"]["detail"]
+    )
+    assert re.search(
+        r"sealed 20\d\d-\d\d-\d\dT[\d:.]+Z: it existed then", checks["log inclusion"]["detail"]
+    )
     # One byte changed: the check fails, and says which.
     forged = tmp_path / "forged.txt"
     forged.write_bytes(nda.read_bytes().replace(b"Acme", b"Acne"))
