@@ -131,7 +131,7 @@ def new(
     kdf: KdfOpt = Kdf.interactive,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a new identity NAME and print its feed id.
+    """Create a new identity NAME; prints its feed id, key file and KDF (--json: one object).
 
     The passphrase is taken from CHAINMAIL_PASSPHRASE, or asked for twice.
     Example: CHAINMAIL_PASSPHRASE=… chainmail keys new alice
