@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import importlib.resources
+import logging
 import os
 import time
 from collections import Counter
@@ -62,6 +63,9 @@ PROBLEM: Final = "application/problem+json"
 _DOCS_PAGE: Final = (importlib.resources.files("chainmail") / "static" / "docs.html").read_bytes()
 NDJSON: Final = "application/x-ndjson"
 _MAX_LIMIT: Final = 10_000
+log = logging.getLogger(__name__)
+#: A WebSocket close reason fits in a control frame (125 bytes, 2 of them the code).
+_CLOSE_REASON_BYTES: Final = 100
 #: Bytes of a blob read and sent at a time (``GET /v1/blobs/{id}``).
 _BLOB_CHUNK: Final = 64 * 1024
 #: Characters a name search may have: names are short, and SQLite refuses
@@ -118,6 +122,16 @@ def _problem(err: Error) -> Response:
     return Response(
         orjson.dumps(err.problem()), status_code=err.status, media_type=PROBLEM, headers=headers
     )
+
+
+async def _close_saying(ws: WebSocket, err: Error) -> None:
+    """End a stream with ``err``'s problem frame and a close that says why: 1008 for a
+    refusal (a key rotated away), 1011 for the node's own failure (its storage)."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await ws.send_text(orjson.dumps(err.problem()).decode())
+        code = 1011 if err.status >= 500 else 1008
+        reason = f"{err.code}: {err.detail}".encode()[:_CLOSE_REASON_BYTES]
+        await ws.close(code, reason=reason.decode("utf-8", "ignore"))
 
 
 def _compact(body: bytes) -> bytes:
@@ -956,6 +970,7 @@ def create_app(
                 except InvalidMessage as exc:
                     await ws.send_text(orjson.dumps(exc.problem()).decode())
                     continue
+                node.check_live_key(me)  # rotated away since the handshake: acks nothing
                 try:
                     await node.ack(me, ids)
                 except Error as exc:
@@ -987,6 +1002,9 @@ def create_app(
         with node.inbox_feed(me) as feed:
             try:
                 while not reader.done():
+                    # A key that rotated away since the handshake (it may be a
+                    # leaked one) is sent nothing more: checked every round.
+                    node.check_live_key(me)
                     if feed.stale:
                         feed.stale = False
                         entries, more = await node.read(frames, last)
@@ -1006,8 +1024,12 @@ def create_app(
                         waiter = asyncio.create_task(feed.wait(_INBOX_IDLE_S))
                         await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
                         waiter.cancel()
+                if not reader.cancelled() and isinstance(reader.exception(), Error):
+                    raise reader.exception()  # type: ignore[misc]
             except (WebSocketDisconnect, RuntimeError):
                 pass
+            except Error as exc:
+                await _close_saying(ws, exc)
             finally:
                 reader.cancel()
 
@@ -1118,9 +1140,14 @@ def create_app(
             while (await ws.receive())["type"] != "websocket.disconnect":
                 pass
 
-        tasks = {asyncio.create_task(pump()), asyncio.create_task(watch())}
+        pumping = asyncio.create_task(pump())
+        tasks = {pumping, asyncio.create_task(watch())}
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            failed = pumping.exception() if pumping.done() and not pumping.cancelled() else None
+            if isinstance(failed, Error):
+                log.error("firehose stream: %s", failed.diagnostics())
+                await _close_saying(ws, failed)
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

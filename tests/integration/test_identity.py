@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,9 @@ from urllib.parse import quote
 import httpx
 import orjson
 import pytest
+import websockets
 
+from chainmail import httpsig
 from chainmail.client import Client
 from chainmail.errors import Rejected
 from chainmail.keys import Keypair, sign_proof
@@ -202,6 +207,53 @@ def test_a_key_rotated_away_may_not_read_its_inbox_nor_be_routed_to(
     assert post(http, bob.sign(retried)).status_code == 201
     with Client(node.url, new) as successor:
         assert [e.message["content"]["type"] for e in successor.inbox()] == ["tx/open"]
+
+
+@pytest.mark.parametrize("then", ["a delivery", "an ack"])
+def test_a_stream_open_across_a_rotation_is_closed_saying_so(
+    node: Server, http: httpx.Client, then: str
+) -> None:
+    """An inbox stream opened before its key rotated away neither delivers nor acks
+    afterwards: a key_rotated problem frame, then a close (1008) that says why."""
+    old, bob = Writer(), Writer()
+    opened = post(
+        http,
+        bob.sign({"type": "tx/open", "parties": [bob.id, old.id], "deadline": now_ms() + 600_000}),
+    ).json()
+
+    async def run() -> tuple[list[dict[str, Any]], int | None, str]:
+        url = node.url.replace("http://", "ws://") + "/v1/inbox/stream"
+        headers = httpsig.sign_request(
+            old.keys, "GET", "/v1/inbox/stream", "", created=int(time.time())
+        )
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            first = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert first["id"] == opened["id"]
+            new = Keypair.generate()
+            rotate = {"type": "key/rotate", "to": new.id, "proof": sign_proof(new, old.id)}
+            assert post(http, old.sign(rotate)).status_code == 201
+            if then == "a delivery":
+                note = {"type": "tx/note", "tx": opened["id"], "data": {"after": "rotation"}}
+                assert post(http, bob.sign(note)).status_code == 201
+            else:
+                await ws.send(orjson.dumps({"ack": [opened["id"]]}).decode())
+            frames = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), 20)))
+            assert ws.close_code is not None
+            return frames, ws.close_code, ws.close_reason or ""
+
+    frames, code, reason = asyncio.run(run())
+    assert [f.get("code") for f in frames] == ["key_rotated"]  # no delivery after it
+    assert code == 1008 and reason.startswith("key_rotated: ")
+    # Nothing was acked: the entry is still there (for the identity's new key to claim).
+    with sqlite3.connect(f"file:{node.data / 'store.sqlite'}?mode=ro", uri=True) as db:
+        (left,) = db.execute(
+            "SELECT COUNT(*) FROM inbox i JOIN recipients r ON r.no = i.recipient WHERE r.id = ?",
+            (old.id,),
+        ).fetchone()
+    assert left >= 1
 
 
 def test_no_number_of_near_misses_hides_a_search_hit(http: httpx.Client) -> None:

@@ -213,3 +213,46 @@ def test_an_ack_the_store_fails_to_write_is_answered_on_the_stream_which_goes_on
     problem, later, left = asyncio.run(run())
     assert problem["code"] == "storage" and "disk full" in problem["detail"]
     assert later != "" and left == 1
+
+
+def test_a_stream_whose_read_fails_closes_saying_why(tmp_path: Path) -> None:
+    """A store or log read that fails mid-stream: the inbox stream and the WebSocket
+    firehose send the problem and close 1011 with the reason, not a bare drop (1006)."""
+    from chainmail import httpsig
+    from chainmail.errors import StorageError
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("database disk image is malformed")
+
+    async def until_closed(ws: Any) -> tuple[list[dict[str, Any]], Any]:
+        frames = []
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), 20)))
+        return frames, ws.close_code
+
+    async def run() -> list[tuple[list[dict[str, Any]], Any, str]]:
+        closed = []
+        async with serving(tmp_path) as s:
+            a, b = Writer(), Writer()
+            deadline = int(time.time() * 1000) + 60_000
+            opened = a.sign({"type": "tx/open", "parties": [a.id, b.id], "deadline": deadline})
+            await s.node.submit(orjson.dumps(opened))
+            path = "/v1/inbox/stream"
+            headers = httpsig.sign_request(b.keys, "GET", path, "", created=int(time.time()))
+            async with websockets.connect(f"{s.base}{path}", additional_headers=headers) as ws:
+                await asyncio.wait_for(ws.recv(), 10)
+                s.node.store.inbox = failing  # type: ignore[method-assign]
+                frames, code = await until_closed(ws)  # at the idle re-read of the store
+                closed.append((frames, code, ws.close_reason or ""))
+            async with websockets.connect(f"{s.base}/v1/firehose?from=0") as ws:
+                await asyncio.wait_for(ws.recv(), 10)
+                s.node.firehose = failing  # type: ignore[method-assign]
+                await s.node.submit(a.raw({"type": "post", "text": "wakes the follower"}))
+                frames, code = await until_closed(ws)
+                closed.append((frames, code, ws.close_reason or ""))
+        return closed
+
+    for frames, code, reason in asyncio.run(run()):
+        assert [f["code"] for f in frames] == ["storage"]
+        assert code == 1011 and reason.startswith("storage: database disk image is malformed")
