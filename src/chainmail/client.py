@@ -2352,6 +2352,13 @@ def _ws_refused(url: str, exc: websockets.exceptions.InvalidStatus) -> Error:
     why = f": {detail}" if detail else ""
     if code in _REJECTED_CODES:  # a key rotated away: the signature held, the key is done
         return Rejected(f"{url}: {detail}", code=str(code))
+    if code == "rate_limited":  # as on HTTP: the caller backs off for Retry-After
+        wait = exc.response.headers.get("retry-after")
+        try:
+            retry = float(wait) if wait is not None else 1.0
+        except ValueError:
+            retry = 1.0
+        return RateLimited(f"{url}: {detail}", retry_after=retry)
     if status in (401, 403):
         return Unauthorized(f"{url}: the node refused the signed handshake (HTTP {status}){why}")
     return OperationalError(f"{url}: handshake failed with HTTP {status}{why}")

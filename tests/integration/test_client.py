@@ -27,7 +27,7 @@ import pytest
 
 from chainmail import checkpoint, merkle, ssb
 from chainmail.client import AsyncClient, Client, NodeUnavailable, Receipt
-from chainmail.errors import Error, InvalidMessage, NotFound, ProofError, Rejected
+from chainmail.errors import Error, InvalidMessage, NotFound, ProofError, RateLimited, Rejected
 from chainmail.ids import blob_id
 from chainmail.keys import Keypair
 from chainmail.verify import VerificationFailed
@@ -1081,3 +1081,28 @@ def test_answers_of_something_that_is_not_a_node_are_not_believed() -> None:
             client.inbox()
         with pytest.raises(Error, match="expected a list of blocks"):
             client.blocks()
+
+
+def test_a_stream_handshake_refused_for_the_rate_is_rate_limited_as_on_http(
+    tmp_path: Path,
+) -> None:
+    """The inbox stream's 429 surfaced as a bare OperationalError: the type callers back
+    off on (and its Retry-After) is the HTTP path's."""
+    from support.server import running
+
+    keys = Keypair.generate()
+    with (
+        running(tmp_path / "node", extra=("--replay-cache", "10")) as node,
+        Client(node.url, keys) as client,
+    ):
+        for _ in range(20):  # one identity fills the replay cache with signed reads
+            try:
+                client.inbox()
+            except RateLimited:
+                break
+        else:
+            pytest.fail("the replay cache never refused")
+        with pytest.raises(RateLimited) as refused:
+            next(iter(client.inbox_iter(follow=True)))
+    assert refused.value.retry_after >= 1.0
+    assert "/v1/inbox/stream" in str(refused.value)
