@@ -1236,8 +1236,8 @@ def create_app(
         "200 when stored already. A blob is kept for good once a logged message names it (a "
         "`doc`'s `blob`); one still named by none after the node's grace (`serve --blob-grace`, "
         "24 h by default) is deleted, and storing it again restarts the grace. While the "
-        "unnamed blobs reach `serve --blob-pending-limit` bytes (1 GiB), more are refused with "
-        "429 `rate_limited` and a `Retry-After`. Bodies up to 16 MiB (413 `too_large`).",
+        "unnamed blobs reach `serve --blob-pending-limit` bytes (1 GiB), or 100,000 blobs, more "
+        "are refused with 429 `rate_limited` and a `Retry-After`. Bodies up to 16 MiB (413 `too_large`).",
         status_code=201,
         responses={200: {"description": "Stored already: the same id"}},
     )

@@ -110,6 +110,8 @@ class NodeConfig:
     #: such blobs held at most (``chainmail.blobkeeping``).
     blob_grace: float = blobkeeping.DEFAULT_GRACE_S
     blob_pending_limit: int = blobkeeping.DEFAULT_PENDING_LIMIT
+    #: Blobs that may be pending at once, whatever their size.
+    blob_pending_count: int = blobkeeping.DEFAULT_PENDING_COUNT
 
 
 #: Identity records read a page when searching (``Node.search_identities``).
@@ -465,18 +467,27 @@ class Node:
         """Store ``data`` as a blob; its id, and whether it is new.
 
         Raises ``RateLimited`` when the blobs no logged message names yet would
-        pass ``blob_pending_limit`` with it (``chainmail.blobkeeping``), and
+        pass ``blob_pending_limit`` bytes or ``blob_pending_count`` blobs with it
+        (``chainmail.blobkeeping``), and
         ``StorageError`` when it cannot be written.
         """
         bid = blob_id(data)
         now = self.clock()
         limit, grace = self.config.blob_pending_limit, self.config.blob_grace
+        max_count = self.config.blob_pending_count
 
-        def room(size: int, pending: int, oldest: int | None) -> None:
+        def room(size: int, pending: int, oldest: int | None, count: int) -> None:
             # In the store, under its lock: counted as soon as it passes, so
             # concurrent uploads cannot pass the limit together.
             blobkeeping.check_room(
-                size, pending=pending, limit=limit, oldest=oldest, grace=grace, now=now
+                size,
+                pending=pending,
+                limit=limit,
+                oldest=oldest,
+                grace=grace,
+                now=now,
+                count=count,
+                max_count=max_count,
             )
 
         created = await asyncio.to_thread(

@@ -1755,8 +1755,15 @@ class SqliteStore:
                 ).rowcount
                 if not refreshed:
                     if room is not None:
-                        (oldest,) = w.execute("SELECT MIN(stored) FROM blob_pending").fetchone()
-                        room(size, self._pending_bytes, None if oldest is None else int(oldest))
+                        oldest, count = w.execute(
+                            "SELECT MIN(stored), COUNT(*) FROM blob_pending"
+                        ).fetchone()
+                        room(
+                            size,
+                            self._pending_bytes,
+                            None if oldest is None else int(oldest),
+                            int(count),
+                        )
                     w.execute(
                         "INSERT INTO blob_pending (id, size, stored) VALUES (?, ?, ?)",
                         (blob_id, size, stored),

@@ -17,10 +17,11 @@ from typing import Any, BinaryIO, Final, Protocol
 
 from chainmail.frozen import constructor
 
-#: Asked before a new blob is counted pending: ``room(size, pending, oldest)``
-#: with the bytes pending now and when the oldest of them was stored (ms; None:
-#: none). Raises to refuse the blob (``chainmail.blobkeeping.check_room``).
-BlobRoom = Callable[[int, int, "int | None"], None]
+#: Asked before a new blob is counted pending: ``room(size, pending, oldest, count)``
+#: with the bytes pending now, when the oldest of them was stored (ms; None:
+#: none) and how many blobs are pending. Raises to refuse the blob
+#: (``chainmail.blobkeeping.check_room``).
+BlobRoom = Callable[[int, int, "int | None", int], None]
 
 __all__ = [
     "BlobRoom",

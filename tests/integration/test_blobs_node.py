@@ -240,6 +240,37 @@ def test_request_bodies_held_at_once_are_bounded_and_one_alone_passes(tmp_path: 
         assert huge.status_code == 201
 
 
+def test_unnamed_blobs_are_bounded_in_number_too(tmp_path: Path) -> None:
+    async def run() -> None:
+        config = NodeConfig(
+            data_dir=tmp_path / "node",
+            workers=0,
+            block_interval=3600.0,
+            blob_grace=GRACE_S,
+            blob_pending_count=2,
+        )
+        node = Node(config, clock=Clock())
+        await node.start()
+        transport = httpx.ASGITransport(app=create_app(node, manage_node=False))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+                for n in range(2):
+                    assert (await http.put("/v1/blobs", content=b"%d" % n)).status_code == 201
+                refused = await http.put("/v1/blobs", content=b"2")
+                assert refused.status_code == 429 and "2 blobs wait" in refused.json()["detail"]
+                assert refused.headers["retry-after"] == str(int(GRACE_S))
+                # One stored again is no new one; a doc naming one frees its place.
+                assert (await http.put("/v1/blobs", content=b"0")).status_code == 200
+                doc = {"type": "doc", "blob": blob_id(b"0"), "size": 1}
+                (result,) = await node.submit_many([Writer().raw(doc)])
+                assert isinstance(result, Accepted), result
+                assert (await http.put("/v1/blobs", content=b"2")).status_code == 201
+        finally:
+            await node.stop()
+
+    asyncio.run(run())
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -21,6 +21,23 @@ def test_room_is_refused_only_past_the_limit() -> None:
     assert "90 bytes" in raised.value.detail and "at most 100" in raised.value.detail
 
 
+def test_room_is_refused_past_the_count_whatever_the_bytes() -> None:
+    """Tiny blobs each take a file, an inode and a block: bounded in number too."""
+
+    def room(count: int) -> None:
+        blobkeeping.check_room(
+            1, pending=8, limit=10**9, oldest=NOW - 600_000, grace=GRACE, now=NOW,
+            count=count, max_count=3,
+        )  # fmt: skip
+
+    room(2)
+    with pytest.raises(RateLimited) as raised:
+        room(3)
+    assert "3 blobs wait (at most 3 at once)" in raised.value.detail
+    assert raised.value.retry_after == 3000  # when the oldest of them may be swept
+    assert blobkeeping.DEFAULT_PENDING_COUNT == 100_000
+
+
 def test_retry_after_is_when_the_oldest_pending_blob_may_be_swept() -> None:
     with pytest.raises(RateLimited) as raised:
         blobkeeping.check_room(

@@ -1103,7 +1103,7 @@ def test_a_blob_room_refuses_is_neither_stored_nor_counted(tmp_path: Path) -> No
     store = SqliteStore(tmp_path / "store.sqlite")
     asked: list[tuple[int, int, int | None]] = []
 
-    def room(size: int, pending: int, oldest: int | None) -> None:
+    def room(size: int, pending: int, oldest: int | None, count: int) -> None:
         asked.append((size, pending, oldest))
         if pending + size > 20:
             raise RateLimited("full", retry_after=1.0)

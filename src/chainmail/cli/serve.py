@@ -305,7 +305,8 @@ def serve(
         int,
         typer.Option(
             help="Bytes of such unnamed blobs held at once; more are refused (429) until"
-            " some are named or swept."
+            " some are named or swept, and so are more than 100,000 of them, whatever their"
+            " size."
         ),
     ] = DEFAULT_PENDING_LIMIT,
     replay_cache: Annotated[
