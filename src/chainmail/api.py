@@ -1082,9 +1082,11 @@ def create_app(
             if chunk:
                 yield chunk
                 continue
-            if not follow:
+            if not follow or node.closing:
                 return
             await signal.wait(15.0, since=fired)
+            if node.closing:  # the server is shutting down: the body ends, whole lines sent
+                return
 
     @app.get(
         "/v1/firehose",

@@ -313,6 +313,8 @@ class Node:
         self.log_signal: _Signal | None = None
         self.block_signal: _Signal | None = None
         self.started = False
+        #: The server is shutting down (``begin_closing``): streams that follow end now.
+        self.closing = False
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -376,6 +378,18 @@ class Node:
             self._tasks.append(asyncio.create_task(self.anchorer.run(), name="anchorer"))
         self.started = True
         log.info("node %s up: %s", self.id, self.config.data_dir)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the node was started on (None before ``start``)."""
+        return self._loop
+
+    def begin_closing(self) -> None:
+        """Tell the streams that follow the log to end (on the event loop's thread): the
+        server is shutting down, and would otherwise wait its graceful timeout for them."""
+        self.closing = True
+        if self.log_signal is not None:
+            self.log_signal.fire()
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,33 @@ def test_a_slow_inbox_or_firehose_read_does_not_block_other_requests(tmp_path: P
     assert inbox_status == 200 and firehose_status == 200
     assert inbox_stall < SLOW_S / 3
     assert firehose_stall < SLOW_S / 3
+
+
+def test_a_firehose_follower_does_not_hold_the_node_s_shutdown(tmp_path: Path) -> None:
+    """SIGTERM with an idle `GET /v1/firehose?follow=true` open: the node ends the body
+    (whole lines, then its end) and exits at once; it waited uvicorn's 5 s graceful
+    timeout for it, cut the follower off mid-body and logged an error."""
+    from support.server import Server
+
+    server = Server(tmp_path / "node")
+    server.start()
+    assert server.proc is not None
+    try:
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as http,
+            http.stream("GET", "/v1/firehose", params={"follow": "true"}) as follow,
+        ):
+            assert follow.status_code == 200
+            lines = follow.iter_lines()
+            time.sleep(0.3)  # the follower idles: nothing logged yet
+            start = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            rest = list(lines)  # the body ends, no exception
+            server.proc.wait(10)
+            took = time.monotonic() - start
+        assert all(not line or line.startswith("{") for line in rest)
+        assert took < 3.0, f"shut down in {took:.1f} s with a follower open"
+        log = server.log_path.read_text()
+        assert "Traceback" not in log and "graceful shutdown exceeded" not in log, log
+    finally:
+        server.stop()

@@ -7,6 +7,7 @@ import math
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -456,7 +457,28 @@ def serve(
             ws_max_size=16 * 1024 * 1024,
             timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = _server_class()(config, node)
         server.run(sockets=[listener])
     if not server.started:  # the node failed to start: its error is in the log above
         raise typer.Exit(3)
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, that first tells the node's followers to end on Ctrl-C or
+        SIGTERM: an idle `GET /v1/firehose?follow=true` held shutdown for its whole
+        graceful timeout, and its follower was cut off mid-body."""
+
+        def __init__(self, config: uvicorn.Config, node: Node) -> None:
+            super().__init__(config)
+            self._node = node
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            loop = self._node.loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._node.begin_closing)
+            super().handle_exit(sig, frame)
+
+    return Server
