@@ -1686,6 +1686,9 @@ class SqliteStore:
         # saw it old would delete the file written below.
         with self._lock:
             self._pend(blob_id, len(data), when, room, durable=durable)
+            # Concurrent uploads of one new blob each write it (the same bytes),
+            # but only the first says it is new: the others found it under way.
+            first = not self._writing[blob_id]
             self._writing[blob_id] += 1
         try:
             self._write_blob(path, data)
@@ -1702,7 +1705,7 @@ class SqliteStore:
             raise
         with self._lock:
             self._writing -= Counter((blob_id,))
-        return True
+        return first
 
     def _unpend(self, blob_id: str) -> None:
         """Drop the pending row of a blob whose file is not there (under ``_lock``)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -1334,3 +1336,24 @@ def test_listing_by_status_finds_open_and_sealed_txs(tmp_path: Path) -> None:
     finally:
         store.close()
         log.close()
+
+
+def test_concurrent_uploads_of_one_new_blob_say_it_is_new_once(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    write = store._write_blob
+    together = threading.Barrier(4)
+
+    def slow(path: Path, data: bytes) -> None:
+        together.wait(10)  # all four uploads are writing it at once
+        write(path, data)
+
+    store._write_blob = slow  # type: ignore[method-assign]
+    bid, data = _blob("one blob, four uploads at once")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            said = list(pool.map(lambda _: store.put_blob(bid, data, stored=NOW), range(4)))
+        assert sorted(said) == [False, False, False, True]  # one 201, three 200
+        assert store.get_blob(bid) == data
+        assert store.pending_blobs() == (len(data), NOW)
+    finally:
+        store.close()
