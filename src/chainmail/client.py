@@ -1170,7 +1170,7 @@ class _Core:
                 f"{self.node} has {me}'s feed up to sequence {have}, but a node accepted it"
                 f" up to {accepted}: this is another node (or one that lost them), and a feed"
                 " is one history. Act as another identity here, or replay the feed to this"
-                " node on purpose (Client.sync(replay=True))",
+                " node on purpose (Client.sync(replay=True); chainmail send --replay)",
                 code="out_of_order",
             )
         if remote is None:

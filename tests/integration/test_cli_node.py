@@ -237,11 +237,13 @@ def test_a_feed_a_node_accepted_is_not_replayed_to_another_node_unasked(
         assert "but a node accepted it up to 1: this is another node" in run.err
         shown = cli("firehose", "--node", other.url, "--json").out.splitlines()
         assert not [x for x in shown if json.loads(x)["message"]["author"] == frank]
-        # On purpose, from Python: the history goes first, then what follows.
-        home, passphrase = cli.env["CHAINMAIL_HOME"], cli.env["CHAINMAIL_PASSPHRASE"]
-        with Client.from_keystore("frank", passphrase, home, node=other.url) as client:
-            assert [r.index for r in client.sync(replay=True)] != []
-            client.publish({"type": "post", "text": "on the second node"})
+        assert "chainmail send --replay" in run.err
+        # On purpose: the history goes first (and is announced), then what follows.
+        replayed = cli(
+            "send", "--as", "frank", "--type", "post", "--data", '{"text": "on the second node"}',
+            "--node", other.url, "--replay",
+        )  # fmt: skip
+        assert "replayed to this node (logged at 0:0)" in replayed.err
         shown = cli("firehose", "--node", other.url, "--json").out.splitlines()
         mine = [json.loads(x)["message"] for x in shown]
         texts = [m["content"].get("text") for m in mine if m["author"] == frank]

@@ -213,7 +213,9 @@ def _client(
 
 
 @contextmanager
-def _publisher(node: str, name: str, home: Path | None) -> Iterator[Client]:
+def _publisher(
+    node: str, name: str, home: Path | None, *, replay: bool = False
+) -> Iterator[Client]:
     """A client that publishes as keystore identity ``name``.
 
     It first sends what an earlier command signed but could not send (the node
@@ -223,14 +225,18 @@ def _publisher(node: str, name: str, home: Path | None) -> Iterator[Client]:
     """
     with _client(node, name, home) as client:
         try:
-            earlier = client.sync()
+            earlier = client.sync(replay=replay)
         except NodeUnavailable as exc:
             raise NodeUnavailable(f"{exc.detail} (nothing was signed)") from None
         for receipt in earlier:
+            why = (
+                "replayed to this node"
+                if replay
+                else "first, signed by an earlier command that could not send it"
+            )
             _err().print(
                 Text(
-                    f"sent {receipt.id} first, signed by an earlier command that could not"
-                    f" send it (logged at {receipt.pipeline}:{receipt.index})",
+                    f"sent {receipt.id} {why} (logged at {receipt.pipeline}:{receipt.index})",
                     style="dim",
                 )
             )
@@ -304,6 +310,15 @@ def send(
     node: NodeOpt = DEFAULT_NODE,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            "--replay",
+            help="First replay your whole feed to this node if it lacks messages a node"
+            " accepted before (one restored from an old backup, or rebuilt); without it"
+            " such a node is refused (out_of_order): a feed is one history on one node.",
+        ),
+    ] = False,
 ) -> None:
     """Sign a message into your feed and submit it; prints its id.
 
@@ -320,7 +335,7 @@ def send(
         body = {"type": type_, **fields}
     else:
         raise InvalidMessage("send: give --type (with --data) or --content")
-    with _publisher(node, as_, home) as client:
+    with _publisher(node, as_, home, replay=replay) as client:
         _print_receipt(client.publish(body), as_json, "message")
 
 
