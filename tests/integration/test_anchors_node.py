@@ -7,10 +7,8 @@ import itertools
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from chainmail.client import Client
 from chainmail.keys import Keypair
 from chainmail.verify import path_id
 from support.bcoin import API_KEY, Bcoin, regtest
+from support.fakerpc import FakeRPC
 from support.lying import lying
 from support.server import CHAINMAIL, Server, free_port, interrupted, running
 
@@ -495,39 +494,17 @@ def test_verify_refuses_an_anchor_on_another_chain_than_your_bitcoin_node(
     assert said in got.stdout, got.stdout
 
 
-class _WarmingUp:
+def _warming_up(method: str) -> tuple[int, dict[str, Any]]:
     """A bitcoind starting up: every call answers HTTP 500 with JSON-RPC error -28 (a real
     node cannot be held in that state for a test)."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                asked = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                error = {"code": -28, "message": "Loading block index…"}
-                data = json.dumps({"result": None, "error": error, "id": asked["id"]}).encode()
-                self.send_response(500)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://x:k@127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    return 500, {"result": None, "error": {"code": -28, "message": "Loading block index…"}}
 
 
 def test_your_bitcoin_node_warming_up_fails_no_anchor_and_accuses_no_node(
     anchored_node: tuple[Bcoin, Server, int, dict[str, Any]], tmp_path: Path
 ) -> None:
     _, node, height, _ = anchored_node
-    warm = _WarmingUp()
+    warm = FakeRPC(_warming_up)
     try:
         got = _cli(
             "verify", "block", str(height), "--node", node.url, "--bitcoin", warm.url, home=tmp_path

@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
@@ -28,6 +26,7 @@ from chainmail.errors import InvalidMessage, NotFound
 from chainmail.keys import Keypair
 from chainmail.node import Node, NodeConfig
 from chainmail.verify import Report, VerificationFailed
+from support.mutations import wait_for
 from support.server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -87,15 +86,6 @@ def hmac_node(data: Path) -> Iterator[str]:
         thread.join(60)
     if failed:
         raise failed[0]
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def covered(verify: Callable[[], Report]) -> Report | None:

@@ -5,10 +5,7 @@ fake JSON-RPC server."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 import pytest
@@ -24,6 +21,7 @@ from chainmail.bitcoinrpc import (
     redact,
 )
 from chainmail.errors import ProofError
+from support.fakerpc import FakeRPC
 
 KEY = "s3cret-api-key"
 
@@ -82,43 +80,12 @@ def test_a_wallet_token_in_the_query_is_sent_and_never_shown() -> None:
         wallet.close()
 
 
-class _FakeRPC:
-    """A Bitcoin JSON-RPC server on a free port answering from ``answers`` (method → HTTP
-    status and JSON body): the answers a real node cannot be made to give at will."""
-
-    def __init__(self, answers: dict[str, tuple[int, dict[str, Any]]]) -> None:
-        self.answers = answers
-        rpc = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                asked = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                status, body = rpc.answers[asked["method"]]
-                data = json.dumps({**body, "id": asked["id"]}).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://x:{KEY}@127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
 def fake_rpc() -> Iterator[Callable[[dict[str, tuple[int, dict[str, Any]]]], BitcoinNode]]:
-    made: list[tuple[_FakeRPC, BitcoinNode]] = []
+    made: list[tuple[FakeRPC, BitcoinNode]] = []
 
     def make(answers: dict[str, tuple[int, dict[str, Any]]]) -> BitcoinNode:
-        rpc = _FakeRPC(answers)
+        rpc = FakeRPC(answers.__getitem__, KEY)
         made.append((rpc, BitcoinNode(rpc.url)))
         return made[-1][1]
 
